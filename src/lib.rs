@@ -1,6 +1,20 @@
 //! ringcast: a thread-per-core MQTT 3.1.1 / 5.0 broker built for high fan-out.
 //!
 //! Crate map, one line per module:
-//! - `protocol`: sans-IO packets, codec, topics and session state (no sockets, no glommio).
+//! - `protocol`: sans-IO packets, codec and topics (no sockets, no glommio, no clocks).
+//! - `config`: typed configuration and limits, validated at start-up.
+//! - `host`: start-up checks of io_uring, RLIMIT_MEMLOCK and the listen ports.
+//! - `server`: starts one pinned glommio executor per shard and stops them.
+//! - `shard`: what one core owns: sessions, subscription trie, interest, retained messages.
+//! - `mesh`: messages between shards over bounded SPSC rings.
+//! - `net`: the only socket code: accept and place, read into sessions, write outboxes.
+//! - `metrics`: per-shard counters.
 
+pub mod config;
+pub mod host;
+pub mod mesh;
+pub mod metrics;
+pub mod net;
 pub mod protocol;
+pub mod server;
+pub mod shard;

@@ -1,0 +1,262 @@
+//! Typed configuration and limits, validated at start-up.
+//!
+//! The same keys come from the embedded defaults, a hardware profile (`--profile`), a config
+//! file (`--config`) and command-line flags, later ones overriding earlier ones.
+
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+
+/// Everything the broker can be told. Unknown keys are refused so a typo is never ignored.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Addresses to accept MQTT connections on.
+    pub listen: Vec<SocketAddr>,
+    /// CPUs to pin shards to; empty means every online CPU.
+    pub cpus: Vec<usize>,
+    /// Number of shards; 0 means one per CPU in `cpus`.
+    pub shards: usize,
+    /// Log level: error, warn, info, debug or trace.
+    pub log_level: String,
+    /// Protocol limits.
+    pub limits: Limits,
+    /// Cross-shard ring tuning.
+    pub mesh: MeshConfig,
+}
+
+/// Bounds on what one client may ask of the broker.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest packet accepted from a client, in bytes (whole packet).
+    pub packet_size_max: u32,
+    /// Most concurrent client connections per broker.
+    pub connections_max: usize,
+    /// Outbound QoS 1/2 messages awaiting acknowledgement per session.
+    pub inflight_max: u16,
+    /// Messages queued per session beyond the inflight window (online or offline).
+    pub queue_messages_max: usize,
+    /// Payload bytes queued per session (online or offline).
+    pub queue_bytes_max: usize,
+    /// Subscriptions one session may hold.
+    pub subscriptions_max: usize,
+    /// Longest topic name or filter, in bytes.
+    pub topic_bytes_max: usize,
+    /// Most levels in a topic name or filter.
+    pub topic_levels_max: usize,
+    /// Seconds to wait for CONNECT after a TCP connection opens.
+    pub connect_timeout_secs: u64,
+    /// Largest keep-alive a client may use; 0 means no limit.
+    pub keep_alive_max_secs: u16,
+    /// Bytes read from one connection before yielding to others in the same loop turn.
+    pub read_bytes_per_turn: usize,
+    /// Bytes of socket writes kept waiting per connection before new QoS 0 messages are dropped.
+    pub write_buffer_bytes_max: usize,
+}
+
+/// Tuning of the rings between shards.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    /// Messages each ring between two shards holds before the producer waits.
+    pub ring_capacity: usize,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            listen: vec!["0.0.0.0:1883".parse().expect("constant address parses")],
+            cpus: Vec::new(),
+            shards: 0,
+            log_level: "info".to_string(),
+            limits: Limits::default(),
+            mesh: MeshConfig::default(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            packet_size_max: 1 << 20,
+            connections_max: 100_000,
+            inflight_max: 32,
+            queue_messages_max: 1_000,
+            queue_bytes_max: 16 << 20,
+            subscriptions_max: 1_000,
+            topic_bytes_max: 1024,
+            topic_levels_max: 32,
+            connect_timeout_secs: 10,
+            keep_alive_max_secs: 0,
+            read_bytes_per_turn: 64 << 10,
+            write_buffer_bytes_max: 4 << 20,
+        }
+    }
+}
+
+impl Default for MeshConfig {
+    fn default() -> MeshConfig {
+        MeshConfig {
+            ring_capacity: 1024,
+        }
+    }
+}
+
+/// Why a configuration was refused, as one sentence for the operator.
+#[derive(Debug)]
+pub struct ConfigError(pub String);
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads a TOML file holding any subset of the keys.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot read config file {}: {e}; check the path and permissions",
+                path.display()
+            ))
+        })?;
+        Config::from_toml(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses TOML text holding any subset of the keys.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| {
+            ConfigError(format!(
+                "bad config: {}",
+                e.message().trim_end_matches('.')
+            ))
+        })
+    }
+
+    /// Checks relations between values that the types alone cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |msg: &str| Err(ConfigError(format!("bad config: {msg}")));
+        if self.listen.is_empty() {
+            return bad("`listen` needs at least one address, e.g. 0.0.0.0:1883");
+        }
+        let l = &self.limits;
+        if l.packet_size_max < 64 || l.packet_size_max > 268_435_460 {
+            return bad("`limits.packet_size_max` must be between 64 and 268435460 bytes");
+        }
+        if l.inflight_max == 0 {
+            return bad("`limits.inflight_max` must be at least 1");
+        }
+        if l.queue_messages_max == 0 || l.queue_bytes_max == 0 {
+            return bad("`limits.queue_messages_max` and `limits.queue_bytes_max` must be at least 1");
+        }
+        if l.read_bytes_per_turn < 4096 {
+            return bad("`limits.read_bytes_per_turn` must be at least 4096");
+        }
+        if self.mesh.ring_capacity < 16 {
+            return bad("`mesh.ring_capacity` must be at least 16");
+        }
+        if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
+            return bad("`log_level` must be one of error, warn, info, debug, trace");
+        }
+        Ok(())
+    }
+}
+
+/// Builds a config from the defaults and TOML files applied in order: a later file's keys
+/// override an earlier one's, table by table, so a config file can change one limit of a
+/// profile without repeating the rest.
+pub fn load_layers(paths: &[&std::path::PathBuf]) -> Result<Config, ConfigError> {
+    let mut merged = toml::Table::new();
+    for path in paths {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError(format!(
+                "cannot read {}: {e}; check the path and permissions",
+                path.display()
+            ))
+        })?;
+        let table: toml::Table = text
+            .parse()
+            .map_err(|e: toml::de::Error| ConfigError(format!("{}: bad TOML: {}", path.display(), e.message())))?;
+        merge(&mut merged, table);
+    }
+    let config: Config = toml::Value::Table(merged)
+        .try_into()
+        .map_err(|e: toml::de::Error| ConfigError(format!("bad config: {}", e.message())))?;
+    Ok(config)
+}
+
+fn merge(into: &mut toml::Table, from: toml::Table) {
+    for (key, value) in from {
+        match (into.get_mut(&key), value) {
+            (Some(toml::Value::Table(a)), toml::Value::Table(b)) => merge(a, b),
+            (_, value) => {
+                into.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Parses a CPU list such as `0,1` or `0-3,6`.
+pub fn parse_cpu_list(text: &str) -> Result<Vec<usize>, ConfigError> {
+    let bad = || {
+        ConfigError(format!(
+            "bad CPU list `{text}`: use numbers and ranges such as 0,1 or 0-3"
+        ))
+    };
+    let mut cpus = Vec::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match part.split_once('-') {
+            Some((lo, hi)) => {
+                let lo: usize = lo.trim().parse().map_err(|_| bad())?;
+                let hi: usize = hi.trim().parse().map_err(|_| bad())?;
+                if lo > hi {
+                    return Err(bad());
+                }
+                cpus.extend(lo..=hi);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err(bad());
+    }
+    cpus.dedup();
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_listen_on_1883() {
+        let config = Config::default();
+        config.validate().unwrap();
+        assert_eq!(config.listen[0].port(), 1883);
+    }
+
+    #[test]
+    fn unknown_key_is_refused() {
+        let err = Config::from_toml("lisen = [\"127.0.0.1:1\"]").unwrap_err();
+        assert!(err.0.contains("lisen"), "{}", err.0);
+    }
+
+    #[test]
+    fn partial_file_keeps_other_defaults() {
+        let config = Config::from_toml("[limits]\ninflight_max = 7\n").unwrap();
+        assert_eq!(config.limits.inflight_max, 7);
+        assert_eq!(config.limits.queue_messages_max, Limits::default().queue_messages_max);
+    }
+
+    #[test]
+    fn cpu_lists_parse() {
+        assert_eq!(parse_cpu_list("0,1").unwrap(), vec![0, 1]);
+        assert_eq!(parse_cpu_list("0-3").unwrap(), vec![0, 1, 2, 3]);
+        assert!(parse_cpu_list("3-1").is_err());
+        assert!(parse_cpu_list("x").is_err());
+    }
+}

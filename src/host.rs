@@ -1,0 +1,65 @@
+//! Start-up checks of the host, each failing with one sentence that says what to do.
+//!
+//! glommio's own failures mislead (an io_uring blocked by seccomp reads "kernel too old", and
+//! later executors panic on a poisoned `Once`), so the broker checks first.
+
+use std::net::{SocketAddr, TcpListener};
+
+/// The soft RLIMIT_MEMLOCK glommio refuses to start below.
+pub const MEMLOCK_MIN_BYTES: u64 = 512 << 10;
+
+/// Checks that io_uring can be set up and RLIMIT_MEMLOCK is high enough.
+pub fn check() -> Result<(), String> {
+    check_memlock()?;
+    check_io_uring()
+}
+
+fn check_memlock() -> Result<(), String> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
+        return Ok(()); // cannot tell; let glommio decide
+    }
+    if limit.rlim_cur != libc::RLIM_INFINITY && (limit.rlim_cur as u64) < MEMLOCK_MIN_BYTES {
+        return Err(format!(
+            "the locked-memory limit (RLIMIT_MEMLOCK) is {} KiB but io_uring needs at least {} KiB: raise it with `ulimit -l 8192` (or LimitMEMLOCK= in a systemd unit, --ulimit memlock= in Docker)",
+            limit.rlim_cur / 1024,
+            MEMLOCK_MIN_BYTES / 1024
+        ));
+    }
+    Ok(())
+}
+
+fn check_io_uring() -> Result<(), String> {
+    // io_uring_params is 120 bytes; zeroed asks for defaults.
+    let mut params = [0u8; 120];
+    // SAFETY: io_uring_setup reads and writes the params buffer we own; the returned fd is
+    // closed below.
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        let err = std::io::Error::last_os_error();
+        return Err(format!(
+            "io_uring is unavailable ({err}): the kernel may be older than 5.8, or a seccomp profile blocks it (Docker's default profile and some container runtimes do; run with --security-opt seccomp=unconfined, or on the host)"
+        ));
+    }
+    // SAFETY: fd was just returned by io_uring_setup and is ours.
+    unsafe { libc::close(fd as i32) };
+    Ok(())
+}
+
+/// Binds a listening socket without SO_REUSEPORT, so a port held by any other process (even
+/// one that set SO_REUSEPORT, as glommio always does) is reported instead of shared.
+pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
+    TcpListener::bind(addr).map_err(|e| match e.kind() {
+        std::io::ErrorKind::AddrInUse => format!(
+            "cannot listen on {addr}: the address is in use by another process (perhaps another broker); stop it or choose another port with --listen"
+        ),
+        std::io::ErrorKind::PermissionDenied => format!(
+            "cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE"
+        ),
+        _ => format!("cannot listen on {addr}: {e}"),
+    })
+}

@@ -1,0 +1,147 @@
+//! Messages between shards, over glommio's SPSC rings (`channel_mesh`).
+//!
+//! Every shard can send to every other shard. A message to the shard itself goes through a
+//! local queue, so callers never special-case "same shard". Rings are bounded: `send` waits
+//! when the ring toward a shard is full, which pauses whatever produced the message (a
+//! publisher's reader) instead of growing memory.
+
+use crate::protocol::Publish;
+use crate::shard::session::SessionState;
+use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
+use glommio::net::AcceptedTcpStream;
+use glommio::ResourceType;
+
+/// Index of a shard, 0-based.
+pub type ShardId = usize;
+
+/// Identifies a pending request on the shard that made it.
+pub type RequestId = u64;
+
+/// Everything one shard can tell another.
+pub enum MeshMsg {
+    /// A freshly accepted connection placed on this shard.
+    Accepted(AcceptedTcpStream),
+    /// A publish for this shard's local subscribers.
+    Publish(Publish),
+    /// Set (Some) or clear (None) the retained message of a topic in this shard's replica.
+    Retain {
+        /// Topic name.
+        topic: String,
+        /// The retained PUBLISH, or None to clear.
+        publish: Option<Publish>,
+    },
+    /// Shard `from` now has local subscribers on `filter`; answer `InterestAck`.
+    InterestAdd {
+        /// The filter.
+        filter: String,
+        /// Who subscribes.
+        from: ShardId,
+        /// Request to acknowledge.
+        request: RequestId,
+    },
+    /// Shard `from` has no more local subscribers on `filter`.
+    InterestRemove {
+        /// The filter.
+        filter: String,
+        /// Who unsubscribed.
+        from: ShardId,
+    },
+    /// An `InterestAdd` has been applied.
+    InterestAck {
+        /// The request acknowledged.
+        request: RequestId,
+    },
+    /// To a client id's home shard: a connection on `from` wants the client id.
+    Claim {
+        /// The client id.
+        client_id: String,
+        /// Shard of the new connection.
+        from: ShardId,
+        /// Token of the new connection.
+        token: u64,
+        /// Request to answer with `Handoff`.
+        request: RequestId,
+        /// Whether the new connection wants the old session's state.
+        wants_state: bool,
+    },
+    /// From the home shard to the shard holding the client id: close it, hand its state on.
+    Evict {
+        /// The client id.
+        client_id: String,
+        /// Shard of the new connection.
+        to: ShardId,
+        /// Request to answer with `Handoff`.
+        request: RequestId,
+        /// Whether to send the session state.
+        wants_state: bool,
+    },
+    /// The answer to a `Claim`: the old session's state, if it had one to give.
+    Handoff {
+        /// The request answered.
+        request: RequestId,
+        /// The session state.
+        state: Option<Box<SessionState>>,
+    },
+    /// To the home shard: the session of connection `token` is gone.
+    Release {
+        /// The client id.
+        client_id: String,
+        /// The connection whose session ended.
+        token: u64,
+    },
+}
+
+/// This shard's ends of the mesh.
+pub struct Mesh {
+    id: ShardId,
+    senders: Option<Senders<MeshMsg>>,
+    local: LocalSender<MeshMsg>,
+}
+
+impl Mesh {
+    /// Wraps the joined mesh; returns it with the receiver of messages to self.
+    pub fn new(id: ShardId, senders: Option<Senders<MeshMsg>>) -> (Mesh, LocalReceiver<MeshMsg>) {
+        let (local, receiver) = local_channel::new_unbounded();
+        (Mesh { id, senders, local }, receiver)
+    }
+
+    /// This shard's id.
+    pub fn id(&self) -> ShardId {
+        self.id
+    }
+
+    /// Sends, waiting while the ring toward `to` is full.
+    pub async fn send(&self, to: ShardId, msg: MeshMsg) {
+        if to == self.id {
+            let _ = self.local.try_send(msg);
+            return;
+        }
+        if let Some(senders) = &self.senders {
+            // An error means the peer is gone (shutdown); nothing is left to deliver to.
+            let _ = senders.send_to(to, msg).await;
+        }
+    }
+
+    /// Sends without waiting when there is room; otherwise sends from a background task.
+    /// For control messages produced where waiting is not possible.
+    pub fn post(self: &std::rc::Rc<Self>, to: ShardId, msg: MeshMsg) {
+        if to == self.id {
+            let _ = self.local.try_send(msg);
+            return;
+        }
+        let Some(senders) = &self.senders else { return };
+        // Only a full ring hands the message back; a closed one means the peer has stopped.
+        if let Err(glommio::GlommioError::WouldBlock(ResourceType::Channel(msg))) = senders.try_send_to(to, msg) {
+            let mesh = self.clone();
+            glommio::spawn_local(async move { mesh.send(to, msg).await }).detach();
+        }
+    }
+}
+
+/// Takes the receiving ends of a joined mesh apart, one stream per peer.
+pub fn peer_streams(
+    receivers: &mut Receivers<MeshMsg>,
+) -> Vec<(ShardId, glommio::channels::shared_channel::ConnectedReceiver<MeshMsg>)> {
+    receivers.streams()
+}

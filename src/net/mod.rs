@@ -1,0 +1,39 @@
+//! The only socket code: accepting and placing connections, reading packets into sessions,
+//! and writing outboxes to sockets.
+
+pub mod conn;
+pub mod outbox;
+pub mod writer;
+
+use crate::mesh::{Mesh, MeshMsg};
+use glommio::net::TcpListener;
+use std::os::unix::io::FromRawFd;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// Accepts connections on `listener` (a bound std socket handed over as an fd) and places
+/// them on shards in turn, so shards get an even share whatever the kernel's hash would do.
+pub async fn accept_loop(fd: std::os::unix::io::RawFd, mesh: Rc<Mesh>, shards: usize, open: Arc<AtomicUsize>, max: usize) {
+    // SAFETY: fd is a bound, listening TCP socket that this loop alone owns from now on.
+    let listener = unsafe { TcpListener::from_raw_fd(fd) };
+    let mut next = 0;
+    loop {
+        let stream = match listener.shared_accept().await {
+            Ok(stream) => stream,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                glommio::timer::sleep(std::time::Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        if open.load(Ordering::Relaxed) >= max {
+            tracing::warn!("connection refused: limits.connections_max ({max}) reached");
+            drop(stream.bind_to_executor());
+            continue;
+        }
+        open.fetch_add(1, Ordering::Relaxed);
+        mesh.send(next, MeshMsg::Accepted(stream)).await;
+        next = (next + 1) % shards;
+    }
+}

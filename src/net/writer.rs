@@ -1,0 +1,70 @@
+//! Writes a connection's outbox to its socket.
+//!
+//! The fast path is one `sendmsg` per loop turn on the raw fd, with an iovec per header and per
+//! shared payload, so payloads are never copied (glommio's own vectored write only sends the
+//! first slice). When the socket buffer is full, the writer copies a bounded chunk and lets
+//! glommio wait for the socket through io_uring.
+
+use super::outbox::Outbox;
+use futures_lite::AsyncWriteExt;
+use glommio::net::TcpStream;
+use std::io;
+use std::os::unix::io::{AsRawFd, RawFd};
+use std::rc::Rc;
+
+/// Frames gathered into one `sendmsg`; Linux allows 1024 iovecs, two per frame.
+const FRAMES_PER_WRITE: usize = 256;
+/// Bytes copied per wait when the socket is full.
+const SLOW_CHUNK_BYTES: usize = 64 << 10;
+
+/// Drains `outbox` into `stream` until the outbox closes or the socket fails, then shuts the
+/// socket down so the reader sees end of stream too.
+pub async fn run(mut stream: TcpStream, outbox: Rc<Outbox>) {
+    let fd = stream.as_raw_fd();
+    let mut iov: Vec<libc::iovec> = Vec::with_capacity(FRAMES_PER_WRITE * 2);
+    loop {
+        std::future::poll_fn(|cx| outbox.poll_ready(cx)).await;
+        if outbox.is_empty() {
+            break; // closing, and everything was flushed
+        }
+        match send_some(fd, &outbox, &mut iov) {
+            Ok(n) => outbox.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let chunk = outbox.take_copy(SLOW_CHUNK_BYTES);
+                if stream.write_all(&chunk).await.is_err() {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    outbox.close();
+    // SAFETY: fd is a socket owned by `stream`, alive for this call.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// One non-blocking `sendmsg` of the first frames; returns the bytes written.
+fn send_some(fd: RawFd, outbox: &Outbox, iov: &mut Vec<libc::iovec>) -> io::Result<usize> {
+    iov.clear();
+    outbox.peek_frames(FRAMES_PER_WRITE, |frame| {
+        for part in [&frame.header, &frame.payload] {
+            if !part.is_empty() {
+                iov.push(libc::iovec {
+                    iov_base: part.as_ptr() as *mut libc::c_void,
+                    iov_len: part.len(),
+                });
+            }
+        }
+    });
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: every iovec points into a `Bytes` held by the outbox, which is not touched until
+    // this call returns.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}

@@ -1,0 +1,169 @@
+//! Starting and stopping the broker: bind listeners, start one pinned glommio executor per
+//! shard, join them into a mesh, and shut them down in order.
+
+use crate::config::Config;
+use crate::host;
+use crate::mesh::{Mesh, MeshMsg};
+use crate::net;
+use crate::protocol::ReasonCode;
+use crate::shard::Shard;
+use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
+use std::net::SocketAddr;
+use std::os::unix::io::{IntoRawFd, RawFd};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// glommio's default io_memory (10 MiB) cannot be registered under an 8 MiB memlock limit;
+/// network I/O does not use those buffers, so a small pool suffices.
+const IO_MEMORY_BYTES: usize = 64 << 10;
+/// How often a shard checks whether the broker is stopping.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// A running broker.
+pub struct Server {
+    addrs: Vec<SocketAddr>,
+    stop: Arc<AtomicBool>,
+    handles: Vec<ExecutorJoinHandle<()>>,
+}
+
+impl Server {
+    /// Checks the host, binds every listen address and starts the shards.
+    pub fn start(config: &Config) -> Result<Server, String> {
+        config.validate().map_err(|e| e.to_string())?;
+        host::check()?;
+        let mut addrs = Vec::new();
+        let mut fds: Vec<RawFd> = Vec::new();
+        for addr in &config.listen {
+            let listener = host::bind(*addr)?;
+            addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
+            fds.push(listener.into_raw_fd());
+        }
+        let cpus = cpu_list(config)?;
+        let shards = if config.shards == 0 { cpus.len() } else { config.shards };
+        let stop = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(AtomicUsize::new(0));
+        let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
+        let mut handles = Vec::new();
+        for id in 0..shards {
+            let ctx = ShardStart {
+                id,
+                shards,
+                config: config.clone(),
+                mesh: mesh.clone(),
+                fds: if id == 0 { std::mem::take(&mut fds) } else { Vec::new() },
+                stop: stop.clone(),
+                open: open.clone(),
+            };
+            let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
+                .name(&format!("shard-{id}"))
+                .io_memory(IO_MEMORY_BYTES)
+                .spawn(move || run_shard(ctx))
+                .map_err(|e| format!("cannot start shard {id}: {e}"))?;
+            handles.push(handle);
+        }
+        Ok(Server {
+            addrs,
+            stop,
+            handles,
+        })
+    }
+
+    /// The addresses actually bound (useful with port 0).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// Asks every shard to close its connections (sending wills) and stop.
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Waits for every shard to finish.
+    pub fn join(mut self) {
+        for handle in std::mem::take(&mut self.handles) {
+            let _ = handle.join();
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The CPUs to pin to: the configured list, or every online CPU.
+fn cpu_list(config: &Config) -> Result<Vec<usize>, String> {
+    if !config.cpus.is_empty() {
+        return Ok(config.cpus.clone());
+    }
+    let online = core_affinity::get_core_ids()
+        .ok_or("cannot read the online CPUs; pass --cpus explicitly")?;
+    Ok(online.into_iter().map(|c| c.id).collect())
+}
+
+/// What a shard thread starts with (all `Send`).
+struct ShardStart {
+    id: usize,
+    shards: usize,
+    config: Config,
+    mesh: Option<MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>>,
+    fds: Vec<RawFd>,
+    stop: Arc<AtomicBool>,
+    open: Arc<AtomicUsize>,
+}
+
+/// The life of one shard.
+async fn run_shard(ctx: ShardStart) {
+    let (senders, receivers) = match ctx.mesh {
+        Some(builder) => match builder.join().await {
+            Ok((s, r)) => (Some(s), Some(r)),
+            Err(_) => return,
+        },
+        None => (None, None),
+    };
+    let (mesh, local) = Mesh::new(ctx.id, senders);
+    let mesh = Rc::new(mesh);
+    let shard = Rc::new(Shard::new(mesh.clone(), ctx.shards, ctx.config.limits.clone(), ctx.open.clone()));
+    if let Some(mut receivers) = receivers {
+        for (_, stream) in receivers.streams() {
+            let shard = shard.clone();
+            glommio::spawn_local(async move {
+                while let Some(msg) = stream.recv().await {
+                    shard.on_message(msg).await;
+                }
+            })
+            .detach();
+        }
+    }
+    let local_shard = shard.clone();
+    glommio::spawn_local(async move {
+        while let Some(msg) = local.recv().await {
+            local_shard.on_message(msg).await;
+        }
+    })
+    .detach();
+    let max = ctx.config.limits.connections_max;
+    let acceptors: Vec<_> = ctx
+        .fds
+        .into_iter()
+        .map(|fd| glommio::spawn_local(net::accept_loop(fd, mesh.clone(), ctx.shards, ctx.open.clone(), max)))
+        .collect();
+    while !ctx.stop.load(Ordering::SeqCst) {
+        glommio::timer::sleep(STOP_POLL).await;
+    }
+    drop(acceptors); // stop accepting
+    let wills = shard.close_all(ReasonCode::SERVER_SHUTTING_DOWN);
+    for will in wills {
+        let _ = glommio::timer::timeout(Duration::from_millis(500), async {
+            shard.publish_will(will).await;
+            Ok(())
+        })
+        .await;
+    }
+    // Let writers flush the DISCONNECTs.
+    glommio::timer::sleep(Duration::from_millis(200)).await;
+}
