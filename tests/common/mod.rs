@@ -1,0 +1,295 @@
+//! Shared test helpers: start a broker in-process on an ephemeral loopback port, and a
+//! blocking raw-bytes MQTT client built on ringcast's own codec for exact spec checks.
+#![allow(dead_code)]
+
+use bytes::{Bytes, BytesMut};
+use ringcast::config::Config;
+use ringcast::protocol::codec::{encode, Codec, Decoded};
+use ringcast::protocol::*;
+use ringcast::server::Server;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a packet that should come.
+pub const WAIT: Duration = Duration::from_secs(5);
+/// How long a test waits to be sure a packet does not come.
+pub const QUIET: Duration = Duration::from_millis(300);
+
+/// A broker running in this process; stopped when dropped.
+pub struct Broker {
+    server: Option<Server>,
+    /// Where it listens.
+    pub addr: SocketAddr,
+}
+
+impl Broker {
+    /// Starts a broker with `shards` shards on 127.0.0.1, port chosen by the OS.
+    pub fn start(shards: usize) -> Broker {
+        Broker::start_with(shards, |_| {})
+    }
+
+    /// Same, letting the test adjust the config first.
+    pub fn start_with(shards: usize, adjust: impl FnOnce(&mut Config)) -> Broker {
+        let mut config = Config {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            shards,
+            log_level: "warn".into(),
+            ..Config::default()
+        };
+        adjust(&mut config);
+        let server = Server::start(&config).expect("broker starts");
+        let addr = server.local_addrs()[0];
+        Broker {
+            server: Some(server),
+            addr,
+        }
+    }
+
+    /// Stops the broker and waits for its shards.
+    pub fn stop(mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+            server.join();
+        }
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.stop();
+            server.join();
+        }
+    }
+}
+
+/// Why `Raw::recv_within` gave no packet.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoPacket {
+    /// Nothing arrived in time.
+    Timeout,
+    /// The broker closed the connection.
+    Closed,
+}
+
+/// A blocking MQTT client speaking raw packets.
+pub struct Raw {
+    pub stream: TcpStream,
+    codec: Codec,
+    buf: BytesMut,
+    pub version: Version,
+}
+
+/// A CONNECT with the usual defaults.
+pub fn connect_packet(client_id: &str, version: Version, clean: bool) -> Connect {
+    Connect {
+        version,
+        client_id: MqttString::from_str_checked(client_id).unwrap(),
+        clean_start: clean,
+        keep_alive_secs: 60,
+        username: None,
+        password: None,
+        will: None,
+        properties: Properties::default(),
+    }
+}
+
+impl Raw {
+    /// Opens a TCP connection without sending anything.
+    pub fn open(addr: SocketAddr, version: Version) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect to broker");
+        stream.set_nodelay(true).unwrap();
+        Raw {
+            stream,
+            codec: Codec::with_version(version, 1 << 24),
+            buf: BytesMut::new(),
+            version,
+        }
+    }
+
+    /// Connects with a 3.1.1 clean session and checks the CONNACK accepts.
+    pub fn connect(addr: SocketAddr, client_id: &str) -> Raw {
+        Raw::connect_with(addr, connect_packet(client_id, Version::V311, true)).0
+    }
+
+    /// Sends `connect` and returns the CONNACK, which must accept.
+    pub fn connect_with(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
+        let mut raw = Raw::open(addr, connect.version);
+        raw.send(&Packet::Connect(connect));
+        match raw.recv() {
+            Packet::ConnAck(ack) => {
+                assert_eq!(ack.code, ReasonCode::SUCCESS, "CONNACK refused: {ack:?}");
+                (raw, ack)
+            }
+            other => panic!("expected CONNACK, got {other:?}"),
+        }
+    }
+
+    /// Writes one packet.
+    pub fn send(&mut self, packet: &Packet) {
+        let mut out = BytesMut::new();
+        encode(packet, self.version, &mut out).expect("test packet encodes");
+        self.send_bytes(&out);
+    }
+
+    /// Writes raw bytes.
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        let _ = self.stream.write_all(bytes);
+    }
+
+    /// The next packet, failing the test after `WAIT`.
+    pub fn recv(&mut self) -> Packet {
+        match self.recv_within(WAIT) {
+            Ok(packet) => packet,
+            Err(e) => panic!("expected a packet, got {e:?}"),
+        }
+    }
+
+    /// The next packet within `limit`.
+    pub fn recv_within(&mut self, limit: Duration) -> Result<Packet, NoPacket> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(Decoded::Packet(packet)) = self.codec.decode(&mut self.buf) {
+                return Ok(packet);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NoPacket::Timeout);
+            }
+            self.stream.set_read_timeout(Some(left)).unwrap();
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(NoPacket::Closed),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return Err(NoPacket::Timeout)
+                }
+                Err(_) => return Err(NoPacket::Closed),
+            }
+        }
+    }
+
+    /// Asserts nothing arrives for a short while.
+    pub fn expect_nothing(&mut self) {
+        match self.recv_within(QUIET) {
+            Err(NoPacket::Timeout) => {}
+            other => panic!("expected silence, got {other:?}"),
+        }
+    }
+
+    /// Asserts the broker closes the connection (after any packets it sends first, returned).
+    pub fn expect_closed(&mut self) -> Vec<Packet> {
+        let mut before = Vec::new();
+        loop {
+            match self.recv_within(WAIT) {
+                Ok(packet) => before.push(packet),
+                Err(NoPacket::Closed) => return before,
+                Err(NoPacket::Timeout) => panic!("connection still open; got {before:?}"),
+            }
+        }
+    }
+
+    /// Subscribes to one filter and returns the SUBACK codes.
+    pub fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<ReasonCode> {
+        self.subscribe_with(filter, SubscriptionOptions { qos, ..Default::default() })
+    }
+
+    /// Subscribes with full options.
+    pub fn subscribe_with(&mut self, filter: &str, options: SubscriptionOptions) -> Vec<ReasonCode> {
+        let subscribe = Subscribe {
+            pkid: 7,
+            filters: vec![SubscribeFilter {
+                filter: MqttString::from_str_checked(filter).unwrap(),
+                options,
+            }],
+            properties: Properties::default(),
+        };
+        self.send(&Packet::Subscribe(subscribe));
+        match self.recv() {
+            Packet::SubAck(ack) => {
+                assert_eq!(ack.pkid, 7);
+                ack.reason_codes
+            }
+            other => panic!("expected SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes; for QoS 1/2 completes the flow with the broker.
+    pub fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS, retain: bool) {
+        let pkid = if qos == QoS::AtMostOnce { 0 } else { 11 };
+        self.send(&publish_packet(topic, payload, qos, retain, pkid));
+        match qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => assert!(matches!(self.recv(), Packet::PubAck(a) if a.pkid == pkid)),
+            QoS::ExactlyOnce => {
+                assert!(matches!(self.recv(), Packet::PubRec(a) if a.pkid == pkid));
+                self.send(&Packet::PubRel(Ack { pkid, ..Ack::default() }));
+                assert!(matches!(self.recv(), Packet::PubComp(a) if a.pkid == pkid));
+            }
+        }
+    }
+
+    /// Receives a PUBLISH, acknowledging it as its QoS asks.
+    pub fn recv_publish(&mut self) -> Publish {
+        match self.recv() {
+            Packet::Publish(p) => {
+                self.ack(&p);
+                p
+            }
+            other => panic!("expected PUBLISH, got {other:?}"),
+        }
+    }
+
+    /// Completes the receiver's side of a QoS 1/2 flow.
+    pub fn ack(&mut self, publish: &Publish) {
+        let ack = Ack { pkid: publish.pkid, ..Ack::default() };
+        match publish.qos {
+            QoS::AtMostOnce => {}
+            QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
+            QoS::ExactlyOnce => {
+                self.send(&Packet::PubRec(ack.clone()));
+                assert!(matches!(self.recv(), Packet::PubRel(a) if a.pkid == publish.pkid));
+                self.send(&Packet::PubComp(ack));
+            }
+        }
+    }
+
+    /// Sends DISCONNECT and closes.
+    pub fn disconnect(mut self) {
+        self.send(&Packet::Disconnect(Disconnect::default()));
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// A PUBLISH packet.
+pub fn publish_packet(topic: &str, payload: &[u8], qos: QoS, retain: bool, pkid: u16) -> Packet {
+    Packet::Publish(Publish {
+        dup: false,
+        qos,
+        retain,
+        topic: MqttString::from_str_checked(topic).unwrap(),
+        pkid,
+        properties: Properties::default(),
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+/// Runs a test body once with 1 shard and once with 4 shards (publisher and subscribers then
+/// usually sit on different shards, since connections are placed round-robin).
+#[macro_export]
+macro_rules! on_1_and_4_shards {
+    ($name:ident, $body:expr) => {
+        mod $name {
+            use super::*;
+            #[test]
+            fn one_shard() {
+                ($body)(1)
+            }
+            #[test]
+            fn four_shards() {
+                ($body)(4)
+            }
+        }
+    };
+}
