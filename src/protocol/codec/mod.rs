@@ -19,6 +19,7 @@ mod ping;
 mod properties;
 mod publish;
 mod reader;
+pub mod samples;
 mod suback;
 mod subscribe;
 pub mod topic_syntax;
@@ -26,6 +27,9 @@ mod unsuback;
 mod unsubscribe;
 mod varint;
 mod writer;
+
+#[cfg(test)]
+mod tests;
 
 use bytes::{Bytes, BytesMut};
 
