@@ -392,6 +392,9 @@ pub struct Auth {
 }
 
 /// Any MQTT control packet.
+// Boxing the large variants would cost an allocation per decoded packet; a packet is moved
+// a few times at most, so the size is the cheaper side.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Packet {
     /// CONNECT (type 1).

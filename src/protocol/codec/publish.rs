@@ -1,0 +1,79 @@
+//! PUBLISH (3.3). The payload is a slice of the input; the header can be written alone so
+//! one payload `Bytes` serves many subscribers.
+
+use bytes::{BufMut, BytesMut};
+
+use super::error::{DecodeError, EncodeError};
+use super::fixed_header::{self, packet_type::PUBLISH};
+use super::properties;
+use super::reader::Reader;
+use super::topic_syntax::validate_topic_name;
+use super::writer;
+use crate::protocol::packet::{Publish, QoS, Version};
+
+/// Reads a PUBLISH body with the fixed header's `flags`.
+pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, DecodeError> {
+    // Both QoS bits set is malformed [MQTT-3.3.1-4].
+    let qos = QoS::from_bits((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;
+    let dup = flags & 0b1000 != 0;
+    if dup && qos == QoS::AtMostOnce {
+        return Err(DecodeError::DupWithQoS0);
+    }
+    let topic = r.string()?;
+    let pkid = match qos {
+        QoS::AtMostOnce => 0,
+        _ => r.packet_id()?,
+    };
+    let properties = properties::read_v5(r, properties::context(PUBLISH))?;
+    if topic.is_empty() {
+        // 5.0 allows an empty name with a Topic Alias (3.3.2.1); 3.1.1 never [MQTT-4.7.3-1].
+        match r.version() {
+            Version::V5 if properties.topic_alias.is_some() => {}
+            Version::V5 => return Err(DecodeError::EmptyTopicWithoutAlias),
+            Version::V311 => return Err(DecodeError::InvalidTopicName),
+        }
+    } else if !validate_topic_name(topic.as_str()) {
+        return Err(DecodeError::InvalidTopicName);
+    }
+    Ok(Publish {
+        dup,
+        qos,
+        retain: flags & 1 != 0,
+        topic,
+        pkid,
+        properties,
+        payload: r.rest(),
+    })
+}
+
+/// The first byte of the fixed header.
+fn first_byte(p: &Publish) -> u8 {
+    (PUBLISH << 4) | u8::from(p.dup) << 3 | (p.qos as u8) << 1 | u8::from(p.retain)
+}
+
+/// Length of everything after the fixed header except the payload.
+fn variable_header_len(p: &Publish, version: Version) -> usize {
+    let pkid = if p.qos == QoS::AtMostOnce { 0 } else { 2 };
+    2 + p.topic.len() + pkid + properties::len_v5(&p.properties, version)
+}
+
+/// The Remaining Length of `p` in `version`.
+pub(crate) fn len(p: &Publish, version: Version) -> usize {
+    variable_header_len(p, version) + p.payload.len()
+}
+
+/// Writes the fixed header, topic, packet id and properties; the Remaining Length counts the
+/// payload, which the caller sends after these bytes.
+pub(crate) fn write_header(
+    p: &Publish,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    writer::check_field(p.topic.len())?;
+    fixed_header::write(first_byte(p), len(p, version), out)?;
+    writer::string(&p.topic, out)?;
+    if p.qos != QoS::AtMostOnce {
+        out.put_u16(p.pkid);
+    }
+    properties::write_v5(&p.properties, properties::context(PUBLISH), version, out)
+}
