@@ -2,5 +2,7 @@
 //!
 //! Crate map, one line per module:
 //! - `protocol`: sans-IO packets, codec, topics and session state (no sockets, no glommio).
+//! - `shard`: what one core owns outright, starting with its local subscription trie.
 
 pub mod protocol;
+pub mod shard;

@@ -1,0 +1,3 @@
+//! Everything one core owns: its subscription trie (and, later, its run loop and stores).
+
+pub mod trie;
