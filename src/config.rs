@@ -129,12 +129,8 @@ impl Config {
 
     /// Parses TOML text holding any subset of the keys.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
-        toml::from_str(text).map_err(|e| {
-            ConfigError(format!(
-                "bad config: {}",
-                e.message().trim_end_matches('.')
-            ))
-        })
+        toml::from_str(text)
+            .map_err(|e| ConfigError(format!("bad config: {}", e.message().trim_end_matches('.'))))
     }
 
     /// Checks relations between values that the types alone cannot.
@@ -151,7 +147,9 @@ impl Config {
             return bad("`limits.inflight_max` must be at least 1");
         }
         if l.queue_messages_max == 0 || l.queue_bytes_max == 0 {
-            return bad("`limits.queue_messages_max` and `limits.queue_bytes_max` must be at least 1");
+            return bad(
+                "`limits.queue_messages_max` and `limits.queue_bytes_max` must be at least 1",
+            );
         }
         if l.read_bytes_per_turn < 4096 {
             return bad("`limits.read_bytes_per_turn` must be at least 4096");
@@ -178,9 +176,9 @@ pub fn load_layers(paths: &[&std::path::PathBuf]) -> Result<Config, ConfigError>
                 path.display()
             ))
         })?;
-        let table: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| ConfigError(format!("{}: bad TOML: {}", path.display(), e.message())))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            ConfigError(format!("{}: bad TOML: {}", path.display(), e.message()))
+        })?;
         merge(&mut merged, table);
     }
     let config: Config = toml::Value::Table(merged)
@@ -249,7 +247,10 @@ mod tests {
     fn partial_file_keeps_other_defaults() {
         let config = Config::from_toml("[limits]\ninflight_max = 7\n").unwrap();
         assert_eq!(config.limits.inflight_max, 7);
-        assert_eq!(config.limits.queue_messages_max, Limits::default().queue_messages_max);
+        assert_eq!(
+            config.limits.queue_messages_max,
+            Limits::default().queue_messages_max
+        );
     }
 
     #[test]

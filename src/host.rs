@@ -23,7 +23,7 @@ fn check_memlock() -> Result<(), String> {
     if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut limit) } != 0 {
         return Ok(()); // cannot tell; let glommio decide
     }
-    if limit.rlim_cur != libc::RLIM_INFINITY && (limit.rlim_cur as u64) < MEMLOCK_MIN_BYTES {
+    if limit.rlim_cur != libc::RLIM_INFINITY && limit.rlim_cur < MEMLOCK_MIN_BYTES {
         return Err(format!(
             "the locked-memory limit (RLIMIT_MEMLOCK) is {} KiB but io_uring needs at least {} KiB: raise it with `ulimit -l 8192` (or LimitMEMLOCK= in a systemd unit, --ulimit memlock= in Docker)",
             limit.rlim_cur / 1024,

@@ -132,7 +132,9 @@ impl Mesh {
         }
         let Some(senders) = &self.senders else { return };
         // Only a full ring hands the message back; a closed one means the peer has stopped.
-        if let Err(glommio::GlommioError::WouldBlock(ResourceType::Channel(msg))) = senders.try_send_to(to, msg) {
+        if let Err(glommio::GlommioError::WouldBlock(ResourceType::Channel(msg))) =
+            senders.try_send_to(to, msg)
+        {
             let mesh = self.clone();
             glommio::spawn_local(async move { mesh.send(to, msg).await }).detach();
         }
@@ -142,6 +144,9 @@ impl Mesh {
 /// Takes the receiving ends of a joined mesh apart, one stream per peer.
 pub fn peer_streams(
     receivers: &mut Receivers<MeshMsg>,
-) -> Vec<(ShardId, glommio::channels::shared_channel::ConnectedReceiver<MeshMsg>)> {
+) -> Vec<(
+    ShardId,
+    glommio::channels::shared_channel::ConnectedReceiver<MeshMsg>,
+)> {
     receivers.streams()
 }

@@ -42,18 +42,25 @@ impl Server {
             fds.push(listener.into_raw_fd());
         }
         let cpus = cpu_list(config)?;
-        let shards = if config.shards == 0 { cpus.len() } else { config.shards };
+        let shards = if config.shards == 0 {
+            cpus.len()
+        } else {
+            config.shards
+        };
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(AtomicUsize::new(0));
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
         let mut handles = Vec::new();
         for id in 0..shards {
             let ctx = ShardStart {
-                id,
                 shards,
                 config: config.clone(),
                 mesh: mesh.clone(),
-                fds: if id == 0 { std::mem::take(&mut fds) } else { Vec::new() },
+                fds: if id == 0 {
+                    std::mem::take(&mut fds)
+                } else {
+                    Vec::new()
+                },
                 stop: stop.clone(),
                 open: open.clone(),
             };
@@ -107,7 +114,6 @@ fn cpu_list(config: &Config) -> Result<Vec<usize>, String> {
 
 /// What a shard thread starts with (all `Send`).
 struct ShardStart {
-    id: usize,
     shards: usize,
     config: Config,
     mesh: Option<MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>>,
@@ -125,9 +131,16 @@ async fn run_shard(ctx: ShardStart) {
         },
         None => (None, None),
     };
-    let (mesh, local) = Mesh::new(ctx.id, senders);
+    // The mesh numbers peers in the order they joined: that number is the shard's id.
+    let id = senders.as_ref().map_or(0, |s| s.peer_id());
+    let (mesh, local) = Mesh::new(id, senders);
     let mesh = Rc::new(mesh);
-    let shard = Rc::new(Shard::new(mesh.clone(), ctx.shards, ctx.config.limits.clone(), ctx.open.clone()));
+    let shard = Rc::new(Shard::new(
+        mesh.clone(),
+        ctx.shards,
+        ctx.config.limits.clone(),
+        ctx.open.clone(),
+    ));
     if let Some(mut receivers) = receivers {
         for (_, stream) in receivers.streams() {
             let shard = shard.clone();
@@ -150,7 +163,15 @@ async fn run_shard(ctx: ShardStart) {
     let acceptors: Vec<_> = ctx
         .fds
         .into_iter()
-        .map(|fd| glommio::spawn_local(net::accept_loop(fd, mesh.clone(), ctx.shards, ctx.open.clone(), max)))
+        .map(|fd| {
+            glommio::spawn_local(net::accept_loop(
+                fd,
+                mesh.clone(),
+                ctx.shards,
+                ctx.open.clone(),
+                max,
+            ))
+        })
         .collect();
     while !ctx.stop.load(Ordering::SeqCst) {
         glommio::timer::sleep(STOP_POLL).await;

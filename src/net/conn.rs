@@ -182,7 +182,13 @@ impl Conn {
         self.outbox.close();
     }
 
-    fn send_connack(&mut self, version: Version, session_present: bool, code: ReasonCode, properties: Properties) {
+    fn send_connack(
+        &mut self,
+        version: Version,
+        session_present: bool,
+        code: ReasonCode,
+        properties: Properties,
+    ) {
         let packet = Packet::ConnAck(ConnAck {
             session_present,
             code,
@@ -215,7 +221,10 @@ impl Conn {
             Version::V5 => connect.properties.session_expiry_interval.unwrap_or(0) > 0,
         };
         self.token = self.shard.new_token();
-        let state = self.shard.claim(&client_id, self.token, !connect.clean_start).await;
+        let state = self
+            .shard
+            .claim(&client_id, self.token, !connect.clean_start)
+            .await;
         let session_present = state.is_some();
         let mut session = Session::new(client_id, self.version, is_persistent);
         session.conn_token = self.token;
@@ -223,9 +232,17 @@ impl Conn {
         let (key, new_filters) = self.shard.install(session, state);
         self.key = key;
         self.shard.announce(new_filters).await;
-        self.send_connack(self.version, session_present, ReasonCode::SUCCESS, properties);
+        self.send_connack(
+            self.version,
+            session_present,
+            ReasonCode::SUCCESS,
+            properties,
+        );
         let outbox = self.outbox.clone();
-        self.shard.with_session(key, self.token, |s, limits, scratch| s.resume(outbox, limits, scratch));
+        self.shard
+            .with_session(key, self.token, |s, limits, scratch| {
+                s.resume(outbox, limits, scratch)
+            });
         let keep_alive = connect.keep_alive_secs as u64;
         let timeout = (keep_alive > 0).then(|| Duration::from_millis(keep_alive * 1500));
         let _ = self.stream.set_read_timeout(timeout);
@@ -282,7 +299,10 @@ impl Conn {
         None
     }
 
-    fn session<R>(&mut self, f: impl FnOnce(&mut Session, &crate::config::Limits, &mut BytesMut) -> R) -> Option<R> {
+    fn session<R>(
+        &mut self,
+        f: impl FnOnce(&mut Session, &crate::config::Limits, &mut BytesMut) -> R,
+    ) -> Option<R> {
         self.shard.with_session(self.key, self.token, f)
     }
 
@@ -303,7 +323,9 @@ impl Conn {
                 self.send(&Packet::PubAck(crate::shard::session::ack(pkid)));
             }
             QoS::ExactlyOnce => {
-                let is_new = self.session(|s, _, _| s.receive_qos2(pkid)).unwrap_or(false);
+                let is_new = self
+                    .session(|s, _, _| s.receive_qos2(pkid))
+                    .unwrap_or(false);
                 if is_new {
                     self.shard.publish(publish).await;
                 }

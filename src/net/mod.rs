@@ -14,7 +14,13 @@ use std::sync::Arc;
 
 /// Accepts connections on `listener` (a bound std socket handed over as an fd) and places
 /// them on shards in turn, so shards get an even share whatever the kernel's hash would do.
-pub async fn accept_loop(fd: std::os::unix::io::RawFd, mesh: Rc<Mesh>, shards: usize, open: Arc<AtomicUsize>, max: usize) {
+pub async fn accept_loop(
+    fd: std::os::unix::io::RawFd,
+    mesh: Rc<Mesh>,
+    shards: usize,
+    open: Arc<AtomicUsize>,
+    max: usize,
+) {
     // SAFETY: fd is a bound, listening TCP socket that this loop alone owns from now on.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     let mut next = 0;

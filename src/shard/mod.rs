@@ -81,7 +81,12 @@ pub struct Shard {
 
 impl Shard {
     /// A shard with no clients yet.
-    pub fn new(mesh: Rc<Mesh>, shards: usize, limits: Limits, open_connections: Arc<AtomicUsize>) -> Shard {
+    pub fn new(
+        mesh: Rc<Mesh>,
+        shards: usize,
+        limits: Limits,
+        open_connections: Arc<AtomicUsize>,
+    ) -> Shard {
         Shard {
             shards,
             mesh,
@@ -113,7 +118,12 @@ impl Shard {
 
     /// Asks the client id's home shard for the id; returns the old session's state when the
     /// old session was persistent and `wants_state` is set. Any other holder is closed.
-    pub async fn claim(&self, client_id: &str, token: u64, wants_state: bool) -> Option<Box<SessionState>> {
+    pub async fn claim(
+        &self,
+        client_id: &str,
+        token: u64,
+        wants_state: bool,
+    ) -> Option<Box<SessionState>> {
         let request = self.requests.open(1);
         let home = home_shard(client_id, self.shards);
         let msg = MeshMsg::Claim {
@@ -128,7 +138,11 @@ impl Shard {
     }
 
     /// Installs a session for a new connection and returns its key.
-    pub fn install(&self, mut session: Session, state: Option<Box<SessionState>>) -> (SessionKey, Vec<String>) {
+    pub fn install(
+        &self,
+        mut session: Session,
+        state: Option<Box<SessionState>>,
+    ) -> (SessionKey, Vec<String>) {
         let mut st = self.state.borrow_mut();
         st.next_key += 1;
         let key = st.next_key;
@@ -148,10 +162,18 @@ impl Shard {
     }
 
     /// Runs `f` on a session of this shard, if it still belongs to connection `token`.
-    pub fn with_session<R>(&self, key: SessionKey, token: u64, f: impl FnOnce(&mut Session, &Limits, &mut BytesMut) -> R) -> Option<R> {
+    pub fn with_session<R>(
+        &self,
+        key: SessionKey,
+        token: u64,
+        f: impl FnOnce(&mut Session, &Limits, &mut BytesMut) -> R,
+    ) -> Option<R> {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
-        let session = st.sessions.get_mut(&key).filter(|s| s.conn_token == token)?;
+        let session = st
+            .sessions
+            .get_mut(&key)
+            .filter(|s| s.conn_token == token)?;
         Some(f(session, &self.limits, &mut st.scratch))
     }
 
@@ -193,7 +215,11 @@ impl Shard {
         let mut st = self.state.borrow_mut();
         st.trie.insert(filter, key, options);
         if let Some(session) = st.sessions.get_mut(&key) {
-            if session.subscriptions.insert(filter.to_string(), options).is_some() {
+            if session
+                .subscriptions
+                .insert(filter.to_string(), options)
+                .is_some()
+            {
                 return false;
             }
         }
@@ -234,11 +260,14 @@ impl Shard {
     /// Routes a publish from a client of this shard: local subscribers now, other shards
     /// through the mesh (once per interested shard). Waits if a ring is full.
     pub async fn publish(&self, publish: Publish) {
-        self.metrics.messages_received.set(self.metrics.messages_received.get() + 1);
+        self.metrics
+            .messages_received
+            .set(self.metrics.messages_received.get() + 1);
         let interested = {
             let mut st = self.state.borrow_mut();
             if publish.retain {
-                st.retained.set(publish.topic.as_str(), Some(publish.clone()));
+                st.retained
+                    .set(publish.topic.as_str(), Some(publish.clone()));
             }
             self.deliver_local(&mut st, &publish);
             interested_shards(&st.interest, publish.topic.as_str())
@@ -260,7 +289,13 @@ impl Shard {
     /// Delivers to this shard's subscribers: one copy per session at the highest QoS among
     /// its matching subscriptions, capped by the publish QoS.
     fn deliver_local(&self, st: &mut State, publish: &Publish) {
-        let State { trie, matches, sessions, scratch, .. } = st;
+        let State {
+            trie,
+            matches,
+            sessions,
+            scratch,
+            ..
+        } = st;
         matches.clear();
         trie.for_each_match(publish.topic.as_str(), |key, options| {
             matches.push((*key, options.qos));
@@ -280,7 +315,9 @@ impl Shard {
             out.retain = false;
             out.dup = false;
             session.deliver(out, &self.limits, scratch);
-            self.metrics.messages_sent.set(self.metrics.messages_sent.get() + 1);
+            self.metrics
+                .messages_sent
+                .set(self.metrics.messages_sent.get() + 1);
         }
     }
 
@@ -288,7 +325,10 @@ impl Shard {
     /// home shard told); a persistent one stays, offline. Returns the will to publish.
     pub fn disconnect(&self, key: SessionKey, token: u64, graceful: bool) -> Option<Will> {
         let mut st = self.state.borrow_mut();
-        let session = st.sessions.get_mut(&key).filter(|s| s.conn_token == token)?;
+        let session = st
+            .sessions
+            .get_mut(&key)
+            .filter(|s| s.conn_token == token)?;
         let will = if graceful { None } else { session.will.take() };
         session.will = None;
         session.outbox = None;
@@ -356,8 +396,14 @@ impl Shard {
                 let mut st = self.state.borrow_mut();
                 self.deliver_local(&mut st, &publish);
             }
-            MeshMsg::Retain { topic, publish } => self.state.borrow_mut().retained.set(&topic, publish),
-            MeshMsg::InterestAdd { filter, from, request } => {
+            MeshMsg::Retain { topic, publish } => {
+                self.state.borrow_mut().retained.set(&topic, publish)
+            }
+            MeshMsg::InterestAdd {
+                filter,
+                from,
+                request,
+            } => {
                 self.state.borrow_mut().interest.insert(&filter, from, ());
                 self.mesh.post(from, MeshMsg::InterestAck { request });
             }
@@ -365,16 +411,27 @@ impl Shard {
                 self.state.borrow_mut().interest.remove(&filter, &from);
             }
             MeshMsg::InterestAck { request } => self.requests.answer(request, None),
-            MeshMsg::Claim { client_id, from, token, request, wants_state } => {
-                self.on_claim(client_id, from, token, request, wants_state)
-            }
-            MeshMsg::Evict { client_id, to, request, wants_state } => {
-                self.on_evict(&client_id, to, request, wants_state).await
-            }
+            MeshMsg::Claim {
+                client_id,
+                from,
+                token,
+                request,
+                wants_state,
+            } => self.on_claim(client_id, from, token, request, wants_state),
+            MeshMsg::Evict {
+                client_id,
+                to,
+                request,
+                wants_state,
+            } => self.on_evict(&client_id, to, request, wants_state).await,
             MeshMsg::Handoff { request, state } => self.requests.answer(request, state),
             MeshMsg::Release { client_id, token } => {
                 let mut st = self.state.borrow_mut();
-                if st.registry.get(&client_id).is_some_and(|o| o.token == token) {
+                if st
+                    .registry
+                    .get(&client_id)
+                    .is_some_and(|o| o.token == token)
+                {
                     st.registry.remove(&client_id);
                 }
             }
@@ -382,16 +439,35 @@ impl Shard {
     }
 
     /// Home-shard role: record the new holder and have the old one evicted.
-    fn on_claim(&self, client_id: String, from: ShardId, token: u64, request: RequestId, wants_state: bool) {
+    fn on_claim(
+        &self,
+        client_id: String,
+        from: ShardId,
+        token: u64,
+        request: RequestId,
+        wants_state: bool,
+    ) {
         let owner = Owner { shard: from, token };
-        let previous = self.state.borrow_mut().registry.insert(client_id.clone(), owner);
+        let previous = self
+            .state
+            .borrow_mut()
+            .registry
+            .insert(client_id.clone(), owner);
         let msg = match previous {
             Some(old) => {
-                let evict = MeshMsg::Evict { client_id, to: from, request, wants_state };
+                let evict = MeshMsg::Evict {
+                    client_id,
+                    to: from,
+                    request,
+                    wants_state,
+                };
                 self.mesh.post(old.shard, evict);
                 return;
             }
-            None => MeshMsg::Handoff { request, state: None },
+            None => MeshMsg::Handoff {
+                request,
+                state: None,
+            },
         };
         self.mesh.post(from, msg);
     }

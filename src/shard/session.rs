@@ -139,28 +139,40 @@ impl Session {
         self.queue.len()
     }
 
-    /// Offers a message at the QoS granted for this client.
-    pub fn deliver(&mut self, publish: Publish, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
-        if publish.qos == QoS::AtMostOnce {
-            return self.deliver_qos0(&publish, limits, scratch);
+    /// Offers a message at the QoS granted for this client. Order is kept across QoS levels:
+    /// once anything waits in the queue, QoS 0 messages wait behind it [MQTT-4.6.0-6].
+    pub fn deliver(
+        &mut self,
+        publish: Publish,
+        limits: &Limits,
+        scratch: &mut BytesMut,
+    ) -> Delivery {
+        let is_qos0 = publish.qos == QoS::AtMostOnce;
+        if !self.is_online() && is_qos0 {
+            self.counters.dropped += 1;
+            return Delivery::Dropped;
         }
-        if self.is_online() && self.queue.is_empty() && self.has_window(limits) {
-            self.send_new(publish, scratch);
-            return Delivery::Sent;
+        if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
+            return self.send_now(publish, limits, scratch);
         }
         self.enqueue(publish, limits)
     }
 
-    fn deliver_qos0(&mut self, publish: &Publish, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
+    /// Sends at once: QoS 0 unless the connection's write buffer is over its bound, QoS 1/2
+    /// into the window.
+    fn send_now(&mut self, publish: Publish, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
+        if publish.qos != QoS::AtMostOnce {
+            self.send_new(publish, scratch);
+            return Delivery::Sent;
+        }
         let Some(outbox) = &self.outbox else {
-            self.counters.dropped += 1;
             return Delivery::Dropped;
         };
         if outbox.is_over(limits.write_buffer_bytes_max) {
             self.counters.dropped += 1;
             return Delivery::Dropped;
         }
-        push_publish(outbox, publish, self.version, scratch);
+        push_publish(outbox, &publish, self.version, scratch);
         Delivery::Sent
     }
 
@@ -207,12 +219,18 @@ impl Session {
 
     /// Moves queued messages into the window while there is room and a connection.
     pub fn pump(&mut self, limits: &Limits, scratch: &mut BytesMut) {
-        while self.is_online() && self.has_window(limits) {
+        while self.is_online() {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            if front.qos != QoS::AtMostOnce && !self.has_window(limits) {
+                break;
+            }
             let Some(publish) = self.queue.pop_front() else {
                 break;
             };
             self.queued_bytes -= publish.payload.len();
-            self.send_new(publish, scratch);
+            self.send_now(publish, limits, scratch);
         }
     }
 
@@ -245,7 +263,14 @@ impl Session {
         self.complete(pkid, Phase::Release, QoS::ExactlyOnce, limits, scratch);
     }
 
-    fn complete(&mut self, pkid: u16, phase: Phase, qos: QoS, limits: &Limits, scratch: &mut BytesMut) {
+    fn complete(
+        &mut self,
+        pkid: u16,
+        phase: Phase,
+        qos: QoS,
+        limits: &Limits,
+        scratch: &mut BytesMut,
+    ) {
         let found = self
             .inflight
             .iter()

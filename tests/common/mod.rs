@@ -162,9 +162,16 @@ impl Raw {
             match self.stream.read(&mut chunk) {
                 Ok(0) => return Err(NoPacket::Closed),
                 Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
                     return Err(NoPacket::Timeout)
                 }
+                // The broker's threads share this process; their signals interrupt reads.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(_) => return Err(NoPacket::Closed),
             }
         }
@@ -192,11 +199,21 @@ impl Raw {
 
     /// Subscribes to one filter and returns the SUBACK codes.
     pub fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<ReasonCode> {
-        self.subscribe_with(filter, SubscriptionOptions { qos, ..Default::default() })
+        self.subscribe_with(
+            filter,
+            SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        )
     }
 
     /// Subscribes with full options.
-    pub fn subscribe_with(&mut self, filter: &str, options: SubscriptionOptions) -> Vec<ReasonCode> {
+    pub fn subscribe_with(
+        &mut self,
+        filter: &str,
+        options: SubscriptionOptions,
+    ) -> Vec<ReasonCode> {
         let subscribe = Subscribe {
             pkid: 7,
             filters: vec![SubscribeFilter {
@@ -224,7 +241,10 @@ impl Raw {
             QoS::AtLeastOnce => assert!(matches!(self.recv(), Packet::PubAck(a) if a.pkid == pkid)),
             QoS::ExactlyOnce => {
                 assert!(matches!(self.recv(), Packet::PubRec(a) if a.pkid == pkid));
-                self.send(&Packet::PubRel(Ack { pkid, ..Ack::default() }));
+                self.send(&Packet::PubRel(Ack {
+                    pkid,
+                    ..Ack::default()
+                }));
                 assert!(matches!(self.recv(), Packet::PubComp(a) if a.pkid == pkid));
             }
         }
@@ -243,7 +263,10 @@ impl Raw {
 
     /// Completes the receiver's side of a QoS 1/2 flow.
     pub fn ack(&mut self, publish: &Publish) {
-        let ack = Ack { pkid: publish.pkid, ..Ack::default() };
+        let ack = Ack {
+            pkid: publish.pkid,
+            ..Ack::default()
+        };
         match publish.qos {
             QoS::AtMostOnce => {}
             QoS::AtLeastOnce => self.send(&Packet::PubAck(ack)),
