@@ -69,7 +69,7 @@ fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>, corpus: &[Vec<u8>]) {
     }
 }
 
-fn fix_remaining_length(bytes: &mut Vec<u8>) {
+fn fix_remaining_length(bytes: &mut [u8]) {
     if bytes.len() >= 2 && bytes.len() - 2 < 128 {
         bytes[1] = (bytes.len() - 2) as u8;
     }
