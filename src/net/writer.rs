@@ -2,9 +2,10 @@
 //!
 //! The fast path is one `sendmsg` per loop turn on the raw fd, with an iovec per header and per
 //! shared payload, so payloads are never copied (glommio's own vectored write only sends the
-//! first slice). When the socket buffer is full, the writer copies a bounded chunk and lets
-//! glommio wait for the socket through io_uring, on a dup of the fd that exists only while the
-//! socket stays full, so a connection costs one fd in the common case.
+//! first slice). When the socket buffer is full, the writer hands the first queued slice (a
+//! reference-counted clone, still no copy) to glommio, which waits for the socket through
+//! io_uring. That wait uses a dup of the fd that exists only while the socket stays full, so a
+//! connection costs one fd in the common case.
 
 use super::outbox::Outbox;
 use futures_lite::AsyncWriteExt;
@@ -15,8 +16,6 @@ use std::rc::Rc;
 
 /// Frames gathered into one `sendmsg`; Linux allows 1024 iovecs, two per frame.
 const FRAMES_PER_WRITE: usize = 256;
-/// Bytes copied per wait when the socket is full.
-const SLOW_CHUNK_BYTES: usize = 64 << 10;
 
 /// Drains `outbox` into socket `fd` until the outbox closes or the socket fails, then shuts
 /// the socket down so the reader sees end of stream too. The caller keeps `fd` open until
@@ -35,9 +34,12 @@ pub async fn run(fd: RawFd, outbox: Rc<Outbox>) {
                 let Some(stream) = slow_stream(&mut slow, fd) else {
                     break;
                 };
-                let chunk = outbox.take_copy(SLOW_CHUNK_BYTES);
-                if stream.write_all(&chunk).await.is_err() {
-                    break;
+                let Some(part) = outbox.front_part() else {
+                    continue;
+                };
+                match stream.write(&part).await {
+                    Ok(n) if n > 0 => outbox.consume(n),
+                    _ => break,
                 }
             }
             Err(_) => break,
