@@ -214,10 +214,15 @@ impl Conn {
             Version::V5 => connect.properties.session_expiry_interval.unwrap_or(0) > 0,
         };
         self.token = self.shard.new_token();
-        let state = self
+        let claim = self
             .shard
             .claim(&client_id, self.token, !connect.clean_start)
             .await;
+        let Ok(state) = claim else {
+            // A newer connection with this client id took over while we waited.
+            self.outbox.close();
+            return false;
+        };
         let session_present = state.is_some();
         let mut session = Session::new(client_id, self.version, is_persistent);
         session.conn_token = self.token;
