@@ -70,7 +70,7 @@ pub fn raise_open_files() {
 /// Binds a listening socket without SO_REUSEPORT, so a port held by any other process (even
 /// one that set SO_REUSEPORT, as glommio always does) is reported instead of shared.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
-    TcpListener::bind(addr).map_err(|e| match e.kind() {
+    let listener = TcpListener::bind(addr).map_err(|e| match e.kind() {
         std::io::ErrorKind::AddrInUse => format!(
             "cannot listen on {addr}: the address is in use by another process (perhaps another broker); stop it or choose another port with --listen"
         ),
@@ -78,5 +78,13 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
             "cannot listen on {addr}: permission denied; ports below 1024 need root or CAP_NET_BIND_SERVICE"
         ),
         _ => format!("cannot listen on {addr}: {e}"),
-    })
+    })?;
+    // std listens with a backlog of 128, which drops SYNs when thousands of clients reconnect
+    // at once (say, after a network blip); the kernel caps this at net.core.somaxconn.
+    // SAFETY: listen on the socket we just bound; calling it again only resizes the backlog.
+    unsafe { libc::listen(std::os::unix::io::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) };
+    Ok(listener)
 }
+
+/// Pending connections the kernel may hold per listener.
+const LISTEN_BACKLOG: i32 = 4096;
