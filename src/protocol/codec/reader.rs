@@ -137,7 +137,6 @@ impl Reader {
     }
 
     #[inline]
-
     fn need(&self, len: usize) -> Result<(), DecodeError> {
         if self.buf.len() < len {
             Err(DecodeError::UnexpectedEnd)
