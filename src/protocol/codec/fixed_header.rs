@@ -43,6 +43,7 @@ pub(crate) struct FixedHeader {
 
 impl FixedHeader {
     /// The whole packet's size in bytes.
+    #[inline]
     pub fn frame_len(&self) -> usize {
         self.header_len + self.remaining
     }
@@ -50,6 +51,7 @@ impl FixedHeader {
 
 /// Parses a fixed header from the front of `buf`. `Err(needed)` in the outer result says how
 /// many more bytes are needed at least before it can be parsed.
+#[inline]
 pub(crate) fn parse(buf: &[u8]) -> Result<Result<FixedHeader, usize>, DecodeError> {
     let Some((&first, rest)) = buf.split_first() else {
         return Ok(Err(2));
@@ -68,6 +70,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Result<FixedHeader, usize>, DecodeErro
 
 /// Checks the packet type exists in `version` and its flag bits are the fixed ones
 /// [MQTT-2.1.3-1] (3.1.1: MQTT-2.2.2-1, MQTT-2.2.2-2). PUBLISH flags are checked by PUBLISH.
+#[inline]
 pub(crate) fn check_type_and_flags(
     header: &FixedHeader,
     version: Version,
@@ -91,11 +94,13 @@ pub(crate) fn check_type_and_flags(
 }
 
 /// Bytes a fixed header with this Remaining Length takes.
+#[inline]
 pub(crate) fn len(remaining: usize) -> usize {
     1 + varint::len(u32::try_from(remaining).unwrap_or(u32::MAX))
 }
 
 /// Writes a fixed header.
+#[inline]
 pub(crate) fn write(
     first_byte: u8,
     remaining: usize,

@@ -8,6 +8,8 @@
 //! Encoding a PUBLISH can write its header alone (`write_publish_header`), so that one payload
 //! `Bytes` is sent to many subscribers with only the header built per subscriber.
 
+#![deny(missing_docs)]
+
 mod ack;
 mod auth;
 mod connack;

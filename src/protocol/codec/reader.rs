@@ -15,31 +15,37 @@ pub(crate) struct Reader {
 
 impl Reader {
     /// A reader over `buf`; `version` decides whether varints must be minimal.
+    #[inline]
     pub(crate) fn new(buf: Bytes, version: Version) -> Reader {
         Reader { buf, version }
     }
 
     /// The version the rest of the packet is read as.
+    #[inline]
     pub(crate) fn version(&self) -> Version {
         self.version
     }
 
     /// Switches version, for CONNECT once its protocol level has been read.
+    #[inline]
     pub(crate) fn set_version(&mut self, version: Version) {
         self.version = version;
     }
 
     /// Whether every byte has been read.
+    #[inline]
     pub(crate) fn is_empty(&self) -> bool {
         self.buf.is_empty()
     }
 
     /// Bytes left.
+    #[inline]
     pub(crate) fn remaining(&self) -> usize {
         self.buf.len()
     }
 
     /// Errors unless every byte has been read (a field list that ends early is malformed).
+    #[inline]
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
         if self.buf.is_empty() {
             Ok(())
@@ -49,24 +55,28 @@ impl Reader {
     }
 
     /// One byte.
+    #[inline]
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         self.need(1)?;
         Ok(self.buf.get_u8())
     }
 
     /// A big-endian Two Byte Integer.
+    #[inline]
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
         self.need(2)?;
         Ok(self.buf.get_u16())
     }
 
     /// A big-endian Four Byte Integer.
+    #[inline]
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         self.need(4)?;
         Ok(self.buf.get_u32())
     }
 
     /// A packet identifier, which must be non-zero [MQTT-2.2.1-3].
+    #[inline]
     pub(crate) fn packet_id(&mut self) -> Result<u16, DecodeError> {
         match self.u16()? {
             0 => Err(DecodeError::ZeroPacketId),
@@ -75,6 +85,7 @@ impl Reader {
     }
 
     /// A Variable Byte Integer; minimal encoding is required in 5.0 [MQTT-1.5.5-1].
+    #[inline]
     pub(crate) fn varint(&mut self) -> Result<u32, DecodeError> {
         match varint::parse(&self.buf)? {
             None => Err(DecodeError::UnexpectedEnd),
@@ -89,28 +100,33 @@ impl Reader {
     }
 
     /// The next `len` bytes, shared with the input.
+    #[inline]
     pub(crate) fn take(&mut self, len: usize) -> Result<Bytes, DecodeError> {
         self.need(len)?;
         Ok(self.buf.split_to(len))
     }
 
     /// Everything left, shared with the input (a PUBLISH payload).
+    #[inline]
     pub(crate) fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.buf)
     }
 
     /// A sub-reader over the next `len` bytes (a property list).
+    #[inline]
     pub(crate) fn sub(&mut self, len: usize) -> Result<Reader, DecodeError> {
         Ok(Reader::new(self.take(len)?, self.version))
     }
 
     /// Binary Data: a two-byte length, then that many bytes.
+    #[inline]
     pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
         let len = self.u16()?;
         self.take(usize::from(len))
     }
 
     /// A UTF-8 Encoded String, checked [MQTT-1.5.4-1], [MQTT-1.5.4-2].
+    #[inline]
     pub(crate) fn string(&mut self) -> Result<MqttString, DecodeError> {
         let bytes = self.binary()?;
         // `from_utf8` rejects ill-formed sequences and encoded surrogates (U+D800..U+DFFF).
@@ -120,6 +136,7 @@ impl Reader {
         MqttString::from_bytes(bytes).ok_or(DecodeError::NullCharacter)
     }
 
+    #[inline]
     fn need(&self, len: usize) -> Result<(), DecodeError> {
         if self.buf.len() < len {
             Err(DecodeError::UnexpectedEnd)

@@ -10,6 +10,7 @@ pub const VARINT_MAX: u32 = 268_435_455;
 /// Parses a Variable Byte Integer from the front of `buf`: `Ok(None)` when `buf` ends before the
 /// last byte, otherwise the value and the number of bytes it took. A fifth byte is an error
 /// [MQTT-1.5.5] (3.1.1: 2.2.3).
+#[inline]
 pub(crate) fn parse(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
     let mut value = 0u32;
     for (i, &byte) in buf.iter().enumerate() {
@@ -28,6 +29,7 @@ pub(crate) fn parse(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
 }
 
 /// Bytes the minimal encoding of `value` takes (values over `VARINT_MAX` count as 4).
+#[inline]
 pub(crate) fn len(value: u32) -> usize {
     match value {
         0..=127 => 1,
@@ -38,6 +40,7 @@ pub(crate) fn len(value: u32) -> usize {
 }
 
 /// Writes `value` minimally. The caller has checked `value <= VARINT_MAX`.
+#[inline]
 pub(crate) fn write(value: u32, out: &mut impl BufMut) {
     debug_assert!(value <= VARINT_MAX);
     let mut value = value;

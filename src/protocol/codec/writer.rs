@@ -6,6 +6,7 @@ use super::error::EncodeError;
 use crate::protocol::packet::MqttString;
 
 /// Checks that a string or binary field fits its two-byte length prefix.
+#[inline]
 pub(crate) fn check_field(len: usize) -> Result<(), EncodeError> {
     if len > usize::from(u16::MAX) {
         Err(EncodeError::FieldTooLong { len })
@@ -15,6 +16,7 @@ pub(crate) fn check_field(len: usize) -> Result<(), EncodeError> {
 }
 
 /// Writes Binary Data: two-byte length, then the bytes.
+#[inline]
 pub(crate) fn binary(data: &[u8], out: &mut BytesMut) -> Result<(), EncodeError> {
     check_field(data.len())?;
     // Fits: checked just above.
@@ -24,11 +26,13 @@ pub(crate) fn binary(data: &[u8], out: &mut BytesMut) -> Result<(), EncodeError>
 }
 
 /// Writes a UTF-8 Encoded String.
+#[inline]
 pub(crate) fn string(text: &MqttString, out: &mut BytesMut) -> Result<(), EncodeError> {
     binary(text.as_bytes(), out)
 }
 
 /// Length on the wire of a string or binary field.
+#[inline]
 pub(crate) fn field_len(data: &Bytes) -> usize {
     2 + data.len()
 }
