@@ -1,0 +1,619 @@
+//! ringcast between independent MQTT implementations: mosquitto_pub / mosquitto_sub (Debian's
+//! mosquitto-clients) and Python paho-mqtt 2.x (`tests/interop/paho_client.py`), run as
+//! subprocesses, in both directions, with MQTT 3.1.1 and MQTT 5, on 1 and on 4 shards.
+//!
+//! A missing tool skips the test with a note, unless `RINGCAST_REQUIRE_INTEROP=1` (set by CI),
+//! which turns it into a failure. Every subprocess runs under a deadline and is killed if it
+//! overstays, and killed too if the test panics first.
+
+mod common;
+
+use common::Broker;
+use std::io::{Read, Write};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// How long any one subprocess may run.
+const PROC_LIMIT: Duration = Duration::from_secs(8);
+/// How long a subscriber may take to get its SUBACK.
+const READY_LIMIT: Duration = Duration::from_secs(5);
+
+// ---------------------------------------------------------------------------------------------
+// Tools: present, or skip / fail as the environment asks.
+
+/// Which external clients are installed, checked once per test binary.
+struct Tools {
+    missing: Vec<&'static str>,
+}
+
+fn tools() -> &'static Tools {
+    static TOOLS: OnceLock<Tools> = OnceLock::new();
+    TOOLS.get_or_init(|| {
+        let mut missing = Vec::new();
+        for tool in ["mosquitto_pub", "mosquitto_sub", "stdbuf"] {
+            // Some print usage and exit non-zero on --help; only "not found" matters here.
+            if Command::new(tool).arg("--help").output().is_err() {
+                missing.push(tool);
+            }
+        }
+        let paho = Command::new("python3")
+            .args([
+                "-c",
+                "import sys, paho.mqtt; sys.exit(int(paho.mqtt.__version__.split('.')[0]) < 2)",
+            ])
+            .output();
+        if !matches!(paho, Ok(out) if out.status.success()) {
+            missing.push("python3 with paho-mqtt>=2");
+        }
+        Tools { missing }
+    })
+}
+
+/// True when the external clients are here. When they are not: fails the test if
+/// `RINGCAST_REQUIRE_INTEROP=1`, else prints a note and the caller returns early.
+fn interop_ready() -> bool {
+    let missing = &tools().missing;
+    if missing.is_empty() {
+        return true;
+    }
+    let message = format!(
+        "interop clients missing: {}. Install with `apt-get install mosquitto-clients` and \
+         `python3 -m pip install 'paho-mqtt>=2,<3'`",
+        missing.join(", ")
+    );
+    if std::env::var("RINGCAST_REQUIRE_INTEROP").as_deref() == Ok("1") {
+        panic!("{message} (RINGCAST_REQUIRE_INTEROP=1, so this is a failure, not a skip)");
+    }
+    eprintln!("note: skipping interop test: {message}");
+    false
+}
+
+// ---------------------------------------------------------------------------------------------
+// Subprocesses with deadlines.
+
+/// A running subprocess whose output is collected as it comes; killed when dropped.
+struct Proc {
+    name: String,
+    child: Option<Child>,
+    stdout: Arc<Mutex<String>>,
+    stderr: Arc<Mutex<String>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+/// How a subprocess ended.
+struct Finished {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Copies everything from `from` into `into` on a thread, so a full pipe never stalls the child.
+fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = from.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            into.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&chunk[..n]));
+        }
+    })
+}
+
+impl Proc {
+    /// Starts `command`, feeding it `stdin` (then closing it).
+    fn spawn(name: &str, mut command: Command, stdin: &[u8]) -> Proc {
+        command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command
+            .spawn()
+            .unwrap_or_else(|e| panic!("{name}: cannot start {command:?}: {e}"));
+        let mut input = child.stdin.take().unwrap();
+        // Small inputs only: the pipe buffer holds them without a reader on the other side yet.
+        let _ = input.write_all(stdin);
+        drop(input);
+        let stdout = Arc::new(Mutex::new(String::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let readers = vec![
+            collect(child.stdout.take().unwrap(), stdout.clone()),
+            collect(child.stderr.take().unwrap(), stderr.clone()),
+        ];
+        Proc {
+            name: name.to_owned(),
+            child: Some(child),
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    fn output_so_far(&self) -> String {
+        format!(
+            "--- stdout ---\n{}--- stderr ---\n{}",
+            self.stdout.lock().unwrap(),
+            self.stderr.lock().unwrap()
+        )
+    }
+
+    /// Waits until a stdout line contains `needle`; kills the process and fails after `limit`.
+    fn wait_for(&mut self, needle: &str, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        loop {
+            if self
+                .stdout
+                .lock()
+                .unwrap()
+                .lines()
+                .any(|l| l.contains(needle))
+            {
+                return;
+            }
+            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
+            if exited.is_some() || Instant::now() >= deadline {
+                self.kill();
+                panic!(
+                    "{}: no {needle:?} ({}):\n{}",
+                    self.name,
+                    match exited {
+                        Some(status) => format!("exited with {status}"),
+                        None => format!("killed after {limit:?}"),
+                    },
+                    self.output_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Waits for the process to exit; kills it and fails the test after `limit`.
+    fn finish(mut self, limit: Duration) -> Finished {
+        let deadline = Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                break status;
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                panic!(
+                    "{}: still running after {limit:?}, killed:\n{}",
+                    self.name,
+                    self.output_so_far()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        self.child = None;
+        for reader in self.readers.drain(..) {
+            let _ = reader.join();
+        }
+        Finished {
+            status,
+            stdout: std::mem::take(&mut self.stdout.lock().unwrap()),
+            stderr: std::mem::take(&mut self.stderr.lock().unwrap()),
+        }
+    }
+
+    /// Waits for a successful exit, failing the test with the output otherwise.
+    fn succeed(self) -> Finished {
+        let name = self.name.clone();
+        let done = self.finish(PROC_LIMIT);
+        assert!(
+            done.status.success(),
+            "{name}: {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            done.status,
+            done.stdout,
+            done.stderr
+        );
+        done
+    }
+
+    /// Kills the process (SIGKILL: no DISCONNECT reaches the broker) and reaps it.
+    fn kill(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.child = None;
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The clients.
+
+/// MQTT protocol version, as each tool spells it.
+#[derive(Clone, Copy, Debug)]
+enum V {
+    V311,
+    V5,
+}
+
+impl V {
+    fn mosquitto(self) -> &'static str {
+        match self {
+            V::V311 => "mqttv311",
+            V::V5 => "mqttv5",
+        }
+    }
+    fn paho(self) -> &'static str {
+        match self {
+            V::V311 => "311",
+            V::V5 => "5",
+        }
+    }
+}
+
+/// One message as a subscriber printed it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct Msg {
+    topic: String,
+    qos: u8,
+    retain: bool,
+    payload: Vec<u8>,
+}
+
+fn from_hex(hex: &str) -> Vec<u8> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).expect("hex payload"))
+        .collect()
+}
+
+/// Parses `MSG <topic> <qos> <retain> <hex>` lines, which both subscribers print.
+fn messages(stdout: &str) -> Vec<Msg> {
+    stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("MSG "))
+        .map(|rest| {
+            let fields: Vec<&str> = rest.split(' ').collect();
+            assert_eq!(fields.len(), 4, "bad MSG line: {rest:?}");
+            Msg {
+                topic: fields[0].to_owned(),
+                qos: fields[1].parse().unwrap(),
+                retain: fields[2] == "1",
+                payload: from_hex(fields[3]),
+            }
+        })
+        .collect()
+}
+
+fn msg(topic: &str, qos: u8, retain: bool, payload: &[u8]) -> Msg {
+    Msg {
+        topic: topic.to_owned(),
+        qos,
+        retain,
+        payload: payload.to_vec(),
+    }
+}
+
+fn paho(mode: &str, broker: &Broker, v: V, id: &str, topic: &str, qos: u8) -> Command {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/interop/paho_client.py");
+    let mut command = Command::new("python3");
+    command.args([script, mode]).args([
+        "--port",
+        &broker.addr.port().to_string(),
+        "--version",
+        v.paho(),
+        "--id",
+        id,
+        "--topic",
+        topic,
+        "--qos",
+        &qos.to_string(),
+        "--timeout",
+        "6",
+    ]);
+    command
+}
+
+/// A paho subscriber that has its SUBACK and will exit after `count` messages.
+fn paho_sub(broker: &Broker, v: V, id: &str, filter: &str, qos: u8, count: usize) -> Proc {
+    let mut command = paho("sub", broker, v, id, filter, qos);
+    command.args(["--count", &count.to_string(), "--linger", "0.3"]);
+    let mut sub = Proc::spawn(&format!("paho sub {id}"), command, b"");
+    sub.wait_for("SUBSCRIBED", READY_LIMIT);
+    sub
+}
+
+/// Publishes `payloads` in order from one paho client and waits for it to finish.
+fn paho_pub(
+    broker: &Broker,
+    v: V,
+    id: &str,
+    topic: &str,
+    qos: u8,
+    retain: bool,
+    payloads: &[&str],
+) {
+    let mut command = paho("pub", broker, v, id, topic, qos);
+    if retain {
+        command.arg("--retain");
+    }
+    for payload in payloads {
+        command.args(["--payload", payload]);
+    }
+    Proc::spawn(&format!("paho pub {id}"), command, b"").succeed();
+}
+
+fn mosquitto(tool: &str, broker: &Broker, v: V, id: &str, topic: &str, qos: u8) -> Command {
+    // stdout is a pipe, so without stdbuf the client's stdio would hold its lines back.
+    let mut command = Command::new("stdbuf");
+    command.args(["-oL", tool]).args([
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &broker.addr.port().to_string(),
+        "-V",
+        v.mosquitto(),
+        "-i",
+        id,
+        "-t",
+        topic,
+        "-q",
+        &qos.to_string(),
+    ]);
+    command
+}
+
+/// A mosquitto_sub that has its SUBACK (seen in its `-d` debug output) and exits after `count`
+/// messages or 6 s.
+fn mosquitto_sub(broker: &Broker, v: V, id: &str, filter: &str, qos: u8, count: usize) -> Proc {
+    let mut command = mosquitto("mosquitto_sub", broker, v, id, filter, qos);
+    command.args([
+        "-d",
+        "-C",
+        &count.to_string(),
+        "-W",
+        "6",
+        "-F",
+        "MSG %t %q %r %x",
+    ]);
+    let mut sub = Proc::spawn(&format!("mosquitto_sub {id}"), command, b"");
+    sub.wait_for("received SUBACK", READY_LIMIT);
+    sub
+}
+
+/// Publishes one message (read from stdin, so any bytes go) with mosquitto_pub.
+fn mosquitto_pub(
+    broker: &Broker,
+    v: V,
+    id: &str,
+    topic: &str,
+    qos: u8,
+    retain: bool,
+    payload: &[u8],
+) {
+    let mut command = mosquitto("mosquitto_pub", broker, v, id, topic, qos);
+    command.arg("-s");
+    if retain {
+        command.arg("-r");
+    }
+    Proc::spawn(&format!("mosquitto_pub {id}"), command, payload).succeed();
+}
+
+/// A payload with every byte value (zero included), tagged so each message is recognisable.
+fn binary_payload(tag: u8) -> Vec<u8> {
+    let mut payload = vec![b'#', tag];
+    payload.extend(0..=255u8);
+    payload
+}
+
+// ---------------------------------------------------------------------------------------------
+// The tests.
+
+/// mosquitto_pub sends one message at each QoS; a paho subscriber at QoS 2 gets each once,
+/// byte for byte, at the publisher's QoS.
+fn mosquitto_pub_to_paho_sub(shards: usize, pub_v: V, sub_v: V) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start(shards);
+    let sub = paho_sub(&broker, sub_v, "paho-sub", "interop/+/data", 2, 3);
+    let mut expected = Vec::new();
+    for qos in 0..=2u8 {
+        let topic = format!("interop/q{qos}/data");
+        let payload = binary_payload(qos);
+        mosquitto_pub(
+            &broker,
+            pub_v,
+            &format!("mpub{qos}"),
+            &topic,
+            qos,
+            false,
+            &payload,
+        );
+        expected.push(msg(&topic, qos, false, &payload));
+    }
+    let done = sub.succeed();
+    // Separate publisher connections may be routed in any order; compare as sets.
+    let mut got = messages(&done.stdout);
+    got.sort();
+    assert_eq!(got, expected, "stdout:\n{}", done.stdout);
+}
+
+/// One paho client publishes at QoS 0, 1 and 2; mosquitto_sub at QoS 2 gets them in order.
+fn paho_pub_to_mosquitto_sub(shards: usize, pub_v: V, sub_v: V) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start(shards);
+    let sub = mosquitto_sub(&broker, sub_v, "msub", "interop/#", 2, 3);
+    for qos in 0..=2u8 {
+        // A fresh connection per QoS, so each flow is checked alone.
+        let payload = format!("qos {qos} from paho ✓");
+        paho_pub(
+            &broker,
+            pub_v,
+            &format!("ppub{qos}"),
+            &format!("interop/q{qos}"),
+            qos,
+            false,
+            &[&payload],
+        );
+    }
+    let done = sub.succeed();
+    let mut got = messages(&done.stdout);
+    got.sort();
+    let expected: Vec<Msg> = (0..=2u8)
+        .map(|qos| {
+            let payload = format!("qos {qos} from paho ✓");
+            msg(&format!("interop/q{qos}"), qos, false, payload.as_bytes())
+        })
+        .collect();
+    assert_eq!(got, expected, "stdout:\n{}", done.stdout);
+}
+
+/// Messages from one publisher arrive in the order sent, at every QoS [MQTT-4.6.0-6].
+fn paho_pub_order_kept(shards: usize, v: V) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start(shards);
+    for qos in 0..=2u8 {
+        let sub = mosquitto_sub(&broker, v, &format!("msub{qos}"), "order/t", 2, 5);
+        let payloads = ["m1", "m2", "m3", "m4", "m5"];
+        paho_pub(
+            &broker,
+            v,
+            &format!("ppub{qos}"),
+            "order/t",
+            qos,
+            false,
+            &payloads,
+        );
+        let done = sub.succeed();
+        let got: Vec<Vec<u8>> = messages(&done.stdout)
+            .into_iter()
+            .map(|m| m.payload)
+            .collect();
+        let expected: Vec<Vec<u8>> = payloads.iter().map(|p| p.as_bytes().to_vec()).collect();
+        assert_eq!(got, expected, "QoS {qos}; stdout:\n{}", done.stdout);
+    }
+}
+
+/// A retained message from mosquitto_pub reaches a paho subscriber that comes later, with the
+/// retain flag set [MQTT-3.3.1-6, MQTT-3.3.1-8].
+fn retained_mosquitto_pub_to_later_paho_sub(shards: usize, v: V) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start(shards);
+    mosquitto_pub(
+        &broker,
+        v,
+        "mpub",
+        "retained/m",
+        1,
+        true,
+        b"kept by ringcast",
+    );
+    let done = paho_sub(&broker, v, "paho-late", "retained/#", 1, 1).succeed();
+    assert_eq!(
+        messages(&done.stdout),
+        vec![msg("retained/m", 1, true, b"kept by ringcast")],
+        "stdout:\n{}",
+        done.stdout
+    );
+}
+
+/// A retained message from paho reaches a later mosquitto_sub with the retain flag set, at the
+/// subscription's lower QoS; a second retained message replaces it [MQTT-3.3.1-5].
+fn retained_paho_pub_to_later_mosquitto_sub(shards: usize, v: V) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start(shards);
+    paho_pub(
+        &broker,
+        v,
+        "ppub",
+        "retained/p",
+        2,
+        true,
+        &["first", "second"],
+    );
+    let done = mosquitto_sub(&broker, v, "msub-late", "retained/+", 1, 1).succeed();
+    assert_eq!(
+        messages(&done.stdout),
+        vec![msg("retained/p", 1, true, b"second")],
+        "stdout:\n{}",
+        done.stdout
+    );
+}
+
+/// A paho client killed with SIGKILL (no DISCONNECT) has its will delivered to mosquitto_sub
+/// [MQTT-3.1.2-8].
+fn paho_will_reaches_mosquitto_sub(shards: usize, v: V) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start(shards);
+    let sub = mosquitto_sub(&broker, v, "watcher", "wills/#", 1, 1);
+    let mut command = paho("will", &broker, v, "doomed", "wills/doomed", 1);
+    command.args(["--payload", "doomed went away"]);
+    let mut doomed = Proc::spawn("paho will", command, b"");
+    doomed.wait_for("CONNECTED", READY_LIMIT);
+    doomed.kill();
+    let done = sub.succeed();
+    assert_eq!(
+        messages(&done.stdout),
+        vec![msg("wills/doomed", 1, false, b"doomed went away")],
+        "stdout:\n{}",
+        done.stdout
+    );
+}
+
+on_1_and_4_shards!(mqtt311_mosquitto_pub_to_paho_sub_qos_0_1_2, |shards| {
+    mosquitto_pub_to_paho_sub(shards, V::V311, V::V311)
+});
+on_1_and_4_shards!(mqtt5_mosquitto_pub_to_paho_sub_qos_0_1_2, |shards| {
+    mosquitto_pub_to_paho_sub(shards, V::V5, V::V5)
+});
+on_1_and_4_shards!(mqtt5_mosquitto_pub_to_mqtt311_paho_sub, |shards| {
+    mosquitto_pub_to_paho_sub(shards, V::V5, V::V311)
+});
+on_1_and_4_shards!(mqtt311_paho_pub_to_mosquitto_sub_qos_0_1_2, |shards| {
+    paho_pub_to_mosquitto_sub(shards, V::V311, V::V311)
+});
+on_1_and_4_shards!(mqtt5_paho_pub_to_mosquitto_sub_qos_0_1_2, |shards| {
+    paho_pub_to_mosquitto_sub(shards, V::V5, V::V5)
+});
+on_1_and_4_shards!(mqtt311_paho_pub_to_mqtt5_mosquitto_sub, |shards| {
+    paho_pub_to_mosquitto_sub(shards, V::V311, V::V5)
+});
+on_1_and_4_shards!(
+    mqtt311_4_6_order_from_one_paho_publisher_is_kept,
+    |shards| { paho_pub_order_kept(shards, V::V311) }
+);
+on_1_and_4_shards!(mqtt5_4_6_order_from_one_paho_publisher_is_kept, |shards| {
+    paho_pub_order_kept(shards, V::V5)
+});
+on_1_and_4_shards!(mqtt311_retained_mosquitto_pub_to_later_paho_sub, |shards| {
+    retained_mosquitto_pub_to_later_paho_sub(shards, V::V311)
+});
+on_1_and_4_shards!(mqtt5_retained_mosquitto_pub_to_later_paho_sub, |shards| {
+    retained_mosquitto_pub_to_later_paho_sub(shards, V::V5)
+});
+on_1_and_4_shards!(mqtt311_retained_paho_pub_to_later_mosquitto_sub, |shards| {
+    retained_paho_pub_to_later_mosquitto_sub(shards, V::V311)
+});
+on_1_and_4_shards!(mqtt5_retained_paho_pub_to_later_mosquitto_sub, |shards| {
+    retained_paho_pub_to_later_mosquitto_sub(shards, V::V5)
+});
+on_1_and_4_shards!(mqtt311_paho_will_reaches_mosquitto_sub, |shards| {
+    paho_will_reaches_mosquitto_sub(shards, V::V311)
+});
+on_1_and_4_shards!(mqtt5_paho_will_reaches_mosquitto_sub, |shards| {
+    paho_will_reaches_mosquitto_sub(shards, V::V5)
+});
