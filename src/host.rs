@@ -50,6 +50,23 @@ fn check_io_uring() -> Result<(), String> {
     Ok(())
 }
 
+/// Raises the soft open-file limit to the hard limit: each connection is a file, and the
+/// default soft limit (often 1024) would cap the broker far below what the host allows.
+pub fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
 /// Binds a listening socket without SO_REUSEPORT, so a port held by any other process (even
 /// one that set SO_REUSEPORT, as glommio always does) is reported instead of shared.
 pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {

@@ -69,6 +69,8 @@ pub enum MeshMsg {
     Evict {
         /// The client id.
         client_id: String,
+        /// Token of the connection that holds it (or held it last).
+        token: u64,
         /// Shard of the new connection.
         to: ShardId,
         /// Request to answer with `Handoff`.

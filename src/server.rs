@@ -34,6 +34,7 @@ impl Server {
     pub fn start(config: &Config) -> Result<Server, String> {
         config.validate().map_err(|e| e.to_string())?;
         host::check()?;
+        host::raise_open_files();
         let mut addrs = Vec::new();
         let mut fds: Vec<RawFd> = Vec::new();
         for addr in &config.listen {

@@ -418,3 +418,43 @@ on_1_and_4_shards!(mqtt_3_9_3_invalid_filter_gets_0x80, |shards| {
     );
     assert_eq!(c.subscribe("a/b/c", QoS::AtMostOnce), vec![ReasonCode(0)]);
 });
+
+on_1_and_4_shards!(
+    mqtt_3_1_4_2_concurrent_connects_with_one_client_id_leave_exactly_one,
+    |shards| {
+        let broker = Broker::start(shards);
+        let addr = broker.addr;
+        let racers: Vec<Raw> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(move || {
+                        let mut raw = Raw::open(addr, Version::V311);
+                        raw.send(&Packet::Connect(connect_packet(
+                            "racer",
+                            Version::V311,
+                            true,
+                        )));
+                        raw
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let mut alive = 0;
+        for mut raw in racers {
+            raw.send(&Packet::PingReq);
+            loop {
+                match raw.recv_within(Duration::from_secs(2)) {
+                    Ok(Packet::PingResp) => {
+                        alive += 1;
+                        break;
+                    }
+                    Ok(_) => continue, // CONNACK, or DISCONNECT
+                    Err(_) => break,
+                }
+            }
+        }
+        assert_eq!(alive, 1, "exactly one connection keeps the client id");
+    }
+);

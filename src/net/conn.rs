@@ -16,7 +16,7 @@ use crate::shard::{SessionKey, Shard};
 use bytes::BytesMut;
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
-use std::os::unix::io::{AsRawFd, FromRawFd};
+use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -36,18 +36,10 @@ enum End {
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    // The writer gets its own handle on the socket so reading and writing never wait on each
-    // other; a dup'ed fd is the same socket.
-    // SAFETY: dup of a valid fd; the new fd is owned by `write_stream` alone.
-    let write_fd = unsafe { libc::dup(stream.as_raw_fd()) };
-    if write_fd < 0 {
-        shard.connection_closed();
-        return;
-    }
-    // SAFETY: write_fd is a fresh fd for the same socket, owned from here on.
-    let write_stream = unsafe { TcpStream::from_raw_fd(write_fd) };
     let outbox = Rc::new(Outbox::default());
-    let writer = glommio::spawn_local(writer::run(write_stream, outbox.clone()));
+    // Reading and writing are separate tasks so neither waits on the other. The writer uses
+    // the raw fd, which `conn.stream` keeps open until the writer is done or dropped below.
+    let writer = glommio::spawn_local(writer::run(stream.as_raw_fd(), outbox.clone()));
     let mut conn = Conn {
         shard: shard.clone(),
         stream,
@@ -61,16 +53,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     };
     conn.run().await;
     outbox.close();
-    if glommio::timer::timeout(FLUSH_TIMEOUT, async {
+    let flushed = glommio::timer::timeout(FLUSH_TIMEOUT, async {
         writer.await;
         Ok(())
     })
-    .await
-    .is_err()
-    {
+    .await;
+    if flushed.is_err() {
+        // The writer was dropped (cancelled) with the timeout; close the socket for good.
         // SAFETY: the socket is still owned by `conn.stream`.
         unsafe { libc::shutdown(conn.stream.as_raw_fd(), libc::SHUT_RDWR) };
     }
+    drop(conn);
     shard.connection_closed();
 }
 
@@ -221,10 +214,15 @@ impl Conn {
             Version::V5 => connect.properties.session_expiry_interval.unwrap_or(0) > 0,
         };
         self.token = self.shard.new_token();
-        let state = self
+        let claim = self
             .shard
             .claim(&client_id, self.token, !connect.clean_start)
             .await;
+        let Ok(state) = claim else {
+            // A newer connection with this client id took over while we waited.
+            self.outbox.close();
+            return false;
+        };
         let session_present = state.is_some();
         let mut session = Session::new(client_id, self.version, is_persistent);
         session.conn_token = self.token;

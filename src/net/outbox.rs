@@ -136,18 +136,17 @@ impl Outbox {
         }
     }
 
-    /// Copies up to `max` queued bytes into one buffer and removes them: the slow path used
-    /// when the socket is full and the write must wait.
-    pub fn take_copy(&self, max: usize) -> Vec<u8> {
-        let mut out = Vec::with_capacity(max.min(self.bytes.get()));
-        self.peek_frames(usize::MAX, |frame| {
-            for part in [&frame.header, &frame.payload] {
-                let room = max - out.len();
-                out.extend_from_slice(&part[..part.len().min(room)]);
-            }
-        });
-        self.consume(out.len());
-        out
+    /// The first unwritten slice (header or payload of the first frame), shared not copied:
+    /// what the writer waits on when the socket is full.
+    pub fn front_part(&self) -> Option<Bytes> {
+        let frames = self.frames.borrow();
+        let front = frames.front()?;
+        let part = if front.header.is_empty() {
+            &front.payload
+        } else {
+            &front.header
+        };
+        Some(part.clone())
     }
 }
 
@@ -169,16 +168,12 @@ mod tests {
         outbox.push(frame(b"f", b""));
         assert_eq!(outbox.queued_bytes(), 6);
         outbox.consume(3);
-        assert_eq!(outbox.take_copy(100), b"def");
+        assert_eq!(&outbox.front_part().unwrap()[..], b"de");
+        outbox.consume(2);
+        assert_eq!(&outbox.front_part().unwrap()[..], b"f");
+        outbox.consume(1);
         assert!(outbox.is_empty());
+        assert!(outbox.front_part().is_none());
         assert_eq!(outbox.queued_bytes(), 0);
-    }
-
-    #[test]
-    fn take_copy_stops_at_max() {
-        let outbox = Outbox::default();
-        outbox.push(frame(b"abc", b"def"));
-        assert_eq!(outbox.take_copy(4), b"abcd");
-        assert_eq!(outbox.take_copy(4), b"ef");
     }
 }

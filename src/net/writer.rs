@@ -2,26 +2,27 @@
 //!
 //! The fast path is one `sendmsg` per loop turn on the raw fd, with an iovec per header and per
 //! shared payload, so payloads are never copied (glommio's own vectored write only sends the
-//! first slice). When the socket buffer is full, the writer copies a bounded chunk and lets
-//! glommio wait for the socket through io_uring.
+//! first slice). When the socket buffer is full, the writer hands the first queued slice (a
+//! reference-counted clone, still no copy) to glommio, which waits for the socket through
+//! io_uring. That wait uses a dup of the fd that exists only while the socket stays full, so a
+//! connection costs one fd in the common case.
 
 use super::outbox::Outbox;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use std::io;
-use std::os::unix::io::{AsRawFd, RawFd};
+use std::os::unix::io::{FromRawFd, RawFd};
 use std::rc::Rc;
 
 /// Frames gathered into one `sendmsg`; Linux allows 1024 iovecs, two per frame.
 const FRAMES_PER_WRITE: usize = 256;
-/// Bytes copied per wait when the socket is full.
-const SLOW_CHUNK_BYTES: usize = 64 << 10;
 
-/// Drains `outbox` into `stream` until the outbox closes or the socket fails, then shuts the
-/// socket down so the reader sees end of stream too.
-pub async fn run(mut stream: TcpStream, outbox: Rc<Outbox>) {
-    let fd = stream.as_raw_fd();
+/// Drains `outbox` into socket `fd` until the outbox closes or the socket fails, then shuts
+/// the socket down so the reader sees end of stream too. The caller keeps `fd` open until
+/// this returns (or drops this future).
+pub async fn run(fd: RawFd, outbox: Rc<Outbox>) {
     let mut iov: Vec<libc::iovec> = Vec::with_capacity(FRAMES_PER_WRITE * 2);
+    let mut slow: Option<TcpStream> = None;
     loop {
         std::future::poll_fn(|cx| outbox.poll_ready(cx)).await;
         if outbox.is_empty() {
@@ -30,17 +31,40 @@ pub async fn run(mut stream: TcpStream, outbox: Rc<Outbox>) {
         match send_some(fd, &outbox, &mut iov) {
             Ok(n) => outbox.consume(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let chunk = outbox.take_copy(SLOW_CHUNK_BYTES);
-                if stream.write_all(&chunk).await.is_err() {
+                let Some(stream) = slow_stream(&mut slow, fd) else {
                     break;
+                };
+                let Some(part) = outbox.front_part() else {
+                    continue;
+                };
+                match stream.write(&part).await {
+                    Ok(n) if n > 0 => outbox.consume(n),
+                    _ => break,
                 }
             }
             Err(_) => break,
         }
+        if outbox.is_empty() {
+            slow = None; // the socket drained: give the extra fd back
+        }
     }
     outbox.close();
-    // SAFETY: fd is a socket owned by `stream`, alive for this call.
+    // SAFETY: the caller keeps fd open while this runs.
     unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+}
+
+/// The stream used to wait for a full socket, made on first need from a dup of `fd`.
+fn slow_stream(slow: &mut Option<TcpStream>, fd: RawFd) -> Option<&mut TcpStream> {
+    if slow.is_none() {
+        // SAFETY: dup of an fd the caller keeps open; the copy is owned by the new stream.
+        let copy = unsafe { libc::dup(fd) };
+        if copy < 0 {
+            return None;
+        }
+        // SAFETY: `copy` is a fresh fd for the same socket, owned from here on.
+        *slow = Some(unsafe { TcpStream::from_raw_fd(copy) });
+    }
+    slow.as_mut()
 }
 
 /// One non-blocking `sendmsg` of the first frames; returns the bytes written.

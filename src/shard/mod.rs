@@ -37,6 +37,18 @@ pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
     (hash % shards as u64) as ShardId
 }
 
+/// What an `Evict` asks of the holder of a client id.
+struct Eviction {
+    token: u64,
+    to: ShardId,
+    request: RequestId,
+    wants_state: bool,
+}
+
+/// A claim lost to a newer connection with the same client id, made while it was pending.
+#[derive(Debug)]
+pub struct Superseded;
+
 /// Who holds a client id, as its home shard records it.
 #[derive(Clone, Copy, Debug)]
 struct Owner {
@@ -76,6 +88,9 @@ pub struct Shard {
     pub requests: Requests,
     state: RefCell<State>,
     next_token: Cell<u64>,
+    /// Claims of this shard's connections (by token) not yet answered; true once a newer
+    /// claim of the same client id superseded them.
+    claims: RefCell<HashMap<u64, bool>>,
     open_connections: Arc<AtomicUsize>,
 }
 
@@ -95,6 +110,7 @@ impl Shard {
             requests: Requests::default(),
             state: RefCell::new(State::default()),
             next_token: Cell::new(0),
+            claims: RefCell::default(),
             open_connections,
         }
     }
@@ -123,8 +139,9 @@ impl Shard {
         client_id: &str,
         token: u64,
         wants_state: bool,
-    ) -> Option<Box<SessionState>> {
+    ) -> Result<Option<Box<SessionState>>, Superseded> {
         let request = self.requests.open(1);
+        self.claims.borrow_mut().insert(token, false);
         let home = home_shard(client_id, self.shards);
         let msg = MeshMsg::Claim {
             client_id: client_id.to_string(),
@@ -134,7 +151,11 @@ impl Shard {
             wants_state,
         };
         self.mesh.send(home, msg).await;
-        self.requests.wait(request).await
+        let state = self.requests.wait(request).await;
+        if self.claims.borrow_mut().remove(&token) == Some(true) {
+            return Err(Superseded);
+        }
+        Ok(state)
     }
 
     /// Installs a session for a new connection and returns its key.
@@ -420,10 +441,19 @@ impl Shard {
             } => self.on_claim(client_id, from, token, request, wants_state),
             MeshMsg::Evict {
                 client_id,
+                token,
                 to,
                 request,
                 wants_state,
-            } => self.on_evict(&client_id, to, request, wants_state).await,
+            } => {
+                let evict = Eviction {
+                    token,
+                    to,
+                    request,
+                    wants_state,
+                };
+                self.on_evict(&client_id, evict).await
+            }
             MeshMsg::Handoff { request, state } => self.requests.answer(request, state),
             MeshMsg::Release { client_id, token } => {
                 let mut st = self.state.borrow_mut();
@@ -457,6 +487,7 @@ impl Shard {
             Some(old) => {
                 let evict = MeshMsg::Evict {
                     client_id,
+                    token: old.token,
                     to: from,
                     request,
                     wants_state,
@@ -474,10 +505,24 @@ impl Shard {
 
     /// Closes this shard's session of `client_id` (a newer connection took it over) and
     /// hands its state to shard `to` when asked and the session was persistent.
-    async fn on_evict(&self, client_id: &str, to: ShardId, request: RequestId, wants_state: bool) {
+    async fn on_evict(&self, client_id: &str, evict: Eviction) {
+        let Eviction {
+            token,
+            to,
+            request,
+            wants_state,
+        } = evict;
         let taken = {
             let mut st = self.state.borrow_mut();
             let key = st.by_client.get(client_id).copied();
+            let key = key.filter(|k| st.sessions.get(k).is_some_and(|s| s.conn_token == token));
+            if key.is_none() {
+                // The holder may still be waiting for its own claim's answer: the newer
+                // claim wins, and the holder learns it when that answer arrives.
+                if let Some(superseded) = self.claims.borrow_mut().get_mut(&token) {
+                    *superseded = true;
+                }
+            }
             key.and_then(|key| remove_session(&mut st, key))
                 .map(|(session, gone)| (session, gone, std::mem::take(&mut st.scratch)))
         };

@@ -373,7 +373,9 @@ impl<K, V> Drop for Node<K, V> {
 /// Literal children of a node: a vector while few, a map beyond.
 enum Children<K, V> {
     Few(Vec<(Box<str>, Node<K, V>)>),
-    Many(HashMap<Box<str>, Node<K, V>>),
+    // Boxed so that the common small node stays small (nodes are most of a trie's memory).
+    #[allow(clippy::box_collection)]
+    Many(Box<HashMap<Box<str>, Node<K, V>>>),
 }
 
 impl<K, V> Children<K, V> {
@@ -394,7 +396,7 @@ impl<K, V> Children<K, V> {
     fn get_or_insert(&mut self, level: &str) -> &mut Node<K, V> {
         if let Children::Few(few) = self {
             if few.len() >= FEW_CHILDREN_MAX && !few.iter().any(|(l, _)| **l == *level) {
-                *self = Children::Many(std::mem::take(few).into_iter().collect());
+                *self = Children::Many(Box::new(std::mem::take(few).into_iter().collect()));
             }
         }
         match self {
@@ -447,8 +449,10 @@ impl<K, V> Children<K, V> {
 /// that subscribing thousands of sessions to one filter stays linear.
 struct Subscribers<K, V> {
     entries: Vec<(K, V)>,
-    /// Position of each key in `entries`; built past `FEW_SUBSCRIBERS_MAX`.
-    index: Option<HashMap<K, usize>>,
+    /// Position of each key in `entries`; built past `FEW_SUBSCRIBERS_MAX`. Boxed so that
+    /// the many small sets stay one pointer wide.
+    #[allow(clippy::box_collection)]
+    index: Option<Box<HashMap<K, usize>>>,
 }
 
 impl<K, V> Subscribers<K, V> {
@@ -482,7 +486,9 @@ impl<K: Eq + Hash + Clone, V> Subscribers<K, V> {
         self.entries.push((key, value));
         if self.index.is_none() && self.entries.len() > FEW_SUBSCRIBERS_MAX {
             let index = self.entries.iter().enumerate();
-            self.index = Some(index.map(|(at, (k, _))| (k.clone(), at)).collect());
+            self.index = Some(Box::new(
+                index.map(|(at, (k, _))| (k.clone(), at)).collect(),
+            ));
         }
         None
     }

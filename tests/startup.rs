@@ -1,0 +1,172 @@
+//! The real binary's start-up checks and shutdown: one plain sentence and a non-zero exit for
+//! each problem, exit 0 on SIGTERM.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn ringcast() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    command.stdout(Stdio::piped()).stderr(Stdio::piped());
+    command
+}
+
+/// Runs to completion, killing it after 10 s.
+fn run(mut command: Command) -> Output {
+    let mut child = command.spawn().expect("binary starts");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("ringcast did not exit within 10 s");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn address_in_use_is_reported_in_one_sentence() {
+    let holder = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = holder.local_addr().unwrap();
+    let mut command = ringcast();
+    command.args(["--listen", &addr.to_string(), "--shards", "1"]);
+    let output = run(command);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("address is in use"), "{text}");
+    assert_eq!(text.trim().lines().count(), 1, "{text}");
+}
+
+#[test]
+fn address_held_with_so_reuseport_is_reported_too() {
+    // A second broker (glommio sets SO_REUSEPORT) must not silently share the port.
+    let first = start_broker();
+    let mut command = ringcast();
+    command.args(["--listen", &first.addr, "--shards", "1"]);
+    let output = run(command);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("address is in use"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn unknown_config_key_is_refused() {
+    let dir = std::env::temp_dir().join(format!("ringcast-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("bad.toml");
+    std::fs::File::create(&path)
+        .unwrap()
+        .write_all(b"[limits]\ninflight_maximum = 3\n")
+        .unwrap();
+    let mut command = ringcast();
+    command.args([
+        "--config",
+        path.to_str().unwrap(),
+        "--listen",
+        "127.0.0.1:0",
+    ]);
+    let output = run(command);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(text.contains("inflight_maximum"), "{text}");
+}
+
+#[test]
+fn bad_cpu_list_is_refused() {
+    let mut command = ringcast();
+    command.args(["--cpus", "3-1", "--listen", "127.0.0.1:0"]);
+    let output = run(command);
+    assert!(!output.status.success());
+    assert!(
+        stderr(&output).contains("bad CPU list"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn memlock_too_low_is_reported_with_what_to_do() {
+    let mut command = ringcast();
+    command.args(["--listen", "127.0.0.1:0", "--shards", "1"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 64 << 10,
+                rlim_max: 64 << 10,
+            };
+            libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit);
+            Ok(())
+        });
+    }
+    let output = run(command);
+    assert!(!output.status.success());
+    let text = stderr(&output);
+    assert!(
+        text.contains("RLIMIT_MEMLOCK") && text.contains("ulimit -l"),
+        "{text}"
+    );
+}
+
+struct Running {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_broker() -> Running {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut command = ringcast();
+    command.args(["--listen", &addr, "--shards", "2", "--log-level", "warn"]);
+    let child = command.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(&addr).is_err() {
+        assert!(Instant::now() < deadline, "broker did not start listening");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Running { child, addr }
+}
+
+#[test]
+fn sigterm_closes_connections_and_exits_0() {
+    let mut broker = start_broker();
+    let mut client = std::net::TcpStream::connect(&broker.addr).unwrap();
+    // CONNECT, 3.1.1, clean session, client id "s".
+    client
+        .write_all(&[
+            0x10, 0x0d, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60, 0, 1, b's',
+        ])
+        .unwrap();
+    // SAFETY: sending a signal to our own child.
+    unsafe { libc::kill(broker.child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = broker.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "broker did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "exit status {status:?}");
+}
