@@ -45,7 +45,8 @@ pub struct Options {
     /// Messages per publisher; stops earlier than --duration when reached.
     #[arg(long)]
     pub count: Option<u64>,
-    /// Most messages a publisher may have sent and its slowest subscriber not yet received.
+    /// Most messages sent and not yet received by the slowest subscriber (in fanin, shared by
+    /// the publishers of that subscriber).
     #[arg(long, default_value_t = 1000)]
     pub window: u64,
     /// QoS 1: most PUBLISHes a publisher may have without a PUBACK.

@@ -109,6 +109,10 @@ fn split(opts: &Options, plan: &Plan) -> Vec<Share> {
     for (i, sub) in plan.subscribers.iter().enumerate() {
         shares[i % opts.threads].subscribers.push((i, sub.clone()));
     }
+    // --window bounds what one subscriber has outstanding; in fanin N publishers share it, so
+    // the broker's per-subscriber queue is not overrun by N windows at once.
+    let sharing = plan.subscribers.iter().map(|s| s.topics).max().unwrap_or(1) as u64;
+    let window = (opts.window / sharing).max(1);
     let qos = if opts.qos == 1 {
         QoS::AtLeastOnce
     } else {
@@ -121,7 +125,7 @@ fn split(opts: &Options, plan: &Plan) -> Vec<Share> {
             streams: plan.streams_of_publisher[i].clone(),
             qos,
             payload_bytes: opts.payload,
-            window: opts.window,
+            window,
             inflight: opts.inflight,
             batch: opts.batch,
             count: opts.count.unwrap_or(u64::MAX),
