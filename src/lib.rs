@@ -9,7 +9,9 @@
 //! - `mesh`: messages between shards over bounded SPSC rings.
 //! - `net`: the only socket code: accept and place, read into sessions, write outboxes.
 //! - `metrics`: per-shard counters.
+//! - `bench`: the `ringcast-bench` load generator (scenarios, closed-loop clients, reports).
 
+pub mod bench;
 pub mod config;
 pub mod host;
 pub mod mesh;

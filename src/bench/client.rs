@@ -1,0 +1,660 @@
+//! The generator's MQTT connections over glommio sockets, speaking through ringcast's sans-IO
+//! codec: the handshake, the publisher loop (closed loop: a bounded window ahead of the slowest
+//! subscriber) and the subscriber loop (latency, loss, duplicates, reordering).
+
+use super::payload;
+use super::plan::{topic_index, SubscriberPlan};
+use super::shared::Shared;
+use super::tracker::Tracker;
+use crate::protocol::codec::{encode, write_publish_header, Codec, Decoded};
+use crate::protocol::*;
+use bytes::{Bytes, BytesMut};
+use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use glommio::net::TcpStream;
+use hdrhistogram::Histogram;
+use std::cell::{Cell, RefCell};
+use std::io;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+/// Bytes asked for per read: big, so a busy subscriber drains its socket in few calls.
+const READ_CHUNK_BYTES: usize = 64 << 10;
+/// The largest packet the generator accepts from the broker.
+const PACKET_MAX_BYTES: u32 = 1 << 20;
+/// How often a blocked read wakes to check whether the run is over.
+const READ_TICK: Duration = Duration::from_millis(100);
+/// How long one write may block before the run fails.
+const WRITE_LIMIT: Duration = Duration::from_secs(5);
+/// How long connecting and subscribing may take, all clients together.
+pub const SETUP_LIMIT: Duration = Duration::from_secs(30);
+
+thread_local! {
+    /// Publishers on this thread waiting for their window to open.
+    static WAITERS: RefCell<Vec<Waker>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Wakes this thread's waiting publishers: a subscriber or a PUBACK made progress.
+fn wake_publishers() {
+    WAITERS.with(|w| w.borrow_mut().drain(..).for_each(Waker::wake));
+}
+
+/// Waits until `is_open()` holds, woken by progress on this thread. A timer re-checks too:
+/// every 200 µs when subscribers live on other threads (their progress wakes no one here),
+/// else every 5 ms so a stalled broker cannot park the publisher past its deadline.
+async fn wait_until(is_open: impl Fn() -> bool, poll_other_threads: bool) {
+    let local = futures_lite::future::poll_fn(|cx| {
+        if is_open() {
+            return Poll::Ready(());
+        }
+        WAITERS.with(|w| w.borrow_mut().push(cx.waker().clone()));
+        Poll::Pending
+    });
+    let tick = if poll_other_threads {
+        Duration::from_micros(200)
+    } else {
+        Duration::from_millis(5)
+    };
+    futures_lite::future::or(local, async {
+        glommio::timer::sleep(tick).await;
+    })
+    .await;
+}
+
+/// What one read gave.
+enum Fill {
+    /// Bytes were appended to the buffer.
+    Data,
+    /// Nothing within `READ_TICK`.
+    Idle,
+    /// The broker closed the connection.
+    Closed,
+}
+
+/// Reads once from `reader`, appending to `buf`.
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    scratch: &mut [u8],
+    buf: &mut BytesMut,
+) -> io::Result<Fill> {
+    match reader.read(scratch).await {
+        Ok(0) => Ok(Fill::Closed),
+        Ok(n) => {
+            buf.extend_from_slice(&scratch[..n]);
+            Ok(Fill::Data)
+        }
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::TimedOut | io::ErrorKind::WouldBlock
+            ) =>
+        {
+            Ok(Fill::Idle)
+        }
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Fill::Idle),
+        Err(e) => Err(e),
+    }
+}
+
+/// The next packet, or an error if none comes within `SETUP_LIMIT`.
+async fn recv(
+    stream: &mut TcpStream,
+    codec: &mut Codec,
+    scratch: &mut [u8],
+    buf: &mut BytesMut,
+) -> io::Result<Packet> {
+    let deadline = std::time::Instant::now() + SETUP_LIMIT;
+    loop {
+        match codec.decode(buf) {
+            Ok(Decoded::Packet(p)) => return Ok(p),
+            Ok(Decoded::Incomplete { .. }) => {}
+            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}"))),
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "no answer from the broker",
+            ));
+        }
+        if let Fill::Closed = fill(stream, scratch, buf).await? {
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "broker closed the connection",
+            ));
+        }
+    }
+}
+
+/// Encodes and writes one packet.
+async fn send<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    packet: &Packet,
+    version: Version,
+) -> io::Result<()> {
+    let mut out = BytesMut::new();
+    encode(packet, version, &mut out)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
+    writer.write_all(&out).await
+}
+
+/// An open MQTT connection after CONNACK.
+pub struct Conn {
+    stream: TcpStream,
+    codec: Codec,
+    buf: BytesMut,
+    scratch: Box<[u8]>,
+    version: Version,
+    /// The broker's Receive Maximum (5.0), if it gave one.
+    pub receive_maximum: Option<u16>,
+}
+
+impl Conn {
+    /// Connects, sends CONNECT (clean, no keep-alive: runs are short and pings would only add
+    /// noise) and waits for a CONNACK that accepts.
+    pub async fn open(addr: SocketAddr, version: Version, client_id: &str) -> io::Result<Conn> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        stream.set_read_timeout(Some(READ_TICK))?;
+        // A broker that stops reading must fail the run, not hang it.
+        stream.set_write_timeout(Some(WRITE_LIMIT))?;
+        let mut conn = Conn {
+            stream,
+            codec: Codec::with_version(version, PACKET_MAX_BYTES),
+            buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
+            scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
+            version,
+            receive_maximum: None,
+        };
+        let connect = Connect {
+            version,
+            client_id: MqttString::from_str_checked(client_id)
+                .ok_or_else(|| invalid("client id"))?,
+            clean_start: true,
+            keep_alive_secs: 0,
+            username: None,
+            password: None,
+            will: None,
+            properties: Properties::default(),
+        };
+        send(&mut conn.stream, &Packet::Connect(connect), version).await?;
+        match conn.recv().await? {
+            Packet::ConnAck(ack) if ack.code.0 == 0 => {
+                conn.receive_maximum = ack.properties.receive_maximum;
+                Ok(conn)
+            }
+            other => Err(invalid(&format!(
+                "expected an accepting CONNACK, got {other:?}"
+            ))),
+        }
+    }
+
+    /// Subscribes to one filter and checks the SUBACK grants it.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<()> {
+        let subscribe = Subscribe {
+            pkid: 1,
+            filters: vec![SubscribeFilter {
+                filter: MqttString::from_str_checked(filter).ok_or_else(|| invalid("filter"))?,
+                options: SubscriptionOptions {
+                    qos,
+                    ..Default::default()
+                },
+            }],
+            properties: Properties::default(),
+        };
+        send(
+            &mut self.stream,
+            &Packet::Subscribe(subscribe),
+            self.version,
+        )
+        .await?;
+        match self.recv().await? {
+            Packet::SubAck(ack) if ack.reason_codes.iter().all(|c| c.0 < 0x80) => Ok(()),
+            other => Err(invalid(&format!("SUBSCRIBE refused: {other:?}"))),
+        }
+    }
+
+    /// Sends DISCONNECT, best effort: the run is over either way.
+    pub async fn disconnect(mut self) {
+        let _ = send(
+            &mut self.stream,
+            &Packet::Disconnect(Disconnect::default()),
+            self.version,
+        )
+        .await;
+        let _ = self.stream.close().await;
+    }
+
+    async fn recv(&mut self) -> io::Result<Packet> {
+        recv(
+            &mut self.stream,
+            &mut self.codec,
+            &mut self.scratch,
+            &mut self.buf,
+        )
+        .await
+    }
+}
+
+fn invalid(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
+}
+
+/// What a publisher needs to know.
+#[derive(Clone, Debug)]
+pub struct PublisherSpec {
+    /// Publisher index (also its topic index).
+    pub index: usize,
+    /// Topic it publishes on.
+    pub topic: String,
+    /// Streams it feeds; the slowest bounds its window.
+    pub streams: Vec<usize>,
+    /// QoS of its publishes.
+    pub qos: QoS,
+    /// Payload bytes.
+    pub payload_bytes: usize,
+    /// Messages ahead of the slowest subscriber, at most.
+    pub window: u64,
+    /// QoS 1 PUBLISHes without PUBACK, at most.
+    pub inflight: u64,
+    /// Messages per write, at most.
+    pub batch: u64,
+    /// Messages to send at most.
+    pub count: u64,
+    /// How long to publish.
+    pub duration: Duration,
+    /// How long to wait for PUBACKs after the last publish.
+    pub drain: Duration,
+    /// Whether some of its subscribers run on other threads.
+    pub poll_other_threads: bool,
+}
+
+/// Builds the PUBLISH header once; for QoS 1 also finds where the packet id sits, so each
+/// message only patches two bytes.
+fn publish_header(spec: &PublisherSpec, version: Version) -> io::Result<(BytesMut, Option<usize>)> {
+    let header = |pkid: u16| -> io::Result<BytesMut> {
+        let publish = Publish {
+            dup: false,
+            qos: spec.qos,
+            retain: false,
+            topic: MqttString::from_str_checked(&spec.topic).ok_or_else(|| invalid("topic"))?,
+            pkid,
+            properties: Properties::default(),
+            payload: Bytes::from(vec![0u8; spec.payload_bytes]),
+        };
+        let mut out = BytesMut::new();
+        write_publish_header(&publish, version, &mut out)
+            .map_err(|e| invalid(&format!("{e:?}")))?;
+        Ok(out)
+    };
+    if spec.qos == QoS::AtMostOnce {
+        return Ok((header(0)?, None));
+    }
+    let (a, b) = (header(0x0101)?, header(0x0202)?);
+    let at = a
+        .iter()
+        .zip(b.iter())
+        .position(|(x, y)| x != y)
+        .ok_or_else(|| invalid("packet id"))?;
+    Ok((a, Some(at)))
+}
+
+/// Runs one publisher: waits for every subscriber, then publishes until its count or duration
+/// is reached, never more than `window` ahead of its slowest subscriber. Returns messages sent.
+pub async fn publisher(
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    version: Version,
+    spec: PublisherSpec,
+    subscribers: usize,
+    id: String,
+) -> u64 {
+    let conn = match Conn::open(addr, version, &id).await {
+        Ok(conn) => conn,
+        Err(e) => {
+            shared.fail(format!("publisher {}: {e}", spec.index));
+            return finish_publisher(&shared, spec.index, 0);
+        }
+    };
+    if !wait_for_subscribers(&shared, subscribers).await {
+        return finish_publisher(&shared, spec.index, 0);
+    }
+    let _ = shared
+        .publish_start_ns
+        .compare_exchange(0, shared.now_ns().max(1), Relaxed, Relaxed);
+    let sent = match publish_loop(&shared, conn, &spec).await {
+        Ok(sent) => sent,
+        Err((sent, e)) => {
+            shared.fail(format!("publisher {}: {e}", spec.index));
+            sent
+        }
+    };
+    finish_publisher(&shared, spec.index, sent)
+}
+
+/// Waits until `n` subscribers have their SUBACK; false if the run was aborted or timed out.
+async fn wait_for_subscribers(shared: &Shared, n: usize) -> bool {
+    let deadline = std::time::Instant::now() + SETUP_LIMIT;
+    while shared.subscribed.load(Relaxed) < n {
+        if shared.is_aborted() || std::time::Instant::now() > deadline {
+            shared.fail("subscribers not ready in time".into());
+            return false;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
+    true
+}
+
+/// Records the publisher's final count; the last one to finish marks the end of publishing.
+fn finish_publisher(shared: &Shared, index: usize, sent: u64) -> u64 {
+    shared.final_count[index].store(sent, Relaxed);
+    if shared.publishers_left.fetch_sub(1, Relaxed) == 1 {
+        shared.publish_end_ns.store(shared.now_ns().max(1), Relaxed);
+    }
+    sent
+}
+
+/// The publishing itself; on error gives back how many were sent before it.
+async fn publish_loop(
+    shared: &Shared,
+    conn: Conn,
+    spec: &PublisherSpec,
+) -> Result<u64, (u64, io::Error)> {
+    let version = conn.version;
+    let (header, pkid_at) = publish_header(spec, version).map_err(|e| (0, e))?;
+    let inflight = spec
+        .inflight
+        .min(conn.receive_maximum.map_or(u64::MAX, u64::from));
+    let (mut reader, mut writer) = futures_lite::io::split(conn.stream);
+    let acked = Rc::new(Cell::new(0u64));
+    let done = Rc::new(Cell::new(false));
+    let ack_task = (spec.qos != QoS::AtMostOnce).then(|| {
+        let (acked, done, codec, buf) = (acked.clone(), done.clone(), conn.codec, conn.buf);
+        glommio::spawn_local(
+            async move { read_pubacks(&mut reader, codec, buf, &acked, &done).await },
+        )
+    });
+    let mut template = vec![0u8; spec.payload_bytes];
+    let mut out =
+        BytesMut::with_capacity((header.len() + spec.payload_bytes) * spec.batch as usize);
+    let deadline = shared.now_ns() + spec.duration.as_nanos() as u64;
+    let mut sent = 0u64;
+    while sent < spec.count && shared.now_ns() < deadline && !shared.is_aborted() {
+        let room = |sent: u64| {
+            let ahead = sent - shared.slowest(&spec.streams).min(sent);
+            let unacked = if pkid_at.is_some() {
+                sent - acked.get().min(sent)
+            } else {
+                0
+            };
+            spec.window
+                .saturating_sub(ahead)
+                .min(inflight.saturating_sub(unacked))
+                .min(spec.batch)
+                .min(spec.count - sent)
+        };
+        let want = spec
+            .batch
+            .min(spec.window)
+            .min(inflight)
+            .min(spec.count - sent)
+            .max(1);
+        if room(sent) < want {
+            wait_until(
+                || room(sent) >= want || shared.is_aborted(),
+                spec.poll_other_threads,
+            )
+            .await;
+            continue;
+        }
+        let n = room(sent);
+        out.clear();
+        let now = shared.now_ns();
+        for seq in sent..sent + n {
+            let start = out.len();
+            out.extend_from_slice(&header);
+            if let Some(at) = pkid_at {
+                // Packet ids 1..=65535 in turn; the inflight bound keeps them unique.
+                let pkid = (seq % 65_535 + 1) as u16;
+                out[start + at..start + at + 2].copy_from_slice(&pkid.to_be_bytes());
+            }
+            payload::stamp(&mut template, seq, now);
+            out.extend_from_slice(&template);
+        }
+        writer.write_all(&out).await.map_err(|e| (sent, e))?;
+        sent += n;
+        shared.published.fetch_add(n, Relaxed);
+    }
+    if let Some(task) = ack_task {
+        let drain_end = std::time::Instant::now() + spec.drain;
+        while acked.get() < sent && std::time::Instant::now() < drain_end && !shared.is_aborted() {
+            glommio::timer::sleep(Duration::from_millis(1)).await;
+        }
+        done.set(true);
+        task.await;
+    }
+    let _ = send(
+        &mut writer,
+        &Packet::Disconnect(Disconnect::default()),
+        version,
+    )
+    .await;
+    Ok(sent)
+}
+
+/// Counts PUBACKs until `done`; anything else from the broker is ignored.
+async fn read_pubacks<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    mut codec: Codec,
+    mut buf: BytesMut,
+    acked: &Cell<u64>,
+    done: &Cell<bool>,
+) {
+    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
+    while !done.get() {
+        match fill(reader, &mut scratch, &mut buf).await {
+            Ok(Fill::Data) => {}
+            Ok(Fill::Idle) => continue,
+            Ok(Fill::Closed) | Err(_) => return,
+        }
+        while let Ok(Decoded::Packet(p)) = codec.decode(&mut buf) {
+            if let Packet::PubAck(_) = p {
+                acked.set(acked.get() + 1);
+            }
+        }
+        wake_publishers();
+    }
+}
+
+/// What a subscriber saw.
+pub struct SubscriberResult {
+    /// Per stream it received: the stream id and its counts.
+    pub streams: Vec<(usize, Tracker)>,
+    /// PUBLISH packets received, duplicates included.
+    pub deliveries: u64,
+}
+
+/// What a subscriber needs to know.
+#[derive(Clone, Debug)]
+pub struct SubscriberSpec {
+    /// Broker address.
+    pub addr: SocketAddr,
+    /// Protocol version.
+    pub version: Version,
+    /// QoS it subscribes with.
+    pub qos: QoS,
+    /// Its filter and streams.
+    pub plan: SubscriberPlan,
+    /// Client id.
+    pub id: String,
+    /// How long to wait for the last messages once publishing ends.
+    pub drain: Duration,
+}
+
+/// Runs one subscriber until its streams are complete or the drain time after publishing ends.
+/// Latencies go into `histogram`, shared by the subscribers of this thread.
+pub async fn subscriber(
+    shared: Arc<Shared>,
+    spec: SubscriberSpec,
+    histogram: Rc<RefCell<Histogram<u64>>>,
+) -> SubscriberResult {
+    let plan = &spec.plan;
+    let id = &spec.id;
+    let mut result = SubscriberResult {
+        streams: (0..plan.topics)
+            .map(|i| (plan.first_stream + i, Tracker::default()))
+            .collect(),
+        deliveries: 0,
+    };
+    let conn = match Conn::open(spec.addr, spec.version, id).await {
+        Ok(mut conn) => match conn.subscribe(&plan.filter, spec.qos).await {
+            Ok(()) => conn,
+            Err(e) => return fail_subscriber(&shared, id, e, result),
+        },
+        Err(e) => return fail_subscriber(&shared, id, e, result),
+    };
+    shared.subscribed.fetch_add(1, Relaxed);
+    if let Err(e) = receive_loop(&shared, conn, plan, spec.drain, &histogram, &mut result).await {
+        shared.fail(format!("subscriber {id}: {e}"));
+    }
+    result
+}
+
+fn fail_subscriber(
+    shared: &Shared,
+    id: &str,
+    e: io::Error,
+    result: SubscriberResult,
+) -> SubscriberResult {
+    shared.fail(format!("subscriber {id}: {e}"));
+    result
+}
+
+/// Reads, decodes and accounts PUBLISHes (acknowledging QoS 1) until done.
+async fn receive_loop(
+    shared: &Shared,
+    mut conn: Conn,
+    plan: &SubscriberPlan,
+    drain: Duration,
+    histogram: &RefCell<Histogram<u64>>,
+    result: &mut SubscriberResult,
+) -> io::Result<()> {
+    let mut acks = BytesMut::new();
+    while !is_subscriber_done(shared, result, drain) {
+        match fill(&mut conn.stream, &mut conn.scratch, &mut conn.buf).await? {
+            Fill::Data => {}
+            Fill::Idle => continue,
+            Fill::Closed => {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "broker closed the connection",
+                ))
+            }
+        }
+        // One clock read per chunk: everything in it arrived together.
+        let now = shared.now_ns();
+        let got = decode_chunk(
+            &mut conn,
+            plan,
+            now,
+            &mut histogram.borrow_mut(),
+            result,
+            &mut acks,
+        )?;
+        if got > 0 {
+            publish_progress(shared, result, got, now);
+        }
+        if !acks.is_empty() {
+            conn.stream.write_all(&acks).await?;
+            acks.clear();
+        }
+    }
+    conn.disconnect().await;
+    Ok(())
+}
+
+/// Decodes every whole packet in the buffer, accounting PUBLISHes and queueing QoS 1 PUBACKs
+/// in `acks`. Returns the number of PUBLISHes.
+fn decode_chunk(
+    conn: &mut Conn,
+    plan: &SubscriberPlan,
+    now: u64,
+    hist: &mut Histogram<u64>,
+    result: &mut SubscriberResult,
+    acks: &mut BytesMut,
+) -> io::Result<u64> {
+    let mut got = 0;
+    loop {
+        let packet = match conn.codec.decode(&mut conn.buf) {
+            Ok(Decoded::Packet(p)) => p,
+            Ok(Decoded::Incomplete { .. }) => return Ok(got),
+            Err(e) => return Err(invalid(&format!("decode: {e:?}"))),
+        };
+        let Packet::Publish(publish) = packet else {
+            continue;
+        };
+        got += 1;
+        account(plan, &publish, now, hist, result);
+        if publish.qos == QoS::AtLeastOnce {
+            let ack = Packet::PubAck(Ack {
+                pkid: publish.pkid,
+                ..Ack::default()
+            });
+            encode(&ack, conn.version, acks).map_err(|e| invalid(&format!("{e:?}")))?;
+        }
+    }
+}
+
+/// Records one PUBLISH: its stream's sequence accounting and its latency.
+fn account(
+    plan: &SubscriberPlan,
+    publish: &Publish,
+    now: u64,
+    hist: &mut Histogram<u64>,
+    result: &mut SubscriberResult,
+) {
+    let Some(topic) = topic_index(publish.topic.as_bytes()) else {
+        return;
+    };
+    let Some(slot) = topic
+        .checked_sub(plan.first_topic)
+        .filter(|&s| s < plan.topics)
+    else {
+        return;
+    };
+    let Some((seq, sent)) = payload::read(&publish.payload) else {
+        return;
+    };
+    result.streams[slot].1.record(seq);
+    hist.saturating_record(now.saturating_sub(sent).max(1));
+}
+
+/// Tells publishers (and the progress line) how far this subscriber got.
+fn publish_progress(shared: &Shared, result: &mut SubscriberResult, got: u64, now: u64) {
+    result.deliveries += got;
+    for (stream, tracker) in &result.streams {
+        shared.reached[*stream].store(tracker.next(), Relaxed);
+    }
+    shared.delivered.fetch_add(got, Relaxed);
+    shared.last_delivery_ns.fetch_max(now, Relaxed);
+    wake_publishers();
+}
+
+/// Done when aborted, when every stream has everything its publisher sent, or when the drain
+/// time after the end of publishing is over.
+fn is_subscriber_done(shared: &Shared, result: &SubscriberResult, drain: Duration) -> bool {
+    if shared.is_aborted() {
+        return true;
+    }
+    let end = shared.publish_end_ns.load(Relaxed);
+    if end == 0 {
+        return false;
+    }
+    let complete = result.streams.iter().all(|(stream, tracker)| {
+        let publisher = shared.publisher_of_stream[*stream];
+        tracker.next() >= shared.final_count[publisher].load(Relaxed)
+    });
+    complete || shared.now_ns() > end + drain.as_nanos() as u64
+}

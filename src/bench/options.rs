@@ -1,0 +1,151 @@
+//! The generator's command line.
+
+use clap::{Parser, ValueEnum};
+use std::time::Duration;
+
+/// Which clients talk to which.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// 1 publisher → N subscribers on one topic.
+    Fanout,
+    /// N publishers, each on its own topic → 1 subscriber to all of them.
+    Fanin,
+    /// N publisher/subscriber pairs, each pair on its own topic.
+    Pairs,
+}
+
+/// ringcast-bench: MQTT load generator (closed loop, end-to-end latency, loss accounting).
+#[derive(Parser, Debug, Clone)]
+#[command(version, about)]
+pub struct Options {
+    /// Scenario to run.
+    #[arg(value_enum, default_value = "fanout")]
+    pub scenario: Scenario,
+    /// Broker host (loopback only: the generator refuses other addresses).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// Broker port.
+    #[arg(long, default_value_t = 1883)]
+    pub port: u16,
+    /// MQTT version: 3 (3.1.1) or 5.
+    #[arg(long = "mqtt-version", default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
+    pub mqtt_version: u8,
+    /// QoS of publishes and subscriptions: 0 or 1.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub qos: u8,
+    /// Payload size in bytes (at least 16: sequence number and send time).
+    #[arg(long, default_value_t = 16)]
+    pub payload: usize,
+    /// N: subscribers in fanout, publishers in fanin, pairs in pairs.
+    #[arg(long, short = 'n', default_value_t = 100)]
+    pub subscribers: usize,
+    /// Seconds to publish for.
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Messages per publisher; stops earlier than --duration when reached.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Most messages sent and not yet received by the slowest subscriber (in fanin, shared by
+    /// the publishers of that subscriber).
+    #[arg(long, default_value_t = 1000)]
+    pub window: u64,
+    /// QoS 1: most PUBLISHes a publisher may have without a PUBACK.
+    #[arg(long, default_value_t = 1000)]
+    pub inflight: u64,
+    /// Messages a publisher writes in one batch, at most.
+    #[arg(long, default_value_t = 64)]
+    pub batch: u64,
+    /// Generator threads (glommio executors); connections are spread round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// CPUs to pin generator threads to, e.g. `1` or `0-3`; default: unpinned.
+    #[arg(long, value_name = "LIST")]
+    pub cpus: Option<String>,
+    /// Spin this many microseconds before an idle thread sleeps (cuts wake-up latency, burns CPU).
+    #[arg(long, default_value_t = 0)]
+    pub spin_us: u64,
+    /// Seconds to wait for the last messages once publishing stops.
+    #[arg(long, default_value_t = 2.0)]
+    pub drain: f64,
+    /// Run against an in-process forwarder instead of a broker (fanout, QoS 0 only).
+    #[arg(long)]
+    pub sink: bool,
+    /// CPU to pin the --sink forwarder to.
+    #[arg(long, value_name = "CPU")]
+    pub sink_cpu: Option<usize>,
+    /// Deliveries/s the generator reached against --sink; results above 90% of it are flagged.
+    #[arg(long, value_name = "PER_S")]
+    pub ceiling: Option<f64>,
+    /// Print one JSON object on stdout instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// No progress line on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl Options {
+    /// How long publishers run at most.
+    pub fn duration(&self) -> Duration {
+        Duration::from_secs_f64(self.duration.max(0.0))
+    }
+
+    /// Checks the combinations clap cannot.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.payload < super::payload::PAYLOAD_MIN_BYTES {
+            return Err("--payload must be at least 16 bytes".into());
+        }
+        if self.mqtt_version == 4 {
+            return Err("--mqtt-version is 3 (3.1.1) or 5".into());
+        }
+        if self.subscribers == 0 || self.threads == 0 || self.window == 0 || self.batch == 0 {
+            return Err("--subscribers, --threads, --window and --batch must be positive".into());
+        }
+        if self.inflight == 0 || self.inflight > 65_535 {
+            return Err("--inflight must be 1..=65535".into());
+        }
+        if !(self.duration > 0.0 && self.duration <= 3600.0) {
+            return Err("--duration must be in (0, 3600] seconds".into());
+        }
+        if self.sink && (self.scenario != Scenario::Fanout || self.qos != 0) {
+            return Err("--sink supports fanout with QoS 0 only".into());
+        }
+        Ok(())
+    }
+}
+
+/// Parses a CPU list such as `1`, `0,2` or `0-3`.
+pub fn parse_cpus(list: &str) -> Result<Vec<usize>, String> {
+    let mut cpus = Vec::new();
+    for part in list.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let bad = || format!("bad CPU list {list:?}");
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (usize, usize) =
+                    (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+                if a > b {
+                    return Err(bad());
+                }
+                cpus.extend(a..=b);
+            }
+            None => cpus.push(part.parse().map_err(|_| bad())?),
+        }
+    }
+    if cpus.is_empty() {
+        return Err(format!("empty CPU list {list:?}"));
+    }
+    Ok(cpus)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpus("1").unwrap(), vec![1]);
+        assert_eq!(parse_cpus("0,2-3").unwrap(), vec![0, 2, 3]);
+        assert!(parse_cpus("3-1").is_err());
+        assert!(parse_cpus("x").is_err());
+    }
+}

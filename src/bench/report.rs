@@ -1,0 +1,241 @@
+//! The figures of a run, as a table for people and as one JSON object for scripts.
+
+use super::options::Options;
+use super::run::Outcome;
+use hdrhistogram::Histogram;
+use std::fmt::Write;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// A generator thread busier than this (CPU time ÷ wall time) may have limited the result.
+const SATURATED_CPU: f64 = 0.9;
+/// A broker result above this share of the --sink ceiling measured the generator, not the broker.
+const CEILING_SHARE: f64 = 0.9;
+
+/// The figures of one run.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    /// Scenario name.
+    pub scenario: String,
+    /// Broker address, or "sink".
+    pub target: String,
+    /// QoS, payload bytes, publishers, subscribers.
+    pub qos: u8,
+    /// Payload bytes.
+    pub payload_bytes: usize,
+    /// Publishers.
+    pub publishers: usize,
+    /// Subscribers.
+    pub subscribers: usize,
+    /// Seconds from the first to the last publish.
+    pub publish_secs: f64,
+    /// Messages published.
+    pub published: u64,
+    /// Messages published per second.
+    pub published_per_s: f64,
+    /// PUBLISHes received by all subscribers (duplicates included).
+    pub deliveries: u64,
+    /// Deliveries per second, from the first publish to the last delivery.
+    pub deliveries_per_s: f64,
+    /// Deliveries a lossless broker would have made.
+    pub expected: u64,
+    /// Messages never received, summed over streams.
+    pub lost: u64,
+    /// Messages received twice.
+    pub duplicated: u64,
+    /// Messages received after a later one.
+    pub reordered: u64,
+    /// End-to-end latency percentiles, microseconds: p50, p90, p99, p99.9, max.
+    pub latency_us: [f64; 5],
+    /// Busiest generator thread: CPU time ÷ wall time.
+    pub generator_cpu: f64,
+    /// Whole process CPU time ÷ wall time (includes the sink).
+    pub process_cpu: f64,
+    /// Whether a generator thread was near 100% CPU.
+    pub is_saturated: bool,
+    /// Share of the given --ceiling reached, if one was given.
+    pub ceiling_share: Option<f64>,
+    /// Errors (lost connections, refusals).
+    pub errors: Vec<String>,
+}
+
+impl Report {
+    /// Computes the figures from what the run brought back.
+    pub fn new(opts: &Options, target: String, mut outcome: Outcome) -> Report {
+        let shared = &outcome.shared;
+        let secs = |ns: u64| ns as f64 / 1e9;
+        let start = shared.publish_start_ns.load(Relaxed);
+        let publish_secs = secs(shared.publish_end_ns.load(Relaxed).saturating_sub(start));
+        let deliver_secs = secs(shared.last_delivery_ns.load(Relaxed).saturating_sub(start));
+        let published: u64 = shared.final_count.iter().map(|c| c.load(Relaxed)).sum();
+        let mut r = Report {
+            scenario: format!("{:?}", opts.scenario).to_lowercase(),
+            target,
+            qos: opts.qos,
+            payload_bytes: opts.payload,
+            publishers: outcome.plan.publishers.len(),
+            subscribers: outcome.plan.subscribers.len(),
+            publish_secs,
+            published,
+            published_per_s: rate(published, publish_secs),
+            ..Report::default()
+        };
+        let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
+        for thread in &mut outcome.threads {
+            let _ = hist.add(&thread.histogram);
+            let share = thread.cpu.as_secs_f64() / thread.wall.as_secs_f64().max(1e-9);
+            r.generator_cpu = r.generator_cpu.max(share);
+            for sub in &mut thread.subscribers {
+                r.deliveries += sub.deliveries;
+                for (stream, tracker) in &mut sub.streams {
+                    let sent =
+                        shared.final_count[outcome.plan.publisher_of_stream[*stream]].load(Relaxed);
+                    tracker.finish(sent);
+                    r.expected += sent;
+                    (r.lost, r.duplicated, r.reordered) = (
+                        r.lost + tracker.lost,
+                        r.duplicated + tracker.duplicated,
+                        r.reordered + tracker.reordered,
+                    );
+                }
+            }
+        }
+        r.deliveries_per_s = rate(r.deliveries, deliver_secs);
+        let us = |q: f64| hist.value_at_quantile(q) as f64 / 1e3;
+        r.latency_us = [
+            us(0.5),
+            us(0.9),
+            us(0.99),
+            us(0.999),
+            hist.max() as f64 / 1e3,
+        ];
+        r.process_cpu = outcome.process_cpu.as_secs_f64() / outcome.wall.as_secs_f64().max(1e-9);
+        r.is_saturated = r.generator_cpu >= SATURATED_CPU;
+        r.ceiling_share = opts.ceiling.map(|c| r.deliveries_per_s / c);
+        r.errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
+        r
+    }
+
+    /// Whether the result is near the generator's own ceiling.
+    pub fn is_near_ceiling(&self) -> bool {
+        self.ceiling_share.is_some_and(|s| s > CEILING_SHARE)
+    }
+
+    /// The human table.
+    pub fn table(&self) -> String {
+        let mut t = String::new();
+        let [p50, p90, p99, p999, max] = self.latency_us;
+        let _ = writeln!(
+            t,
+            "scenario      {} → {}  (QoS {}, {} B payload, {} pub, {} sub)",
+            self.scenario,
+            self.target,
+            self.qos,
+            self.payload_bytes,
+            self.publishers,
+            self.subscribers
+        );
+        let _ = writeln!(
+            t,
+            "published     {:>12} msgs in {:.2} s  = {:>12.0} msgs/s",
+            self.published, self.publish_secs, self.published_per_s
+        );
+        let _ = writeln!(
+            t,
+            "delivered     {:>12} of {} expected = {:>12.0} deliveries/s",
+            self.deliveries, self.expected, self.deliveries_per_s
+        );
+        let _ = writeln!(
+            t,
+            "lost/dup/reord {:>11} / {} / {}",
+            self.lost, self.duplicated, self.reordered
+        );
+        let _ = writeln!(
+            t,
+            "latency µs    p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}"
+        );
+        let saturated = if self.is_saturated {
+            "  SATURATED: the generator may be the bottleneck"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            t,
+            "generator cpu {:.0}% busiest thread, {:.0}% process{saturated}",
+            self.generator_cpu * 100.0,
+            self.process_cpu * 100.0
+        );
+        if let Some(share) = self.ceiling_share {
+            let flag = if self.is_near_ceiling() {
+                "  NEAR CEILING: this measures the generator"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                t,
+                "of ceiling    {:.0}% of the --sink deliveries/s{flag}",
+                share * 100.0
+            );
+        }
+        for e in &self.errors {
+            let _ = writeln!(t, "error         {e}");
+        }
+        t
+    }
+
+    /// One JSON object on one line.
+    pub fn json(&self) -> String {
+        let [p50, p90, p99, p999, max] = self.latency_us;
+        let errors: Vec<String> = self.errors.iter().map(|e| json_string(e)).collect();
+        format!(
+            concat!(
+                "{{\"scenario\":{},\"target\":{},\"qos\":{},\"payload_bytes\":{},\"publishers\":{},\"subscribers\":{},",
+                "\"publish_secs\":{:.3},\"published\":{},\"published_per_s\":{:.0},\"deliveries\":{},\"deliveries_per_s\":{:.0},",
+                "\"expected\":{},\"lost\":{},\"duplicated\":{},\"reordered\":{},",
+                "\"latency_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}},",
+                "\"generator_cpu\":{:.3},\"process_cpu\":{:.3},\"saturated\":{},\"ceiling_share\":{},\"near_ceiling\":{},\"errors\":[{}]}}"
+            ),
+            json_string(&self.scenario), json_string(&self.target), self.qos, self.payload_bytes, self.publishers, self.subscribers,
+            self.publish_secs, self.published, self.published_per_s, self.deliveries, self.deliveries_per_s,
+            self.expected, self.lost, self.duplicated, self.reordered,
+            p50, p90, p99, p999, max,
+            self.generator_cpu, self.process_cpu, self.is_saturated,
+            self.ceiling_share.map_or("null".to_string(), |s| format!("{s:.3}")), self.is_near_ceiling(), errors.join(",")
+        )
+    }
+}
+
+fn rate(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// A JSON string literal; hand-written because the report is flat and serde_json is not a
+/// dependency of the broker.
+fn json_string(s: &str) -> String {
+    let mut out = String::from("\"");
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_escapes() {
+        assert_eq!(json_string("a\"b\\\n"), "\"a\\\"b\\\\\\u000a\"");
+    }
+}
