@@ -82,7 +82,12 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     // std listens with a backlog of 128, which drops SYNs when thousands of clients reconnect
     // at once (say, after a network blip); the kernel caps this at net.core.somaxconn.
     // SAFETY: listen on the socket we just bound; calling it again only resizes the backlog.
-    unsafe { libc::listen(std::os::unix::io::AsRawFd::as_raw_fd(&listener), LISTEN_BACKLOG) };
+    unsafe {
+        libc::listen(
+            std::os::unix::io::AsRawFd::as_raw_fd(&listener),
+            LISTEN_BACKLOG,
+        )
+    };
     Ok(listener)
 }
 

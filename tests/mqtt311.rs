@@ -458,3 +458,19 @@ on_1_and_4_shards!(
         assert_eq!(alive, 1, "exactly one connection keeps the client id");
     }
 );
+
+on_1_and_4_shards!(
+    mqtt_3_2_2_3_server_unavailable_when_connections_max_is_reached,
+    |shards| {
+        let broker = Broker::start_with(shards, |c| c.limits.connections_max = 2);
+        let _a = Raw::connect(broker.addr, "a");
+        let _b = Raw::connect(broker.addr, "b");
+        let mut c = Raw::open(broker.addr, Version::V311);
+        c.send(&Packet::Connect(connect_packet("c", Version::V311, true)));
+        let packets = c.expect_closed();
+        assert!(
+            matches!(&packets[..], [Packet::ConnAck(a)] if a.code == ReasonCode(3)),
+            "{packets:?}"
+        );
+    }
+);

@@ -195,6 +195,15 @@ impl Conn {
     async fn accept_connect(&mut self, connect: Connect) -> bool {
         self.version = connect.version;
         let mut properties = Properties::default();
+        if self.shard.is_over_connection_limit() {
+            let code = match self.version {
+                Version::V311 => ReasonCode(connack_v3::SERVER_UNAVAILABLE),
+                Version::V5 => ReasonCode::SERVER_BUSY,
+            };
+            self.send_connack(self.version, false, code, properties);
+            self.outbox.close();
+            return false;
+        }
         let mut client_id = connect.client_id.as_str().to_string();
         if client_id.is_empty() {
             if self.version == Version::V311 && !connect.clean_start {

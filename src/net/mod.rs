@@ -12,6 +12,9 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
+/// Connections beyond `connections_max` that still get a CONNACK saying why.
+const REFUSAL_MARGIN: usize = 1024;
+
 /// Accepts connections on `listener` (a bound std socket handed over as an fd) and places
 /// them on shards in turn, so shards get an even share whatever the kernel's hash would do.
 pub async fn accept_loop(
@@ -33,8 +36,11 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        if open.load(Ordering::Relaxed) >= max {
-            tracing::warn!("connection refused: limits.connections_max ({max}) reached");
+        // Up to the limit plus a margin, connections are placed and refused with a CONNACK
+        // (return code 3) by their shard; past the margin they are closed at once so a flood
+        // cannot exhaust file descriptors.
+        if open.load(Ordering::Relaxed) >= max.saturating_add(REFUSAL_MARGIN) {
+            tracing::warn!("connection dropped: limits.connections_max ({max}) reached");
             drop(stream.bind_to_executor());
             continue;
         }

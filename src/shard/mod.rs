@@ -115,6 +115,11 @@ impl Shard {
         }
     }
 
+    /// Whether more connections are open than `limits.connections_max` allows.
+    pub fn is_over_connection_limit(&self) -> bool {
+        self.open_connections.load(Ordering::Relaxed) > self.limits.connections_max
+    }
+
     /// A connection of this shard has ended.
     pub fn connection_closed(&self) {
         self.open_connections.fetch_sub(1, Ordering::Relaxed);
