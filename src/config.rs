@@ -49,6 +49,11 @@ pub struct Limits {
     pub connect_timeout_secs: u64,
     /// Largest keep-alive a client may use; 0 means no limit.
     pub keep_alive_max_secs: u16,
+    /// 5.0 Receive Maximum announced to clients: inbound QoS 2 messages a client may leave
+    /// unreleased at once.
+    pub receive_max: u16,
+    /// 5.0 Topic Alias Maximum announced to clients: inbound topic aliases per connection.
+    pub topic_alias_max: u16,
     /// Bytes read from one connection before yielding to others in the same loop turn.
     pub read_bytes_per_turn: usize,
     /// Bytes of socket writes kept waiting per connection before new QoS 0 messages are dropped.
@@ -89,6 +94,8 @@ impl Default for Limits {
             topic_levels_max: 32,
             connect_timeout_secs: 10,
             keep_alive_max_secs: 0,
+            receive_max: 64,
+            topic_alias_max: 64,
             read_bytes_per_turn: 64 << 10,
             write_buffer_bytes_max: 4 << 20,
         }
@@ -142,6 +149,9 @@ impl Config {
         let l = &self.limits;
         if l.packet_size_max < 64 || l.packet_size_max > 268_435_460 {
             return bad("`limits.packet_size_max` must be between 64 and 268435460 bytes");
+        }
+        if l.receive_max == 0 {
+            return bad("`limits.receive_max` must be at least 1 (MQTT 5.0 forbids 0)");
         }
         if l.inflight_max == 0 {
             return bad("`limits.inflight_max` must be at least 1");

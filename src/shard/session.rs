@@ -9,6 +9,7 @@ use crate::protocol::{Ack, Packet, Publish, QoS, SubscriptionOptions, Version, W
 use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
+use std::time::Instant;
 
 /// Where an outbound QoS 1/2 message stands in its acknowledgement flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +27,64 @@ pub struct Inflight {
     pub publish: Publish,
     /// Where its flow stands.
     pub phase: Phase,
+    /// The shared subscription (`$share/group/filter`) it came through, if any: should this
+    /// session go away before the client acknowledges it, another member gets it.
+    pub share: Option<String>,
+}
+
+/// One subscription as a session and the trie keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Subscription {
+    /// Options from the SUBSCRIBE entry.
+    pub options: SubscriptionOptions,
+    /// 5.0 Subscription Identifier from the SUBSCRIBE, returned with each matching PUBLISH.
+    pub id: Option<u32>,
+}
+
+/// A message on its way to one session: the PUBLISH as this client will get it (QoS, retain,
+/// subscription identifiers already chosen) and what the session needs to send it right.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The PUBLISH for this client.
+    pub publish: Publish,
+    /// When its Message Expiry Interval runs out; an expired message is never sent
+    /// [MQTT-3.3.2-5].
+    pub expires_at: Option<Instant>,
+    /// The shared subscription it came through, if any.
+    pub share: Option<String>,
+}
+
+impl Outgoing {
+    /// A message with no expiry that came through a plain subscription.
+    pub fn plain(publish: Publish) -> Outgoing {
+        Outgoing {
+            publish,
+            expires_at: None,
+            share: None,
+        }
+    }
+}
+
+/// What the client of the current connection allows the broker to send it (5.0 CONNECT
+/// properties; 3.1.1 clients get the defaults, which allow everything).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerLimits {
+    /// Receive Maximum: QoS 1/2 PUBLISHes unacknowledged at once.
+    pub receive_max: u16,
+    /// Maximum Packet Size, in bytes.
+    pub packet_size_max: u32,
+    /// Topic Alias Maximum: 0 means no outbound topic aliases.
+    pub topic_alias_max: u16,
+}
+
+impl Default for PeerLimits {
+    fn default() -> PeerLimits {
+        PeerLimits {
+            receive_max: u16::MAX,
+            packet_size_max: u32::MAX,
+            topic_alias_max: 0,
+        }
+    }
 }
 
 /// What became of a message offered to a session.
@@ -44,11 +103,11 @@ pub enum Delivery {
 #[derive(Debug, Default)]
 pub struct SessionState {
     /// Subscriptions by filter (as the client wrote it).
-    pub subscriptions: Vec<(String, SubscriptionOptions)>,
+    pub subscriptions: Vec<(String, Subscription)>,
     /// Unacknowledged outbound messages, in send order.
     pub inflight: Vec<Inflight>,
     /// Messages waiting behind the inflight window.
-    pub queue: Vec<Publish>,
+    pub queue: Vec<Outgoing>,
     /// Inbound QoS 2 packet ids received but not yet released.
     pub incoming_qos2: Vec<u16>,
     /// Next packet id to try.
@@ -60,6 +119,11 @@ pub struct SessionState {
 pub struct SessionCounters {
     /// Messages dropped because the queue was full or the client was offline (QoS 0).
     pub dropped: u64,
+    /// Messages dropped because they were larger than the client's Maximum Packet Size
+    /// [MQTT-3.1.2-25].
+    pub too_large: u64,
+    /// Messages dropped because their Message Expiry Interval ran out before sending.
+    pub expired: u64,
 }
 
 /// A client's session.
@@ -70,16 +134,23 @@ pub struct Session {
     pub version: Version,
     /// Whether the session outlives the connection (3.1.1 Clean Session = 0).
     pub is_persistent: bool,
-    /// Subscriptions by filter.
-    pub subscriptions: HashMap<String, SubscriptionOptions>,
+    /// Subscriptions by filter (a shared one keeps its `$share/group/` prefix).
+    pub subscriptions: HashMap<String, Subscription>,
     /// The will of the current connection.
     pub will: Option<Will>,
     /// The connection's outbox, while connected.
     pub outbox: Option<Rc<Outbox>>,
     /// Identifies the connection that owns the session now.
     pub conn_token: u64,
+    /// 5.0 Session Expiry Interval in seconds (0xFFFF_FFFF: never); 3.1.1 persistent sessions
+    /// never expire.
+    pub expiry_secs: u32,
+    /// What the current connection's client allows.
+    pub peer: PeerLimits,
+    /// Outbound topic aliases of the current connection, by topic.
+    aliases: HashMap<String, u16>,
     inflight: VecDeque<Inflight>,
-    queue: VecDeque<Publish>,
+    queue: VecDeque<Outgoing>,
     queued_bytes: usize,
     incoming_qos2: HashSet<u16>,
     next_pkid: u16,
@@ -98,6 +169,9 @@ impl Session {
             will: None,
             outbox: None,
             conn_token: 0,
+            expiry_secs: 0,
+            peer: PeerLimits::default(),
+            aliases: HashMap::new(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
@@ -111,7 +185,7 @@ impl Session {
     pub fn restore(&mut self, state: SessionState) {
         self.subscriptions = state.subscriptions.into_iter().collect();
         self.inflight = state.inflight.into();
-        self.queued_bytes = state.queue.iter().map(|p| p.payload.len()).sum();
+        self.queued_bytes = state.queue.iter().map(|o| o.publish.payload.len()).sum();
         self.queue = state.queue.into();
         self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
         self.next_pkid = state.next_pkid.max(1);
@@ -141,28 +215,31 @@ impl Session {
 
     /// Offers a message at the QoS granted for this client. Order is kept across QoS levels:
     /// once anything waits in the queue, QoS 0 messages wait behind it [MQTT-4.6.0-6].
-    pub fn deliver(
-        &mut self,
-        publish: Publish,
-        limits: &Limits,
-        scratch: &mut BytesMut,
-    ) -> Delivery {
-        let is_qos0 = publish.qos == QoS::AtMostOnce;
+    pub fn deliver(&mut self, out: Outgoing, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
+        let is_qos0 = out.publish.qos == QoS::AtMostOnce;
         if !self.is_online() && is_qos0 {
             self.counters.dropped += 1;
             return Delivery::Dropped;
         }
-        if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
-            return self.send_now(publish, limits, scratch);
+        // The client will never accept it, so it is not worth a place in the queue.
+        if codec::publish_len(&out.publish, self.version) > self.peer.packet_size_max as usize {
+            self.counters.too_large += 1;
+            return Delivery::Dropped;
         }
-        self.enqueue(publish, limits)
+        if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
+            return self.send_now(out, limits, scratch);
+        }
+        self.enqueue(out, limits)
     }
 
     /// Sends at once: QoS 0 unless the connection's write buffer is over its bound, QoS 1/2
-    /// into the window.
-    fn send_now(&mut self, publish: Publish, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
+    /// into the window. A message whose expiry ran out is dropped instead.
+    fn send_now(&mut self, out: Outgoing, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
+        let Some(publish) = self.unexpired(out.publish, out.expires_at) else {
+            return Delivery::Dropped;
+        };
         if publish.qos != QoS::AtMostOnce {
-            self.send_new(publish, scratch);
+            self.send_new(publish, out.share, scratch);
             return Delivery::Sent;
         }
         let Some(outbox) = &self.outbox else {
@@ -172,12 +249,29 @@ impl Session {
             self.counters.dropped += 1;
             return Delivery::Dropped;
         }
-        push_publish(outbox, &publish, self.version, scratch);
+        self.write_publish(&publish, scratch);
         Delivery::Sent
     }
 
-    fn enqueue(&mut self, publish: Publish, limits: &Limits) -> Delivery {
-        let size = publish.payload.len();
+    /// The message with its Message Expiry Interval lowered by the time it waited
+    /// [MQTT-3.3.2-6], or None (counted) when it has expired.
+    fn unexpired(&mut self, mut publish: Publish, expires_at: Option<Instant>) -> Option<Publish> {
+        let Some(deadline) = expires_at else {
+            return Some(publish);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.counters.expired += 1;
+            return None;
+        }
+        // Rounded up: a message with time left is not announced as already expired.
+        let secs = left.as_millis().div_ceil(1000);
+        publish.properties.message_expiry_interval = Some(secs.min(u32::MAX as u128) as u32);
+        Some(publish)
+    }
+
+    fn enqueue(&mut self, out: Outgoing, limits: &Limits) -> Delivery {
+        let size = out.publish.payload.len();
         if self.queue.len() >= limits.queue_messages_max
             || self.queued_bytes + size > limits.queue_bytes_max
         {
@@ -185,24 +279,50 @@ impl Session {
             return Delivery::Dropped;
         }
         self.queued_bytes += size;
-        self.queue.push_back(publish);
+        self.queue.push_back(out);
         Delivery::Queued
     }
 
+    /// Room in the outbound window: ours, narrowed by the client's Receive Maximum
+    /// [MQTT-3.3.4-9].
     fn has_window(&self, limits: &Limits) -> bool {
-        self.inflight.len() < limits.inflight_max as usize
+        let window = limits.inflight_max.min(self.peer.receive_max);
+        self.inflight.len() < window as usize
+    }
+
+    /// Writes a PUBLISH to the connection, replacing its topic by an outbound topic alias
+    /// where the client allows them: a topic's first PUBLISH sets the alias, later ones send
+    /// an empty topic. Aliases are given first come, first served until the client's maximum.
+    fn write_publish(&mut self, publish: &Publish, scratch: &mut BytesMut) {
+        let Some(outbox) = &self.outbox else {
+            return;
+        };
+        if self.peer.topic_alias_max == 0 || self.version != Version::V5 {
+            push_publish(outbox, publish, self.version, scratch);
+            return;
+        }
+        let topic = publish.topic.as_str();
+        let mut aliased = publish.clone();
+        if let Some(&alias) = self.aliases.get(topic) {
+            aliased.topic = Default::default();
+            aliased.properties.topic_alias = Some(alias);
+        } else if self.aliases.len() < self.peer.topic_alias_max as usize {
+            let alias = self.aliases.len() as u16 + 1;
+            self.aliases.insert(topic.to_string(), alias);
+            aliased.properties.topic_alias = Some(alias);
+        }
+        push_publish(outbox, &aliased, self.version, scratch);
     }
 
     /// Gives `publish` a packet id, records it in flight and sends it.
-    fn send_new(&mut self, mut publish: Publish, scratch: &mut BytesMut) {
+    fn send_new(&mut self, mut publish: Publish, share: Option<String>, scratch: &mut BytesMut) {
         publish.pkid = self.allocate_pkid();
         publish.dup = false;
-        if let Some(outbox) = &self.outbox {
-            push_publish(outbox, &publish, self.version, scratch);
-        }
+        self.write_publish(&publish, scratch);
         self.inflight.push_back(Inflight {
             publish,
             phase: Phase::Publish,
+            share,
         });
     }
 
@@ -223,20 +343,22 @@ impl Session {
             let Some(front) = self.queue.front() else {
                 break;
             };
-            if front.qos != QoS::AtMostOnce && !self.has_window(limits) {
+            if front.publish.qos != QoS::AtMostOnce && !self.has_window(limits) {
                 break;
             }
-            let Some(publish) = self.queue.pop_front() else {
+            let Some(out) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= publish.payload.len();
-            self.send_now(publish, limits, scratch);
+            self.queued_bytes -= out.publish.payload.len();
+            self.send_now(out, limits, scratch);
         }
     }
 
     /// Attaches a new connection and re-sends what was in flight, in order, with DUP set
     /// for PUBLISH [MQTT-4.4.0-1].
     pub fn resume(&mut self, outbox: Rc<Outbox>, limits: &Limits, scratch: &mut BytesMut) {
+        // Topic aliases belong to one connection [MQTT-3.3.2-7].
+        self.aliases.clear();
         for inflight in &mut self.inflight {
             match inflight.phase {
                 Phase::Publish => {
@@ -303,8 +425,45 @@ impl Session {
     }
 
     /// An inbound PUBREL: the packet id may be reused by the client.
-    pub fn release_qos2(&mut self, pkid: u16) {
-        self.incoming_qos2.remove(&pkid);
+    /// Returns whether the id was waiting for its PUBREL.
+    pub fn release_qos2(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.remove(&pkid)
+    }
+
+    /// Unacknowledged inbound QoS 2 PUBLISHes, counted against our Receive Maximum.
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
+    /// Takes out the messages that came through shared subscriptions and that the client has
+    /// not yet received for sure (queued, or PUBLISH sent and not acknowledged), so another
+    /// member of the group can have them when this session goes away.
+    pub fn take_unfinished_shared(&mut self) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for inflight in std::mem::take(&mut self.inflight) {
+            match (inflight.phase, inflight.share) {
+                (Phase::Publish, Some(share)) => {
+                    let mut publish = inflight.publish;
+                    publish.dup = false;
+                    out.push(Outgoing {
+                        publish,
+                        expires_at: None,
+                        share: Some(share),
+                    });
+                }
+                (phase, share) => self.inflight.push_back(Inflight {
+                    publish: inflight.publish,
+                    phase,
+                    share,
+                }),
+            }
+        }
+        let (shared, rest): (Vec<_>, Vec<_>) =
+            self.queue.drain(..).partition(|o| o.share.is_some());
+        self.queue = rest.into();
+        self.queued_bytes = self.queue.iter().map(|o| o.publish.payload.len()).sum();
+        out.extend(shared);
+        out
     }
 
     /// Sends a control packet on the current connection, if any.
