@@ -700,6 +700,8 @@ impl Shard {
             outbox.close();
             wills.extend(session.will.take());
         }
+        // Sessions end with the server, so wills still waiting for their delay are due now.
+        wills.extend(st.pending_wills.drain().map(|(_, will)| will));
         wills
     }
 
