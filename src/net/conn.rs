@@ -54,6 +54,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         inbound_aliases: HashMap::new(),
         has_problem_info: true,
         session_expiry_secs: 0,
+        peer_packet_size_max: u32::MAX,
     };
     conn.run().await;
     outbox.close();
@@ -88,6 +89,9 @@ struct Conn {
     has_problem_info: bool,
     /// Session Expiry Interval from CONNECT, for the checks on DISCONNECT.
     session_expiry_secs: u32,
+    /// The client's Maximum Packet Size; a Reason String that would pass it is left out
+    /// [MQTT-3.1.2-25].
+    peer_packet_size_max: u32,
 }
 
 /// A failed read, with what to tell a 5.0 client.
@@ -270,9 +274,10 @@ impl Conn {
         session.conn_token = self.token;
         session.will = connect.will;
         session.expiry_secs = self.session_expiry_secs;
+        self.peer_packet_size_max = wanted.maximum_packet_size.unwrap_or(u32::MAX);
         session.peer = PeerLimits {
             receive_max: wanted.receive_maximum.unwrap_or(u16::MAX),
-            packet_size_max: wanted.maximum_packet_size.unwrap_or(u32::MAX),
+            packet_size_max: self.peer_packet_size_max,
             topic_alias_max: wanted.topic_alias_maximum.unwrap_or(0),
         };
         let (key, new_filters) = self.shard.install(session, state);
@@ -342,7 +347,7 @@ impl Conn {
             let packet = Packet::Disconnect(Disconnect {
                 reason,
                 properties: Properties {
-                    reason_string: MqttString::from_str_checked(reason_text(reason)),
+                    reason_string: self.reason_string(reason),
                     ..Properties::default()
                 },
             });
@@ -358,9 +363,18 @@ impl Conn {
             return Properties::default();
         }
         Properties {
-            reason_string: MqttString::from_str_checked(reason_text(reason)),
+            reason_string: self.reason_string(reason),
             ..Properties::default()
         }
+    }
+
+    /// The Reason String for `reason`, if an acknowledgement carrying it stays within the
+    /// client's Maximum Packet Size (fixed header, packet id, reason code and property
+    /// framing take at most 16 bytes).
+    fn reason_string(&self, reason: ReasonCode) -> Option<MqttString> {
+        let text = reason_text(reason);
+        let fits = text.len() + 16 <= self.peer_packet_size_max as usize;
+        fits.then(|| MqttString::from_str_checked(text)).flatten()
     }
 
     /// Acts on one packet; returns Some when the connection must end.

@@ -30,6 +30,8 @@ pub struct Inflight {
     /// The shared subscription (`$share/group/filter`) it came through, if any: should this
     /// session go away before the client acknowledges it, another member gets it.
     pub share: Option<String>,
+    /// Its Message Expiry deadline, kept for handing a shared message to another member.
+    pub expires_at: Option<Instant>,
 }
 
 /// One subscription as a session and the trie keep it.
@@ -239,7 +241,7 @@ impl Session {
             return Delivery::Dropped;
         };
         if publish.qos != QoS::AtMostOnce {
-            self.send_new(publish, out.share, scratch);
+            self.send_new(publish, out.share, out.expires_at, scratch);
             return Delivery::Sent;
         }
         let Some(outbox) = &self.outbox else {
@@ -315,7 +317,13 @@ impl Session {
     }
 
     /// Gives `publish` a packet id, records it in flight and sends it.
-    fn send_new(&mut self, mut publish: Publish, share: Option<String>, scratch: &mut BytesMut) {
+    fn send_new(
+        &mut self,
+        mut publish: Publish,
+        share: Option<String>,
+        expires_at: Option<Instant>,
+        scratch: &mut BytesMut,
+    ) {
         publish.pkid = self.allocate_pkid();
         publish.dup = false;
         self.write_publish(&publish, scratch);
@@ -323,6 +331,7 @@ impl Session {
             publish,
             phase: Phase::Publish,
             share,
+            expires_at,
         });
     }
 
@@ -441,22 +450,17 @@ impl Session {
     pub fn take_unfinished_shared(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for inflight in std::mem::take(&mut self.inflight) {
-            match (inflight.phase, inflight.share) {
-                (Phase::Publish, Some(share)) => {
-                    let mut publish = inflight.publish;
-                    publish.dup = false;
-                    out.push(Outgoing {
-                        publish,
-                        expires_at: None,
-                        share: Some(share),
-                    });
-                }
-                (phase, share) => self.inflight.push_back(Inflight {
-                    publish: inflight.publish,
-                    phase,
-                    share,
-                }),
+            if inflight.phase != Phase::Publish || inflight.share.is_none() {
+                self.inflight.push_back(inflight);
+                continue;
             }
+            let mut publish = inflight.publish;
+            publish.dup = false;
+            out.push(Outgoing {
+                publish,
+                expires_at: inflight.expires_at,
+                share: inflight.share,
+            });
         }
         let (shared, rest): (Vec<_>, Vec<_>) =
             self.queue.drain(..).partition(|o| o.share.is_some());
