@@ -4,14 +4,17 @@
 //! Shard state is `!Send` and never leaves its thread; other shards reach it only through
 //! `MeshMsg`s, handled in `on_message`.
 
+pub mod overflow;
 pub mod requests;
 pub mod retained;
 pub mod session;
+pub mod sys;
 pub mod trie;
 
 use crate::config::Limits;
 use crate::mesh::{Mesh, MeshMsg, RequestId, ShardId};
 use crate::metrics::Metrics;
+use crate::net::ceiling::Pressure;
 use crate::protocol::{Packet, Publish, QoS, ReasonCode, SubscriptionOptions, Version, Will};
 use bytes::BytesMut;
 use requests::Requests;
@@ -86,6 +89,8 @@ pub struct Shard {
     pub metrics: Metrics,
     /// Requests waiting on other shards.
     pub requests: Requests,
+    /// Bytes held for this shard's subscribers against its ceiling share; drop counters.
+    pub pressure: Rc<Pressure>,
     state: RefCell<State>,
     next_token: Cell<u64>,
     /// Claims of this shard's connections (by token) not yet answered; true once a newer
@@ -101,6 +106,7 @@ impl Shard {
         shards: usize,
         limits: Limits,
         open_connections: Arc<AtomicUsize>,
+        pressure: Pressure,
     ) -> Shard {
         Shard {
             shards,
@@ -108,6 +114,7 @@ impl Shard {
             limits,
             metrics: Metrics::default(),
             requests: Requests::default(),
+            pressure: Rc::new(pressure),
             state: RefCell::new(State::default()),
             next_token: Cell::new(0),
             claims: RefCell::default(),
@@ -173,6 +180,7 @@ impl Shard {
         st.next_key += 1;
         let key = st.next_key;
         let mut new_filters = Vec::new();
+        session.pressure = self.pressure.clone();
         if let Some(state) = state {
             session.restore(*state);
             for (filter, options) in &session.subscriptions {
@@ -286,6 +294,12 @@ impl Shard {
     /// Routes a publish from a client of this shard: local subscribers now, other shards
     /// through the mesh (once per interested shard). Waits if a ring is full.
     pub async fn publish(&self, publish: Publish) {
+        self.wait_for_room().await;
+        self.route(publish).await;
+    }
+
+    /// `publish` without waiting for room (the broker's own `$SYS` messages).
+    pub async fn route(&self, publish: Publish) {
         self.metrics
             .messages_received
             .set(self.metrics.messages_received.get() + 1);
@@ -365,7 +379,7 @@ impl Shard {
                 self.withdraw(session.1);
                 let home = home_shard(&session.0.client_id, self.shards);
                 let release = MeshMsg::Release {
-                    client_id: session.0.client_id,
+                    client_id: session.0.client_id.clone(),
                     token,
                 };
                 self.mesh.post(home, release);
@@ -419,6 +433,8 @@ impl Shard {
                 glommio::spawn_local(crate::net::conn::serve(shard, stream)).detach();
             }
             MeshMsg::Publish(publish) => {
+                // A full shard stops taking from its rings, so their producers wait in turn.
+                self.wait_for_room().await;
                 let mut st = self.state.borrow_mut();
                 self.deliver_local(&mut st, &publish);
             }

@@ -2,13 +2,16 @@
 //! the queue behind it, and inbound QoS 2 packet ids. Pure state: it encodes packets into the
 //! connection's outbox but does no I/O itself.
 
+use super::overflow;
 use crate::config::Limits;
+use crate::net::ceiling::{DropReason, Pressure};
 use crate::net::outbox::{Frame, Outbox};
 use crate::protocol::codec::{self, encode};
 use crate::protocol::{Ack, Packet, Publish, QoS, SubscriptionOptions, Version, Will};
 use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
+use std::time::Instant;
 
 /// Where an outbound QoS 1/2 message stands in its acknowledgement flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +88,16 @@ pub struct Session {
     next_pkid: u16,
     /// Counters.
     pub counters: SessionCounters,
+    /// The shard's backpressure state, which counts this session's queued bytes and drops.
+    pub pressure: Rc<Pressure>,
+    /// Since when the queue has refused QoS 1/2 messages (for `qos12_overflow = "disconnect"`).
+    pub over_bound_since: Option<Instant>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.pressure.sub(self.queued_bytes);
+    }
 }
 
 impl Session {
@@ -104,6 +117,8 @@ impl Session {
             incoming_qos2: HashSet::new(),
             next_pkid: 1,
             counters: SessionCounters::default(),
+            pressure: Rc::new(Pressure::default()),
+            over_bound_since: None,
         }
     }
 
@@ -111,7 +126,9 @@ impl Session {
     pub fn restore(&mut self, state: SessionState) {
         self.subscriptions = state.subscriptions.into_iter().collect();
         self.inflight = state.inflight.into();
+        self.pressure.sub(self.queued_bytes);
         self.queued_bytes = state.queue.iter().map(|p| p.payload.len()).sum();
+        self.pressure.add(self.queued_bytes);
         self.queue = state.queue.into();
         self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
         self.next_pkid = state.next_pkid.max(1);
@@ -119,7 +136,7 @@ impl Session {
 
     /// Takes the movable state out, leaving the session empty.
     pub fn take_state(&mut self) -> SessionState {
-        self.queued_bytes = 0;
+        self.pressure.sub(std::mem::take(&mut self.queued_bytes));
         SessionState {
             subscriptions: self.subscriptions.drain().collect(),
             inflight: self.inflight.drain(..).collect(),
@@ -149,8 +166,7 @@ impl Session {
     ) -> Delivery {
         let is_qos0 = publish.qos == QoS::AtMostOnce;
         if !self.is_online() && is_qos0 {
-            self.counters.dropped += 1;
-            return Delivery::Dropped;
+            return self.drop_message(DropReason::Offline, publish.qos);
         }
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
             return self.send_now(publish, limits, scratch);
@@ -168,9 +184,15 @@ impl Session {
         let Some(outbox) = &self.outbox else {
             return Delivery::Dropped;
         };
+        if outbox.is_closing() {
+            return self.drop_message(DropReason::Offline, QoS::AtMostOnce);
+        }
         if outbox.is_over(limits.write_buffer_bytes_max) {
-            self.counters.dropped += 1;
-            return Delivery::Dropped;
+            let (has_room, dropped) = overflow::make_room(outbox, &self.pressure, limits);
+            self.counters.dropped += dropped;
+            if !has_room {
+                return self.drop_message(DropReason::WriteBufferFull, QoS::AtMostOnce);
+            }
         }
         push_publish(outbox, &publish, self.version, scratch);
         Delivery::Sent
@@ -178,15 +200,53 @@ impl Session {
 
     fn enqueue(&mut self, publish: Publish, limits: &Limits) -> Delivery {
         let size = publish.payload.len();
-        if self.queue.len() >= limits.queue_messages_max
-            || self.queued_bytes + size > limits.queue_bytes_max
-        {
-            self.counters.dropped += 1;
-            return Delivery::Dropped;
+        while self.is_queue_full(size, limits) {
+            if publish.qos != QoS::AtMostOnce {
+                overflow::over_bound(self, limits, Instant::now());
+                return self.drop_message(DropReason::QueueFull, publish.qos);
+            }
+            if !overflow::make_room_in_queue(self, limits) {
+                return self.drop_message(DropReason::QueueFull, publish.qos);
+            }
         }
         self.queued_bytes += size;
+        self.pressure.add(size);
         self.queue.push_back(publish);
+        self.report_held();
         Delivery::Queued
+    }
+
+    fn is_queue_full(&self, size: usize, limits: &Limits) -> bool {
+        self.queue.len() >= limits.queue_messages_max
+            || self.queued_bytes + size > limits.queue_bytes_max
+    }
+
+    /// Counts a dropped message in the session and the shard.
+    fn drop_message(&mut self, reason: DropReason, qos: QoS) -> Delivery {
+        self.counters.dropped += 1;
+        self.pressure.count_drop(reason, qos);
+        Delivery::Dropped
+    }
+
+    /// Removes the oldest queued QoS 0 message (drop-oldest policy); returns whether one was.
+    pub(super) fn drop_oldest_queued(&mut self) -> bool {
+        let Some(index) = self.queue.iter().position(|p| p.qos == QoS::AtMostOnce) else {
+            return false;
+        };
+        let Some(old) = self.queue.remove(index) else {
+            return false;
+        };
+        self.queued_bytes -= old.payload.len();
+        self.pressure.sub(old.payload.len());
+        self.drop_message(DropReason::QueueFull, QoS::AtMostOnce);
+        true
+    }
+
+    /// Tells the connection how much waits behind it, for its lag.
+    fn report_held(&self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.set_held(self.queue.len(), self.queued_bytes);
+        }
     }
 
     fn has_window(&self, limits: &Limits) -> bool {
@@ -230,8 +290,13 @@ impl Session {
                 break;
             };
             self.queued_bytes -= publish.payload.len();
+            self.pressure.sub(publish.payload.len());
             self.send_now(publish, limits, scratch);
         }
+        if self.queue.len() < limits.queue_messages_max {
+            self.over_bound_since = None;
+        }
+        self.report_held();
     }
 
     /// Attaches a new connection and re-sends what was in flight, in order, with DUP set
@@ -330,6 +395,7 @@ pub fn push_publish(outbox: &Outbox, publish: &Publish, version: Version, scratc
         outbox.push(Frame {
             header: scratch.split().freeze(),
             payload: publish.payload.clone(),
+            is_droppable: publish.qos == QoS::AtMostOnce,
         });
     } else {
         scratch.clear();
