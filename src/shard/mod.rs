@@ -304,14 +304,15 @@ impl Shard {
     /// through the mesh (once per interested shard). Waits if a ring is full.
     pub async fn publish(&self, publish: Publish) {
         self.wait_for_room().await;
-        self.route(publish).await;
-    }
-
-    /// `publish` without waiting for room (the broker's own `$SYS` messages).
-    pub async fn route(&self, publish: Publish) {
         self.metrics
             .messages_received
             .set(self.metrics.messages_received.get() + 1);
+        self.route(publish).await;
+    }
+
+    /// `publish` without waiting for room or counting it as received (the broker's own `$SYS`
+    /// messages).
+    pub async fn route(&self, publish: Publish) {
         let interested = {
             let mut st = self.state.borrow_mut();
             if publish.retain {
