@@ -284,8 +284,8 @@ fn settled_sys_value(addr: SocketAddr, topic: &str) -> u64 {
     let mut last = None;
     loop {
         let now = sys_value(addr, topic);
-        if now.is_some() && now == last {
-            return now.unwrap();
+        if let Some(value) = now.filter(|_| now == last) {
+            return value;
         }
         assert!(
             Instant::now() < deadline,
