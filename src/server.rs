@@ -21,6 +21,8 @@ use std::time::Duration;
 /// glommio's default io_memory (10 MiB) cannot be registered under an 8 MiB memlock limit;
 /// network I/O does not use those buffers, so a small pool suffices.
 const IO_MEMORY_BYTES: usize = 64 << 10;
+/// Messages taken from one ring before yielding to the shard's other tasks.
+const RING_MESSAGES_PER_TURN: u32 = 64;
 /// How often a shard checks whether the broker is stopping.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
@@ -158,8 +160,14 @@ async fn run_shard(ctx: ShardStart) {
         for (_, stream) in receivers.streams() {
             let shard = shard.clone();
             glommio::spawn_local(async move {
+                let mut handled = 0u32;
                 while let Some(msg) = stream.recv().await {
                     shard.on_message(msg).await;
+                    // Bounded work per loop turn, as for a connection's reads.
+                    handled += 1;
+                    if handled % RING_MESSAGES_PER_TURN == 0 {
+                        futures_lite::future::yield_now().await;
+                    }
                 }
             })
             .detach();

@@ -723,3 +723,40 @@ fn publishers_outrunning_the_ceiling_are_slowed_and_lose_no_acked_qos1_message()
     let pauses = settled_sys_value(broker.addr, "$SYS/broker/ringcast/publishers/pauses");
     assert!(pauses > 0, "the publishers were never slowed");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Fairness.
+
+#[test]
+fn a_flooding_publisher_does_not_starve_another_client_of_its_shard() {
+    let broker = Broker::start_with(1, |c| c.limits.read_bytes_per_turn = 16 << 10);
+    let mut listener = Raw::connect(broker.addr, "listener");
+    listener.subscribe("flood/other", QoS::AtMostOnce);
+    let stop = Arc::new(AtomicBool::new(false));
+    let flooder = {
+        let (stop, addr) = (stop.clone(), broker.addr);
+        std::thread::spawn(move || {
+            let mut out = BufWriter::new(Raw::connect(addr, "flooder").stream);
+            let packet = encode_publish("flood/nobody", 0, 0, 0, 0, 1024);
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                out.write_all(&packet).unwrap();
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300)); // the flood is on
+    let mut other = Raw::connect(broker.addr, "other");
+    let mut worst = Duration::ZERO;
+    for i in 0..20u8 {
+        let started = Instant::now();
+        other.publish("flood/other", &[i], QoS::AtLeastOnce, false);
+        assert_eq!(listener.recv_publish().payload[0], i);
+        worst = worst.max(started.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    flooder.join().unwrap();
+    assert!(
+        worst < Duration::from_secs(1),
+        "a round trip took {worst:?} beside the flood"
+    );
+}
