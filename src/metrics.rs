@@ -60,6 +60,8 @@ pub struct Snapshot {
     pub publishers_paused: u64,
     /// Reading subscribers lagging past their pause mark now.
     pub subscribers_lagging: u64,
+    /// Times a shard went over its share of the memory ceiling.
+    pub ceiling_hits: u64,
 }
 
 impl Snapshot {
@@ -88,6 +90,7 @@ impl Snapshot {
         self.publisher_pauses += o.publisher_pauses;
         self.publishers_paused += o.publishers_paused;
         self.subscribers_lagging += o.subscribers_lagging;
+        self.ceiling_hits += o.ceiling_hits;
     }
 }
 

@@ -54,6 +54,7 @@ pub struct Pressure {
     slow_disconnects: Cell<u64>,
     pauses: Cell<u64>,
     paused_now: Cell<u64>,
+    ceiling_hits: Cell<u64>,
 }
 
 impl Default for Pressure {
@@ -78,6 +79,7 @@ impl Pressure {
             slow_disconnects: Cell::new(0),
             pauses: Cell::new(0),
             paused_now: Cell::new(0),
+            ceiling_hits: Cell::new(0),
         }
     }
 
@@ -90,8 +92,9 @@ impl Pressure {
     pub fn add(&self, n: usize) {
         let queued = self.queued_bytes.get() + n;
         self.queued_bytes.set(queued);
-        if queued > self.high {
+        if queued > self.high && !self.is_over.get() {
             self.is_over.set(true);
+            self.ceiling_hits.set(self.ceiling_hits.get() + 1);
         }
     }
 
@@ -197,6 +200,11 @@ impl Pressure {
     /// Pauses of publishers (or ring receivers) so far.
     pub fn pauses(&self) -> u64 {
         self.pauses.get()
+    }
+
+    /// Times this shard went over its ceiling share.
+    pub fn ceiling_hits(&self) -> u64 {
+        self.ceiling_hits.get()
     }
 
     /// Publishers (or ring receivers) waiting now.

@@ -28,6 +28,7 @@ impl Shard {
             publisher_pauses: p.pauses(),
             publishers_paused: p.paused_now(),
             subscribers_lagging: p.lagging() as u64,
+            ceiling_hits: p.ceiling_hits(),
             ..Snapshot::default()
         };
         for (r, reason) in DropReason::ALL.iter().enumerate() {
@@ -186,6 +187,7 @@ fn ringcast_topics(prefix: &str, s: &Snapshot) -> Vec<(String, String)> {
             format!("{prefix}/subscribers/lagging"),
             s.subscribers_lagging.to_string(),
         ),
+        (format!("{prefix}/ceiling/hits"), s.ceiling_hits.to_string()),
     ];
     for (r, reason) in DropReason::ALL.iter().enumerate() {
         for q in 0..3 {
