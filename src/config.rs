@@ -151,7 +151,7 @@ impl Default for Limits {
             read_bytes_per_turn: 64 << 10,
             write_buffer_bytes_max: 4 << 20,
             write_buffer_pause_bytes: 256 << 10,
-            subscriber_stall_ms: 2_000,
+            subscriber_stall_ms: 500,
             qos0_overflow: Qos0Overflow::DropNewest,
             qos12_overflow: Qos12Overflow::Drop,
             slow_subscriber_secs: 10,
