@@ -37,7 +37,14 @@ enum End {
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let outbox = Rc::new(Outbox::default());
+    let limits = &shard.limits;
+    let pause_messages = (limits.queue_messages_max / 2).max(1);
+    let outbox = Outbox::new(
+        shard.pressure.clone(),
+        limits.write_buffer_pause_bytes,
+        pause_messages,
+    );
+    let outbox = Rc::new(outbox);
     // Reading and writing are separate tasks so neither waits on the other. The writer uses
     // the raw fd, which `conn.stream` keeps open until the writer is done or dropped below.
     let writer = glommio::spawn_local(writer::run(stream.as_raw_fd(), outbox.clone()));
@@ -184,6 +191,7 @@ impl Conn {
         if n == 0 {
             return Err(ReadError::Gone);
         }
+        self.shard.metrics.add_bytes_received(n);
         Ok(())
     }
 

@@ -4,14 +4,17 @@
 //! Shard state is `!Send` and never leaves its thread; other shards reach it only through
 //! `MeshMsg`s, handled in `on_message`.
 
+pub mod overflow;
 pub mod requests;
 pub mod retained;
 pub mod session;
+pub mod sys;
 pub mod trie;
 
 use crate::config::Limits;
 use crate::mesh::{Mesh, MeshMsg, RequestId, ShardId};
 use crate::metrics::Metrics;
+use crate::net::ceiling::Pressure;
 use crate::protocol::{Packet, Publish, ReasonCode, Version, Will};
 use bytes::BytesMut;
 use requests::Requests;
@@ -159,6 +162,8 @@ pub struct Shard {
     pub metrics: Metrics,
     /// Requests waiting on other shards.
     pub requests: Requests,
+    /// Bytes held for this shard's subscribers against its ceiling share; drop counters.
+    pub pressure: Rc<Pressure>,
     state: RefCell<State>,
     next_token: Cell<u64>,
     /// Claims of this shard's connections (by token) not yet answered; true once a newer
@@ -174,6 +179,7 @@ impl Shard {
         shards: usize,
         limits: Limits,
         open_connections: Arc<AtomicUsize>,
+        pressure: Pressure,
     ) -> Shard {
         Shard {
             shards,
@@ -181,6 +187,7 @@ impl Shard {
             limits,
             metrics: Metrics::default(),
             requests: Requests::default(),
+            pressure: Rc::new(pressure),
             state: RefCell::new(State::default()),
             next_token: Cell::new(0),
             claims: RefCell::default(),
@@ -254,6 +261,7 @@ impl Shard {
         st.next_key += 1;
         let key = st.next_key;
         let mut new_filters = Vec::new();
+        session.pressure = self.pressure.clone();
         if let Some(state) = state {
             session.restore(*state);
             for (filter, sub) in &session.subscriptions {
@@ -397,11 +405,19 @@ impl Shard {
 
     /// Routes a publish from a client of this shard: local subscribers now, other shards
     /// through the mesh (once per interested shard), one member of each matching shared
-    /// subscription. Waits if a ring is full. Returns whether anyone subscribes to it.
+    /// subscription. Waits while the shard is over its memory share or a ring is full.
+    /// Returns whether anyone subscribes to it.
     pub async fn publish(&self, message: Message) -> bool {
+        self.wait_for_room().await;
         self.metrics
             .messages_received
             .set(self.metrics.messages_received.get() + 1);
+        self.route(message).await
+    }
+
+    /// `publish` without waiting for room or counting it as received (the broker's own `$SYS`
+    /// messages).
+    pub async fn route(&self, message: Message) -> bool {
         let (interested, to_members, local) = {
             let mut st = self.state.borrow_mut();
             if message.publish.retain {
@@ -714,6 +730,8 @@ impl Shard {
                 glommio::spawn_local(crate::net::conn::serve(shard, stream)).detach();
             }
             MeshMsg::Publish(message) => {
+                // A full shard stops taking from its rings, so their producers wait in turn.
+                self.wait_for_room().await;
                 let mut st = self.state.borrow_mut();
                 self.deliver_local(&mut st, &message);
             }

@@ -2,7 +2,9 @@
 //! the queue behind it, and inbound QoS 2 packet ids. Pure state: it encodes packets into the
 //! connection's outbox but does no I/O itself.
 
+use super::overflow;
 use crate::config::Limits;
+use crate::net::ceiling::{DropReason, Pressure};
 use crate::net::outbox::{Frame, Outbox};
 use crate::protocol::codec::{self, encode};
 use crate::protocol::{Ack, Packet, Publish, QoS, SubscriptionOptions, Version, Will};
@@ -158,6 +160,16 @@ pub struct Session {
     next_pkid: u16,
     /// Counters.
     pub counters: SessionCounters,
+    /// The shard's backpressure state, which counts this session's queued bytes and drops.
+    pub pressure: Rc<Pressure>,
+    /// Since when the queue has refused QoS 1/2 messages (for `qos12_overflow = "disconnect"`).
+    pub over_bound_since: Option<Instant>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.pressure.sub(self.queued_bytes);
+    }
 }
 
 impl Session {
@@ -180,6 +192,8 @@ impl Session {
             incoming_qos2: HashSet::new(),
             next_pkid: 1,
             counters: SessionCounters::default(),
+            pressure: Rc::new(Pressure::default()),
+            over_bound_since: None,
         }
     }
 
@@ -187,7 +201,9 @@ impl Session {
     pub fn restore(&mut self, state: SessionState) {
         self.subscriptions = state.subscriptions.into_iter().collect();
         self.inflight = state.inflight.into();
+        self.pressure.sub(self.queued_bytes);
         self.queued_bytes = state.queue.iter().map(|o| o.publish.payload.len()).sum();
+        self.pressure.add(self.queued_bytes);
         self.queue = state.queue.into();
         self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
         self.next_pkid = state.next_pkid.max(1);
@@ -195,7 +211,7 @@ impl Session {
 
     /// Takes the movable state out, leaving the session empty.
     pub fn take_state(&mut self) -> SessionState {
-        self.queued_bytes = 0;
+        self.pressure.sub(std::mem::take(&mut self.queued_bytes));
         SessionState {
             subscriptions: self.subscriptions.drain().collect(),
             inflight: self.inflight.drain(..).collect(),
@@ -220,8 +236,7 @@ impl Session {
     pub fn deliver(&mut self, out: Outgoing, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
         let is_qos0 = out.publish.qos == QoS::AtMostOnce;
         if !self.is_online() && is_qos0 {
-            self.counters.dropped += 1;
-            return Delivery::Dropped;
+            return self.drop_message(DropReason::Offline, out.publish.qos);
         }
         // The client will never accept it, so it is not worth a place in the queue.
         if codec::publish_len(&out.publish, self.version) > self.peer.packet_size_max as usize {
@@ -247,9 +262,15 @@ impl Session {
         let Some(outbox) = &self.outbox else {
             return Delivery::Dropped;
         };
+        if outbox.is_closing() {
+            return self.drop_message(DropReason::Offline, QoS::AtMostOnce);
+        }
         if outbox.is_over(limits.write_buffer_bytes_max) {
-            self.counters.dropped += 1;
-            return Delivery::Dropped;
+            let (has_room, dropped) = overflow::make_room(outbox, &self.pressure, limits);
+            self.counters.dropped += dropped;
+            if !has_room {
+                return self.drop_message(DropReason::WriteBufferFull, QoS::AtMostOnce);
+            }
         }
         self.write_publish(&publish, scratch);
         Delivery::Sent
@@ -274,15 +295,55 @@ impl Session {
 
     fn enqueue(&mut self, out: Outgoing, limits: &Limits) -> Delivery {
         let size = out.publish.payload.len();
-        if self.queue.len() >= limits.queue_messages_max
-            || self.queued_bytes + size > limits.queue_bytes_max
-        {
-            self.counters.dropped += 1;
-            return Delivery::Dropped;
+        let qos = out.publish.qos;
+        while self.is_queue_full(size, limits) {
+            if qos != QoS::AtMostOnce {
+                overflow::over_bound(self, limits, Instant::now());
+                return self.drop_message(DropReason::QueueFull, qos);
+            }
+            if !overflow::make_room_in_queue(self, limits) {
+                return self.drop_message(DropReason::QueueFull, qos);
+            }
         }
         self.queued_bytes += size;
+        self.pressure.add(size);
         self.queue.push_back(out);
+        self.report_held();
         Delivery::Queued
+    }
+
+    fn is_queue_full(&self, size: usize, limits: &Limits) -> bool {
+        self.queue.len() >= limits.queue_messages_max
+            || self.queued_bytes + size > limits.queue_bytes_max
+    }
+
+    /// Counts a dropped message in the session and the shard.
+    fn drop_message(&mut self, reason: DropReason, qos: QoS) -> Delivery {
+        self.counters.dropped += 1;
+        self.pressure.count_drop(reason, qos);
+        Delivery::Dropped
+    }
+
+    /// Removes the oldest queued QoS 0 message (drop-oldest policy); returns whether one was.
+    pub(super) fn drop_oldest_queued(&mut self) -> bool {
+        let queue = &self.queue;
+        let Some(index) = queue.iter().position(|o| o.publish.qos == QoS::AtMostOnce) else {
+            return false;
+        };
+        let Some(old) = self.queue.remove(index) else {
+            return false;
+        };
+        self.queued_bytes -= old.publish.payload.len();
+        self.pressure.sub(old.publish.payload.len());
+        self.drop_message(DropReason::QueueFull, QoS::AtMostOnce);
+        true
+    }
+
+    /// Tells the connection how much waits behind it, for its lag.
+    fn report_held(&self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.set_held(self.queue.len(), self.queued_bytes);
+        }
     }
 
     /// Room in the outbound window: ours, narrowed by the client's Receive Maximum
@@ -359,8 +420,13 @@ impl Session {
                 break;
             };
             self.queued_bytes -= out.publish.payload.len();
+            self.pressure.sub(out.publish.payload.len());
             self.send_now(out, limits, scratch);
         }
+        if self.queue.len() < limits.queue_messages_max {
+            self.over_bound_since = None;
+        }
+        self.report_held();
     }
 
     /// Attaches a new connection and re-sends what was in flight, in order, with DUP set
@@ -465,7 +531,10 @@ impl Session {
         let (shared, rest): (Vec<_>, Vec<_>) =
             self.queue.drain(..).partition(|o| o.share.is_some());
         self.queue = rest.into();
+        self.pressure.sub(self.queued_bytes);
         self.queued_bytes = self.queue.iter().map(|o| o.publish.payload.len()).sum();
+        self.pressure.add(self.queued_bytes);
+        self.report_held();
         out.extend(shared);
         out
     }
@@ -493,6 +562,7 @@ pub fn push_publish(outbox: &Outbox, publish: &Publish, version: Version, scratc
         outbox.push(Frame {
             header: scratch.split().freeze(),
             payload: publish.payload.clone(),
+            is_droppable: publish.qos == QoS::AtMostOnce,
         });
     } else {
         scratch.clear();
