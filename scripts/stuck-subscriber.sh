@@ -6,7 +6,9 @@
 # The load is `stuck_subscriber_load_against_external_broker` in tests/backpressure.rs (the same
 # code as the cargo test), pointed at a running broker by STUCK_BROKER_ADDR and STUCK_BROKER_PID.
 # ringcast runs the release build with hw-profiles/default.toml (2 shards on CPUs 0,1); mosquitto
-# runs with max_queued_messages 1000 (its default). Bounded: each broker runs under `timeout`.
+# runs with max_queued_messages 1000 (its default). RINGCAST_CONFIG=FILE adds `--config FILE`
+# (e.g. a 1 MiB write_buffer_bytes_max, about mosquitto's 1000 queued 1 KiB messages).
+# Bounded: each broker runs under `timeout`.
 set -euo pipefail
 
 TARGET=${CARGO_TARGET_DIR:-target}
@@ -57,7 +59,8 @@ run() {
 
 for _ in $(seq "$RUNS"); do
     timeout 300 "$TARGET/release/ringcast" --listen 127.0.0.1:18850 --cpus 0,1 --shards 2 \
-        --profile hw-profiles/default.toml --log-level warn &
+        --profile hw-profiles/default.toml ${RINGCAST_CONFIG:+--config "$RINGCAST_CONFIG"} \
+        --log-level warn &
     broker_pid=$!
     run ringcast 18850
 

@@ -359,6 +359,17 @@ mod tests {
     }
 
     #[test]
+    fn default_profile_matches_the_built_in_defaults() {
+        let profile = Config::from_toml(include_str!("../hw-profiles/default.toml")).unwrap();
+        profile.validate().unwrap();
+        let defaults = Config::default();
+        assert_eq!(profile.limits, defaults.limits);
+        assert_eq!(profile.backpressure, defaults.backpressure);
+        assert_eq!(profile.sys_interval_secs, defaults.sys_interval_secs);
+        assert_eq!(profile.mesh, defaults.mesh);
+    }
+
+    #[test]
     fn cpu_lists_parse() {
         assert_eq!(parse_cpu_list("0,1").unwrap(), vec![0, 1]);
         assert_eq!(parse_cpu_list("0-3").unwrap(), vec![0, 1, 2, 3]);

@@ -145,10 +145,8 @@ async fn run_shard(ctx: ShardStart) {
     let mesh = Rc::new(mesh);
     // Each shard holds its share of the broker-wide ceiling: no cross-core counter to touch.
     let bp = &ctx.config.backpressure;
-    let pressure = Pressure::new(
-        (bp.memory_ceiling_bytes / ctx.shards).max(1),
-        bp.memory_resume_bytes / ctx.shards,
-    );
+    let high = (bp.memory_ceiling_bytes / ctx.shards).max(1);
+    let pressure = Pressure::new(high, (bp.memory_resume_bytes / ctx.shards).min(high - 1));
     let shard = Rc::new(Shard::new(
         mesh.clone(),
         ctx.shards,

@@ -765,3 +765,67 @@ fn a_flooding_publisher_does_not_starve_another_client_of_its_shard() {
         "a round trip took {worst:?} beside the flood"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// QoS 2 and offline sessions.
+
+#[test]
+fn qos2_stuck_subscriber_gets_its_window_and_the_queue_bound_drops_are_counted_as_qos2() {
+    let broker = small_broker(|_| {});
+    let stuck = subscriber(broker.addr, "stuck", "q/two", QoS::ExactlyOnce);
+    let mut publisher = Raw::connect(broker.addr, "pub2");
+    let n = 300u64;
+    for seq in 0..n {
+        publisher.publish("q/two", &encode_payload(seq), QoS::ExactlyOnce, false);
+    }
+    let dropped = settled_sys_value(broker.addr, "$SYS/broker/ringcast/dropped/queue_full/qos2");
+    assert_eq!(
+        dropped,
+        n - 32 - 100,
+        "window 32 and queue 100 kept, the rest counted"
+    );
+    let seqs = drain(stuck, Duration::from_millis(500));
+    assert_eq!(seqs, (0..32).collect::<Vec<_>>());
+}
+
+#[test]
+fn an_offline_session_keeps_its_queue_bound_and_counts_what_it_drops() {
+    let broker = small_broker(|_| {});
+    let connect = common::connect_packet("sleeper", ringcast::protocol::Version::V311, false);
+    let (mut sleeper, _) = Raw::connect_with(broker.addr, connect);
+    sleeper.subscribe("q/offline", QoS::AtLeastOnce);
+    sleeper.disconnect();
+    std::thread::sleep(Duration::from_millis(100));
+    let mut publisher = Raw::connect(broker.addr, "pub-off");
+    for seq in 0..150u64 {
+        publisher.publish("q/offline", &encode_payload(seq), QoS::AtLeastOnce, false);
+        publisher.publish("q/offline", &encode_payload(seq), QoS::AtMostOnce, false);
+    }
+    let queued = settled_sys_value(broker.addr, "$SYS/broker/ringcast/dropped/queue_full/qos1");
+    assert_eq!(queued, 50, "queue_messages_max = 100 of 150 kept");
+    let offline = sys_value(broker.addr, "$SYS/broker/ringcast/dropped/offline/qos0");
+    assert_eq!(
+        offline,
+        Some(150),
+        "QoS 0 to an offline client is dropped and counted"
+    );
+    let connect = common::connect_packet("sleeper", ringcast::protocol::Version::V311, false);
+    // The queued messages may arrive with the CONNACK: read them through the same client.
+    let (mut raw, _) = Raw::connect_with(broker.addr, connect);
+    let seqs: Vec<u64> = (0..100)
+        .map(|_| u64::from_be_bytes(raw.recv_publish().payload[4..12].try_into().unwrap()))
+        .collect();
+    assert_eq!(
+        seqs,
+        (0..100).collect::<Vec<_>>(),
+        "the first 100 come after reconnecting"
+    );
+    raw.expect_nothing();
+}
+
+/// A payload as `encode_publish` writes it: publisher 0, `seq`.
+fn encode_payload(seq: u64) -> Vec<u8> {
+    let mut p = 0u32.to_be_bytes().to_vec();
+    p.extend_from_slice(&seq.to_be_bytes());
+    p
+}

@@ -110,6 +110,8 @@ fn sys_topics_count_clients_subscriptions_messages_and_bytes_across_shards() {
         "$SYS/broker/ringcast/publishers/paused",
         "$SYS/broker/ringcast/publishers/pauses",
         "$SYS/broker/ringcast/queued/bytes",
+        "$SYS/broker/load/messages/received/1min",
+        "$SYS/broker/load/bytes/sent/15min",
     ] {
         assert!(values.contains_key(topic), "{topic} is published");
     }

@@ -9,6 +9,7 @@
 
 use crate::protocol::QoS;
 use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
 use std::task::{Poll, Waker};
 
 /// Why a message was dropped, as counted per reason and QoS.
@@ -48,13 +49,16 @@ pub struct Pressure {
     low: usize,
     is_over: Cell<bool>,
     lagging: Cell<usize>,
-    waiters: RefCell<Vec<Waker>>,
+    /// Paused publishers in arrival order, each with its waker once it has polled.
+    waiters: RefCell<VecDeque<(u64, Option<Waker>)>>,
+    next_ticket: Cell<u64>,
     dropped: [[Cell<u64>; 3]; 3],
     bytes_sent: Cell<u64>,
     slow_disconnects: Cell<u64>,
     pauses: Cell<u64>,
     paused_now: Cell<u64>,
     ceiling_hits: Cell<u64>,
+    ring_credit: Cell<u32>,
 }
 
 impl Default for Pressure {
@@ -74,12 +78,14 @@ impl Pressure {
             is_over: Cell::new(false),
             lagging: Cell::new(0),
             waiters: RefCell::default(),
+            next_ticket: Cell::new(0),
             dropped: Default::default(),
             bytes_sent: Cell::new(0),
             slow_disconnects: Cell::new(0),
             pauses: Cell::new(0),
             paused_now: Cell::new(0),
             ceiling_hits: Cell::new(0),
+            ring_credit: Cell::new(0),
         }
     }
 
@@ -134,13 +140,35 @@ impl Pressure {
         self.is_over.get()
     }
 
-    /// Waits until publishers may go on.
-    pub async fn until_clear(&self) {
+    /// Whether a publisher must queue: blocked, or others are already waiting (they go first).
+    pub fn must_wait(&self) -> bool {
+        self.is_blocked() || !self.waiters.borrow().is_empty()
+    }
+
+    /// A place in the queue of paused publishers; leaving it (also by being dropped, when the
+    /// connection goes away) lets the next one go.
+    pub fn ticket(&self) -> Ticket<'_> {
+        let id = self.next_ticket.get();
+        self.next_ticket.set(id + 1);
+        self.waiters.borrow_mut().push_back((id, None));
+        Ticket { pressure: self, id }
+    }
+
+    /// Waits until the publisher holding `ticket` may go on: nothing blocks and it is first in
+    /// line. Paused publishers go in arrival order, one publish each, so none starves. May be
+    /// cancelled and called again with the same ticket, keeping its place.
+    pub async fn until_clear(&self, ticket: &Ticket<'_>) {
         std::future::poll_fn(|cx| {
-            if !self.is_blocked() {
+            let mut waiters = self.waiters.borrow_mut();
+            let Some(front) = waiters.front_mut() else {
+                return Poll::Ready(());
+            };
+            if front.0 == ticket.id && !self.is_blocked() {
                 return Poll::Ready(());
             }
-            self.waiters.borrow_mut().push(cx.waker().clone());
+            if let Some(entry) = waiters.iter_mut().find(|(id, _)| *id == ticket.id) {
+                entry.1 = Some(cx.waker().clone());
+            }
             Poll::Pending
         })
         .await
@@ -150,8 +178,12 @@ impl Pressure {
         if self.is_blocked() {
             return;
         }
-        let waiters = std::mem::take(&mut *self.waiters.borrow_mut());
-        for waker in waiters {
+        let waker = self
+            .waiters
+            .borrow_mut()
+            .front_mut()
+            .and_then(|(_, w)| w.take());
+        if let Some(waker) = waker {
             waker.wake();
         }
     }
@@ -202,6 +234,21 @@ impl Pressure {
         self.pauses.get()
     }
 
+    /// Takes one unit of the credit ring receivers get after a pause; false when none is left.
+    pub fn take_ring_credit(&self) -> bool {
+        let credit = self.ring_credit.get();
+        if credit == 0 {
+            return false;
+        }
+        self.ring_credit.set(credit - 1);
+        true
+    }
+
+    /// Grants ring receivers `n` publishes before they check again.
+    pub fn grant_ring_credit(&self, n: u32) {
+        self.ring_credit.set(n);
+    }
+
     /// Times this shard went over its ceiling share.
     pub fn ceiling_hits(&self) -> u64 {
         self.ceiling_hits.get()
@@ -210,6 +257,20 @@ impl Pressure {
     /// Publishers (or ring receivers) waiting now.
     pub fn paused_now(&self) -> u64 {
         self.paused_now.get()
+    }
+}
+
+/// A paused publisher's place in line (see `Pressure::ticket`).
+pub struct Ticket<'a> {
+    pressure: &'a Pressure,
+    id: u64,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let p = self.pressure;
+        p.waiters.borrow_mut().retain(|(id, _)| *id != self.id);
+        p.wake_if_clear();
     }
 }
 
@@ -230,5 +291,29 @@ mod tests {
         assert!(p.is_blocked());
         p.lag_ended();
         assert!(!p.is_blocked());
+    }
+
+    #[test]
+    fn paused_publishers_go_in_arrival_order() {
+        let p = Pressure::new(100, 50);
+        p.add(101);
+        let first = p.ticket();
+        let second = p.ticket();
+        assert!(p.must_wait());
+        p.sub(101);
+        let ready = |t: &Ticket<'_>| {
+            let mut fut = std::pin::pin!(p.until_clear(t));
+            let waker = std::task::Waker::noop();
+            fut.as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_ready()
+        };
+        use std::future::Future;
+        assert!(!ready(&second), "the second waits behind the first");
+        assert!(ready(&first));
+        drop(first);
+        assert!(ready(&second));
+        drop(second);
+        assert!(!p.must_wait());
     }
 }

@@ -731,7 +731,7 @@ impl Shard {
             }
             MeshMsg::Publish(message) => {
                 // A full shard stops taking from its rings, so their producers wait in turn.
-                self.wait_for_room().await;
+                self.wait_for_ring_room().await;
                 let mut st = self.state.borrow_mut();
                 self.deliver_local(&mut st, &message);
             }

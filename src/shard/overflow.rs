@@ -15,6 +15,9 @@ use crate::net::outbox::Outbox;
 use crate::protocol::QoS;
 use std::time::{Duration, Instant};
 
+/// Publishes a ring receiver may deliver after a pause before it waits again.
+const RING_CREDIT: u32 = 32;
+
 /// Under drop-oldest, drops old QoS 0 frames until the write buffer is within its bound.
 /// Returns whether there is room now and how many frames were dropped.
 pub fn make_room(outbox: &Outbox, pressure: &Pressure, limits: &Limits) -> (bool, u64) {
@@ -67,22 +70,37 @@ impl Shard {
     /// reading subscriber that lags. Every `subscriber_stall_ms` of waiting, lagging
     /// subscribers that wrote nothing in that time are marked stuck and stop holding it up.
     pub async fn wait_for_room(&self) {
-        if !self.pressure.is_blocked() {
+        if !self.pressure.must_wait() {
             return;
         }
         self.pressure.note_pause(true);
+        let ticket = self.pressure.ticket();
         let stall = Duration::from_millis(self.limits.subscriber_stall_ms);
-        while self.pressure.is_blocked() {
+        loop {
             let waited = glommio::timer::timeout(stall, async {
-                self.pressure.until_clear().await;
+                self.pressure.until_clear(&ticket).await;
                 Ok(())
             })
             .await;
-            if waited.is_err() {
-                self.find_stuck(stall);
+            if waited.is_ok() {
+                break;
             }
+            self.find_stuck(stall);
         }
+        drop(ticket); // lets the next paused publisher go
         self.pressure.note_pause(false);
+    }
+
+    /// `wait_for_room` for publishes arriving on rings. One ring carries the publishes of every
+    /// publisher of another shard, so after a pause it may deliver `RING_CREDIT` of them before
+    /// it waits again; otherwise it would get one publish per wake-up against each local
+    /// publisher's one and remote publishers would starve. The overshoot is bounded by that.
+    pub async fn wait_for_ring_room(&self) {
+        if !self.pressure.must_wait() || self.pressure.take_ring_credit() {
+            return;
+        }
+        self.wait_for_room().await;
+        self.pressure.grant_ring_credit(RING_CREDIT);
     }
 
     /// Marks lagging subscribers that took nothing from their socket for `stall` as stuck.

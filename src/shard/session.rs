@@ -13,6 +13,10 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::time::Instant;
 
+/// Payloads up to this size queued for an offline session are copied out of the read buffer
+/// they were sliced from, so queued bytes are what the ceiling counts.
+const OFFLINE_COPY_BYTES_MAX: usize = 4096;
+
 /// Where an outbound QoS 1/2 message stands in its acknowledgement flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -293,8 +297,12 @@ impl Session {
         Some(publish)
     }
 
-    fn enqueue(&mut self, out: Outgoing, limits: &Limits) -> Delivery {
+    fn enqueue(&mut self, mut out: Outgoing, limits: &Limits) -> Delivery {
         let size = out.publish.payload.len();
+        if !self.is_online() && size <= OFFLINE_COPY_BYTES_MAX {
+            // Held for long: a small slice must not keep its whole 64 KiB read buffer alive.
+            out.publish.payload = bytes::Bytes::copy_from_slice(&out.publish.payload);
+        }
         let qos = out.publish.qos;
         while self.is_queue_full(size, limits) {
             if qos != QoS::AtMostOnce {

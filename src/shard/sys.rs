@@ -54,6 +54,7 @@ impl Shard {
 /// Runs on every shard while the broker runs: snapshots every `interval`; shard 0 publishes.
 pub async fn run(shard: Rc<Shard>, board: Arc<Board>, interval: Duration) {
     let started = Instant::now();
+    let mut loads = Loads::default();
     loop {
         glommio::timer::sleep(interval).await;
         board.store(shard.id(), shard.snapshot());
@@ -65,11 +66,58 @@ pub async fn run(shard: Rc<Shard>, board: Arc<Board>, interval: Duration) {
         for s in &shards {
             total.add(s);
         }
-        for (topic, value) in topics(&total, &shards, started.elapsed()) {
+        let mut all = topics(&total, &shards, started.elapsed());
+        all.extend(loads.update(&total, interval));
+        for (topic, value) in all {
             shard
                 .route(Message::received(sys_publish(&topic, value), 0))
                 .await;
         }
+    }
+}
+
+/// mosquitto's `$SYS/broker/load/...`: per-minute rates averaged over 1, 5 and 15 minutes.
+#[derive(Default)]
+pub struct Loads {
+    last: Option<[u64; 4]>,
+    averages: [[f64; 3]; 4],
+}
+
+impl Loads {
+    const NAMES: [&'static str; 4] = [
+        "messages/received",
+        "messages/sent",
+        "bytes/received",
+        "bytes/sent",
+    ];
+    const PERIODS_MINS: [u64; 3] = [1, 5, 15];
+
+    /// Folds in the totals seen `interval` after the previous ones; returns the topics.
+    pub fn update(&mut self, total: &Snapshot, interval: Duration) -> Vec<(String, String)> {
+        let now = [
+            total.messages_received,
+            total.messages_sent,
+            total.bytes_received,
+            total.bytes_sent,
+        ];
+        let secs = interval.as_secs_f64().max(0.001);
+        let mut out = Vec::new();
+        for (i, name) in Self::NAMES.iter().enumerate() {
+            let delta = self.last.map_or(0, |last| now[i].saturating_sub(last[i]));
+            let per_min = delta as f64 * 60.0 / secs;
+            for (j, mins) in Self::PERIODS_MINS.iter().enumerate() {
+                // The same exponential decay mosquitto uses.
+                let k = (-secs / (*mins as f64 * 60.0)).exp();
+                let avg = &mut self.averages[i][j];
+                *avg = k * (*avg - per_min) + per_min;
+                out.push((
+                    format!("$SYS/broker/load/{name}/{mins}min"),
+                    format!("{avg:.2}"),
+                ));
+            }
+        }
+        self.last = Some(now);
+        out
     }
 }
 
