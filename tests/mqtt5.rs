@@ -707,6 +707,49 @@ on_1_and_4_shards!(
     }
 );
 
+/// Subscribes to `filter` with Retain Handling `handling` and returns the retained
+/// messages that arrive.
+fn retained_after_subscribe(c: &mut Raw, filter: &str, handling: u8) -> Vec<Publish> {
+    let options = SubscriptionOptions {
+        qos: QoS::AtMostOnce,
+        retain_handling: handling,
+        ..Default::default()
+    };
+    assert_eq!(c.subscribe_with(filter, options), vec![ReasonCode(0)]);
+    drain(c)
+}
+
+on_1_and_4_shards!(mqtt5_3_3_1_9_retain_handling_0_1_2, |shards| {
+    let broker = Broker::start(shards);
+    let mut p = v5(broker.addr, "p");
+    p.publish("rh/t", b"kept", QoS::AtMostOnce, true);
+    sleep(Duration::from_millis(100));
+    let mut c = v5(broker.addr, "c");
+    // 0: sent at every subscribe [MQTT-3.3.1-9].
+    assert_eq!(retained_after_subscribe(&mut c, "rh/t", 0).len(), 1);
+    assert_eq!(retained_after_subscribe(&mut c, "rh/t", 0).len(), 1);
+    // 1: sent only if the subscription did not exist [MQTT-3.3.1-10].
+    assert_eq!(retained_after_subscribe(&mut c, "rh/t", 1).len(), 0);
+    assert_eq!(retained_after_subscribe(&mut c, "rh/+", 1).len(), 1);
+    // 2: never sent [MQTT-3.3.1-11].
+    assert_eq!(retained_after_subscribe(&mut c, "rh/#", 2).len(), 0);
+});
+
+on_1_and_4_shards!(
+    mqtt5_3_3_4_3_retained_message_carries_the_subscription_identifier,
+    |shards| {
+        let broker = Broker::start(shards);
+        let mut p = v5(broker.addr, "p");
+        p.publish("rid/t", b"kept", QoS::AtMostOnce, true);
+        sleep(Duration::from_millis(100));
+        let mut c = v5(broker.addr, "c");
+        subscribe_id(&mut c, "rid/#", QoS::AtMostOnce, 77);
+        let got = c.recv_publish();
+        assert!(got.retain);
+        assert_eq!(got.properties.subscription_identifiers, vec![77]);
+    }
+);
+
 on_1_and_4_shards!(
     mqtt5_3_3_4_3_subscription_identifiers_one_per_matching_subscription,
     |shards| {
