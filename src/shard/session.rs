@@ -593,3 +593,148 @@ fn reserve(scratch: &mut BytesMut) {
         scratch.reserve(16 << 10);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::ceiling::Pressure;
+    use crate::protocol::codec::{Codec, Decoded};
+    use crate::protocol::{MqttString, Properties};
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn online(peer: PeerLimits) -> (Session, Rc<Outbox>) {
+        let mut session = Session::new("c".into(), Version::V5, true);
+        session.peer = peer;
+        let outbox = Rc::new(Outbox::new(Rc::new(Pressure::default()), 1 << 20, 1 << 20));
+        session.resume(outbox.clone(), &Limits::default(), &mut BytesMut::new());
+        (session, outbox)
+    }
+
+    fn message(topic: &'static str, qos: QoS) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: MqttString::from(topic),
+            pkid: 0,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"payload"),
+        }
+    }
+
+    /// The PUBLISHes written to `outbox`, decoded as the client would.
+    fn sent(outbox: &Outbox) -> Vec<Publish> {
+        let mut wire = BytesMut::new();
+        outbox.peek_frames(usize::MAX, |f| {
+            wire.extend_from_slice(&f.header);
+            wire.extend_from_slice(&f.payload);
+        });
+        let mut codec = Codec::with_version(Version::V5, u32::MAX);
+        let mut out = Vec::new();
+        while let Ok(Decoded::Packet(Packet::Publish(p))) = codec.decode(&mut wire) {
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn client_receive_maximum_narrows_the_window() {
+        let peer = PeerLimits {
+            receive_max: 1,
+            ..PeerLimits::default()
+        };
+        let (mut s, outbox) = online(peer);
+        let limits = Limits::default();
+        let mut scratch = BytesMut::new();
+        for _ in 0..3 {
+            s.deliver(
+                Outgoing::plain(message("t", QoS::AtLeastOnce)),
+                &limits,
+                &mut scratch,
+            );
+        }
+        assert_eq!(sent(&outbox).len(), 1);
+        assert_eq!(s.queued_len(), 2);
+    }
+
+    #[test]
+    fn expired_messages_are_dropped_and_the_rest_carry_what_is_left() {
+        let (mut s, outbox) = online(PeerLimits::default());
+        let limits = Limits::default();
+        let mut scratch = BytesMut::new();
+        let past = Outgoing {
+            expires_at: Some(Instant::now() - Duration::from_millis(1)),
+            ..Outgoing::plain(message("t", QoS::AtMostOnce))
+        };
+        let future = Outgoing {
+            expires_at: Some(Instant::now() + Duration::from_secs(30)),
+            ..Outgoing::plain(message("t", QoS::AtMostOnce))
+        };
+        assert_eq!(s.deliver(past, &limits, &mut scratch), Delivery::Dropped);
+        assert_eq!(s.deliver(future, &limits, &mut scratch), Delivery::Sent);
+        assert_eq!(s.counters.expired, 1);
+        let got = sent(&outbox);
+        assert_eq!(got[0].properties.message_expiry_interval, Some(30));
+    }
+
+    #[test]
+    fn outbound_topic_aliases_first_come_until_the_maximum() {
+        let peer = PeerLimits {
+            topic_alias_max: 1,
+            ..PeerLimits::default()
+        };
+        let (mut s, outbox) = online(peer);
+        let limits = Limits::default();
+        let mut scratch = BytesMut::new();
+        for topic in ["a", "a", "b"] {
+            s.deliver(
+                Outgoing::plain(message(topic, QoS::AtMostOnce)),
+                &limits,
+                &mut scratch,
+            );
+        }
+        let got: Vec<_> = sent(&outbox)
+            .iter()
+            .map(|p| (p.topic.as_str().to_string(), p.properties.topic_alias))
+            .collect();
+        let want = [("a", Some(1)), ("", Some(1)), ("b", None)];
+        let want: Vec<_> = want.iter().map(|(t, a)| (t.to_string(), *a)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn packets_over_the_client_maximum_are_dropped_and_counted() {
+        let peer = PeerLimits {
+            packet_size_max: 10,
+            ..PeerLimits::default()
+        };
+        let (mut s, outbox) = online(peer);
+        let out = Outgoing::plain(message("topic", QoS::AtLeastOnce));
+        let delivery = s.deliver(out, &Limits::default(), &mut BytesMut::new());
+        assert_eq!(delivery, Delivery::Dropped);
+        assert_eq!(s.counters.too_large, 1);
+        assert!(sent(&outbox).is_empty());
+    }
+
+    #[test]
+    fn unfinished_shared_messages_are_handed_back_and_plain_ones_kept() {
+        let (mut s, _outbox) = online(PeerLimits::default());
+        let limits = Limits::default();
+        let mut scratch = BytesMut::new();
+        let shared = Outgoing {
+            share: Some("$share/g/t".into()),
+            ..Outgoing::plain(message("t", QoS::AtLeastOnce))
+        };
+        s.deliver(shared, &limits, &mut scratch);
+        s.deliver(
+            Outgoing::plain(message("t", QoS::AtLeastOnce)),
+            &limits,
+            &mut scratch,
+        );
+        let back = s.take_unfinished_shared();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].share.as_deref(), Some("$share/g/t"));
+        assert_eq!(s.take_state().inflight.len(), 1);
+    }
+}
