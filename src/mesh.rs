@@ -34,6 +34,9 @@ pub enum MeshMsg {
         topic: String,
         /// The retained PUBLISH, or None to clear.
         publish: Option<Message>,
+        /// When set, answer `InterestAck` to `from` once applied (QoS 1/2 retained publishes
+        /// are acknowledged to their publisher only after every replica has them).
+        ack: Option<(ShardId, RequestId)>,
     },
     /// Session `member` of shard `from` joined shared subscription `share`
     /// (`$share/group/filter`); answer `InterestAck`. Every shard keeps every group's members.
@@ -83,7 +86,7 @@ pub enum MeshMsg {
         /// Who unsubscribed.
         from: ShardId,
     },
-    /// An `InterestAdd` has been applied.
+    /// An `InterestAdd`, `ShareJoin` or acknowledged `Retain` has been applied.
     InterestAck {
         /// The request acknowledged.
         request: RequestId,

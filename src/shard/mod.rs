@@ -412,12 +412,20 @@ impl Shard {
         self.metrics
             .messages_received
             .set(self.metrics.messages_received.get() + 1);
-        self.route(message).await
+        self.route_with(message, true).await
     }
 
     /// `publish` without waiting for room or counting it as received (the broker's own `$SYS`
-    /// messages).
+    /// messages, wills).
     pub async fn route(&self, message: Message) -> bool {
+        self.route_with(message, false).await
+    }
+
+    /// Routes a message. With `wait_for_replicas`, a QoS 1/2 retained message returns only once
+    /// every shard's replica holds it, so a subscriber anywhere that subscribes after the
+    /// publisher's PUBACK gets it. Only a connection's own task may wait so: a ring receiver
+    /// waiting for an answer that queues behind it on its own ring would never get it.
+    async fn route_with(&self, message: Message, wait_for_replicas: bool) -> bool {
         let (interested, to_members, local) = {
             let mut st = self.state.borrow_mut();
             if message.publish.retain {
@@ -430,11 +438,17 @@ impl Shard {
             (interested, to_members, local || shared)
         };
         let matched = local || interested != 0;
+        let retain_ack = (wait_for_replicas
+            && message.publish.retain
+            && message.publish.qos != crate::protocol::QoS::AtMostOnce
+            && self.shards > 1)
+            .then(|| self.requests.open(self.shards - 1));
         for to in (0..self.shards).filter(|&s| s != self.id()) {
             if message.publish.retain {
                 let retain = MeshMsg::Retain {
                     topic: message.publish.topic.as_str().to_string(),
                     publish: Some(message.clone()),
+                    ack: retain_ack.map(|request| (self.id(), request)),
                 };
                 self.mesh.send(to, retain).await;
             }
@@ -444,6 +458,9 @@ impl Shard {
         }
         for (to, msg) in to_members {
             self.mesh.send(to, msg).await;
+        }
+        if let Some(request) = retain_ack {
+            self.requests.wait(request).await;
         }
         matched
     }
@@ -694,7 +711,12 @@ impl Shard {
         let mut message = Message::received(publish, 0);
         // Will Delay Interval is a will property, not one of the PUBLISH [MQTT-3.1.3-10].
         message.publish.properties.will_delay_interval = None;
-        self.publish(message).await;
+        // Routed without waiting (for room or for retained replicas): a will may be published
+        // from a ring receiver, which must never wait on its own ring.
+        self.metrics
+            .messages_received
+            .set(self.metrics.messages_received.get() + 1);
+        self.route(message).await;
     }
 
     /// Closes every connection for shutdown; returns their wills.
@@ -768,8 +790,15 @@ impl Shard {
                     self.mesh.post(to, msg);
                 }
             }
-            MeshMsg::Retain { topic, publish } => {
-                self.state.borrow_mut().retained.set(&topic, publish)
+            MeshMsg::Retain {
+                topic,
+                publish,
+                ack,
+            } => {
+                self.state.borrow_mut().retained.set(&topic, publish);
+                if let Some((from, request)) = ack {
+                    self.mesh.post(from, MeshMsg::InterestAck { request });
+                }
             }
             MeshMsg::InterestAdd {
                 filter,
