@@ -746,3 +746,43 @@ on_1_and_4_shards!(mqtt5_4_8_2_paho_shared_subscription, |shards| {
 on_1_and_4_shards!(mqtt5_3_1_2_11_paho_session_expiry, |shards| {
     paho_v5_session_expiry(shards)
 });
+
+// ---------------------------------------------------------------------------------------------
+// $SYS, read the way operators read it.
+
+/// `mosquitto_sub -t '$SYS/#'` reads the broker's counters under mosquitto's names, so existing
+/// dashboards work: here the connected-clients count, which includes the reader itself.
+fn sys_counters_read_by_mosquitto_sub(shards: usize) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start_with(shards, |c| c.sys_interval_secs = 1);
+    let _a = common::Raw::connect(broker.addr, "sys-a");
+    let _b = common::Raw::connect(broker.addr, "sys-b");
+    // Retained values from before the reader connected come first; take a few and use the
+    // last, which is published after it connected.
+    let done = mosquitto_sub(
+        &broker,
+        V::V311,
+        "sys-reader",
+        "$SYS/broker/clients/connected",
+        0,
+        2,
+    )
+    .succeed();
+    let got = messages(&done.stdout);
+    let last = got.last().expect("a $SYS message");
+    let connected: u64 = String::from_utf8_lossy(&last.payload)
+        .trim()
+        .parse()
+        .expect("a number");
+    assert!(
+        connected >= 2,
+        "clients/connected = {connected}; stdout:\n{}",
+        done.stdout
+    );
+}
+
+on_1_and_4_shards!(sys_counters_are_readable_with_mosquitto_sub, |shards| {
+    sys_counters_read_by_mosquitto_sub(shards)
+});
