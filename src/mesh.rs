@@ -11,6 +11,9 @@ use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::AcceptedTcpStream;
 use glommio::ResourceType;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
 
 /// Index of a shard, 0-based.
 pub type ShardId = usize;
@@ -99,13 +102,26 @@ pub struct Mesh {
     id: ShardId,
     senders: Option<Senders<MeshMsg>>,
     local: LocalSender<MeshMsg>,
+    /// Messages posted while the ring toward a shard was full, in order, per shard.
+    backlog: RefCell<Vec<VecDeque<MeshMsg>>>,
+    /// Per shard: a task is sending its backlog; later messages must queue behind it.
+    draining: RefCell<Vec<bool>>,
 }
 
 impl Mesh {
     /// Wraps the joined mesh; returns it with the receiver of messages to self.
     pub fn new(id: ShardId, senders: Option<Senders<MeshMsg>>) -> (Mesh, LocalReceiver<MeshMsg>) {
         let (local, receiver) = local_channel::new_unbounded();
-        (Mesh { id, senders, local }, receiver)
+        let peers = senders.as_ref().map_or(0, |s| s.nr_consumers());
+        let backlog = RefCell::new((0..peers).map(|_| VecDeque::new()).collect());
+        let mesh = Mesh {
+            id,
+            senders,
+            local,
+            backlog,
+            draining: RefCell::new(vec![false; peers]),
+        };
+        (mesh, receiver)
     }
 
     /// This shard's id.
@@ -113,32 +129,66 @@ impl Mesh {
         self.id
     }
 
-    /// Sends, waiting while the ring toward `to` is full.
+    /// Sends, waiting while the ring toward `to` is full (and behind anything posted to `to`
+    /// earlier, so order toward one shard is kept).
     pub async fn send(&self, to: ShardId, msg: MeshMsg) {
         if to == self.id {
             let _ = self.local.try_send(msg);
             return;
         }
+        while self.has_backlog(to) {
+            futures_lite::future::yield_now().await;
+        }
+        self.send_direct(to, msg).await;
+    }
+
+    /// Whether messages posted to `to` are still waiting to be sent.
+    fn has_backlog(&self, to: ShardId) -> bool {
+        self.draining.borrow().get(to).copied().unwrap_or(false)
+    }
+
+    async fn send_direct(&self, to: ShardId, msg: MeshMsg) {
         if let Some(senders) = &self.senders {
             // An error means the peer is gone (shutdown); nothing is left to deliver to.
             let _ = senders.send_to(to, msg).await;
         }
     }
 
-    /// Sends without waiting when there is room; otherwise sends from a background task.
-    /// For control messages produced where waiting is not possible.
-    pub fn post(self: &std::rc::Rc<Self>, to: ShardId, msg: MeshMsg) {
+    /// Sends without waiting when there is room; otherwise queues the message behind the
+    /// others posted to `to` and a background task sends them in order. For control messages
+    /// produced where waiting is not possible.
+    pub fn post(self: &Rc<Self>, to: ShardId, msg: MeshMsg) {
         if to == self.id {
             let _ = self.local.try_send(msg);
             return;
         }
         let Some(senders) = &self.senders else { return };
-        // Only a full ring hands the message back; a closed one means the peer has stopped.
-        if let Err(glommio::GlommioError::WouldBlock(ResourceType::Channel(msg))) =
-            senders.try_send_to(to, msg)
-        {
+        let msg = if self.has_backlog(to) {
+            msg
+        } else {
+            // Only a full ring hands the message back; a closed one means the peer stopped.
+            match senders.try_send_to(to, msg) {
+                Err(glommio::GlommioError::WouldBlock(ResourceType::Channel(msg))) => msg,
+                _ => return,
+            }
+        };
+        self.backlog.borrow_mut()[to].push_back(msg);
+        if !self.has_backlog(to) {
+            self.draining.borrow_mut()[to] = true;
             let mesh = self.clone();
-            glommio::spawn_local(async move { mesh.send(to, msg).await }).detach();
+            glommio::spawn_local(async move { mesh.drain_backlog(to).await }).detach();
+        }
+    }
+
+    /// Sends what was posted to `to` while its ring was full, oldest first.
+    async fn drain_backlog(self: Rc<Self>, to: ShardId) {
+        loop {
+            let next = self.backlog.borrow_mut()[to].pop_front();
+            let Some(msg) = next else {
+                self.draining.borrow_mut()[to] = false;
+                return;
+            };
+            self.send_direct(to, msg).await;
         }
     }
 }

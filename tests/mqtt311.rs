@@ -474,3 +474,64 @@ on_1_and_4_shards!(
         );
     }
 );
+
+on_1_and_4_shards!(
+    mqtt_3_1_2_4_concurrent_reconnects_keep_the_persistent_session,
+    |shards| {
+        let broker = Broker::start(shards);
+        let (mut keeper, _) = v3(broker.addr, "keeper", false);
+        keeper.subscribe("k/t", QoS::AtLeastOnce);
+        keeper.disconnect();
+        let mut publisher = Raw::connect(broker.addr, "pub");
+        publisher.publish("k/t", b"kept", QoS::AtLeastOnce, false);
+        let addr = broker.addr;
+        let racers: Vec<Raw> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..6)
+                .map(|_| {
+                    scope.spawn(move || {
+                        let mut raw = Raw::open(addr, Version::V311);
+                        raw.send(&Packet::Connect(connect_packet(
+                            "keeper",
+                            Version::V311,
+                            false,
+                        )));
+                        raw
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        let mut survivors = Vec::new();
+        let mut delivered = 0;
+        for mut raw in racers {
+            raw.send(&Packet::PingReq);
+            while let Ok(packet) = raw.recv_within(Duration::from_secs(2)) {
+                match packet {
+                    Packet::Publish(p) => {
+                        delivered += usize::from(&p.payload[..] == b"kept");
+                        raw.ack(&p);
+                    }
+                    Packet::PingResp => {
+                        survivors.push(raw);
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!(
+            survivors.len(),
+            1,
+            "exactly one connection keeps the client id"
+        );
+        let mut survivor = survivors.pop().unwrap();
+        if delivered == 0 {
+            // The queued message was handed from holder to holder and reaches the survivor.
+            assert_eq!(&survivor.recv_publish().payload[..], b"kept");
+        }
+        // The subscription survived the race too.
+        publisher.publish("k/t", b"after", QoS::AtLeastOnce, false);
+        assert_eq!(&survivor.recv_publish().payload[..], b"after");
+    }
+);

@@ -239,17 +239,25 @@ impl Conn {
         let (key, new_filters) = self.shard.install(session, state);
         self.key = key;
         self.shard.announce(new_filters).await;
-        self.send_connack(
-            self.version,
+        let connack = Packet::ConnAck(ConnAck {
             session_present,
-            ReasonCode::SUCCESS,
+            code: ReasonCode::SUCCESS,
             properties,
-        );
+        });
         let outbox = self.outbox.clone();
-        self.shard
+        let version = self.version;
+        // CONNACK and attaching happen together, and only if no newer connection took the
+        // session over while the interest announcement was in flight.
+        let attached = self
+            .shard
             .with_session(key, self.token, |s, limits, scratch| {
+                push_packet(&outbox, &connack, version, scratch);
                 s.resume(outbox, limits, scratch)
             });
+        if attached.is_none() {
+            self.outbox.close();
+            return false;
+        }
         let keep_alive = connect.keep_alive_secs as u64;
         let timeout = (keep_alive > 0).then(|| Duration::from_millis(keep_alive * 1500));
         let _ = self.stream.set_read_timeout(timeout);

@@ -38,6 +38,7 @@ pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
 }
 
 /// What an `Evict` asks of the holder of a client id.
+#[derive(Debug)]
 struct Eviction {
     token: u64,
     to: ShardId,
@@ -90,7 +91,7 @@ pub struct Shard {
     next_token: Cell<u64>,
     /// Claims of this shard's connections (by token) not yet answered; true once a newer
     /// claim of the same client id superseded them.
-    claims: RefCell<HashMap<u64, bool>>,
+    claims: RefCell<HashMap<u64, Option<Eviction>>>,
     open_connections: Arc<AtomicUsize>,
 }
 
@@ -146,7 +147,7 @@ impl Shard {
         wants_state: bool,
     ) -> Result<Option<Box<SessionState>>, Superseded> {
         let request = self.requests.open(1);
-        self.claims.borrow_mut().insert(token, false);
+        self.claims.borrow_mut().insert(token, None);
         let home = home_shard(client_id, self.shards);
         let msg = MeshMsg::Claim {
             client_id: client_id.to_string(),
@@ -157,7 +158,15 @@ impl Shard {
         };
         self.mesh.send(home, msg).await;
         let state = self.requests.wait(request).await;
-        if self.claims.borrow_mut().remove(&token) == Some(true) {
+        if let Some(Some(newer)) = self.claims.borrow_mut().remove(&token) {
+            // Pass what we were handed on to the newer claimant, so a persistent session
+            // survives the race.
+            let state = if newer.wants_state { state } else { None };
+            let handoff = MeshMsg::Handoff {
+                request: newer.request,
+                state,
+            };
+            self.mesh.post(newer.to, handoff);
             return Err(Superseded);
         }
         Ok(state)
@@ -511,6 +520,12 @@ impl Shard {
     /// Closes this shard's session of `client_id` (a newer connection took it over) and
     /// hands its state to shard `to` when asked and the session was persistent.
     async fn on_evict(&self, client_id: &str, evict: Eviction) {
+        if let Some(pending) = self.claims.borrow_mut().get_mut(&evict.token) {
+            // The holder is still waiting for its own claim's answer: the newer claim wins,
+            // and the holder hands on what it receives when that answer arrives.
+            *pending = Some(evict);
+            return;
+        }
         let Eviction {
             token,
             to,
@@ -521,13 +536,6 @@ impl Shard {
             let mut st = self.state.borrow_mut();
             let key = st.by_client.get(client_id).copied();
             let key = key.filter(|k| st.sessions.get(k).is_some_and(|s| s.conn_token == token));
-            if key.is_none() {
-                // The holder may still be waiting for its own claim's answer: the newer
-                // claim wins, and the holder learns it when that answer arrives.
-                if let Some(superseded) = self.claims.borrow_mut().get_mut(&token) {
-                    *superseded = true;
-                }
-            }
             key.and_then(|key| remove_session(&mut st, key))
                 .map(|(session, gone)| (session, gone, std::mem::take(&mut st.scratch)))
         };
