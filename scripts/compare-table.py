@@ -11,8 +11,14 @@ brokers = [b for b in ["ringcast", "mosquitto", "rumqttd"] if any(r["broker"] ==
 scenarios = list(dict.fromkeys(r["scenario"] for r in rows))
 
 
+def failed(r):
+    """A run that errored before delivering anything says nothing about throughput."""
+    return r["result"].get("errors") and not r["result"].get("deliveries") and not r["result"].get("connections")
+
+
 def runs(broker, scenario):
-    return [r for r in rows if r["broker"] == broker and r["scenario"] == scenario and r["result"]]
+    return [r for r in rows
+            if r["broker"] == broker and r["scenario"] == scenario and r["result"] and not failed(r)]
 
 
 def med(broker, scenario, get):

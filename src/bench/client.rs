@@ -29,6 +29,9 @@ const PACKET_MAX_BYTES: u32 = 1 << 20;
 const READ_TICK: Duration = Duration::from_millis(100);
 /// How long one write may block before the run fails.
 const WRITE_LIMIT: Duration = Duration::from_secs(5);
+/// Keep-alive asked for: longer than the longest run (--duration ≤ 3600 s), so no PINGREQ
+/// is ever due.
+const KEEP_ALIVE_SECS: u16 = u16::MAX;
 /// How long connecting and subscribing may take, all clients together.
 pub const SETUP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -152,8 +155,9 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects, sends CONNECT (clean, no keep-alive: runs are short and pings would only add
-    /// noise) and waits for a CONNACK that accepts.
+    /// Connects, sends CONNECT (clean, the longest keep-alive: runs are shorter than it and
+    /// pings would only add noise; 0 would be simpler but rumqttd refuses it) and waits for a
+    /// CONNACK that accepts.
     pub async fn open(addr: SocketAddr, version: Version, client_id: &str) -> io::Result<Conn> {
         Conn::open_with(addr, version, client_id, READ_CHUNK_BYTES).await
     }
@@ -184,7 +188,7 @@ impl Conn {
             client_id: MqttString::from_str_checked(client_id)
                 .ok_or_else(|| invalid("client id"))?,
             clean_start: true,
-            keep_alive_secs: 0,
+            keep_alive_secs: KEEP_ALIVE_SECS,
             username: None,
             password: None,
             will: None,
