@@ -23,6 +23,10 @@ pub struct Config {
     pub limits: Limits,
     /// Cross-shard ring tuning.
     pub mesh: MeshConfig,
+    /// Broker-wide memory ceiling for queued messages.
+    pub backpressure: Backpressure,
+    /// Seconds between `$SYS/broker/...` updates; 0 turns them off.
+    pub sys_interval_secs: u64,
 }
 
 /// Bounds on what one client may ask of the broker.
@@ -49,10 +53,68 @@ pub struct Limits {
     pub connect_timeout_secs: u64,
     /// Largest keep-alive a client may use; 0 means no limit.
     pub keep_alive_max_secs: u16,
+    /// 5.0 Receive Maximum announced to clients: inbound QoS 2 messages a client may leave
+    /// unreleased at once.
+    pub receive_max: u16,
+    /// 5.0 Topic Alias Maximum announced to clients: inbound topic aliases per connection.
+    pub topic_alias_max: u16,
     /// Bytes read from one connection before yielding to others in the same loop turn.
     pub read_bytes_per_turn: usize,
     /// Bytes of socket writes kept waiting per connection before new QoS 0 messages are dropped.
     pub write_buffer_bytes_max: usize,
+    /// Bytes (written or queued) a subscriber may lag before its publishers are paused, as long
+    /// as it keeps reading; below `write_buffer_bytes_max` and `queue_bytes_max`.
+    pub write_buffer_pause_bytes: usize,
+    /// A subscriber past `write_buffer_pause_bytes` that takes nothing from its socket for this
+    /// long is stuck: it stops pausing publishers and its own bounds and policies apply.
+    pub subscriber_stall_ms: u64,
+    /// What to drop when a QoS 0 message meets a full subscriber.
+    pub qos0_overflow: Qos0Overflow,
+    /// What to do when a QoS 1/2 message meets a full subscriber queue.
+    pub qos12_overflow: Qos12Overflow,
+    /// Under `qos12_overflow = "disconnect"`: seconds a subscriber may stay over its bound.
+    pub slow_subscriber_secs: u64,
+}
+
+/// Policy for a QoS 0 message when the subscriber's bound is hit.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Qos0Overflow {
+    /// Keep what is queued; the new message is dropped.
+    DropNewest,
+    /// Drop the oldest QoS 0 message not yet started on the wire to make room.
+    DropOldest,
+}
+
+/// Policy for a QoS 1/2 message when the subscriber's queue is full.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Qos12Overflow {
+    /// Drop the new message and count it.
+    Drop,
+    /// Drop and count, and close the subscriber's connection once it has been over its bound
+    /// for `slow_subscriber_secs`.
+    Disconnect,
+}
+
+/// The broker-wide bound on bytes held for subscribers (write buffers and session queues).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Backpressure {
+    /// Above this many queued bytes (all shards together; each shard holds its share) the
+    /// broker stops reading PUBLISH packets from its clients and its rings.
+    pub memory_ceiling_bytes: usize,
+    /// Reading resumes once queued bytes fall below this low-water mark.
+    pub memory_resume_bytes: usize,
+}
+
+impl Default for Backpressure {
+    fn default() -> Backpressure {
+        Backpressure {
+            memory_ceiling_bytes: 256 << 20,
+            memory_resume_bytes: 192 << 20,
+        }
+    }
 }
 
 /// Tuning of the rings between shards.
@@ -72,6 +134,8 @@ impl Default for Config {
             log_level: "info".to_string(),
             limits: Limits::default(),
             mesh: MeshConfig::default(),
+            backpressure: Backpressure::default(),
+            sys_interval_secs: 10,
         }
     }
 }
@@ -89,8 +153,15 @@ impl Default for Limits {
             topic_levels_max: 32,
             connect_timeout_secs: 10,
             keep_alive_max_secs: 0,
+            receive_max: 64,
+            topic_alias_max: 64,
             read_bytes_per_turn: 64 << 10,
             write_buffer_bytes_max: 4 << 20,
+            write_buffer_pause_bytes: 256 << 10,
+            subscriber_stall_ms: 500,
+            qos0_overflow: Qos0Overflow::DropNewest,
+            qos12_overflow: Qos12Overflow::Drop,
+            slow_subscriber_secs: 10,
         }
     }
 }
@@ -143,6 +214,9 @@ impl Config {
         if l.packet_size_max < 64 || l.packet_size_max > 268_435_460 {
             return bad("`limits.packet_size_max` must be between 64 and 268435460 bytes");
         }
+        if l.receive_max == 0 {
+            return bad("`limits.receive_max` must be at least 1 (MQTT 5.0 forbids 0)");
+        }
         if l.inflight_max == 0 {
             return bad("`limits.inflight_max` must be at least 1");
         }
@@ -153,6 +227,22 @@ impl Config {
         }
         if l.read_bytes_per_turn < 4096 {
             return bad("`limits.read_bytes_per_turn` must be at least 4096");
+        }
+        if l.write_buffer_pause_bytes == 0
+            || l.write_buffer_pause_bytes >= l.write_buffer_bytes_max
+            || l.write_buffer_pause_bytes >= l.queue_bytes_max
+        {
+            return bad("`limits.write_buffer_pause_bytes` must be at least 1 and below both `limits.write_buffer_bytes_max` and `limits.queue_bytes_max`");
+        }
+        if l.subscriber_stall_ms == 0 {
+            return bad("`limits.subscriber_stall_ms` must be at least 1");
+        }
+        let b = &self.backpressure;
+        if b.memory_resume_bytes >= b.memory_ceiling_bytes {
+            return bad("`backpressure.memory_resume_bytes` must be below `backpressure.memory_ceiling_bytes`");
+        }
+        if b.memory_ceiling_bytes < l.write_buffer_bytes_max.saturating_mul(2) {
+            return bad("`backpressure.memory_ceiling_bytes` must be at least twice `limits.write_buffer_bytes_max`, so one stuck subscriber cannot hold the ceiling");
         }
         if self.mesh.ring_capacity < 16 {
             return bad("`mesh.ring_capacity` must be at least 16");
@@ -251,6 +341,32 @@ mod tests {
             config.limits.queue_messages_max,
             Limits::default().queue_messages_max
         );
+    }
+
+    #[test]
+    fn overflow_policies_parse_and_ceiling_is_checked() {
+        let text = "[limits]\nqos0_overflow = \"drop_oldest\"\nqos12_overflow = \"disconnect\"\n";
+        let config = Config::from_toml(text).unwrap();
+        assert_eq!(config.limits.qos0_overflow, Qos0Overflow::DropOldest);
+        assert_eq!(config.limits.qos12_overflow, Qos12Overflow::Disconnect);
+        assert!(Config::from_toml("[limits]\nqos0_overflow = \"drop_all\"\n").is_err());
+        let mut config = Config::default();
+        config.backpressure.memory_resume_bytes = config.backpressure.memory_ceiling_bytes;
+        assert!(config.validate().is_err());
+        let mut config = Config::default();
+        config.limits.write_buffer_pause_bytes = config.limits.write_buffer_bytes_max;
+        assert!(config.validate().is_err());
+    }
+
+    #[test]
+    fn default_profile_matches_the_built_in_defaults() {
+        let profile = Config::from_toml(include_str!("../hw-profiles/default.toml")).unwrap();
+        profile.validate().unwrap();
+        let defaults = Config::default();
+        assert_eq!(profile.limits, defaults.limits);
+        assert_eq!(profile.backpressure, defaults.backpressure);
+        assert_eq!(profile.sys_interval_secs, defaults.sys_interval_secs);
+        assert_eq!(profile.mesh, defaults.mesh);
     }
 
     #[test]

@@ -2,15 +2,19 @@
 //!
 //! Crate map, one line per module:
 //! - `protocol`: sans-IO packets, codec and topics (no sockets, no glommio, no clocks).
+//! - `auth`: the seam where MQTT 5.0 enhanced authentication methods plug in (none yet).
 //! - `config`: typed configuration and limits, validated at start-up.
 //! - `host`: start-up checks of io_uring, RLIMIT_MEMLOCK and the listen ports.
 //! - `server`: starts one pinned glommio executor per shard and stops them.
-//! - `shard`: what one core owns: sessions, subscription trie, interest, retained messages.
+//! - `shard`: what one core owns: sessions, subscription trie, interest, retained messages;
+//!   `shard::overflow` (overflow policies, when publishers wait) and `shard::sys` (`$SYS`).
 //! - `mesh`: messages between shards over bounded SPSC rings.
-//! - `net`: the only socket code: accept and place, read into sessions, write outboxes.
-//! - `metrics`: per-shard counters.
+//! - `net`: the only socket code: accept and place, read into sessions, write outboxes;
+//!   `net::ceiling` holds a shard's share of the memory ceiling and its drop counters.
+//! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `bench`: the `ringcast-bench` load generator (scenarios, closed-loop clients, reports).
 
+pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod host;

@@ -5,8 +5,8 @@
 //! when the ring toward a shard is full, which pauses whatever produced the message (a
 //! publisher's reader) instead of growing memory.
 
-use crate::protocol::Publish;
 use crate::shard::session::SessionState;
+use crate::shard::{Message, SessionKey};
 use glommio::channels::channel_mesh::{Receivers, Senders};
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::AcceptedTcpStream;
@@ -25,14 +25,47 @@ pub type RequestId = u64;
 pub enum MeshMsg {
     /// A freshly accepted connection placed on this shard.
     Accepted(AcceptedTcpStream),
-    /// A publish for this shard's local subscribers.
-    Publish(Publish),
+    /// A publish for this shard's local subscribers (shared subscriptions excepted: the
+    /// publishing shard picks their member).
+    Publish(Message),
     /// Set (Some) or clear (None) the retained message of a topic in this shard's replica.
     Retain {
         /// Topic name.
         topic: String,
         /// The retained PUBLISH, or None to clear.
-        publish: Option<Publish>,
+        publish: Option<Message>,
+    },
+    /// Session `member` of shard `from` joined shared subscription `share`
+    /// (`$share/group/filter`); answer `InterestAck`. Every shard keeps every group's members.
+    ShareJoin {
+        /// The shared subscription.
+        share: String,
+        /// Shard of the member.
+        from: ShardId,
+        /// Session of the member on that shard.
+        member: SessionKey,
+        /// Request to acknowledge.
+        request: RequestId,
+    },
+    /// Session `member` of shard `from` left shared subscription `share`.
+    ShareLeave {
+        /// The shared subscription.
+        share: String,
+        /// Shard of the member.
+        from: ShardId,
+        /// Session of the member on that shard.
+        member: SessionKey,
+    },
+    /// A message for one member of a shared subscription, picked by the publishing shard.
+    ShareDeliver {
+        /// The shared subscription.
+        share: String,
+        /// The member's session on the receiving shard.
+        member: SessionKey,
+        /// The message.
+        message: Message,
+        /// Times the message was passed on because its member had gone; bounds the passing.
+        hops: u8,
     },
     /// Shard `from` now has local subscribers on `filter`; answer `InterestAck`.
     InterestAdd {

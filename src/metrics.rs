@@ -1,6 +1,9 @@
-//! Per-shard counters. Each shard owns its own (no atomics on the hot path).
+//! Per-shard counters. Each shard owns its own (no atomics on the hot path); once per
+//! `sys_interval_secs` each shard copies them into its slot of a `Board`, and shard 0 sums the
+//! slots and publishes them on `$SYS` (see `shard::sys`).
 
 use std::cell::Cell;
+use std::sync::Mutex;
 
 /// Counters of one shard.
 #[derive(Default, Debug)]
@@ -11,4 +14,112 @@ pub struct Metrics {
     pub messages_sent: Cell<u64>,
     /// Connections currently open on this shard.
     pub connections: Cell<u64>,
+    /// Bytes read from client sockets.
+    pub bytes_received: Cell<u64>,
+}
+
+impl Metrics {
+    /// Counts bytes read from a client.
+    pub fn add_bytes_received(&self, n: usize) {
+        self.bytes_received
+            .set(self.bytes_received.get() + n as u64);
+    }
+}
+
+/// Drop counters: `[reason][qos]`, reasons in `net::ceiling::DropReason::ALL` order.
+pub type DropCounts = [[u64; 3]; 3];
+
+/// One shard's counters and gauges at one moment, as plain numbers that can cross threads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Sessions with a connection.
+    pub clients_connected: u64,
+    /// Sessions, connected or not.
+    pub clients_total: u64,
+    /// Subscriptions held by sessions.
+    pub subscriptions: u64,
+    /// PUBLISH packets received from clients.
+    pub messages_received: u64,
+    /// PUBLISH deliveries offered to sessions.
+    pub messages_sent: u64,
+    /// Bytes read from client sockets.
+    pub bytes_received: u64,
+    /// Bytes written to client sockets.
+    pub bytes_sent: u64,
+    /// Messages dropped, per reason and QoS.
+    pub dropped: DropCounts,
+    /// Messages waiting in write buffers and session queues.
+    pub queued_messages: u64,
+    /// Bytes waiting in write buffers and session queues.
+    pub queued_bytes: u64,
+    /// Subscribers disconnected for staying over their bound.
+    pub slow_disconnects: u64,
+    /// Times a publisher (or ring receiver) was paused.
+    pub publisher_pauses: u64,
+    /// Publishers (or ring receivers) paused now.
+    pub publishers_paused: u64,
+    /// Reading subscribers lagging past their pause mark now.
+    pub subscribers_lagging: u64,
+    /// Times a shard went over its share of the memory ceiling.
+    pub ceiling_hits: u64,
+}
+
+impl Snapshot {
+    /// Messages dropped for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped.iter().flatten().sum()
+    }
+
+    /// Adds another shard's numbers to these.
+    pub fn add(&mut self, o: &Snapshot) {
+        self.clients_connected += o.clients_connected;
+        self.clients_total += o.clients_total;
+        self.subscriptions += o.subscriptions;
+        self.messages_received += o.messages_received;
+        self.messages_sent += o.messages_sent;
+        self.bytes_received += o.bytes_received;
+        self.bytes_sent += o.bytes_sent;
+        for (row, other) in self.dropped.iter_mut().zip(o.dropped.iter()) {
+            for (cell, v) in row.iter_mut().zip(other.iter()) {
+                *cell += v;
+            }
+        }
+        self.queued_messages += o.queued_messages;
+        self.queued_bytes += o.queued_bytes;
+        self.slow_disconnects += o.slow_disconnects;
+        self.publisher_pauses += o.publisher_pauses;
+        self.publishers_paused += o.publishers_paused;
+        self.subscribers_lagging += o.subscribers_lagging;
+        self.ceiling_hits += o.ceiling_hits;
+    }
+}
+
+/// The latest snapshot of every shard, shared by the shards (touched once per interval).
+#[derive(Debug)]
+pub struct Board {
+    slots: Vec<Mutex<Snapshot>>,
+}
+
+impl Board {
+    /// A board for `shards` shards, all zero.
+    pub fn new(shards: usize) -> Board {
+        Board {
+            slots: (0..shards).map(|_| Mutex::default()).collect(),
+        }
+    }
+
+    /// Stores shard `id`'s snapshot.
+    pub fn store(&self, id: usize, snapshot: Snapshot) {
+        if let Some(slot) = self.slots.get(id) {
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = snapshot;
+        }
+    }
+
+    /// Every shard's latest snapshot, in shard order.
+    pub fn shards(&self) -> Vec<Snapshot> {
+        self.slots
+            .iter()
+            .map(|s| *s.lock().unwrap_or_else(|e| e.into_inner()))
+            .collect()
+    }
 }

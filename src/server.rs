@@ -4,7 +4,9 @@
 use crate::config::Config;
 use crate::host;
 use crate::mesh::{Mesh, MeshMsg};
+use crate::metrics::Board;
 use crate::net;
+use crate::net::ceiling::Pressure;
 use crate::protocol::ReasonCode;
 use crate::shard::Shard;
 use glommio::channels::channel_mesh::MeshBuilder;
@@ -19,6 +21,8 @@ use std::time::Duration;
 /// glommio's default io_memory (10 MiB) cannot be registered under an 8 MiB memlock limit;
 /// network I/O does not use those buffers, so a small pool suffices.
 const IO_MEMORY_BYTES: usize = 64 << 10;
+/// Messages taken from one ring before yielding to the shard's other tasks.
+const RING_MESSAGES_PER_TURN: u32 = 64;
 /// How often a shard checks whether the broker is stopping.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
@@ -50,6 +54,7 @@ impl Server {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(AtomicUsize::new(0));
+        let board = Arc::new(Board::new(shards));
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
         let mut handles = Vec::new();
         for id in 0..shards {
@@ -64,6 +69,7 @@ impl Server {
                 },
                 stop: stop.clone(),
                 open: open.clone(),
+                board: board.clone(),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -121,6 +127,7 @@ struct ShardStart {
     fds: Vec<RawFd>,
     stop: Arc<AtomicBool>,
     open: Arc<AtomicUsize>,
+    board: Arc<Board>,
 }
 
 /// The life of one shard.
@@ -136,18 +143,29 @@ async fn run_shard(ctx: ShardStart) {
     let id = senders.as_ref().map_or(0, |s| s.peer_id());
     let (mesh, local) = Mesh::new(id, senders);
     let mesh = Rc::new(mesh);
+    // Each shard holds its share of the broker-wide ceiling: no cross-core counter to touch.
+    let bp = &ctx.config.backpressure;
+    let high = (bp.memory_ceiling_bytes / ctx.shards).max(1);
+    let pressure = Pressure::new(high, (bp.memory_resume_bytes / ctx.shards).min(high - 1));
     let shard = Rc::new(Shard::new(
         mesh.clone(),
         ctx.shards,
         ctx.config.limits.clone(),
         ctx.open.clone(),
+        pressure,
     ));
     if let Some(mut receivers) = receivers {
         for (_, stream) in receivers.streams() {
             let shard = shard.clone();
             glommio::spawn_local(async move {
+                let mut handled = 0u32;
                 while let Some(msg) = stream.recv().await {
                     shard.on_message(msg).await;
+                    // Bounded work per loop turn, as for a connection's reads.
+                    handled += 1;
+                    if handled % RING_MESSAGES_PER_TURN == 0 {
+                        futures_lite::future::yield_now().await;
+                    }
                 }
             })
             .detach();
@@ -160,6 +178,14 @@ async fn run_shard(ctx: ShardStart) {
         }
     })
     .detach();
+    let sys = (ctx.config.sys_interval_secs > 0).then(|| {
+        let interval = Duration::from_secs(ctx.config.sys_interval_secs);
+        glommio::spawn_local(crate::shard::sys::run(
+            shard.clone(),
+            ctx.board.clone(),
+            interval,
+        ))
+    });
     let max = ctx.config.limits.connections_max;
     let acceptors: Vec<_> = ctx
         .fds
@@ -178,6 +204,7 @@ async fn run_shard(ctx: ShardStart) {
         glommio::timer::sleep(STOP_POLL).await;
     }
     drop(acceptors); // stop accepting
+    drop(sys);
     let wills = shard.close_all(ReasonCode::SERVER_SHUTTING_DOWN);
     for will in wills {
         let _ = glommio::timer::timeout(Duration::from_millis(500), async {

@@ -617,3 +617,132 @@ on_1_and_4_shards!(mqtt311_paho_will_reaches_mosquitto_sub, |shards| {
 on_1_and_4_shards!(mqtt5_paho_will_reaches_mosquitto_sub, |shards| {
     paho_will_reaches_mosquitto_sub(shards, V::V5)
 });
+
+// ---------------------------------------------------------------------------------------------
+// MQTT 5 features end to end with paho (MQTTv5).
+
+/// PUBLISH properties set by a paho publisher reach a paho subscriber unchanged: User
+/// Properties (order kept), Content Type, Response Topic, Correlation Data, Payload Format
+/// Indicator and Message Expiry Interval [MQTT-3.3.2-16..-20], [MQTT-3.3.2-6].
+fn paho_v5_properties_pass_through(shards: usize) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start(shards);
+    let mut command = paho("sub", &broker, V::V5, "props-sub", "p5/props", 1);
+    command.args(["--count", "1", "--linger", "0.3", "--props"]);
+    let mut sub = Proc::spawn("paho sub props", command, b"");
+    sub.wait_for("SUBSCRIBED", READY_LIMIT);
+    let mut command = paho("pub", &broker, V::V5, "props-pub", "p5/props", 1);
+    command.args([
+        "--payload",
+        "with properties",
+        "--user-prop",
+        "a=1",
+        "--user-prop",
+        "b=2",
+        "--content-type",
+        "text/plain",
+        "--response-topic",
+        "p5/reply",
+        "--correlation",
+        "00ff10",
+        "--format",
+        "1",
+        "--expiry",
+        "60",
+    ]);
+    Proc::spawn("paho pub props", command, b"").succeed();
+    let done = sub.succeed();
+    assert!(
+        done.stdout
+            .contains("PROPS pfi=1 ct=text/plain rt=p5/reply cd=00ff10 up=a=1,b=2 mei=1"),
+        "stdout:\n{}",
+        done.stdout
+    );
+}
+
+/// Two paho members of one shared subscription split a paho publisher's messages: each
+/// message reaches exactly one of them, and both get their turn [MQTT-4.8.2].
+fn paho_v5_shared_subscription(shards: usize) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start(shards);
+    let members: Vec<Proc> = ["m1", "m2"]
+        .iter()
+        .map(|id| paho_sub(&broker, V::V5, id, "$share/grp/p5/shared", 1, 3))
+        .collect();
+    let payloads: Vec<String> = (0..6).map(|i| format!("job-{i}")).collect();
+    let refs: Vec<&str> = payloads.iter().map(String::as_str).collect();
+    paho_pub(&broker, V::V5, "shared-pub", "p5/shared", 1, false, &refs);
+    let mut got: Vec<Vec<u8>> = Vec::new();
+    for member in members {
+        let done = member.succeed();
+        let mine = messages(&done.stdout);
+        assert_eq!(mine.len(), 3, "an even spread; stdout:\n{}", done.stdout);
+        got.extend(mine.into_iter().map(|m| m.payload));
+    }
+    got.sort();
+    let mut want: Vec<Vec<u8>> = payloads.iter().map(|p| p.as_bytes().to_vec()).collect();
+    want.sort();
+    assert_eq!(got, want, "each message to exactly one member");
+}
+
+/// A paho session with Session Expiry Interval 2 is kept across a disconnect (messages
+/// published meanwhile are queued for it), and is gone once 2 s pass offline
+/// [MQTT-3.1.2-23].
+fn paho_v5_session_expiry(shards: usize) {
+    if !interop_ready() {
+        return;
+    }
+    let broker = Broker::start(shards);
+    let session = |count: usize, subscribe: bool| {
+        let mut command = paho("session", &broker, V::V5, "expiring", "p5/exp", 1);
+        command.args(["--session-expiry", "2", "--count", &count.to_string()]);
+        if subscribe {
+            command.arg("--subscribe");
+        }
+        Proc::spawn("paho session", command, b"").succeed()
+    };
+    let first = session(0, true);
+    assert!(
+        first.stdout.contains("SESSION-PRESENT 0"),
+        "{}",
+        first.stdout
+    );
+    paho_pub(
+        &broker,
+        V::V5,
+        "exp-pub",
+        "p5/exp",
+        1,
+        false,
+        &["while away"],
+    );
+    let back = session(1, false);
+    assert!(back.stdout.contains("SESSION-PRESENT 1"), "{}", back.stdout);
+    assert_eq!(
+        messages(&back.stdout),
+        vec![msg("p5/exp", 1, false, b"while away")],
+        "stdout:\n{}",
+        back.stdout
+    );
+    std::thread::sleep(Duration::from_millis(2600));
+    let later = session(0, false);
+    assert!(
+        later.stdout.contains("SESSION-PRESENT 0"),
+        "{}",
+        later.stdout
+    );
+}
+
+on_1_and_4_shards!(mqtt5_3_3_2_paho_properties_pass_through, |shards| {
+    paho_v5_properties_pass_through(shards)
+});
+on_1_and_4_shards!(mqtt5_4_8_2_paho_shared_subscription, |shards| {
+    paho_v5_shared_subscription(shards)
+});
+on_1_and_4_shards!(mqtt5_3_1_2_11_paho_session_expiry, |shards| {
+    paho_v5_session_expiry(shards)
+});

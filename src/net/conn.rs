@@ -8,14 +8,15 @@ use super::outbox::Outbox;
 use super::writer;
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
 use crate::protocol::{
-    connack_v3, ConnAck, Connect, Disconnect, MqttString, Packet, Properties, Publish, QoS,
+    connack_v3, Ack, ConnAck, Connect, Disconnect, MqttString, Packet, Properties, Publish, QoS,
     ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
-use crate::shard::session::{push_packet, Session};
-use crate::shard::{SessionKey, Shard};
+use crate::shard::session::{push_packet, PeerLimits, Session, Subscription};
+use crate::shard::{Message, SessionKey, Shard};
 use bytes::BytesMut;
 use futures_lite::AsyncReadExt;
 use glommio::net::TcpStream;
+use std::collections::HashMap;
 use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
 use std::time::Duration;
@@ -36,7 +37,14 @@ enum End {
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let outbox = Rc::new(Outbox::default());
+    let limits = &shard.limits;
+    let pause_messages = (limits.queue_messages_max / 2).max(1);
+    let outbox = Outbox::new(
+        shard.pressure.clone(),
+        limits.write_buffer_pause_bytes,
+        pause_messages,
+    );
+    let outbox = Rc::new(outbox);
     // Reading and writing are separate tasks so neither waits on the other. The writer uses
     // the raw fd, which `conn.stream` keeps open until the writer is done or dropped below.
     let writer = glommio::spawn_local(writer::run(stream.as_raw_fd(), outbox.clone()));
@@ -50,6 +58,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         key: 0,
         token: 0,
         scratch: BytesMut::new(),
+        inbound_aliases: HashMap::new(),
+        has_problem_info: true,
+        session_expiry_secs: 0,
+        peer_packet_size_max: u32::MAX,
     };
     conn.run().await;
     outbox.close();
@@ -77,12 +89,24 @@ struct Conn {
     key: SessionKey,
     token: u64,
     scratch: BytesMut,
+    /// 5.0 inbound topic aliases of this connection.
+    inbound_aliases: HashMap<u16, MqttString>,
+    /// Whether the client accepts reason strings and user properties on acknowledgements
+    /// (5.0 Request Problem Information, default 1) [MQTT-3.1.2-29].
+    has_problem_info: bool,
+    /// Session Expiry Interval from CONNECT, for the checks on DISCONNECT.
+    session_expiry_secs: u32,
+    /// The client's Maximum Packet Size; a Reason String that would pass it is left out
+    /// [MQTT-3.1.2-25].
+    peer_packet_size_max: u32,
 }
 
 /// A failed read, with what to tell a 5.0 client.
 enum ReadError {
-    /// The socket closed or failed, or keep-alive expired.
+    /// The socket closed or failed.
     Gone,
+    /// Nothing came within 1.5 × keep-alive.
+    KeepAliveTimeout,
     /// The bytes broke the protocol.
     Decode(DecodeError),
 }
@@ -95,15 +119,17 @@ impl Conn {
             Ok(Packet::Connect(connect)) => connect,
             Ok(_) => return, // the codec only yields CONNECT first; kept for exhaustiveness
             Err(ReadError::Decode(e)) => return self.refuse_connect(&e),
-            Err(ReadError::Gone) => return,
+            Err(ReadError::Gone | ReadError::KeepAliveTimeout) => return,
         };
         if !self.accept_connect(connect).await {
             return;
         }
         let end = self.read_loop().await;
         let graceful = matches!(end, End::Graceful);
-        if let Some(will) = self.shard.disconnect(self.key, self.token, graceful) {
-            self.shard.publish_will(will).await;
+        match self.shard.disconnect(self.key, self.token, graceful) {
+            Some((will, delay)) if delay.is_zero() => self.shard.publish_will(will).await,
+            Some((will, delay)) => self.shard.publish_will_after(self.token, will, delay),
+            None => {}
         }
     }
 
@@ -116,6 +142,10 @@ impl Conn {
                 Ok(packet) => packet,
                 Err(ReadError::Decode(e)) => {
                     self.disconnect_with(e.reason_code());
+                    return End::Abrupt;
+                }
+                Err(ReadError::KeepAliveTimeout) => {
+                    self.disconnect_with(ReasonCode::KEEP_ALIVE_TIMEOUT);
                     return End::Abrupt;
                 }
                 Err(ReadError::Gone) => return End::Abrupt,
@@ -152,11 +182,16 @@ impl Conn {
         let start = self.buf.len();
         self.buf.resize(start + READ_CHUNK_BYTES, 0);
         let read = self.stream.read(&mut self.buf[start..]).await;
+        if matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
+            self.buf.truncate(start);
+            return Err(ReadError::KeepAliveTimeout);
+        }
         let n = read.unwrap_or(0);
         self.buf.truncate(start + n);
         if n == 0 {
             return Err(ReadError::Gone);
         }
+        self.shard.metrics.add_bytes_received(n);
         Ok(())
     }
 
@@ -190,37 +225,47 @@ impl Conn {
         push_packet(&self.outbox, &packet, version, &mut self.scratch);
     }
 
+    /// Refuses a CONNECT with `code` and closes.
+    fn refuse(&mut self, code: ReasonCode) -> bool {
+        self.send_connack(self.version, false, code, Properties::default());
+        self.outbox.close();
+        false
+    }
+
     /// Checks the client id, takes it over from any older connection, installs the session
     /// and answers CONNACK. Returns false when the connection was refused.
     async fn accept_connect(&mut self, connect: Connect) -> bool {
         self.version = connect.version;
-        let mut properties = Properties::default();
         if self.shard.is_over_connection_limit() {
-            let code = match self.version {
+            return self.refuse(match self.version {
                 Version::V311 => ReasonCode(connack_v3::SERVER_UNAVAILABLE),
                 Version::V5 => ReasonCode::SERVER_BUSY,
-            };
-            self.send_connack(self.version, false, code, properties);
-            self.outbox.close();
-            return false;
+            });
         }
+        if let Some(method) = &connect.properties.authentication_method {
+            // Enhanced authentication: no method is configured unless `auth` knows it.
+            if crate::auth::authenticator(method.as_str()).is_none() {
+                return self.refuse(ReasonCode::BAD_AUTHENTICATION_METHOD);
+            }
+        }
+        let mut properties = self.server_properties();
         let mut client_id = connect.client_id.as_str().to_string();
         if client_id.is_empty() {
             if self.version == Version::V311 && !connect.clean_start {
                 // [MQTT-3.1.3-8]: a zero-byte id needs Clean Session = 1.
-                let code = ReasonCode(connack_v3::IDENTIFIER_REJECTED);
-                self.send_connack(Version::V311, false, code, properties);
-                self.outbox.close();
-                return false;
+                return self.refuse(ReasonCode(connack_v3::IDENTIFIER_REJECTED));
             }
             client_id = format!("ringcast-{:x}", self.shard.new_token());
             if self.version == Version::V5 {
                 properties.assigned_client_identifier = MqttString::from_str_checked(&client_id);
             }
         }
+        let wanted = &connect.properties;
+        self.has_problem_info = wanted.request_problem_information != Some(0);
+        self.session_expiry_secs = wanted.session_expiry_interval.unwrap_or(0);
         let is_persistent = match self.version {
             Version::V311 => !connect.clean_start,
-            Version::V5 => connect.properties.session_expiry_interval.unwrap_or(0) > 0,
+            Version::V5 => self.session_expiry_secs > 0,
         };
         self.token = self.shard.new_token();
         let claim = self
@@ -236,9 +281,17 @@ impl Conn {
         let mut session = Session::new(client_id, self.version, is_persistent);
         session.conn_token = self.token;
         session.will = connect.will;
+        session.expiry_secs = self.session_expiry_secs;
+        self.peer_packet_size_max = wanted.maximum_packet_size.unwrap_or(u32::MAX);
+        session.peer = PeerLimits {
+            receive_max: wanted.receive_maximum.unwrap_or(u16::MAX),
+            packet_size_max: self.peer_packet_size_max,
+            topic_alias_max: wanted.topic_alias_maximum.unwrap_or(0),
+        };
         let (key, new_filters) = self.shard.install(session, state);
         self.key = key;
-        self.shard.announce(new_filters).await;
+        self.shard.announce(key, new_filters).await;
+        let keep_alive = self.keep_alive(connect.keep_alive_secs, &mut properties);
         let connack = Packet::ConnAck(ConnAck {
             session_present,
             code: ReasonCode::SUCCESS,
@@ -258,22 +311,78 @@ impl Conn {
             self.outbox.close();
             return false;
         }
-        let keep_alive = connect.keep_alive_secs as u64;
+        let keep_alive = keep_alive as u64;
         let timeout = (keep_alive > 0).then(|| Duration::from_millis(keep_alive * 1500));
         let _ = self.stream.set_read_timeout(timeout);
         true
     }
 
-    /// Sends a 5.0 DISCONNECT with `reason` (nothing for 3.1.1) and closes.
+    /// What a 5.0 CONNACK tells the client about this server [MQTT-3.2.2.3]. Maximum QoS is
+    /// left out: its absence means QoS 2, which is supported.
+    fn server_properties(&self) -> Properties {
+        if self.version != Version::V5 {
+            return Properties::default();
+        }
+        let limits = &self.shard.limits;
+        Properties {
+            receive_maximum: Some(limits.receive_max),
+            retain_available: Some(1),
+            maximum_packet_size: Some(limits.packet_size_max),
+            topic_alias_maximum: Some(limits.topic_alias_max),
+            wildcard_subscription_available: Some(1),
+            subscription_identifier_available: Some(1),
+            shared_subscription_available: Some(1),
+            ..Properties::default()
+        }
+    }
+
+    /// The keep-alive the connection runs with: the client's, unless it exceeds (or turns
+    /// off) the configured maximum, which 5.0 then announces as Server Keep Alive
+    /// [MQTT-3.2.2-21]. A 3.1.1 client cannot be told, so it keeps its own.
+    fn keep_alive(&self, asked: u16, properties: &mut Properties) -> u16 {
+        let max = self.shard.limits.keep_alive_max_secs;
+        if self.version != Version::V5 || max == 0 || (asked != 0 && asked <= max) {
+            return asked;
+        }
+        properties.server_keep_alive = Some(max);
+        max
+    }
+
+    /// Sends a 5.0 DISCONNECT with `reason` and a Reason String saying it in words (allowed on
+    /// DISCONNECT whatever Request Problem Information says); nothing for 3.1.1. Then closes.
     fn disconnect_with(&mut self, reason: ReasonCode) {
         if self.version == Version::V5 {
             let packet = Packet::Disconnect(Disconnect {
                 reason,
-                properties: Properties::default(),
+                properties: Properties {
+                    reason_string: self.reason_string(reason),
+                    ..Properties::default()
+                },
             });
-            push_packet(&self.outbox, &packet, Version::V5, &mut self.scratch);
+            self.send(&packet);
         }
         self.outbox.close();
+    }
+
+    /// Properties of an acknowledgement that refuses something: a Reason String unless the
+    /// client asked for no problem information [MQTT-3.1.2-29].
+    fn problem(&self, reason: ReasonCode) -> Properties {
+        if !self.has_problem_info || reason.0 < 0x80 {
+            return Properties::default();
+        }
+        Properties {
+            reason_string: self.reason_string(reason),
+            ..Properties::default()
+        }
+    }
+
+    /// The Reason String for `reason`, if an acknowledgement carrying it stays within the
+    /// client's Maximum Packet Size (fixed header, packet id, reason code and property
+    /// framing take at most 16 bytes).
+    fn reason_string(&self, reason: ReasonCode) -> Option<MqttString> {
+        let text = reason_text(reason);
+        let fits = text.len() + 16 <= self.peer_packet_size_max as usize;
+        fits.then(|| MqttString::from_str_checked(text)).flatten()
     }
 
     /// Acts on one packet; returns Some when the connection must end.
@@ -291,13 +400,26 @@ impl Conn {
             }
             Packet::PubRel(ack) => {
                 let pkid = ack.pkid;
-                self.session(|s, _, _| s.release_qos2(pkid));
-                self.send(&Packet::PubComp(crate::shard::session::ack(pkid)));
+                let known = self.session(|s, _, _| s.release_qos2(pkid));
+                let reason = match (known, self.version) {
+                    (Some(false), Version::V5) => ReasonCode::PACKET_IDENTIFIER_NOT_FOUND,
+                    _ => ReasonCode::SUCCESS,
+                };
+                self.send_ack(Packet::PubComp, pkid, reason);
             }
             Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             Packet::PingReq => self.send(&Packet::PingResp),
             Packet::Disconnect(d) => {
+                if let Some(secs) = d.properties.session_expiry_interval {
+                    if self.session_expiry_secs == 0 && secs != 0 {
+                        // A session that ends with the connection cannot be revived here
+                        // [MQTT-3.14.2-2].
+                        self.disconnect_with(ReasonCode::PROTOCOL_ERROR);
+                        return Some(End::Abrupt);
+                    }
+                    self.shard.set_session_expiry(self.key, self.token, secs);
+                }
                 self.outbox.close();
                 if d.reason == ReasonCode::DISCONNECT_WITH_WILL_MESSAGE {
                     return Some(End::Abrupt);
@@ -325,29 +447,108 @@ impl Conn {
         push_packet(&self.outbox, packet, self.version, &mut self.scratch);
     }
 
-    async fn on_publish(&mut self, publish: Publish) -> Option<End> {
+    /// A PUBLISH/PUBACK-shaped acknowledgement with `reason` (and its Reason String when
+    /// allowed).
+    fn send_ack(&mut self, kind: fn(Ack) -> Packet, pkid: u16, reason: ReasonCode) {
+        let properties = self.problem(reason);
+        self.send(&kind(Ack {
+            pkid,
+            reason,
+            properties,
+        }));
+    }
+
+    async fn on_publish(&mut self, mut publish: Publish) -> Option<End> {
+        if let Err(reason) = self.resolve_topic_alias(&mut publish) {
+            self.disconnect_with(reason);
+            return Some(End::Abrupt);
+        }
         if let Some(reason) = self.check_topic(publish.topic.as_str(), false) {
             self.disconnect_with(reason);
             return Some(End::Abrupt);
         }
         let pkid = publish.pkid;
-        match publish.qos {
-            QoS::AtMostOnce => self.shard.publish(publish).await,
-            QoS::AtLeastOnce => {
-                self.shard.publish(publish).await;
-                self.send(&Packet::PubAck(crate::shard::session::ack(pkid)));
+        let qos = publish.qos;
+        // [MQTT-3.3.2-4]: the server may refuse a payload that is not what its Payload Format
+        // Indicator says. QoS 1/2 get the reason in PUBACK/PUBREC and the connection stays;
+        // QoS 0 has no acknowledgement to carry it, so the connection ends with it.
+        let bad_format = publish.properties.payload_format_indicator == Some(1)
+            && std::str::from_utf8(&publish.payload).is_err();
+        match (qos, bad_format) {
+            (QoS::AtMostOnce, true) => {
+                self.disconnect_with(ReasonCode::PAYLOAD_FORMAT_INVALID);
+                return Some(End::Abrupt);
             }
-            QoS::ExactlyOnce => {
-                let is_new = self
-                    .session(|s, _, _| s.receive_qos2(pkid))
-                    .unwrap_or(false);
-                if is_new {
-                    self.shard.publish(publish).await;
-                }
-                self.send(&Packet::PubRec(crate::shard::session::ack(pkid)));
+            (QoS::AtLeastOnce, true) => {
+                self.send_ack(Packet::PubAck, pkid, ReasonCode::PAYLOAD_FORMAT_INVALID)
             }
+            (QoS::ExactlyOnce, true) => {
+                self.send_ack(Packet::PubRec, pkid, ReasonCode::PAYLOAD_FORMAT_INVALID)
+            }
+            (QoS::AtMostOnce, false) => {
+                self.shard
+                    .publish(Message::received(publish, self.token))
+                    .await;
+            }
+            (QoS::AtLeastOnce, false) => {
+                let matched = self
+                    .shard
+                    .publish(Message::received(publish, self.token))
+                    .await;
+                self.send_ack(Packet::PubAck, pkid, self.matched_reason(matched));
+            }
+            (QoS::ExactlyOnce, false) => return self.on_publish_qos2(publish).await,
         }
         None
+    }
+
+    /// A QoS 2 PUBLISH: forwarded once, however often the client re-sends it before PUBREL
+    /// [MQTT-4.3.3-2]; more unreleased ones than our Receive Maximum end the connection
+    /// [MQTT-3.3.4-8].
+    async fn on_publish_qos2(&mut self, publish: Publish) -> Option<End> {
+        let pkid = publish.pkid;
+        let receive_max = self.shard.limits.receive_max as usize;
+        let (is_new, pending) = self
+            .session(|s, _, _| (s.receive_qos2(pkid), s.incoming_qos2_len()))
+            .unwrap_or((false, 0));
+        if is_new && pending > receive_max && self.version == Version::V5 {
+            self.disconnect_with(ReasonCode::RECEIVE_MAXIMUM_EXCEEDED);
+            return Some(End::Abrupt);
+        }
+        let mut matched = true;
+        if is_new {
+            let message = Message::received(publish, self.token);
+            matched = self.shard.publish(message).await;
+        }
+        self.send_ack(Packet::PubRec, pkid, self.matched_reason(matched));
+        None
+    }
+
+    /// Success, or 5.0's 0x10 when nobody subscribes to what was published.
+    fn matched_reason(&self, matched: bool) -> ReasonCode {
+        match (matched, self.version) {
+            (false, Version::V5) => ReasonCode::NO_MATCHING_SUBSCRIBERS,
+            _ => ReasonCode::SUCCESS,
+        }
+    }
+
+    /// Replaces a 5.0 Topic Alias by its topic [MQTT-3.3.2-12]: a PUBLISH with a topic and an
+    /// alias sets the alias, one with an empty topic uses it. Aliases above our Topic Alias
+    /// Maximum (or 0) are refused [MQTT-3.3.2-9]; an unknown one is a protocol error.
+    fn resolve_topic_alias(&mut self, publish: &mut Publish) -> Result<(), ReasonCode> {
+        let Some(alias) = publish.properties.topic_alias.take() else {
+            return Ok(());
+        };
+        if alias == 0 || alias > self.shard.limits.topic_alias_max {
+            return Err(ReasonCode::TOPIC_ALIAS_INVALID);
+        }
+        if publish.topic.is_empty() {
+            let topic = self.inbound_aliases.get(&alias);
+            publish.topic = topic.cloned().ok_or(ReasonCode::PROTOCOL_ERROR)?;
+        } else {
+            self.inbound_aliases.insert(alias, publish.topic.clone());
+        }
+        Ok(())
     }
 
     /// A topic over the configured length or depth; returns the reason to disconnect with.
@@ -356,8 +557,8 @@ impl Conn {
         let too_long = topic.len() > limits.topic_bytes_max
             || topic.split('/').count() > limits.topic_levels_max;
         if topic.is_empty() {
-            // 5.0 Topic Alias is not supported yet, so an empty topic cannot be resolved.
-            return Some(ReasonCode::TOPIC_ALIAS_INVALID);
+            // Only a PUBLISH with a Topic Alias may have an empty topic, resolved before this.
+            return Some(ReasonCode::PROTOCOL_ERROR);
         }
         match (too_long, is_filter) {
             (false, _) => None,
@@ -377,12 +578,7 @@ impl Conn {
         for entry in &subscribe.filters {
             let filter = entry.filter.as_str();
             let count = self.session(|s, _, _| s.subscriptions.len()).unwrap_or(0);
-            let refused = if filter.starts_with("$share/") {
-                Some(match self.version {
-                    Version::V311 => failure,
-                    Version::V5 => ReasonCode::SHARED_SUBSCRIPTIONS_NOT_SUPPORTED,
-                })
-            } else if self.check_topic(filter, true).is_some() {
+            let refused = if self.check_topic(filter, true).is_some() {
                 Some(match self.version {
                     Version::V311 => failure,
                     Version::V5 => ReasonCode::TOPIC_FILTER_INVALID,
@@ -402,25 +598,38 @@ impl Conn {
             let existed = self
                 .session(|s, _, _| s.subscriptions.contains_key(filter))
                 .unwrap_or(false);
-            if self.shard.subscribe(self.key, filter, entry.options) {
+            let sub = Subscription {
+                options: entry.options,
+                id: subscribe
+                    .properties
+                    .subscription_identifiers
+                    .first()
+                    .copied(),
+            };
+            if self.shard.subscribe(self.key, filter, sub) {
                 new_filters.push(filter.to_string());
             }
             reason_codes.push(ReasonCode(entry.options.qos as u8));
-            granted.push((filter.to_string(), entry.options, existed));
+            granted.push((filter.to_string(), sub, existed));
         }
-        self.shard.announce(new_filters).await;
+        self.shard.announce(self.key, new_filters).await;
         let suback = Packet::SubAck(SubAck {
             pkid: subscribe.pkid,
             reason_codes,
             properties: Properties::default(),
         });
         self.send(&suback);
-        for (filter, options, existed) in granted {
-            // Retain Handling: 0 send, 1 send only for a new subscription, 2 never.
-            if options.retain_handling == 2 || (options.retain_handling == 1 && existed) {
+        for (filter, sub, existed) in granted {
+            // Retain Handling: 0 send, 1 send only for a new subscription, 2 never. A shared
+            // subscription gets none when it is made (3.8.3.1, Retain Handling).
+            let options = sub.options;
+            if options.retain_handling == 2
+                || (options.retain_handling == 1 && existed)
+                || filter.starts_with(crate::shard::SHARE_PREFIX)
+            {
                 continue;
             }
-            self.shard.send_retained(self.key, &filter, options.qos);
+            self.shard.send_retained(self.key, &filter, sub);
         }
     }
 
@@ -438,7 +647,7 @@ impl Conn {
                 ReasonCode::NO_SUBSCRIPTION_EXISTED
             });
         }
-        self.shard.withdraw(gone);
+        self.shard.withdraw(self.key, gone);
         if self.version == Version::V311 {
             reason_codes.clear();
         }
@@ -448,5 +657,26 @@ impl Conn {
             properties: Properties::default(),
         });
         self.send(&unsuback);
+    }
+}
+
+/// A Reason String for the reason codes this server sends.
+fn reason_text(reason: ReasonCode) -> &'static str {
+    match reason {
+        ReasonCode::MALFORMED_PACKET => "malformed packet",
+        ReasonCode::PROTOCOL_ERROR => "protocol error",
+        ReasonCode::KEEP_ALIVE_TIMEOUT => "nothing received within 1.5 times the keep alive",
+        ReasonCode::TOPIC_NAME_INVALID => "topic name too long or too deep",
+        ReasonCode::TOPIC_FILTER_INVALID => "topic filter too long or too deep",
+        ReasonCode::TOPIC_ALIAS_INVALID => "topic alias 0 or above the topic alias maximum",
+        ReasonCode::RECEIVE_MAXIMUM_EXCEEDED => {
+            "more unacknowledged QoS 2 messages than receive maximum"
+        }
+        ReasonCode::PACKET_TOO_LARGE => "packet larger than maximum packet size",
+        ReasonCode::PAYLOAD_FORMAT_INVALID => "payload format indicator 1 but payload not UTF-8",
+        ReasonCode::QUOTA_EXCEEDED => "too many subscriptions",
+        ReasonCode::SESSION_TAKEN_OVER => "another connection took the client id over",
+        ReasonCode::SERVER_SHUTTING_DOWN => "server shutting down",
+        _ => "refused",
     }
 }

@@ -1,6 +1,7 @@
 //! The only socket code: accepting and placing connections, reading packets into sessions,
 //! and writing outboxes to sockets.
 
+pub mod ceiling;
 pub mod conn;
 pub mod outbox;
 pub mod writer;

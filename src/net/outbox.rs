@@ -3,11 +3,18 @@
 //! Sessions push frames (a header and a shared payload) into it; the connection's writer task
 //! drains it with vectored writes. It is bounded in bytes by the caller, who decides what to do
 //! when it is full (see `is_over`).
+//!
+//! It also keeps the connection's side of backpressure: its bytes count toward the shard's
+//! `Pressure`, and it knows whether its subscriber lags (past the pause mark, still reading),
+//! is stuck (past the mark and nothing written for a while) or keeps up.
 
+use super::ceiling::Pressure;
 use bytes::{Buf, Bytes};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
+use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 /// One packet on its way out: its encoded header and a payload shared with other subscribers.
 #[derive(Clone, Debug, Default)]
@@ -16,6 +23,8 @@ pub struct Frame {
     pub header: Bytes,
     /// Application message, shared by reference count; empty for control packets.
     pub payload: Bytes,
+    /// Whether the frame is a QoS 0 PUBLISH, which an overflow policy may drop.
+    pub is_droppable: bool,
 }
 
 impl Frame {
@@ -24,6 +33,7 @@ impl Frame {
         Frame {
             header: packet,
             payload: Bytes::new(),
+            is_droppable: false,
         }
     }
 
@@ -46,30 +56,179 @@ impl Frame {
     }
 }
 
+/// How far behind the subscriber of this connection is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lag {
+    /// Below the pause mark.
+    KeepsUp,
+    /// Past the pause mark and still reading: its publishers wait for it.
+    Lagging,
+    /// Past the pause mark and not reading (or closing): its own bounds apply, nobody waits.
+    Stuck,
+}
+
 /// Frames queued for one connection, shared by its session (producer) and writer (consumer).
-#[derive(Default)]
 pub struct Outbox {
     frames: RefCell<VecDeque<Frame>>,
     bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
     closing: Cell<bool>,
+    aborted: Cell<bool>,
+    abort_waker: RefCell<Option<Waker>>,
+    pressure: Rc<Pressure>,
+    /// Messages and payload bytes waiting in the session queue behind this connection.
+    held_messages: Cell<usize>,
+    held_bytes: Cell<usize>,
+    pause_bytes: usize,
+    pause_messages: usize,
+    lag: Cell<Lag>,
+    /// Last time the socket took bytes (or the subscriber started to lag).
+    progress_at: Cell<Instant>,
+}
+
+impl Default for Outbox {
+    fn default() -> Outbox {
+        Outbox::new(Rc::new(Pressure::default()), usize::MAX, usize::MAX)
+    }
+}
+
+impl Drop for Outbox {
+    fn drop(&mut self) {
+        self.pressure.sub(self.bytes.get());
+        if self.lag.get() == Lag::Lagging {
+            self.pressure.lag_ended();
+        }
+    }
 }
 
 impl Outbox {
+    /// An empty outbox counting toward `pressure`; its subscriber lags once `pause_bytes`
+    /// (written or queued) or `pause_messages` (queued) are waiting.
+    pub fn new(pressure: Rc<Pressure>, pause_bytes: usize, pause_messages: usize) -> Outbox {
+        Outbox {
+            frames: RefCell::default(),
+            bytes: Cell::new(0),
+            waker: RefCell::default(),
+            closing: Cell::new(false),
+            aborted: Cell::new(false),
+            abort_waker: RefCell::default(),
+            pressure,
+            held_messages: Cell::new(0),
+            held_bytes: Cell::new(0),
+            pause_bytes,
+            pause_messages,
+            lag: Cell::new(Lag::KeepsUp),
+            progress_at: Cell::new(Instant::now()),
+        }
+    }
+
     /// Queues a frame and wakes the writer.
     pub fn push(&self, frame: Frame) {
         if self.closing.get() {
             return;
         }
         self.bytes.set(self.bytes.get() + frame.len());
+        self.pressure.add(frame.len());
         self.frames.borrow_mut().push_back(frame);
+        self.update_lag();
         self.wake();
     }
 
     /// Asks the writer to flush what is queued, then close the connection.
     pub fn close(&self) {
         self.closing.set(true);
+        self.update_lag();
         self.wake();
+    }
+
+    /// Closes at once: what is queued is discarded and the writer shuts the socket down, even
+    /// if it is waiting for a full socket (a slow subscriber being disconnected).
+    pub fn abort(&self) {
+        self.closing.set(true);
+        self.aborted.set(true);
+        let frames = std::mem::take(&mut *self.frames.borrow_mut());
+        drop(frames);
+        self.pressure.sub(self.bytes.replace(0));
+        self.update_lag();
+        self.wake();
+        if let Some(waker) = self.abort_waker.borrow_mut().take() {
+            waker.wake();
+        }
+    }
+
+    /// Ready once `abort` was called.
+    pub fn poll_aborted(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.aborted.get() {
+            return Poll::Ready(());
+        }
+        *self.abort_waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Whether `abort` was called.
+    pub fn is_aborted(&self) -> bool {
+        self.aborted.get()
+    }
+
+    /// The session queue behind this connection now holds `messages` of `bytes` payload.
+    pub fn set_held(&self, messages: usize, bytes: usize) {
+        self.held_messages.set(messages);
+        self.held_bytes.set(bytes);
+        self.update_lag();
+    }
+
+    /// Where the subscriber stands.
+    pub fn lag(&self) -> Lag {
+        self.lag.get()
+    }
+
+    /// Re-evaluates the lag after bytes came or went; tells the shard on every change that
+    /// matters to its publishers.
+    fn update_lag(&self) {
+        let is_behind = !self.closing.get()
+            && (self.bytes.get() + self.held_bytes.get() >= self.pause_bytes
+                || self.held_messages.get() >= self.pause_messages);
+        match (self.lag.get(), is_behind) {
+            (Lag::KeepsUp, true) => {
+                self.lag.set(Lag::Lagging);
+                self.progress_at.set(Instant::now());
+                self.pressure.lag_started();
+            }
+            (Lag::Lagging, false) => {
+                self.lag.set(Lag::KeepsUp);
+                self.pressure.lag_ended();
+            }
+            (Lag::Stuck, false) if !self.closing.get() => self.lag.set(Lag::KeepsUp),
+            _ => {}
+        }
+    }
+
+    /// A lagging subscriber whose socket took nothing for `stall` is stuck: it stops holding
+    /// its publishers back. Returns whether it was found stuck now.
+    pub fn check_stall(&self, now: Instant, stall: Duration) -> bool {
+        if self.lag.get() != Lag::Lagging || now - self.progress_at.get() < stall {
+            return false;
+        }
+        self.lag.set(Lag::Stuck);
+        self.pressure.lag_ended();
+        true
+    }
+
+    /// Drops the oldest QoS 0 PUBLISH not yet started on the wire; returns whether one was.
+    pub fn drop_oldest(&self) -> bool {
+        let mut frames = self.frames.borrow_mut();
+        // The first frame may be partly written; it stays.
+        let Some(index) = frames.iter().skip(1).position(|f| f.is_droppable) else {
+            return false;
+        };
+        let Some(frame) = frames.remove(index + 1) else {
+            return false;
+        };
+        drop(frames);
+        self.bytes.set(self.bytes.get() - frame.len());
+        self.pressure.sub(frame.len());
+        self.update_lag();
+        true
     }
 
     /// Whether the connection is being closed.
@@ -102,6 +261,11 @@ impl Outbox {
         Poll::Pending
     }
 
+    /// Frames waiting.
+    pub fn len(&self) -> usize {
+        self.frames.borrow().len()
+    }
+
     /// Whether nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.frames.borrow().is_empty()
@@ -117,6 +281,12 @@ impl Outbox {
     /// Removes `n` written bytes from the front.
     pub fn consume(&self, mut n: usize) {
         self.bytes.set(self.bytes.get() - n);
+        self.pressure.sub(n);
+        self.pressure.count_sent(n);
+        if n > 0 {
+            self.progress_at.set(Instant::now());
+        }
+        self.update_lag();
         let mut frames = self.frames.borrow_mut();
         while n > 0 {
             let Some(front) = frames.front_mut() else {
@@ -158,7 +328,42 @@ mod tests {
         Frame {
             header: Bytes::from_static(h),
             payload: Bytes::from_static(p),
+            is_droppable: true,
         }
+    }
+
+    #[test]
+    fn lag_counts_toward_pressure_and_stall_releases_it() {
+        let pressure = Rc::new(Pressure::default());
+        let outbox = Outbox::new(pressure.clone(), 4, 10);
+        outbox.push(frame(b"ab", b"cd"));
+        assert_eq!(outbox.lag(), Lag::Lagging);
+        assert!(pressure.is_blocked());
+        let later = Instant::now() + Duration::from_secs(1);
+        assert!(outbox.check_stall(later, Duration::from_millis(500)));
+        assert!(!pressure.is_blocked());
+        outbox.consume(4);
+        assert_eq!(outbox.lag(), Lag::KeepsUp);
+        assert_eq!(pressure.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_the_first_frame() {
+        let pressure = Rc::new(Pressure::default());
+        let outbox = Outbox::new(pressure.clone(), 100, 10);
+        outbox.push(frame(b"a", b"1"));
+        outbox.push(frame(b"b", b"2"));
+        outbox.push(frame(b"c", b"3"));
+        assert!(outbox.drop_oldest());
+        let mut seen = Vec::new();
+        outbox.peek_frames(10, |f| seen.push(f.header.clone()));
+        assert_eq!(
+            seen,
+            vec![Bytes::from_static(b"a"), Bytes::from_static(b"c")]
+        );
+        assert_eq!(pressure.queued_bytes(), 4);
+        drop(outbox);
+        assert_eq!(pressure.queued_bytes(), 0);
     }
 
     #[test]

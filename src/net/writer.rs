@@ -37,8 +37,14 @@ pub async fn run(fd: RawFd, outbox: Rc<Outbox>) {
                 let Some(part) = outbox.front_part() else {
                     continue;
                 };
-                match stream.write(&part).await {
-                    Ok(n) if n > 0 => outbox.consume(n),
+                // A slow subscriber being disconnected must not wait for its socket.
+                let write = async { Some(stream.write(&part).await) };
+                let aborted = async {
+                    std::future::poll_fn(|cx| outbox.poll_aborted(cx)).await;
+                    None
+                };
+                match futures_lite::future::or(write, aborted).await {
+                    Some(Ok(n)) if n > 0 => outbox.consume(n),
                     _ => break,
                 }
             }

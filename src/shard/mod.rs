@@ -4,28 +4,97 @@
 //! Shard state is `!Send` and never leaves its thread; other shards reach it only through
 //! `MeshMsg`s, handled in `on_message`.
 
+pub mod overflow;
 pub mod requests;
 pub mod retained;
 pub mod session;
+pub mod sys;
 pub mod trie;
 
 use crate::config::Limits;
 use crate::mesh::{Mesh, MeshMsg, RequestId, ShardId};
 use crate::metrics::Metrics;
-use crate::protocol::{Packet, Publish, QoS, ReasonCode, SubscriptionOptions, Version, Will};
+use crate::net::ceiling::Pressure;
+use crate::protocol::{Packet, Publish, ReasonCode, Version, Will};
 use bytes::BytesMut;
 use requests::Requests;
 use retained::Retained;
-use session::{Session, SessionState};
+use session::{Outgoing, Session, SessionState, Subscription};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use trie::Trie;
+
+/// Prefix of a shared subscription's filter [MQTT-4.8.2].
+pub const SHARE_PREFIX: &str = "$share/";
+
+/// Most times a shared message is passed on because the member picked for it had gone.
+const SHARE_HOPS_MAX: u8 = 8;
+
+/// A PUBLISH as the broker routes it: the packet plus what routing needs beside it.
+#[derive(Clone, Debug)]
+pub struct Message {
+    /// The PUBLISH as received (topic alias resolved).
+    pub publish: Publish,
+    /// Connection token of the publisher, for No Local; 0 for none.
+    pub origin: u64,
+    /// When its Message Expiry Interval runs out, counted from receipt.
+    pub expires_at: Option<Instant>,
+}
+
+impl Message {
+    /// A message received now from connection `origin`.
+    pub fn received(publish: Publish, origin: u64) -> Message {
+        let expires_at = publish
+            .properties
+            .message_expiry_interval
+            .map(|secs| Instant::now() + Duration::from_secs(secs as u64));
+        Message {
+            publish,
+            origin,
+            expires_at,
+        }
+    }
+
+    /// Whether its Message Expiry Interval has run out.
+    pub fn is_expired(&self) -> bool {
+        self.expires_at.is_some_and(|t| t <= Instant::now())
+    }
+}
+
+/// The filter part of a shared subscription `$share/group/filter`; None for a plain filter.
+pub fn share_filter(filter: &str) -> Option<&str> {
+    let rest = filter.strip_prefix(SHARE_PREFIX)?;
+    rest.split_once('/').map(|(_, filter)| filter)
+}
+
+/// The members of one shared subscription, as every shard keeps them.
+#[derive(Default)]
+struct Group {
+    members: Vec<(ShardId, SessionKey)>,
+    next: usize,
+}
+
+impl Group {
+    /// The next member in turn, for an even spread.
+    fn pick(&mut self) -> Option<(ShardId, SessionKey)> {
+        if self.members.is_empty() {
+            return None;
+        }
+        let member = self.members[self.next % self.members.len()];
+        self.next = self.next.wrapping_add(1);
+        Some(member)
+    }
+}
 
 /// Local handle of a session in this shard.
 pub type SessionKey = u64;
+
+/// A message for another shard.
+type Remote = (ShardId, MeshMsg);
 
 /// Which shard keeps the registry entry of a client id.
 pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
@@ -63,7 +132,11 @@ pub struct State {
     sessions: HashMap<SessionKey, Session>,
     by_client: HashMap<String, SessionKey>,
     next_key: SessionKey,
-    trie: Trie<SessionKey, SubscriptionOptions>,
+    trie: Trie<SessionKey, Subscription>,
+    /// Shared subscriptions by `$share/group/filter`, with every member on every shard.
+    groups: HashMap<String, Group>,
+    /// Filter part of each shared subscription → its `$share/group/filter` name.
+    group_trie: Trie<String, ()>,
     /// Local subscriptions per filter, to know when to tell other shards.
     filter_refs: HashMap<String, usize>,
     /// Filters other shards subscribe to.
@@ -72,7 +145,9 @@ pub struct State {
     /// Home-shard role: where each client id homed here is held.
     registry: HashMap<String, Owner>,
     scratch: BytesMut,
-    matches: Vec<(SessionKey, QoS)>,
+    matches: Vec<(SessionKey, Subscription)>,
+    /// Pending will publications (delayed by Will Delay Interval), by connection token.
+    pending_wills: HashMap<u64, Will>,
 }
 
 /// One shard.
@@ -87,6 +162,8 @@ pub struct Shard {
     pub metrics: Metrics,
     /// Requests waiting on other shards.
     pub requests: Requests,
+    /// Bytes held for this shard's subscribers against its ceiling share; drop counters.
+    pub pressure: Rc<Pressure>,
     state: RefCell<State>,
     next_token: Cell<u64>,
     /// Claims of this shard's connections (by token) not yet answered; true once a newer
@@ -102,6 +179,7 @@ impl Shard {
         shards: usize,
         limits: Limits,
         open_connections: Arc<AtomicUsize>,
+        pressure: Pressure,
     ) -> Shard {
         Shard {
             shards,
@@ -109,6 +187,7 @@ impl Shard {
             limits,
             metrics: Metrics::default(),
             requests: Requests::default(),
+            pressure: Rc::new(pressure),
             state: RefCell::new(State::default()),
             next_token: Cell::new(0),
             claims: RefCell::default(),
@@ -182,11 +261,11 @@ impl Shard {
         st.next_key += 1;
         let key = st.next_key;
         let mut new_filters = Vec::new();
+        session.pressure = self.pressure.clone();
         if let Some(state) = state {
             session.restore(*state);
-            for (filter, options) in &session.subscriptions {
-                st.trie.insert(filter, key, *options);
-                if add_filter_ref(&mut st.filter_refs, filter) {
+            for (filter, sub) in &session.subscriptions {
+                if add_subscription(&mut st, self.id(), key, filter, *sub) {
                     new_filters.push(filter.clone());
                 }
             }
@@ -214,17 +293,28 @@ impl Shard {
 
     /// Tells every other shard that this shard now subscribes to `filters`, and waits until
     /// all have applied it, so a publish anywhere after the SUBACK reaches the subscriber.
-    pub async fn announce(&self, filters: Vec<String>) {
+    /// A shared subscription's `filters` (`$share/…`) make session `key` a member of its
+    /// group on every shard.
+    pub async fn announce(&self, key: SessionKey, filters: Vec<String>) {
         if self.shards == 1 || filters.is_empty() {
             return;
         }
         let request = self.requests.open((self.shards - 1) * filters.len());
         for filter in filters {
             for to in (0..self.shards).filter(|&s| s != self.id()) {
-                let msg = MeshMsg::InterestAdd {
-                    filter: filter.clone(),
-                    from: self.id(),
-                    request,
+                let msg = if filter.starts_with(SHARE_PREFIX) {
+                    MeshMsg::ShareJoin {
+                        share: filter.clone(),
+                        from: self.id(),
+                        member: key,
+                        request,
+                    }
+                } else {
+                    MeshMsg::InterestAdd {
+                        filter: filter.clone(),
+                        from: self.id(),
+                        request,
+                    }
                 };
                 self.mesh.send(to, msg).await;
             }
@@ -232,33 +322,44 @@ impl Shard {
         self.requests.wait(request).await;
     }
 
-    /// Tells every other shard that this shard no longer subscribes to `filters`.
-    pub fn withdraw(&self, filters: Vec<String>) {
+    /// Tells every other shard that this shard no longer subscribes to `filters`, and that
+    /// session `key` left the shared subscriptions among them.
+    pub fn withdraw(&self, key: SessionKey, filters: Vec<String>) {
         for filter in filters {
             for to in (0..self.shards).filter(|&s| s != self.id()) {
-                let msg = MeshMsg::InterestRemove {
-                    filter: filter.clone(),
-                    from: self.id(),
+                let msg = if filter.starts_with(SHARE_PREFIX) {
+                    MeshMsg::ShareLeave {
+                        share: filter.clone(),
+                        from: self.id(),
+                        member: key,
+                    }
+                } else {
+                    MeshMsg::InterestRemove {
+                        filter: filter.clone(),
+                        from: self.id(),
+                    }
                 };
                 self.mesh.post(to, msg);
             }
         }
     }
 
-    /// Adds a subscription; returns whether the filter is new to this shard.
-    pub fn subscribe(&self, key: SessionKey, filter: &str, options: SubscriptionOptions) -> bool {
+    /// Adds a subscription; returns whether other shards must be told (a filter new to this
+    /// shard, or a new shared-subscription member).
+    pub fn subscribe(&self, key: SessionKey, filter: &str, sub: Subscription) -> bool {
         let mut st = self.state.borrow_mut();
-        st.trie.insert(filter, key, options);
-        if let Some(session) = st.sessions.get_mut(&key) {
-            if session
-                .subscriptions
-                .insert(filter.to_string(), options)
-                .is_some()
-            {
-                return false;
+        let Some(session) = st.sessions.get_mut(&key) else {
+            return false;
+        };
+        if let Some(old) = session.subscriptions.get_mut(filter) {
+            *old = sub;
+            if !filter.starts_with(SHARE_PREFIX) {
+                st.trie.insert(filter, key, sub);
             }
+            return false;
         }
-        add_filter_ref(&mut st.filter_refs, filter)
+        session.subscriptions.insert(filter.to_string(), sub);
+        add_subscription(&mut st, self.id(), key, filter, sub)
     }
 
     /// Removes a subscription; returns (whether it existed, whether the filter left this shard).
@@ -271,12 +372,11 @@ impl Shard {
         if !existed {
             return (false, false);
         }
-        st.trie.remove(filter, &key);
-        (true, drop_filter_ref(&mut st.filter_refs, filter))
+        (true, drop_subscription(&mut st, self.id(), key, filter))
     }
 
     /// Sends the retained messages matching `filter` to a session that just subscribed.
-    pub fn send_retained(&self, key: SessionKey, filter: &str, granted: QoS) {
+    pub fn send_retained(&self, key: SessionKey, filter: &str, sub: Subscription) {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
         let Some(session) = st.sessions.get_mut(&key) else {
@@ -284,46 +384,74 @@ impl Shard {
         };
         let limits = &self.limits;
         let scratch = &mut st.scratch;
+        let share = filter.starts_with(SHARE_PREFIX).then(|| filter.to_string());
+        let filter = share_filter(filter).unwrap_or(filter);
         st.retained.for_each_match(filter, |retained| {
-            let mut publish = retained.clone();
-            publish.qos = publish.qos.min(granted);
+            if retained.is_expired() {
+                return;
+            }
+            let mut publish = retained.publish.clone();
+            publish.qos = publish.qos.min(sub.options.qos);
             publish.retain = true;
-            session.deliver(publish, limits, scratch);
+            publish.properties.subscription_identifiers = sub.id.into_iter().collect();
+            let out = Outgoing {
+                publish,
+                expires_at: retained.expires_at,
+                share: share.clone(),
+            };
+            session.deliver(out, limits, scratch);
         });
     }
 
     /// Routes a publish from a client of this shard: local subscribers now, other shards
-    /// through the mesh (once per interested shard). Waits if a ring is full.
-    pub async fn publish(&self, publish: Publish) {
+    /// through the mesh (once per interested shard), one member of each matching shared
+    /// subscription. Waits while the shard is over its memory share or a ring is full.
+    /// Returns whether anyone subscribes to it.
+    pub async fn publish(&self, message: Message) -> bool {
+        self.wait_for_room().await;
         self.metrics
             .messages_received
             .set(self.metrics.messages_received.get() + 1);
-        let interested = {
+        self.route(message).await
+    }
+
+    /// `publish` without waiting for room or counting it as received (the broker's own `$SYS`
+    /// messages).
+    pub async fn route(&self, message: Message) -> bool {
+        let (interested, to_members, local) = {
             let mut st = self.state.borrow_mut();
-            if publish.retain {
-                st.retained
-                    .set(publish.topic.as_str(), Some(publish.clone()));
+            if message.publish.retain {
+                let topic = message.publish.topic.as_str();
+                st.retained.set(topic, Some(message.clone()));
             }
-            self.deliver_local(&mut st, &publish);
-            interested_shards(&st.interest, publish.topic.as_str())
+            let local = self.deliver_local(&mut st, &message);
+            let (shared, to_members) = self.deliver_shared(&mut st, &message);
+            let interested = interested_shards(&st.interest, message.publish.topic.as_str());
+            (interested, to_members, local || shared)
         };
+        let matched = local || interested != 0;
         for to in (0..self.shards).filter(|&s| s != self.id()) {
-            if publish.retain {
+            if message.publish.retain {
                 let retain = MeshMsg::Retain {
-                    topic: publish.topic.as_str().to_string(),
-                    publish: Some(publish.clone()),
+                    topic: message.publish.topic.as_str().to_string(),
+                    publish: Some(message.clone()),
                 };
                 self.mesh.send(to, retain).await;
             }
             if interested & (1 << to) != 0 {
-                self.mesh.send(to, MeshMsg::Publish(publish.clone())).await;
+                self.mesh.send(to, MeshMsg::Publish(message.clone())).await;
             }
         }
+        for (to, msg) in to_members {
+            self.mesh.send(to, msg).await;
+        }
+        matched
     }
 
     /// Delivers to this shard's subscribers: one copy per session at the highest QoS among
-    /// its matching subscriptions, capped by the publish QoS.
-    fn deliver_local(&self, st: &mut State, publish: &Publish) {
+    /// its matching subscriptions, capped by the publish QoS, with the identifiers of all of
+    /// them [MQTT-3.3.4-3], [MQTT-3.3.4-4]. Returns whether any session matched.
+    fn deliver_local(&self, st: &mut State, message: &Message) -> bool {
         let State {
             trie,
             matches,
@@ -332,55 +460,224 @@ impl Shard {
             ..
         } = st;
         matches.clear();
-        trie.for_each_match(publish.topic.as_str(), |key, options| {
-            matches.push((*key, options.qos));
+        trie.for_each_match(message.publish.topic.as_str(), |key, sub| {
+            matches.push((*key, *sub));
         });
-        matches.sort_unstable();
-        let mut previous = None;
-        for &(key, qos) in matches.iter().rev() {
-            if previous == Some(key) {
-                continue; // sorted by QoS within a key, highest first in reverse
-            }
-            previous = Some(key);
-            let Some(session) = sessions.get_mut(&key) else {
+        matches.sort_unstable_by_key(|(key, _)| *key);
+        let mut any = false;
+        for run in matches.chunk_by(|a, b| a.0 == b.0) {
+            let Some(session) = sessions.get_mut(&run[0].0) else {
                 continue;
             };
-            let mut out = publish.clone();
-            out.qos = publish.qos.min(qos);
-            out.retain = false;
-            out.dup = false;
+            let is_own = message.origin != 0 && session.conn_token == message.origin;
+            let subs = run.iter().map(|(_, sub)| sub);
+            let Some(publish) = publish_for(&message.publish, subs, is_own) else {
+                continue;
+            };
+            any = true;
+            let out = Outgoing {
+                publish,
+                expires_at: message.expires_at,
+                share: None,
+            };
             session.deliver(out, &self.limits, scratch);
             self.metrics
                 .messages_sent
                 .set(self.metrics.messages_sent.get() + 1);
         }
+        any
+    }
+
+    /// Picks one member of each shared subscription matching the message; delivers to the
+    /// members of this shard and returns the messages for members elsewhere.
+    fn deliver_shared(&self, st: &mut State, message: &Message) -> (bool, Vec<Remote>) {
+        let mut shares = Vec::new();
+        st.group_trie
+            .for_each_match(message.publish.topic.as_str(), |share, _| {
+                shares.push(share.clone())
+            });
+        let matched = !shares.is_empty();
+        let remote = shares
+            .into_iter()
+            .filter_map(|share| self.dispatch_shared(st, share, message.clone(), 0))
+            .collect();
+        (matched, remote)
+    }
+
+    /// Hands a message of shared subscription `share` to its next member: delivered here
+    /// when the member is local, else returned as the message to send (None, None when the
+    /// group has no member left or the message was passed on too often).
+    fn dispatch_shared(
+        &self,
+        st: &mut State,
+        share: String,
+        message: Message,
+        hops: u8,
+    ) -> Option<Remote> {
+        let members = st.groups.get(&share).map_or(0, |g| g.members.len());
+        if hops >= SHARE_HOPS_MAX {
+            return None;
+        }
+        for _ in 0..members {
+            let Some((shard, member)) = st.groups.get_mut(&share).and_then(Group::pick) else {
+                break;
+            };
+            if shard != self.id() {
+                let msg = MeshMsg::ShareDeliver {
+                    share,
+                    member,
+                    message,
+                    hops: hops + 1,
+                };
+                return Some((shard, msg));
+            }
+            if self.offer_to_member(st, &share, member, &message) {
+                break;
+            }
+        }
+        None
+    }
+
+    /// Delivers a shared subscription's message to member session `key` of this shard;
+    /// false when that session no longer has the subscription.
+    fn offer_to_member(
+        &self,
+        st: &mut State,
+        share: &str,
+        key: SessionKey,
+        message: &Message,
+    ) -> bool {
+        let Some(session) = st.sessions.get_mut(&key) else {
+            return false;
+        };
+        let Some(sub) = session.subscriptions.get(share) else {
+            return false;
+        };
+        let Some(publish) = publish_for(&message.publish, std::iter::once(sub), false) else {
+            return false;
+        };
+        let out = Outgoing {
+            publish,
+            expires_at: message.expires_at,
+            share: Some(share.to_string()),
+        };
+        session.deliver(out, &self.limits, &mut st.scratch);
+        self.metrics
+            .messages_sent
+            .set(self.metrics.messages_sent.get() + 1);
+        true
+    }
+
+    /// Gives the shared messages a departing member had not finished to other members.
+    fn requeue_shared(&self, unfinished: Vec<Outgoing>) {
+        let mut remote = Vec::new();
+        {
+            let mut st = self.state.borrow_mut();
+            for out in unfinished {
+                let Some(share) = out.share else { continue };
+                let message = Message {
+                    publish: out.publish,
+                    origin: 0,
+                    expires_at: out.expires_at,
+                };
+                remote.extend(self.dispatch_shared(&mut st, share, message, 0));
+            }
+        }
+        for (to, msg) in remote {
+            self.mesh.post(to, msg);
+        }
+    }
+
+    /// Removes session `key` for good: its subscriptions leave this shard (other shards are
+    /// told), its home shard releases the client id, and shared messages it had not finished
+    /// go to other members.
+    fn retire(&self, key: SessionKey, token: u64) {
+        let removed = remove_session(&mut self.state.borrow_mut(), self.id(), key);
+        let Some((mut session, gone)) = removed else {
+            return;
+        };
+        self.withdraw(key, gone);
+        let home = home_shard(&session.client_id, self.shards);
+        let client_id = std::mem::take(&mut session.client_id);
+        self.mesh.post(home, MeshMsg::Release { client_id, token });
+        self.requeue_shared(session.take_unfinished_shared());
     }
 
     /// Ends connection `token`'s hold on its session. A clean session is removed (and its
-    /// home shard told); a persistent one stays, offline. Returns the will to publish.
-    pub fn disconnect(&self, key: SessionKey, token: u64, graceful: bool) -> Option<Will> {
-        let mut st = self.state.borrow_mut();
-        let session = st
-            .sessions
-            .get_mut(&key)
-            .filter(|s| s.conn_token == token)?;
-        let will = if graceful { None } else { session.will.take() };
-        session.will = None;
-        session.outbox = None;
-        if !session.is_persistent {
-            let session = remove_session(&mut st, key);
-            drop(st);
-            if let Some(session) = session {
-                self.withdraw(session.1);
-                let home = home_shard(&session.0.client_id, self.shards);
-                let release = MeshMsg::Release {
-                    client_id: session.0.client_id,
-                    token,
-                };
-                self.mesh.post(home, release);
-            }
+    /// home shard told); a persistent one stays, offline, until its Session Expiry Interval
+    /// runs out. Returns the will to publish, with the delay before publishing it.
+    pub fn disconnect(
+        self: &Rc<Self>,
+        key: SessionKey,
+        token: u64,
+        graceful: bool,
+    ) -> Option<(Will, Duration)> {
+        let (will, expiry) = {
+            let mut st = self.state.borrow_mut();
+            let session = st
+                .sessions
+                .get_mut(&key)
+                .filter(|s| s.conn_token == token)?;
+            let will = if graceful { None } else { session.will.take() };
+            session.will = None;
+            session.outbox = None;
+            let expiry = match (session.is_persistent, session.version) {
+                (false, _) => Some(0),
+                (true, Version::V5) if session.expiry_secs != u32::MAX => Some(session.expiry_secs),
+                (true, _) => None,
+            };
+            (will, expiry)
+        };
+        match expiry {
+            Some(0) => self.retire(key, token),
+            Some(secs) => self.expire_after(key, token, Duration::from_secs(secs as u64)),
+            None => {}
         }
-        will
+        let will = will?;
+        // The will waits for its Will Delay Interval, but never past the session's end
+        // [MQTT-3.1.3-9].
+        let will_delay = will.properties.will_delay_interval.unwrap_or(0);
+        let delay = expiry.map_or(will_delay, |secs| secs.min(will_delay));
+        Some((will, Duration::from_secs(delay as u64)))
+    }
+
+    /// Removes the session of connection `token` after `after`, if it is still offline then.
+    fn expire_after(self: &Rc<Self>, key: SessionKey, token: u64, after: Duration) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(after).await;
+            let still_offline = shard
+                .with_session(key, token, |s, _, _| !s.is_online())
+                .unwrap_or(false);
+            if still_offline {
+                shard.retire(key, token);
+            }
+        })
+        .detach();
+    }
+
+    /// Publishes the will of connection `token` after `delay`, unless a new connection with
+    /// the same client id takes the session over first (`on_evict` cancels it).
+    pub fn publish_will_after(self: &Rc<Self>, token: u64, will: Will, delay: Duration) {
+        self.state.borrow_mut().pending_wills.insert(token, will);
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(delay).await;
+            let will = shard.state.borrow_mut().pending_wills.remove(&token);
+            if let Some(will) = will {
+                shard.publish_will(will).await;
+            }
+        })
+        .detach();
+    }
+
+    /// Changes the Session Expiry Interval of connection `token`'s session, as a 5.0
+    /// DISCONNECT may [MQTT-3.14.2-2 is checked by the caller].
+    pub fn set_session_expiry(&self, key: SessionKey, token: u64, secs: u32) {
+        self.with_session(key, token, |s, _, _| {
+            s.expiry_secs = secs;
+            s.is_persistent = secs > 0;
+        });
     }
 
     /// Publishes a will as its client's last PUBLISH.
@@ -394,7 +691,10 @@ impl Shard {
             properties: will.properties,
             payload: will.payload,
         };
-        self.publish(publish).await;
+        let mut message = Message::received(publish, 0);
+        // Will Delay Interval is a will property, not one of the PUBLISH [MQTT-3.1.3-10].
+        message.publish.properties.will_delay_interval = None;
+        self.publish(message).await;
     }
 
     /// Closes every connection for shutdown; returns their wills.
@@ -416,6 +716,8 @@ impl Shard {
             outbox.close();
             wills.extend(session.will.take());
         }
+        // Sessions end with the server, so wills still waiting for their delay are due now.
+        wills.extend(st.pending_wills.drain().map(|(_, will)| will));
         wills
     }
 
@@ -427,9 +729,44 @@ impl Shard {
                 let stream = stream.bind_to_executor();
                 glommio::spawn_local(crate::net::conn::serve(shard, stream)).detach();
             }
-            MeshMsg::Publish(publish) => {
+            MeshMsg::Publish(message) => {
+                // A full shard stops taking from its rings, so their producers wait in turn.
+                self.wait_for_ring_room().await;
                 let mut st = self.state.borrow_mut();
-                self.deliver_local(&mut st, &publish);
+                self.deliver_local(&mut st, &message);
+            }
+            MeshMsg::ShareJoin {
+                share,
+                from,
+                member,
+                request,
+            } => {
+                join_group(&mut self.state.borrow_mut(), &share, (from, member));
+                self.mesh.post(from, MeshMsg::InterestAck { request });
+            }
+            MeshMsg::ShareLeave {
+                share,
+                from,
+                member,
+            } => leave_group(&mut self.state.borrow_mut(), &share, (from, member)),
+            MeshMsg::ShareDeliver {
+                share,
+                member,
+                message,
+                hops,
+            } => {
+                let remote = {
+                    let mut st = self.state.borrow_mut();
+                    if self.offer_to_member(&mut st, &share, member, &message) {
+                        None
+                    } else {
+                        // The member left on the way; another one gets it.
+                        self.dispatch_shared(&mut st, share, message, hops)
+                    }
+                };
+                if let Some((to, msg)) = remote {
+                    self.mesh.post(to, msg);
+                }
             }
             MeshMsg::Retain { topic, publish } => {
                 self.state.borrow_mut().retained.set(&topic, publish)
@@ -536,13 +873,16 @@ impl Shard {
             let mut st = self.state.borrow_mut();
             let key = st.by_client.get(client_id).copied();
             let key = key.filter(|k| st.sessions.get(k).is_some_and(|s| s.conn_token == token));
-            key.and_then(|key| remove_session(&mut st, key))
-                .map(|(session, gone)| (session, gone, std::mem::take(&mut st.scratch)))
+            // A will waiting for its delay is cancelled by the reconnect [MQTT-3.1.3-9].
+            st.pending_wills.remove(&token);
+            let id = self.id();
+            key.and_then(|key| remove_session(&mut st, id, key).map(|r| (key, r)))
+                .map(|(key, (session, gone))| (key, session, gone, std::mem::take(&mut st.scratch)))
         };
         let mut state = None;
         let mut will = None;
-        if let Some((mut session, gone, mut scratch)) = taken {
-            self.withdraw(gone);
+        if let Some((key, mut session, gone, mut scratch)) = taken {
+            self.withdraw(key, gone);
             if let Some(outbox) = session.outbox.take() {
                 if session.version == Version::V5 {
                     let packet = Packet::Disconnect(crate::protocol::Disconnect {
@@ -552,11 +892,17 @@ impl Shard {
                     session::push_packet(&outbox, &packet, Version::V5, &mut scratch);
                 }
                 outbox.close();
-                will = session.will.take();
+                // A will with a delay is not due: the client is back within it.
+                will = session
+                    .will
+                    .take()
+                    .filter(|w| w.properties.will_delay_interval.unwrap_or(0) == 0);
             }
             self.state.borrow_mut().scratch = scratch;
             if wants_state && session.is_persistent {
                 state = Some(Box::new(session.take_state()));
+            } else {
+                self.requeue_shared(session.take_unfinished_shared());
             }
         }
         self.mesh.post(to, MeshMsg::Handoff { request, state });
@@ -572,20 +918,100 @@ impl Shard {
 }
 
 /// Removes a session and its subscriptions; returns it with the filters no longer
-/// subscribed on this shard.
-fn remove_session(st: &mut State, key: SessionKey) -> Option<(Session, Vec<String>)> {
+/// subscribed on this shard and the shared subscriptions it left.
+fn remove_session(
+    st: &mut State,
+    shard: ShardId,
+    key: SessionKey,
+) -> Option<(Session, Vec<String>)> {
     let session = st.sessions.remove(&key)?;
     if st.by_client.get(&session.client_id) == Some(&key) {
         st.by_client.remove(&session.client_id);
     }
-    let mut gone = Vec::new();
-    for filter in session.subscriptions.keys() {
-        st.trie.remove(filter, &key);
-        if drop_filter_ref(&mut st.filter_refs, filter) {
-            gone.push(filter.clone());
-        }
-    }
+    let gone = session
+        .subscriptions
+        .keys()
+        .filter(|filter| drop_subscription(st, shard, key, filter))
+        .cloned()
+        .collect();
     Some((session, gone))
+}
+
+/// Indexes session `key`'s subscription on `filter` on this shard; true when other shards
+/// must be told (first local subscriber of a filter, or any shared subscription).
+fn add_subscription(
+    st: &mut State,
+    shard: ShardId,
+    key: SessionKey,
+    filter: &str,
+    sub: Subscription,
+) -> bool {
+    if filter.starts_with(SHARE_PREFIX) {
+        join_group(st, filter, (shard, key));
+        return true;
+    }
+    st.trie.insert(filter, key, sub);
+    add_filter_ref(&mut st.filter_refs, filter)
+}
+
+/// Undoes `add_subscription`; true when other shards must be told.
+fn drop_subscription(st: &mut State, shard: ShardId, key: SessionKey, filter: &str) -> bool {
+    if filter.starts_with(SHARE_PREFIX) {
+        leave_group(st, filter, (shard, key));
+        return true;
+    }
+    st.trie.remove(filter, &key);
+    drop_filter_ref(&mut st.filter_refs, filter)
+}
+
+/// Adds a member to shared subscription `share`.
+fn join_group(st: &mut State, share: &str, member: (ShardId, SessionKey)) {
+    let group = st.groups.entry(share.to_string()).or_default();
+    if group.members.is_empty() {
+        let filter = share_filter(share).unwrap_or(share);
+        st.group_trie.insert(filter, share.to_string(), ());
+    }
+    if !group.members.contains(&member) {
+        group.members.push(member);
+    }
+}
+
+/// Removes a member from shared subscription `share`.
+fn leave_group(st: &mut State, share: &str, member: (ShardId, SessionKey)) {
+    let Some(group) = st.groups.get_mut(share) else {
+        return;
+    };
+    group.members.retain(|m| *m != member);
+    if group.members.is_empty() {
+        st.groups.remove(share);
+        let filter = share_filter(share).unwrap_or(share);
+        st.group_trie.remove(filter, &share.to_string());
+    }
+}
+
+/// The PUBLISH one session gets through its matching subscriptions `subs`: the highest QoS
+/// granted, capped by the publish QoS; RETAIN kept only where Retain As Published asks
+/// [MQTT-3.3.1-12]; every Subscription Identifier. None when all of them are No Local
+/// subscriptions of the publishing client itself [MQTT-3.8.3-3].
+fn publish_for<'a>(
+    publish: &Publish,
+    subs: impl Iterator<Item = &'a Subscription>,
+    is_own: bool,
+) -> Option<Publish> {
+    let mut qos = None;
+    let mut retain = false;
+    let mut ids = Vec::new();
+    for sub in subs.filter(|s| !(is_own && s.options.no_local)) {
+        qos = qos.max(Some(sub.options.qos));
+        retain |= sub.options.retain_as_published && publish.retain;
+        ids.extend(sub.id);
+    }
+    let mut out = publish.clone();
+    out.qos = publish.qos.min(qos?);
+    out.retain = retain;
+    out.dup = false;
+    out.properties.subscription_identifiers = ids;
+    Some(out)
 }
 
 /// Counts one more local subscription on `filter`; true when it is the first.

@@ -3,21 +3,21 @@
 //! without asking other shards.
 
 use super::trie::Trie;
-use crate::protocol::Publish;
+use super::Message;
 use std::collections::HashMap;
 
 /// The retained message of each topic that has one.
 #[derive(Default)]
 pub struct Retained {
-    by_topic: HashMap<String, Publish>,
+    by_topic: HashMap<String, Message>,
 }
 
 impl Retained {
-    /// Stores `publish` for `topic`, or clears the topic when its payload is empty
+    /// Stores `message` for `topic`, or clears the topic when its payload is empty
     /// [MQTT-3.3.1-10], [MQTT-3.3.1-11].
-    pub fn set(&mut self, topic: &str, publish: Option<Publish>) {
-        match publish {
-            Some(p) if !p.payload.is_empty() => {
+    pub fn set(&mut self, topic: &str, message: Option<Message>) {
+        match message {
+            Some(p) if !p.publish.payload.is_empty() => {
                 self.by_topic.insert(topic.to_string(), p);
             }
             _ => {
@@ -37,12 +37,12 @@ impl Retained {
     }
 
     /// Calls `visit` with every retained message whose topic matches `filter`.
-    pub fn for_each_match(&self, filter: &str, mut visit: impl FnMut(&Publish)) {
+    pub fn for_each_match(&self, filter: &str, mut visit: impl FnMut(&Message)) {
         let mut one = Trie::new();
         one.insert(filter, 0u8, ());
-        for (topic, publish) in &self.by_topic {
+        for (topic, message) in &self.by_topic {
             if one.has_match(topic) {
-                visit(publish);
+                visit(message);
             }
         }
     }

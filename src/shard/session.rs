@@ -2,13 +2,20 @@
 //! the queue behind it, and inbound QoS 2 packet ids. Pure state: it encodes packets into the
 //! connection's outbox but does no I/O itself.
 
+use super::overflow;
 use crate::config::Limits;
+use crate::net::ceiling::{DropReason, Pressure};
 use crate::net::outbox::{Frame, Outbox};
 use crate::protocol::codec::{self, encode};
 use crate::protocol::{Ack, Packet, Publish, QoS, SubscriptionOptions, Version, Will};
 use bytes::BytesMut;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
+use std::time::Instant;
+
+/// Payloads up to this size queued for an offline session are copied out of the read buffer
+/// they were sliced from, so queued bytes are what the ceiling counts.
+const OFFLINE_COPY_BYTES_MAX: usize = 4096;
 
 /// Where an outbound QoS 1/2 message stands in its acknowledgement flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,6 +33,66 @@ pub struct Inflight {
     pub publish: Publish,
     /// Where its flow stands.
     pub phase: Phase,
+    /// The shared subscription (`$share/group/filter`) it came through, if any: should this
+    /// session go away before the client acknowledges it, another member gets it.
+    pub share: Option<String>,
+    /// Its Message Expiry deadline, kept for handing a shared message to another member.
+    pub expires_at: Option<Instant>,
+}
+
+/// One subscription as a session and the trie keep it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Subscription {
+    /// Options from the SUBSCRIBE entry.
+    pub options: SubscriptionOptions,
+    /// 5.0 Subscription Identifier from the SUBSCRIBE, returned with each matching PUBLISH.
+    pub id: Option<u32>,
+}
+
+/// A message on its way to one session: the PUBLISH as this client will get it (QoS, retain,
+/// subscription identifiers already chosen) and what the session needs to send it right.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The PUBLISH for this client.
+    pub publish: Publish,
+    /// When its Message Expiry Interval runs out; an expired message is never sent
+    /// [MQTT-3.3.2-5].
+    pub expires_at: Option<Instant>,
+    /// The shared subscription it came through, if any.
+    pub share: Option<String>,
+}
+
+impl Outgoing {
+    /// A message with no expiry that came through a plain subscription.
+    pub fn plain(publish: Publish) -> Outgoing {
+        Outgoing {
+            publish,
+            expires_at: None,
+            share: None,
+        }
+    }
+}
+
+/// What the client of the current connection allows the broker to send it (5.0 CONNECT
+/// properties; 3.1.1 clients get the defaults, which allow everything).
+#[derive(Clone, Copy, Debug)]
+pub struct PeerLimits {
+    /// Receive Maximum: QoS 1/2 PUBLISHes unacknowledged at once.
+    pub receive_max: u16,
+    /// Maximum Packet Size, in bytes.
+    pub packet_size_max: u32,
+    /// Topic Alias Maximum: 0 means no outbound topic aliases.
+    pub topic_alias_max: u16,
+}
+
+impl Default for PeerLimits {
+    fn default() -> PeerLimits {
+        PeerLimits {
+            receive_max: u16::MAX,
+            packet_size_max: u32::MAX,
+            topic_alias_max: 0,
+        }
+    }
 }
 
 /// What became of a message offered to a session.
@@ -44,11 +111,11 @@ pub enum Delivery {
 #[derive(Debug, Default)]
 pub struct SessionState {
     /// Subscriptions by filter (as the client wrote it).
-    pub subscriptions: Vec<(String, SubscriptionOptions)>,
+    pub subscriptions: Vec<(String, Subscription)>,
     /// Unacknowledged outbound messages, in send order.
     pub inflight: Vec<Inflight>,
     /// Messages waiting behind the inflight window.
-    pub queue: Vec<Publish>,
+    pub queue: Vec<Outgoing>,
     /// Inbound QoS 2 packet ids received but not yet released.
     pub incoming_qos2: Vec<u16>,
     /// Next packet id to try.
@@ -60,6 +127,11 @@ pub struct SessionState {
 pub struct SessionCounters {
     /// Messages dropped because the queue was full or the client was offline (QoS 0).
     pub dropped: u64,
+    /// Messages dropped because they were larger than the client's Maximum Packet Size
+    /// [MQTT-3.1.2-25].
+    pub too_large: u64,
+    /// Messages dropped because their Message Expiry Interval ran out before sending.
+    pub expired: u64,
 }
 
 /// A client's session.
@@ -70,21 +142,38 @@ pub struct Session {
     pub version: Version,
     /// Whether the session outlives the connection (3.1.1 Clean Session = 0).
     pub is_persistent: bool,
-    /// Subscriptions by filter.
-    pub subscriptions: HashMap<String, SubscriptionOptions>,
+    /// Subscriptions by filter (a shared one keeps its `$share/group/` prefix).
+    pub subscriptions: HashMap<String, Subscription>,
     /// The will of the current connection.
     pub will: Option<Will>,
     /// The connection's outbox, while connected.
     pub outbox: Option<Rc<Outbox>>,
     /// Identifies the connection that owns the session now.
     pub conn_token: u64,
+    /// 5.0 Session Expiry Interval in seconds (0xFFFF_FFFF: never); 3.1.1 persistent sessions
+    /// never expire.
+    pub expiry_secs: u32,
+    /// What the current connection's client allows.
+    pub peer: PeerLimits,
+    /// Outbound topic aliases of the current connection, by topic.
+    aliases: HashMap<String, u16>,
     inflight: VecDeque<Inflight>,
-    queue: VecDeque<Publish>,
+    queue: VecDeque<Outgoing>,
     queued_bytes: usize,
     incoming_qos2: HashSet<u16>,
     next_pkid: u16,
     /// Counters.
     pub counters: SessionCounters,
+    /// The shard's backpressure state, which counts this session's queued bytes and drops.
+    pub pressure: Rc<Pressure>,
+    /// Since when the queue has refused QoS 1/2 messages (for `qos12_overflow = "disconnect"`).
+    pub over_bound_since: Option<Instant>,
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        self.pressure.sub(self.queued_bytes);
+    }
 }
 
 impl Session {
@@ -98,12 +187,17 @@ impl Session {
             will: None,
             outbox: None,
             conn_token: 0,
+            expiry_secs: 0,
+            peer: PeerLimits::default(),
+            aliases: HashMap::new(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
             incoming_qos2: HashSet::new(),
             next_pkid: 1,
             counters: SessionCounters::default(),
+            pressure: Rc::new(Pressure::default()),
+            over_bound_since: None,
         }
     }
 
@@ -111,7 +205,9 @@ impl Session {
     pub fn restore(&mut self, state: SessionState) {
         self.subscriptions = state.subscriptions.into_iter().collect();
         self.inflight = state.inflight.into();
-        self.queued_bytes = state.queue.iter().map(|p| p.payload.len()).sum();
+        self.pressure.sub(self.queued_bytes);
+        self.queued_bytes = state.queue.iter().map(|o| o.publish.payload.len()).sum();
+        self.pressure.add(self.queued_bytes);
         self.queue = state.queue.into();
         self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
         self.next_pkid = state.next_pkid.max(1);
@@ -119,7 +215,7 @@ impl Session {
 
     /// Takes the movable state out, leaving the session empty.
     pub fn take_state(&mut self) -> SessionState {
-        self.queued_bytes = 0;
+        self.pressure.sub(std::mem::take(&mut self.queued_bytes));
         SessionState {
             subscriptions: self.subscriptions.drain().collect(),
             inflight: self.inflight.drain(..).collect(),
@@ -141,68 +237,170 @@ impl Session {
 
     /// Offers a message at the QoS granted for this client. Order is kept across QoS levels:
     /// once anything waits in the queue, QoS 0 messages wait behind it [MQTT-4.6.0-6].
-    pub fn deliver(
-        &mut self,
-        publish: Publish,
-        limits: &Limits,
-        scratch: &mut BytesMut,
-    ) -> Delivery {
-        let is_qos0 = publish.qos == QoS::AtMostOnce;
+    pub fn deliver(&mut self, out: Outgoing, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
+        let is_qos0 = out.publish.qos == QoS::AtMostOnce;
         if !self.is_online() && is_qos0 {
-            self.counters.dropped += 1;
+            return self.drop_message(DropReason::Offline, out.publish.qos);
+        }
+        // The client will never accept it, so it is not worth a place in the queue.
+        if codec::publish_len(&out.publish, self.version) > self.peer.packet_size_max as usize {
+            self.counters.too_large += 1;
             return Delivery::Dropped;
         }
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
-            return self.send_now(publish, limits, scratch);
+            return self.send_now(out, limits, scratch);
         }
-        self.enqueue(publish, limits)
+        self.enqueue(out, limits)
     }
 
     /// Sends at once: QoS 0 unless the connection's write buffer is over its bound, QoS 1/2
-    /// into the window.
-    fn send_now(&mut self, publish: Publish, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
+    /// into the window. A message whose expiry ran out is dropped instead.
+    fn send_now(&mut self, out: Outgoing, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
+        let Some(publish) = self.unexpired(out.publish, out.expires_at) else {
+            return Delivery::Dropped;
+        };
         if publish.qos != QoS::AtMostOnce {
-            self.send_new(publish, scratch);
+            self.send_new(publish, out.share, out.expires_at, scratch);
             return Delivery::Sent;
         }
         let Some(outbox) = &self.outbox else {
             return Delivery::Dropped;
         };
-        if outbox.is_over(limits.write_buffer_bytes_max) {
-            self.counters.dropped += 1;
-            return Delivery::Dropped;
+        if outbox.is_closing() {
+            return self.drop_message(DropReason::Offline, QoS::AtMostOnce);
         }
-        push_publish(outbox, &publish, self.version, scratch);
+        if outbox.is_over(limits.write_buffer_bytes_max) {
+            let (has_room, dropped) = overflow::make_room(outbox, &self.pressure, limits);
+            self.counters.dropped += dropped;
+            if !has_room {
+                return self.drop_message(DropReason::WriteBufferFull, QoS::AtMostOnce);
+            }
+        }
+        self.write_publish(&publish, scratch);
         Delivery::Sent
     }
 
-    fn enqueue(&mut self, publish: Publish, limits: &Limits) -> Delivery {
-        let size = publish.payload.len();
-        if self.queue.len() >= limits.queue_messages_max
-            || self.queued_bytes + size > limits.queue_bytes_max
-        {
-            self.counters.dropped += 1;
-            return Delivery::Dropped;
+    /// The message with its Message Expiry Interval lowered by the time it waited
+    /// [MQTT-3.3.2-6], or None (counted) when it has expired.
+    fn unexpired(&mut self, mut publish: Publish, expires_at: Option<Instant>) -> Option<Publish> {
+        let Some(deadline) = expires_at else {
+            return Some(publish);
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            self.counters.expired += 1;
+            return None;
+        }
+        // Rounded up: a message with time left is not announced as already expired.
+        let secs = left.as_millis().div_ceil(1000);
+        publish.properties.message_expiry_interval = Some(secs.min(u32::MAX as u128) as u32);
+        Some(publish)
+    }
+
+    fn enqueue(&mut self, mut out: Outgoing, limits: &Limits) -> Delivery {
+        let size = out.publish.payload.len();
+        if !self.is_online() && size <= OFFLINE_COPY_BYTES_MAX {
+            // Held for long: a small slice must not keep its whole 64 KiB read buffer alive.
+            out.publish.payload = bytes::Bytes::copy_from_slice(&out.publish.payload);
+        }
+        let qos = out.publish.qos;
+        while self.is_queue_full(size, limits) {
+            if qos != QoS::AtMostOnce {
+                overflow::over_bound(self, limits, Instant::now());
+                return self.drop_message(DropReason::QueueFull, qos);
+            }
+            if !overflow::make_room_in_queue(self, limits) {
+                return self.drop_message(DropReason::QueueFull, qos);
+            }
         }
         self.queued_bytes += size;
-        self.queue.push_back(publish);
+        self.pressure.add(size);
+        self.queue.push_back(out);
+        self.report_held();
         Delivery::Queued
     }
 
+    fn is_queue_full(&self, size: usize, limits: &Limits) -> bool {
+        self.queue.len() >= limits.queue_messages_max
+            || self.queued_bytes + size > limits.queue_bytes_max
+    }
+
+    /// Counts a dropped message in the session and the shard.
+    fn drop_message(&mut self, reason: DropReason, qos: QoS) -> Delivery {
+        self.counters.dropped += 1;
+        self.pressure.count_drop(reason, qos);
+        Delivery::Dropped
+    }
+
+    /// Removes the oldest queued QoS 0 message (drop-oldest policy); returns whether one was.
+    pub(super) fn drop_oldest_queued(&mut self) -> bool {
+        let queue = &self.queue;
+        let Some(index) = queue.iter().position(|o| o.publish.qos == QoS::AtMostOnce) else {
+            return false;
+        };
+        let Some(old) = self.queue.remove(index) else {
+            return false;
+        };
+        self.queued_bytes -= old.publish.payload.len();
+        self.pressure.sub(old.publish.payload.len());
+        self.drop_message(DropReason::QueueFull, QoS::AtMostOnce);
+        true
+    }
+
+    /// Tells the connection how much waits behind it, for its lag.
+    fn report_held(&self) {
+        if let Some(outbox) = &self.outbox {
+            outbox.set_held(self.queue.len(), self.queued_bytes);
+        }
+    }
+
+    /// Room in the outbound window: ours, narrowed by the client's Receive Maximum
+    /// [MQTT-3.3.4-9].
     fn has_window(&self, limits: &Limits) -> bool {
-        self.inflight.len() < limits.inflight_max as usize
+        let window = limits.inflight_max.min(self.peer.receive_max);
+        self.inflight.len() < window as usize
+    }
+
+    /// Writes a PUBLISH to the connection, replacing its topic by an outbound topic alias
+    /// where the client allows them: a topic's first PUBLISH sets the alias, later ones send
+    /// an empty topic. Aliases are given first come, first served until the client's maximum.
+    fn write_publish(&mut self, publish: &Publish, scratch: &mut BytesMut) {
+        let Some(outbox) = &self.outbox else {
+            return;
+        };
+        if self.peer.topic_alias_max == 0 || self.version != Version::V5 {
+            push_publish(outbox, publish, self.version, scratch);
+            return;
+        }
+        let topic = publish.topic.as_str();
+        let mut aliased = publish.clone();
+        if let Some(&alias) = self.aliases.get(topic) {
+            aliased.topic = Default::default();
+            aliased.properties.topic_alias = Some(alias);
+        } else if self.aliases.len() < self.peer.topic_alias_max as usize {
+            let alias = self.aliases.len() as u16 + 1;
+            self.aliases.insert(topic.to_string(), alias);
+            aliased.properties.topic_alias = Some(alias);
+        }
+        push_publish(outbox, &aliased, self.version, scratch);
     }
 
     /// Gives `publish` a packet id, records it in flight and sends it.
-    fn send_new(&mut self, mut publish: Publish, scratch: &mut BytesMut) {
+    fn send_new(
+        &mut self,
+        mut publish: Publish,
+        share: Option<String>,
+        expires_at: Option<Instant>,
+        scratch: &mut BytesMut,
+    ) {
         publish.pkid = self.allocate_pkid();
         publish.dup = false;
-        if let Some(outbox) = &self.outbox {
-            push_publish(outbox, &publish, self.version, scratch);
-        }
+        self.write_publish(&publish, scratch);
         self.inflight.push_back(Inflight {
             publish,
             phase: Phase::Publish,
+            share,
+            expires_at,
         });
     }
 
@@ -223,20 +421,27 @@ impl Session {
             let Some(front) = self.queue.front() else {
                 break;
             };
-            if front.qos != QoS::AtMostOnce && !self.has_window(limits) {
+            if front.publish.qos != QoS::AtMostOnce && !self.has_window(limits) {
                 break;
             }
-            let Some(publish) = self.queue.pop_front() else {
+            let Some(out) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= publish.payload.len();
-            self.send_now(publish, limits, scratch);
+            self.queued_bytes -= out.publish.payload.len();
+            self.pressure.sub(out.publish.payload.len());
+            self.send_now(out, limits, scratch);
         }
+        if self.queue.len() < limits.queue_messages_max {
+            self.over_bound_since = None;
+        }
+        self.report_held();
     }
 
     /// Attaches a new connection and re-sends what was in flight, in order, with DUP set
     /// for PUBLISH [MQTT-4.4.0-1].
     pub fn resume(&mut self, outbox: Rc<Outbox>, limits: &Limits, scratch: &mut BytesMut) {
+        // Topic aliases belong to one connection [MQTT-3.3.2-7].
+        self.aliases.clear();
         for inflight in &mut self.inflight {
             match inflight.phase {
                 Phase::Publish => {
@@ -303,8 +508,43 @@ impl Session {
     }
 
     /// An inbound PUBREL: the packet id may be reused by the client.
-    pub fn release_qos2(&mut self, pkid: u16) {
-        self.incoming_qos2.remove(&pkid);
+    /// Returns whether the id was waiting for its PUBREL.
+    pub fn release_qos2(&mut self, pkid: u16) -> bool {
+        self.incoming_qos2.remove(&pkid)
+    }
+
+    /// Unacknowledged inbound QoS 2 PUBLISHes, counted against our Receive Maximum.
+    pub fn incoming_qos2_len(&self) -> usize {
+        self.incoming_qos2.len()
+    }
+
+    /// Takes out the messages that came through shared subscriptions and that the client has
+    /// not yet received for sure (queued, or PUBLISH sent and not acknowledged), so another
+    /// member of the group can have them when this session goes away.
+    pub fn take_unfinished_shared(&mut self) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for inflight in std::mem::take(&mut self.inflight) {
+            if inflight.phase != Phase::Publish || inflight.share.is_none() {
+                self.inflight.push_back(inflight);
+                continue;
+            }
+            let mut publish = inflight.publish;
+            publish.dup = false;
+            out.push(Outgoing {
+                publish,
+                expires_at: inflight.expires_at,
+                share: inflight.share,
+            });
+        }
+        let (shared, rest): (Vec<_>, Vec<_>) =
+            self.queue.drain(..).partition(|o| o.share.is_some());
+        self.queue = rest.into();
+        self.pressure.sub(self.queued_bytes);
+        self.queued_bytes = self.queue.iter().map(|o| o.publish.payload.len()).sum();
+        self.pressure.add(self.queued_bytes);
+        self.report_held();
+        out.extend(shared);
+        out
     }
 
     /// Sends a control packet on the current connection, if any.
@@ -330,6 +570,7 @@ pub fn push_publish(outbox: &Outbox, publish: &Publish, version: Version, scratc
         outbox.push(Frame {
             header: scratch.split().freeze(),
             payload: publish.payload.clone(),
+            is_droppable: publish.qos == QoS::AtMostOnce,
         });
     } else {
         scratch.clear();
@@ -350,5 +591,150 @@ pub fn push_packet(outbox: &Outbox, packet: &Packet, version: Version, scratch: 
 fn reserve(scratch: &mut BytesMut) {
     if scratch.capacity() < 512 {
         scratch.reserve(16 << 10);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::net::ceiling::Pressure;
+    use crate::protocol::codec::{Codec, Decoded};
+    use crate::protocol::{MqttString, Properties};
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn online(peer: PeerLimits) -> (Session, Rc<Outbox>) {
+        let mut session = Session::new("c".into(), Version::V5, true);
+        session.peer = peer;
+        let outbox = Rc::new(Outbox::new(Rc::new(Pressure::default()), 1 << 20, 1 << 20));
+        session.resume(outbox.clone(), &Limits::default(), &mut BytesMut::new());
+        (session, outbox)
+    }
+
+    fn message(topic: &'static str, qos: QoS) -> Publish {
+        Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: MqttString::from(topic),
+            pkid: 0,
+            properties: Properties::default(),
+            payload: Bytes::from_static(b"payload"),
+        }
+    }
+
+    /// The PUBLISHes written to `outbox`, decoded as the client would.
+    fn sent(outbox: &Outbox) -> Vec<Publish> {
+        let mut wire = BytesMut::new();
+        outbox.peek_frames(usize::MAX, |f| {
+            wire.extend_from_slice(&f.header);
+            wire.extend_from_slice(&f.payload);
+        });
+        let mut codec = Codec::with_version(Version::V5, u32::MAX);
+        let mut out = Vec::new();
+        while let Ok(Decoded::Packet(Packet::Publish(p))) = codec.decode(&mut wire) {
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn client_receive_maximum_narrows_the_window() {
+        let peer = PeerLimits {
+            receive_max: 1,
+            ..PeerLimits::default()
+        };
+        let (mut s, outbox) = online(peer);
+        let limits = Limits::default();
+        let mut scratch = BytesMut::new();
+        for _ in 0..3 {
+            s.deliver(
+                Outgoing::plain(message("t", QoS::AtLeastOnce)),
+                &limits,
+                &mut scratch,
+            );
+        }
+        assert_eq!(sent(&outbox).len(), 1);
+        assert_eq!(s.queued_len(), 2);
+    }
+
+    #[test]
+    fn expired_messages_are_dropped_and_the_rest_carry_what_is_left() {
+        let (mut s, outbox) = online(PeerLimits::default());
+        let limits = Limits::default();
+        let mut scratch = BytesMut::new();
+        let past = Outgoing {
+            expires_at: Some(Instant::now() - Duration::from_millis(1)),
+            ..Outgoing::plain(message("t", QoS::AtMostOnce))
+        };
+        let future = Outgoing {
+            expires_at: Some(Instant::now() + Duration::from_secs(30)),
+            ..Outgoing::plain(message("t", QoS::AtMostOnce))
+        };
+        assert_eq!(s.deliver(past, &limits, &mut scratch), Delivery::Dropped);
+        assert_eq!(s.deliver(future, &limits, &mut scratch), Delivery::Sent);
+        assert_eq!(s.counters.expired, 1);
+        let got = sent(&outbox);
+        assert_eq!(got[0].properties.message_expiry_interval, Some(30));
+    }
+
+    #[test]
+    fn outbound_topic_aliases_first_come_until_the_maximum() {
+        let peer = PeerLimits {
+            topic_alias_max: 1,
+            ..PeerLimits::default()
+        };
+        let (mut s, outbox) = online(peer);
+        let limits = Limits::default();
+        let mut scratch = BytesMut::new();
+        for topic in ["a", "a", "b"] {
+            s.deliver(
+                Outgoing::plain(message(topic, QoS::AtMostOnce)),
+                &limits,
+                &mut scratch,
+            );
+        }
+        let got: Vec<_> = sent(&outbox)
+            .iter()
+            .map(|p| (p.topic.as_str().to_string(), p.properties.topic_alias))
+            .collect();
+        let want = [("a", Some(1)), ("", Some(1)), ("b", None)];
+        let want: Vec<_> = want.iter().map(|(t, a)| (t.to_string(), *a)).collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn packets_over_the_client_maximum_are_dropped_and_counted() {
+        let peer = PeerLimits {
+            packet_size_max: 10,
+            ..PeerLimits::default()
+        };
+        let (mut s, outbox) = online(peer);
+        let out = Outgoing::plain(message("topic", QoS::AtLeastOnce));
+        let delivery = s.deliver(out, &Limits::default(), &mut BytesMut::new());
+        assert_eq!(delivery, Delivery::Dropped);
+        assert_eq!(s.counters.too_large, 1);
+        assert!(sent(&outbox).is_empty());
+    }
+
+    #[test]
+    fn unfinished_shared_messages_are_handed_back_and_plain_ones_kept() {
+        let (mut s, _outbox) = online(PeerLimits::default());
+        let limits = Limits::default();
+        let mut scratch = BytesMut::new();
+        let shared = Outgoing {
+            share: Some("$share/g/t".into()),
+            ..Outgoing::plain(message("t", QoS::AtLeastOnce))
+        };
+        s.deliver(shared, &limits, &mut scratch);
+        s.deliver(
+            Outgoing::plain(message("t", QoS::AtLeastOnce)),
+            &limits,
+            &mut scratch,
+        );
+        let back = s.take_unfinished_shared();
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].share.as_deref(), Some("$share/g/t"));
+        assert_eq!(s.take_state().inflight.len(), 1);
     }
 }

@@ -4,6 +4,14 @@
   paho_client.py sub  --port P --version 311|5 --topic T --qos Q --count N [--linger S]
   paho_client.py pub  --port P --version 311|5 --topic T --qos Q [--retain] --payload P [--payload P ...]
   paho_client.py will --port P --version 311|5 --topic T --qos Q --payload P
+  paho_client.py session --port P --version 5 --topic T --qos Q --session-expiry S [--subscribe] --count N
+
+MQTT 5 extras: `pub --user-prop K=V --content-type C --response-topic R --correlation HEX
+--format 0|1 --expiry S` sets PUBLISH properties; `sub --props` prints after each MSG line
+  PROPS pfi=<n> ct=<content type> rt=<response topic> cd=<correlation hex> up=<k=v,...> mei=<0|1>
+(mei says whether a Message Expiry Interval came). `session` connects with Clean Start 0 and
+Session Expiry Interval S, prints SESSION-PRESENT 0|1, subscribes if asked, waits for N
+messages (MSG lines as `sub`), and disconnects.
 
 `sub` prints SUBSCRIBED once the SUBACK is in, then one line per message:
   MSG <topic> <qos> <retain 0|1> <payload as hex>
@@ -19,6 +27,8 @@ import threading
 import time
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 
 def out(line):
@@ -37,6 +47,88 @@ def connect(client, args):
         client.connect("127.0.0.1", args.port, keepalive=30, clean_start=True)
     else:
         client.connect("127.0.0.1", args.port, keepalive=30)
+
+
+def props_line(msg):
+    p = msg.properties
+    get = lambda name, default="": getattr(p, name, default) if p is not None else default
+    user = ",".join(f"{k}={v}" for k, v in get("UserProperty", []))
+    corr = get("CorrelationData", b"") or b""
+    mei = int(p is not None and hasattr(p, "MessageExpiryInterval"))
+    return (
+        f"PROPS pfi={get('PayloadFormatIndicator', 0)} ct={get('ContentType')} "
+        f"rt={get('ResponseTopic')} cd={corr.hex()} up={user} mei={mei}"
+    )
+
+
+def publish_properties(args):
+    if args.version != "5":
+        return None
+    props = Properties(PacketTypes.PUBLISH)
+    any_set = False
+    for pair in args.user_props:
+        key, _, value = pair.partition("=")
+        props.UserProperty = (key, value)
+        any_set = True
+    if args.content_type:
+        props.ContentType = args.content_type
+        any_set = True
+    if args.response_topic:
+        props.ResponseTopic = args.response_topic
+        any_set = True
+    if args.correlation:
+        props.CorrelationData = bytes.fromhex(args.correlation)
+        any_set = True
+    if args.format is not None:
+        props.PayloadFormatIndicator = args.format
+        any_set = True
+    if args.expiry is not None:
+        props.MessageExpiryInterval = args.expiry
+        any_set = True
+    return props if any_set else None
+
+
+def run_session(args):
+    client = make_client(args, args.id or "paho-session")
+    seen = []
+    subscribed = threading.Event()
+    connected = threading.Event()
+
+    def on_connect(client, userdata, flags, reason_code, properties):
+        out(f"SESSION-PRESENT {int(flags.session_present)}")
+        connected.set()
+
+    def on_subscribe(client, userdata, mid, reason_codes, properties):
+        out("SUBSCRIBED")
+        subscribed.set()
+
+    def on_message(client, userdata, msg):
+        seen.append(msg)
+        out(f"MSG {msg.topic} {msg.qos} {int(msg.retain)} {msg.payload.hex()}")
+
+    client.on_connect = on_connect
+    client.on_subscribe = on_subscribe
+    client.on_message = on_message
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = args.session_expiry
+    client.connect(
+        "127.0.0.1", args.port, keepalive=30, clean_start=False, properties=props
+    )
+    client.loop_start()
+    deadline = time.monotonic() + args.timeout
+    if not connected.wait(args.timeout):
+        out("CONNECT-TIMEOUT")
+        return 3
+    if args.subscribe:
+        client.subscribe(args.topic, qos=args.qos)
+        if not subscribed.wait(args.timeout):
+            return 3
+    while len(seen) < args.count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(args.linger)
+    client.disconnect()
+    client.loop_stop()
+    return 0 if len(seen) >= args.count else 3
 
 
 def run_sub(args):
@@ -61,6 +153,8 @@ def run_sub(args):
         out(
             f"MSG {msg.topic} {msg.qos} {int(msg.retain)} {msg.payload.hex()}"
         )
+        if args.props:
+            out(props_line(msg))
         if len(seen) == args.count:
             extra_deadline[0] = time.monotonic() + args.linger
 
@@ -91,7 +185,13 @@ def run_pub(args):
         out("CONNECT-TIMEOUT")
         return 3
     for payload in args.payloads:
-        info = client.publish(args.topic, payload.encode(), qos=args.qos, retain=args.retain)
+        info = client.publish(
+            args.topic,
+            payload.encode(),
+            qos=args.qos,
+            retain=args.retain,
+            properties=publish_properties(args),
+        )
         info.wait_for_publish(timeout=args.timeout)
         if not info.is_published():
             out(f"PUBLISH-TIMEOUT {payload}")
@@ -119,7 +219,7 @@ def run_will(args):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["sub", "pub", "will"])
+    parser.add_argument("mode", choices=["sub", "pub", "will", "session"])
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--version", choices=["311", "5"], default="311")
     parser.add_argument("--id")
@@ -130,8 +230,18 @@ def main():
     parser.add_argument("--linger", type=float, default=0.2)
     parser.add_argument("--timeout", type=float, default=5.0)
     parser.add_argument("--payload", dest="payloads", action="append", default=[])
+    parser.add_argument("--props", action="store_true")
+    parser.add_argument("--user-prop", dest="user_props", action="append", default=[])
+    parser.add_argument("--content-type")
+    parser.add_argument("--response-topic")
+    parser.add_argument("--correlation")
+    parser.add_argument("--format", type=int)
+    parser.add_argument("--expiry", type=int)
+    parser.add_argument("--session-expiry", type=int, default=0)
+    parser.add_argument("--subscribe", action="store_true")
     args = parser.parse_args()
-    return {"sub": run_sub, "pub": run_pub, "will": run_will}[args.mode](args)
+    modes = {"sub": run_sub, "pub": run_pub, "will": run_will, "session": run_session}
+    return modes[args.mode](args)
 
 
 if __name__ == "__main__":

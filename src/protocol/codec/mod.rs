@@ -251,6 +251,13 @@ pub fn encoded_len(packet: &Packet, version: Version) -> usize {
     fixed_header::len(remaining) + remaining
 }
 
+/// The size in bytes a PUBLISH will take on the wire, payload included, without building a
+/// `Packet` around it (checked against a client's Maximum Packet Size before queueing).
+pub fn publish_len(publish: &Publish, version: Version) -> usize {
+    let remaining = publish::len(publish, version);
+    fixed_header::len(remaining) + remaining
+}
+
 /// Encodes any packet for `version` (PUBLISH: header then a copy of the payload — for
 /// clients/tests). On error `out` is left as it was.
 pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {

@@ -1,0 +1,319 @@
+//! One shard's side of backpressure: the bytes it holds for subscribers (write buffers and
+//! session queues) against its share of the broker-wide ceiling, the subscribers that lag while
+//! still reading, and the counters of what was dropped, paused or disconnected.
+//!
+//! Publishers of the shard (and its ring receivers) wait in `Pressure::until_clear` while either
+//! the shard is over its ceiling share (until it falls below the low-water mark) or a reading
+//! subscriber lags past its pause mark. Writers wake them as they drain. Nothing here is shared
+//! between threads: each shard owns one `Pressure` and compares it with ceiling / shards.
+
+use crate::protocol::QoS;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::task::{Poll, Waker};
+
+/// Why a message was dropped, as counted per reason and QoS.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// QoS 0 to a client that is not connected.
+    Offline = 0,
+    /// The session queue was at `queue_messages_max` or `queue_bytes_max`.
+    QueueFull = 1,
+    /// The connection's write buffer was at `write_buffer_bytes_max` (QoS 0).
+    WriteBufferFull = 2,
+}
+
+impl DropReason {
+    /// Every reason, in counter order.
+    pub const ALL: [DropReason; 3] = [
+        DropReason::Offline,
+        DropReason::QueueFull,
+        DropReason::WriteBufferFull,
+    ];
+
+    /// The name used in `$SYS` topics.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Offline => "offline",
+            DropReason::QueueFull => "queue_full",
+            DropReason::WriteBufferFull => "write_buffer_full",
+        }
+    }
+}
+
+/// Backpressure state and counters of one shard.
+#[derive(Debug)]
+pub struct Pressure {
+    queued_bytes: Cell<usize>,
+    high: usize,
+    low: usize,
+    is_over: Cell<bool>,
+    lagging: Cell<usize>,
+    /// Paused publishers in arrival order, each with its waker once it has polled.
+    waiters: RefCell<VecDeque<(u64, Option<Waker>)>>,
+    next_ticket: Cell<u64>,
+    dropped: [[Cell<u64>; 3]; 3],
+    bytes_sent: Cell<u64>,
+    slow_disconnects: Cell<u64>,
+    pauses: Cell<u64>,
+    paused_now: Cell<u64>,
+    ceiling_hits: Cell<u64>,
+    ring_credit: Cell<u32>,
+}
+
+impl Default for Pressure {
+    fn default() -> Pressure {
+        Pressure::new(usize::MAX, usize::MAX - 1)
+    }
+}
+
+impl Pressure {
+    /// A shard's share: pause above `high` queued bytes, resume below `low`.
+    pub fn new(high: usize, low: usize) -> Pressure {
+        assert!(low < high, "the low-water mark is below the ceiling");
+        Pressure {
+            queued_bytes: Cell::new(0),
+            high,
+            low,
+            is_over: Cell::new(false),
+            lagging: Cell::new(0),
+            waiters: RefCell::default(),
+            next_ticket: Cell::new(0),
+            dropped: Default::default(),
+            bytes_sent: Cell::new(0),
+            slow_disconnects: Cell::new(0),
+            pauses: Cell::new(0),
+            paused_now: Cell::new(0),
+            ceiling_hits: Cell::new(0),
+            ring_credit: Cell::new(0),
+        }
+    }
+
+    /// Bytes now held for subscribers of this shard.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
+    /// `n` more bytes are held (a frame written to an outbox, a message queued).
+    pub fn add(&self, n: usize) {
+        let queued = self.queued_bytes.get() + n;
+        self.queued_bytes.set(queued);
+        if queued > self.high && !self.is_over.get() {
+            self.is_over.set(true);
+            self.ceiling_hits.set(self.ceiling_hits.get() + 1);
+        }
+    }
+
+    /// `n` held bytes were written or dropped.
+    pub fn sub(&self, n: usize) {
+        let queued = self.queued_bytes.get() - n;
+        self.queued_bytes.set(queued);
+        if self.is_over.get() && queued < self.low {
+            self.is_over.set(false);
+            self.wake_if_clear();
+        }
+    }
+
+    /// A reading subscriber went past its pause mark.
+    pub fn lag_started(&self) {
+        self.lagging.set(self.lagging.get() + 1);
+    }
+
+    /// A lagging subscriber caught up, was found stuck, or left.
+    pub fn lag_ended(&self) {
+        self.lagging.set(self.lagging.get() - 1);
+        self.wake_if_clear();
+    }
+
+    /// Subscribers lagging now (not counting stuck ones).
+    pub fn lagging(&self) -> usize {
+        self.lagging.get()
+    }
+
+    /// Whether publishers must wait: over the ceiling share, or a reading subscriber lags.
+    pub fn is_blocked(&self) -> bool {
+        self.is_over.get() || self.lagging.get() > 0
+    }
+
+    /// Whether this shard holds more than its ceiling share (until below the low-water mark).
+    pub fn is_over_ceiling(&self) -> bool {
+        self.is_over.get()
+    }
+
+    /// Whether a publisher must queue: blocked, or others are already waiting (they go first).
+    pub fn must_wait(&self) -> bool {
+        self.is_blocked() || !self.waiters.borrow().is_empty()
+    }
+
+    /// A place in the queue of paused publishers; leaving it (also by being dropped, when the
+    /// connection goes away) lets the next one go.
+    pub fn ticket(&self) -> Ticket<'_> {
+        let id = self.next_ticket.get();
+        self.next_ticket.set(id + 1);
+        self.waiters.borrow_mut().push_back((id, None));
+        Ticket { pressure: self, id }
+    }
+
+    /// Waits until the publisher holding `ticket` may go on: nothing blocks and it is first in
+    /// line. Paused publishers go in arrival order, one publish each, so none starves. May be
+    /// cancelled and called again with the same ticket, keeping its place.
+    pub async fn until_clear(&self, ticket: &Ticket<'_>) {
+        std::future::poll_fn(|cx| {
+            let mut waiters = self.waiters.borrow_mut();
+            let Some(front) = waiters.front_mut() else {
+                return Poll::Ready(());
+            };
+            if front.0 == ticket.id && !self.is_blocked() {
+                return Poll::Ready(());
+            }
+            if let Some(entry) = waiters.iter_mut().find(|(id, _)| *id == ticket.id) {
+                entry.1 = Some(cx.waker().clone());
+            }
+            Poll::Pending
+        })
+        .await
+    }
+
+    fn wake_if_clear(&self) {
+        if self.is_blocked() {
+            return;
+        }
+        let waker = self
+            .waiters
+            .borrow_mut()
+            .front_mut()
+            .and_then(|(_, w)| w.take());
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// Counts one dropped message.
+    pub fn count_drop(&self, reason: DropReason, qos: QoS) {
+        let cell = &self.dropped[reason as usize][qos as usize];
+        cell.set(cell.get() + 1);
+    }
+
+    /// Messages dropped for `reason` at `qos`.
+    pub fn dropped(&self, reason: DropReason, qos: QoS) -> u64 {
+        self.dropped[reason as usize][qos as usize].get()
+    }
+
+    /// Counts bytes written to sockets.
+    pub fn count_sent(&self, n: usize) {
+        self.bytes_sent.set(self.bytes_sent.get() + n as u64);
+    }
+
+    /// Bytes written to sockets.
+    pub fn bytes_sent(&self) -> u64 {
+        self.bytes_sent.get()
+    }
+
+    /// Counts a subscriber disconnected for staying over its bound.
+    pub fn count_slow_disconnect(&self) {
+        self.slow_disconnects.set(self.slow_disconnects.get() + 1);
+    }
+
+    /// Subscribers disconnected for staying over their bound.
+    pub fn slow_disconnects(&self) -> u64 {
+        self.slow_disconnects.get()
+    }
+
+    /// Marks the start (true) or end (false) of a publisher's pause.
+    pub fn note_pause(&self, is_start: bool) {
+        if is_start {
+            self.pauses.set(self.pauses.get() + 1);
+            self.paused_now.set(self.paused_now.get() + 1);
+        } else {
+            self.paused_now.set(self.paused_now.get() - 1);
+        }
+    }
+
+    /// Pauses of publishers (or ring receivers) so far.
+    pub fn pauses(&self) -> u64 {
+        self.pauses.get()
+    }
+
+    /// Takes one unit of the credit ring receivers get after a pause; false when none is left.
+    pub fn take_ring_credit(&self) -> bool {
+        let credit = self.ring_credit.get();
+        if credit == 0 {
+            return false;
+        }
+        self.ring_credit.set(credit - 1);
+        true
+    }
+
+    /// Grants ring receivers `n` publishes before they check again.
+    pub fn grant_ring_credit(&self, n: u32) {
+        self.ring_credit.set(n);
+    }
+
+    /// Times this shard went over its ceiling share.
+    pub fn ceiling_hits(&self) -> u64 {
+        self.ceiling_hits.get()
+    }
+
+    /// Publishers (or ring receivers) waiting now.
+    pub fn paused_now(&self) -> u64 {
+        self.paused_now.get()
+    }
+}
+
+/// A paused publisher's place in line (see `Pressure::ticket`).
+pub struct Ticket<'a> {
+    pressure: &'a Pressure,
+    id: u64,
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        let p = self.pressure;
+        p.waiters.borrow_mut().retain(|(id, _)| *id != self.id);
+        p.wake_if_clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ceiling_has_hysteresis() {
+        let p = Pressure::new(100, 50);
+        p.add(101);
+        assert!(p.is_blocked());
+        p.sub(30);
+        assert!(p.is_blocked(), "71 is still above the low-water mark");
+        p.sub(30);
+        assert!(!p.is_blocked());
+        p.lag_started();
+        assert!(p.is_blocked());
+        p.lag_ended();
+        assert!(!p.is_blocked());
+    }
+
+    #[test]
+    fn paused_publishers_go_in_arrival_order() {
+        let p = Pressure::new(100, 50);
+        p.add(101);
+        let first = p.ticket();
+        let second = p.ticket();
+        assert!(p.must_wait());
+        p.sub(101);
+        let ready = |t: &Ticket<'_>| {
+            let mut fut = std::pin::pin!(p.until_clear(t));
+            let waker = std::task::Waker::noop();
+            fut.as_mut()
+                .poll(&mut std::task::Context::from_waker(waker))
+                .is_ready()
+        };
+        use std::future::Future;
+        assert!(!ready(&second), "the second waits behind the first");
+        assert!(ready(&first));
+        drop(first);
+        assert!(ready(&second));
+        drop(second);
+        assert!(!p.must_wait());
+    }
+}
