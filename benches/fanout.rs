@@ -37,6 +37,7 @@ fn encode_each(outboxes: &[Outbox], publish: &mut Publish, scratch: &mut BytesMu
         outbox.push(Frame {
             header: scratch.split().freeze(),
             payload: publish.payload.clone(),
+            is_droppable: publish.qos == QoS::AtMostOnce,
         });
     }
 }
@@ -59,6 +60,7 @@ fn patch_image(outboxes: &[Outbox], publish: &Publish, scratch: &mut BytesMut) {
         outbox.push(Frame {
             header,
             payload: publish.payload.clone(),
+            is_droppable: publish.qos == QoS::AtMostOnce,
         });
     }
 }
