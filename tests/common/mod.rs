@@ -48,19 +48,39 @@ impl Broker {
 
     /// Stops the broker and waits for its shards.
     pub fn stop(mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop();
+        self.shut_down();
+    }
+
+    /// Stops the shards and waits for them, but never longer than `STOP_LIMIT`: a shard that
+    /// does not stop is reported instead of hanging the whole test run.
+    fn shut_down(&mut self) {
+        let Some(server) = self.server.take() else {
+            return;
+        };
+        server.stop();
+        let (done, stopped) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
             server.join();
+            let _ = done.send(());
+        });
+        if stopped.recv_timeout(STOP_LIMIT).is_err() {
+            eprintln!(
+                "broker on {} did not stop within {STOP_LIMIT:?}; left running",
+                self.addr
+            );
+            if !std::thread::panicking() {
+                panic!("broker on {} did not stop within {STOP_LIMIT:?}", self.addr);
+            }
         }
     }
 }
 
+/// How long a stopping broker may take.
+const STOP_LIMIT: Duration = Duration::from_secs(20);
+
 impl Drop for Broker {
     fn drop(&mut self) {
-        if let Some(server) = self.server.take() {
-            server.stop();
-            server.join();
-        }
+        self.shut_down();
     }
 }
 
