@@ -29,6 +29,9 @@ const PACKET_MAX_BYTES: u32 = 1 << 20;
 const READ_TICK: Duration = Duration::from_millis(100);
 /// How long one write may block before the run fails.
 const WRITE_LIMIT: Duration = Duration::from_secs(5);
+/// Keep-alive asked for: longer than the longest run (--duration ≤ 3600 s), so no PINGREQ
+/// is ever due.
+const KEEP_ALIVE_SECS: u16 = u16::MAX;
 /// How long connecting and subscribing may take, all clients together.
 pub const SETUP_LIMIT: Duration = Duration::from_secs(30);
 
@@ -152,9 +155,21 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// Connects, sends CONNECT (clean, no keep-alive: runs are short and pings would only add
-    /// noise) and waits for a CONNACK that accepts.
+    /// Connects, sends CONNECT (clean, the longest keep-alive: runs are shorter than it and
+    /// pings would only add noise; 0 would be simpler but rumqttd refuses it) and waits for a
+    /// CONNACK that accepts.
     pub async fn open(addr: SocketAddr, version: Version, client_id: &str) -> io::Result<Conn> {
+        Conn::open_with(addr, version, client_id, READ_CHUNK_BYTES).await
+    }
+
+    /// Like `open`, reading at most `read_chunk` bytes at a time (idle connections in the
+    /// conns scenario use a small one: thousands of 64 KiB buffers would measure us).
+    pub async fn open_with(
+        addr: SocketAddr,
+        version: Version,
+        client_id: &str,
+        read_chunk: usize,
+    ) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(READ_TICK))?;
@@ -163,8 +178,8 @@ impl Conn {
         let mut conn = Conn {
             stream,
             codec: Codec::with_version(version, PACKET_MAX_BYTES),
-            buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
-            scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
+            buf: BytesMut::with_capacity(read_chunk),
+            scratch: vec![0u8; read_chunk].into_boxed_slice(),
             version,
             receive_maximum: None,
         };
@@ -173,7 +188,7 @@ impl Conn {
             client_id: MqttString::from_str_checked(client_id)
                 .ok_or_else(|| invalid("client id"))?,
             clean_start: true,
-            keep_alive_secs: 0,
+            keep_alive_secs: KEEP_ALIVE_SECS,
             username: None,
             password: None,
             will: None,
@@ -247,8 +262,8 @@ fn invalid(what: &str) -> io::Error {
 pub struct PublisherSpec {
     /// Publisher index (also its topic index).
     pub index: usize,
-    /// Topic it publishes on.
-    pub topic: String,
+    /// Topics it publishes on, in turn.
+    pub topics: Vec<String>,
     /// Streams it feeds; the slowest bounds its window.
     pub streams: Vec<usize>,
     /// QoS of its publishes.
@@ -257,7 +272,7 @@ pub struct PublisherSpec {
     pub payload_bytes: usize,
     /// Messages ahead of the slowest subscriber, at most.
     pub window: u64,
-    /// QoS 1 PUBLISHes without PUBACK, at most.
+    /// QoS 1/2 PUBLISHes not yet completed (PUBACK or PUBCOMP), at most.
     pub inflight: u64,
     /// Messages per write, at most.
     pub batch: u64,
@@ -269,17 +284,23 @@ pub struct PublisherSpec {
     pub drain: Duration,
     /// Whether some of its subscribers run on other threads.
     pub poll_other_threads: bool,
+    /// Open loop: this publisher's messages per second; `None` is closed loop.
+    pub rate_per_s: Option<f64>,
 }
 
-/// Builds the PUBLISH header once; for QoS 1 also finds where the packet id sits, so each
-/// message only patches two bytes.
-fn publish_header(spec: &PublisherSpec, version: Version) -> io::Result<(BytesMut, Option<usize>)> {
+/// Builds the PUBLISH header of `topic` once; for QoS 1 and 2 also finds where the packet id
+/// sits, so each message only patches two bytes.
+fn publish_header(
+    spec: &PublisherSpec,
+    topic: &str,
+    version: Version,
+) -> io::Result<(BytesMut, Option<usize>)> {
     let header = |pkid: u16| -> io::Result<BytesMut> {
         let publish = Publish {
             dup: false,
             qos: spec.qos,
             retain: false,
-            topic: MqttString::from_str_checked(&spec.topic).ok_or_else(|| invalid("topic"))?,
+            topic: MqttString::from_str_checked(topic).ok_or_else(|| invalid("topic"))?,
             pkid,
             properties: Properties::default(),
             payload: Bytes::from(vec![0u8; spec.payload_bytes]),
@@ -356,36 +377,86 @@ fn finish_publisher(shared: &Shared, index: usize, sent: u64) -> u64 {
     sent
 }
 
+/// What the publisher's reader task learns from the broker: completed messages and, at QoS 2,
+/// the packet ids whose PUBREC asks for a PUBREL.
+#[derive(Default)]
+struct Acks {
+    /// PUBACKs (QoS 1) or PUBCOMPs (QoS 2) received.
+    completed: Cell<u64>,
+    /// PUBRECs not yet answered with a PUBREL.
+    to_release: RefCell<Vec<u16>>,
+    /// Set when the reader should stop.
+    done: Cell<bool>,
+}
+
+/// Writes a PUBREL for every PUBREC received so far.
+async fn release<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    acks: &Acks,
+    version: Version,
+    out: &mut BytesMut,
+) -> io::Result<()> {
+    let pkids: Vec<u16> = acks.to_release.borrow_mut().drain(..).collect();
+    if pkids.is_empty() {
+        return Ok(());
+    }
+    out.clear();
+    for pkid in pkids {
+        let rel = Packet::PubRel(Ack {
+            pkid,
+            ..Ack::default()
+        });
+        encode(&rel, version, out)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
+    }
+    writer.write_all(out).await
+}
+
 /// The publishing itself; on error gives back how many were sent before it.
+///
+/// Closed loop: sends as fast as the window allows. Open loop (`rate_per_s`): message `seq` is
+/// due at `start + seq / rate` and carries that time as its send time, whether or not the
+/// window let it go out then.
 async fn publish_loop(
     shared: &Shared,
     conn: Conn,
     spec: &PublisherSpec,
 ) -> Result<u64, (u64, io::Error)> {
     let version = conn.version;
-    let (header, pkid_at) = publish_header(spec, version).map_err(|e| (0, e))?;
+    let headers = spec
+        .topics
+        .iter()
+        .map(|t| publish_header(spec, t, version))
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|e| (0, e))?;
+    let has_acks = spec.qos != QoS::AtMostOnce;
     let inflight = spec
         .inflight
         .min(conn.receive_maximum.map_or(u64::MAX, u64::from));
     let (mut reader, mut writer) = futures_lite::io::split(conn.stream);
-    let acked = Rc::new(Cell::new(0u64));
-    let done = Rc::new(Cell::new(false));
-    let ack_task = (spec.qos != QoS::AtMostOnce).then(|| {
-        let (acked, done, codec, buf) = (acked.clone(), done.clone(), conn.codec, conn.buf);
-        glommio::spawn_local(
-            async move { read_pubacks(&mut reader, codec, buf, &acked, &done).await },
-        )
+    let acks = Rc::new(Acks::default());
+    let ack_task = has_acks.then(|| {
+        let (acks, codec, buf) = (acks.clone(), conn.codec, conn.buf);
+        glommio::spawn_local(async move { read_acks(&mut reader, codec, buf, &acks).await })
     });
     let mut template = vec![0u8; spec.payload_bytes];
-    let mut out =
-        BytesMut::with_capacity((header.len() + spec.payload_bytes) * spec.batch as usize);
-    let deadline = shared.now_ns() + spec.duration.as_nanos() as u64;
+    let header_max = headers.iter().map(|h| h.0.len()).max().unwrap_or(0);
+    let mut out = BytesMut::with_capacity((header_max + spec.payload_bytes) * spec.batch as usize);
+    let mut control = BytesMut::new();
+    let start = shared.now_ns();
+    let deadline = start + spec.duration.as_nanos() as u64;
+    // Nanoseconds between two scheduled messages, open loop only.
+    let interval = spec.rate_per_s.map(|r| 1e9 / r);
+    let due = |seq: u64| interval.map_or(0, |i| start + (seq as f64 * i) as u64);
     let mut sent = 0u64;
     while sent < spec.count && shared.now_ns() < deadline && !shared.is_aborted() {
+        release(&mut writer, &acks, version, &mut control)
+            .await
+            .map_err(|e| (sent, e))?;
         let room = |sent: u64| {
             let ahead = sent - shared.slowest(&spec.streams).min(sent);
-            let unacked = if pkid_at.is_some() {
-                sent - acked.get().min(sent)
+            let unacked = if has_acks {
+                sent - acks.completed.get().min(sent)
             } else {
                 0
             };
@@ -395,32 +466,52 @@ async fn publish_loop(
                 .min(spec.batch)
                 .min(spec.count - sent)
         };
+        let now = shared.now_ns();
+        // Open loop: only what is due by now (at least one, after sleeping until it is due).
+        let scheduled = match interval {
+            Some(i) => {
+                let due_now = ((now.saturating_sub(start)) as f64 / i) as u64 + 1;
+                if due_now <= sent {
+                    let wait = due(sent).saturating_sub(now);
+                    glommio::timer::sleep(Duration::from_nanos(wait)).await;
+                    continue;
+                }
+                due_now - sent
+            }
+            None => u64::MAX,
+        };
         let want = spec
             .batch
             .min(spec.window)
             .min(inflight)
             .min(spec.count - sent)
+            .min(scheduled)
             .max(1);
         if room(sent) < want {
             wait_until(
-                || room(sent) >= want || shared.is_aborted(),
+                || {
+                    room(sent) >= want
+                        || shared.is_aborted()
+                        || !acks.to_release.borrow().is_empty()
+                },
                 spec.poll_other_threads,
             )
             .await;
             continue;
         }
-        let n = room(sent);
+        let n = room(sent).min(scheduled);
         out.clear();
-        let now = shared.now_ns();
         for seq in sent..sent + n {
+            let (header, pkid_at) = &headers[(seq % headers.len() as u64) as usize];
             let start = out.len();
-            out.extend_from_slice(&header);
+            out.extend_from_slice(header);
             if let Some(at) = pkid_at {
                 // Packet ids 1..=65535 in turn; the inflight bound keeps them unique.
                 let pkid = (seq % 65_535 + 1) as u16;
                 out[start + at..start + at + 2].copy_from_slice(&pkid.to_be_bytes());
             }
-            payload::stamp(&mut template, seq, now);
+            let stamp = if interval.is_some() { due(seq) } else { now };
+            payload::stamp(&mut template, seq, stamp);
             out.extend_from_slice(&template);
         }
         writer.write_all(&out).await.map_err(|e| (sent, e))?;
@@ -429,10 +520,16 @@ async fn publish_loop(
     }
     if let Some(task) = ack_task {
         let drain_end = std::time::Instant::now() + spec.drain;
-        while acked.get() < sent && std::time::Instant::now() < drain_end && !shared.is_aborted() {
+        while acks.completed.get() < sent
+            && std::time::Instant::now() < drain_end
+            && !shared.is_aborted()
+        {
+            release(&mut writer, &acks, version, &mut control)
+                .await
+                .map_err(|e| (sent, e))?;
             glommio::timer::sleep(Duration::from_millis(1)).await;
         }
-        done.set(true);
+        acks.done.set(true);
         task.await;
     }
     let _ = send(
@@ -444,24 +541,28 @@ async fn publish_loop(
     Ok(sent)
 }
 
-/// Counts PUBACKs until `done`; anything else from the broker is ignored.
-async fn read_pubacks<R: AsyncRead + Unpin>(
+/// Counts PUBACKs and PUBCOMPs and collects PUBRECs until `done`; anything else from the
+/// broker is ignored.
+async fn read_acks<R: AsyncRead + Unpin>(
     reader: &mut R,
     mut codec: Codec,
     mut buf: BytesMut,
-    acked: &Cell<u64>,
-    done: &Cell<bool>,
+    acks: &Acks,
 ) {
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
-    while !done.get() {
+    while !acks.done.get() {
         match fill(reader, &mut scratch, &mut buf).await {
             Ok(Fill::Data) => {}
             Ok(Fill::Idle) => continue,
             Ok(Fill::Closed) | Err(_) => return,
         }
         while let Ok(Decoded::Packet(p)) = codec.decode(&mut buf) {
-            if let Packet::PubAck(_) = p {
-                acked.set(acked.get() + 1);
+            match p {
+                Packet::PubAck(_) | Packet::PubComp(_) => {
+                    acks.completed.set(acks.completed.get() + 1)
+                }
+                Packet::PubRec(rec) => acks.to_release.borrow_mut().push(rec.pkid),
+                _ => {}
             }
         }
         wake_publishers();
@@ -503,7 +604,7 @@ pub async fn subscriber(
     let plan = &spec.plan;
     let id = &spec.id;
     let mut result = SubscriberResult {
-        streams: (0..plan.topics)
+        streams: (0..plan.publishers)
             .map(|i| (plan.first_stream + i, Tracker::default()))
             .collect(),
         deliveries: 0,
@@ -575,8 +676,9 @@ async fn receive_loop(
     Ok(())
 }
 
-/// Decodes every whole packet in the buffer, accounting PUBLISHes and queueing QoS 1 PUBACKs
-/// in `acks`. Returns the number of PUBLISHes.
+/// Decodes every whole packet in the buffer, accounting PUBLISHes and queueing their
+/// acknowledgements in `acks` (PUBACK at QoS 1; PUBREC, then PUBCOMP for the PUBREL, at QoS 2).
+/// Returns the number of PUBLISHes.
 fn decode_chunk(
     conn: &mut Conn,
     plan: &SubscriberPlan,
@@ -592,17 +694,25 @@ fn decode_chunk(
             Ok(Decoded::Incomplete { .. }) => return Ok(got),
             Err(e) => return Err(invalid(&format!("decode: {e:?}"))),
         };
-        let Packet::Publish(publish) = packet else {
-            continue;
+        let ack = |pkid| Ack {
+            pkid,
+            ..Ack::default()
         };
-        got += 1;
-        account(plan, &publish, now, hist, result);
-        if publish.qos == QoS::AtLeastOnce {
-            let ack = Packet::PubAck(Ack {
-                pkid: publish.pkid,
-                ..Ack::default()
-            });
-            encode(&ack, conn.version, acks).map_err(|e| invalid(&format!("{e:?}")))?;
+        let answer = match packet {
+            Packet::Publish(publish) => {
+                got += 1;
+                account(plan, &publish, now, hist, result);
+                match publish.qos {
+                    QoS::AtMostOnce => None,
+                    QoS::AtLeastOnce => Some(Packet::PubAck(ack(publish.pkid))),
+                    QoS::ExactlyOnce => Some(Packet::PubRec(ack(publish.pkid))),
+                }
+            }
+            Packet::PubRel(rel) => Some(Packet::PubComp(ack(rel.pkid))),
+            _ => None,
+        };
+        if let Some(answer) = answer {
+            encode(&answer, conn.version, acks).map_err(|e| invalid(&format!("{e:?}")))?;
         }
     }
 }
@@ -618,10 +728,7 @@ fn account(
     let Some(topic) = topic_index(publish.topic.as_bytes()) else {
         return;
     };
-    let Some(slot) = topic
-        .checked_sub(plan.first_topic)
-        .filter(|&s| s < plan.topics)
-    else {
+    let Some(slot) = plan.slot_of_topic(topic) else {
         return;
     };
     let Some((seq, sent)) = payload::read(&publish.payload) else {

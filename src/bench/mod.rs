@@ -2,16 +2,22 @@
 //!
 //! Module map:
 //! - `options`: the command line, one struct.
-//! - `plan`: a scenario (fanout, fanin, pairs) turned into topics, publishers and subscribers.
+//! - `plan`: a scenario (fanout, fanin, pairs, wildcard) turned into topics, publishers and
+//!   subscribers.
 //! - `payload`: the sequence number and send time every message carries.
 //! - `tracker`: per stream (publisher → subscriber) loss, duplicate and reorder counts.
 //! - `shared`: the few counters the generator threads and the progress line share.
-//! - `client`: the MQTT connections: handshake, publisher and subscriber loops.
+//! - `client`: the MQTT connections: handshake, publisher (closed or open loop, QoS 0/1/2) and
+//!   subscriber loops.
+//! - `conns`: the conns scenario: connect rate and the broker's memory per idle connection.
 //! - `run`: starts the pinned generator threads, waits, merges the results.
 //! - `report`: the human table and the JSON object.
+//! - `html`: the `--html` page: latency percentile plot and rates over time.
 //! - `sink`: a trivial in-process forwarder, to measure the generator's own ceiling.
 
 pub mod client;
+pub mod conns;
+pub mod html;
 pub mod options;
 pub mod payload;
 pub mod plan;

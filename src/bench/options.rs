@@ -12,6 +12,12 @@ pub enum Scenario {
     Fanin,
     /// N publisher/subscriber pairs, each pair on its own topic.
     Pairs,
+    /// --publishers publishers over a tree of --topics topics → N subscribers on `+` and `#`
+    /// filters, each following one publisher's subtree.
+    Wildcard,
+    /// N idle connections: connect rate and, with --broker-pid, the broker's memory per
+    /// connection.
+    Conns,
 }
 
 /// ringcast-bench: MQTT load generator (closed loop, end-to-end latency, loss accounting).
@@ -30,15 +36,30 @@ pub struct Options {
     /// MQTT version: 3 (3.1.1) or 5.
     #[arg(long = "mqtt-version", default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
     pub mqtt_version: u8,
-    /// QoS of publishes and subscriptions: 0 or 1.
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    /// QoS of publishes and subscriptions: 0, 1 or 2.
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
     pub qos: u8,
     /// Payload size in bytes (at least 16: sequence number and send time).
     #[arg(long, default_value_t = 16)]
     pub payload: usize,
-    /// N: subscribers in fanout, publishers in fanin, pairs in pairs.
+    /// N: subscribers in fanout and wildcard, publishers in fanin, pairs in pairs, connections
+    /// in conns.
     #[arg(long, short = 'n', default_value_t = 100)]
     pub subscribers: usize,
+    /// Wildcard: topics in the tree.
+    #[arg(long, default_value_t = 10_000)]
+    pub topics: usize,
+    /// Wildcard: publishers, each owning an equal share of the topics.
+    #[arg(long, default_value_t = 10)]
+    pub publishers: usize,
+    /// Open loop: messages per second, all publishers together, sent on a fixed schedule.
+    /// Latency counts from each message's scheduled time, so a stalled broker cannot hide
+    /// behind a slowed-down generator. Without it the run is closed loop (--window).
+    #[arg(long, value_name = "PER_S")]
+    pub rate: Option<f64>,
+    /// Conns: the broker's pid, to read its resident memory before and after connecting.
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
     /// Seconds to publish for.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -79,6 +100,9 @@ pub struct Options {
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,
+    /// Also write a self-contained HTML page: latency percentile plot and rates over time.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -106,6 +130,14 @@ impl Options {
         }
         if !(self.duration > 0.0 && self.duration <= 3600.0) {
             return Err("--duration must be in (0, 3600] seconds".into());
+        }
+        if self.topics == 0 || self.publishers == 0 || self.publishers > self.topics {
+            return Err("--topics and --publishers must be positive, publishers ≤ topics".into());
+        }
+        if let Some(rate) = self.rate {
+            if !(rate > 0.0 && rate <= 1e9) {
+                return Err("--rate must be in (0, 1e9] messages per second".into());
+            }
         }
         if self.sink && (self.scenario != Scenario::Fanout || self.qos != 0) {
             return Err("--sink supports fanout with QoS 0 only".into());

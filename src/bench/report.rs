@@ -1,7 +1,8 @@
 //! The figures of a run, as a table for people and as one JSON object for scripts.
 
+use super::conns::ConnsOutcome;
 use super::options::Options;
-use super::run::Outcome;
+use super::run::{Outcome, Sample};
 use hdrhistogram::Histogram;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;
@@ -56,6 +57,14 @@ pub struct Report {
     pub ceiling_share: Option<f64>,
     /// Errors (lost connections, refusals).
     pub errors: Vec<String>,
+    /// Open loop: the messages per second asked for; `None` for closed loop.
+    pub rate: Option<f64>,
+    /// The latency distribution as (percentile, µs) points, for the plot.
+    pub percentiles: Vec<(f64, f64)>,
+    /// Totals over time, for the plot.
+    pub timeline: Vec<Sample>,
+    /// The conns scenario's figures.
+    pub conns: Option<ConnsOutcome>,
 }
 
 impl Report {
@@ -72,11 +81,13 @@ impl Report {
             target,
             qos: opts.qos,
             payload_bytes: opts.payload,
-            publishers: outcome.plan.publishers.len(),
+            publishers: outcome.plan.publishers(),
             subscribers: outcome.plan.subscribers.len(),
             publish_secs,
             published,
             published_per_s: rate(published, publish_secs),
+            rate: opts.rate,
+            timeline: std::mem::take(&mut outcome.timeline),
             ..Report::default()
         };
         let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
@@ -108,11 +119,25 @@ impl Report {
             us(0.999),
             hist.max() as f64 / 1e3,
         ];
+        r.percentiles = percentile_curve(&hist);
         r.process_cpu = outcome.process_cpu.as_secs_f64() / outcome.wall.as_secs_f64().max(1e-9);
         r.is_saturated = r.generator_cpu >= SATURATED_CPU;
         r.ceiling_share = opts.ceiling.map(|c| r.deliveries_per_s / c);
         r.errors = shared.errors.lock().map(|e| e.clone()).unwrap_or_default();
         r
+    }
+
+    /// The figures of the conns scenario.
+    pub fn from_conns(opts: &Options, target: String, conns: ConnsOutcome) -> Report {
+        Report {
+            scenario: "conns".into(),
+            target,
+            qos: opts.qos,
+            payload_bytes: opts.payload,
+            errors: conns.errors.clone(),
+            conns: Some(conns),
+            ..Report::default()
+        }
     }
 
     /// Whether the result is near the generator's own ceiling.
@@ -123,6 +148,28 @@ impl Report {
     /// The human table.
     pub fn table(&self) -> String {
         let mut t = String::new();
+        if let Some(c) = &self.conns {
+            let _ = writeln!(t, "scenario      conns → {}", self.target);
+            let _ = writeln!(
+                t,
+                "connected     {} of {} in {:.2} s = {:.0} connections/s",
+                c.opened,
+                c.asked,
+                c.connect_secs,
+                c.connect_per_s()
+            );
+            if let (Some(a), Some(b)) = (c.rss_before_kib, c.rss_after_kib) {
+                let per = c.rss_per_connection_bytes().unwrap_or(0.0);
+                let _ = writeln!(
+                    t,
+                    "broker rss    {a} KiB → {b} KiB  = {per:.0} bytes per connection"
+                );
+            }
+            for e in &self.errors {
+                let _ = writeln!(t, "error         {e}");
+            }
+            return t;
+        }
         let [p50, p90, p99, p999, max] = self.latency_us;
         let _ = writeln!(
             t,
@@ -149,6 +196,9 @@ impl Report {
             "lost/dup/reord {:>11} / {} / {}",
             self.lost, self.duplicated, self.reordered
         );
+        if let Some(rate) = self.rate {
+            let _ = writeln!(t, "open loop     {rate:.0} msgs/s asked for");
+        }
         let _ = writeln!(
             t,
             "latency µs    p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  p99.9 {p999:.1}  max {max:.1}"
@@ -186,22 +236,52 @@ impl Report {
     pub fn json(&self) -> String {
         let [p50, p90, p99, p999, max] = self.latency_us;
         let errors: Vec<String> = self.errors.iter().map(|e| json_string(e)).collect();
+        let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.0}"));
+        let c = self.conns.clone().unwrap_or_default();
+        let conns = format!(
+            concat!(
+                "\"connections\":{},\"connect_per_s\":{:.0},\"broker_rss_before_kib\":{},",
+                "\"broker_rss_after_kib\":{},\"rss_per_connection_bytes\":{}"
+            ),
+            c.opened,
+            c.connect_per_s(),
+            opt(c.rss_before_kib.map(|v| v as f64)),
+            opt(c.rss_after_kib.map(|v| v as f64)),
+            opt(c.rss_per_connection_bytes())
+        );
         format!(
             concat!(
                 "{{\"scenario\":{},\"target\":{},\"qos\":{},\"payload_bytes\":{},\"publishers\":{},\"subscribers\":{},",
                 "\"publish_secs\":{:.3},\"published\":{},\"published_per_s\":{:.0},\"deliveries\":{},\"deliveries_per_s\":{:.0},",
                 "\"expected\":{},\"lost\":{},\"duplicated\":{},\"reordered\":{},",
                 "\"latency_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}},",
-                "\"generator_cpu\":{:.3},\"process_cpu\":{:.3},\"saturated\":{},\"ceiling_share\":{},\"near_ceiling\":{},\"errors\":[{}]}}"
+                "\"generator_cpu\":{:.3},\"process_cpu\":{:.3},\"saturated\":{},\"ceiling_share\":{},\"near_ceiling\":{},\"rate\":{},{},\"errors\":[{}]}}"
             ),
             json_string(&self.scenario), json_string(&self.target), self.qos, self.payload_bytes, self.publishers, self.subscribers,
             self.publish_secs, self.published, self.published_per_s, self.deliveries, self.deliveries_per_s,
             self.expected, self.lost, self.duplicated, self.reordered,
             p50, p90, p99, p999, max,
             self.generator_cpu, self.process_cpu, self.is_saturated,
-            self.ceiling_share.map_or("null".to_string(), |s| format!("{s:.3}")), self.is_near_ceiling(), errors.join(",")
+            self.ceiling_share.map_or("null".to_string(), |s| format!("{s:.3}")), self.is_near_ceiling(), opt(self.rate), conns, errors.join(",")
         )
     }
+}
+
+/// Points of the latency distribution, evenly spaced on a log scale of 1 / (1 − q), from p0
+/// to the last percentile the histogram can tell (p99.999 for a million samples).
+fn percentile_curve(hist: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if hist.is_empty() {
+        return Vec::new();
+    }
+    let deepest = (hist.len() as f64).log10().clamp(1.0, 7.0);
+    let steps = 100;
+    (0..=steps)
+        .map(|i| {
+            let nines = deepest * i as f64 / steps as f64;
+            let q = 1.0 - 10f64.powf(-nines);
+            (q * 100.0, hist.value_at_quantile(q) as f64 / 1e3)
+        })
+        .collect()
 }
 
 fn rate(n: u64, secs: f64) -> f64 {

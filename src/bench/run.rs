@@ -3,7 +3,7 @@
 
 use super::client::{self, PublisherSpec, SubscriberResult};
 use super::options::{parse_cpus, Options};
-use super::plan::{Plan, SubscriberPlan};
+use super::plan::{Plan, Shape, SubscriberPlan};
 use super::shared::Shared;
 use crate::protocol::{QoS, Version};
 use glommio::{LocalExecutorBuilder, Placement};
@@ -30,6 +30,39 @@ pub struct ThreadResult {
     pub wall: Duration,
 }
 
+/// Totals at one moment of the run, for the rates-over-time plot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sample {
+    /// Seconds since the start of the run.
+    pub secs: f64,
+    /// Messages published so far.
+    pub published: u64,
+    /// Deliveries so far.
+    pub delivered: u64,
+}
+
+/// How often the timeline is sampled.
+const SAMPLE_EVERY: Duration = Duration::from_millis(250);
+
+/// The QoS of `--qos`.
+pub fn qos_of(opts: &Options) -> QoS {
+    match opts.qos {
+        0 => QoS::AtMostOnce,
+        1 => QoS::AtLeastOnce,
+        _ => QoS::ExactlyOnce,
+    }
+}
+
+/// The plan of `opts`, its topics under `prefix`.
+pub fn plan_of(opts: &Options, prefix: &str) -> Plan {
+    let shape = Shape {
+        n: opts.subscribers,
+        topics: opts.topics,
+        publishers: opts.publishers,
+    };
+    Plan::new(opts.scenario, shape, prefix)
+}
+
 /// Everything a report is made from.
 pub struct Outcome {
     /// The plan that ran.
@@ -42,6 +75,8 @@ pub struct Outcome {
     pub wall: Duration,
     /// CPU time of the whole process (includes the --sink forwarder when there is one).
     pub process_cpu: Duration,
+    /// Totals sampled every `SAMPLE_EVERY`.
+    pub timeline: Vec<Sample>,
 }
 
 /// The connections one thread owns.
@@ -54,17 +89,17 @@ struct Share {
 /// Runs the scenario of `opts` against `addr`.
 pub fn run(opts: &Options, addr: SocketAddr) -> Result<Outcome, String> {
     let prefix = format!("rcb/{}", std::process::id());
-    let plan = Plan::new(opts.scenario, opts.subscribers, &prefix);
+    let plan = plan_of(opts, &prefix);
     let shared = Arc::new(Shared::new(
         plan.publisher_of_stream.clone(),
-        plan.publishers.len(),
+        plan.publishers(),
     ));
     let cpus = opts.cpus.as_deref().map(parse_cpus).transpose()?;
     let shares = split(opts, &plan);
     let started = Instant::now();
     let cpu_before = process_cpu();
     let finished = Arc::new(AtomicBool::new(false));
-    let progress = (!opts.quiet).then(|| progress_line(shared.clone(), finished.clone()));
+    let progress = progress_line(shared.clone(), finished.clone(), opts.quiet);
     let mut handles = Vec::new();
     for (t, share) in shares.into_iter().enumerate() {
         let placement = cpus
@@ -91,15 +126,14 @@ pub fn run(opts: &Options, addr: SocketAddr) -> Result<Outcome, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     finished.store(true, Relaxed);
-    if let Some(p) = progress {
-        let _ = p.join();
-    }
+    let timeline = progress.join().unwrap_or_default();
     Ok(Outcome {
         plan,
         shared,
         threads,
         wall: started.elapsed(),
         process_cpu: process_cpu().saturating_sub(cpu_before),
+        timeline,
     })
 }
 
@@ -111,17 +145,19 @@ fn split(opts: &Options, plan: &Plan) -> Vec<Share> {
     }
     // --window bounds what one subscriber has outstanding; in fanin N publishers share it, so
     // the broker's per-subscriber queue is not overrun by N windows at once.
-    let sharing = plan.subscribers.iter().map(|s| s.topics).max().unwrap_or(1) as u64;
+    let sharing = plan
+        .subscribers
+        .iter()
+        .map(|s| s.publishers)
+        .max()
+        .unwrap_or(1) as u64;
     let window = (opts.window / sharing).max(1);
-    let qos = if opts.qos == 1 {
-        QoS::AtLeastOnce
-    } else {
-        QoS::AtMostOnce
-    };
-    for (i, &topic) in plan.publishers.iter().enumerate() {
+    let qos = qos_of(opts);
+    let rate_per_s = opts.rate.map(|r| r / plan.publishers().max(1) as f64);
+    for (i, topics) in plan.publisher_topics.iter().enumerate() {
         shares[i % opts.threads].publishers.push(PublisherSpec {
             index: i,
-            topic: plan.topics[topic].clone(),
+            topics: plan.topics[topics.clone()].to_vec(),
             streams: plan.streams_of_publisher[i].clone(),
             qos,
             payload_bytes: opts.payload,
@@ -132,6 +168,7 @@ fn split(opts: &Options, plan: &Plan) -> Vec<Share> {
             duration: opts.duration(),
             drain: Duration::from_secs_f64(opts.drain),
             poll_other_threads: opts.threads > 1,
+            rate_per_s,
         });
     }
     shares
@@ -152,11 +189,7 @@ async fn run_thread(
     } else {
         Version::V311
     };
-    let qos = if opts.qos == 1 {
-        QoS::AtLeastOnce
-    } else {
-        QoS::AtMostOnce
-    };
+    let qos = qos_of(&opts);
     let drain = Duration::from_secs_f64(opts.drain);
     // Bounds are constants that are valid for hdrhistogram (low ≥ 1, high ≥ 2·low, sigfig ≤ 5).
     let histogram = Rc::new(RefCell::new(
@@ -209,28 +242,41 @@ async fn run_thread(
     }
 }
 
-/// Prints one line a second on stderr until `finished`.
-fn progress_line(shared: Arc<Shared>, finished: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+/// Samples the totals every `SAMPLE_EVERY` and, unless `quiet`, prints one line a second on
+/// stderr, until `finished`. Gives back the samples.
+fn progress_line(
+    shared: Arc<Shared>,
+    finished: Arc<AtomicBool>,
+    quiet: bool,
+) -> std::thread::JoinHandle<Vec<Sample>> {
     std::thread::spawn(move || {
-        let (mut published, mut delivered, mut tick) = (0, 0, 0u64);
+        let mut timeline = Vec::new();
+        let (mut published, mut delivered, mut tick, mut line) = (0, 0, 0u32, 0u64);
         while !finished.load(Relaxed) {
-            std::thread::sleep(Duration::from_millis(100));
-            if shared.start.elapsed() < Duration::from_secs(tick + 1) {
+            std::thread::sleep(Duration::from_millis(50));
+            if shared.start.elapsed() < SAMPLE_EVERY * (tick + 1) {
                 continue;
             }
             tick += 1;
-            let (p, d) = (
-                shared.published.load(Relaxed),
-                shared.delivered.load(Relaxed),
-            );
+            let sample = Sample {
+                secs: shared.start.elapsed().as_secs_f64(),
+                published: shared.published.load(Relaxed),
+                delivered: shared.delivered.load(Relaxed),
+            };
+            timeline.push(sample);
+            if quiet || shared.start.elapsed() < Duration::from_secs(line + 1) {
+                continue;
+            }
+            line += 1;
             let ready = shared.subscribed.load(Relaxed);
             eprintln!(
-                "[{tick:>3}s] subscribed {ready}  published {:>10}/s  delivered {:>11}/s",
-                p - published,
-                d - delivered
+                "[{line:>3}s] subscribed {ready}  published {:>10}/s  delivered {:>11}/s",
+                sample.published - published,
+                sample.delivered - delivered
             );
-            (published, delivered) = (p, d);
+            (published, delivered) = (sample.published, sample.delivered);
         }
+        timeline
     })
 }
 
@@ -251,7 +297,7 @@ fn rusage_cpu(who: libc::c_int) -> Duration {
 }
 
 /// CPU time of the calling thread.
-fn thread_cpu() -> Duration {
+pub fn thread_cpu() -> Duration {
     rusage_cpu(libc::RUSAGE_THREAD)
 }
 

@@ -7,16 +7,26 @@ use crate::protocol::{Packet, Version};
 use bytes::BytesMut;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 /// Packet type of PUBLISH in the fixed header's high nibble.
 const PUBLISH_TYPE: u8 = 3;
+/// Pending connections the sink's listener holds (the kernel caps it at somaxconn).
+const LISTEN_BACKLOG: libc::c_int = 4096;
 /// Bytes read from the publisher at a time.
 const READ_CHUNK_BYTES: usize = 256 << 10;
 
 /// Starts the sink on an ephemeral loopback port, its threads pinned to `cpu` if given.
 pub fn start(cpu: Option<usize>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
+    // std listens with a backlog of 128; the generator opens every subscriber at once and the
+    // handshakes are served one by one, so 1000 subscribers overflowed it (connections reset).
+    // SAFETY: plain syscall on a socket this function owns; calling listen() again on a
+    // listening socket only changes its backlog.
+    if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
     let addr = listener.local_addr()?;
     std::thread::Builder::new()
         .name("sink".into())

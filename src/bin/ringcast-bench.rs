@@ -2,9 +2,9 @@
 //! against its own `--sink` forwarder) and prints a table or one JSON object.
 
 use clap::Parser;
-use ringcast::bench::options::Options;
+use ringcast::bench::options::{Options, Scenario};
 use ringcast::bench::report::Report;
-use ringcast::bench::{run, sink};
+use ringcast::bench::{conns, html, run, sink};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
@@ -12,6 +12,12 @@ fn main() -> ExitCode {
     let opts = Options::parse();
     match bench(&opts) {
         Ok(report) => {
+            if let Some(path) = &opts.html {
+                if let Err(e) = std::fs::write(path, html::page(&report)) {
+                    eprintln!("ringcast-bench: cannot write {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            }
             if opts.json {
                 println!("{}", report.json());
             } else {
@@ -40,6 +46,10 @@ fn bench(opts: &Options) -> Result<Report, String> {
         let addr = loopback(&opts.host, opts.port)?;
         (addr, addr.to_string())
     };
+    if opts.scenario == Scenario::Conns {
+        let outcome = conns::run(opts, addr)?;
+        return Ok(Report::from_conns(opts, target, outcome));
+    }
     let outcome = run::run(opts, addr)?;
     Ok(Report::new(opts, target, outcome))
 }

@@ -141,6 +141,7 @@ impl Codec {
         Ok(())
     }
 
+    #[inline]
     fn decode_body(&mut self, header: &FixedHeader, body: Bytes) -> Result<Packet, DecodeError> {
         let Some(version) = self.version else {
             // Only CONNECT gets here (`check_header`); it fixes the version.
@@ -167,6 +168,7 @@ fn restore(buf: &mut BytesMut, frame: Bytes) {
 }
 
 /// Reads the body of the packet `header` announces.
+#[inline]
 fn read_packet(header: &FixedHeader, r: &mut Reader) -> Result<Packet, DecodeError> {
     let packet_type = header.packet_type;
     Ok(match packet_type {

@@ -283,6 +283,7 @@ pub(crate) fn write(p: &Properties, out: &mut BytesMut) -> Result<(), EncodeErro
 }
 
 /// Reads a property list in 5.0; a 3.1.1 packet has none.
+#[inline]
 pub(crate) fn read_v5(r: &mut Reader, context: Context) -> Result<Properties, DecodeError> {
     match r.version() {
         Version::V5 => read(r, context),

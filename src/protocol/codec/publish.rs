@@ -12,6 +12,7 @@ use super::writer;
 use crate::protocol::packet::{Publish, QoS, Version};
 
 /// Reads a PUBLISH body with the fixed header's `flags`.
+#[inline]
 pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, DecodeError> {
     // Both QoS bits set is malformed [MQTT-3.3.1-4].
     let qos = QoS::from_bits((flags >> 1) & 0b11).ok_or(DecodeError::InvalidQoS)?;

@@ -130,10 +130,14 @@ impl Reader {
     pub(crate) fn string(&mut self) -> Result<MqttString, DecodeError> {
         let bytes = self.binary()?;
         // `from_utf8` rejects ill-formed sequences and encoded surrogates (U+D800..U+DFFF).
+        // Checked once here; `from_validated` does not scan the bytes again.
         if std::str::from_utf8(&bytes).is_err() {
             return Err(DecodeError::InvalidUtf8);
         }
-        MqttString::from_bytes(bytes).ok_or(DecodeError::NullCharacter)
+        if bytes.contains(&0) {
+            return Err(DecodeError::NullCharacter);
+        }
+        Ok(MqttString::from_validated(bytes))
     }
 
     #[inline]
