@@ -145,7 +145,7 @@ impl Default for Limits {
         Limits {
             packet_size_max: 1 << 20,
             connections_max: 100_000,
-            inflight_max: 32,
+            inflight_max: 100,
             queue_messages_max: 1_000,
             queue_bytes_max: 16 << 20,
             subscriptions_max: 1_000,

@@ -480,6 +480,7 @@ fn small_broker(adjust: impl FnOnce(&mut ringcast::config::Config)) -> Broker {
         c.limits.subscriber_stall_ms = 200;
         c.limits.queue_messages_max = 100;
         c.limits.queue_bytes_max = 1 << 20;
+        c.limits.inflight_max = 32;
         c.backpressure.memory_ceiling_bytes = 4 << 20;
         c.backpressure.memory_resume_bytes = 3 << 20;
         adjust(c);

@@ -23,6 +23,10 @@ use std::time::Duration;
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 16 << 10;
+/// Bytes asked of the socket per read on a new connection; doubled (up to
+/// `READ_CHUNK_BYTES`) whenever a read fills it, so idle connections stay small and busy
+/// publishers soon read in large chunks.
+const READ_START_BYTES: usize = 1 << 10;
 /// How long a closing connection may take to flush what is queued.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,6 +56,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
         shard: shard.clone(),
         stream,
         buf: BytesMut::new(),
+        read_chunk: READ_START_BYTES,
         codec: Codec::new(shard.limits.packet_size_max),
         outbox: outbox.clone(),
         version: Version::V311,
@@ -83,6 +88,8 @@ struct Conn {
     shard: Rc<Shard>,
     stream: TcpStream,
     buf: BytesMut,
+    /// Bytes asked of the socket per read (see `READ_START_BYTES`).
+    read_chunk: usize,
     codec: Codec,
     outbox: Rc<Outbox>,
     version: Version,
@@ -176,11 +183,12 @@ impl Conn {
 
     /// Reads what the socket has into the buffer.
     async fn fill(&mut self) -> Result<(), ReadError> {
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK_BYTES {
-            self.buf.reserve(READ_CHUNK_BYTES * 4);
+        let chunk = self.read_chunk;
+        if self.buf.capacity() - self.buf.len() < chunk {
+            self.buf.reserve(chunk * 4);
         }
         let start = self.buf.len();
-        self.buf.resize(start + READ_CHUNK_BYTES, 0);
+        self.buf.resize(start + chunk, 0);
         let read = self.stream.read(&mut self.buf[start..]).await;
         if matches!(&read, Err(e) if e.kind() == std::io::ErrorKind::TimedOut) {
             self.buf.truncate(start);
@@ -190,6 +198,9 @@ impl Conn {
         self.buf.truncate(start + n);
         if n == 0 {
             return Err(ReadError::Gone);
+        }
+        if n == chunk {
+            self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES);
         }
         self.shard.metrics.add_bytes_received(n);
         Ok(())
