@@ -21,7 +21,8 @@ const FRAMES_PER_WRITE: usize = 256;
 /// the socket down so the reader sees end of stream too. The caller keeps `fd` open until
 /// this returns (or drops this future).
 pub async fn run(fd: RawFd, outbox: Rc<Outbox>) {
-    let mut iov: Vec<libc::iovec> = Vec::with_capacity(FRAMES_PER_WRITE * 2);
+    // Grows with the largest batch this connection writes, so idle connections stay small.
+    let mut iov: Vec<libc::iovec> = Vec::new();
     let mut slow: Option<TcpStream> = None;
     loop {
         std::future::poll_fn(|cx| outbox.poll_ready(cx)).await;
