@@ -7,7 +7,7 @@
 
 use crate::shard::session::SessionState;
 use crate::shard::{Message, SessionKey};
-use glommio::channels::channel_mesh::{Receivers, Senders};
+use glommio::channels::channel_mesh::Senders;
 use glommio::channels::local_channel::{self, LocalReceiver, LocalSender};
 use glommio::net::AcceptedTcpStream;
 use glommio::ResourceType;
@@ -227,14 +227,4 @@ impl Mesh {
             self.send_direct(to, msg).await;
         }
     }
-}
-
-/// Takes the receiving ends of a joined mesh apart, one stream per peer.
-pub fn peer_streams(
-    receivers: &mut Receivers<MeshMsg>,
-) -> Vec<(
-    ShardId,
-    glommio::channels::shared_channel::ConnectedReceiver<MeshMsg>,
-)> {
-    receivers.streams()
 }

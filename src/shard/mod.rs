@@ -939,11 +939,6 @@ impl Shard {
             self.publish_will(will).await;
         }
     }
-
-    /// Number of sessions (online and offline) on this shard.
-    pub fn session_count(&self) -> usize {
-        self.state.borrow().sessions.len()
-    }
 }
 
 /// Removes a session and its subscriptions; returns it with the filters no longer
