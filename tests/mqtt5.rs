@@ -931,9 +931,7 @@ mod rumqttc_v5 {
     use super::*;
     use rumqttc::v5::mqttbytes::v5::{Filter, Packet as P, PublishProperties};
     use rumqttc::v5::mqttbytes::QoS as Q;
-    use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
-
-    const WAIT: Duration = Duration::from_secs(3);
+    use rumqttc::v5::{Event, EventLoop};
 
     fn block_on<F: std::future::Future<Output = ()>>(body: F) {
         tokio::runtime::Builder::new_current_thread()
@@ -943,35 +941,7 @@ mod rumqttc_v5 {
             .block_on(body)
     }
 
-    async fn until<T>(events: &mut EventLoop, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-        let wait = async {
-            loop {
-                match events.poll().await {
-                    Ok(event) => {
-                        if let Some(found) = pick(&event) {
-                            return found;
-                        }
-                    }
-                    Err(e) => panic!("v5 connection failed: {e:?}"),
-                }
-            }
-        };
-        tokio::time::timeout(WAIT, wait)
-            .await
-            .expect("timed out waiting for the broker")
-    }
-
-    async fn connect(broker: &Broker, id: &str) -> (AsyncClient, EventLoop) {
-        let mut options = MqttOptions::new(id, "127.0.0.1", broker.addr.port());
-        options.set_keep_alive(Duration::from_secs(30));
-        let (client, mut events) = AsyncClient::new(options, 16);
-        until(&mut events, |e| match e {
-            Event::Incoming(P::ConnAck(ack)) => Some(ack.code),
-            _ => None,
-        })
-        .await;
-        (client, events)
-    }
+    use common::rumqttc_v5::{connect, until};
 
     async fn suback(events: &mut EventLoop) {
         until(events, |e| {

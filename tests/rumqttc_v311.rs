@@ -428,38 +428,9 @@ mod v5 {
     use super::*;
     use rumqttc::v5::mqttbytes::v5::Packet;
     use rumqttc::v5::mqttbytes::QoS as QoS5;
-    use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+    use rumqttc::v5::Event;
 
-    async fn until<T>(events: &mut EventLoop, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
-        let wait = async {
-            loop {
-                match events.poll().await {
-                    Ok(event) => {
-                        if let Some(found) = pick(&event) {
-                            return found;
-                        }
-                    }
-                    Err(e) => panic!("v5 connection failed: {e:?}"),
-                }
-            }
-        };
-        tokio::time::timeout(WAIT, wait)
-            .await
-            .expect("v5 client timed out waiting for the broker")
-    }
-
-    async fn connect(broker: &Broker, id: &str) -> (AsyncClient, EventLoop) {
-        let mut options = MqttOptions::new(id, "127.0.0.1", broker.addr.port());
-        options.set_keep_alive(Duration::from_secs(30));
-        let (client, mut events) = AsyncClient::new(options, 16);
-        let code = until(&mut events, |e| match e {
-            Event::Incoming(Packet::ConnAck(ack)) => Some(ack.code),
-            _ => None,
-        })
-        .await;
-        assert_eq!(code, rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success);
-        (client, events)
-    }
+    use common::rumqttc_v5::{connect, until};
 
     on_1_and_4_shards!(
         mqtt5_3_3_4_qos1_publish_round_trip_with_v5_client,

@@ -336,3 +336,44 @@ macro_rules! on_1_and_4_shards {
         }
     };
 }
+
+/// Helpers for tests driving the broker with rumqttc's MQTT 5 client.
+pub mod rumqttc_v5 {
+    use super::{Broker, WAIT};
+    use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
+    use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+    use std::time::Duration;
+
+    /// Polls `events` until `pick` finds something, failing the test after `WAIT`.
+    pub async fn until<T>(events: &mut EventLoop, mut pick: impl FnMut(&Event) -> Option<T>) -> T {
+        let wait = async {
+            loop {
+                match events.poll().await {
+                    Ok(event) => {
+                        if let Some(found) = pick(&event) {
+                            return found;
+                        }
+                    }
+                    Err(e) => panic!("v5 connection failed: {e:?}"),
+                }
+            }
+        };
+        tokio::time::timeout(WAIT, wait)
+            .await
+            .expect("v5 client timed out waiting for the broker")
+    }
+
+    /// Connects a v5 client and checks that the CONNACK accepts it.
+    pub async fn connect(broker: &Broker, id: &str) -> (AsyncClient, EventLoop) {
+        let mut options = MqttOptions::new(id, "127.0.0.1", broker.addr.port());
+        options.set_keep_alive(Duration::from_secs(30));
+        let (client, mut events) = AsyncClient::new(options, 16);
+        let code = until(&mut events, |e| match e {
+            Event::Incoming(Packet::ConnAck(ack)) => Some(ack.code),
+            _ => None,
+        })
+        .await;
+        assert_eq!(code, ConnectReturnCode::Success);
+        (client, events)
+    }
+}
