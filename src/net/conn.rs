@@ -11,7 +11,8 @@ use crate::protocol::{
     connack_v3, Ack, ConnAck, Connect, Disconnect, MqttString, Packet, Properties, Publish, QoS,
     ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
-use crate::shard::session::{push_packet, PeerLimits, Session, Subscription};
+use crate::shard::encoder::push_packet;
+use crate::shard::session::{PeerLimits, Session, Subscription};
 use crate::shard::{Message, SessionKey, Shard};
 use bytes::BytesMut;
 use futures_lite::AsyncReadExt;
@@ -312,12 +313,10 @@ impl Conn {
         let version = self.version;
         // CONNACK and attaching happen together, and only if no newer connection took the
         // session over while the interest announcement was in flight.
-        let attached = self
-            .shard
-            .with_session(key, self.token, |s, limits, scratch| {
-                push_packet(&outbox, &connack, version, scratch);
-                s.resume(outbox, limits, scratch)
-            });
+        let attached = self.shard.with_session(key, self.token, |s, limits, enc| {
+            push_packet(&outbox, &connack, version, &mut enc.scratch);
+            s.resume(outbox, limits, enc)
+        });
         if attached.is_none() {
             self.outbox.close();
             return false;
@@ -449,7 +448,7 @@ impl Conn {
 
     fn session<R>(
         &mut self,
-        f: impl FnOnce(&mut Session, &crate::config::Limits, &mut BytesMut) -> R,
+        f: impl FnOnce(&mut Session, &crate::config::Limits, &mut crate::shard::encoder::Encoder) -> R,
     ) -> Option<R> {
         self.shard.with_session(self.key, self.token, f)
     }

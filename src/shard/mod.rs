@@ -4,6 +4,7 @@
 //! Shard state is `!Send` and never leaves its thread; other shards reach it only through
 //! `MeshMsg`s, handled in `on_message`.
 
+pub mod encoder;
 pub mod overflow;
 pub mod requests;
 pub mod retained;
@@ -16,7 +17,7 @@ use crate::mesh::{Mesh, MeshMsg, RequestId, ShardId};
 use crate::metrics::Metrics;
 use crate::net::ceiling::Pressure;
 use crate::protocol::{Packet, Publish, ReasonCode, Version, Will};
-use bytes::BytesMut;
+use encoder::Encoder;
 use requests::Requests;
 use retained::Retained;
 use session::{Outgoing, Session, SessionState, Subscription};
@@ -37,8 +38,8 @@ const SHARE_HOPS_MAX: u8 = 8;
 /// A PUBLISH as the broker routes it: the packet plus what routing needs beside it.
 #[derive(Clone, Debug)]
 pub struct Message {
-    /// The PUBLISH as received (topic alias resolved).
-    pub publish: Publish,
+    /// The PUBLISH as received (topic alias resolved), shared by all its subscribers.
+    pub publish: Arc<Publish>,
     /// Connection token of the publisher, for No Local; 0 for none.
     pub origin: u64,
     /// When its Message Expiry Interval runs out, counted from receipt.
@@ -53,7 +54,7 @@ impl Message {
             .message_expiry_interval
             .map(|secs| Instant::now() + Duration::from_secs(secs as u64));
         Message {
-            publish,
+            publish: Arc::new(publish),
             origin,
             expires_at,
         }
@@ -144,7 +145,7 @@ pub struct State {
     retained: Retained,
     /// Home-shard role: where each client id homed here is held.
     registry: HashMap<String, Owner>,
-    scratch: BytesMut,
+    enc: Encoder,
     matches: Vec<(SessionKey, Subscription)>,
     /// Pending will publications (delayed by Will Delay Interval), by connection token.
     pending_wills: HashMap<u64, Will>,
@@ -280,7 +281,7 @@ impl Shard {
         &self,
         key: SessionKey,
         token: u64,
-        f: impl FnOnce(&mut Session, &Limits, &mut BytesMut) -> R,
+        f: impl FnOnce(&mut Session, &Limits, &mut Encoder) -> R,
     ) -> Option<R> {
         let mut st = self.state.borrow_mut();
         let st = &mut *st;
@@ -288,7 +289,7 @@ impl Shard {
             .sessions
             .get_mut(&key)
             .filter(|s| s.conn_token == token)?;
-        Some(f(session, &self.limits, &mut st.scratch))
+        Some(f(session, &self.limits, &mut st.enc))
     }
 
     /// Tells every other shard that this shard now subscribes to `filters`, and waits until
@@ -383,24 +384,24 @@ impl Shard {
             return;
         };
         let limits = &self.limits;
-        let scratch = &mut st.scratch;
+        let enc = &mut st.enc;
         let share = filter.starts_with(SHARE_PREFIX).then(|| filter.to_string());
         let filter = share_filter(filter).unwrap_or(filter);
         st.retained.for_each_match(filter, |retained| {
             if retained.is_expired() {
                 return;
             }
-            let mut publish = retained.publish.clone();
-            publish.qos = publish.qos.min(sub.options.qos);
-            publish.retain = true;
-            publish.properties.subscription_identifiers = sub.id.into_iter().collect();
             let out = Outgoing {
-                publish,
+                publish: retained.publish.clone(),
+                qos: retained.publish.qos.min(sub.options.qos),
+                retain: true,
+                ids: sub.id.into_iter().collect(),
                 expires_at: retained.expires_at,
                 share: share.clone(),
             };
-            session.deliver(out, limits, scratch);
+            session.deliver(out, limits, enc);
         });
+        enc.forget();
     }
 
     /// Routes a publish from a client of this shard: local subscribers now, other shards
@@ -473,7 +474,7 @@ impl Shard {
             trie,
             matches,
             sessions,
-            scratch,
+            enc,
             ..
         } = st;
         matches.clear();
@@ -488,20 +489,16 @@ impl Shard {
             };
             let is_own = message.origin != 0 && session.conn_token == message.origin;
             let subs = run.iter().map(|(_, sub)| sub);
-            let Some(publish) = publish_for(&message.publish, subs, is_own) else {
+            let Some(out) = outgoing(message, subs, is_own) else {
                 continue;
             };
             any = true;
-            let out = Outgoing {
-                publish,
-                expires_at: message.expires_at,
-                share: None,
-            };
-            session.deliver(out, &self.limits, scratch);
+            session.deliver(out, &self.limits, enc);
             self.metrics
                 .messages_sent
                 .set(self.metrics.messages_sent.get() + 1);
         }
+        enc.forget();
         any
     }
 
@@ -570,15 +567,12 @@ impl Shard {
         let Some(sub) = session.subscriptions.get(share) else {
             return false;
         };
-        let Some(publish) = publish_for(&message.publish, std::iter::once(sub), false) else {
+        let Some(mut out) = outgoing(message, std::iter::once(sub), false) else {
             return false;
         };
-        let out = Outgoing {
-            publish,
-            expires_at: message.expires_at,
-            share: Some(share.to_string()),
-        };
-        session.deliver(out, &self.limits, &mut st.scratch);
+        out.share = Some(share.to_string());
+        session.deliver(out, &self.limits, &mut st.enc);
+        st.enc.forget();
         self.metrics
             .messages_sent
             .set(self.metrics.messages_sent.get() + 1);
@@ -699,7 +693,7 @@ impl Shard {
 
     /// Publishes a will as its client's last PUBLISH.
     pub async fn publish_will(&self, will: Will) {
-        let publish = Publish {
+        let mut publish = Publish {
             dup: false,
             qos: will.qos,
             retain: will.retain,
@@ -708,9 +702,9 @@ impl Shard {
             properties: will.properties,
             payload: will.payload,
         };
-        let mut message = Message::received(publish, 0);
         // Will Delay Interval is a will property, not one of the PUBLISH [MQTT-3.1.3-10].
-        message.publish.properties.will_delay_interval = None;
+        publish.properties.will_delay_interval = None;
+        let message = Message::received(publish, 0);
         // Routed without waiting (for room or for retained replicas): a will may be published
         // from a ring receiver, which must never wait on its own ring.
         self.metrics
@@ -733,7 +727,7 @@ impl Shard {
                     reason,
                     properties: Default::default(),
                 });
-                session::push_packet(&outbox, &packet, Version::V5, &mut st.scratch);
+                st.enc.push_packet(&outbox, &packet, Version::V5);
             }
             outbox.close();
             wills.extend(session.will.take());
@@ -906,11 +900,11 @@ impl Shard {
             st.pending_wills.remove(&token);
             let id = self.id();
             key.and_then(|key| remove_session(&mut st, id, key).map(|r| (key, r)))
-                .map(|(key, (session, gone))| (key, session, gone, std::mem::take(&mut st.scratch)))
+                .map(|(key, (session, gone))| (key, session, gone, std::mem::take(&mut st.enc)))
         };
         let mut state = None;
         let mut will = None;
-        if let Some((key, mut session, gone, mut scratch)) = taken {
+        if let Some((key, mut session, gone, mut enc)) = taken {
             self.withdraw(key, gone);
             if let Some(outbox) = session.outbox.take() {
                 if session.version == Version::V5 {
@@ -918,7 +912,7 @@ impl Shard {
                         reason: ReasonCode::SESSION_TAKEN_OVER,
                         properties: Default::default(),
                     });
-                    session::push_packet(&outbox, &packet, Version::V5, &mut scratch);
+                    enc.push_packet(&outbox, &packet, Version::V5);
                 }
                 outbox.close();
                 // A will with a delay is not due: the client is back within it.
@@ -927,7 +921,7 @@ impl Shard {
                     .take()
                     .filter(|w| w.properties.will_delay_interval.unwrap_or(0) == 0);
             }
-            self.state.borrow_mut().scratch = scratch;
+            self.state.borrow_mut().enc = enc;
             if wants_state && session.is_persistent {
                 state = Some(Box::new(session.take_state()));
             } else {
@@ -1013,15 +1007,16 @@ fn leave_group(st: &mut State, share: &str, member: (ShardId, SessionKey)) {
     }
 }
 
-/// The PUBLISH one session gets through its matching subscriptions `subs`: the highest QoS
-/// granted, capped by the publish QoS; RETAIN kept only where Retain As Published asks
-/// [MQTT-3.3.1-12]; every Subscription Identifier. None when all of them are No Local
+/// The message as one session gets it through its matching subscriptions `subs`: the
+/// highest QoS granted, capped by the publish QoS; RETAIN kept only where Retain As Published
+/// asks [MQTT-3.3.1-12]; every Subscription Identifier. None when all of them are No Local
 /// subscriptions of the publishing client itself [MQTT-3.8.3-3].
-fn publish_for<'a>(
-    publish: &Publish,
+fn outgoing<'a>(
+    message: &Message,
     subs: impl Iterator<Item = &'a Subscription>,
     is_own: bool,
-) -> Option<Publish> {
+) -> Option<Outgoing> {
+    let publish = &message.publish;
     let mut qos = None;
     let mut retain = false;
     let mut ids = Vec::new();
@@ -1030,12 +1025,14 @@ fn publish_for<'a>(
         retain |= sub.options.retain_as_published && publish.retain;
         ids.extend(sub.id);
     }
-    let mut out = publish.clone();
-    out.qos = publish.qos.min(qos?);
-    out.retain = retain;
-    out.dup = false;
-    out.properties.subscription_identifiers = ids;
-    Some(out)
+    Some(Outgoing {
+        publish: publish.clone(),
+        qos: publish.qos.min(qos?),
+        retain,
+        ids,
+        expires_at: message.expires_at,
+        share: None,
+    })
 }
 
 /// Counts one more local subscription on `filter`; true when it is the first.

@@ -2,15 +2,17 @@
 //! the queue behind it, and inbound QoS 2 packet ids. Pure state: it encodes packets into the
 //! connection's outbox but does no I/O itself.
 
+use super::encoder::{push_publish, Encoder};
 use super::overflow;
 use crate::config::Limits;
 use crate::net::ceiling::{DropReason, Pressure};
-use crate::net::outbox::{Frame, Outbox};
-use crate::protocol::codec::{self, encode};
+use crate::net::outbox::Outbox;
+use crate::protocol::codec;
 use crate::protocol::{Ack, Packet, Publish, QoS, SubscriptionOptions, Version, Will};
-use bytes::BytesMut;
+use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Payloads up to this size queued for an offline session are copied out of the read buffer
@@ -29,15 +31,12 @@ pub enum Phase {
 /// An outbound message that has a packet id and is not yet acknowledged.
 #[derive(Clone, Debug)]
 pub struct Inflight {
-    /// The PUBLISH as sent to this client (its QoS, packet id and retain flag).
-    pub publish: Publish,
+    /// The message as this client gets it.
+    pub out: Outgoing,
+    /// The packet id it was sent with.
+    pub pkid: u16,
     /// Where its flow stands.
     pub phase: Phase,
-    /// The shared subscription (`$share/group/filter`) it came through, if any: should this
-    /// session go away before the client acknowledges it, another member gets it.
-    pub share: Option<String>,
-    /// Its Message Expiry deadline, kept for handing a shared message to another member.
-    pub expires_at: Option<Instant>,
 }
 
 /// One subscription as a session and the trie keep it.
@@ -49,27 +48,61 @@ pub struct Subscription {
     pub id: Option<u32>,
 }
 
-/// A message on its way to one session: the PUBLISH as this client will get it (QoS, retain,
-/// subscription identifiers already chosen) and what the session needs to send it right.
+/// A message on its way to one session: the PUBLISH as received, shared with every other
+/// subscriber, and what this client gets of it (QoS, retain, subscription identifiers).
 #[derive(Clone, Debug)]
 pub struct Outgoing {
-    /// The PUBLISH for this client.
-    pub publish: Publish,
+    /// The PUBLISH as received.
+    pub publish: Arc<Publish>,
+    /// The QoS this client gets: its granted maximum, capped by the publish QoS.
+    pub qos: QoS,
+    /// RETAIN as this client gets it.
+    pub retain: bool,
+    /// The Subscription Identifiers of its matching subscriptions (5.0).
+    pub ids: Vec<u32>,
     /// When its Message Expiry Interval runs out; an expired message is never sent
     /// [MQTT-3.3.2-5].
     pub expires_at: Option<Instant>,
-    /// The shared subscription it came through, if any.
+    /// The shared subscription (`$share/group/filter`) it came through, if any: should this
+    /// session go away before the client acknowledges it, another member gets it.
     pub share: Option<String>,
 }
 
 impl Outgoing {
-    /// A message with no expiry that came through a plain subscription.
+    /// The message as published, with no expiry, through a plain subscription.
     pub fn plain(publish: Publish) -> Outgoing {
         Outgoing {
-            publish,
+            qos: publish.qos,
+            retain: publish.retain,
+            ids: Vec::new(),
+            publish: Arc::new(publish),
             expires_at: None,
             share: None,
         }
+    }
+
+    /// Whether the PUBLISH this client gets differs from the received one in nothing but QoS,
+    /// retain and packet id, so the fan-out's shared header serves it.
+    fn is_plain(&self) -> bool {
+        self.ids.is_empty() && self.expires_at.is_none()
+    }
+
+    /// The PUBLISH this client gets, as a copy of its own. Its Message Expiry Interval is
+    /// lowered by the time it waited [MQTT-3.3.2-6].
+    pub fn to_publish(&self, pkid: u16, dup: bool) -> Publish {
+        let mut publish = Publish::clone(&self.publish);
+        publish.qos = self.qos;
+        publish.retain = self.retain;
+        publish.pkid = pkid;
+        publish.dup = dup;
+        publish.properties.subscription_identifiers = self.ids.clone();
+        if let Some(deadline) = self.expires_at {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // Rounded up: a message with time left is not announced as already expired.
+            let secs = left.as_millis().div_ceil(1000).max(1);
+            publish.properties.message_expiry_interval = Some(secs.min(u32::MAX as u128) as u32);
+        }
+        publish
     }
 }
 
@@ -237,30 +270,44 @@ impl Session {
 
     /// Offers a message at the QoS granted for this client. Order is kept across QoS levels:
     /// once anything waits in the queue, QoS 0 messages wait behind it [MQTT-4.6.0-6].
-    pub fn deliver(&mut self, out: Outgoing, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
-        let is_qos0 = out.publish.qos == QoS::AtMostOnce;
+    pub fn deliver(&mut self, out: Outgoing, limits: &Limits, enc: &mut Encoder) -> Delivery {
+        let is_qos0 = out.qos == QoS::AtMostOnce;
         if !self.is_online() && is_qos0 {
-            return self.drop_message(DropReason::Offline, out.publish.qos);
+            return self.drop_message(DropReason::Offline, out.qos);
         }
         // The client will never accept it, so it is not worth a place in the queue.
-        if codec::publish_len(&out.publish, self.version) > self.peer.packet_size_max as usize {
+        if self.is_too_large(&out, enc) {
             self.counters.too_large += 1;
             return Delivery::Dropped;
         }
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
-            return self.send_now(out, limits, scratch);
+            return self.send_now(out, limits, enc);
         }
         self.enqueue(out, limits)
     }
 
+    /// Whether the PUBLISH for `out` is over the client's Maximum Packet Size.
+    fn is_too_large(&self, out: &Outgoing, enc: &mut Encoder) -> bool {
+        let max = self.peer.packet_size_max as usize;
+        if max == u32::MAX as usize {
+            return false;
+        }
+        let shared = (out.ids.is_empty())
+            .then(|| enc.shared_len(&out.publish, self.version, out.qos, out.retain))
+            .flatten();
+        let len =
+            shared.unwrap_or_else(|| codec::publish_len(&out.to_publish(0, false), self.version));
+        len > max
+    }
+
     /// Sends at once: QoS 0 unless the connection's write buffer is over its bound, QoS 1/2
     /// into the window. A message whose expiry ran out is dropped instead.
-    fn send_now(&mut self, out: Outgoing, limits: &Limits, scratch: &mut BytesMut) -> Delivery {
-        let Some(publish) = self.unexpired(out.publish, out.expires_at) else {
+    fn send_now(&mut self, out: Outgoing, limits: &Limits, enc: &mut Encoder) -> Delivery {
+        if self.is_expired(&out) {
             return Delivery::Dropped;
-        };
-        if publish.qos != QoS::AtMostOnce {
-            self.send_new(publish, out.share, out.expires_at, scratch);
+        }
+        if out.qos != QoS::AtMostOnce {
+            self.send_new(out, enc);
             return Delivery::Sent;
         }
         let Some(outbox) = &self.outbox else {
@@ -276,34 +323,25 @@ impl Session {
                 return self.drop_message(DropReason::WriteBufferFull, QoS::AtMostOnce);
             }
         }
-        self.write_publish(&publish, scratch);
+        self.write_publish(&out, 0, enc);
         Delivery::Sent
     }
 
-    /// The message with its Message Expiry Interval lowered by the time it waited
-    /// [MQTT-3.3.2-6], or None (counted) when it has expired.
-    fn unexpired(&mut self, mut publish: Publish, expires_at: Option<Instant>) -> Option<Publish> {
-        let Some(deadline) = expires_at else {
-            return Some(publish);
-        };
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            self.counters.expired += 1;
-            return None;
-        }
-        // Rounded up: a message with time left is not announced as already expired.
-        let secs = left.as_millis().div_ceil(1000);
-        publish.properties.message_expiry_interval = Some(secs.min(u32::MAX as u128) as u32);
-        Some(publish)
+    /// Whether the Message Expiry Interval of `out` has run out (counted).
+    fn is_expired(&mut self, out: &Outgoing) -> bool {
+        let expired = out.expires_at.is_some_and(|at| at <= Instant::now());
+        self.counters.expired += u64::from(expired);
+        expired
     }
 
     fn enqueue(&mut self, mut out: Outgoing, limits: &Limits) -> Delivery {
         let size = out.publish.payload.len();
         if !self.is_online() && size <= OFFLINE_COPY_BYTES_MAX {
             // Held for long: a small slice must not keep its whole 64 KiB read buffer alive.
-            out.publish.payload = bytes::Bytes::copy_from_slice(&out.publish.payload);
+            let publish = Arc::make_mut(&mut out.publish);
+            publish.payload = Bytes::copy_from_slice(&publish.payload);
         }
-        let qos = out.publish.qos;
+        let qos = out.qos;
         while self.is_queue_full(size, limits) {
             if qos != QoS::AtMostOnce {
                 overflow::over_bound(self, limits, Instant::now());
@@ -335,7 +373,7 @@ impl Session {
     /// Removes the oldest queued QoS 0 message (drop-oldest policy); returns whether one was.
     pub(super) fn drop_oldest_queued(&mut self) -> bool {
         let queue = &self.queue;
-        let Some(index) = queue.iter().position(|o| o.publish.qos == QoS::AtMostOnce) else {
+        let Some(index) = queue.iter().position(|o| o.qos == QoS::AtMostOnce) else {
             return false;
         };
         let Some(old) = self.queue.remove(index) else {
@@ -364,43 +402,43 @@ impl Session {
     /// Writes a PUBLISH to the connection, replacing its topic by an outbound topic alias
     /// where the client allows them: a topic's first PUBLISH sets the alias, later ones send
     /// an empty topic. Aliases are given first come, first served until the client's maximum.
-    fn write_publish(&mut self, publish: &Publish, scratch: &mut BytesMut) {
+    fn write_publish(&mut self, out: &Outgoing, pkid: u16, enc: &mut Encoder) {
         let Some(outbox) = &self.outbox else {
             return;
         };
-        if self.peer.topic_alias_max == 0 || self.version != Version::V5 {
-            push_publish(outbox, publish, self.version, scratch);
+        let is_aliased = self.peer.topic_alias_max != 0 && self.version == Version::V5;
+        if out.is_plain() && !is_aliased {
+            enc.push_shared(
+                outbox,
+                &out.publish,
+                self.version,
+                (out.qos, out.retain, pkid),
+            );
             return;
         }
-        let topic = publish.topic.as_str();
-        let mut aliased = publish.clone();
-        if let Some(&alias) = self.aliases.get(topic) {
-            aliased.topic = Default::default();
-            aliased.properties.topic_alias = Some(alias);
-        } else if self.aliases.len() < self.peer.topic_alias_max as usize {
-            let alias = self.aliases.len() as u16 + 1;
-            self.aliases.insert(topic.to_string(), alias);
-            aliased.properties.topic_alias = Some(alias);
+        let mut publish = out.to_publish(pkid, false);
+        if is_aliased {
+            let topic = out.publish.topic.as_str();
+            if let Some(&alias) = self.aliases.get(topic) {
+                publish.topic = Default::default();
+                publish.properties.topic_alias = Some(alias);
+            } else if self.aliases.len() < self.peer.topic_alias_max as usize {
+                let alias = self.aliases.len() as u16 + 1;
+                self.aliases.insert(topic.to_string(), alias);
+                publish.properties.topic_alias = Some(alias);
+            }
         }
-        push_publish(outbox, &aliased, self.version, scratch);
+        enc.push_publish(outbox, &publish, self.version);
     }
 
-    /// Gives `publish` a packet id, records it in flight and sends it.
-    fn send_new(
-        &mut self,
-        mut publish: Publish,
-        share: Option<String>,
-        expires_at: Option<Instant>,
-        scratch: &mut BytesMut,
-    ) {
-        publish.pkid = self.allocate_pkid();
-        publish.dup = false;
-        self.write_publish(&publish, scratch);
+    /// Gives `out` a packet id, records it in flight and sends it.
+    fn send_new(&mut self, out: Outgoing, enc: &mut Encoder) {
+        let pkid = self.allocate_pkid();
+        self.write_publish(&out, pkid, enc);
         self.inflight.push_back(Inflight {
-            publish,
+            out,
+            pkid,
             phase: Phase::Publish,
-            share,
-            expires_at,
         });
     }
 
@@ -409,19 +447,19 @@ impl Session {
         loop {
             let pkid = self.next_pkid;
             self.next_pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
-            if !self.inflight.iter().any(|i| i.publish.pkid == pkid) {
+            if !self.inflight.iter().any(|i| i.pkid == pkid) {
                 return pkid;
             }
         }
     }
 
     /// Moves queued messages into the window while there is room and a connection.
-    pub fn pump(&mut self, limits: &Limits, scratch: &mut BytesMut) {
+    pub fn pump(&mut self, limits: &Limits, enc: &mut Encoder) {
         while self.is_online() {
             let Some(front) = self.queue.front() else {
                 break;
             };
-            if front.publish.qos != QoS::AtMostOnce && !self.has_window(limits) {
+            if front.qos != QoS::AtMostOnce && !self.has_window(limits) {
                 break;
             }
             let Some(out) = self.queue.pop_front() else {
@@ -429,7 +467,7 @@ impl Session {
             };
             self.queued_bytes -= out.publish.payload.len();
             self.pressure.sub(out.publish.payload.len());
-            self.send_now(out, limits, scratch);
+            self.send_now(out, limits, enc);
         }
         if self.queue.len() < limits.queue_messages_max {
             self.over_bound_since = None;
@@ -439,65 +477,58 @@ impl Session {
 
     /// Attaches a new connection and re-sends what was in flight, in order, with DUP set
     /// for PUBLISH [MQTT-4.4.0-1].
-    pub fn resume(&mut self, outbox: Rc<Outbox>, limits: &Limits, scratch: &mut BytesMut) {
+    pub fn resume(&mut self, outbox: Rc<Outbox>, limits: &Limits, enc: &mut Encoder) {
         // Topic aliases belong to one connection [MQTT-3.3.2-7].
         self.aliases.clear();
-        for inflight in &mut self.inflight {
+        for inflight in &self.inflight {
             match inflight.phase {
                 Phase::Publish => {
-                    inflight.publish.dup = true;
-                    push_publish(&outbox, &inflight.publish, self.version, scratch);
+                    let publish = inflight.out.to_publish(inflight.pkid, true);
+                    push_publish(&outbox, &publish, self.version, &mut enc.scratch);
                 }
                 Phase::Release => {
-                    let packet = Packet::PubRel(ack(inflight.publish.pkid));
-                    push_packet(&outbox, &packet, self.version, scratch);
+                    let packet = Packet::PubRel(ack(inflight.pkid));
+                    enc.push_packet(&outbox, &packet, self.version);
                 }
             }
         }
         self.outbox = Some(outbox);
-        self.pump(limits, scratch);
+        self.pump(limits, enc);
     }
 
     /// PUBACK from the client: QoS 1 flow done.
-    pub fn on_puback(&mut self, pkid: u16, limits: &Limits, scratch: &mut BytesMut) {
-        self.complete(pkid, Phase::Publish, QoS::AtLeastOnce, limits, scratch);
+    pub fn on_puback(&mut self, pkid: u16, limits: &Limits, enc: &mut Encoder) {
+        self.complete(pkid, Phase::Publish, QoS::AtLeastOnce, limits, enc);
     }
 
     /// PUBCOMP from the client: QoS 2 flow done.
-    pub fn on_pubcomp(&mut self, pkid: u16, limits: &Limits, scratch: &mut BytesMut) {
-        self.complete(pkid, Phase::Release, QoS::ExactlyOnce, limits, scratch);
+    pub fn on_pubcomp(&mut self, pkid: u16, limits: &Limits, enc: &mut Encoder) {
+        self.complete(pkid, Phase::Release, QoS::ExactlyOnce, limits, enc);
     }
 
-    fn complete(
-        &mut self,
-        pkid: u16,
-        phase: Phase,
-        qos: QoS,
-        limits: &Limits,
-        scratch: &mut BytesMut,
-    ) {
+    fn complete(&mut self, pkid: u16, phase: Phase, qos: QoS, limits: &Limits, enc: &mut Encoder) {
         let found = self
             .inflight
             .iter()
-            .position(|i| i.publish.pkid == pkid && i.phase == phase && i.publish.qos == qos);
+            .position(|i| i.pkid == pkid && i.phase == phase && i.out.qos == qos);
         if let Some(index) = found {
             self.inflight.remove(index);
-            self.pump(limits, scratch);
+            self.pump(limits, enc);
         }
     }
 
     /// PUBREC from the client: answer PUBREL and wait for PUBCOMP. A PUBREC for an unknown
     /// id still gets a PUBREL so the client can finish its side.
-    pub fn on_pubrec(&mut self, pkid: u16, scratch: &mut BytesMut) {
+    pub fn on_pubrec(&mut self, pkid: u16, enc: &mut Encoder) {
         if let Some(i) = self
             .inflight
             .iter_mut()
-            .find(|i| i.publish.pkid == pkid && i.publish.qos == QoS::ExactlyOnce)
+            .find(|i| i.pkid == pkid && i.out.qos == QoS::ExactlyOnce)
         {
             i.phase = Phase::Release;
         }
         if let Some(outbox) = &self.outbox {
-            push_packet(outbox, &Packet::PubRel(ack(pkid)), self.version, scratch);
+            enc.push_packet(outbox, &Packet::PubRel(ack(pkid)), self.version);
         }
     }
 
@@ -524,17 +555,11 @@ impl Session {
     pub fn take_unfinished_shared(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for inflight in std::mem::take(&mut self.inflight) {
-            if inflight.phase != Phase::Publish || inflight.share.is_none() {
+            if inflight.phase != Phase::Publish || inflight.out.share.is_none() {
                 self.inflight.push_back(inflight);
                 continue;
             }
-            let mut publish = inflight.publish;
-            publish.dup = false;
-            out.push(Outgoing {
-                publish,
-                expires_at: inflight.expires_at,
-                share: inflight.share,
-            });
+            out.push(inflight.out);
         }
         let (shared, rest): (Vec<_>, Vec<_>) =
             self.queue.drain(..).partition(|o| o.share.is_some());
@@ -548,9 +573,9 @@ impl Session {
     }
 
     /// Sends a control packet on the current connection, if any.
-    pub fn send(&self, packet: &Packet, scratch: &mut BytesMut) {
+    pub fn send(&self, packet: &Packet, enc: &mut Encoder) {
         if let Some(outbox) = &self.outbox {
-            push_packet(outbox, packet, self.version, scratch);
+            enc.push_packet(outbox, packet, self.version);
         }
     }
 }
@@ -563,51 +588,20 @@ pub fn ack(pkid: u16) -> Ack {
     }
 }
 
-/// Encodes a PUBLISH header into `scratch` and queues it with the shared payload.
-pub fn push_publish(outbox: &Outbox, publish: &Publish, version: Version, scratch: &mut BytesMut) {
-    reserve(scratch);
-    if codec::write_publish_header(publish, version, scratch).is_ok() {
-        outbox.push(Frame {
-            header: scratch.split().freeze(),
-            payload: publish.payload.clone(),
-            is_droppable: publish.qos == QoS::AtMostOnce,
-        });
-    } else {
-        scratch.clear();
-    }
-}
-
-/// Encodes a control packet into `scratch` and queues it.
-pub fn push_packet(outbox: &Outbox, packet: &Packet, version: Version, scratch: &mut BytesMut) {
-    reserve(scratch);
-    if encode(packet, version, scratch).is_ok() {
-        outbox.push(Frame::control(scratch.split().freeze()));
-    } else {
-        scratch.clear();
-    }
-}
-
-/// Headers are carved out of one larger allocation, so most packets cost no allocation.
-fn reserve(scratch: &mut BytesMut) {
-    if scratch.capacity() < 512 {
-        scratch.reserve(16 << 10);
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::net::ceiling::Pressure;
     use crate::protocol::codec::{Codec, Decoded};
     use crate::protocol::{MqttString, Properties};
-    use bytes::Bytes;
+    use bytes::BytesMut;
     use std::time::Duration;
 
     fn online(peer: PeerLimits) -> (Session, Rc<Outbox>) {
         let mut session = Session::new("c".into(), Version::V5, true);
         session.peer = peer;
         let outbox = Rc::new(Outbox::new(Rc::new(Pressure::default()), 1 << 20, 1 << 20));
-        session.resume(outbox.clone(), &Limits::default(), &mut BytesMut::new());
+        session.resume(outbox.clone(), &Limits::default(), &mut Encoder::default());
         (session, outbox)
     }
 
@@ -646,12 +640,12 @@ mod tests {
         };
         let (mut s, outbox) = online(peer);
         let limits = Limits::default();
-        let mut scratch = BytesMut::new();
+        let mut enc = Encoder::default();
         for _ in 0..3 {
             s.deliver(
                 Outgoing::plain(message("t", QoS::AtLeastOnce)),
                 &limits,
-                &mut scratch,
+                &mut enc,
             );
         }
         assert_eq!(sent(&outbox).len(), 1);
@@ -662,7 +656,7 @@ mod tests {
     fn expired_messages_are_dropped_and_the_rest_carry_what_is_left() {
         let (mut s, outbox) = online(PeerLimits::default());
         let limits = Limits::default();
-        let mut scratch = BytesMut::new();
+        let mut enc = Encoder::default();
         let past = Outgoing {
             expires_at: Some(Instant::now() - Duration::from_millis(1)),
             ..Outgoing::plain(message("t", QoS::AtMostOnce))
@@ -671,8 +665,8 @@ mod tests {
             expires_at: Some(Instant::now() + Duration::from_secs(30)),
             ..Outgoing::plain(message("t", QoS::AtMostOnce))
         };
-        assert_eq!(s.deliver(past, &limits, &mut scratch), Delivery::Dropped);
-        assert_eq!(s.deliver(future, &limits, &mut scratch), Delivery::Sent);
+        assert_eq!(s.deliver(past, &limits, &mut enc), Delivery::Dropped);
+        assert_eq!(s.deliver(future, &limits, &mut enc), Delivery::Sent);
         assert_eq!(s.counters.expired, 1);
         let got = sent(&outbox);
         assert_eq!(got[0].properties.message_expiry_interval, Some(30));
@@ -686,12 +680,12 @@ mod tests {
         };
         let (mut s, outbox) = online(peer);
         let limits = Limits::default();
-        let mut scratch = BytesMut::new();
+        let mut enc = Encoder::default();
         for topic in ["a", "a", "b"] {
             s.deliver(
                 Outgoing::plain(message(topic, QoS::AtMostOnce)),
                 &limits,
-                &mut scratch,
+                &mut enc,
             );
         }
         let got: Vec<_> = sent(&outbox)
@@ -711,7 +705,7 @@ mod tests {
         };
         let (mut s, outbox) = online(peer);
         let out = Outgoing::plain(message("topic", QoS::AtLeastOnce));
-        let delivery = s.deliver(out, &Limits::default(), &mut BytesMut::new());
+        let delivery = s.deliver(out, &Limits::default(), &mut Encoder::default());
         assert_eq!(delivery, Delivery::Dropped);
         assert_eq!(s.counters.too_large, 1);
         assert!(sent(&outbox).is_empty());
@@ -721,16 +715,16 @@ mod tests {
     fn unfinished_shared_messages_are_handed_back_and_plain_ones_kept() {
         let (mut s, _outbox) = online(PeerLimits::default());
         let limits = Limits::default();
-        let mut scratch = BytesMut::new();
+        let mut enc = Encoder::default();
         let shared = Outgoing {
             share: Some("$share/g/t".into()),
             ..Outgoing::plain(message("t", QoS::AtLeastOnce))
         };
-        s.deliver(shared, &limits, &mut scratch);
+        s.deliver(shared, &limits, &mut enc);
         s.deliver(
             Outgoing::plain(message("t", QoS::AtLeastOnce)),
             &limits,
-            &mut scratch,
+            &mut enc,
         );
         let back = s.take_unfinished_shared();
         assert_eq!(back.len(), 1);

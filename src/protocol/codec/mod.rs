@@ -304,6 +304,15 @@ fn write_packet(packet: &Packet, version: Version, out: &mut BytesMut) -> Result
     }
 }
 
+/// Where the packet id sits in the header `write_publish_header` writes for `publish` (None
+/// for QoS 0), so one encoded header can serve many subscribers with their own ids.
+pub fn publish_pkid_offset(publish: &Publish, version: Version) -> Option<usize> {
+    if publish.qos == crate::protocol::QoS::AtMostOnce {
+        return None;
+    }
+    Some(fixed_header::len(publish::len(publish, version)) + 2 + publish.topic.len())
+}
+
 /// Writes everything of a PUBLISH except the payload: fixed header (remaining length counts
 /// the payload), topic, packet id, properties. On error `out` is left as it was.
 pub fn write_publish_header(

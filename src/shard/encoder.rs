@@ -1,0 +1,176 @@
+//! Turns PUBLISHes and control packets into outbox frames.
+//!
+//! A fan-out writes the same PUBLISH header to many subscribers; only the packet id differs.
+//! `Encoder` keeps the headers of the message being fanned out, one per (protocol version,
+//! QoS, retain), so each further subscriber costs a copy of a few bytes and two bytes of
+//! packet id instead of an encode.
+
+use crate::net::outbox::{Frame, Outbox};
+use crate::protocol::codec::{self, encode};
+use crate::protocol::{Packet, Publish, QoS, Version};
+use bytes::BytesMut;
+use std::ops::Range;
+use std::sync::Arc;
+
+/// Encoding state of one shard: a scratch buffer and the cached headers of one message.
+#[derive(Default)]
+pub struct Encoder {
+    /// Where headers are written before they go to an outbox.
+    pub scratch: BytesMut,
+    headers: Headers,
+}
+
+/// The encoded headers of one message.
+#[derive(Default)]
+struct Headers {
+    /// The message they belong to, held so no other message can take its address meanwhile.
+    publish: Option<Arc<Publish>>,
+    shapes: Vec<Shape>,
+    bytes: BytesMut,
+}
+
+/// One encoded header of the cached message.
+struct Shape {
+    version: Version,
+    qos: QoS,
+    retain: bool,
+    range: Range<usize>,
+    pkid_at: Option<usize>,
+}
+
+impl Encoder {
+    /// Queues `publish` as a client of `version` gets it with `qos`, `retain` and packet id
+    /// `pkid` (every other field as received); false when it cannot be encoded.
+    pub fn push_shared(
+        &mut self,
+        outbox: &Outbox,
+        publish: &Arc<Publish>,
+        version: Version,
+        (qos, retain, pkid): (QoS, bool, u16),
+    ) -> bool {
+        let Some(index) = self.shape(publish, version, qos, retain) else {
+            return false;
+        };
+        let shape = &self.headers.shapes[index];
+        reserve(&mut self.scratch);
+        self.scratch
+            .extend_from_slice(&self.headers.bytes[shape.range.clone()]);
+        if let Some(at) = shape.pkid_at {
+            self.scratch[at..at + 2].copy_from_slice(&pkid.to_be_bytes());
+        }
+        queue_publish(outbox, &mut self.scratch, publish, qos);
+        true
+    }
+
+    /// Length of the packet `push_shared` would queue.
+    pub fn shared_len(
+        &mut self,
+        publish: &Arc<Publish>,
+        version: Version,
+        qos: QoS,
+        retain: bool,
+    ) -> Option<usize> {
+        let index = self.shape(publish, version, qos, retain)?;
+        Some(self.headers.shapes[index].range.len() + publish.payload.len())
+    }
+
+    /// Forgets the cached headers, so the message they belong to can be freed.
+    pub fn forget(&mut self) {
+        self.headers.publish = None;
+        self.headers.shapes.clear();
+        self.headers.bytes.clear();
+    }
+
+    /// Queues a PUBLISH encoded from scratch.
+    pub fn push_publish(&mut self, outbox: &Outbox, publish: &Publish, version: Version) {
+        push_publish(outbox, publish, version, &mut self.scratch);
+    }
+
+    /// Queues a control packet.
+    pub fn push_packet(&mut self, outbox: &Outbox, packet: &Packet, version: Version) {
+        push_packet(outbox, packet, version, &mut self.scratch);
+    }
+
+    /// Index of the cached header of `publish` for this shape, encoding it on first use.
+    fn shape(
+        &mut self,
+        publish: &Arc<Publish>,
+        version: Version,
+        qos: QoS,
+        retain: bool,
+    ) -> Option<usize> {
+        let is_cached = (self.headers.publish.as_ref()).is_some_and(|p| Arc::ptr_eq(p, publish));
+        if !is_cached {
+            self.forget();
+            self.headers.publish = Some(publish.clone());
+        }
+        let headers = &mut self.headers;
+        let found = headers
+            .shapes
+            .iter()
+            .position(|s| s.version == version && s.qos == qos && s.retain == retain);
+        if found.is_some() {
+            return found;
+        }
+        let mut shaped = Publish::clone(publish);
+        shaped.qos = qos;
+        shaped.retain = retain;
+        shaped.dup = false;
+        shaped.pkid = 0;
+        let start = headers.bytes.len();
+        codec::write_publish_header(&shaped, version, &mut headers.bytes).ok()?;
+        headers.shapes.push(Shape {
+            version,
+            qos,
+            retain,
+            range: start..headers.bytes.len(),
+            pkid_at: codec::publish_pkid_offset(&shaped, version),
+        });
+        Some(headers.shapes.len() - 1)
+    }
+}
+
+/// Encodes a PUBLISH header into `scratch` and queues it with the shared payload.
+pub fn push_publish(outbox: &Outbox, publish: &Publish, version: Version, scratch: &mut BytesMut) {
+    reserve(scratch);
+    if codec::write_publish_header(publish, version, scratch).is_err() {
+        scratch.clear();
+        return;
+    }
+    queue_publish(outbox, scratch, publish, publish.qos);
+}
+
+/// Queues the header in `scratch` with the payload of `publish`: copied into the outbox when
+/// small, else as a frame that shares the payload.
+fn queue_publish(outbox: &Outbox, scratch: &mut BytesMut, publish: &Publish, qos: QoS) {
+    if outbox.is_coalescing(scratch.len() + publish.payload.len()) {
+        outbox.push_parts(scratch, &publish.payload);
+        scratch.clear();
+        return;
+    }
+    outbox.push(Frame {
+        header: scratch.split().freeze(),
+        payload: publish.payload.clone(),
+        is_droppable: qos == QoS::AtMostOnce,
+    });
+}
+
+/// Encodes a control packet into `scratch` and queues it.
+pub fn push_packet(outbox: &Outbox, packet: &Packet, version: Version, scratch: &mut BytesMut) {
+    reserve(scratch);
+    if encode(packet, version, scratch).is_err() {
+        scratch.clear();
+    } else if outbox.is_coalescing(scratch.len()) {
+        outbox.push_parts(scratch, &[]);
+        scratch.clear();
+    } else {
+        outbox.push(Frame::control(scratch.split().freeze()));
+    }
+}
+
+/// Headers are carved out of one larger allocation, so most packets cost no allocation.
+fn reserve(scratch: &mut BytesMut) {
+    if scratch.capacity() < 512 {
+        scratch.reserve(16 << 10);
+    }
+}
