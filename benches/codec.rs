@@ -23,7 +23,8 @@ fn publish(version: Version) -> Publish {
             correlation_data: Some(Bytes::from_static(b"\x01\x02\x03")),
             user_properties: vec![(MqttString::from("k"), MqttString::from("v"))],
             ..Properties::default()
-        };
+        }
+        .into();
     }
     p
 }

@@ -22,7 +22,7 @@ fn publish(qos: QoS, payload: &Bytes) -> Publish {
         retain: false,
         topic: MqttString::from(TOPIC),
         pkid: if qos == QoS::AtMostOnce { 0 } else { 1 },
-        properties: Properties::default(),
+        properties: Properties::default().into(),
         payload: payload.clone(),
     }
 }

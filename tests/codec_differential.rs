@@ -14,7 +14,7 @@ fn from_mqttbytes(packet: v4::Packet) -> Packet {
         v4::Packet::ConnAck(c) => Packet::ConnAck(ConnAck {
             session_present: c.session_present,
             code: ReasonCode(c.code as u8),
-            properties: Properties::default(),
+            properties: Props::default(),
         }),
         v4::Packet::Publish(p) => Packet::Publish(Publish {
             dup: p.dup,
@@ -22,7 +22,7 @@ fn from_mqttbytes(packet: v4::Packet) -> Packet {
             retain: p.retain,
             topic: string(p.topic),
             pkid: p.pkid,
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: p.payload,
         }),
         v4::Packet::PubAck(a) => Packet::PubAck(ack(a.pkid)),
@@ -42,22 +42,22 @@ fn from_mqttbytes(packet: v4::Packet) -> Packet {
                     },
                 })
                 .collect(),
-            properties: Properties::default(),
+            properties: Props::default(),
         }),
         v4::Packet::SubAck(s) => Packet::SubAck(SubAck {
             pkid: s.pkid,
             reason_codes: s.return_codes.into_iter().map(suback_code).collect(),
-            properties: Properties::default(),
+            properties: Props::default(),
         }),
         v4::Packet::Unsubscribe(u) => Packet::Unsubscribe(Unsubscribe {
             pkid: u.pkid,
             filters: u.topics.into_iter().map(string).collect(),
-            properties: Properties::default(),
+            properties: Props::default(),
         }),
         v4::Packet::UnsubAck(u) => Packet::UnsubAck(UnsubAck {
             pkid: u.pkid,
             reason_codes: vec![],
-            properties: Properties::default(),
+            properties: Props::default(),
         }),
         v4::Packet::PingReq => Packet::PingReq,
         v4::Packet::PingResp => Packet::PingResp,
@@ -87,9 +87,9 @@ fn connect(c: v4::Connect) -> Connect {
             payload: w.message,
             qos: qos(w.qos),
             retain: w.retain,
-            properties: Properties::default(),
+            properties: Props::default(),
         }),
-        properties: Properties::default(),
+        properties: Props::default(),
     }
 }
 
@@ -149,7 +149,7 @@ fn valid_packets() -> Vec<Packet> {
             retain: rng.below(2) == 1,
             topic: MqttString::from_bytes(Bytes::from(topic)).expect("valid UTF-8, no NUL"),
             pkid: if qos == QoS::AtMostOnce { 0 } else { 1 + i },
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: Bytes::from(payload),
         }));
         let filter = rng.text(&["a", "b", "/", "é"], 20) + ["", "/+", "/#"][rng.below(3) as usize];
@@ -162,7 +162,7 @@ fn valid_packets() -> Vec<Packet> {
                     ..SubscriptionOptions::default()
                 },
             }],
-            properties: Properties::default(),
+            properties: Props::default(),
         }));
     }
     packets

@@ -109,7 +109,7 @@ on_1_and_4_shards!(
             payload: bytes::Bytes::from_static(b"gone"),
             qos: QoS::AtLeastOnce,
             retain: false,
-            properties: Properties::default(),
+            properties: Props::default(),
         });
         let (mut sleepy, _) = Raw::connect_with(broker.addr, connect);
         let started = std::time::Instant::now();
@@ -134,7 +134,7 @@ on_1_and_4_shards!(mqtt_3_1_2_10_will_is_sent_when_the_socket_drops, |shards| {
         payload: bytes::Bytes::from_static(b"dropped"),
         qos: QoS::AtMostOnce,
         retain: true,
-        properties: Properties::default(),
+        properties: Props::default(),
     });
     let (dropper, _) = Raw::connect_with(broker.addr, connect);
     drop(dropper);
@@ -158,7 +158,7 @@ on_1_and_4_shards!(mqtt_3_14_4_3_disconnect_discards_the_will, |shards| {
         payload: bytes::Bytes::from_static(b"x"),
         qos: QoS::AtMostOnce,
         retain: false,
-        properties: Properties::default(),
+        properties: Props::default(),
     });
     let (polite, _) = Raw::connect_with(broker.addr, connect);
     polite.disconnect();
@@ -261,7 +261,7 @@ on_1_and_4_shards!(mqtt_3_10_4_unsubscribe_stops_delivery, |shards| {
     sub.send(&Packet::Unsubscribe(Unsubscribe {
         pkid: 3,
         filters: vec!["u/t".into()],
-        properties: Properties::default(),
+        properties: Props::default(),
     }));
     assert!(matches!(sub.recv(), Packet::UnsubAck(a) if a.pkid == 3));
     let mut publisher = Raw::connect(broker.addr, "pub");

@@ -13,7 +13,7 @@ use std::time::Duration;
 /// A 5.0 CONNECT with `properties`.
 fn connect5(id: &str, clean: bool, properties: Properties) -> Connect {
     Connect {
-        properties,
+        properties: properties.into(),
         ..connect_packet(id, Version::V5, clean)
     }
 }
@@ -53,7 +53,7 @@ fn publish5(topic: &str, payload: &[u8], qos: QoS, pkid: u16, properties: Proper
         retain: false,
         topic: text(topic),
         pkid,
-        properties,
+        properties: properties.into(),
         payload: Bytes::copy_from_slice(payload),
     })
 }
@@ -72,7 +72,8 @@ fn subscribe_id(c: &mut Raw, filter: &str, qos: QoS, id: u32) {
         properties: Properties {
             subscription_identifiers: vec![id],
             ..Properties::default()
-        },
+        }
+        .into(),
     }));
     assert!(matches!(c.recv(), Packet::SubAck(a) if a.reason_codes == vec![ReasonCode(qos as u8)]));
 }
@@ -132,6 +133,7 @@ on_1_and_4_shards!(
         let id = ack
             .properties
             .assigned_client_identifier
+            .clone()
             .expect("assigned id");
         assert!(!id.is_empty());
     }
@@ -293,7 +295,7 @@ on_1_and_4_shards!(
         p.send(&publish5("t", b"\xff", QoS::AtLeastOnce, 1, bad));
         let ack = ack_of(&mut p);
         assert_eq!(ack.reason, ReasonCode::PAYLOAD_FORMAT_INVALID);
-        assert_eq!(ack.properties, Properties::default());
+        assert_eq!(ack.properties, Props::default());
     }
 );
 
@@ -350,7 +352,7 @@ on_1_and_4_shards!(
         let (mut c, _) = v5_with(broker.addr, "chg", false, expiring(60));
         c.send(&Packet::Disconnect(Disconnect {
             reason: ReasonCode::SUCCESS,
-            properties: expiring(0),
+            properties: expiring(0).into(),
         }));
         sleep(Duration::from_millis(300));
         let (_c, ack) = v5_with(broker.addr, "chg", false, expiring(60));
@@ -365,7 +367,7 @@ on_1_and_4_shards!(
         let mut c = v5(broker.addr, "zero");
         c.send(&Packet::Disconnect(Disconnect {
             reason: ReasonCode::SUCCESS,
-            properties: expiring(60),
+            properties: expiring(60).into(),
         }));
         let packets = c.expect_closed();
         assert!(
@@ -426,7 +428,8 @@ on_1_and_4_shards!(
             properties: Properties {
                 will_delay_interval: Some(1),
                 ..Properties::default()
-            },
+            }
+            .into(),
         });
         let (w, _) = Raw::connect_with(broker.addr, connect);
         drop(w); // abrupt: the will is due
@@ -451,7 +454,8 @@ on_1_and_4_shards!(
             properties: Properties {
                 will_delay_interval: Some(1),
                 ..Properties::default()
-            },
+            }
+            .into(),
         };
         let mut connect = connect5("r", false, expiring(10));
         connect.will = Some(will);
@@ -800,7 +804,7 @@ on_1_and_4_shards!(mqtt5_3_3_2_properties_pass_through_unchanged, |shards| {
         properties.clone(),
     ));
     ack_of(&mut p);
-    assert_eq!(s.recv_publish().properties, properties);
+    assert_eq!(s.recv_publish().properties, properties.into());
 });
 
 // ---------------------------------------------------------------------------------------------
@@ -903,7 +907,7 @@ on_1_and_4_shards!(
         b.send(&Packet::Unsubscribe(Unsubscribe {
             pkid: 3,
             filters: vec![text("$share/g/u")],
-            properties: Properties::default(),
+            properties: Props::default(),
         }));
         assert!(
             matches!(b.recv(), Packet::UnsubAck(u) if u.reason_codes == vec![ReasonCode::SUCCESS])

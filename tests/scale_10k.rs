@@ -203,7 +203,7 @@ impl Client {
                 username: None,
                 password: None,
                 will: None,
-                properties: Properties::default(),
+                properties: Props::default(),
             }))
             .await?;
         match client.recv().await? {
@@ -249,7 +249,7 @@ impl Client {
                     ..Default::default()
                 },
             }],
-            properties: Properties::default(),
+            properties: Props::default(),
         }))
         .await?;
         match self.recv().await? {
@@ -273,7 +273,7 @@ impl Client {
                 retain: false,
                 topic: MqttString::from_str_checked(&topic(t)).unwrap(),
                 pkid,
-                properties: Properties::default(),
+                properties: Props::default(),
                 payload: payload(t),
             }))
             .await?;

@@ -192,7 +192,7 @@ impl Conn {
             username: None,
             password: None,
             will: None,
-            properties: Properties::default(),
+            properties: Props::default(),
         };
         send(&mut conn.stream, &Packet::Connect(connect), version).await?;
         match conn.recv().await? {
@@ -217,7 +217,7 @@ impl Conn {
                     ..Default::default()
                 },
             }],
-            properties: Properties::default(),
+            properties: Props::default(),
         };
         send(
             &mut self.stream,
@@ -302,7 +302,7 @@ fn publish_header(
             retain: false,
             topic: MqttString::from_str_checked(topic).ok_or_else(|| invalid("topic"))?,
             pkid,
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: Bytes::from(vec![0u8; spec.payload_bytes]),
         };
         let mut out = BytesMut::new();

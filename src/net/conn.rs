@@ -8,8 +8,8 @@ use super::outbox::Outbox;
 use super::writer;
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
 use crate::protocol::{
-    connack_v3, Ack, ConnAck, Connect, Disconnect, MqttString, Packet, Properties, Publish, QoS,
-    ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
+    connack_v3, Ack, ConnAck, Connect, Disconnect, MqttString, Packet, Properties, Props, Publish,
+    QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 use crate::shard::encoder::push_packet;
 use crate::shard::session::{PeerLimits, Session, Subscription};
@@ -232,7 +232,7 @@ impl Conn {
         let packet = Packet::ConnAck(ConnAck {
             session_present,
             code,
-            properties,
+            properties: properties.into(),
         });
         push_packet(&self.outbox, &packet, version, &mut self.scratch);
     }
@@ -307,7 +307,7 @@ impl Conn {
         let connack = Packet::ConnAck(ConnAck {
             session_present,
             code: ReasonCode::SUCCESS,
-            properties,
+            properties: properties.into(),
         });
         let outbox = self.outbox.clone();
         let version = self.version;
@@ -367,7 +367,8 @@ impl Conn {
                 properties: Properties {
                     reason_string: self.reason_string(reason),
                     ..Properties::default()
-                },
+                }
+                .into(),
             });
             self.send(&packet);
         }
@@ -464,7 +465,7 @@ impl Conn {
         self.send(&kind(Ack {
             pkid,
             reason,
-            properties,
+            properties: properties.into(),
         }));
     }
 
@@ -626,7 +627,7 @@ impl Conn {
         let suback = Packet::SubAck(SubAck {
             pkid: subscribe.pkid,
             reason_codes,
-            properties: Properties::default(),
+            properties: Props::default(),
         });
         self.send(&suback);
         for (filter, sub, existed) in granted {
@@ -664,7 +665,7 @@ impl Conn {
         let unsuback = Packet::UnsubAck(UnsubAck {
             pkid: unsubscribe.pkid,
             reason_codes,
-            properties: Properties::default(),
+            properties: Props::default(),
         });
         self.send(&unsuback);
     }

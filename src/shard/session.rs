@@ -48,12 +48,10 @@ pub struct Subscription {
     pub id: Option<u32>,
 }
 
-/// A message on its way to one session: the PUBLISH as received, shared with every other
-/// subscriber, and what this client gets of it (QoS, retain, subscription identifiers).
+/// What one client gets of a message: QoS, retain and subscription identifiers chosen from
+/// its matching subscriptions, and what the session needs to send it right.
 #[derive(Clone, Debug)]
-pub struct Outgoing {
-    /// The PUBLISH as received.
-    pub publish: Arc<Publish>,
+pub struct Grant {
     /// The QoS this client gets: its granted maximum, capped by the publish QoS.
     pub qos: QoS,
     /// RETAIN as this client gets it.
@@ -68,14 +66,13 @@ pub struct Outgoing {
     pub share: Option<String>,
 }
 
-impl Outgoing {
-    /// The message as published, with no expiry, through a plain subscription.
-    pub fn plain(publish: Publish) -> Outgoing {
-        Outgoing {
+impl Grant {
+    /// The message as published (its QoS and retain), no expiry, a plain subscription.
+    pub fn as_published(publish: &Publish) -> Grant {
+        Grant {
             qos: publish.qos,
             retain: publish.retain,
             ids: Vec::new(),
-            publish: Arc::new(publish),
             expires_at: None,
             share: None,
         }
@@ -87,10 +84,10 @@ impl Outgoing {
         self.ids.is_empty() && self.expires_at.is_none()
     }
 
-    /// The PUBLISH this client gets, as a copy of its own. Its Message Expiry Interval is
-    /// lowered by the time it waited [MQTT-3.3.2-6].
-    pub fn to_publish(&self, pkid: u16, dup: bool) -> Publish {
-        let mut publish = Publish::clone(&self.publish);
+    /// The PUBLISH this client gets of `publish`, as a copy of its own. Its Message Expiry
+    /// Interval is lowered by the time it waited [MQTT-3.3.2-6].
+    pub fn shape(&self, publish: &Publish, pkid: u16, dup: bool) -> Publish {
+        let mut publish = publish.clone();
         publish.qos = self.qos;
         publish.retain = self.retain;
         publish.pkid = pkid;
@@ -103,6 +100,26 @@ impl Outgoing {
             publish.properties.message_expiry_interval = Some(secs.min(u32::MAX as u128) as u32);
         }
         publish
+    }
+}
+
+/// A message held by one session (queued, or in flight): the PUBLISH as received, shared with
+/// every other subscriber, and what this client gets of it.
+#[derive(Clone, Debug)]
+pub struct Outgoing {
+    /// The PUBLISH as received.
+    pub publish: Arc<Publish>,
+    /// What this client gets of it.
+    pub grant: Grant,
+}
+
+impl Outgoing {
+    /// The message as published, with no expiry, through a plain subscription.
+    pub fn plain(publish: Publish) -> Outgoing {
+        Outgoing {
+            grant: Grant::as_published(&publish),
+            publish: Arc::new(publish),
+        }
     }
 }
 
@@ -270,44 +287,63 @@ impl Session {
 
     /// Offers a message at the QoS granted for this client. Order is kept across QoS levels:
     /// once anything waits in the queue, QoS 0 messages wait behind it [MQTT-4.6.0-6].
-    pub fn deliver(&mut self, out: Outgoing, limits: &Limits, enc: &mut Encoder) -> Delivery {
-        let is_qos0 = out.qos == QoS::AtMostOnce;
+    /// The message is borrowed: a client served at once costs no reference count.
+    pub fn deliver(
+        &mut self,
+        publish: &Arc<Publish>,
+        grant: Grant,
+        limits: &Limits,
+        enc: &mut Encoder,
+    ) -> Delivery {
+        let is_qos0 = grant.qos == QoS::AtMostOnce;
         if !self.is_online() && is_qos0 {
-            return self.drop_message(DropReason::Offline, out.qos);
+            return self.drop_message(DropReason::Offline, grant.qos);
         }
         // The client will never accept it, so it is not worth a place in the queue.
-        if self.is_too_large(&out, enc) {
+        if self.is_too_large(publish, &grant, enc) {
             self.counters.too_large += 1;
             return Delivery::Dropped;
         }
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
-            return self.send_now(out, limits, enc);
+            return self.send_now(publish, grant, limits, enc);
         }
-        self.enqueue(out, limits)
+        let publish = publish.clone();
+        self.enqueue(Outgoing { publish, grant }, limits)
     }
 
-    /// Whether the PUBLISH for `out` is over the client's Maximum Packet Size.
-    fn is_too_large(&self, out: &Outgoing, enc: &mut Encoder) -> bool {
+    /// Offers a message this session already holds (see `deliver`).
+    pub fn deliver_owned(&mut self, out: Outgoing, limits: &Limits, enc: &mut Encoder) -> Delivery {
+        self.deliver(&out.publish, out.grant, limits, enc)
+    }
+
+    /// Whether the PUBLISH this client gets is over its Maximum Packet Size.
+    fn is_too_large(&self, publish: &Arc<Publish>, grant: &Grant, enc: &mut Encoder) -> bool {
         let max = self.peer.packet_size_max as usize;
         if max == u32::MAX as usize {
             return false;
         }
-        let shared = (out.ids.is_empty())
-            .then(|| enc.shared_len(&out.publish, self.version, out.qos, out.retain))
+        let shared = (grant.ids.is_empty())
+            .then(|| enc.shared_len(publish, self.version, grant.qos, grant.retain))
             .flatten();
-        let len =
-            shared.unwrap_or_else(|| codec::publish_len(&out.to_publish(0, false), self.version));
+        let len = shared
+            .unwrap_or_else(|| codec::publish_len(&grant.shape(publish, 0, false), self.version));
         len > max
     }
 
     /// Sends at once: QoS 0 unless the connection's write buffer is over its bound, QoS 1/2
     /// into the window. A message whose expiry ran out is dropped instead.
-    fn send_now(&mut self, out: Outgoing, limits: &Limits, enc: &mut Encoder) -> Delivery {
-        if self.is_expired(&out) {
+    fn send_now(
+        &mut self,
+        publish: &Arc<Publish>,
+        grant: Grant,
+        limits: &Limits,
+        enc: &mut Encoder,
+    ) -> Delivery {
+        if self.is_expired(&grant) {
             return Delivery::Dropped;
         }
-        if out.qos != QoS::AtMostOnce {
-            self.send_new(out, enc);
+        if grant.qos != QoS::AtMostOnce {
+            self.send_new(publish, grant, enc);
             return Delivery::Sent;
         }
         let Some(outbox) = &self.outbox else {
@@ -323,13 +359,13 @@ impl Session {
                 return self.drop_message(DropReason::WriteBufferFull, QoS::AtMostOnce);
             }
         }
-        self.write_publish(&out, 0, enc);
+        self.write_publish(publish, &grant, 0, enc);
         Delivery::Sent
     }
 
-    /// Whether the Message Expiry Interval of `out` has run out (counted).
-    fn is_expired(&mut self, out: &Outgoing) -> bool {
-        let expired = out.expires_at.is_some_and(|at| at <= Instant::now());
+    /// Whether the Message Expiry Interval has run out (counted).
+    fn is_expired(&mut self, grant: &Grant) -> bool {
+        let expired = grant.expires_at.is_some_and(|at| at <= Instant::now());
         self.counters.expired += u64::from(expired);
         expired
     }
@@ -341,7 +377,7 @@ impl Session {
             let publish = Arc::make_mut(&mut out.publish);
             publish.payload = Bytes::copy_from_slice(&publish.payload);
         }
-        let qos = out.qos;
+        let qos = out.grant.qos;
         while self.is_queue_full(size, limits) {
             if qos != QoS::AtMostOnce {
                 overflow::over_bound(self, limits, Instant::now());
@@ -373,7 +409,7 @@ impl Session {
     /// Removes the oldest queued QoS 0 message (drop-oldest policy); returns whether one was.
     pub(super) fn drop_oldest_queued(&mut self) -> bool {
         let queue = &self.queue;
-        let Some(index) = queue.iter().position(|o| o.qos == QoS::AtMostOnce) else {
+        let Some(index) = queue.iter().position(|o| o.grant.qos == QoS::AtMostOnce) else {
             return false;
         };
         let Some(old) = self.queue.remove(index) else {
@@ -402,39 +438,49 @@ impl Session {
     /// Writes a PUBLISH to the connection, replacing its topic by an outbound topic alias
     /// where the client allows them: a topic's first PUBLISH sets the alias, later ones send
     /// an empty topic. Aliases are given first come, first served until the client's maximum.
-    fn write_publish(&mut self, out: &Outgoing, pkid: u16, enc: &mut Encoder) {
+    fn write_publish(
+        &mut self,
+        publish: &Arc<Publish>,
+        grant: &Grant,
+        pkid: u16,
+        enc: &mut Encoder,
+    ) {
         let Some(outbox) = &self.outbox else {
             return;
         };
         let is_aliased = self.peer.topic_alias_max != 0 && self.version == Version::V5;
-        if out.is_plain() && !is_aliased {
+        if grant.is_plain() && !is_aliased {
             enc.push_shared(
                 outbox,
-                &out.publish,
+                publish,
                 self.version,
-                (out.qos, out.retain, pkid),
+                (grant.qos, grant.retain, pkid),
             );
             return;
         }
-        let mut publish = out.to_publish(pkid, false);
+        let mut shaped = grant.shape(publish, pkid, false);
         if is_aliased {
-            let topic = out.publish.topic.as_str();
+            let topic = publish.topic.as_str();
             if let Some(&alias) = self.aliases.get(topic) {
-                publish.topic = Default::default();
-                publish.properties.topic_alias = Some(alias);
+                shaped.topic = Default::default();
+                shaped.properties.topic_alias = Some(alias);
             } else if self.aliases.len() < self.peer.topic_alias_max as usize {
                 let alias = self.aliases.len() as u16 + 1;
                 self.aliases.insert(topic.to_string(), alias);
-                publish.properties.topic_alias = Some(alias);
+                shaped.properties.topic_alias = Some(alias);
             }
         }
-        enc.push_publish(outbox, &publish, self.version);
+        enc.push_publish(outbox, &shaped, self.version);
     }
 
-    /// Gives `out` a packet id, records it in flight and sends it.
-    fn send_new(&mut self, out: Outgoing, enc: &mut Encoder) {
+    /// Gives the message a packet id, records it in flight and sends it.
+    fn send_new(&mut self, publish: &Arc<Publish>, grant: Grant, enc: &mut Encoder) {
         let pkid = self.allocate_pkid();
-        self.write_publish(&out, pkid, enc);
+        self.write_publish(publish, &grant, pkid, enc);
+        let out = Outgoing {
+            publish: publish.clone(),
+            grant,
+        };
         self.inflight.push_back(Inflight {
             out,
             pkid,
@@ -459,7 +505,7 @@ impl Session {
             let Some(front) = self.queue.front() else {
                 break;
             };
-            if front.qos != QoS::AtMostOnce && !self.has_window(limits) {
+            if front.grant.qos != QoS::AtMostOnce && !self.has_window(limits) {
                 break;
             }
             let Some(out) = self.queue.pop_front() else {
@@ -467,7 +513,7 @@ impl Session {
             };
             self.queued_bytes -= out.publish.payload.len();
             self.pressure.sub(out.publish.payload.len());
-            self.send_now(out, limits, enc);
+            self.send_now(&out.publish, out.grant, limits, enc);
         }
         if self.queue.len() < limits.queue_messages_max {
             self.over_bound_since = None;
@@ -483,7 +529,11 @@ impl Session {
         for inflight in &self.inflight {
             match inflight.phase {
                 Phase::Publish => {
-                    let publish = inflight.out.to_publish(inflight.pkid, true);
+                    let publish =
+                        inflight
+                            .out
+                            .grant
+                            .shape(&inflight.out.publish, inflight.pkid, true);
                     push_publish(&outbox, &publish, self.version, &mut enc.scratch);
                 }
                 Phase::Release => {
@@ -510,7 +560,7 @@ impl Session {
         let found = self
             .inflight
             .iter()
-            .position(|i| i.pkid == pkid && i.phase == phase && i.out.qos == qos);
+            .position(|i| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos);
         if let Some(index) = found {
             self.inflight.remove(index);
             self.pump(limits, enc);
@@ -523,7 +573,7 @@ impl Session {
         if let Some(i) = self
             .inflight
             .iter_mut()
-            .find(|i| i.pkid == pkid && i.out.qos == QoS::ExactlyOnce)
+            .find(|i| i.pkid == pkid && i.out.grant.qos == QoS::ExactlyOnce)
         {
             i.phase = Phase::Release;
         }
@@ -555,14 +605,14 @@ impl Session {
     pub fn take_unfinished_shared(&mut self) -> Vec<Outgoing> {
         let mut out = Vec::new();
         for inflight in std::mem::take(&mut self.inflight) {
-            if inflight.phase != Phase::Publish || inflight.out.share.is_none() {
+            if inflight.phase != Phase::Publish || inflight.out.grant.share.is_none() {
                 self.inflight.push_back(inflight);
                 continue;
             }
             out.push(inflight.out);
         }
         let (shared, rest): (Vec<_>, Vec<_>) =
-            self.queue.drain(..).partition(|o| o.share.is_some());
+            self.queue.drain(..).partition(|o| o.grant.share.is_some());
         self.queue = rest.into();
         self.pressure.sub(self.queued_bytes);
         self.queued_bytes = self.queue.iter().map(|o| o.publish.payload.len()).sum();
@@ -593,7 +643,7 @@ mod tests {
     use super::*;
     use crate::net::ceiling::Pressure;
     use crate::protocol::codec::{Codec, Decoded};
-    use crate::protocol::{MqttString, Properties};
+    use crate::protocol::{MqttString, Props};
     use bytes::BytesMut;
     use std::time::Duration;
 
@@ -612,7 +662,7 @@ mod tests {
             retain: false,
             topic: MqttString::from(topic),
             pkid: 0,
-            properties: Properties::default(),
+            properties: Props::default(),
             payload: Bytes::from_static(b"payload"),
         }
     }
@@ -642,7 +692,7 @@ mod tests {
         let limits = Limits::default();
         let mut enc = Encoder::default();
         for _ in 0..3 {
-            s.deliver(
+            s.deliver_owned(
                 Outgoing::plain(message("t", QoS::AtLeastOnce)),
                 &limits,
                 &mut enc,
@@ -657,16 +707,12 @@ mod tests {
         let (mut s, outbox) = online(PeerLimits::default());
         let limits = Limits::default();
         let mut enc = Encoder::default();
-        let past = Outgoing {
-            expires_at: Some(Instant::now() - Duration::from_millis(1)),
-            ..Outgoing::plain(message("t", QoS::AtMostOnce))
-        };
-        let future = Outgoing {
-            expires_at: Some(Instant::now() + Duration::from_secs(30)),
-            ..Outgoing::plain(message("t", QoS::AtMostOnce))
-        };
-        assert_eq!(s.deliver(past, &limits, &mut enc), Delivery::Dropped);
-        assert_eq!(s.deliver(future, &limits, &mut enc), Delivery::Sent);
+        let mut past = Outgoing::plain(message("t", QoS::AtMostOnce));
+        past.grant.expires_at = Some(Instant::now() - Duration::from_millis(1));
+        let mut future = Outgoing::plain(message("t", QoS::AtMostOnce));
+        future.grant.expires_at = Some(Instant::now() + Duration::from_secs(30));
+        assert_eq!(s.deliver_owned(past, &limits, &mut enc), Delivery::Dropped);
+        assert_eq!(s.deliver_owned(future, &limits, &mut enc), Delivery::Sent);
         assert_eq!(s.counters.expired, 1);
         let got = sent(&outbox);
         assert_eq!(got[0].properties.message_expiry_interval, Some(30));
@@ -682,7 +728,7 @@ mod tests {
         let limits = Limits::default();
         let mut enc = Encoder::default();
         for topic in ["a", "a", "b"] {
-            s.deliver(
+            s.deliver_owned(
                 Outgoing::plain(message(topic, QoS::AtMostOnce)),
                 &limits,
                 &mut enc,
@@ -705,7 +751,7 @@ mod tests {
         };
         let (mut s, outbox) = online(peer);
         let out = Outgoing::plain(message("topic", QoS::AtLeastOnce));
-        let delivery = s.deliver(out, &Limits::default(), &mut Encoder::default());
+        let delivery = s.deliver_owned(out, &Limits::default(), &mut Encoder::default());
         assert_eq!(delivery, Delivery::Dropped);
         assert_eq!(s.counters.too_large, 1);
         assert!(sent(&outbox).is_empty());
@@ -716,19 +762,17 @@ mod tests {
         let (mut s, _outbox) = online(PeerLimits::default());
         let limits = Limits::default();
         let mut enc = Encoder::default();
-        let shared = Outgoing {
-            share: Some("$share/g/t".into()),
-            ..Outgoing::plain(message("t", QoS::AtLeastOnce))
-        };
-        s.deliver(shared, &limits, &mut enc);
-        s.deliver(
+        let mut shared = Outgoing::plain(message("t", QoS::AtLeastOnce));
+        shared.grant.share = Some("$share/g/t".into());
+        s.deliver_owned(shared, &limits, &mut enc);
+        s.deliver_owned(
             Outgoing::plain(message("t", QoS::AtLeastOnce)),
             &limits,
             &mut enc,
         );
         let back = s.take_unfinished_shared();
         assert_eq!(back.len(), 1);
-        assert_eq!(back[0].share.as_deref(), Some("$share/g/t"));
+        assert_eq!(back[0].grant.share.as_deref(), Some("$share/g/t"));
         assert_eq!(s.take_state().inflight.len(), 1);
     }
 }

@@ -6,7 +6,7 @@
 use super::{Message, Shard};
 use crate::metrics::{Board, Snapshot};
 use crate::net::ceiling::DropReason;
-use crate::protocol::{MqttString, Properties, Publish, QoS};
+use crate::protocol::{MqttString, Props, Publish, QoS};
 use bytes::Bytes;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -129,7 +129,7 @@ fn sys_publish(topic: &str, value: String) -> Publish {
         // `$SYS/...` names built here are valid topic names.
         topic: MqttString::from_str_checked(topic).unwrap_or_default(),
         pkid: 0,
-        properties: Properties::default(),
+        properties: Props::default(),
         payload: Bytes::from(value),
     }
 }

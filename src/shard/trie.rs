@@ -8,7 +8,7 @@
 //! Filter depth is chosen by peers, so nothing here recurses over the depth of the trie:
 //! matching, pruning and dropping walk with explicit stacks.
 
-use std::collections::HashMap;
+use super::HashMap;
 use std::hash::Hash;
 use std::ops::ControlFlow;
 

@@ -111,7 +111,7 @@ pub fn connect_packet(client_id: &str, version: Version, clean: bool) -> Connect
         username: None,
         password: None,
         will: None,
-        properties: Properties::default(),
+        properties: Props::default(),
     }
 }
 
@@ -240,7 +240,7 @@ impl Raw {
                 filter: MqttString::from_str_checked(filter).unwrap(),
                 options,
             }],
-            properties: Properties::default(),
+            properties: Props::default(),
         };
         self.send(&Packet::Subscribe(subscribe));
         match self.recv() {
@@ -313,7 +313,7 @@ pub fn publish_packet(topic: &str, payload: &[u8], qos: QoS, retain: bool, pkid:
         retain,
         topic: MqttString::from_str_checked(topic).unwrap(),
         pkid,
-        properties: Properties::default(),
+        properties: Props::default(),
         payload: Bytes::copy_from_slice(payload),
     })
 }

@@ -7,7 +7,7 @@ use super::error::{DecodeError, EncodeError};
 use super::reader::Reader;
 use super::varint::{self, VARINT_MAX};
 use super::writer;
-use crate::protocol::packet::{MqttString, Properties, Version};
+use crate::protocol::packet::{MqttString, Properties, Props, Version};
 
 /// Where a property list sits: one bit per packet type (bit n for type n), bit 0 for the will
 /// properties of CONNECT.
@@ -57,8 +57,11 @@ fn may_repeat(id: u8, context: Context) -> bool {
 }
 
 /// Reads a property list (length, then properties) for `context`.
-pub(crate) fn read(r: &mut Reader, context: Context) -> Result<Properties, DecodeError> {
+pub(crate) fn read(r: &mut Reader, context: Context) -> Result<Props, DecodeError> {
     let len = r.varint()? as usize;
+    if len == 0 {
+        return Ok(Props::default());
+    }
     let mut list = r.sub(len)?;
     let mut props = Properties::default();
     let mut seen = 0u64;
@@ -74,7 +77,7 @@ pub(crate) fn read(r: &mut Reader, context: Context) -> Result<Properties, Decod
     if props.authentication_data.is_some() && props.authentication_method.is_none() {
         return Err(DecodeError::AuthDataWithoutMethod);
     }
-    Ok(props)
+    Ok(props.into())
 }
 
 fn read_id(r: &mut Reader, context: Context) -> Result<u8, DecodeError> {
@@ -284,10 +287,10 @@ pub(crate) fn write(p: &Properties, out: &mut BytesMut) -> Result<(), EncodeErro
 
 /// Reads a property list in 5.0; a 3.1.1 packet has none.
 #[inline]
-pub(crate) fn read_v5(r: &mut Reader, context: Context) -> Result<Properties, DecodeError> {
+pub(crate) fn read_v5(r: &mut Reader, context: Context) -> Result<Props, DecodeError> {
     match r.version() {
         Version::V5 => read(r, context),
-        Version::V311 => Ok(Properties::default()),
+        Version::V311 => Ok(Props::default()),
     }
 }
 
@@ -323,7 +326,7 @@ pub(crate) fn is_empty(p: &Properties) -> bool {
 mod tests {
     use super::*;
 
-    fn decode(bytes: &[u8], context: Context) -> Result<Properties, DecodeError> {
+    fn decode(bytes: &[u8], context: Context) -> Result<Props, DecodeError> {
         let mut r = Reader::new(Bytes::copy_from_slice(bytes), Version::V5);
         read(&mut r, context)
     }

@@ -17,7 +17,7 @@ pub fn publish(topic: &'static str, qos: QoS, payload: &'static [u8]) -> Publish
         retain: false,
         topic: s(topic),
         pkid: if qos == QoS::AtMostOnce { 0 } else { 7 },
-        properties: Properties::default(),
+        properties: Props::default(),
         payload: Bytes::from_static(payload),
     }
 }
@@ -111,15 +111,15 @@ pub fn connect(version: Version) -> Connect {
             qos: QoS::AtLeastOnce,
             retain: true,
             properties: if v5 {
-                will_properties
+                will_properties.into()
             } else {
-                Properties::default()
+                Props::default()
             },
         }),
         properties: if v5 {
-            connect_properties()
+            connect_properties().into()
         } else {
-            Properties::default()
+            Props::default()
         },
     }
 }
@@ -140,15 +140,15 @@ pub fn all(version: Version) -> Vec<Packet> {
     minimal_connect.username = None;
     minimal_connect.password = None;
     minimal_connect.client_id = MqttString::default();
-    minimal_connect.properties = Properties::default();
+    minimal_connect.properties = Props::default();
     let mut publish_v5 = publish("a/b", QoS::ExactlyOnce, b"payload");
-    publish_v5.properties = props(publish_properties());
+    publish_v5.properties = props(publish_properties()).into();
     publish_v5.retain = true;
     publish_v5.dup = true;
     let ack = |reason: u8, p: Properties| Ack {
         pkid: 9,
         reason: code(reason),
-        properties: props(p),
+        properties: props(p).into(),
     };
     let mut packets = vec![
         Packet::Connect(connect(version)),
@@ -156,12 +156,12 @@ pub fn all(version: Version) -> Vec<Packet> {
         Packet::ConnAck(ConnAck {
             session_present: true,
             code: ReasonCode::SUCCESS,
-            properties: props(connack_properties()),
+            properties: props(connack_properties()).into(),
         }),
         Packet::ConnAck(ConnAck {
             session_present: false,
             code: ReasonCode(if v5 { 0x86 } else { 4 }),
-            properties: Properties::default(),
+            properties: Props::default(),
         }),
         Packet::Publish(publish("sensors/temp", QoS::AtMostOnce, b"21.5")),
         Packet::Publish(publish("sensors/temp", QoS::AtLeastOnce, b"")),
@@ -192,12 +192,13 @@ pub fn all(version: Version) -> Vec<Packet> {
                 subscription_identifiers: vec![42],
                 user_properties: vec![(s("u"), s("p"))],
                 ..Properties::default()
-            }),
+            })
+            .into(),
         }),
         Packet::SubAck(SubAck {
             pkid: 10,
             reason_codes: vec![ReasonCode(1), ReasonCode(0x80)],
-            properties: props(reason_props()),
+            properties: props(reason_props()).into(),
         }),
         Packet::Unsubscribe(Unsubscribe {
             pkid: 11,
@@ -205,7 +206,8 @@ pub fn all(version: Version) -> Vec<Packet> {
             properties: props(Properties {
                 user_properties: vec![(s("u"), s("p"))],
                 ..Properties::default()
-            }),
+            })
+            .into(),
         }),
         Packet::UnsubAck(UnsubAck {
             pkid: 11,
@@ -214,7 +216,7 @@ pub fn all(version: Version) -> Vec<Packet> {
             } else {
                 vec![]
             },
-            properties: props(reason_props()),
+            properties: props(reason_props()).into(),
         }),
         Packet::PingReq,
         Packet::PingResp,
@@ -233,7 +235,7 @@ fn v5_only() -> Vec<Packet> {
         Packet::Publish(aliased),
         Packet::Disconnect(Disconnect {
             reason: ReasonCode(0x04),
-            properties: Properties::default(),
+            properties: Props::default(),
         }),
         Packet::Disconnect(Disconnect {
             reason: ReasonCode::SERVER_MOVED,
@@ -243,7 +245,8 @@ fn v5_only() -> Vec<Packet> {
                 reason_string: Some(s("moved")),
                 user_properties: vec![(s("a"), s("b"))],
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
         Packet::Auth(Auth::default()),
         Packet::Auth(Auth {
@@ -254,7 +257,8 @@ fn v5_only() -> Vec<Packet> {
                 reason_string: Some(s("more")),
                 user_properties: vec![(s("a"), s("b"))],
                 ..Properties::default()
-            },
+            }
+            .into(),
         }),
     ]
 }

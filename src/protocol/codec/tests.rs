@@ -114,9 +114,9 @@ fn publish_header_plus_payload_equals_encode() {
 #[test]
 fn a_5_0_publish_goes_to_a_3_1_1_subscriber_without_properties() {
     let mut p = samples::publish("a", QoS::AtLeastOnce, b"x");
-    p.properties = samples::publish_properties();
+    p.properties = samples::publish_properties().into();
     let bytes = encoded(&Packet::Publish(p.clone()), Version::V311);
-    p.properties = Properties::default();
+    p.properties = Props::default();
     assert_eq!(
         decode_as(Version::V311, &bytes),
         Ok(Decoded::Packet(Packet::Publish(p)))
@@ -572,7 +572,7 @@ fn short_forms_of_5_0_acks_disconnect_and_auth() {
         Packet::PubAck(Ack {
             pkid: 1,
             reason,
-            properties: Properties::default(),
+            properties: Props::default(),
         })
     };
     let decoded = |bytes: &[u8]| decode_as(Version::V5, bytes);
