@@ -60,6 +60,10 @@ pub struct Limits {
     pub topic_alias_max: u16,
     /// Bytes read from one connection before yielding to others in the same loop turn.
     pub read_bytes_per_turn: usize,
+    /// Messages delivered to this shard's subscribers on behalf of one connection before it
+    /// yields in the same loop turn: a fan-out publisher's work is its deliveries, not its
+    /// bytes, and yielding lets the writers flush (so subscribers start reading) sooner.
+    pub deliveries_per_turn: usize,
     /// Bytes of socket writes kept waiting per connection before new QoS 0 messages are dropped.
     pub write_buffer_bytes_max: usize,
     /// Bytes (written or queued) a subscriber may lag before its publishers are paused, as long
@@ -155,7 +159,8 @@ impl Default for Limits {
             keep_alive_max_secs: 0,
             receive_max: 64,
             topic_alias_max: 64,
-            read_bytes_per_turn: 64 << 10,
+            read_bytes_per_turn: 16 << 10,
+            deliveries_per_turn: 128 << 10,
             write_buffer_bytes_max: 4 << 20,
             write_buffer_pause_bytes: 256 << 10,
             subscriber_stall_ms: 500,
@@ -227,6 +232,9 @@ impl Config {
         }
         if l.read_bytes_per_turn < 4096 {
             return bad("`limits.read_bytes_per_turn` must be at least 4096");
+        }
+        if l.deliveries_per_turn == 0 {
+            return bad("`limits.deliveries_per_turn` must be at least 1");
         }
         if l.write_buffer_pause_bytes == 0
             || l.write_buffer_pause_bytes >= l.write_buffer_bytes_max

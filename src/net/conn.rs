@@ -144,6 +144,7 @@ impl Conn {
     /// Reads and handles packets until the connection ends.
     async fn read_loop(&mut self) -> End {
         let mut bytes_this_turn = 0;
+        let mut sent_at_turn_start = self.shard.metrics.messages_sent.get();
         loop {
             let before = self.buf.len();
             let packet = match self.read_packet().await {
@@ -161,12 +162,18 @@ impl Conn {
             if let Some(end) = self.handle(packet).await {
                 return end;
             }
-            // Bound the work one connection does per loop turn so a fast publisher cannot
-            // starve the other connections of its shard.
+            // Bound the work one connection does per loop turn (bytes read, messages fanned
+            // out) so a fast publisher cannot starve the other connections of its shard, and
+            // the writers get to send what it fanned out while it goes on.
             bytes_this_turn += before.saturating_sub(self.buf.len()).max(1);
-            if bytes_this_turn >= self.shard.limits.read_bytes_per_turn {
+            let sent = self.shard.metrics.messages_sent.get();
+            let limits = &self.shard.limits;
+            if bytes_this_turn >= limits.read_bytes_per_turn
+                || sent.wrapping_sub(sent_at_turn_start) >= limits.deliveries_per_turn as u64
+            {
                 bytes_this_turn = 0;
                 futures_lite::future::yield_now().await;
+                sent_at_turn_start = self.shard.metrics.messages_sent.get();
             }
         }
     }
