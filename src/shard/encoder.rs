@@ -25,12 +25,12 @@ pub struct Encoder {
 struct Headers {
     /// The message they belong to, held so no other message can take its address meanwhile.
     publish: Option<Arc<Publish>>,
-    shapes: Vec<Shape>,
+    shapes: Vec<Cached>,
     bytes: BytesMut,
 }
 
 /// One encoded header of the cached message.
-struct Shape {
+struct Cached {
     version: Version,
     qos: QoS,
     retain: bool,
@@ -112,19 +112,20 @@ impl Encoder {
         if found.is_some() {
             return found;
         }
-        let mut shaped = Publish::clone(publish);
-        shaped.qos = qos;
-        shaped.retain = retain;
-        shaped.dup = false;
-        shaped.pkid = 0;
+        let shape = codec::Shape {
+            qos,
+            retain,
+            dup: false,
+            pkid: 0,
+        };
         let start = headers.bytes.len();
-        codec::write_publish_header(&shaped, version, &mut headers.bytes).ok()?;
-        headers.shapes.push(Shape {
+        codec::write_shaped_header(publish, shape, version, &mut headers.bytes).ok()?;
+        headers.shapes.push(Cached {
             version,
             qos,
             retain,
             range: start..headers.bytes.len(),
-            pkid_at: codec::publish_pkid_offset(&shaped, version),
+            pkid_at: codec::publish_pkid_offset(publish, shape, version),
         });
         Some(headers.shapes.len() - 1)
     }

@@ -86,7 +86,7 @@ impl Grant {
 
     /// The PUBLISH this client gets of `publish`, as a copy of its own. Its Message Expiry
     /// Interval is lowered by the time it waited [MQTT-3.3.2-6].
-    pub fn shape(&self, publish: &Publish, pkid: u16, dup: bool) -> Publish {
+    pub fn to_publish(&self, publish: &Publish, pkid: u16, dup: bool) -> Publish {
         let mut publish = publish.clone();
         publish.qos = self.qos;
         publish.retain = self.retain;
@@ -325,8 +325,9 @@ impl Session {
         let shared = (grant.ids.is_empty())
             .then(|| enc.shared_len(publish, self.version, grant.qos, grant.retain))
             .flatten();
-        let len = shared
-            .unwrap_or_else(|| codec::publish_len(&grant.shape(publish, 0, false), self.version));
+        let len = shared.unwrap_or_else(|| {
+            codec::publish_len(&grant.to_publish(publish, 0, false), self.version)
+        });
         len > max
     }
 
@@ -458,7 +459,7 @@ impl Session {
             );
             return;
         }
-        let mut shaped = grant.shape(publish, pkid, false);
+        let mut shaped = grant.to_publish(publish, pkid, false);
         if is_aliased {
             let topic = publish.topic.as_str();
             if let Some(&alias) = self.aliases.get(topic) {
@@ -493,10 +494,24 @@ impl Session {
         loop {
             let pkid = self.next_pkid;
             self.next_pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
-            if !self.inflight.iter().any(|i| i.pkid == pkid) {
+            if !self.is_pkid_in_flight(pkid) {
                 return pkid;
             }
         }
+    }
+
+    /// Whether `pkid` is in flight. Ids are given in turn and the window keeps send order, so
+    /// the ids in flight run (wrapping past 65,535) from the first one's to the last one's:
+    /// an id outside that run is free without a look at each message in the window.
+    fn is_pkid_in_flight(&self, pkid: u16) -> bool {
+        let (Some(first), Some(last)) = (self.inflight.front(), self.inflight.back()) else {
+            return false;
+        };
+        let from_first = |id: u16| (id as u32 + 65_535 - first.pkid as u32) % 65_535;
+        if from_first(pkid) > from_first(last.pkid) {
+            return false;
+        }
+        self.inflight.iter().any(|i| i.pkid == pkid)
     }
 
     /// Moves queued messages into the window while there is room and a connection.
@@ -533,7 +548,7 @@ impl Session {
                         inflight
                             .out
                             .grant
-                            .shape(&inflight.out.publish, inflight.pkid, true);
+                            .to_publish(&inflight.out.publish, inflight.pkid, true);
                     push_publish(&outbox, &publish, self.version, &mut enc.scratch);
                 }
                 Phase::Release => {
@@ -774,5 +789,27 @@ mod tests {
         assert_eq!(back.len(), 1);
         assert_eq!(back[0].grant.share.as_deref(), Some("$share/g/t"));
         assert_eq!(s.take_state().inflight.len(), 1);
+    }
+
+    #[test]
+    fn packet_ids_wrap_past_65535_and_skip_those_in_flight() {
+        let (mut s, _outbox) = online(PeerLimits::default());
+        let limits = Limits::default();
+        let mut enc = Encoder::default();
+        s.next_pkid = 65_534;
+        for _ in 0..3 {
+            s.deliver_owned(
+                Outgoing::plain(message("t", QoS::AtLeastOnce)),
+                &limits,
+                &mut enc,
+            );
+        }
+        let ids: Vec<u16> = s.inflight.iter().map(|i| i.pkid).collect();
+        assert_eq!(ids, [65_534, 65_535, 1]);
+        s.next_pkid = 65_535;
+        assert_eq!(s.allocate_pkid(), 2, "65,535 and 1 are in flight");
+        s.on_puback(65_534, &limits, &mut enc);
+        s.next_pkid = 65_534;
+        assert_eq!(s.allocate_pkid(), 65_534, "acknowledged, so free again");
     }
 }

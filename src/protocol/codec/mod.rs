@@ -37,6 +37,7 @@ use bytes::{Bytes, BytesMut};
 
 pub use error::{DecodeError, EncodeError};
 use fixed_header::{packet_type::*, FixedHeader};
+pub use publish::Shape;
 use reader::Reader;
 pub use topic_syntax::{validate_topic_filter, validate_topic_name};
 pub use varint::VARINT_MAX;
@@ -231,7 +232,7 @@ fn remaining_len(packet: &Packet, version: Version) -> usize {
     match packet {
         Packet::Connect(c) => connect::len(c, version),
         Packet::ConnAck(c) => connack::len(c, version),
-        Packet::Publish(p) => publish::len(p, version),
+        Packet::Publish(p) => publish::len(p, Shape::of(p), version),
         Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
             ack::len(a, version)
         }
@@ -254,7 +255,7 @@ pub fn encoded_len(packet: &Packet, version: Version) -> usize {
 /// The size in bytes a PUBLISH will take on the wire, payload included, without building a
 /// `Packet` around it (checked against a client's Maximum Packet Size before queueing).
 pub fn publish_len(publish: &Publish, version: Version) -> usize {
-    let remaining = publish::len(publish, version);
+    let remaining = publish::len(publish, Shape::of(publish), version);
     fixed_header::len(remaining) + remaining
 }
 
@@ -272,7 +273,7 @@ pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(
 fn write_packet(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
     let packet_type = packet_type(packet);
     if let Packet::Publish(p) = packet {
-        publish::write_header(p, version, out)?;
+        publish::write_header(p, Shape::of(p), version, out)?;
         out.extend_from_slice(&p.payload);
         return Ok(());
     }
@@ -304,13 +305,15 @@ fn write_packet(packet: &Packet, version: Version, out: &mut BytesMut) -> Result
     }
 }
 
-/// Where the packet id sits in the header `write_publish_header` writes for `publish` (None
-/// for QoS 0), so one encoded header can serve many subscribers with their own ids.
-pub fn publish_pkid_offset(publish: &Publish, version: Version) -> Option<usize> {
-    if publish.qos == crate::protocol::QoS::AtMostOnce {
+/// Where the packet id sits in the header `write_shaped_header` writes for `publish` sent
+/// with `shape` (None for QoS 0), so one encoded header can serve many subscribers with their
+/// own ids.
+pub fn publish_pkid_offset(publish: &Publish, shape: Shape, version: Version) -> Option<usize> {
+    if shape.qos == crate::protocol::QoS::AtMostOnce {
         return None;
     }
-    Some(fixed_header::len(publish::len(publish, version)) + 2 + publish.topic.len())
+    let remaining = publish::len(publish, shape, version);
+    Some(fixed_header::len(remaining) + 2 + publish.topic.len())
 }
 
 /// Writes everything of a PUBLISH except the payload: fixed header (remaining length counts
@@ -320,8 +323,19 @@ pub fn write_publish_header(
     version: Version,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
+    write_shaped_header(publish, Shape::of(publish), version, out)
+}
+
+/// `write_publish_header` for a copy of `publish` sent with `shape` (its own QoS, retain,
+/// DUP and packet id), without building that copy.
+pub fn write_shaped_header(
+    publish: &Publish,
+    shape: Shape,
+    version: Version,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
     let start = out.len();
-    let result = publish::write_header(publish, version, out);
+    let result = publish::write_header(publish, shape, version, out);
     if result.is_err() {
         out.truncate(start);
     }

@@ -11,6 +11,32 @@ use super::topic_syntax::validate_topic_name;
 use super::writer;
 use crate::protocol::packet::{Publish, QoS, Version};
 
+/// The fields of a PUBLISH that differ between the copies sent to different clients: one
+/// received PUBLISH is written with as many shapes as it has subscribers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// QoS of this copy.
+    pub qos: QoS,
+    /// RETAIN flag of this copy.
+    pub retain: bool,
+    /// DUP flag of this copy.
+    pub dup: bool,
+    /// Packet id of this copy (ignored at QoS 0).
+    pub pkid: u16,
+}
+
+impl Shape {
+    /// The shape `p` itself has.
+    pub fn of(p: &Publish) -> Shape {
+        Shape {
+            qos: p.qos,
+            retain: p.retain,
+            dup: p.dup,
+            pkid: p.pkid,
+        }
+    }
+}
+
 /// Reads a PUBLISH body with the fixed header's `flags`.
 #[inline]
 pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, DecodeError> {
@@ -48,33 +74,34 @@ pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, DecodeError> {
 }
 
 /// The first byte of the fixed header.
-fn first_byte(p: &Publish) -> u8 {
-    (PUBLISH << 4) | u8::from(p.dup) << 3 | (p.qos as u8) << 1 | u8::from(p.retain)
+fn first_byte(s: Shape) -> u8 {
+    (PUBLISH << 4) | u8::from(s.dup) << 3 | (s.qos as u8) << 1 | u8::from(s.retain)
 }
 
 /// Length of everything after the fixed header except the payload.
-fn variable_header_len(p: &Publish, version: Version) -> usize {
-    let pkid = if p.qos == QoS::AtMostOnce { 0 } else { 2 };
+fn variable_header_len(p: &Publish, s: Shape, version: Version) -> usize {
+    let pkid = if s.qos == QoS::AtMostOnce { 0 } else { 2 };
     2 + p.topic.len() + pkid + properties::len_v5(&p.properties, version)
 }
 
-/// The Remaining Length of `p` in `version`.
-pub(crate) fn len(p: &Publish, version: Version) -> usize {
-    variable_header_len(p, version) + p.payload.len()
+/// The Remaining Length of `p` sent with `s`, in `version`.
+pub(crate) fn len(p: &Publish, s: Shape, version: Version) -> usize {
+    variable_header_len(p, s, version) + p.payload.len()
 }
 
-/// Writes the fixed header, topic, packet id and properties; the Remaining Length counts the
-/// payload, which the caller sends after these bytes.
+/// Writes the fixed header, topic, packet id and properties of `p` sent with `s`; the
+/// Remaining Length counts the payload, which the caller sends after these bytes.
 pub(crate) fn write_header(
     p: &Publish,
+    s: Shape,
     version: Version,
     out: &mut BytesMut,
 ) -> Result<(), EncodeError> {
     writer::check_field(p.topic.len())?;
-    fixed_header::write(first_byte(p), len(p, version), out)?;
+    fixed_header::write(first_byte(s), len(p, s, version), out)?;
     writer::string(&p.topic, out)?;
-    if p.qos != QoS::AtMostOnce {
-        out.put_u16(p.pkid);
+    if s.qos != QoS::AtMostOnce {
+        out.put_u16(s.pkid);
     }
     properties::write_v5(&p.properties, properties::context(PUBLISH), version, out)
 }
