@@ -508,6 +508,10 @@ impl Shard {
     /// Picks one member of each shared subscription matching the message; delivers to the
     /// members of this shard and returns the messages for members elsewhere.
     fn deliver_shared(&self, st: &mut State, message: &Message) -> (bool, Vec<Remote>) {
+        // Most brokers have no shared subscription: no need to split the topic once more.
+        if st.group_trie.is_empty() {
+            return (false, Vec::new());
+        }
         let mut shares = Vec::new();
         st.group_trie
             .for_each_match(message.publish.topic.as_str(), |share, _| {
@@ -1062,6 +1066,9 @@ fn drop_filter_ref(refs: &mut HashMap<String, usize>, filter: &str) -> bool {
 /// Bit set of the other shards with a subscriber matching `topic`.
 fn interested_shards(interest: &Trie<ShardId, ()>, topic: &str) -> u64 {
     let mut shards = 0u64;
+    if interest.is_empty() {
+        return shards;
+    }
     interest.for_each_match(topic, |shard, _| shards |= 1 << shard);
     shards
 }
