@@ -159,7 +159,14 @@ impl Conn {
                 }
                 Err(ReadError::Gone) => return End::Abrupt,
             };
-            if let Some(end) = self.handle(packet).await {
+            // Only PUBLISH and SUBSCRIBE may wait; the rest is handled without building the
+            // async state machine, which is large enough that moving it into place for every
+            // PUBACK was 13% of a QoS 1 fan-out profile (memmove).
+            let end = match packet {
+                Packet::Publish(_) | Packet::Subscribe(_) => self.handle(packet).await,
+                packet => self.handle_now(packet),
+            };
+            if let Some(end) = end {
                 return end;
             }
             // Bound the work one connection does per loop turn (bytes read, messages fanned
@@ -406,7 +413,18 @@ impl Conn {
     /// Acts on one packet; returns Some when the connection must end.
     async fn handle(&mut self, packet: Packet) -> Option<End> {
         match packet {
-            Packet::Publish(publish) => return self.on_publish(publish).await,
+            Packet::Publish(publish) => self.on_publish(publish).await,
+            Packet::Subscribe(subscribe) => {
+                self.on_subscribe(subscribe).await;
+                None
+            }
+            packet => self.handle_now(packet),
+        }
+    }
+
+    /// Handles a packet that never waits (everything but PUBLISH and SUBSCRIBE).
+    fn handle_now(&mut self, packet: Packet) -> Option<End> {
+        match packet {
             Packet::PubAck(ack) => {
                 self.session(|s, l, b| s.on_puback(ack.pkid, l, b));
             }
@@ -425,7 +443,6 @@ impl Conn {
                 };
                 self.send_ack(Packet::PubComp, pkid, reason);
             }
-            Packet::Subscribe(subscribe) => self.on_subscribe(subscribe).await,
             Packet::Unsubscribe(unsubscribe) => self.on_unsubscribe(unsubscribe),
             Packet::PingReq => self.send(&Packet::PingResp),
             Packet::Disconnect(d) => {
