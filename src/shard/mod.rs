@@ -419,6 +419,29 @@ impl Shard {
         self.route_with(message, true).await
     }
 
+    /// `publish` done at once, when it needs no other shard and nothing to wait for: no memory
+    /// pressure, no other shard subscribed, not retained on a broker of several shards, no
+    /// shared subscription (whose members may be elsewhere). Returns whether anyone
+    /// subscribes, or gives the message back untouched. The common case of a fan-out or a
+    /// pair then costs no async state machine.
+    pub fn publish_now(&self, message: Message) -> Result<bool, Message> {
+        if self.pressure.must_wait() || (message.publish.retain && self.shards > 1) {
+            return Err(message);
+        }
+        let mut st = self.state.borrow_mut();
+        let topic = message.publish.topic.as_str();
+        if !st.group_trie.is_empty() || interested_shards(&st.interest, topic) != 0 {
+            return Err(message);
+        }
+        self.metrics
+            .messages_received
+            .set(self.metrics.messages_received.get() + 1);
+        if message.publish.retain {
+            st.retained.set(topic, Some(message.clone()));
+        }
+        Ok(self.deliver_local(&mut st, &message))
+    }
+
     /// `publish` without waiting for room or counting it as received (the broker's own `$SYS`
     /// messages, wills).
     pub async fn route(&self, message: Message) -> bool {
