@@ -40,6 +40,9 @@ enum End {
     Abrupt,
 }
 
+/// PUBACKs handled in one batch, at most.
+const PUBACK_BATCH_MAX: usize = 64;
+
 /// Serves one accepted connection until it closes.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
@@ -432,9 +435,7 @@ impl Conn {
     /// Handles a packet that never waits (everything but PUBLISH and SUBSCRIBE).
     fn handle_now(&mut self, packet: Packet) -> Option<End> {
         match packet {
-            Packet::PubAck(ack) => {
-                self.session(|s, l, b| s.on_puback(ack.pkid, l, b));
-            }
+            Packet::PubAck(ack) => self.on_pubacks(ack.pkid),
             Packet::PubRec(ack) => {
                 self.session(|s, _, b| s.on_pubrec(ack.pkid, b));
             }
@@ -476,6 +477,24 @@ impl Conn {
             }
         }
         None
+    }
+
+    /// A PUBACK, and the PUBACKs right behind it in the buffer, handled as one batch: one
+    /// session lookup and one pump of the queue for a whole read of a subscriber's acks.
+    fn on_pubacks(&mut self, first: u16) {
+        let mut pkids = [0u16; PUBACK_BATCH_MAX];
+        pkids[0] = first;
+        let mut len = 1;
+        // 0x40 is PUBACK with its only valid flags; a malformed one (which the codec leaves
+        // in the buffer) is left for the read loop to report.
+        while len < PUBACK_BATCH_MAX && self.buf.first() == Some(&0x40) {
+            let Ok(Decoded::Packet(Packet::PubAck(ack))) = self.codec.decode(&mut self.buf) else {
+                break;
+            };
+            pkids[len] = ack.pkid;
+            len += 1;
+        }
+        self.session(|s, l, b| s.on_pubacks(&pkids[..len], l, b));
     }
 
     fn session<R>(

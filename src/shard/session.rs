@@ -566,20 +566,35 @@ impl Session {
         self.complete(pkid, Phase::Publish, QoS::AtLeastOnce, limits, enc);
     }
 
+    /// Several PUBACKs from the client, with one pump of the queue after them all.
+    pub fn on_pubacks(&mut self, pkids: &[u16], limits: &Limits, enc: &mut Encoder) {
+        let mut any = false;
+        for &pkid in pkids {
+            any |= self.remove_inflight(pkid, Phase::Publish, QoS::AtLeastOnce);
+        }
+        if any {
+            self.pump(limits, enc);
+        }
+    }
+
     /// PUBCOMP from the client: QoS 2 flow done.
     pub fn on_pubcomp(&mut self, pkid: u16, limits: &Limits, enc: &mut Encoder) {
         self.complete(pkid, Phase::Release, QoS::ExactlyOnce, limits, enc);
     }
 
     fn complete(&mut self, pkid: u16, phase: Phase, qos: QoS, limits: &Limits, enc: &mut Encoder) {
+        if self.remove_inflight(pkid, phase, qos) {
+            self.pump(limits, enc);
+        }
+    }
+
+    /// Ends the flow of `pkid` at `phase`; false when no such message is in flight.
+    fn remove_inflight(&mut self, pkid: u16, phase: Phase, qos: QoS) -> bool {
         let found = self
             .inflight
             .iter()
             .position(|i| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos);
-        if let Some(index) = found {
-            self.inflight.remove(index);
-            self.pump(limits, enc);
-        }
+        found.is_some_and(|index| self.inflight.remove(index).is_some())
     }
 
     /// PUBREC from the client: answer PUBREL and wait for PUBCOMP. A PUBREC for an unknown
@@ -811,5 +826,28 @@ mod tests {
         s.on_puback(65_534, &limits, &mut enc);
         s.next_pkid = 65_534;
         assert_eq!(s.allocate_pkid(), 65_534, "acknowledged, so free again");
+    }
+
+    #[test]
+    fn a_batch_of_pubacks_frees_the_window_and_pumps_the_queue_once() {
+        let (mut s, outbox) = online(PeerLimits::default());
+        let limits = Limits {
+            inflight_max: 2,
+            ..Limits::default()
+        };
+        let mut enc = Encoder::default();
+        for _ in 0..4 {
+            s.deliver_owned(
+                Outgoing::plain(message("t", QoS::AtLeastOnce)),
+                &limits,
+                &mut enc,
+            );
+        }
+        assert_eq!((s.inflight.len(), s.queued_len()), (2, 2));
+        s.on_pubacks(&[1, 2, 999], &limits, &mut enc);
+        let ids: Vec<u16> = s.inflight.iter().map(|i| i.pkid).collect();
+        assert_eq!(ids, [3, 4], "an unknown id is ignored");
+        assert_eq!(s.queued_len(), 0);
+        assert_eq!(sent(&outbox).len(), 4);
     }
 }
