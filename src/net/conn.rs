@@ -20,7 +20,6 @@ use glommio::net::TcpStream;
 use std::collections::HashMap;
 use std::os::unix::io::AsRawFd;
 use std::rc::Rc;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// Bytes asked of the socket per read.
@@ -38,6 +37,15 @@ enum End {
     Graceful,
     /// Anything else: socket closed, keep-alive expired, protocol error (the will is sent).
     Abrupt,
+}
+
+/// What is left to do with a PUBLISH that `Conn::publish_now` could not finish.
+enum Deferred {
+    /// Checks and handling of `on_publish` (topic alias, payload format, QoS 2).
+    Checks(Publish),
+    /// Routing that may wait (memory pressure, other shards, retained replicas, shared
+    /// subscriptions): checked, not yet routed.
+    Routing(Message),
 }
 
 /// PUBACKs handled in one batch, at most.
@@ -174,12 +182,16 @@ impl Conn {
             // async state machine, which is large enough that moving it into place for every
             // PUBACK was 13% of a QoS 1 fan-out profile (memmove).
             let end = match packet {
+                // The waits are boxed, like every rare wait of this loop, so that the
+                // connection's task (alive as long as the connection) holds only the loop's own
+                // state: ~2.9 KB per connection otherwise.
                 Packet::Publish(publish) => match self.publish_now(publish) {
                     Ok(end) => end,
-                    // Boxed, like every rare wait of this loop, so that the connection's task
-                    // (alive as long as the connection) holds only the loop's own state:
-                    // ~2.9 KB per connection otherwise.
-                    Err(publish) => Box::pin(self.on_publish(publish)).await,
+                    Err(Deferred::Checks(publish)) => Box::pin(self.on_publish(publish)).await,
+                    Err(Deferred::Routing(message)) => {
+                        Box::pin(self.route(message)).await;
+                        None
+                    }
                 },
                 Packet::Subscribe(subscribe) => {
                     Box::pin(self.on_subscribe(subscribe)).await;
@@ -519,31 +531,39 @@ impl Conn {
         }));
     }
 
-    /// A QoS 0 or 1 PUBLISH that the shard can route at once (see `Shard::publish_now`),
-    /// handled without waiting; anything else is given back for `on_publish`.
-    fn publish_now(&mut self, publish: Publish) -> Result<Option<End>, Publish> {
+    /// A QoS 0 or 1 PUBLISH with no topic alias or payload format to check, routed at once
+    /// when the shard can (see `Shard::publish_now`); otherwise handed back with what is
+    /// left to do.
+    fn publish_now(&mut self, publish: Publish) -> Result<Option<End>, Deferred> {
         let is_plain = publish.qos != QoS::ExactlyOnce
             && publish.properties.topic_alias.is_none()
             && publish.properties.payload_format_indicator != Some(1);
         if !is_plain {
-            return Err(publish);
+            return Err(Deferred::Checks(publish));
         }
         if let Some(reason) = self.check_topic(publish.topic.as_str(), false) {
             self.disconnect_with(reason);
             return Ok(Some(End::Abrupt));
         }
-        let (pkid, qos) = (publish.pkid, publish.qos);
-        match self
-            .shard
-            .publish_now(Message::received(publish, self.token))
-        {
-            Ok(matched) if qos == QoS::AtLeastOnce => {
-                self.send_ack(Packet::PubAck, pkid, self.matched_reason(matched));
-                Ok(None)
-            }
-            Ok(_) => Ok(None),
-            // Given back untouched, so the only reference.
-            Err(message) => Err(Arc::try_unwrap(message.publish).unwrap_or_else(|p| (*p).clone())),
+        let message = Message::received(publish, self.token);
+        let (qos, pkid) = (message.publish.qos, message.publish.pkid);
+        let matched = self.shard.publish_now(message).map_err(Deferred::Routing)?;
+        self.ack_routed(qos, pkid, matched);
+        Ok(None)
+    }
+
+    /// Routes a checked QoS 0 or 1 message, waiting as `Shard::publish` may, then acknowledges
+    /// it.
+    async fn route(&mut self, message: Message) {
+        let (qos, pkid) = (message.publish.qos, message.publish.pkid);
+        let matched = self.shard.publish(message).await;
+        self.ack_routed(qos, pkid, matched);
+    }
+
+    /// The PUBACK of a routed QoS 1 message (QoS 0 has none).
+    fn ack_routed(&mut self, qos: QoS, pkid: u16, matched: bool) {
+        if qos == QoS::AtLeastOnce {
+            self.send_ack(Packet::PubAck, pkid, self.matched_reason(matched));
         }
     }
 
@@ -574,17 +594,8 @@ impl Conn {
             (QoS::ExactlyOnce, true) => {
                 self.send_ack(Packet::PubRec, pkid, ReasonCode::PAYLOAD_FORMAT_INVALID)
             }
-            (QoS::AtMostOnce, false) => {
-                self.shard
-                    .publish(Message::received(publish, self.token))
-                    .await;
-            }
-            (QoS::AtLeastOnce, false) => {
-                let matched = self
-                    .shard
-                    .publish(Message::received(publish, self.token))
-                    .await;
-                self.send_ack(Packet::PubAck, pkid, self.matched_reason(matched));
+            (QoS::AtMostOnce | QoS::AtLeastOnce, false) => {
+                self.route(Message::received(publish, self.token)).await
             }
             (QoS::ExactlyOnce, false) => return self.on_publish_qos2(publish).await,
         }

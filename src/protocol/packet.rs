@@ -254,13 +254,6 @@ pub struct Props(Option<Box<Properties>>);
 static NO_PROPERTIES: std::sync::LazyLock<Properties> =
     std::sync::LazyLock::new(Properties::default);
 
-impl Props {
-    /// Whether there are no properties (boxed or not).
-    pub fn is_empty(&self) -> bool {
-        **self == *NO_PROPERTIES
-    }
-}
-
 impl std::ops::Deref for Props {
     type Target = Properties;
 

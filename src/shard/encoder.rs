@@ -40,16 +40,17 @@ struct Cached {
 
 impl Encoder {
     /// Queues `publish` as a client of `version` gets it with `qos`, `retain` and packet id
-    /// `pkid` (every other field as received); false when it cannot be encoded.
+    /// `pkid` (every other field as received). One that cannot be encoded is not sent, as
+    /// with `push_publish`.
     pub fn push_shared(
         &mut self,
         outbox: &Outbox,
         publish: &Arc<Publish>,
         version: Version,
         (qos, retain, pkid): (QoS, bool, u16),
-    ) -> bool {
+    ) {
         let Some(index) = self.shape(publish, version, qos, retain) else {
-            return false;
+            return;
         };
         let shape = &self.headers.shapes[index];
         reserve(&mut self.scratch);
@@ -59,7 +60,6 @@ impl Encoder {
             self.scratch[at..at + 2].copy_from_slice(&pkid.to_be_bytes());
         }
         queue_publish(outbox, &mut self.scratch, publish, qos);
-        true
     }
 
     /// Length of the packet `push_shared` would queue.

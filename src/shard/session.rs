@@ -311,7 +311,8 @@ impl Session {
         self.enqueue(Outgoing { publish, grant }, limits)
     }
 
-    /// Offers a message this session already holds (see `deliver`).
+    /// `deliver` for a message the caller owns (tests).
+    #[cfg(test)]
     pub fn deliver_owned(&mut self, out: Outgoing, limits: &Limits, enc: &mut Encoder) -> Delivery {
         self.deliver(&out.publish, out.grant, limits, enc)
     }
