@@ -82,24 +82,8 @@ next_connection_delay_ms = 0
     dynamic_filters = true
 CONF
 
-broker_pid=""
-stop_broker() {
-    if [[ -n $broker_pid ]]; then
-        kill "$broker_pid" 2>/dev/null || true
-        wait "$broker_pid" 2>/dev/null || true
-        broker_pid=""
-    fi
-}
-trap stop_broker EXIT
-
-wait_port() {
-    for _ in $(seq 200); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "port $1 never opened" >&2
-    return 1
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # start_broker NAME: starts it pinned to CPU 0, sets broker_pid (the `timeout` wrapper) and
 # PORT; the broker itself is the wrapper's only child.

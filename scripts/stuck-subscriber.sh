@@ -25,24 +25,8 @@ allow_anonymous true
 max_queued_messages 1000
 CONF
 
-broker_pid=""
-stop_broker() {
-    if [[ -n $broker_pid ]]; then
-        kill "$broker_pid" 2>/dev/null || true
-        wait "$broker_pid" 2>/dev/null || true
-        broker_pid=""
-    fi
-}
-trap stop_broker EXIT
-
-wait_port() {
-    for _ in $(seq 100); do
-        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
-        sleep 0.05
-    done
-    echo "port $1 never opened" >&2
-    return 1
-}
+# shellcheck source=scripts/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 # run LABEL PORT: the load against the broker started last (its pid in $broker_pid).
 run() {

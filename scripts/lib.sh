@@ -1,0 +1,24 @@
+# Broker plumbing shared by the measurement scripts (sourced, not run).
+#
+# stop_broker kills the broker started last (its pid, or its `timeout` wrapper's, in
+# $broker_pid); it is also the EXIT trap, so no broker outlives the script. wait_port waits
+# up to 10 s for a loopback port to accept connections.
+
+broker_pid=""
+stop_broker() {
+    if [[ -n $broker_pid ]]; then
+        kill "$broker_pid" 2>/dev/null || true
+        wait "$broker_pid" 2>/dev/null || true
+        broker_pid=""
+    fi
+}
+trap stop_broker EXIT
+
+wait_port() {
+    for _ in $(seq 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    echo "port $1 never opened" >&2
+    return 1
+}
