@@ -368,6 +368,8 @@ impl Conn {
             self.outbox.close();
             return false;
         }
+        // A persistent session may come back owing retained messages.
+        self.shard.feed_retained(key, self.token);
         let keep_alive = keep_alive as u64;
         let timeout = (keep_alive > 0).then(|| Duration::from_millis(keep_alive * 1500));
         let _ = self.stream.set_read_timeout(timeout);
@@ -731,6 +733,7 @@ impl Conn {
             }
             self.shard.send_retained(self.key, &filter, sub);
         }
+        self.shard.feed_retained(self.key, self.token);
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {

@@ -104,6 +104,11 @@ pub struct Outbox {
     lag: Cell<Lag>,
     /// Last time the socket took bytes (or the subscriber started to lag).
     progress_at: Cell<Instant>,
+    /// A task waiting for room to send more (a retained-message feed), with the mark below
+    /// which written bytes wake it (0: only `notify_room` or closing does).
+    room: RefCell<Option<Waker>>,
+    room_mark: Cell<usize>,
+    room_notified: Cell<bool>,
 }
 
 impl Default for Outbox {
@@ -141,6 +146,9 @@ impl Outbox {
             coalesce_bytes: COALESCE_BYTES_MAX.min(pause_bytes / 4),
             lag: Cell::new(Lag::KeepsUp),
             progress_at: Cell::new(Instant::now()),
+            room: RefCell::default(),
+            room_mark: Cell::new(0),
+            room_notified: Cell::new(false),
         }
     }
 
@@ -206,6 +214,33 @@ impl Outbox {
         self.closing.set(true);
         self.update_lag();
         self.wake();
+        self.wake_room();
+    }
+
+    /// Ready once fewer than `below` bytes are queued (with Some), `notify_room` was called
+    /// since the last Ready, or the connection is closing. One task may wait at a time.
+    pub fn poll_room(&self, cx: &mut Context<'_>, below: Option<usize>) -> Poll<()> {
+        let has_room = below.is_some_and(|mark| self.bytes.get() < mark);
+        if self.room_notified.replace(false) || has_room || self.closing.get() {
+            self.room_mark.set(0);
+            return Poll::Ready(());
+        }
+        self.room_mark.set(below.unwrap_or(0));
+        *self.room.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+
+    /// Wakes the task waiting in `poll_room`: something other than written bytes made room
+    /// (an acknowledgement opened the window).
+    pub fn notify_room(&self) {
+        self.room_notified.set(true);
+        self.wake_room();
+    }
+
+    fn wake_room(&self) {
+        if let Some(waker) = self.room.borrow_mut().take() {
+            waker.wake();
+        }
     }
 
     /// Closes at once: what is queued is discarded and the writer shuts the socket down, even
@@ -222,6 +257,7 @@ impl Outbox {
         if let Some(waker) = self.abort_waker.borrow_mut().take() {
             waker.wake();
         }
+        self.wake_room();
     }
 
     /// Ready once `abort` was called.
@@ -357,6 +393,9 @@ impl Outbox {
             self.progress_at.set(Instant::now());
         }
         self.update_lag();
+        if self.bytes.get() < self.room_mark.get() {
+            self.wake_room();
+        }
         let mut frames = self.frames.borrow_mut();
         while n > 0 {
             let Some(front) = frames.front_mut() else {

@@ -255,24 +255,29 @@ impl TopicFilter {
     /// Whether `topic` matches the filter part. This is the plain reference the trie is
     /// checked against; the broker matches through the trie.
     pub fn matches(&self, topic: &TopicName) -> bool {
-        let filter = self.filter();
-        // Wildcard-led filters leave `$` topics alone [MQTT-4.7.2-1].
-        if topic.is_system() && filter.starts_with(['+', '#']) {
-            return false;
-        }
-        let mut topic_levels = topic.levels();
-        for level in self.levels() {
-            if level == "#" {
-                // `#` also matches the parent level: `sport/#` matches `sport` [MQTT-4.7.1-2].
-                return true;
-            }
-            match topic_levels.next() {
-                Some(name) if level == "+" || level == name => {}
-                _ => return false,
-            }
-        }
-        topic_levels.next().is_none()
+        filter_matches(self.filter(), topic.as_str())
     }
+}
+
+/// Whether topic name `topic` matches filter `filter` (the filter part, without `$share/`),
+/// both already valid. The plain reference the tries are checked against.
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    // Wildcard-led filters leave `$` topics alone [MQTT-4.7.2-1].
+    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
+        return false;
+    }
+    let mut topic_levels = topic.split('/');
+    for level in filter.split('/') {
+        if level == "#" {
+            // `#` also matches the parent level: `sport/#` matches `sport` [MQTT-4.7.1-2].
+            return true;
+        }
+        match topic_levels.next() {
+            Some(name) if level == "+" || level == name => {}
+            _ => return false,
+        }
+    }
+    topic_levels.next().is_none()
 }
 
 /// Splits `{group}/{filter}`, the text after `$share/`, checking the group [MQTT-4.8.2-2].

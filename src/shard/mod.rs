@@ -4,6 +4,7 @@
 //! Shard state is `!Send` and never leaves its thread; other shards reach it only through
 //! `MeshMsg`s, handled in `on_message`.
 
+pub mod cursor;
 pub mod encoder;
 pub mod overflow;
 pub mod requests;
@@ -16,7 +17,8 @@ use crate::config::Limits;
 use crate::mesh::{Mesh, MeshMsg, RequestId, ShardId};
 use crate::metrics::Metrics;
 use crate::net::ceiling::Pressure;
-use crate::protocol::{Packet, Publish, ReasonCode, Version, Will};
+use crate::protocol::{MqttString, Packet, Publish, ReasonCode, Version, Will};
+use bytes::Bytes;
 use encoder::Encoder;
 use requests::Requests;
 use retained::Retained;
@@ -67,6 +69,22 @@ impl Message {
     /// Whether its Message Expiry Interval has run out.
     pub fn is_expired(&self) -> bool {
         self.expires_at.is_some_and(|t| t <= Instant::now())
+    }
+
+    /// The message as the retained store keeps it: topic and payload copied out of the read
+    /// buffer they were sliced from, so a retained message held for months does not keep a
+    /// 16 KiB buffer alive. Done once, on the publisher's shard; every replica shares it.
+    pub fn to_stored(&self) -> Message {
+        let mut publish = Publish::clone(&self.publish);
+        publish.topic = MqttString::from_str_checked(self.publish.topic.as_str())
+            .unwrap_or_else(|| self.publish.topic.clone());
+        publish.payload = Bytes::copy_from_slice(&self.publish.payload);
+        publish.dup = false;
+        Message {
+            publish: Arc::new(publish),
+            origin: self.origin,
+            expires_at: self.expires_at,
+        }
     }
 }
 
@@ -370,41 +388,22 @@ impl Shard {
     /// Removes a subscription; returns (whether it existed, whether the filter left this shard).
     pub fn unsubscribe(&self, key: SessionKey, filter: &str) -> (bool, bool) {
         let mut st = self.state.borrow_mut();
-        let existed = st
-            .sessions
-            .get_mut(&key)
-            .is_some_and(|s| s.subscriptions.remove(filter).is_some());
+        let existed = st.sessions.get_mut(&key).is_some_and(|s| {
+            s.cursors.remove(filter);
+            s.subscriptions.remove(filter).is_some()
+        });
         if !existed {
             return (false, false);
         }
         (true, drop_subscription(&mut st, self.id(), key, filter))
     }
 
-    /// Sends the retained messages matching `filter` to a session that just subscribed.
+    /// Starts streaming the retained messages matching `filter` to a session that just
+    /// subscribed (see `cursor`); `feed_retained` sends them.
     pub fn send_retained(&self, key: SessionKey, filter: &str, sub: Subscription) {
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
-        let Some(session) = st.sessions.get_mut(&key) else {
-            return;
-        };
-        let limits = &self.limits;
-        let enc = &mut st.enc;
-        let share = filter.starts_with(SHARE_PREFIX).then(|| filter.to_string());
-        let filter = share_filter(filter).unwrap_or(filter);
-        st.retained.for_each_match(filter, |retained| {
-            if retained.is_expired() {
-                return;
-            }
-            let grant = Grant {
-                qos: retained.publish.qos.min(sub.options.qos),
-                retain: true,
-                ids: sub.id.into_iter().collect(),
-                expires_at: retained.expires_at,
-                share: share.clone(),
-            };
-            session.deliver(&retained.publish, grant, limits, enc);
-        });
-        enc.forget();
+        if let Some(session) = self.state.borrow_mut().sessions.get_mut(&key) {
+            session.cursors.add(filter, sub);
+        }
     }
 
     /// Routes a publish from a client of this shard: local subscribers now, other shards
@@ -437,7 +436,7 @@ impl Shard {
             .messages_received
             .set(self.metrics.messages_received.get() + 1);
         if message.publish.retain {
-            st.retained.set(topic, Some(message.clone()));
+            st.retained.set(topic, Some(message.to_stored()));
         }
         Ok(self.deliver_local(&mut st, &message))
     }
@@ -453,11 +452,12 @@ impl Shard {
     /// publisher's PUBACK gets it. Only a connection's own task may wait so: a ring receiver
     /// waiting for an answer that queues behind it on its own ring would never get it.
     async fn route_with(&self, message: Message, wait_for_replicas: bool) -> bool {
+        let stored = message.publish.retain.then(|| message.to_stored());
         let (interested, to_members, local) = {
             let mut st = self.state.borrow_mut();
-            if message.publish.retain {
-                let topic = message.publish.topic.as_str();
-                st.retained.set(topic, Some(message.clone()));
+            if let Some(stored) = &stored {
+                st.retained
+                    .set(stored.publish.topic.as_str(), Some(stored.clone()));
             }
             let local = self.deliver_local(&mut st, &message);
             let (shared, to_members) = self.deliver_shared(&mut st, &message);
@@ -471,10 +471,10 @@ impl Shard {
             && self.shards > 1)
             .then(|| self.requests.open(self.shards - 1));
         for to in (0..self.shards).filter(|&s| s != self.id()) {
-            if message.publish.retain {
+            if let Some(stored) = &stored {
                 let retain = MeshMsg::Retain {
                     topic: message.publish.topic.as_str().to_string(),
-                    publish: Some(message.clone()),
+                    publish: Some(stored.clone()),
                     ack: retain_ack.map(|request| (self.id(), request)),
                 };
                 self.mesh.send(to, retain).await;

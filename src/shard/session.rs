@@ -2,6 +2,7 @@
 //! the queue behind it, and inbound QoS 2 packet ids. Pure state: it encodes packets into the
 //! connection's outbox but does no I/O itself.
 
+use super::cursor::{Cursor, Cursors, Feed};
 use super::encoder::{push_publish, Encoder};
 use super::overflow;
 use crate::config::Limits;
@@ -170,6 +171,8 @@ pub struct SessionState {
     pub incoming_qos2: Vec<u16>,
     /// Next packet id to try.
     pub next_pkid: u16,
+    /// Retained deliveries not finished yet.
+    pub cursors: Vec<Cursor>,
 }
 
 /// Drop and queue counters of one session.
@@ -218,6 +221,9 @@ pub struct Session {
     pub pressure: Rc<Pressure>,
     /// Since when the queue has refused QoS 1/2 messages (for `qos12_overflow = "disconnect"`).
     pub over_bound_since: Option<Instant>,
+    /// Retained messages still owed to new subscriptions, streamed as the connection makes
+    /// room (see `cursor`).
+    pub cursors: Cursors,
 }
 
 impl Drop for Session {
@@ -248,6 +254,7 @@ impl Session {
             counters: SessionCounters::default(),
             pressure: Rc::new(Pressure::default()),
             over_bound_since: None,
+            cursors: Cursors::default(),
         }
     }
 
@@ -261,6 +268,7 @@ impl Session {
         self.queue = state.queue.into();
         self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
         self.next_pkid = state.next_pkid.max(1);
+        self.cursors.restore(state.cursors);
     }
 
     /// Takes the movable state out, leaving the session empty.
@@ -272,6 +280,7 @@ impl Session {
             queue: self.queue.drain(..).collect(),
             incoming_qos2: self.incoming_qos2.drain().collect(),
             next_pkid: self.next_pkid,
+            cursors: self.cursors.take(),
         }
     }
 
@@ -295,6 +304,9 @@ impl Session {
         limits: &Limits,
         enc: &mut Encoder,
     ) -> Delivery {
+        if publish.retain && !self.cursors.is_empty() {
+            self.cursors.note_live(&publish.topic);
+        }
         let is_qos0 = grant.qos == QoS::AtMostOnce;
         if !self.is_online() && is_qos0 {
             return self.drop_message(DropReason::Offline, grant.qos);
@@ -535,6 +547,42 @@ impl Session {
             self.over_bound_since = None;
         }
         self.report_held();
+        if let Some(outbox) = self.outbox.as_ref().filter(|_| !self.cursors.is_empty()) {
+            // A retained feed waiting for the window or the queue may go on.
+            outbox.notify_room();
+        }
+    }
+
+    /// Whether a retained message granted at `qos` can be sent now; what to wait for if not.
+    /// Live messages go first: nothing may wait in the queue, the write buffer must be under
+    /// `mark` (below the lag mark, so the feed never pauses publishers) and QoS 1/2 need a
+    /// window slot.
+    pub fn room_for_retained(&self, qos: QoS, limits: &Limits, mark: usize) -> Option<Feed> {
+        let Some(outbox) = self.outbox.as_ref().filter(|o| !o.is_closing()) else {
+            return Some(Feed::Offline);
+        };
+        if !self.queue.is_empty() || (qos != QoS::AtMostOnce && !self.has_window(limits)) {
+            return Some(Feed::Wait(None));
+        }
+        if outbox.queued_bytes() >= mark {
+            return Some(Feed::Wait(Some(mark)));
+        }
+        None
+    }
+
+    /// Sends a retained message the connection has room for (see `room_for_retained`).
+    pub fn send_retained(
+        &mut self,
+        publish: &Arc<Publish>,
+        grant: Grant,
+        limits: &Limits,
+        enc: &mut Encoder,
+    ) {
+        if self.is_too_large(publish, &grant, enc) {
+            self.counters.too_large += 1;
+            return;
+        }
+        self.send_now(publish, grant, limits, enc);
     }
 
     /// Attaches a new connection and re-sends what was in flight, in order, with DUP set
