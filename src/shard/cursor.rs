@@ -223,15 +223,25 @@ impl Shard {
         let Some(session) = st.sessions.get_mut(&key).filter(|s| s.conn_token == token) else {
             return Feed::Offline;
         };
-        if session.cursors.is_empty() {
-            return Feed::Done;
-        }
-        // Taken out for the feed, so the session and its cursors can be borrowed apart.
-        let mut cursors = std::mem::take(&mut session.cursors);
-        let feed = cursors.feed(session, &st.retained, &self.limits, &mut st.enc);
-        session.cursors = cursors;
-        feed
+        feed_session(session, &st.retained, &self.limits, &mut st.enc)
     }
+}
+
+/// Sends what `session` can take now of the retained messages it is owed from `store`.
+fn feed_session(
+    session: &mut Session,
+    store: &Retained,
+    limits: &Limits,
+    enc: &mut Encoder,
+) -> Feed {
+    if session.cursors.is_empty() {
+        return Feed::Done;
+    }
+    // Taken out for the feed, so the session and its cursors can be borrowed apart.
+    let mut cursors = std::mem::take(&mut session.cursors);
+    let feed = cursors.feed(session, store, limits, enc);
+    session.cursors = cursors;
+    feed
 }
 
 /// Feeds session `key` whenever connection `token`'s outbox has room, until nothing is owed
@@ -250,3 +260,6 @@ async fn run_feeder(shard: Rc<Shard>, key: SessionKey, token: u64, outbox: Rc<Ou
         }
     });
 }
+
+#[cfg(test)]
+mod tests;
