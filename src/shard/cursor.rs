@@ -12,7 +12,7 @@
 //!
 //! Order: live messages go first (they are sent as they arrive and the feed only fills the
 //! room they leave), so new messages are never stuck behind a large retained set. The spec
-//! asks for the retained messages of a new subscription [MQTT-3.8.4-4] but orders only the
+//! asks for the retained messages of a new subscription [MQTT-3.3.1-6] but orders only the
 //! messages of one publisher on one topic [MQTT-4.6.0-5]; a retained message is the state of
 //! its topic, flagged RETAIN. The one case where both meet is a retained message published
 //! while the cursor runs: it reaches the client live, so the cursor skips its topic when it
