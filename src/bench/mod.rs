@@ -10,6 +10,8 @@
 //! - `client`: the MQTT connections: handshake, publisher (closed or open loop, QoS 0/1/2) and
 //!   subscriber loops.
 //! - `conns`: the conns scenario: connect rate and the broker's memory per idle connection.
+//! - `retained`: the retained scenario: store a large retained set, then read it back with
+//!   new subscribers; the broker's memory per retained message.
 //! - `run`: starts the pinned generator threads, waits, merges the results.
 //! - `report`: the human table and the JSON object.
 //! - `html`: the `--html` page: latency percentile plot and rates over time.
@@ -22,6 +24,7 @@ pub mod options;
 pub mod payload;
 pub mod plan;
 pub mod report;
+pub mod retained;
 pub mod run;
 pub mod shared;
 pub mod sink;

@@ -18,7 +18,13 @@ pub enum Scenario {
     /// N idle connections: connect rate and, with --broker-pid, the broker's memory per
     /// connection.
     Conns,
+    /// One publisher stores --retained retained messages, then N subscribers to `ret/#` read
+    /// them all back: store and delivery rates and, with --broker-pid, memory per message.
+    Retained,
 }
+
+/// Most retained messages one run may store: 10 M is a few GiB in any broker.
+const RETAINED_MAX: usize = 10_000_000;
 
 /// ringcast-bench: MQTT load generator (closed loop, end-to-end latency, loss accounting).
 #[derive(Parser, Debug, Clone)]
@@ -42,8 +48,8 @@ pub struct Options {
     /// Payload size in bytes (at least 16: sequence number and send time).
     #[arg(long, default_value_t = 16)]
     pub payload: usize,
-    /// N: subscribers in fanout and wildcard, publishers in fanin, pairs in pairs, connections
-    /// in conns.
+    /// N: subscribers in fanout, wildcard and retained, publishers in fanin, pairs in pairs,
+    /// connections in conns.
     #[arg(long, short = 'n', default_value_t = 100)]
     pub subscribers: usize,
     /// Wildcard: topics in the tree.
@@ -57,10 +63,10 @@ pub struct Options {
     /// behind a slowed-down generator. Without it the run is closed loop (--window).
     #[arg(long, value_name = "PER_S")]
     pub rate: Option<f64>,
-    /// Conns: the broker's pid, to read its resident memory before and after connecting.
+    /// Conns and retained: the broker's pid, to read its resident memory before and after.
     #[arg(long, value_name = "PID")]
     pub broker_pid: Option<u32>,
-    /// Seconds to publish for.
+    /// Seconds to publish for; in retained, the most each of its two phases may take.
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
     /// Messages per publisher; stops earlier than --duration when reached.
@@ -70,7 +76,8 @@ pub struct Options {
     /// the publishers of that subscriber).
     #[arg(long, default_value_t = 1000)]
     pub window: u64,
-    /// QoS 1: most PUBLISHes a publisher may have without a PUBACK.
+    /// QoS 1/2: most PUBLISHes a publisher may have without a PUBACK or PUBCOMP (at most 32 at
+    /// QoS 2 in retained, below brokers' inbound QoS 2 limits).
     #[arg(long, default_value_t = 1000)]
     pub inflight: u64,
     /// Messages a publisher writes in one batch, at most.
@@ -85,9 +92,16 @@ pub struct Options {
     /// Spin this many microseconds before an idle thread sleeps (cuts wake-up latency, burns CPU).
     #[arg(long, default_value_t = 0)]
     pub spin_us: u64,
-    /// Seconds to wait for the last messages once publishing stops.
+    /// Seconds to wait for the last messages once publishing stops; in retained, a subscriber
+    /// that receives nothing for this long stops.
     #[arg(long, default_value_t = 2.0)]
     pub drain: f64,
+    /// Retained: messages stored, on topics `ret/<i/1000>/<i%1000>`.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub retained: usize,
+    /// Retained: QoS of the subscriptions; default --qos.
+    #[arg(long = "sub-qos", value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub sub_qos: Option<u8>,
     /// Run against an in-process forwarder instead of a broker (fanout, QoS 0 only).
     #[arg(long)]
     pub sink: bool,
@@ -138,6 +152,9 @@ impl Options {
             if !(rate > 0.0 && rate <= 1e9) {
                 return Err("--rate must be in (0, 1e9] messages per second".into());
             }
+        }
+        if self.retained == 0 || self.retained > RETAINED_MAX {
+            return Err(format!("--retained must be 1..={RETAINED_MAX}"));
         }
         if self.sink && (self.scenario != Scenario::Fanout || self.qos != 0) {
             return Err("--sink supports fanout with QoS 0 only".into());

@@ -2,6 +2,7 @@
 
 use super::conns::ConnsOutcome;
 use super::options::Options;
+use super::retained::RetainedOutcome;
 use super::run::{Outcome, Sample};
 use hdrhistogram::Histogram;
 use std::fmt::Write;
@@ -65,6 +66,8 @@ pub struct Report {
     pub timeline: Vec<Sample>,
     /// The conns scenario's figures.
     pub conns: Option<ConnsOutcome>,
+    /// The retained scenario's figures.
+    pub retained: Option<RetainedOutcome>,
 }
 
 impl Report {
@@ -140,6 +143,21 @@ impl Report {
         }
     }
 
+    /// The figures of the retained scenario.
+    pub fn from_retained(opts: &Options, target: String, retained: RetainedOutcome) -> Report {
+        Report {
+            scenario: "retained".into(),
+            target,
+            qos: opts.qos,
+            payload_bytes: opts.payload,
+            publishers: 1,
+            subscribers: retained.subscribers(),
+            errors: retained.errors.clone(),
+            retained: Some(retained),
+            ..Report::default()
+        }
+    }
+
     /// Whether the result is near the generator's own ceiling.
     pub fn is_near_ceiling(&self) -> bool {
         self.ceiling_share.is_some_and(|s| s > CEILING_SHARE)
@@ -147,6 +165,9 @@ impl Report {
 
     /// The human table.
     pub fn table(&self) -> String {
+        if let Some(r) = &self.retained {
+            return self.retained_table(r);
+        }
         let mut t = String::new();
         if let Some(c) = &self.conns {
             let _ = writeln!(t, "scenario      conns → {}", self.target);
@@ -232,8 +253,94 @@ impl Report {
         t
     }
 
+    /// The retained scenario's table.
+    fn retained_table(&self, r: &RetainedOutcome) -> String {
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "scenario      retained → {}  ({} messages of {} B, publish QoS {}, subscribe QoS {}, {} sub)",
+            self.target, r.retained, self.payload_bytes, r.publish_qos, r.subscribe_qos, r.subscribers()
+        );
+        let _ = writeln!(
+            t,
+            "stored        {} sent, {} acknowledged in {:.2} s = {:.0} msgs/s",
+            r.published,
+            r.acknowledged,
+            r.publish_secs,
+            r.published_per_s()
+        );
+        let _ = writeln!(
+            t,
+            "received      min {} of {} per subscriber, {} deliveries = {:.0} deliveries/s",
+            r.received_min(),
+            r.retained,
+            r.deliveries,
+            r.deliveries_per_s()
+        );
+        let all = r
+            .all_complete_secs()
+            .map_or("never".to_string(), |s| format!("{s:.3} s"));
+        let spread = r
+            .complete_spread()
+            .map_or(String::new(), |[min, med, max]| {
+                format!("  (per subscriber: min {min:.3} s, median {med:.3} s, max {max:.3} s)")
+            });
+        let _ = writeln!(
+            t,
+            "all had all   {all}{spread}, {} of {} complete",
+            r.complete_secs.len(),
+            r.subscribers()
+        );
+        if let (Some(a), Some(b), Some(c)) = (r.rss_before_kib, r.rss_published_kib, r.rss_end_kib)
+        {
+            let per = r.bytes_per_retained().unwrap_or(0.0);
+            let _ = writeln!(
+                t,
+                "broker rss    {a} KiB → {b} KiB stored → {c} KiB at the end  = {per:.0} bytes per retained message"
+            );
+        }
+        for e in &self.errors {
+            let _ = writeln!(t, "error         {e}");
+        }
+        t
+    }
+
+    /// The retained scenario's JSON object.
+    fn retained_json(&self, r: &RetainedOutcome) -> String {
+        let opt = |v: Option<f64>, digits: usize| {
+            v.map_or("null".to_string(), |v| format!("{v:.digits$}"))
+        };
+        let kib = |v: Option<u64>| opt(v.map(|v| v as f64), 0);
+        let spread = r
+            .complete_spread()
+            .map_or("null".to_string(), |[min, med, max]| {
+                format!("{{\"min\":{min:.3},\"median\":{med:.3},\"max\":{max:.3}}}")
+            });
+        let received: Vec<String> = r.received.iter().map(u64::to_string).collect();
+        let errors: Vec<String> = self.errors.iter().map(|e| json_string(e)).collect();
+        format!(
+            concat!(
+                "{{\"scenario\":\"retained\",\"target\":{},\"retained\":{},\"subscribers\":{},\"payload_bytes\":{},",
+                "\"publish_qos\":{},\"subscribe_qos\":{},\"published\":{},\"acknowledged\":{},\"publish_secs\":{:.3},",
+                "\"published_per_s\":{:.0},\"received_min\":{},\"received\":[{}],\"complete\":{},\"all_complete_secs\":{},",
+                "\"complete_secs\":{},\"deliveries\":{},\"deliver_secs\":{:.3},\"deliveries_per_s\":{:.0},",
+                "\"broker_rss_before_kib\":{},\"broker_rss_published_kib\":{},\"broker_rss_end_kib\":{},",
+                "\"bytes_per_retained\":{},\"errors\":[{}]}}"
+            ),
+            json_string(&self.target), r.retained, r.subscribers(), self.payload_bytes,
+            r.publish_qos, r.subscribe_qos, r.published, r.acknowledged, r.publish_secs,
+            r.published_per_s(), r.received_min(), received.join(","), r.complete_secs.len(), opt(r.all_complete_secs(), 3),
+            spread, r.deliveries, r.deliver_secs, r.deliveries_per_s(),
+            kib(r.rss_before_kib), kib(r.rss_published_kib), kib(r.rss_end_kib),
+            opt(r.bytes_per_retained(), 1), errors.join(",")
+        )
+    }
+
     /// One JSON object on one line.
     pub fn json(&self) -> String {
+        if let Some(r) = &self.retained {
+            return self.retained_json(r);
+        }
         let [p50, p90, p99, p999, max] = self.latency_us;
         let errors: Vec<String> = self.errors.iter().map(|e| json_string(e)).collect();
         let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.0}"));

@@ -4,7 +4,7 @@
 use clap::Parser;
 use ringcast::bench::options::{Options, Scenario};
 use ringcast::bench::report::Report;
-use ringcast::bench::{conns, html, run, sink};
+use ringcast::bench::{conns, html, retained, run, sink};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
@@ -49,6 +49,10 @@ fn bench(opts: &Options) -> Result<Report, String> {
     if opts.scenario == Scenario::Conns {
         let outcome = conns::run(opts, addr)?;
         return Ok(Report::from_conns(opts, target, outcome));
+    }
+    if opts.scenario == Scenario::Retained {
+        let outcome = retained::run(opts, addr)?;
+        return Ok(Report::from_retained(opts, target, outcome));
     }
     let outcome = run::run(opts, addr)?;
     Ok(Report::new(opts, target, outcome))
