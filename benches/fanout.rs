@@ -9,9 +9,9 @@
 
 use bytes::{Bytes, BytesMut};
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use ringcast::net::outbox::{Frame, Outbox};
 use ringcast::protocol::codec::write_publish_header;
 use ringcast::protocol::{MqttString, Properties, Publish, QoS, Version};
+use ringcast::shard::outbox::{Frame, Outbox};
 
 const TOPIC: &str = "sensors/building-1/floor-2/temp";
 

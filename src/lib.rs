@@ -9,8 +9,7 @@
 //! - `shard`: what one core owns: sessions, subscription trie, interest, retained messages;
 //!   `shard::overflow` (overflow policies, when publishers wait) and `shard::sys` (`$SYS`).
 //! - `mesh`: messages between shards over bounded SPSC rings.
-//! - `net`: the only socket code: accept and place, read into sessions, write outboxes;
-//!   `net::ceiling` holds a shard's share of the memory ceiling and its drop counters.
+//! - `net`: the only socket code: accept and place, read packets, write outboxes.
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `bench`: the `ringcast-bench` load generator (scenarios, closed-loop clients, reports).
 

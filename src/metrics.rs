@@ -26,7 +26,7 @@ impl Metrics {
     }
 }
 
-/// Drop counters: `[reason][qos]`, reasons in `net::ceiling::DropReason::ALL` order.
+/// Drop counters: `[reason][qos]`, reasons in `shard::backpressure::DropReason::ALL` order.
 pub type DropCounts = [[u64; 3]; 3];
 
 /// One shard's counters and gauges at one moment, as plain numbers that can cross threads.

@@ -3,11 +3,12 @@
 
 use crate::config::Config;
 use crate::host;
-use crate::mesh::{Mesh, MeshMsg};
+use crate::mesh::Mesh;
 use crate::metrics::Board;
 use crate::net;
-use crate::net::ceiling::Pressure;
 use crate::protocol::ReasonCode;
+use crate::shard::backpressure::Pressure;
+use crate::shard::msg::MeshMsg;
 use crate::shard::Shard;
 use glommio::channels::channel_mesh::MeshBuilder;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
@@ -160,7 +161,7 @@ async fn run_shard(ctx: ShardStart) {
             glommio::spawn_local(async move {
                 let mut handled = 0u32;
                 while let Some(msg) = stream.recv().await {
-                    shard.on_message(msg).await;
+                    dispatch(&shard, msg).await;
                     // Bounded work per loop turn, as for a connection's reads.
                     handled += 1;
                     if handled % RING_MESSAGES_PER_TURN == 0 {
@@ -174,7 +175,7 @@ async fn run_shard(ctx: ShardStart) {
     let local_shard = shard.clone();
     glommio::spawn_local(async move {
         while let Some(msg) = local.recv().await {
-            local_shard.on_message(msg).await;
+            dispatch(&local_shard, msg).await;
         }
     })
     .detach();
@@ -215,4 +216,16 @@ async fn run_shard(ctx: ShardStart) {
     }
     // Let writers flush the DISCONNECTs.
     glommio::timer::sleep(Duration::from_millis(200)).await;
+}
+
+/// Handles a message from another shard (or from this one): a placed connection gets its
+/// task here, everything else is the shard's.
+async fn dispatch(shard: &Rc<Shard>, msg: MeshMsg) {
+    match msg {
+        MeshMsg::Accepted(stream) => {
+            let stream = stream.bind_to_executor();
+            glommio::spawn_local(net::conn::serve(shard.clone(), stream)).detach();
+        }
+        msg => shard.on_message(msg).await,
+    }
 }

@@ -4,7 +4,6 @@
 //! (`writer::run`) drains the outbox. Keep-alive is a read timeout of 1.5 × the client's
 //! keep-alive [MQTT-3.1.2-24].
 
-use super::outbox::Outbox;
 use super::writer;
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
 use crate::protocol::{
@@ -12,6 +11,7 @@ use crate::protocol::{
     QoS, ReasonCode, SubAck, Subscribe, UnsubAck, Unsubscribe, Version,
 };
 use crate::shard::encoder::push_packet;
+use crate::shard::outbox::Outbox;
 use crate::shard::session::{PeerLimits, Session, Subscription};
 use crate::shard::{Message, SessionKey, Shard};
 use bytes::BytesMut;

@@ -1,12 +1,11 @@
 //! The only socket code: accepting and placing connections, reading packets into sessions,
 //! and writing outboxes to sockets.
 
-pub mod ceiling;
 pub mod conn;
-pub mod outbox;
 pub mod writer;
 
-use crate::mesh::{Mesh, MeshMsg};
+use crate::mesh::Mesh;
+use crate::shard::msg::MeshMsg;
 use glommio::net::TcpListener;
 use std::os::unix::io::FromRawFd;
 use std::rc::Rc;
@@ -20,7 +19,7 @@ const REFUSAL_MARGIN: usize = 1024;
 /// them on shards in turn, so shards get an even share whatever the kernel's hash would do.
 pub async fn accept_loop(
     fd: std::os::unix::io::RawFd,
-    mesh: Rc<Mesh>,
+    mesh: Rc<Mesh<MeshMsg>>,
     shards: usize,
     open: Arc<AtomicUsize>,
     max: usize,

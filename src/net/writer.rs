@@ -7,7 +7,7 @@
 //! io_uring. That wait uses a dup of the fd that exists only while the socket stays full, so a
 //! connection costs one fd in the common case.
 
-use super::outbox::Outbox;
+use crate::shard::outbox::Outbox;
 use futures_lite::AsyncWriteExt;
 use glommio::net::TcpStream;
 use std::io;

@@ -5,9 +5,9 @@
 //! QoS, retain), so each further subscriber costs a copy of a few bytes and two bytes of
 //! packet id instead of an encode.
 
-use crate::net::outbox::{Frame, Outbox};
 use crate::protocol::codec::{self, encode};
 use crate::protocol::{Packet, Publish, QoS, Version};
+use crate::shard::outbox::{Frame, Outbox};
 use bytes::BytesMut;
 use std::ops::Range;
 use std::sync::Arc;

@@ -4,8 +4,11 @@
 //! Shard state is `!Send` and never leaves its thread; other shards reach it only through
 //! `MeshMsg`s, handled in `on_message`.
 
+pub mod backpressure;
 pub mod cursor;
 pub mod encoder;
+pub mod msg;
+pub mod outbox;
 pub mod overflow;
 pub mod requests;
 pub mod retained;
@@ -14,12 +17,13 @@ pub mod sys;
 pub mod trie;
 
 use crate::config::Limits;
-use crate::mesh::{Mesh, MeshMsg, RequestId, ShardId};
+use crate::mesh::{Mesh, RequestId, ShardId};
 use crate::metrics::Metrics;
-use crate::net::ceiling::Pressure;
 use crate::protocol::{MqttString, Packet, Publish, ReasonCode, Version, Will};
+use backpressure::Pressure;
 use bytes::Bytes;
 use encoder::Encoder;
+use msg::MeshMsg;
 use requests::Requests;
 use retained::Retained;
 use session::{Grant, Outgoing, Session, SessionState, Subscription};
@@ -178,7 +182,7 @@ pub struct Shard {
     /// Shard count.
     pub shards: usize,
     /// Messages to other shards.
-    pub mesh: Rc<Mesh>,
+    pub mesh: Rc<Mesh<MeshMsg>>,
     /// Limits from the configuration.
     pub limits: Limits,
     /// Counters.
@@ -198,7 +202,7 @@ pub struct Shard {
 impl Shard {
     /// A shard with no clients yet.
     pub fn new(
-        mesh: Rc<Mesh>,
+        mesh: Rc<Mesh<MeshMsg>>,
         shards: usize,
         limits: Limits,
         open_connections: Arc<AtomicUsize>,
@@ -772,11 +776,6 @@ impl Shard {
     /// Handles a message from another shard (or from this one).
     pub async fn on_message(self: &Rc<Self>, msg: MeshMsg) {
         match msg {
-            MeshMsg::Accepted(stream) => {
-                let shard = self.clone();
-                let stream = stream.bind_to_executor();
-                glommio::spawn_local(crate::net::conn::serve(shard, stream)).detach();
-            }
             MeshMsg::Publish(message) => {
                 // A full shard stops taking from its rings, so their producers wait in turn.
                 self.wait_for_ring_room().await;
@@ -861,6 +860,8 @@ impl Shard {
                 self.on_evict(&client_id, evict).await
             }
             MeshMsg::Handoff { request, state } => self.requests.answer(request, state),
+            // Placing a connection is the server's (`server::dispatch`); never routed here.
+            MeshMsg::Accepted(_) => {}
             MeshMsg::Release { client_id, token } => {
                 let mut st = self.state.borrow_mut();
                 if st

@@ -10,9 +10,9 @@
 use super::session::Session;
 use super::Shard;
 use crate::config::{Limits, Qos0Overflow, Qos12Overflow};
-use crate::net::ceiling::{DropReason, Pressure};
-use crate::net::outbox::Outbox;
 use crate::protocol::QoS;
+use crate::shard::backpressure::{DropReason, Pressure};
+use crate::shard::outbox::Outbox;
 use std::time::{Duration, Instant};
 
 /// Publishes a ring receiver may deliver after a pause before it waits again.

@@ -6,10 +6,10 @@ use super::cursor::{Cursor, Cursors, Feed};
 use super::encoder::{push_publish, Encoder};
 use super::overflow;
 use crate::config::Limits;
-use crate::net::ceiling::{DropReason, Pressure};
-use crate::net::outbox::Outbox;
 use crate::protocol::codec;
 use crate::protocol::{Ack, Packet, Publish, QoS, SubscriptionOptions, Version, Will};
+use crate::shard::backpressure::{DropReason, Pressure};
+use crate::shard::outbox::Outbox;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -720,9 +720,9 @@ pub fn ack(pkid: u16) -> Ack {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::net::ceiling::Pressure;
     use crate::protocol::codec::{Codec, Decoded};
     use crate::protocol::{MqttString, Props};
+    use crate::shard::backpressure::Pressure;
     use bytes::BytesMut;
     use std::time::Duration;
 

@@ -5,8 +5,8 @@
 
 use super::{Message, Shard};
 use crate::metrics::{Board, Snapshot};
-use crate::net::ceiling::DropReason;
 use crate::protocol::{MqttString, Props, Publish, QoS};
+use crate::shard::backpressure::DropReason;
 use bytes::Bytes;
 use std::rc::Rc;
 use std::sync::Arc;

@@ -2,9 +2,9 @@
 //! no executor. The "writer" is the test taking bytes out of the outbox.
 
 use super::*;
-use crate::net::ceiling::Pressure;
 use crate::protocol::codec::{Codec, Decoded};
 use crate::protocol::{Packet, Publish, SubscriptionOptions, Version};
+use crate::shard::backpressure::Pressure;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 

@@ -14,7 +14,7 @@
 //! `Pressure`, and it knows whether its subscriber lags (past the pause mark, still reading),
 //! is stuck (past the mark and nothing written for a while) or keeps up.
 
-use super::ceiling::Pressure;
+use super::backpressure::Pressure;
 use bytes::{Buf, Bytes, BytesMut};
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
