@@ -2,7 +2,6 @@
 //!
 //! Crate map, one line per module:
 //! - `protocol`: sans-IO packets, codec and topics (no sockets, no glommio, no clocks).
-//! - `auth`: the seam where MQTT 5.0 enhanced authentication methods plug in (none yet).
 //! - `config`: typed configuration and limits, validated at start-up.
 //! - `host`: start-up checks of io_uring, RLIMIT_MEMLOCK and the listen ports.
 //! - `server`: starts one pinned glommio executor per shard and stops them.
@@ -13,7 +12,6 @@
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `bench`: the `ringcast-bench` load generator (scenarios, closed-loop clients, reports).
 
-pub mod auth;
 pub mod bench;
 pub mod config;
 pub mod host;

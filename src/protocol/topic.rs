@@ -15,7 +15,7 @@ use super::packet::MqttString;
 pub const TOPIC_BYTES_MAX: usize = u16::MAX as usize;
 
 /// The prefix that makes a filter a shared subscription [MQTT-4.8.2-1].
-const SHARE_PREFIX: &str = "$share/";
+pub const SHARE_PREFIX: &str = "$share/";
 
 /// Why a topic name or topic filter was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -88,6 +88,36 @@ fn to_mqtt_string(bytes: Bytes) -> Result<MqttString, TopicError> {
     MqttString::from_bytes(bytes).ok_or(TopicError::NullCharacter)
 }
 
+/// Checks a topic name: the common rules, and no wildcards [MQTT-3.3.2-2].
+pub fn check_name(text: &str) -> Result<(), TopicError> {
+    check_common(text)?;
+    if text.contains(['+', '#']) {
+        return Err(TopicError::WildcardInName);
+    }
+    Ok(())
+}
+
+/// Checks a SUBSCRIBE/UNSUBSCRIBE topic filter, shared or not.
+pub fn check_filter(text: &str) -> Result<(), TopicError> {
+    check_common(text)?;
+    match text.strip_prefix(SHARE_PREFIX) {
+        Some(rest) => check_wildcards(split_share(rest)?.1),
+        None => check_wildcards(text),
+    }
+}
+
+/// The share name and the filter part of a valid shared subscription
+/// `$share/{group}/{filter}`; None for a plain filter.
+pub fn split_shared(filter: &str) -> Option<(&str, &str)> {
+    split_share(filter.strip_prefix(SHARE_PREFIX)?).ok()
+}
+
+/// The part of a valid filter matched against topic names: what follows the share name of a
+/// shared subscription, else the whole filter.
+pub fn filter_part(filter: &str) -> &str {
+    split_shared(filter).map_or(filter, |(_, part)| part)
+}
+
 /// A topic name, as carried by PUBLISH: no wildcards [MQTT-3.3.2-2].
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TopicName(MqttString);
@@ -107,11 +137,7 @@ impl TopicName {
     }
 
     fn check(text: &str) -> Result<(), TopicError> {
-        check_common(text)?;
-        if text.contains(['+', '#']) {
-            return Err(TopicError::WildcardInName);
-        }
-        Ok(())
+        check_name(text)
     }
 
     /// The text of the name.

@@ -124,27 +124,7 @@ impl Outgoing {
     }
 }
 
-/// What the client of the current connection allows the broker to send it (5.0 CONNECT
-/// properties; 3.1.1 clients get the defaults, which allow everything).
-#[derive(Clone, Copy, Debug)]
-pub struct PeerLimits {
-    /// Receive Maximum: QoS 1/2 PUBLISHes unacknowledged at once.
-    pub receive_max: u16,
-    /// Maximum Packet Size, in bytes.
-    pub packet_size_max: u32,
-    /// Topic Alias Maximum: 0 means no outbound topic aliases.
-    pub topic_alias_max: u16,
-}
-
-impl Default for PeerLimits {
-    fn default() -> PeerLimits {
-        PeerLimits {
-            receive_max: u16::MAX,
-            packet_size_max: u32::MAX,
-            topic_alias_max: 0,
-        }
-    }
-}
+pub use crate::protocol::connection::PeerLimits;
 
 /// What became of a message offered to a session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

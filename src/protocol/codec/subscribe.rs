@@ -6,7 +6,8 @@ use super::error::{DecodeError, EncodeError};
 use super::fixed_header::packet_type::SUBSCRIBE;
 use super::properties;
 use super::reader::Reader;
-use super::topic_syntax::{check_subscription_filter, split_shared};
+use super::topic_syntax::check_subscription_filter;
+use crate::protocol::topic::split_shared;
 use super::writer;
 use crate::protocol::packet::{QoS, Subscribe, SubscribeFilter, SubscriptionOptions, Version};
 

@@ -1,57 +1,35 @@
-//! Syntax checks of topic names and topic filters (4.7, 4.8.2). Self-contained, so that
-//! `protocol::topic` can build its newtypes on them.
+//! What the decoder checks of topic names and filters, as decode errors. The rules are
+//! `protocol::topic`'s (the one parser of names and filters); this maps its verdicts onto the
+//! reason codes a malformed packet gets.
 
 use super::error::DecodeError;
+use crate::protocol::topic::{self, TopicError};
 
-/// Prefix of a shared subscription's topic filter (4.8.2).
-pub const SHARE_PREFIX: &str = "$share/";
-
-/// Whether `name` is a valid non-empty topic name: no `+` or `#` [MQTT-3.3.2-2],
-/// at least one character [MQTT-4.7.3-1]. (U+0000 is excluded by `MqttString` already.)
+/// Whether `name` is a valid topic name (see `topic::check_name`).
 pub fn validate_topic_name(name: &str) -> bool {
-    !name.is_empty() && !name.contains(['+', '#'])
+    topic::check_name(name).is_ok()
 }
 
-/// Whether `filter` is a valid (non-shared) topic filter: non-empty [MQTT-4.7.3-1], `#` only
-/// as the whole last level [MQTT-4.7.1-1], `+` only as a whole level [MQTT-4.7.1-2].
+/// Whether `filter` is a valid topic filter, shared or not (see `topic::check_filter`).
 pub fn validate_topic_filter(filter: &str) -> bool {
-    if filter.is_empty() {
-        return false;
-    }
-    let mut levels = filter.split('/').peekable();
-    while let Some(level) = levels.next() {
-        let is_last = levels.peek().is_none();
-        if level.contains('#') && (level != "#" || !is_last) {
-            return false;
-        }
-        if level.contains('+') && level != "+" {
-            return false;
-        }
-    }
-    true
+    topic::check_filter(filter).is_ok()
 }
 
-/// Splits `$share/{group}/{filter}` into group and filter; `None` if `filter` is not shared.
-pub fn split_shared(filter: &str) -> Option<(&str, &str)> {
-    let rest = filter.strip_prefix(SHARE_PREFIX)?;
-    Some(rest.split_once('/').unwrap_or((rest, "")))
-}
-
-/// Checks a SUBSCRIBE/UNSUBSCRIBE topic filter, shared or not. For `$share/{group}/{filter}`
-/// the group is non-empty with no `/`, `+` or `#` and the filter is valid [MQTT-4.8.2-1],
-/// [MQTT-4.8.2-2].
+/// Checks a SUBSCRIBE/UNSUBSCRIBE topic filter, shared or not: a bad `$share/{group}/{filter}`
+/// is an invalid shared subscription [MQTT-4.8.2-1], [MQTT-4.8.2-2], anything else bad an
+/// invalid topic filter.
 pub fn check_subscription_filter(filter: &str) -> Result<(), DecodeError> {
-    match split_shared(filter) {
-        Some((group, inner)) => {
-            let group_ok = !group.is_empty() && !group.contains(['+', '#']);
-            if group_ok && validate_topic_filter(inner) {
-                Ok(())
-            } else {
-                Err(DecodeError::InvalidSharedSubscription)
-            }
+    match topic::check_filter(filter) {
+        Ok(()) => Ok(()),
+        Err(
+            TopicError::EmptyShareGroup
+            | TopicError::InvalidShareGroup
+            | TopicError::MissingSharedFilter,
+        ) => Err(DecodeError::InvalidSharedSubscription),
+        Err(_) if filter.starts_with(topic::SHARE_PREFIX) => {
+            Err(DecodeError::InvalidSharedSubscription)
         }
-        None if validate_topic_filter(filter) => Ok(()),
-        None => Err(DecodeError::InvalidTopicFilter),
+        Err(_) => Err(DecodeError::InvalidTopicFilter),
     }
 }
 

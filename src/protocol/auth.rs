@@ -5,7 +5,7 @@
 //! refused with CONNACK 0x8C Bad authentication method [MQTT-4.12.0-1]. A method is added by
 //! returning it from `authenticator`; the connection then runs the AUTH exchange with it.
 
-use crate::protocol::ReasonCode;
+use super::ReasonCode;
 use bytes::Bytes;
 
 /// What an authentication method says after a step of the exchange.

@@ -1,0 +1,204 @@
+//! Transports: how a connection's bytes reach its client. The reader task reads through a
+//! `Reader`, the writer task drains the outbox through a `Writer`; the rest of the broker
+//! never sees which transport a connection uses.
+//!
+//! Plain TCP is the one implementation today, and it keeps the copy-free path: the writer
+//! hands the kernel one `sendmsg` whose iovecs point at each frame's header and its shared
+//! payload (glommio's own vectored write only sends the first slice). Where another transport
+//! plugs in:
+//! - WebSocket: the reader unwraps binary frames into the MQTT byte stream; the writer puts a
+//!   2–10 byte frame header iovec in front of each batch of frame iovecs, payloads still
+//!   shared.
+//! - TLS: one rustls connection serves both halves (an `Rc` shared by the reader and writer
+//!   tasks of one shard); the reader decrypts records into the read buffer, the writer
+//!   encrypts from the shared payloads straight into the connection's own record buffer, so
+//!   a subscriber costs one copy (the cipher's) and no plaintext copy.
+//!
+//! The reader owns the socket; the writer works on its fd and must be done (or dropped) before
+//! the reader is dropped, which `conn::serve` ensures.
+
+use crate::shard::outbox::Outbox;
+use futures_lite::{AsyncReadExt, AsyncWriteExt};
+use glommio::net::TcpStream;
+use std::io;
+use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::time::Duration;
+
+/// Frames gathered into one `sendmsg`; Linux allows 1024 iovecs, two per frame.
+const FRAMES_PER_WRITE: usize = 256;
+
+/// Which direction `shutdown` closes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// No more writes: the client reads end of stream after what was sent.
+    Write,
+    /// No more reads: a pending read returns end of stream.
+    Read,
+    /// Both.
+    Both,
+}
+
+/// The reading half of a connection's transport.
+pub enum Reader {
+    /// Plain TCP.
+    Tcp(TcpStream),
+}
+
+/// The writing half of a connection's transport.
+pub enum Writer {
+    /// Plain TCP.
+    Tcp(TcpWriter),
+}
+
+/// Splits an accepted TCP connection into its halves.
+pub fn tcp(stream: TcpStream) -> (Reader, Writer) {
+    let _ = stream.set_nodelay(true);
+    let writer = TcpWriter {
+        fd: stream.as_raw_fd(),
+        iov: Vec::new(),
+        slow: None,
+    };
+    (Reader::Tcp(stream), Writer::Tcp(writer))
+}
+
+impl Reader {
+    /// Reads what the client sent into `buf`; 0 at end of stream. Fails with `TimedOut`
+    /// when nothing came within the read timeout.
+    pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Reader::Tcp(stream) => stream.read(buf).await,
+        }
+    }
+
+    /// How long `read` waits for the client; None for ever.
+    pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
+        match self {
+            // A zero timeout is refused by the socket: the deadline passed, so time out at
+            // once (a microsecond).
+            Reader::Tcp(stream) => {
+                let _ = stream.set_read_timeout(timeout.map(|t| t.max(Duration::from_micros(1))));
+            }
+        }
+    }
+
+    /// Shuts the connection down in direction `how`.
+    pub fn shutdown(&self, how: Shutdown) {
+        match self {
+            Reader::Tcp(stream) => shutdown_fd(stream.as_raw_fd(), how),
+        }
+    }
+}
+
+impl Writer {
+    /// Writes what it can of the outbox's first frames and takes it out of the outbox; waits
+    /// while the socket is full. Fails when the socket does, or the outbox is aborted while
+    /// waiting.
+    pub async fn write_some(&mut self, outbox: &Outbox) -> io::Result<()> {
+        match self {
+            Writer::Tcp(tcp) => tcp.write_some(outbox).await,
+        }
+    }
+
+    /// Shuts the connection down in direction `how`.
+    pub fn shutdown(&self, how: Shutdown) {
+        match self {
+            Writer::Tcp(tcp) => shutdown_fd(tcp.fd, how),
+        }
+    }
+}
+
+/// Plain TCP's writer: `sendmsg` on the raw fd, payloads never copied.
+pub struct TcpWriter {
+    fd: RawFd,
+    /// Grows with the largest batch this connection writes, so idle connections stay small.
+    iov: Vec<libc::iovec>,
+    /// The stream used to wait for a full socket, made from a dup of the fd only while the
+    /// socket stays full, so a connection costs one fd in the common case.
+    slow: Option<TcpStream>,
+}
+
+impl TcpWriter {
+    async fn write_some(&mut self, outbox: &Outbox) -> io::Result<()> {
+        match send_some(self.fd, outbox, &mut self.iov) {
+            Ok(n) => outbox.consume(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_and_write(outbox).await?,
+            Err(e) => return Err(e),
+        }
+        if outbox.is_empty() {
+            self.slow = None; // the socket drained: give the extra fd back
+        }
+        Ok(())
+    }
+
+    /// The socket is full: hands the first queued slice (a reference-counted clone, still no
+    /// copy) to glommio, which waits for the socket through io_uring.
+    async fn wait_and_write(&mut self, outbox: &Outbox) -> io::Result<()> {
+        let Some(part) = outbox.front_part() else {
+            return Ok(());
+        };
+        let stream = self.slow_stream()?;
+        // A slow subscriber being disconnected must not wait for its socket.
+        let write = async { Some(stream.write(&part).await) };
+        let aborted = async {
+            std::future::poll_fn(|cx| outbox.poll_aborted(cx)).await;
+            None
+        };
+        match futures_lite::future::or(write, aborted).await {
+            Some(Ok(n)) if n > 0 => {
+                outbox.consume(n);
+                Ok(())
+            }
+            Some(Err(e)) => Err(e),
+            _ => Err(io::ErrorKind::ConnectionAborted.into()),
+        }
+    }
+
+    fn slow_stream(&mut self) -> io::Result<&mut TcpStream> {
+        if self.slow.is_none() {
+            // SAFETY: dup of an fd the reader keeps open; the copy is owned by the new stream.
+            let copy = unsafe { libc::dup(self.fd) };
+            if copy < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: `copy` is a fresh fd for the same socket, owned from here on.
+            self.slow = Some(unsafe { TcpStream::from_raw_fd(copy) });
+        }
+        Ok(self.slow.as_mut().expect("set just above"))
+    }
+}
+
+/// One non-blocking `sendmsg` of the first frames; returns the bytes written.
+fn send_some(fd: RawFd, outbox: &Outbox, iov: &mut Vec<libc::iovec>) -> io::Result<usize> {
+    iov.clear();
+    outbox.peek_frames(FRAMES_PER_WRITE, |frame| {
+        for part in [&frame.header, &frame.payload] {
+            if !part.is_empty() {
+                iov.push(libc::iovec {
+                    iov_base: part.as_ptr() as *mut libc::c_void,
+                    iov_len: part.len(),
+                });
+            }
+        }
+    });
+    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = iov.as_mut_ptr();
+    msg.msg_iovlen = iov.len() as _;
+    // SAFETY: every iovec points into a `Bytes` held by the outbox, which is not touched until
+    // this call returns.
+    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(n as usize)
+}
+
+fn shutdown_fd(fd: RawFd, how: Shutdown) {
+    let how = match how {
+        Shutdown::Write => libc::SHUT_WR,
+        Shutdown::Read => libc::SHUT_RD,
+        Shutdown::Both => libc::SHUT_RDWR,
+    };
+    // SAFETY: the fd is owned by the reader, which outlives every caller (see module docs).
+    unsafe { libc::shutdown(fd, how) };
+}
