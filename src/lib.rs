@@ -10,6 +10,7 @@
 //! - `mesh`: messages between shards over bounded SPSC rings.
 //! - `net`: the only socket code: accept and place, read packets, write outboxes.
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
+//! - `security`: who may connect: mosquitto-compatible password files (read, check, write).
 //! - `bench`: the `ringcast-bench` load generator (scenarios, closed-loop clients, reports).
 
 pub mod bench;
@@ -19,5 +20,6 @@ pub mod mesh;
 pub mod metrics;
 pub mod net;
 pub mod protocol;
+pub mod security;
 pub mod server;
 pub mod shard;

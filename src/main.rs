@@ -3,7 +3,9 @@
 
 use clap::Parser;
 use ringcast::config::{self, Config};
+use ringcast::security::password::{self, Change, Hash};
 use ringcast::server::Server;
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -30,10 +32,16 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Instead of running the broker: `ringcast passwd` edits a password file.
+    #[command(subcommand)]
+    command: Option<Command>,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Passwd(args)) = &cli.command {
+        return passwd(args);
+    }
     let config = match build_config(&cli) {
         Ok(config) => config,
         Err(message) => return fail(&message),
@@ -106,4 +114,150 @@ fn wait_for_stop(set: &libc::sigset_t) {
     let mut signal = 0;
     // SAFETY: sigwait reads the set and writes the signal number into our integer.
     unsafe { libc::sigwait(set, &mut signal) };
+}
+
+/// What `ringcast` runs instead of the broker.
+#[derive(clap::Subcommand, Debug)]
+enum Command {
+    /// Add, change or delete a user in a mosquitto-compatible password file.
+    ///
+    /// Takes mosquitto_passwd's options and writes mosquitto's format, so mosquitto and
+    /// ringcast can share the file. Without -b, the password is asked for twice.
+    Passwd(PasswdArgs),
+}
+
+/// `ringcast passwd [-c | -D] [-b] [-I ITERATIONS] FILE USER [PASSWORD]`.
+#[derive(clap::Args, Debug)]
+struct PasswdArgs {
+    /// Create the file with only this user, overwriting a file that exists.
+    #[arg(short = 'c', conflicts_with = "delete")]
+    create: bool,
+    /// Delete the user instead of setting its password.
+    #[arg(short = 'D', conflicts_with = "batch")]
+    delete: bool,
+    /// Batch mode: the password is the last argument instead of being asked for.
+    #[arg(short = 'b')]
+    batch: bool,
+    /// PBKDF2 iterations of the new hash.
+    #[arg(short = 'I', value_name = "ITERATIONS", default_value_t = password::ITERATIONS_DEFAULT,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(password::ITERATIONS_MAX)))]
+    iterations: u32,
+    /// The password file.
+    file: PathBuf,
+    /// The user name.
+    user: String,
+    /// The password (with -b only).
+    #[arg(requires = "batch")]
+    password: Option<OsString>,
+}
+
+fn passwd(args: &PasswdArgs) -> ExitCode {
+    match run_passwd(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+fn run_passwd(args: &PasswdArgs) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    password::check_username(&args.user)?;
+    if args.delete {
+        return password::update_file(&args.file, &args.user, Change::Delete);
+    }
+    if !args.create && !args.file.exists() {
+        // Say so before asking for a password that could not be stored.
+        let file = args.file.display();
+        return Err(format!(
+            "password file {file} does not exist (-c creates it)"
+        ));
+    }
+    let secret = match (&args.password, args.batch) {
+        (Some(secret), _) => secret.as_bytes().to_vec(),
+        (None, true) => return Err("-b needs the password after the user name".into()),
+        (None, false) => ask_new_password()?,
+    };
+    if secret.len() > password::FIELD_BYTES_MAX {
+        return Err("the password is over 65535 bytes".into());
+    }
+    let hash = Hash::new(&secret, args.iterations)?;
+    let change = if args.create {
+        Change::Create(&hash)
+    } else {
+        Change::Set(&hash)
+    };
+    password::update_file(&args.file, &args.user, change)
+}
+
+/// Asks twice on a terminal, without echo. From a pipe, reads a line, and a second one to
+/// compare if there is one (so both `echo pw |` and mosquitto_passwd's two lines work).
+fn ask_new_password() -> Result<Vec<u8>, String> {
+    use std::io::IsTerminal;
+    let tty = std::io::stdin().is_terminal();
+    let Some(first) = read_password("Password: ", tty)? else {
+        return Err("no password on standard input".into());
+    };
+    if first.is_empty() {
+        return Err("the password is empty".into());
+    }
+    match read_password("Reenter password: ", tty)? {
+        Some(again) if again != first => Err("the passwords do not match".into()),
+        None if tty => Err("the password was not entered again".into()),
+        _ => Ok(first),
+    }
+}
+
+/// One line from standard input without its line ending, or `None` at end of input. On a
+/// terminal, prompts on standard error and turns echo off while the line is typed.
+fn read_password(prompt: &str, tty: bool) -> Result<Option<Vec<u8>>, String> {
+    use std::io::{BufRead, Write};
+    let echo_off = if tty {
+        eprint!("{prompt}");
+        let _ = std::io::stderr().flush();
+        EchoOff::new()
+    } else {
+        None
+    };
+    let mut line = Vec::new();
+    let read = std::io::stdin().lock().read_until(b'\n', &mut line);
+    if echo_off.is_some() {
+        drop(echo_off);
+        eprintln!();
+    }
+    if read.map_err(|e| format!("cannot read the password: {e}"))? == 0 {
+        return Ok(None);
+    }
+    for ending in [b'\n', b'\r'] {
+        if line.last() == Some(&ending) {
+            line.pop();
+        }
+    }
+    Ok(Some(line))
+}
+
+/// Terminal echo turned off on standard input until dropped.
+struct EchoOff(libc::termios);
+
+impl EchoOff {
+    fn new() -> Option<EchoOff> {
+        // SAFETY: tcgetattr fills a termios we own; tcsetattr only reads one.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut saved) != 0 {
+                return None;
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !libc::ECHO;
+            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &quiet) != 0 {
+                return None;
+            }
+            Some(EchoOff(saved))
+        }
+    }
+}
+
+impl Drop for EchoOff {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings tcgetattr gave us.
+        unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &self.0) };
+    }
 }

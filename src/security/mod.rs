@@ -1,0 +1,3 @@
+//! Who may connect: credentials kept in files (mosquitto-compatible password files).
+
+pub mod password;
