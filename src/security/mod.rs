@@ -1,3 +1,4 @@
 //! Who may connect: credentials kept in files (mosquitto-compatible password files).
 
+pub mod acl;
 pub mod password;
