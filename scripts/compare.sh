@@ -54,7 +54,7 @@ else
     echo "rumqttd not found (cargo install rumqttd, or RUMQTTD=path): comparing without it" >&2
 fi
 
-cargo build --release --bins >&2
+cargo build --release -p ringcast -p ringcast-bench >&2
 mkdir -p "$OUT"
 : >"$RESULTS"
 cat >"$OUT/mosquitto.conf" <<CONF

@@ -19,7 +19,7 @@ RESULTS=$OUT/results.jsonl
 BROKER_LIMIT=$((DUR + 60))
 COMMON=(fanout -n "$N" --qos 0 --payload 16 --duration "$DUR" --drain 2 --cpus 1 --json --quiet)
 
-cargo build --release --bins >&2
+cargo build --release -p ringcast -p ringcast-bench >&2
 mkdir -p "$OUT"
 : >"$RESULTS"
 cat >"$OUT/mosquitto.conf" <<CONF

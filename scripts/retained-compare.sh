@@ -62,7 +62,7 @@ RUN_RESULTS=$OUT/results.jsonl
 BROKER_LIMIT=$((2 * LIMIT + 30))
 COMMIT=$(git -C "$(dirname "$0")" describe --always --dirty 2>/dev/null || echo unknown)
 
-[[ ${BUILD:-1} == 0 ]] || cargo build --release --bins >&2
+[[ ${BUILD:-1} == 0 ]] || cargo build --release -p ringcast -p ringcast-bench >&2
 mkdir -p "$OUT" "$(dirname "$RESULTS")"
 : >"$RUN_RESULTS"
 cat >"$OUT/mosquitto.conf" <<CONF

@@ -11,9 +11,7 @@
 //! - `net`: the only socket code: accept and place, read packets, write outboxes.
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `security`: who may connect: mosquitto-compatible password files (read, check, write).
-//! - `bench`: the `ringcast-bench` load generator (scenarios, closed-loop clients, reports).
 
-pub mod bench;
 pub mod config;
 pub mod host;
 pub mod mesh;

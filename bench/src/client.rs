@@ -2,16 +2,16 @@
 //! codec: the handshake, the publisher loop (closed loop: a bounded window ahead of the slowest
 //! subscriber) and the subscriber loop (latency, loss, duplicates, reordering).
 
-use super::payload;
-use super::plan::{topic_index, SubscriberPlan};
-use super::shared::Shared;
-use super::tracker::Tracker;
-use crate::protocol::codec::{encode, write_publish_header, Codec, Decoded};
-use crate::protocol::*;
+use crate::payload;
+use crate::plan::{topic_index, SubscriberPlan};
+use crate::shared::Shared;
+use crate::tracker::Tracker;
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
+use ringcast::protocol::codec::{encode, write_publish_header, Codec, Decoded};
+use ringcast::protocol::*;
 use std::cell::{Cell, RefCell};
 use std::io;
 use std::net::SocketAddr;
@@ -19,7 +19,7 @@ use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::task::{Poll, Waker};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Bytes asked for per read: big, so a busy subscriber drains its socket in few calls.
 const READ_CHUNK_BYTES: usize = 64 << 10;
@@ -102,35 +102,6 @@ async fn fill<R: AsyncRead + Unpin>(
     }
 }
 
-/// The next packet, or an error if none comes within `SETUP_LIMIT`.
-async fn recv(
-    stream: &mut TcpStream,
-    codec: &mut Codec,
-    scratch: &mut [u8],
-    buf: &mut BytesMut,
-) -> io::Result<Packet> {
-    let deadline = std::time::Instant::now() + SETUP_LIMIT;
-    loop {
-        match codec.decode(buf) {
-            Ok(Decoded::Packet(p)) => return Ok(p),
-            Ok(Decoded::Incomplete { .. }) => {}
-            Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, format!("{e:?}"))),
-        }
-        if std::time::Instant::now() > deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "no answer from the broker",
-            ));
-        }
-        if let Fill::Closed = fill(stream, scratch, buf).await? {
-            return Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "broker closed the connection",
-            ));
-        }
-    }
-}
-
 /// Encodes and writes one packet.
 async fn send<W: AsyncWrite + Unpin>(
     writer: &mut W,
@@ -143,12 +114,15 @@ async fn send<W: AsyncWrite + Unpin>(
     writer.write_all(&out).await
 }
 
-/// An open MQTT connection after CONNACK.
+/// An open MQTT connection after CONNACK, whose reads and writes the caller interleaves:
+/// packets are queued and written together by `flush`; `fill` reads once and `next_packet`
+/// decodes one whole packet at a time from what was read.
 pub struct Conn {
     stream: TcpStream,
     codec: Codec,
     buf: BytesMut,
     scratch: Box<[u8]>,
+    out: BytesMut,
     version: Version,
     /// The broker's Receive Maximum (5.0), if it gave one.
     pub receive_maximum: Option<u16>,
@@ -156,8 +130,8 @@ pub struct Conn {
 
 impl Conn {
     /// Connects, sends CONNECT (clean, the longest keep-alive: runs are shorter than it and
-    /// pings would only add noise; 0 would be simpler but rumqttd refuses it) and waits for a
-    /// CONNACK that accepts.
+    /// pings would only add noise; 0 would be simpler but rumqttd refuses it) and waits up to
+    /// `SETUP_LIMIT` for a CONNACK that accepts.
     pub async fn open(addr: SocketAddr, version: Version, client_id: &str) -> io::Result<Conn> {
         Conn::open_with(addr, version, client_id, READ_CHUNK_BYTES).await
     }
@@ -170,6 +144,28 @@ impl Conn {
         client_id: &str,
         read_chunk: usize,
     ) -> io::Result<Conn> {
+        let deadline = Instant::now() + SETUP_LIMIT;
+        Conn::connect(addr, version, client_id, read_chunk, deadline).await
+    }
+
+    /// Like `open`, waiting for the CONNACK until `deadline` (the retained scenario bounds each
+    /// of its phases by --duration).
+    pub async fn open_until(
+        addr: SocketAddr,
+        version: Version,
+        client_id: &str,
+        deadline: Instant,
+    ) -> io::Result<Conn> {
+        Conn::connect(addr, version, client_id, READ_CHUNK_BYTES, deadline).await
+    }
+
+    async fn connect(
+        addr: SocketAddr,
+        version: Version,
+        client_id: &str,
+        read_chunk: usize,
+        deadline: Instant,
+    ) -> io::Result<Conn> {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(READ_TICK))?;
@@ -180,10 +176,11 @@ impl Conn {
             codec: Codec::with_version(version, PACKET_MAX_BYTES),
             buf: BytesMut::with_capacity(read_chunk),
             scratch: vec![0u8; read_chunk].into_boxed_slice(),
+            out: BytesMut::new(),
             version,
             receive_maximum: None,
         };
-        let connect = Connect {
+        conn.queue(&Packet::Connect(Connect {
             version,
             client_id: MqttString::from_str_checked(client_id)
                 .ok_or_else(|| invalid("client id"))?,
@@ -193,9 +190,9 @@ impl Conn {
             password: None,
             will: None,
             properties: Props::default(),
-        };
-        send(&mut conn.stream, &Packet::Connect(connect), version).await?;
-        match conn.recv().await? {
+        }))?;
+        conn.flush().await?;
+        match conn.recv(deadline).await? {
             Packet::ConnAck(ack) if ack.code.0 == 0 => {
                 conn.receive_maximum = ack.properties.receive_maximum;
                 Ok(conn)
@@ -208,52 +205,95 @@ impl Conn {
 
     /// Subscribes to one filter and checks the SUBACK grants it.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> io::Result<()> {
-        let subscribe = Subscribe {
-            pkid: 1,
-            filters: vec![SubscribeFilter {
-                filter: MqttString::from_str_checked(filter).ok_or_else(|| invalid("filter"))?,
-                options: SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            }],
-            properties: Props::default(),
-        };
-        send(
-            &mut self.stream,
-            &Packet::Subscribe(subscribe),
-            self.version,
-        )
-        .await?;
-        match self.recv().await? {
+        self.queue(&subscribe_packet(filter, qos)?)?;
+        self.flush().await?;
+        match self.recv(Instant::now() + SETUP_LIMIT).await? {
             Packet::SubAck(ack) if ack.reason_codes.iter().all(|c| c.0 < 0x80) => Ok(()),
             other => Err(invalid(&format!("SUBSCRIBE refused: {other:?}"))),
         }
     }
 
-    /// Sends DISCONNECT, best effort: the run is over either way.
-    pub async fn disconnect(mut self) {
-        let _ = send(
-            &mut self.stream,
-            &Packet::Disconnect(Disconnect::default()),
-            self.version,
-        )
-        .await;
-        let _ = self.stream.close().await;
+    /// Encodes `packet` into the output buffer; `flush` writes it.
+    pub fn queue(&mut self, packet: &Packet) -> io::Result<()> {
+        encode(packet, self.version, &mut self.out).map_err(|e| invalid(&format!("{e:?}")))
     }
 
-    async fn recv(&mut self) -> io::Result<Packet> {
-        recv(
-            &mut self.stream,
-            &mut self.codec,
-            &mut self.scratch,
-            &mut self.buf,
-        )
-        .await
+    /// Writes everything queued.
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Reads once; false if nothing came within `READ_TICK`, an error if the broker closed
+    /// the connection.
+    pub async fn fill(&mut self) -> io::Result<bool> {
+        match fill(&mut self.stream, &mut self.scratch, &mut self.buf).await? {
+            Fill::Data => Ok(true),
+            Fill::Idle => Ok(false),
+            Fill::Closed => Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "broker closed the connection",
+            )),
+        }
+    }
+
+    /// The next whole packet already read, if any.
+    pub fn next_packet(&mut self) -> io::Result<Option<Packet>> {
+        match self.codec.decode(&mut self.buf) {
+            Ok(Decoded::Packet(p)) => Ok(Some(p)),
+            Ok(Decoded::Incomplete { .. }) => Ok(None),
+            Err(e) => Err(invalid(&format!("decode: {e:?}"))),
+        }
+    }
+
+    /// The next packet, reading as needed; an error if none is whole by `deadline`.
+    async fn recv(&mut self, deadline: Instant) -> io::Result<Packet> {
+        loop {
+            if let Some(packet) = self.next_packet()? {
+                return Ok(packet);
+            }
+            if Instant::now() > deadline {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no answer from the broker",
+                ));
+            }
+            self.fill().await?;
+        }
+    }
+
+    /// Sends DISCONNECT after anything still queued, best effort: the run is over either way.
+    pub async fn disconnect(mut self) {
+        if self
+            .queue(&Packet::Disconnect(Disconnect::default()))
+            .is_ok()
+        {
+            let _ = self.flush().await;
+        }
+        let _ = self.stream.close().await;
     }
 }
 
-fn invalid(what: &str) -> io::Error {
+/// A SUBSCRIBE (packet id 1) for one filter at `qos`.
+pub fn subscribe_packet(filter: &str, qos: QoS) -> io::Result<Packet> {
+    Ok(Packet::Subscribe(Subscribe {
+        pkid: 1,
+        filters: vec![SubscribeFilter {
+            filter: MqttString::from_str_checked(filter).ok_or_else(|| invalid("filter"))?,
+            options: SubscriptionOptions {
+                qos,
+                ..Default::default()
+            },
+        }],
+        properties: Props::default(),
+    }))
+}
+
+/// An `InvalidData` error saying what was wrong.
+pub fn invalid(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
@@ -357,9 +397,9 @@ pub async fn publisher(
 
 /// Waits until `n` subscribers have their SUBACK; false if the run was aborted or timed out.
 async fn wait_for_subscribers(shared: &Shared, n: usize) -> bool {
-    let deadline = std::time::Instant::now() + SETUP_LIMIT;
+    let deadline = Instant::now() + SETUP_LIMIT;
     while shared.subscribed.load(Relaxed) < n {
-        if shared.is_aborted() || std::time::Instant::now() > deadline {
+        if shared.is_aborted() || Instant::now() > deadline {
             shared.fail("subscribers not ready in time".into());
             return false;
         }
@@ -519,11 +559,8 @@ async fn publish_loop(
         shared.published.fetch_add(n, Relaxed);
     }
     if let Some(task) = ack_task {
-        let drain_end = std::time::Instant::now() + spec.drain;
-        while acks.completed.get() < sent
-            && std::time::Instant::now() < drain_end
-            && !shared.is_aborted()
-        {
+        let drain_end = Instant::now() + spec.drain;
+        while acks.completed.get() < sent && Instant::now() < drain_end && !shared.is_aborted() {
             release(&mut writer, &acks, version, &mut control)
                 .await
                 .map_err(|e| (sent, e))?;
@@ -633,7 +670,7 @@ fn fail_subscriber(
     result
 }
 
-/// Reads, decodes and accounts PUBLISHes (acknowledging QoS 1) until done.
+/// Reads, decodes and accounts PUBLISHes (acknowledging QoS 1 and 2) until done.
 async fn receive_loop(
     shared: &Shared,
     mut conn: Conn,
@@ -642,42 +679,24 @@ async fn receive_loop(
     histogram: &RefCell<Histogram<u64>>,
     result: &mut SubscriberResult,
 ) -> io::Result<()> {
-    let mut acks = BytesMut::new();
     while !is_subscriber_done(shared, result, drain) {
-        match fill(&mut conn.stream, &mut conn.scratch, &mut conn.buf).await? {
-            Fill::Data => {}
-            Fill::Idle => continue,
-            Fill::Closed => {
-                return Err(io::Error::new(
-                    io::ErrorKind::ConnectionAborted,
-                    "broker closed the connection",
-                ))
-            }
+        if !conn.fill().await? {
+            continue;
         }
         // One clock read per chunk: everything in it arrived together.
         let now = shared.now_ns();
-        let got = decode_chunk(
-            &mut conn,
-            plan,
-            now,
-            &mut histogram.borrow_mut(),
-            result,
-            &mut acks,
-        )?;
+        let got = decode_chunk(&mut conn, plan, now, &mut histogram.borrow_mut(), result)?;
         if got > 0 {
             publish_progress(shared, result, got, now);
         }
-        if !acks.is_empty() {
-            conn.stream.write_all(&acks).await?;
-            acks.clear();
-        }
+        conn.flush().await?;
     }
     conn.disconnect().await;
     Ok(())
 }
 
-/// Decodes every whole packet in the buffer, accounting PUBLISHes and queueing their
-/// acknowledgements in `acks` (PUBACK at QoS 1; PUBREC, then PUBCOMP for the PUBREL, at QoS 2).
+/// Decodes every whole packet already read, accounting PUBLISHes and queueing their
+/// acknowledgements (PUBACK at QoS 1; PUBREC, then PUBCOMP for the PUBREL, at QoS 2).
 /// Returns the number of PUBLISHes.
 fn decode_chunk(
     conn: &mut Conn,
@@ -685,15 +704,9 @@ fn decode_chunk(
     now: u64,
     hist: &mut Histogram<u64>,
     result: &mut SubscriberResult,
-    acks: &mut BytesMut,
 ) -> io::Result<u64> {
     let mut got = 0;
-    loop {
-        let packet = match conn.codec.decode(&mut conn.buf) {
-            Ok(Decoded::Packet(p)) => p,
-            Ok(Decoded::Incomplete { .. }) => return Ok(got),
-            Err(e) => return Err(invalid(&format!("decode: {e:?}"))),
-        };
+    while let Some(packet) = conn.next_packet()? {
         let ack = |pkid| Ack {
             pkid,
             ..Ack::default()
@@ -712,9 +725,10 @@ fn decode_chunk(
             _ => None,
         };
         if let Some(answer) = answer {
-            encode(&answer, conn.version, acks).map_err(|e| invalid(&format!("{e:?}")))?;
+            conn.queue(&answer)?;
         }
     }
+    Ok(got)
 }
 
 /// Records one PUBLISH: its stream's sequence accounting and its latency.

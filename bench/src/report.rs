@@ -1,9 +1,9 @@
 //! The figures of a run, as a table for people and as one JSON object for scripts.
 
-use super::conns::ConnsOutcome;
-use super::options::Options;
-use super::retained::RetainedOutcome;
-use super::run::{Outcome, Sample};
+use crate::conns::ConnsOutcome;
+use crate::options::Options;
+use crate::retained::RetainedOutcome;
+use crate::run::{Outcome, Sample};
 use hdrhistogram::Histogram;
 use std::fmt::Write;
 use std::sync::atomic::Ordering::Relaxed;

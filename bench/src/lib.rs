@@ -1,5 +1,9 @@
 //! `ringcast-bench`: an MQTT load generator that measures a broker end to end.
 //!
+//! A crate of its own beside the broker (a workspace member): the broker neither exports the
+//! generator nor carries its dependencies (hdrhistogram), and the generator sees only what the
+//! broker makes public; it uses only the sans-IO `ringcast::protocol` (codec, packet types).
+//!
 //! Module map:
 //! - `options`: the command line, one struct.
 //! - `plan`: a scenario (fanout, fanin, pairs, wildcard) turned into topics, publishers and
@@ -7,8 +11,9 @@
 //! - `payload`: the sequence number and send time every message carries.
 //! - `tracker`: per stream (publisher → subscriber) loss, duplicate and reorder counts.
 //! - `shared`: the few counters the generator threads and the progress line share.
-//! - `client`: the MQTT connections: handshake, publisher (closed or open loop, QoS 0/1/2) and
-//!   subscriber loops.
+//! - `client`: the MQTT connections: `Conn` (handshake, queued writes, one packet at a time
+//!   out of each read; the conns and retained scenarios use it too), the publisher (closed or
+//!   open loop, QoS 0/1/2) and subscriber loops.
 //! - `conns`: the conns scenario: connect rate and the broker's memory per idle connection.
 //! - `retained`: the retained scenario: store a large retained set, then read it back with
 //!   new subscribers; the broker's memory per retained message.

@@ -130,7 +130,7 @@ impl Options {
 
     /// Checks the combinations clap cannot.
     pub fn validate(&self) -> Result<(), String> {
-        if self.payload < super::payload::PAYLOAD_MIN_BYTES {
+        if self.payload < crate::payload::PAYLOAD_MIN_BYTES {
             return Err("--payload must be at least 16 bytes".into());
         }
         if self.mqtt_version == 4 {

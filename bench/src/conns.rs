@@ -2,10 +2,10 @@
 //! them, and read the broker's resident memory before and after (given its pid), which gives
 //! the connect rate and the memory one idle connection costs.
 
-use super::client::{Conn, SETUP_LIMIT};
-use super::options::{parse_cpus, Options};
-use crate::protocol::Version;
+use crate::client::{Conn, SETUP_LIMIT};
+use crate::options::{parse_cpus, Options};
 use glommio::{LocalExecutorBuilder, Placement};
+use ringcast::protocol::Version;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};

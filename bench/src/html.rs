@@ -1,7 +1,7 @@
 //! `--html FILE`: one self-contained page (inline SVG, no scripts, no external files) with the
 //! latency percentile plot and the publish and delivery rates over time.
 
-use super::report::Report;
+use crate::report::Report;
 use std::fmt::Write;
 
 /// Plot size in SVG units.
@@ -228,7 +228,7 @@ fn escape(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::run::Sample;
+    use crate::run::Sample;
 
     #[test]
     fn page_has_both_plots_and_no_external_references() {

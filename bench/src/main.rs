@@ -2,9 +2,9 @@
 //! against its own `--sink` forwarder) and prints a table or one JSON object.
 
 use clap::Parser;
-use ringcast::bench::options::{Options, Scenario};
-use ringcast::bench::report::Report;
-use ringcast::bench::{conns, html, retained, run, sink};
+use ringcast_bench::options::{Options, Scenario};
+use ringcast_bench::report::Report;
+use ringcast_bench::{conns, html, retained, run, sink};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 

@@ -1,13 +1,13 @@
 //! Runs a plan: one glommio executor per generator thread, connections spread round-robin,
 //! a progress line from a plain thread, results merged at the end.
 
-use super::client::{self, PublisherSpec, SubscriberResult};
-use super::options::{parse_cpus, Options};
-use super::plan::{Plan, Shape, SubscriberPlan};
-use super::shared::Shared;
-use crate::protocol::{QoS, Version};
+use crate::client::{self, PublisherSpec, SubscriberResult};
+use crate::options::{parse_cpus, Options};
+use crate::plan::{Plan, Shape, SubscriberPlan};
+use crate::shared::Shared;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
+use ringcast::protocol::{QoS, Version};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::rc::Rc;

@@ -5,7 +5,7 @@
 //! contiguous range of `topics_per_publisher` topics, so a subscriber finds the stream of a
 //! message from its topic alone, whatever the filter.
 
-use super::options::Scenario;
+use crate::options::Scenario;
 use std::ops::Range;
 
 /// One subscriber: its filter and the contiguous range of publishers (and streams) it receives.

@@ -2,9 +2,9 @@
 //! copies the publisher's PUBLISH frames, unparsed, to every subscriber. Whatever the generator
 //! reaches against it is the generator's own ceiling on this machine.
 
-use crate::protocol::codec::{Codec, Decoded};
-use crate::protocol::{Packet, Version};
 use bytes::BytesMut;
+use ringcast::protocol::codec::{Codec, Decoded};
+use ringcast::protocol::{Packet, Version};
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsRawFd;

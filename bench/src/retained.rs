@@ -9,14 +9,12 @@
 //! a subscriber that hears nothing for --drain seconds stops, so such a run reports how much
 //! arrived instead of hanging.
 
-use super::conns::rss_kib;
-use super::options::{parse_cpus, Options};
-use crate::protocol::codec::{encode, Codec, Decoded};
-use crate::protocol::*;
-use bytes::{Bytes, BytesMut};
-use futures_lite::{AsyncReadExt, AsyncWriteExt};
-use glommio::net::TcpStream;
+use crate::client::{invalid, subscribe_packet, Conn};
+use crate::conns::rss_kib;
+use crate::options::{parse_cpus, Options};
+use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
+use ringcast::protocol::*;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -30,16 +28,6 @@ const GROUP_TOPICS: usize = 1000;
 const QOS2_INFLIGHT_MAX: u64 = 32;
 /// PUBLISHes written in one batch, at most.
 const BATCH: u64 = 64;
-/// Bytes asked for per read.
-const READ_CHUNK_BYTES: usize = 64 << 10;
-/// The largest packet accepted from the broker.
-const PACKET_MAX_BYTES: u32 = 1 << 20;
-/// How often a blocked read wakes to check the clock.
-const READ_TICK: Duration = Duration::from_millis(100);
-/// How long one write may block before the phase fails.
-const WRITE_LIMIT: Duration = Duration::from_secs(5);
-/// Keep-alive asked for: longer than any run, so no PINGREQ is due (rumqttd refuses 0).
-const KEEP_ALIVE_SECS: u16 = u16::MAX;
 /// Pause before reading the broker's memory, so it settles after a phase.
 const SETTLE: Duration = Duration::from_millis(500);
 /// Most errors kept for the report.
@@ -360,21 +348,11 @@ async fn read_thread(
 async fn subscriber(setup: Setup, qos: QoS, id: &str, clock: Clock) -> Reading {
     let mut reading = Reading::default();
     let result = async {
-        let mut link = Link::open(setup.addr, setup.version, id, clock.deadline).await?;
-        link.queue(&Packet::Subscribe(Subscribe {
-            pkid: 1,
-            filters: vec![SubscribeFilter {
-                filter: MqttString::from_str_checked(FILTER).ok_or_else(|| invalid("filter"))?,
-                options: SubscriptionOptions {
-                    qos,
-                    ..Default::default()
-                },
-            }],
-            properties: Props::default(),
-        }))?;
-        link.flush().await?;
-        read_retained(&mut link, setup.n, clock, &mut reading).await?;
-        link.disconnect().await;
+        let mut conn = Conn::open_until(setup.addr, setup.version, id, clock.deadline).await?;
+        conn.queue(&subscribe_packet(FILTER, qos)?)?;
+        conn.flush().await?;
+        read_retained(&mut conn, setup.n, clock, &mut reading).await?;
+        conn.disconnect().await;
         Ok::<(), io::Error>(())
     }
     .await;
@@ -388,7 +366,7 @@ async fn subscriber(setup: Setup, qos: QoS, id: &str, clock: Clock) -> Reading {
 /// (PUBACK at QoS 1; PUBREC, then PUBCOMP for the broker's PUBREL, at QoS 2). The SUBACK is
 /// handled here too, since retained PUBLISHes may follow it in the same read.
 async fn read_retained(
-    link: &mut Link,
+    conn: &mut Conn,
     n: usize,
     clock: Clock,
     reading: &mut Reading,
@@ -400,11 +378,11 @@ async fn read_retained(
         if now > clock.deadline || now.duration_since(heard) > clock.idle {
             break;
         }
-        if !link.fill().await? {
+        if !conn.fill().await? {
             continue;
         }
         heard = Instant::now();
-        while let Some(packet) = link.next()? {
+        while let Some(packet) = conn.next_packet()? {
             let answer = match packet {
                 Packet::Publish(publish) => {
                     reading.publishes += 1;
@@ -426,10 +404,10 @@ async fn read_retained(
                 _ => None,
             };
             if let Some(answer) = answer {
-                link.queue(&answer)?;
+                conn.queue(&answer)?;
             }
         }
-        link.flush().await?;
+        conn.flush().await?;
         if seen.count == n as u64 {
             reading.complete_at = Some(heard.duration_since(clock.started));
         }
@@ -471,9 +449,9 @@ async fn publish_phase(setup: Setup, spec: PublishSpec) -> Published {
     let id = format!("rcb{}-rp", std::process::id());
     let mut done = Published::default();
     let result = async {
-        let mut link = Link::open(setup.addr, setup.version, &id, deadline).await?;
-        publish_all(&mut link, setup.n as u64, &spec, deadline, &mut done).await?;
-        link.disconnect().await;
+        let mut conn = Conn::open_until(setup.addr, setup.version, &id, deadline).await?;
+        publish_all(&mut conn, setup.n as u64, &spec, deadline, &mut done).await?;
+        conn.disconnect().await;
         Ok::<(), io::Error>(())
     }
     .await;
@@ -492,7 +470,7 @@ async fn publish_phase(setup: Setup, spec: PublishSpec) -> Published {
 /// PUBLISHes (PUBACK, or PUBREC → PUBREL → PUBCOMP). At QoS 0 a PINGREQ follows the last
 /// PUBLISH: its PINGRESP says the broker has read them all.
 async fn publish_all(
-    link: &mut Link,
+    conn: &mut Conn,
     n: u64,
     spec: &PublishSpec,
     deadline: Instant,
@@ -503,7 +481,7 @@ async fn publish_all(
         QoS::AtLeastOnce => spec.inflight,
         QoS::ExactlyOnce => spec.inflight.min(QOS2_INFLIGHT_MAX),
     }
-    .min(link.receive_maximum.map_or(u64::MAX, u64::from))
+    .min(conn.receive_maximum.map_or(u64::MAX, u64::from))
     .max(1);
     let started = Instant::now();
     let mut is_pinged = false;
@@ -514,29 +492,29 @@ async fn publish_all(
             .min(BATCH);
         if room > 0 {
             for i in done.sent..done.sent + room {
-                link.queue(&retained_publish(i, spec)?)?;
+                conn.queue(&retained_publish(i, spec)?)?;
             }
-            link.flush().await?;
+            conn.flush().await?;
             done.sent += room;
             continue;
         }
         if spec.qos == QoS::AtMostOnce && !is_pinged {
-            link.queue(&Packet::PingReq)?;
-            link.flush().await?;
+            conn.queue(&Packet::PingReq)?;
+            conn.flush().await?;
             is_pinged = true;
         }
-        if !link.fill().await? {
+        if !conn.fill().await? {
             continue;
         }
-        while let Some(packet) = link.next()? {
+        while let Some(packet) = conn.next_packet()? {
             match packet {
                 Packet::PubAck(_) | Packet::PubComp(_) => done.acknowledged += 1,
-                Packet::PubRec(rec) => link.queue(&Packet::PubRel(ack(rec.pkid)))?,
+                Packet::PubRec(rec) => conn.queue(&Packet::PubRel(ack(rec.pkid)))?,
                 Packet::PingResp => done.acknowledged = done.sent,
                 _ => {}
             }
         }
-        link.flush().await?;
+        conn.flush().await?;
     }
     done.secs = started.elapsed().as_secs_f64();
     Ok(())
@@ -557,130 +535,6 @@ fn retained_publish(i: u64, spec: &PublishSpec) -> io::Result<Packet> {
         properties: Props::default(),
         payload: spec.payload.clone(),
     }))
-}
-
-/// A bare MQTT connection whose reads and writes the caller interleaves: packets are queued,
-/// flushed in one write, and decoded one at a time from what `fill` read.
-struct Link {
-    stream: TcpStream,
-    codec: Codec,
-    version: Version,
-    buf: BytesMut,
-    scratch: Box<[u8]>,
-    out: BytesMut,
-    /// The broker's Receive Maximum (5.0), if it gave one.
-    receive_maximum: Option<u16>,
-}
-
-impl Link {
-    /// Connects with a clean session and waits (until `deadline`) for an accepting CONNACK.
-    async fn open(
-        addr: SocketAddr,
-        version: Version,
-        client_id: &str,
-        deadline: Instant,
-    ) -> io::Result<Link> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(READ_TICK))?;
-        // A broker that stops reading must fail the phase, not hang it.
-        stream.set_write_timeout(Some(WRITE_LIMIT))?;
-        let mut link = Link {
-            stream,
-            codec: Codec::with_version(version, PACKET_MAX_BYTES),
-            version,
-            buf: BytesMut::with_capacity(READ_CHUNK_BYTES),
-            scratch: vec![0u8; READ_CHUNK_BYTES].into_boxed_slice(),
-            out: BytesMut::new(),
-            receive_maximum: None,
-        };
-        link.queue(&Packet::Connect(Connect {
-            version,
-            client_id: MqttString::from_str_checked(client_id)
-                .ok_or_else(|| invalid("client id"))?,
-            clean_start: true,
-            keep_alive_secs: KEEP_ALIVE_SECS,
-            username: None,
-            password: None,
-            will: None,
-            properties: Props::default(),
-        }))?;
-        link.flush().await?;
-        loop {
-            match link.next()? {
-                Some(Packet::ConnAck(ack)) if ack.code.0 == 0 => {
-                    link.receive_maximum = ack.properties.receive_maximum;
-                    return Ok(link);
-                }
-                Some(other) => return Err(invalid(&format!("expected CONNACK, got {other:?}"))),
-                None if Instant::now() > deadline => return Err(invalid("no CONNACK in time")),
-                None => {
-                    link.fill().await?;
-                }
-            }
-        }
-    }
-
-    /// Encodes `packet` into the output buffer.
-    fn queue(&mut self, packet: &Packet) -> io::Result<()> {
-        encode(packet, self.version, &mut self.out).map_err(|e| invalid(&format!("{e:?}")))
-    }
-
-    /// Writes everything queued.
-    async fn flush(&mut self) -> io::Result<()> {
-        if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
-            self.out.clear();
-        }
-        Ok(())
-    }
-
-    /// Reads once; false if nothing came within `READ_TICK`.
-    async fn fill(&mut self) -> io::Result<bool> {
-        match self.stream.read(&mut self.scratch).await {
-            Ok(0) => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "broker closed the connection",
-            )),
-            Ok(n) => {
-                self.buf.extend_from_slice(&self.scratch[..n]);
-                Ok(true)
-            }
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::TimedOut
-                        | io::ErrorKind::WouldBlock
-                        | io::ErrorKind::Interrupted
-                ) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(e),
-        }
-    }
-
-    /// The next whole packet already read, if any.
-    fn next(&mut self) -> io::Result<Option<Packet>> {
-        match self.codec.decode(&mut self.buf) {
-            Ok(Decoded::Packet(p)) => Ok(Some(p)),
-            Ok(Decoded::Incomplete { .. }) => Ok(None),
-            Err(e) => Err(invalid(&format!("decode: {e:?}"))),
-        }
-    }
-
-    /// Sends DISCONNECT, best effort: the phase is over either way.
-    async fn disconnect(mut self) {
-        let sent = self.queue(&Packet::Disconnect(Disconnect::default()));
-        if sent.is_ok() {
-            let _ = self.flush().await;
-        }
-        let _ = self.stream.close().await;
-    }
-}
-
-fn invalid(what: &str) -> io::Error {
-    io::Error::new(io::ErrorKind::InvalidData, what.to_string())
 }
 
 #[cfg(test)]
