@@ -40,7 +40,7 @@ fn read_to_end(raw: &mut Raw) -> Vec<Packet> {
 fn mqtt_3_3_4_8_receive_maximum_exceeded_is_read_by_a_client_that_keeps_sending() {
     let broker = Broker::start(1);
     let mut raw = Raw::connect_with(broker.addr, connect_packet("flood", Version::V5, true)).0;
-    let receive_max = ringcast::config::Limits::default().receive_max as u16;
+    let receive_max = ringcast::config::Limits::default().receive_max;
     let mut out = BytesMut::new();
     // More unreleased QoS 2 PUBLISHes than the broker's Receive Maximum, then more traffic
     // behind them that the broker will not read as packets.
@@ -53,7 +53,7 @@ fn mqtt_3_3_4_8_receive_maximum_exceeded_is_read_by_a_client_that_keeps_sending(
         let mut writer = writer;
         let _ = writer.write_all(&out);
         // Keep sending for a while, as a client unaware of the close would.
-        let tail = vec![0xc0u8, 0x00].repeat(4096); // PINGREQs
+        let tail = [0xc0u8, 0x00].repeat(4096); // PINGREQs
         for _ in 0..20 {
             if writer.write_all(&tail).is_err() {
                 break;

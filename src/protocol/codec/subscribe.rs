@@ -7,9 +7,9 @@ use super::fixed_header::packet_type::SUBSCRIBE;
 use super::properties;
 use super::reader::Reader;
 use super::topic_syntax::check_subscription_filter;
-use crate::protocol::topic::split_shared;
 use super::writer;
 use crate::protocol::packet::{QoS, Subscribe, SubscribeFilter, SubscriptionOptions, Version};
+use crate::protocol::topic::split_shared;
 
 /// Reads a SUBSCRIBE body.
 pub(crate) fn read(r: &mut Reader) -> Result<Subscribe, DecodeError> {
