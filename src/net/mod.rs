@@ -2,6 +2,7 @@
 //! and writing outboxes to sockets.
 
 pub mod conn;
+pub mod tls;
 pub mod transport;
 pub mod writer;
 

@@ -17,6 +17,7 @@
 //! The reader owns the socket; the writer works on its fd and must be done (or dropped) before
 //! the reader is dropped, which `conn::serve` ensures.
 
+use super::tls::{TlsReader, TlsWriter};
 use crate::shard::outbox::Outbox;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -42,12 +43,16 @@ pub enum Shutdown {
 pub enum Reader {
     /// Plain TCP.
     Tcp(TcpStream),
+    /// TLS over TCP.
+    Tls(TlsReader),
 }
 
 /// The writing half of a connection's transport.
 pub enum Writer {
     /// Plain TCP.
     Tcp(TcpWriter),
+    /// TLS over TCP.
+    Tls(TlsWriter),
 }
 
 /// Splits an accepted TCP connection into its halves.
@@ -67,6 +72,7 @@ impl Reader {
     pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
             Reader::Tcp(stream) => stream.read(buf).await,
+            Reader::Tls(tls) => tls.read(buf).await,
         }
     }
 
@@ -78,6 +84,9 @@ impl Reader {
             Reader::Tcp(stream) => {
                 let _ = stream.set_read_timeout(timeout.map(|t| t.max(Duration::from_micros(1))));
             }
+            Reader::Tls(tls) => {
+                tls.set_read_timeout(timeout.map(|t| t.max(Duration::from_micros(1))))
+            }
         }
     }
 
@@ -85,6 +94,7 @@ impl Reader {
     pub fn shutdown(&self, how: Shutdown) {
         match self {
             Reader::Tcp(stream) => shutdown_fd(stream.as_raw_fd(), how),
+            Reader::Tls(tls) => shutdown_fd(tls.fd(), how),
         }
     }
 }
@@ -96,13 +106,28 @@ impl Writer {
     pub async fn write_some(&mut self, outbox: &Outbox) -> io::Result<()> {
         match self {
             Writer::Tcp(tcp) => tcp.write_some(outbox).await,
+            Writer::Tls(tls) => tls.write_some(outbox).await,
+        }
+    }
+
+    /// Whether bytes taken from the outbox still wait in the transport (TLS records).
+    pub fn has_pending(&self) -> bool {
+        match self {
+            Writer::Tcp(_) => false,
+            Writer::Tls(tls) => tls.has_pending(),
         }
     }
 
     /// Shuts the connection down in direction `how`.
-    pub fn shutdown(&self, how: Shutdown) {
+    pub fn shutdown(&mut self, how: Shutdown) {
         match self {
             Writer::Tcp(tcp) => shutdown_fd(tcp.fd, how),
+            Writer::Tls(tls) => {
+                if how != Shutdown::Read {
+                    tls.close_notify();
+                }
+                shutdown_fd(tls.fd(), how)
+            }
         }
     }
 }

@@ -18,9 +18,11 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// both sides at once.
 pub async fn run(mut writer: Writer, outbox: Rc<Outbox>, reader_done: LocalReceiver<()>) {
     loop {
-        std::future::poll_fn(|cx| outbox.poll_ready(cx)).await;
-        if outbox.is_empty() {
-            break; // closing, and everything was flushed
+        if !writer.has_pending() {
+            std::future::poll_fn(|cx| outbox.poll_ready(cx)).await;
+            if outbox.is_empty() {
+                break; // closing, and everything was flushed
+            }
         }
         if writer.write_some(&outbox).await.is_err() {
             break;
