@@ -10,7 +10,8 @@ use crate::protocol::ReasonCode;
 use crate::shard::backpressure::Pressure;
 use crate::shard::msg::MeshMsg;
 use crate::shard::Shard;
-use glommio::channels::channel_mesh::MeshBuilder;
+use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers};
+use glommio::channels::local_channel::LocalReceiver;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
 use std::net::SocketAddr;
 use std::os::unix::io::{IntoRawFd, RawFd};
@@ -124,7 +125,7 @@ fn cpu_list(config: &Config) -> Result<Vec<usize>, String> {
 struct ShardStart {
     shards: usize,
     config: Config,
-    mesh: Option<MeshBuilder<MeshMsg, glommio::channels::channel_mesh::Full>>,
+    mesh: Option<MeshBuilder<MeshMsg, Full>>,
     fds: Vec<RawFd>,
     stop: Arc<AtomicBool>,
     open: Arc<AtomicUsize>,
@@ -132,18 +133,10 @@ struct ShardStart {
 }
 
 /// The life of one shard.
-async fn run_shard(ctx: ShardStart) {
-    let (senders, receivers) = match ctx.mesh {
-        Some(builder) => match builder.join().await {
-            Ok((s, r)) => (Some(s), Some(r)),
-            Err(_) => return,
-        },
-        None => (None, None),
+async fn run_shard(mut ctx: ShardStart) {
+    let Some((mesh, receivers, local)) = join_mesh(ctx.mesh.take()).await else {
+        return;
     };
-    // The mesh numbers peers in the order they joined: that number is the shard's id.
-    let id = senders.as_ref().map_or(0, |s| s.peer_id());
-    let (mesh, local) = Mesh::new(id, senders);
-    let mesh = Rc::new(mesh);
     // Each shard holds its share of the broker-wide ceiling: no cross-core counter to touch.
     let bp = &ctx.config.backpressure;
     let high = (bp.memory_ceiling_bytes / ctx.shards).max(1);
@@ -155,30 +148,7 @@ async fn run_shard(ctx: ShardStart) {
         ctx.open.clone(),
         pressure,
     ));
-    if let Some(mut receivers) = receivers {
-        for (_, stream) in receivers.streams() {
-            let shard = shard.clone();
-            glommio::spawn_local(async move {
-                let mut handled = 0u32;
-                while let Some(msg) = stream.recv().await {
-                    dispatch(&shard, msg).await;
-                    // Bounded work per loop turn, as for a connection's reads.
-                    handled += 1;
-                    if handled % RING_MESSAGES_PER_TURN == 0 {
-                        futures_lite::future::yield_now().await;
-                    }
-                }
-            })
-            .detach();
-        }
-    }
-    let local_shard = shard.clone();
-    glommio::spawn_local(async move {
-        while let Some(msg) = local.recv().await {
-            dispatch(&local_shard, msg).await;
-        }
-    })
-    .detach();
+    receive(&shard, receivers, local);
     let sys = (ctx.config.sys_interval_secs > 0).then(|| {
         let interval = Duration::from_secs(ctx.config.sys_interval_secs);
         glommio::spawn_local(crate::shard::sys::run(
@@ -190,15 +160,10 @@ async fn run_shard(ctx: ShardStart) {
     let max = ctx.config.limits.connections_max;
     let acceptors: Vec<_> = ctx
         .fds
-        .into_iter()
-        .map(|fd| {
-            glommio::spawn_local(net::accept_loop(
-                fd,
-                mesh.clone(),
-                ctx.shards,
-                ctx.open.clone(),
-                max,
-            ))
+        .iter()
+        .map(|&fd| {
+            let accept = net::accept_loop(fd, mesh.clone(), ctx.shards, ctx.open.clone(), max);
+            glommio::spawn_local(accept)
         })
         .collect();
     while !ctx.stop.load(Ordering::SeqCst) {
@@ -206,6 +171,65 @@ async fn run_shard(ctx: ShardStart) {
     }
     drop(acceptors); // stop accepting
     drop(sys);
+    shut_down(&shard).await;
+}
+
+/// This shard's ends of the mesh: the mesh, the receivers of the rings from other shards
+/// (None with one shard) and the receiver of messages to itself.
+async fn join_mesh(
+    builder: Option<MeshBuilder<MeshMsg, Full>>,
+) -> Option<(
+    Rc<Mesh<MeshMsg>>,
+    Option<Receivers<MeshMsg>>,
+    LocalReceiver<MeshMsg>,
+)> {
+    let (senders, receivers) = match builder {
+        Some(builder) => {
+            let (senders, receivers) = builder.join().await.ok()?;
+            (Some(senders), Some(receivers))
+        }
+        None => (None, None),
+    };
+    // The mesh numbers peers in the order they joined: that number is the shard's id.
+    let id = senders.as_ref().map_or(0, |s| s.peer_id());
+    let (mesh, local) = Mesh::new(id, senders);
+    Some((Rc::new(mesh), receivers, local))
+}
+
+/// Starts one task per ring toward this shard and one for its messages to itself.
+fn receive(
+    shard: &Rc<Shard>,
+    receivers: Option<Receivers<MeshMsg>>,
+    local: LocalReceiver<MeshMsg>,
+) {
+    let streams = receivers.map_or_else(Vec::new, |mut r| r.streams());
+    for (_, stream) in streams {
+        let shard = shard.clone();
+        glommio::spawn_local(async move {
+            let mut handled = 0u32;
+            while let Some(msg) = stream.recv().await {
+                dispatch(&shard, msg).await;
+                // Bounded work per loop turn, as for a connection's reads.
+                handled += 1;
+                if handled % RING_MESSAGES_PER_TURN == 0 {
+                    futures_lite::future::yield_now().await;
+                }
+            }
+        })
+        .detach();
+    }
+    let shard = shard.clone();
+    glommio::spawn_local(async move {
+        while let Some(msg) = local.recv().await {
+            dispatch(&shard, msg).await;
+        }
+    })
+    .detach();
+}
+
+/// Closes every connection (5.0 clients get DISCONNECT 0x8B), publishes the wills due and
+/// lets the writers flush.
+async fn shut_down(shard: &Rc<Shard>) {
     let wills = shard.close_all(ReasonCode::SERVER_SHUTTING_DOWN);
     for will in wills {
         let _ = glommio::timer::timeout(Duration::from_millis(500), async {

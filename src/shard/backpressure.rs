@@ -6,11 +6,18 @@
 //! the shard is over its ceiling share (until it falls below the low-water mark) or a reading
 //! subscriber lags past its pause mark. Writers wake them as they drain. Nothing here is shared
 //! between threads: each shard owns one `Pressure` and compares it with ceiling / shards.
+//! `Shard::wait_for_room` is where a publisher (or a ring receiver) waits, and where lagging
+//! subscribers that stopped reading are found stuck.
 
+use super::Shard;
 use crate::protocol::QoS;
 use std::cell::{Cell, RefCell};
 use std::collections::VecDeque;
 use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+/// Publishes a ring receiver may deliver after a pause before it waits again.
+const RING_CREDIT: u32 = 32;
 
 /// Why a message was dropped, as counted per reason and QoS.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -271,6 +278,58 @@ impl Drop for Ticket<'_> {
         let p = self.pressure;
         p.waiters.borrow_mut().retain(|(id, _)| *id != self.id);
         p.wake_if_clear();
+    }
+}
+
+impl Shard {
+    /// Waits while this shard may not take more publishes: over its ceiling share, or with a
+    /// reading subscriber that lags. Every `subscriber_stall_ms` of waiting, lagging
+    /// subscribers that wrote nothing in that time are marked stuck and stop holding it up.
+    pub async fn wait_for_room(&self) {
+        if !self.pressure.must_wait() {
+            return;
+        }
+        self.pressure.note_pause(true);
+        let ticket = self.pressure.ticket();
+        let stall = Duration::from_millis(self.limits.subscriber_stall_ms);
+        loop {
+            let waited = glommio::timer::timeout(stall, async {
+                self.pressure.until_clear(&ticket).await;
+                Ok(())
+            })
+            .await;
+            if waited.is_ok() {
+                break;
+            }
+            self.find_stuck(stall);
+        }
+        drop(ticket); // lets the next paused publisher go
+        self.pressure.note_pause(false);
+    }
+
+    /// `wait_for_room` for publishes arriving on rings. One ring carries the publishes of every
+    /// publisher of another shard, so after a pause it may deliver `RING_CREDIT` of them before
+    /// it waits again; otherwise it would get one publish per wake-up against each local
+    /// publisher's one and remote publishers would starve. The overshoot is bounded by that.
+    pub async fn wait_for_ring_room(&self) {
+        if !self.pressure.must_wait() || self.pressure.take_ring_credit() {
+            return;
+        }
+        self.wait_for_room().await;
+        self.pressure.grant_ring_credit(RING_CREDIT);
+    }
+
+    /// Marks lagging subscribers that took nothing from their socket for `stall` as stuck.
+    fn find_stuck(&self, stall: Duration) {
+        let now = Instant::now();
+        let st = self.state.borrow();
+        for session in st.sessions.values() {
+            if let Some(outbox) = &session.outbox {
+                if outbox.check_stall(now, stall) {
+                    tracing::debug!("subscriber {} is stuck", session.client_id);
+                }
+            }
+        }
     }
 }
 

@@ -20,18 +20,16 @@
 //! A message deleted (empty payload) while the cursor runs is gone from the index and never
 //! sent. Cursors live in the session: a persistent session that reconnects goes on where it
 //! stopped; a clean one ends with its connection.
+//!
+//! This module is plain data and the walk over the index; what a feed sends to goes through
+//! `Sink`, which `feeder` implements over a session.
 
-use super::encoder::Encoder;
+use super::message::Message;
 use super::retained::{topic_order, Retained};
-use super::session::{Grant, Session, Subscription};
-use super::{Message, SessionKey, Shard};
-use crate::config::Limits;
 use crate::protocol::topic::filter_matches;
 use crate::protocol::{MqttString, QoS};
-use crate::shard::outbox::Outbox;
 use std::cmp::Ordering;
 use std::collections::{HashSet, VecDeque};
-use std::rc::Rc;
 
 /// Retained messages taken from the index per walk.
 const BATCH: usize = 64;
@@ -45,7 +43,10 @@ const FEED_TURN_MAX: usize = 1024;
 pub struct Cursor {
     /// The subscription's filter (never a shared one: those get no retained messages).
     filter: String,
-    sub: Subscription,
+    /// The subscription's maximum QoS.
+    qos: QoS,
+    /// The subscription's identifier (5.0), sent with each of its messages.
+    id: Option<u32>,
     /// The last topic passed, in topic order; None before the first.
     after: Option<MqttString>,
     /// Topics ahead of the cursor whose retained message the client already got live.
@@ -57,7 +58,7 @@ pub struct Cursor {
 pub struct Cursors {
     queue: VecDeque<Cursor>,
     /// The connection token whose feeder task runs for this session, if one does.
-    feeder: Option<u64>,
+    pub feeder: Option<u64>,
 }
 
 /// What a feed ended with.
@@ -74,14 +75,25 @@ pub enum Feed {
     Offline,
 }
 
+/// Where a feed sends the retained messages it walks.
+pub trait Sink {
+    /// None when a retained message granted at `qos` can be sent now; else why not.
+    fn room(&self, qos: QoS) -> Option<Feed>;
+    /// Sends retained `message` at `qos`, with the subscription's identifier `id`.
+    fn send(&mut self, message: &Message, qos: QoS, id: Option<u32>);
+    /// A batch of distinct messages was sent (the encoder may forget the last one).
+    fn end_batch(&mut self);
+}
+
 impl Cursors {
-    /// Starts the retained delivery of a subscription to `filter`; a subscription made again
-    /// starts over.
-    pub fn add(&mut self, filter: &str, sub: Subscription) {
+    /// Starts the retained delivery of a subscription to `filter` (granted `qos`, identifier
+    /// `id`); a subscription made again starts over.
+    pub fn add(&mut self, filter: &str, qos: QoS, id: Option<u32>) {
         self.remove(filter);
         self.queue.push_back(Cursor {
             filter: filter.to_string(),
-            sub,
+            qos,
+            id,
             after: None,
             skip: HashSet::new(),
         });
@@ -121,17 +133,11 @@ impl Cursors {
         }
     }
 
-    /// Sends what `session` can take of its retained deliveries from `store`.
-    fn feed(
-        &mut self,
-        session: &mut Session,
-        store: &Retained,
-        limits: &Limits,
-        enc: &mut Encoder,
-    ) -> Feed {
+    /// Sends what `sink` can take of the retained deliveries owed, from `store`.
+    pub fn feed(&mut self, store: &Retained, sink: &mut impl Sink) -> Feed {
         let mut budget = FEED_TURN_MAX;
         while let Some(cursor) = self.queue.front_mut() {
-            match cursor.feed(session, store, limits, enc, &mut budget) {
+            match cursor.feed(store, sink, &mut budget) {
                 Feed::Done => {
                     self.queue.pop_front();
                 }
@@ -143,15 +149,8 @@ impl Cursors {
 }
 
 impl Cursor {
-    /// Moves this cursor on while the connection has room and `budget` lasts.
-    fn feed(
-        &mut self,
-        session: &mut Session,
-        store: &Retained,
-        limits: &Limits,
-        enc: &mut Encoder,
-        budget: &mut usize,
-    ) -> Feed {
+    /// Moves this cursor on while `sink` has room and `budget` lasts.
+    fn feed(&mut self, store: &Retained, sink: &mut impl Sink, budget: &mut usize) -> Feed {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             batch.clear();
@@ -160,106 +159,22 @@ impl Cursor {
             for message in &batch {
                 let topic = &message.publish.topic;
                 if !self.skip.remove(topic) && !message.is_expired() {
-                    let qos = message.publish.qos.min(self.sub.options.qos);
-                    if let Some(wait) = session.room_for_retained(qos, limits, feed_mark(limits)) {
+                    let qos = message.publish.qos.min(self.qos);
+                    if let Some(wait) = sink.room(qos) {
                         return wait;
                     }
                     if *budget == 0 {
                         return Feed::Yield;
                     }
                     *budget -= 1;
-                    session.send_retained(&message.publish, self.grant(message, qos), limits, enc);
+                    sink.send(message, qos, self.id);
                 }
                 self.after = Some(topic.clone());
             }
-            enc.forget();
+            sink.end_batch();
             if is_last {
                 return Feed::Done;
             }
         }
     }
-
-    /// What the client gets of retained `message`: RETAIN set [MQTT-3.3.1-8], this
-    /// subscription's identifier.
-    fn grant(&self, message: &Message, qos: QoS) -> Grant {
-        Grant {
-            qos,
-            retain: true,
-            ids: self.sub.id.into_iter().collect(),
-            expires_at: message.expires_at,
-            share: None,
-        }
-    }
 }
-
-/// Bytes a feed leaves in the write buffer at most: half the mark at which a subscriber
-/// counts as lagging, so streaming a retained set never pauses the shard's publishers.
-pub fn feed_mark(limits: &Limits) -> usize {
-    (limits.write_buffer_pause_bytes / 2).max(1)
-}
-
-impl Shard {
-    /// Sends what session `key` (of connection `token`) can take now of the retained messages
-    /// it is owed, and leaves a feeder task to send the rest as the connection makes room.
-    pub fn feed_retained(self: &Rc<Self>, key: SessionKey, token: u64) {
-        let feed = self.feed_once(key, token);
-        if matches!(feed, Feed::Done | Feed::Offline) {
-            return;
-        }
-        let outbox = self.with_session(key, token, |session, _, _| {
-            let is_running = session.cursors.feeder == Some(token);
-            session.cursors.feeder = Some(token);
-            session.outbox.clone().filter(|_| !is_running)
-        });
-        if let Some(Some(outbox)) = outbox {
-            glommio::spawn_local(run_feeder(self.clone(), key, token, outbox)).detach();
-        }
-    }
-
-    /// One feed of session `key`'s cursors.
-    fn feed_once(&self, key: SessionKey, token: u64) -> Feed {
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
-        let Some(session) = st.sessions.get_mut(&key).filter(|s| s.conn_token == token) else {
-            return Feed::Offline;
-        };
-        feed_session(session, &st.retained, &self.limits, &mut st.enc)
-    }
-}
-
-/// Sends what `session` can take now of the retained messages it is owed from `store`.
-fn feed_session(
-    session: &mut Session,
-    store: &Retained,
-    limits: &Limits,
-    enc: &mut Encoder,
-) -> Feed {
-    if session.cursors.is_empty() {
-        return Feed::Done;
-    }
-    // Taken out for the feed, so the session and its cursors can be borrowed apart.
-    let mut cursors = std::mem::take(&mut session.cursors);
-    let feed = cursors.feed(session, store, limits, enc);
-    session.cursors = cursors;
-    feed
-}
-
-/// Feeds session `key` whenever connection `token`'s outbox has room, until nothing is owed
-/// or the connection ends.
-async fn run_feeder(shard: Rc<Shard>, key: SessionKey, token: u64, outbox: Rc<Outbox>) {
-    loop {
-        match shard.feed_once(key, token) {
-            Feed::Yield => futures_lite::future::yield_now().await,
-            Feed::Wait(below) => std::future::poll_fn(|cx| outbox.poll_room(cx, below)).await,
-            Feed::Done | Feed::Offline => break,
-        }
-    }
-    shard.with_session(key, token, |session, _, _| {
-        if session.cursors.feeder == Some(token) {
-            session.cursors.feeder = None;
-        }
-    });
-}
-
-#[cfg(test)]
-mod tests;

@@ -1,118 +1,155 @@
-//! Everything one shard can tell another, carried by the mesh (`crate::mesh`).
+//! Everything one shard can tell another, carried by the mesh (`crate::mesh`): one struct per
+//! message. `Shard::on_message` hands each to a method in the module of its concept.
 
+use super::message::Message;
 use super::session::SessionState;
-use super::{Message, SessionKey};
+use super::SessionKey;
 use crate::mesh::{RequestId, ShardId};
 use glommio::net::AcceptedTcpStream;
 
 /// Everything one shard can tell another.
 pub enum MeshMsg {
-    /// A freshly accepted connection placed on this shard.
+    /// A freshly accepted connection placed on this shard (the server starts its task).
     Accepted(AcceptedTcpStream),
     /// A publish for this shard's local subscribers (shared subscriptions excepted: the
-    /// publishing shard picks their member).
+    /// publishing shard picks their member). Handled in `routing`.
     Publish(Message),
-    /// Set (Some) or clear (None) the retained message of a topic in this shard's replica.
-    Retain {
-        /// Topic name.
-        topic: String,
-        /// The retained PUBLISH, or None to clear.
-        publish: Option<Message>,
-        /// When set, answer `InterestAck` to `from` once applied (QoS 1/2 retained publishes
-        /// are acknowledged to their publisher only after every replica has them).
-        ack: Option<(ShardId, RequestId)>,
-    },
-    /// Session `member` of shard `from` joined shared subscription `share`
-    /// (`$share/group/filter`); answer `InterestAck`. Every shard keeps every group's members.
-    ShareJoin {
-        /// The shared subscription.
-        share: String,
-        /// Shard of the member.
-        from: ShardId,
-        /// Session of the member on that shard.
-        member: SessionKey,
-        /// Request to acknowledge.
-        request: RequestId,
-    },
-    /// Session `member` of shard `from` left shared subscription `share`.
-    ShareLeave {
-        /// The shared subscription.
-        share: String,
-        /// Shard of the member.
-        from: ShardId,
-        /// Session of the member on that shard.
-        member: SessionKey,
-    },
-    /// A message for one member of a shared subscription, picked by the publishing shard.
-    ShareDeliver {
-        /// The shared subscription.
-        share: String,
-        /// The member's session on the receiving shard.
-        member: SessionKey,
-        /// The message.
-        message: Message,
-        /// Times the message was passed on because its member had gone; bounds the passing.
-        hops: u8,
-    },
-    /// Shard `from` now has local subscribers on `filter`; answer `InterestAck`.
-    InterestAdd {
-        /// The filter.
-        filter: String,
-        /// Who subscribes.
-        from: ShardId,
-        /// Request to acknowledge.
-        request: RequestId,
-    },
-    /// Shard `from` has no more local subscribers on `filter`.
-    InterestRemove {
-        /// The filter.
-        filter: String,
-        /// Who unsubscribed.
-        from: ShardId,
-    },
+    /// A retained message for this shard's replica (`routing`).
+    Retain(Retain),
+    /// A member joined a shared subscription (`shared`).
+    ShareJoin(ShareJoin),
+    /// A member left a shared subscription (`shared`).
+    ShareLeave(ShareLeave),
+    /// A message for one member of a shared subscription (`shared`).
+    ShareDeliver(ShareDeliver),
+    /// Another shard subscribes to a filter (`subscriptions`).
+    InterestAdd(InterestAdd),
+    /// Another shard no longer subscribes to a filter (`subscriptions`).
+    InterestRemove(InterestRemove),
     /// An `InterestAdd`, `ShareJoin` or acknowledged `Retain` has been applied.
-    InterestAck {
-        /// The request acknowledged.
-        request: RequestId,
-    },
-    /// To a client id's home shard: a connection on `from` wants the client id.
-    Claim {
-        /// The client id.
-        client_id: String,
-        /// Shard of the new connection.
-        from: ShardId,
-        /// Token of the new connection.
-        token: u64,
-        /// Request to answer with `Handoff`.
-        request: RequestId,
-        /// Whether the new connection wants the old session's state.
-        wants_state: bool,
-    },
-    /// From the home shard to the shard holding the client id: close it, hand its state on.
-    Evict {
-        /// The client id.
-        client_id: String,
-        /// Token of the connection that holds it (or held it last).
-        token: u64,
-        /// Shard of the new connection.
-        to: ShardId,
-        /// Request to answer with `Handoff`.
-        request: RequestId,
-        /// Whether to send the session state.
-        wants_state: bool,
-    },
-    /// The answer to a `Claim`: the old session's state, if it had one to give.
-    Handoff {
-        /// The request answered.
-        request: RequestId,
-        /// The session state.
-        state: Option<Box<SessionState>>,
-    },
-    /// To the home shard: the session of connection `token` is gone.
-    Release {
-        /// The client id.
-        client_id: String,
-        /// The connection whose session ended.
-        token: u64,
-    },
+    InterestAck(InterestAck),
+    /// To a client id's home shard: a connection wants the client id (`takeover`).
+    Claim(Claim),
+    /// From the home shard to the holder of a client id: close it, hand it on (`takeover`).
+    Evict(Evict),
+    /// The answer to a `Claim`: the old session's state, if it had one to give (`takeover`).
+    Handoff(Handoff),
+    /// To the home shard: a session is gone (`takeover`).
+    Release(Release),
+}
+
+/// Set (Some) or clear (None) the retained message of a topic in this shard's replica.
+pub struct Retain {
+    /// Topic name.
+    pub topic: String,
+    /// The retained PUBLISH, or None to clear.
+    pub publish: Option<Message>,
+    /// When set, answer `InterestAck` to this shard and request once applied (QoS 1/2
+    /// retained publishes are acknowledged to their publisher only after every replica has
+    /// them).
+    pub ack: Option<(ShardId, RequestId)>,
+}
+
+/// Session `member` of shard `from` joined shared subscription `share`
+/// (`$share/group/filter`); answer `InterestAck`. Every shard keeps every group's members.
+pub struct ShareJoin {
+    /// The shared subscription.
+    pub share: String,
+    /// Shard of the member.
+    pub from: ShardId,
+    /// Session of the member on that shard.
+    pub member: SessionKey,
+    /// Request to acknowledge.
+    pub request: RequestId,
+}
+
+/// Session `member` of shard `from` left shared subscription `share`.
+pub struct ShareLeave {
+    /// The shared subscription.
+    pub share: String,
+    /// Shard of the member.
+    pub from: ShardId,
+    /// Session of the member on that shard.
+    pub member: SessionKey,
+}
+
+/// A message for one member of a shared subscription, picked by the publishing shard.
+pub struct ShareDeliver {
+    /// The shared subscription.
+    pub share: String,
+    /// The member's session on the receiving shard.
+    pub member: SessionKey,
+    /// The message.
+    pub message: Message,
+    /// Times the message was passed on because its member had gone; bounds the passing.
+    pub hops: u8,
+}
+
+/// Shard `from` now has local subscribers on `filter`; answer `InterestAck`.
+pub struct InterestAdd {
+    /// The filter.
+    pub filter: String,
+    /// Who subscribes.
+    pub from: ShardId,
+    /// Request to acknowledge.
+    pub request: RequestId,
+}
+
+/// Shard `from` has no more local subscribers on `filter`.
+pub struct InterestRemove {
+    /// The filter.
+    pub filter: String,
+    /// Who unsubscribed.
+    pub from: ShardId,
+}
+
+/// One answer to a request that carries nothing back.
+pub struct InterestAck {
+    /// The request answered.
+    pub request: RequestId,
+}
+
+/// To a client id's home shard: a connection on `from` wants the client id.
+pub struct Claim {
+    /// The client id.
+    pub client_id: String,
+    /// Shard of the new connection.
+    pub from: ShardId,
+    /// Token of the new connection.
+    pub token: u64,
+    /// Request to answer with `Handoff`.
+    pub request: RequestId,
+    /// Whether the new connection wants the old session's state.
+    pub wants_state: bool,
+}
+
+/// From the home shard to the shard holding the client id: close it, hand its state on.
+#[derive(Debug)]
+pub struct Evict {
+    /// The client id.
+    pub client_id: String,
+    /// Token of the connection that holds it (or held it last).
+    pub token: u64,
+    /// Shard of the new connection.
+    pub to: ShardId,
+    /// Request to answer with `Handoff`.
+    pub request: RequestId,
+    /// Whether to send the session state.
+    pub wants_state: bool,
+}
+
+/// The answer to a `Claim`: the old session's state, if it had one to give.
+pub struct Handoff {
+    /// The request answered.
+    pub request: RequestId,
+    /// The session state.
+    pub state: Option<Box<SessionState>>,
+}
+
+/// To the home shard: the session of connection `token` is gone.
+pub struct Release {
+    /// The client id.
+    pub client_id: String,
+    /// The connection whose session ended.
+    pub token: u64,
 }

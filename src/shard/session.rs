@@ -5,7 +5,7 @@
 use super::cursor::{Cursor, Cursors, Feed};
 use super::encoder::{push_publish, Encoder};
 use super::overflow;
-use crate::config::Limits;
+use crate::config::{Limits, Qos12Overflow};
 use crate::protocol::codec;
 use crate::protocol::{Ack, Packet, Publish, QoS, SubscriptionOptions, Version, Will};
 use crate::shard::backpressure::{DropReason, Pressure};
@@ -14,7 +14,7 @@ use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Payloads up to this size queued for an offline session are copied out of the read buffer
 /// they were sliced from, so queued bytes are what the ceiling counts.
@@ -374,10 +374,10 @@ impl Session {
         let qos = out.grant.qos;
         while self.is_queue_full(size, limits) {
             if qos != QoS::AtMostOnce {
-                overflow::over_bound(self, limits, Instant::now());
+                self.over_bound(limits, Instant::now());
                 return self.drop_message(DropReason::QueueFull, qos);
             }
-            if !overflow::make_room_in_queue(self, limits) {
+            if !(overflow::drops_oldest(limits) && self.drop_oldest_queued()) {
                 return self.drop_message(DropReason::QueueFull, qos);
             }
         }
@@ -400,8 +400,33 @@ impl Session {
         Delivery::Dropped
     }
 
+    /// A QoS 1/2 message met a full queue at `now`. Under the disconnect policy, a subscriber
+    /// over its bound for `slow_subscriber_secs` is disconnected at once (what its socket
+    /// still holds is discarded; a persistent session keeps its queue and inflight messages).
+    fn over_bound(&mut self, limits: &Limits, now: Instant) {
+        if limits.qos12_overflow != Qos12Overflow::Disconnect {
+            return;
+        }
+        let Some(outbox) = &self.outbox else {
+            return;
+        };
+        let since = *self.over_bound_since.get_or_insert(now);
+        if now - since < Duration::from_secs(limits.slow_subscriber_secs) {
+            return;
+        }
+        tracing::info!(
+            "disconnecting slow subscriber {}: over its queue bound for {}s",
+            self.client_id,
+            limits.slow_subscriber_secs
+        );
+        outbox.abort();
+        self.outbox = None;
+        self.over_bound_since = None;
+        self.pressure.count_slow_disconnect();
+    }
+
     /// Removes the oldest queued QoS 0 message (drop-oldest policy); returns whether one was.
-    pub(super) fn drop_oldest_queued(&mut self) -> bool {
+    fn drop_oldest_queued(&mut self) -> bool {
         let queue = &self.queue;
         let Some(index) = queue.iter().position(|o| o.grant.qos == QoS::AtMostOnce) else {
             return false;

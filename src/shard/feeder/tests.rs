@@ -3,9 +3,11 @@
 
 use super::*;
 use crate::protocol::codec::{Codec, Decoded};
-use crate::protocol::{Packet, Publish, SubscriptionOptions, Version};
+use crate::protocol::{MqttString, Packet, Publish, Version};
 use crate::shard::backpressure::Pressure;
+use crate::shard::retained::topic_order;
 use bytes::{Bytes, BytesMut};
+use std::cmp::Ordering;
 use std::sync::Arc;
 
 const TOPICS: usize = 1000;
@@ -56,14 +58,7 @@ impl Fixture {
             usize::MAX,
         ));
         session.outbox = Some(outbox.clone());
-        let sub = Subscription {
-            options: SubscriptionOptions {
-                qos,
-                ..Default::default()
-            },
-            id: None,
-        };
-        session.cursors.add("s/#", sub);
+        session.cursors.add("s/#", qos, None);
         Fixture {
             session,
             outbox,

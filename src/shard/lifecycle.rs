@@ -1,0 +1,150 @@
+//! The end of connections and sessions: disconnect, Session Expiry Interval, wills (delayed
+//! by Will Delay Interval, cancelled by a reconnect), and closing everything at shutdown.
+
+use super::message::Message;
+use super::msg::{MeshMsg, Release};
+use super::subscriptions::remove_session;
+use super::takeover::home_shard;
+use super::{SessionKey, Shard};
+use crate::protocol::{Disconnect, Packet, Publish, ReasonCode, Version, Will};
+use std::rc::Rc;
+use std::time::Duration;
+
+impl Shard {
+    /// Ends connection `token`'s hold on its session. A clean session is removed (and its
+    /// home shard told); a persistent one stays, offline, until its Session Expiry Interval
+    /// runs out. Returns the will to publish, with the delay before publishing it.
+    pub fn disconnect(
+        self: &Rc<Self>,
+        key: SessionKey,
+        token: u64,
+        graceful: bool,
+    ) -> Option<(Will, Duration)> {
+        let (will, expiry) = {
+            let mut st = self.state.borrow_mut();
+            let session = st
+                .sessions
+                .get_mut(&key)
+                .filter(|s| s.conn_token == token)?;
+            let will = if graceful { None } else { session.will.take() };
+            session.will = None;
+            session.outbox = None;
+            let expiry = match (session.is_persistent, session.version) {
+                (false, _) => Some(0),
+                (true, Version::V5) if session.expiry_secs != u32::MAX => Some(session.expiry_secs),
+                (true, _) => None,
+            };
+            (will, expiry)
+        };
+        match expiry {
+            Some(0) => self.retire(key, token),
+            Some(secs) => self.expire_after(key, token, Duration::from_secs(secs as u64)),
+            None => {}
+        }
+        let will = will?;
+        // The will waits for its Will Delay Interval, but never past the session's end
+        // [MQTT-3.1.3-9].
+        let will_delay = will.properties.will_delay_interval.unwrap_or(0);
+        let delay = expiry.map_or(will_delay, |secs| secs.min(will_delay));
+        Some((will, Duration::from_secs(delay as u64)))
+    }
+
+    /// Removes session `key` for good: its subscriptions leave this shard (other shards are
+    /// told), its home shard releases the client id, and shared messages it had not finished
+    /// go to other members.
+    fn retire(&self, key: SessionKey, token: u64) {
+        let removed = remove_session(&mut self.state.borrow_mut(), self.id(), key);
+        let Some((mut session, gone)) = removed else {
+            return;
+        };
+        self.withdraw(key, gone);
+        let home = home_shard(&session.client_id, self.shards);
+        let client_id = std::mem::take(&mut session.client_id);
+        self.mesh
+            .post(home, MeshMsg::Release(Release { client_id, token }));
+        self.requeue_shared(session.take_unfinished_shared());
+    }
+
+    /// Removes the session of connection `token` after `after`, if it is still offline then.
+    fn expire_after(self: &Rc<Self>, key: SessionKey, token: u64, after: Duration) {
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(after).await;
+            let still_offline = shard
+                .with_session(key, token, |s, _, _| !s.is_online())
+                .unwrap_or(false);
+            if still_offline {
+                shard.retire(key, token);
+            }
+        })
+        .detach();
+    }
+
+    /// Publishes the will of connection `token` after `delay`, unless a new connection with
+    /// the same client id takes the session over first (`on_evict` cancels it).
+    pub fn publish_will_after(self: &Rc<Self>, token: u64, will: Will, delay: Duration) {
+        self.state.borrow_mut().pending_wills.insert(token, will);
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            glommio::timer::sleep(delay).await;
+            let will = shard.state.borrow_mut().pending_wills.remove(&token);
+            if let Some(will) = will {
+                shard.publish_will(will).await;
+            }
+        })
+        .detach();
+    }
+
+    /// Changes the Session Expiry Interval of connection `token`'s session, as a 5.0
+    /// DISCONNECT may [MQTT-3.14.2-2 is checked by the caller].
+    pub fn set_session_expiry(&self, key: SessionKey, token: u64, secs: u32) {
+        self.with_session(key, token, |s, _, _| {
+            s.expiry_secs = secs;
+            s.is_persistent = secs > 0;
+        });
+    }
+
+    /// Publishes a will as its client's last PUBLISH.
+    pub async fn publish_will(&self, will: Will) {
+        let mut publish = Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic,
+            pkid: 0,
+            properties: will.properties,
+            payload: will.payload,
+        };
+        // Will Delay Interval is a will property, not one of the PUBLISH [MQTT-3.1.3-10].
+        publish.properties.will_delay_interval = None;
+        let message = Message::received(publish, 0);
+        // Routed without waiting (for room or for retained replicas): a will may be published
+        // from a ring receiver, which must never wait on its own ring.
+        self.count_received();
+        self.route(message).await;
+    }
+
+    /// Closes every connection for shutdown; returns their wills.
+    pub fn close_all(&self, reason: ReasonCode) -> Vec<Will> {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let mut wills = Vec::new();
+        for session in st.sessions.values_mut() {
+            let Some(outbox) = session.outbox.take() else {
+                continue;
+            };
+            if session.version == Version::V5 {
+                let packet = Packet::Disconnect(Disconnect {
+                    reason,
+                    properties: Default::default(),
+                });
+                st.enc.push_packet(&outbox, &packet, Version::V5);
+            }
+            outbox.close();
+            wills.extend(session.will.take());
+        }
+        // Sessions end with the server, so wills still waiting for their delay are due now.
+        wills.extend(st.pending_wills.drain().map(|(_, will)| will));
+        wills
+    }
+}

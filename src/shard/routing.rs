@@ -1,0 +1,196 @@
+//! Routing a publish: to this shard's subscribers (one copy per session, as its matching
+//! subscriptions grant it), to every other shard with a subscriber for its topic (one
+//! `MeshMsg::Publish` each, sharing the `Arc`), to one member of each matching shared
+//! subscription (`shared`), and to every retained replica.
+
+use super::message::Message;
+use super::msg::{InterestAck, MeshMsg, Retain};
+use super::session::{Grant, Subscription};
+use super::trie::Trie;
+use super::{Shard, State};
+use crate::mesh::ShardId;
+use crate::protocol::QoS;
+
+impl Shard {
+    /// Routes a publish from a client of this shard: local subscribers now, other shards
+    /// through the mesh (once per interested shard), one member of each matching shared
+    /// subscription. Waits while the shard is over its memory share or a ring is full.
+    /// Returns whether anyone subscribes to it.
+    pub async fn publish(&self, message: Message) -> bool {
+        self.wait_for_room().await;
+        self.count_received();
+        self.route_with(message, true).await
+    }
+
+    /// `publish` done at once, when it needs no other shard and nothing to wait for: no memory
+    /// pressure, no other shard subscribed, not retained on a broker of several shards, no
+    /// shared subscription (whose members may be elsewhere). Returns whether anyone
+    /// subscribes, or gives the message back untouched. The common case of a fan-out or a
+    /// pair then costs no async state machine.
+    pub fn publish_now(&self, message: Message) -> Result<bool, Message> {
+        if self.pressure.must_wait() || (message.publish.retain && self.shards > 1) {
+            return Err(message);
+        }
+        let mut st = self.state.borrow_mut();
+        let topic = message.publish.topic.as_str();
+        if !st.group_trie.is_empty() || interested_shards(&st.interest, topic) != 0 {
+            return Err(message);
+        }
+        self.count_received();
+        if message.publish.retain {
+            st.retained.set(topic, Some(message.to_stored()));
+        }
+        Ok(self.deliver_local(&mut st, &message))
+    }
+
+    /// `publish` without waiting for room or counting it as received (the broker's own `$SYS`
+    /// messages, wills).
+    pub async fn route(&self, message: Message) -> bool {
+        self.route_with(message, false).await
+    }
+
+    /// Counts a PUBLISH received (from a client, or a will).
+    pub(super) fn count_received(&self) {
+        let received = &self.metrics.messages_received;
+        received.set(received.get() + 1);
+    }
+
+    /// Routes a message. With `wait_for_replicas`, a QoS 1/2 retained message returns only once
+    /// every shard's replica holds it, so a subscriber anywhere that subscribes after the
+    /// publisher's PUBACK gets it. Only a connection's own task may wait so: a ring receiver
+    /// waiting for an answer that queues behind it on its own ring would never get it.
+    async fn route_with(&self, message: Message, wait_for_replicas: bool) -> bool {
+        let stored = message.publish.retain.then(|| message.to_stored());
+        let (interested, to_members, local) = {
+            let mut st = self.state.borrow_mut();
+            if let Some(stored) = &stored {
+                st.retained
+                    .set(stored.publish.topic.as_str(), Some(stored.clone()));
+            }
+            let local = self.deliver_local(&mut st, &message);
+            let (shared, to_members) = self.deliver_shared(&mut st, &message);
+            let interested = interested_shards(&st.interest, message.publish.topic.as_str());
+            (interested, to_members, local || shared)
+        };
+        let retain_ack = (wait_for_replicas
+            && message.publish.retain
+            && message.publish.qos != QoS::AtMostOnce
+            && self.shards > 1)
+            .then(|| self.requests.open(self.shards - 1));
+        for to in (0..self.shards).filter(|&s| s != self.id()) {
+            if let Some(stored) = &stored {
+                let retain = Retain {
+                    topic: message.publish.topic.as_str().to_string(),
+                    publish: Some(stored.clone()),
+                    ack: retain_ack.map(|request| (self.id(), request)),
+                };
+                self.mesh.send(to, MeshMsg::Retain(retain)).await;
+            }
+            if interested & (1 << to) != 0 {
+                self.mesh.send(to, MeshMsg::Publish(message.clone())).await;
+            }
+        }
+        for (to, msg) in to_members {
+            self.mesh.send(to, msg).await;
+        }
+        if let Some(request) = retain_ack {
+            self.requests.wait(request).await;
+        }
+        local || interested != 0
+    }
+
+    /// Delivers to this shard's subscribers: one copy per session at the highest QoS among
+    /// its matching subscriptions, capped by the publish QoS, with the identifiers of all of
+    /// them [MQTT-3.3.4-3], [MQTT-3.3.4-4]. Returns whether any session matched.
+    pub(super) fn deliver_local(&self, st: &mut State, message: &Message) -> bool {
+        let State {
+            trie,
+            matches,
+            sessions,
+            enc,
+            ..
+        } = st;
+        matches.clear();
+        trie.for_each_match(message.publish.topic.as_str(), |key, sub| {
+            matches.push((*key, *sub));
+        });
+        matches.sort_unstable_by_key(|(key, _)| *key);
+        let mut any = false;
+        for run in matches.chunk_by(|a, b| a.0 == b.0) {
+            let Some(session) = sessions.get_mut(&run[0].0) else {
+                continue;
+            };
+            let is_own = message.origin != 0 && session.conn_token == message.origin;
+            let subs = run.iter().map(|(_, sub)| sub);
+            let Some(grant) = grant(message, subs, is_own) else {
+                continue;
+            };
+            any = true;
+            session.deliver(&message.publish, grant, &self.limits, enc);
+            self.metrics
+                .messages_sent
+                .set(self.metrics.messages_sent.get() + 1);
+        }
+        enc.forget();
+        any
+    }
+
+    /// A publish routed here by another shard, for this shard's subscribers.
+    pub(super) async fn on_publish(&self, message: Message) {
+        // A full shard stops taking from its rings, so their producers wait in turn.
+        self.wait_for_ring_room().await;
+        let mut st = self.state.borrow_mut();
+        self.deliver_local(&mut st, &message);
+    }
+
+    /// Applies a retained message to this shard's replica, acknowledging it when asked.
+    pub(super) fn on_retain(&self, retain: Retain) {
+        let Retain {
+            topic,
+            publish,
+            ack,
+        } = retain;
+        self.state.borrow_mut().retained.set(&topic, publish);
+        if let Some((from, request)) = ack {
+            self.mesh
+                .post(from, MeshMsg::InterestAck(InterestAck { request }));
+        }
+    }
+}
+
+/// The message as one session gets it through its matching subscriptions `subs`: the
+/// highest QoS granted, capped by the publish QoS; RETAIN kept only where Retain As Published
+/// asks [MQTT-3.3.1-12]; every Subscription Identifier. None when all of them are No Local
+/// subscriptions of the publishing client itself [MQTT-3.8.3-3].
+pub(super) fn grant<'a>(
+    message: &Message,
+    subs: impl Iterator<Item = &'a Subscription>,
+    is_own: bool,
+) -> Option<Grant> {
+    let publish = &message.publish;
+    let mut qos = None;
+    let mut retain = false;
+    let mut ids = Vec::new();
+    for sub in subs.filter(|s| !(is_own && s.options.no_local)) {
+        qos = qos.max(Some(sub.options.qos));
+        retain |= sub.options.retain_as_published && publish.retain;
+        ids.extend(sub.id);
+    }
+    Some(Grant {
+        qos: publish.qos.min(qos?),
+        retain,
+        ids,
+        expires_at: message.expires_at,
+        share: None,
+    })
+}
+
+/// Bit set of the other shards with a subscriber matching `topic`.
+fn interested_shards(interest: &Trie<ShardId, ()>, topic: &str) -> u64 {
+    let mut shards = 0u64;
+    if interest.is_empty() {
+        return shards;
+    }
+    interest.for_each_match(topic, |shard, _| shards |= 1 << shard);
+    shards
+}

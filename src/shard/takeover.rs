@@ -1,0 +1,208 @@
+//! Client-id takeover. The home shard of a client id (`home_shard`) records which shard holds
+//! it, so a second connection with the same id on any shard takes over the first: the new
+//! connection's shard sends `Claim` to the home, the home sends `Evict` to the holder, the
+//! holder closes the old connection and sends `Handoff` (with the session state when it is
+//! persistent) to the new one.
+//!
+//! Races are settled by connection tokens: `Evict` names the holder's token; a holder whose own
+//! claim is still unanswered hands what it receives on to the newer claimant and closes; a
+//! connection is attached only if its session was not taken over while it was announcing its
+//! subscriptions. So of any number of simultaneous connects with one client id exactly one
+//! survives, with the session.
+
+use super::msg::{Claim, Evict, Handoff, MeshMsg, Release};
+use super::session::{Session, SessionState};
+use super::subscriptions::{add_subscription, remove_session};
+use super::{SessionKey, Shard};
+use crate::mesh::ShardId;
+use crate::protocol::{Disconnect, Packet, ReasonCode, Version, Will};
+
+/// Which shard keeps the registry entry of a client id.
+pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
+    // FNV-1a: stable across runs and threads, unlike the std hasher's random seed.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in client_id.bytes() {
+        hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % shards as u64) as ShardId
+}
+
+/// A claim lost to a newer connection with the same client id, made while it was pending.
+#[derive(Debug)]
+pub struct Superseded;
+
+/// Who holds a client id, as its home shard records it.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Owner {
+    shard: ShardId,
+    token: u64,
+}
+
+impl Shard {
+    /// Asks the client id's home shard for the id; returns the old session's state when the
+    /// old session was persistent and `wants_state` is set. Any other holder is closed.
+    pub async fn claim(
+        &self,
+        client_id: &str,
+        token: u64,
+        wants_state: bool,
+    ) -> Result<Option<Box<SessionState>>, Superseded> {
+        let request = self.requests.open(1);
+        self.claims.borrow_mut().insert(token, None);
+        let home = home_shard(client_id, self.shards);
+        let claim = Claim {
+            client_id: client_id.to_string(),
+            from: self.id(),
+            token,
+            request,
+            wants_state,
+        };
+        self.mesh.send(home, MeshMsg::Claim(claim)).await;
+        let state = self.requests.wait(request).await;
+        if let Some(Some(newer)) = self.claims.borrow_mut().remove(&token) {
+            // Pass what we were handed on to the newer claimant, so a persistent session
+            // survives the race.
+            let state = if newer.wants_state { state } else { None };
+            let handoff = Handoff {
+                request: newer.request,
+                state,
+            };
+            self.mesh.post(newer.to, MeshMsg::Handoff(handoff));
+            return Err(Superseded);
+        }
+        Ok(state)
+    }
+
+    /// Installs a session for a new connection and returns its key, with the filters its
+    /// restored subscriptions add to this shard (for `announce`).
+    pub fn install(
+        &self,
+        mut session: Session,
+        state: Option<Box<SessionState>>,
+    ) -> (SessionKey, Vec<String>) {
+        let mut st = self.state.borrow_mut();
+        st.next_key += 1;
+        let key = st.next_key;
+        let mut new_filters = Vec::new();
+        session.pressure = self.pressure.clone();
+        if let Some(state) = state {
+            session.restore(*state);
+            for (filter, sub) in &session.subscriptions {
+                if add_subscription(&mut st, self.id(), key, filter, *sub) {
+                    new_filters.push(filter.clone());
+                }
+            }
+        }
+        st.by_client.insert(session.client_id.clone(), key);
+        st.sessions.insert(key, session);
+        (key, new_filters)
+    }
+
+    /// Home-shard role: record the new holder and have the old one evicted.
+    pub(super) fn on_claim(&self, claim: Claim) {
+        let Claim {
+            client_id,
+            from,
+            token,
+            request,
+            wants_state,
+        } = claim;
+        let owner = Owner { shard: from, token };
+        let mut st = self.state.borrow_mut();
+        let Some(old) = st.registry.insert(client_id.clone(), owner) else {
+            let handoff = Handoff {
+                request,
+                state: None,
+            };
+            self.mesh.post(from, MeshMsg::Handoff(handoff));
+            return;
+        };
+        let evict = Evict {
+            client_id,
+            token: old.token,
+            to: from,
+            request,
+            wants_state,
+        };
+        self.mesh.post(old.shard, MeshMsg::Evict(evict));
+    }
+
+    /// Closes this shard's session of the evicted client id (a newer connection took it
+    /// over) and hands its state to the new connection's shard when asked and the session
+    /// was persistent.
+    pub(super) async fn on_evict(&self, evict: Evict) {
+        if let Some(pending) = self.claims.borrow_mut().get_mut(&evict.token) {
+            // The holder is still waiting for its own claim's answer: the newer claim wins,
+            // and the holder hands on what it receives when that answer arrives.
+            *pending = Some(evict);
+            return;
+        }
+        let (state, will) = self.evict_session(&evict);
+        let handoff = Handoff {
+            request: evict.request,
+            state,
+        };
+        self.mesh.post(evict.to, MeshMsg::Handoff(handoff));
+        if let Some(will) = will {
+            self.publish_will(will).await;
+        }
+    }
+
+    /// Removes the session `evict` names, if this shard still holds it: its connection gets
+    /// DISCONNECT 0x8E (5.0) and closes. Returns its state (when asked for and the session
+    /// was persistent) and the will due now.
+    fn evict_session(&self, evict: &Evict) -> (Option<Box<SessionState>>, Option<Will>) {
+        let taken = {
+            let mut st = self.state.borrow_mut();
+            let key = st.by_client.get(&evict.client_id).copied();
+            let token = evict.token;
+            let key = key.filter(|k| st.sessions.get(k).is_some_and(|s| s.conn_token == token));
+            // A will waiting for its delay is cancelled by the reconnect [MQTT-3.1.3-9].
+            st.pending_wills.remove(&token);
+            let id = self.id();
+            key.and_then(|key| remove_session(&mut st, id, key).map(|r| (key, r)))
+        };
+        let Some((key, (mut session, gone))) = taken else {
+            return (None, None);
+        };
+        self.withdraw(key, gone);
+        let will = self.close_taken_over(&mut session);
+        if evict.wants_state && session.is_persistent {
+            return (Some(Box::new(session.take_state())), will);
+        }
+        self.requeue_shared(session.take_unfinished_shared());
+        (None, will)
+    }
+
+    /// Closes the connection of a session taken over; returns its will if due now.
+    fn close_taken_over(&self, session: &mut Session) -> Option<Will> {
+        let outbox = session.outbox.take()?;
+        if session.version == Version::V5 {
+            let packet = Packet::Disconnect(Disconnect {
+                reason: ReasonCode::SESSION_TAKEN_OVER,
+                properties: Default::default(),
+            });
+            let mut st = self.state.borrow_mut();
+            st.enc.push_packet(&outbox, &packet, Version::V5);
+        }
+        outbox.close();
+        // A will with a delay is not due: the client is back within it.
+        session
+            .will
+            .take()
+            .filter(|w| w.properties.will_delay_interval.unwrap_or(0) == 0)
+    }
+
+    /// Home-shard role: the session of connection `token` ended, so the client id is free
+    /// (unless a newer connection holds it already).
+    pub(super) fn on_release(&self, release: Release) {
+        let mut st = self.state.borrow_mut();
+        let registry = &mut st.registry;
+        if registry
+            .get(&release.client_id)
+            .is_some_and(|o| o.token == release.token)
+        {
+            registry.remove(&release.client_id);
+        }
+    }
+}
