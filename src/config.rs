@@ -7,6 +7,10 @@ use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::Path;
 
+/// Most shards a broker runs: a shard is one bit of the `u64` sets of shards that routing
+/// keeps per topic.
+pub const SHARDS_MAX: usize = 64;
+
 /// Everything the broker can be told. Unknown keys are refused so a typo is never ignored.
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -15,7 +19,7 @@ pub struct Config {
     pub listen: Vec<SocketAddr>,
     /// CPUs to pin shards to; empty means every online CPU.
     pub cpus: Vec<usize>,
-    /// Number of shards; 0 means one per CPU in `cpus`.
+    /// Number of shards, at most `SHARDS_MAX`; 0 means one per CPU in `cpus`.
     pub shards: usize,
     /// Log level: error, warn, info, debug or trace.
     pub log_level: String,
@@ -215,6 +219,12 @@ impl Config {
         if self.listen.is_empty() {
             return bad("`listen` needs at least one address, e.g. 0.0.0.0:1883");
         }
+        if self.shards > SHARDS_MAX {
+            return bad(&format!(
+                "`shards` must be at most {SHARDS_MAX} (got {})",
+                self.shards
+            ));
+        }
         let l = &self.limits;
         if l.packet_size_max < 64 || l.packet_size_max > 268_435_460 {
             return bad("`limits.packet_size_max` must be between 64 and 268435460 bytes");
@@ -375,6 +385,21 @@ mod tests {
         assert_eq!(profile.backpressure, defaults.backpressure);
         assert_eq!(profile.sys_interval_secs, defaults.sys_interval_secs);
         assert_eq!(profile.mesh, defaults.mesh);
+    }
+
+    #[test]
+    fn shards_are_at_most_64() {
+        let at_limit = Config {
+            shards: SHARDS_MAX,
+            ..Config::default()
+        };
+        at_limit.validate().unwrap();
+        let over = Config {
+            shards: SHARDS_MAX + 1,
+            ..Config::default()
+        };
+        let err = over.validate().unwrap_err();
+        assert_eq!(err.0, "bad config: `shards` must be at most 64 (got 65)");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Starting and stopping the broker: bind listeners, start one pinned glommio executor per
 //! shard, join them into a mesh, and shut them down in order.
 
-use crate::config::Config;
+use crate::config::{Config, SHARDS_MAX};
 use crate::host;
 use crate::mesh::Mesh;
 use crate::metrics::Board;
@@ -54,6 +54,11 @@ impl Server {
         } else {
             config.shards
         };
+        if shards > SHARDS_MAX {
+            return Err(format!(
+                "{shards} CPUs would make {shards} shards, more than the {SHARDS_MAX} a broker runs; pass --shards or --cpus"
+            ));
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(AtomicUsize::new(0));
         let board = Arc::new(Board::new(shards));

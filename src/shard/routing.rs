@@ -11,6 +11,9 @@ use super::{Shard, State};
 use crate::mesh::ShardId;
 use crate::protocol::QoS;
 
+/// Shard ids are bits of a `u64` (`interested_shards`).
+const _: () = assert!(crate::config::SHARDS_MAX <= u64::BITS as usize);
+
 impl Shard {
     /// Routes a publish from a client of this shard: local subscribers now, other shards
     /// through the mesh (once per interested shard), one member of each matching shared
