@@ -5,7 +5,6 @@
 
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::Path;
 
 /// Most shards a broker runs: a shard is one bit of the `u64` sets of shards that routing
 /// keeps per topic.
@@ -196,17 +195,6 @@ impl std::fmt::Display for ConfigError {
 impl std::error::Error for ConfigError {}
 
 impl Config {
-    /// Reads a TOML file holding any subset of the keys.
-    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError(format!(
-                "cannot read config file {}: {e}; check the path and permissions",
-                path.display()
-            ))
-        })?;
-        Config::from_toml(&text).map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
-    }
-
     /// Parses TOML text holding any subset of the keys.
     pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
         toml::from_str(text)

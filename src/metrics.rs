@@ -12,8 +12,6 @@ pub struct Metrics {
     pub messages_received: Cell<u64>,
     /// PUBLISH deliveries offered to sessions of this shard.
     pub messages_sent: Cell<u64>,
-    /// Connections currently open on this shard.
-    pub connections: Cell<u64>,
     /// Bytes read from client sockets.
     pub bytes_received: Cell<u64>,
 }
@@ -27,7 +25,7 @@ impl Metrics {
 }
 
 /// Drop counters: `[reason][qos]`, reasons in `shard::backpressure::DropReason::ALL` order.
-pub type DropCounts = [[u64; 3]; 3];
+pub type DropCounts = [[u64; 3]; 4];
 
 /// One shard's counters and gauges at one moment, as plain numbers that can cross threads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

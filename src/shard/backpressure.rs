@@ -28,14 +28,17 @@ pub enum DropReason {
     QueueFull = 1,
     /// The connection's write buffer was at `write_buffer_bytes_max` (QoS 0).
     WriteBufferFull = 2,
+    /// Larger than the client's Maximum Packet Size [MQTT-3.1.2-25].
+    TooLarge = 3,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 3] = [
+    pub const ALL: [DropReason; 4] = [
         DropReason::Offline,
         DropReason::QueueFull,
         DropReason::WriteBufferFull,
+        DropReason::TooLarge,
     ];
 
     /// The name used in `$SYS` topics.
@@ -44,6 +47,7 @@ impl DropReason {
             DropReason::Offline => "offline",
             DropReason::QueueFull => "queue_full",
             DropReason::WriteBufferFull => "write_buffer_full",
+            DropReason::TooLarge => "too_large",
         }
     }
 }
@@ -59,7 +63,7 @@ pub struct Pressure {
     /// Paused publishers in arrival order, each with its waker once it has polled.
     waiters: RefCell<VecDeque<(u64, Option<Waker>)>>,
     next_ticket: Cell<u64>,
-    dropped: [[Cell<u64>; 3]; 3],
+    dropped: [[Cell<u64>; 3]; DropReason::ALL.len()],
     bytes_sent: Cell<u64>,
     slow_disconnects: Cell<u64>,
     pauses: Cell<u64>,
@@ -140,11 +144,6 @@ impl Pressure {
     /// Whether publishers must wait: over the ceiling share, or a reading subscriber lags.
     pub fn is_blocked(&self) -> bool {
         self.is_over.get() || self.lagging.get() > 0
-    }
-
-    /// Whether this shard holds more than its ceiling share (until below the low-water mark).
-    pub fn is_over_ceiling(&self) -> bool {
-        self.is_over.get()
     }
 
     /// Whether a publisher must queue: blocked, or others are already waiting (they go first).

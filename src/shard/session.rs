@@ -158,11 +158,9 @@ pub struct SessionState {
 /// Drop and queue counters of one session.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SessionCounters {
-    /// Messages dropped because the queue was full or the client was offline (QoS 0).
+    /// Messages dropped: the queue was full, the client was offline (QoS 0), or the message
+    /// was larger than the client's Maximum Packet Size [MQTT-3.1.2-25].
     pub dropped: u64,
-    /// Messages dropped because they were larger than the client's Maximum Packet Size
-    /// [MQTT-3.1.2-25].
-    pub too_large: u64,
     /// Messages dropped because their Message Expiry Interval ran out before sending.
     pub expired: u64,
 }
@@ -293,8 +291,7 @@ impl Session {
         }
         // The client will never accept it, so it is not worth a place in the queue.
         if self.is_too_large(publish, &grant, enc) {
-            self.counters.too_large += 1;
-            return Delivery::Dropped;
+            return self.drop_message(DropReason::TooLarge, grant.qos);
         }
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
             return self.send_now(publish, grant, limits, enc);
@@ -584,7 +581,7 @@ impl Session {
         enc: &mut Encoder,
     ) {
         if self.is_too_large(publish, &grant, enc) {
-            self.counters.too_large += 1;
+            self.drop_message(DropReason::TooLarge, grant.qos);
             return;
         }
         self.send_now(publish, grant, limits, enc);
@@ -837,7 +834,10 @@ mod tests {
         let out = Outgoing::plain(message("topic", QoS::AtLeastOnce));
         let delivery = s.deliver_owned(out, &Limits::default(), &mut Encoder::default());
         assert_eq!(delivery, Delivery::Dropped);
-        assert_eq!(s.counters.too_large, 1);
+        assert_eq!(
+            s.pressure.dropped(DropReason::TooLarge, QoS::AtLeastOnce),
+            1
+        );
         assert!(sent(&outbox).is_empty());
     }
 
