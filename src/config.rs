@@ -3,8 +3,12 @@
 //! The same keys come from the embedded defaults, a hardware profile (`--profile`), a config
 //! file (`--config`) and command-line flags, later ones overriding earlier ones.
 
+pub mod listener;
+
+pub use listener::{Listener, ListenerConfig, Protocol, TlsSettings};
 use serde::Deserialize;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 /// Most shards a broker runs: a shard is one bit of the `u64` sets of shards that routing
 /// keeps per topic.
@@ -14,8 +18,19 @@ pub const SHARDS_MAX: usize = 64;
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
-    /// Addresses to accept MQTT connections on.
+    /// Addresses to accept plain MQTT on (`--listen`); each is a listener with the
+    /// top-level settings.
     pub listen: Vec<SocketAddr>,
+    /// Listeners with their own settings (`[[listener]]`); with none and no `listen`, the
+    /// broker listens on loopback only (see `listener`).
+    pub listener: Vec<ListenerConfig>,
+    /// mosquitto-format password file (`mosquitto_passwd` or `ringcast passwd` write it).
+    pub password_file: Option<PathBuf>,
+    /// mosquitto-format ACL file.
+    pub acl_file: Option<PathBuf>,
+    /// Whether clients without credentials are accepted on listeners that do not say;
+    /// absent: only when there is no password file.
+    pub allow_anonymous: Option<bool>,
     /// CPUs to pin shards to; empty means every online CPU.
     pub cpus: Vec<usize>,
     /// Number of shards, at most `SHARDS_MAX`; 0 means one per CPU in `cpus`.
@@ -135,7 +150,11 @@ pub struct MeshConfig {
 impl Default for Config {
     fn default() -> Config {
         Config {
-            listen: vec!["0.0.0.0:1883".parse().expect("constant address parses")],
+            listen: Vec::new(),
+            listener: Vec::new(),
+            password_file: None,
+            acl_file: None,
+            allow_anonymous: None,
             cpus: Vec::new(),
             shards: 0,
             log_level: "info".to_string(),
@@ -204,9 +223,6 @@ impl Config {
     /// Checks relations between values that the types alone cannot.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let bad = |msg: &str| Err(ConfigError(format!("bad config: {msg}")));
-        if self.listen.is_empty() {
-            return bad("`listen` needs at least one address, e.g. 0.0.0.0:1883");
-        }
         if self.shards > SHARDS_MAX {
             return bad(&format!(
                 "`shards` must be at most {SHARDS_MAX} (got {})",
@@ -256,7 +272,7 @@ impl Config {
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return bad("`log_level` must be one of error, warn, info, debug, trace");
         }
-        Ok(())
+        self.validate_listeners()
     }
 }
 
@@ -327,10 +343,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_listen_on_1883() {
+    fn defaults_are_valid_and_listen_on_loopback_1883() {
         let config = Config::default();
         config.validate().unwrap();
-        assert_eq!(config.listen[0].port(), 1883);
+        let listeners = config.listeners();
+        assert_eq!(listeners.len(), 2, "127.0.0.1 and ::1");
+        for l in listeners {
+            assert!(l.address.ip().is_loopback() && l.address.port() == 1883);
+            assert!(l.allow_anonymous && l.tls.is_none());
+        }
     }
 
     #[test]

@@ -91,5 +91,10 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     Ok(listener)
 }
 
+/// Whether this host can listen on IPv6 loopback (containers often have IPv6 off).
+pub fn has_ipv6_loopback() -> bool {
+    TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok()
+}
+
 /// Pending connections the kernel may hold per listener.
 const LISTEN_BACKLOG: i32 = 4096;

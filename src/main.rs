@@ -32,6 +32,10 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Accept clients without credentials on listeners that do not say otherwise, also on
+    /// addresses other than loopback (`allow_anonymous = true`).
+    #[arg(long)]
+    allow_anonymous: bool,
     /// Instead of running the broker: `ringcast passwd` edits a password file.
     #[command(subcommand)]
     command: Option<Command>,
@@ -83,6 +87,9 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     }
     if let Some(level) = &cli.log_level {
         config.log_level = level.clone();
+    }
+    if cli.allow_anonymous {
+        config.allow_anonymous = Some(true);
     }
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)

@@ -43,10 +43,14 @@ impl Server {
         host::raise_open_files();
         let mut addrs = Vec::new();
         let mut fds: Vec<RawFd> = Vec::new();
-        for addr in &config.listen {
-            let listener = host::bind(*addr)?;
-            addrs.push(listener.local_addr().map_err(|e| e.to_string())?);
-            fds.push(listener.into_raw_fd());
+        for listener in config.listeners() {
+            // A host without IPv6 serves the default loopback on 127.0.0.1 alone.
+            if listener.is_default && listener.address.is_ipv6() && !host::has_ipv6_loopback() {
+                continue;
+            }
+            let bound = host::bind(listener.address)?;
+            addrs.push(bound.local_addr().map_err(|e| e.to_string())?);
+            fds.push(bound.into_raw_fd());
         }
         let cpus = cpu_list(config)?;
         let shards = if config.shards == 0 {

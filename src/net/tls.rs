@@ -8,6 +8,7 @@
 //! then go to the socket with one `writev`. Only when the socket is full is a record copied
 //! out, for io_uring to wait on.
 
+pub use crate::config::TlsSettings;
 use crate::shard::outbox::Outbox;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
@@ -18,7 +19,7 @@ use rustls::RootCertStore;
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -27,30 +28,6 @@ use std::time::{Duration, Instant};
 const CIPHER_READ_BYTES: usize = 16 << 10 | 512;
 /// Frames handed to rustls per write.
 const FRAMES_PER_WRITE: usize = 256;
-
-/// A TLS listener's settings, as configured (`[listener.tls]`, mosquitto's names).
-#[derive(Clone, Debug, Default, PartialEq, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// The server's certificate chain, PEM.
-    pub cert_file: PathBuf,
-    /// The server's private key, PEM.
-    pub key_file: PathBuf,
-    /// CA certificates that sign client certificates, PEM; without it no client certificate
-    /// is asked for.
-    #[serde(default)]
-    pub ca_file: Option<PathBuf>,
-    /// Certificate revocation lists for client certificates, PEM.
-    #[serde(default)]
-    pub crl_file: Option<PathBuf>,
-    /// Whether a client must present a certificate signed by `ca_file`.
-    #[serde(default)]
-    pub require_certificate: bool,
-    /// Whether the client certificate's Common Name becomes the username (mosquitto's
-    /// `use_identity_as_username`).
-    #[serde(default)]
-    pub use_identity_as_username: bool,
-}
 
 /// Builds the rustls server configuration of a listener from its PEM files. Stateless session
 /// tickets let reconnecting devices resume instead of paying a full handshake.
