@@ -1,11 +1,13 @@
 //! The real binary's start-up checks and shutdown: one plain sentence and a non-zero exit for
 //! each problem, exit 0 on SIGTERM.
 
+mod common;
+
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 fn ringcast() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
@@ -16,13 +18,9 @@ fn ringcast() -> Command {
 /// Runs to completion, killing it after 10 s.
 fn run(mut command: Command) -> Output {
     let mut child = command.spawn().expect("binary starts");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait().unwrap().is_none() {
-        if Instant::now() > deadline {
-            child.kill().unwrap();
-            panic!("ringcast did not exit within 10 s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    if common::wait_exit(&mut child, Duration::from_secs(10)).is_none() {
+        child.kill().unwrap();
+        panic!("ringcast did not exit within 10 s");
     }
     child.wait_with_output().unwrap()
 }
@@ -130,22 +128,20 @@ impl Drop for Running {
     }
 }
 
+/// Starts the broker on a port the OS picks and waits until it logs where it listens.
 fn start_broker() -> Running {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
     let mut command = ringcast();
-    command.args(["--listen", &addr, "--shards", "2", "--log-level", "warn"]);
-    let child = command.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(&addr).is_err() {
-        assert!(Instant::now() < deadline, "broker did not start listening");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Running { child, addr }
+    command.args(["--listen", "127.0.0.1:0", "--shards", "2"]);
+    command.args(["--log-level", "info"]).env_remove("RUST_LOG");
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut broker = Running {
+        child,
+        addr: String::new(),
+    };
+    let addr = common::listening_addr(stdout, Duration::from_secs(10));
+    broker.addr = addr.expect("broker did not start listening").to_string();
+    broker
 }
 
 #[test]
@@ -160,13 +156,7 @@ fn sigterm_closes_connections_and_exits_0() {
         .unwrap();
     // SAFETY: sending a signal to our own child.
     unsafe { libc::kill(broker.child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = broker.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "broker did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = common::wait_exit(&mut broker.child, Duration::from_secs(10))
+        .expect("broker did not stop on SIGTERM");
     assert!(status.success(), "exit status {status:?}");
 }

@@ -7,8 +7,10 @@ use ringcast::config::Config;
 use ringcast::protocol::codec::{encode, Codec, Decoded};
 use ringcast::protocol::*;
 use ringcast::server::Server;
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::process::{Child, ChildStdout, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// How long a test waits for a packet that should come.
@@ -298,10 +300,20 @@ impl Raw {
         }
     }
 
-    /// Sends DISCONNECT and closes.
+    /// Sends DISCONNECT, closes our side and waits until the broker closes its side. The
+    /// broker takes the session offline before it closes the socket, so once this returns a
+    /// publish to the client's subscriptions is queued for the session (or dropped with it).
     pub fn disconnect(mut self) {
         self.send(&Packet::Disconnect(Disconnect::default()));
         let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.expect_closed();
+    }
+
+    /// Closes our side without DISCONNECT, as a client that vanishes, and waits until the
+    /// broker closes its side: by then it has ended the connection (its will is due).
+    pub fn close_without_disconnect(mut self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Write);
+        self.expect_closed();
     }
 }
 
@@ -316,6 +328,76 @@ pub fn publish_packet(topic: &str, payload: &[u8], qos: QoS, retain: bool, pkid:
         properties: Props::default(),
         payload: Bytes::copy_from_slice(payload),
     })
+}
+
+/// Waits until `child` exits, at most `limit`; returns its status, or None while it runs.
+/// Blocks on the kernel's notice of the exit (a pidfd), so no test polls a process.
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    if let Some(status) = child.try_wait().expect("wait for a child") {
+        return Some(status);
+    }
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1. The child
+    // is not reaped yet (try_wait said so), so the pid is still its own.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    assert!(
+        raw >= 0,
+        "pidfd_open({pid}): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: `raw` is a descriptor just opened for us and owned by nothing else.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as RawFd) };
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let mut ready = libc::pollfd {
+            fd: pidfd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let left_ms = left.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd that lives across the call.
+        match unsafe { libc::poll(&mut ready, 1, left_ms) } {
+            0 => return None,
+            n if n > 0 => return Some(child.wait().expect("reap an exited child")),
+            _ => {
+                let error = std::io::Error::last_os_error();
+                // The broker's threads share this process; their signals interrupt the wait.
+                assert_eq!(
+                    error.kind(),
+                    std::io::ErrorKind::Interrupted,
+                    "poll on a pidfd: {error}"
+                );
+            }
+        }
+    }
+}
+
+/// The address that a `ringcast` binary started with `--log-level info` (and no `RUST_LOG`)
+/// reports on `stdout` in its "ringcast listening on ADDR" line, so a test can start it on port
+/// 0 and wait for that line instead of probing the port. None when its stdout closed first (it
+/// exited) or after `limit`. The rest of its output is read and dropped, so the pipe never fills.
+pub fn listening_addr(stdout: ChildStdout, limit: Duration) -> Option<SocketAddr> {
+    let (found, addr) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let (mut found, mut stdout, mut bytes) = (Some(found), BufReader::new(stdout), Vec::new());
+        while stdout.read_until(b'\n', &mut bytes).is_ok_and(|n| n > 0) {
+            let line = String::from_utf8_lossy(&bytes).into_owned();
+            bytes.clear();
+            let Some((_, rest)) = line.split_once("ringcast listening on ") else {
+                continue;
+            };
+            let end = rest
+                .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+                .unwrap_or(rest.len());
+            if let Ok(addr) = rest[..end].parse::<SocketAddr>() {
+                if let Some(found) = found.take() {
+                    let _ = found.send(addr);
+                }
+            }
+        }
+    });
+    addr.recv_timeout(limit).ok()
 }
 
 /// Runs a test body once with 1 shard and once with 4 shards (publisher and subscribers then
