@@ -15,7 +15,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -156,48 +156,40 @@ struct BrokerProcess {
 }
 
 impl BrokerProcess {
-    /// Starts `ringcast --shards 2` with `config` (TOML) on a free loopback port.
+    /// Starts `ringcast --shards 2` with `config` (TOML) on a loopback port the OS picks and
+    /// waits until it logs where it listens.
     fn start(name: &str, config: &str) -> BrokerProcess {
         let dir = std::env::temp_dir().join(format!("ringcast-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        for attempt in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .unwrap()
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            std::fs::write(dir.join("config.toml"), config).unwrap();
-            let child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-                .args(["--listen", &addr.to_string(), "--shards", "2"])
-                .args(["--log-level", "warn", "--config"])
-                .arg(dir.join("config.toml"))
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(File::create(dir.join("stderr")).unwrap())
-                .spawn()
-                .expect("spawn the ringcast binary");
-            let mut broker = BrokerProcess {
-                child,
-                addr,
-                dir: dir.clone(),
-            };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            while Instant::now() < deadline {
-                if let Some(status) = broker.child.try_wait().unwrap() {
-                    let log = std::fs::read_to_string(dir.join("stderr")).unwrap_or_default();
-                    assert!(
-                        attempt < 4 && log.contains("in use"),
-                        "broker exited {status}: {log}"
-                    );
-                    break;
+        std::fs::write(dir.join("config.toml"), config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(["--log-level", "info", "--config"])
+            .arg(dir.join("config.toml"))
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(File::create(dir.join("stderr")).unwrap())
+            .spawn()
+            .expect("spawn the ringcast binary");
+        let stdout = child.stdout.take().unwrap();
+        let mut broker = BrokerProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            dir,
+        };
+        match common::listening_addr(stdout, Duration::from_secs(15)) {
+            Some(addr) => broker.addr = addr,
+            None => {
+                let exited = common::wait_exit(&mut broker.child, Duration::from_secs(1));
+                let log = std::fs::read_to_string(broker.dir.join("stderr")).unwrap_or_default();
+                match exited {
+                    Some(status) => panic!("broker exited {status}: {log}"),
+                    None => panic!("broker did not start listening within 15 s: {log}"),
                 }
-                if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return broker;
-                }
-                std::thread::sleep(Duration::from_millis(50));
             }
         }
-        panic!("broker did not start accepting within 15 s");
+        broker
     }
 
     fn pid(&self) -> u32 {
@@ -278,21 +270,27 @@ fn sys_value(addr: SocketAddr, topic: &str) -> Option<u64> {
     value
 }
 
-/// Waits until `topic` reads the same twice, an interval apart, and returns it.
+/// Waits until `topic` reads the same in two `$SYS` rounds in a row and returns it. Every round
+/// publishes every `$SYS` topic, retained: a subscriber gets the last round's value at once and
+/// each later one as it is published, so this waits on the broker's rounds, not on a clock.
 fn settled_sys_value(addr: SocketAddr, topic: &str) -> u64 {
     let deadline = Instant::now() + SYS_SETTLE;
+    let mut raw = Raw::connect(addr, "");
+    raw.subscribe(topic, QoS::AtMostOnce);
     let mut last = None;
     loop {
-        let now = sys_value(addr, topic);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let now = match raw.recv_within(left) {
+            Ok(ringcast::protocol::Packet::Publish(p)) => std::str::from_utf8(&p.payload)
+                .ok()
+                .and_then(|value| value.parse::<u64>().ok()),
+            other => panic!("{topic} did not settle: last {last:?}, then {other:?}"),
+        };
         if let Some(value) = now.filter(|_| now == last) {
+            raw.disconnect();
             return value;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{topic} did not settle: last {last:?}, now {now:?}"
-        );
         last = now;
-        std::thread::sleep(Duration::from_millis(1200));
     }
 }
 
@@ -315,8 +313,8 @@ fn stuck_load(addr: SocketAddr, pid: u32, messages: u64, readers: usize) -> Stuc
     let streams: Vec<TcpStream> = (0..readers)
         .map(|i| subscriber(addr, &format!("reader-{i}"), topic, QoS::AtMostOnce))
         .collect();
+    // Every CONNACK and SUBACK is in: the broker holds what it keeps for these connections.
     let publisher = Raw::connect(addr, "publisher").stream;
-    std::thread::sleep(Duration::from_millis(200)); // let the broker settle after connecting
     let baseline_rss = rss_bytes(pid);
     let sampler = RssSampler::start(pid);
     let started = Instant::now();
@@ -535,6 +533,38 @@ fn qos0_drop_oldest_keeps_the_newest_messages_and_counts_the_rest() {
     );
 }
 
+/// PUBACKs counted by a publisher's reading thread; the writing side waits on it for room in
+/// its window.
+#[derive(Default)]
+struct Acked {
+    count: Mutex<u64>,
+    grew: Condvar,
+}
+
+impl Acked {
+    fn add(&self) {
+        *self.count.lock().unwrap() += 1;
+        self.grew.notify_all();
+    }
+
+    fn count(&self) -> u64 {
+        *self.count.lock().unwrap()
+    }
+
+    /// Waits until fewer than `window` of the first `sent` are unacknowledged; false if that
+    /// did not happen by `deadline`.
+    fn wait_for_room(&self, sent: u64, window: u64, deadline: Instant) -> bool {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let count = self.count.lock().unwrap();
+        let (count, waited) = self
+            .grew
+            .wait_timeout_while(count, left, |acked| sent - *acked >= window)
+            .unwrap();
+        drop(count);
+        !waited.timed_out()
+    }
+}
+
 /// Publishes `n` QoS 1 messages with at most `window` unacknowledged; returns how many were
 /// PUBACKed.
 fn publish_qos1(
@@ -547,16 +577,14 @@ fn publish_qos1(
 ) -> u64 {
     let stream = Raw::connect(addr, id).stream;
     stream.set_read_timeout(Some(READ_QUIET)).unwrap();
-    let acked = Arc::new(AtomicU64::new(0));
+    let acked = Arc::new(Acked::default());
     let acks = {
         let (acked, stream) = (acked.clone(), stream.try_clone().unwrap());
         std::thread::spawn(move || {
             let mut wire = Wire::new(stream);
-            while acked.load(Ordering::Relaxed) < n {
+            while acked.count() < n {
                 match wire.next() {
-                    Some(b0) if b0 >> 4 == 4 => {
-                        acked.fetch_add(1, Ordering::Relaxed);
-                    }
+                    Some(b0) if b0 >> 4 == 4 => acked.add(),
                     Some(_) => {}
                     None => break,
                 }
@@ -566,10 +594,12 @@ fn publish_qos1(
     let mut out = BufWriter::new(stream);
     let deadline = Instant::now() + Duration::from_secs(60);
     for seq in 0..n {
-        while seq - acked.load(Ordering::Relaxed) >= window {
+        if seq - acked.count() >= window {
             out.flush().unwrap();
-            assert!(Instant::now() < deadline, "publisher {id} stalled at {seq}");
-            std::thread::sleep(Duration::from_micros(200));
+            assert!(
+                acked.wait_for_room(seq, window, deadline),
+                "publisher {id} stalled at {seq}"
+            );
         }
         let pkid = (seq % 60_000 + 1) as u16;
         out.write_all(&encode_publish(topic, 1, pkid, publisher, seq, 256))
@@ -577,7 +607,7 @@ fn publish_qos1(
     }
     out.flush().unwrap();
     acks.join().unwrap();
-    acked.load(Ordering::Relaxed)
+    acked.count()
 }
 
 /// Reads QoS 1 messages, acknowledging each, until `expected` distinct ones came or it went
@@ -733,24 +763,38 @@ fn publishers_outrunning_the_ceiling_are_slowed_and_lose_no_acked_qos1_message()
 // ---------------------------------------------------------------------------------------------
 // Fairness.
 
+/// Flood bytes written before the round trips start: more than loopback's socket buffers hold
+/// (a few MiB), so by then the broker is busy reading the flood.
+const FLOOD_ON_BYTES: usize = 16 << 20;
+
 #[test]
 fn a_flooding_publisher_does_not_starve_another_client_of_its_shard() {
     let broker = Broker::start_with(1, |c| c.limits.read_bytes_per_turn = 16 << 10);
     let mut listener = Raw::connect(broker.addr, "listener");
     listener.subscribe("flood/other", QoS::AtMostOnce);
     let stop = Arc::new(AtomicBool::new(false));
+    let (flood_on, flooding) = std::sync::mpsc::channel();
     let flooder = {
         let (stop, addr) = (stop.clone(), broker.addr);
         std::thread::spawn(move || {
             let mut out = BufWriter::new(Raw::connect(addr, "flooder").stream);
             let packet = encode_publish("flood/nobody", 0, 0, 0, 0, 1024);
             let deadline = Instant::now() + Duration::from_secs(20);
+            let (mut written, mut flood_on) = (0, Some(flood_on));
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 out.write_all(&packet).unwrap();
+                written += packet.len();
+                if written >= FLOOD_ON_BYTES {
+                    if let Some(on) = flood_on.take() {
+                        let _ = on.send(());
+                    }
+                }
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(300)); // the flood is on
+    flooding
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the flood starts");
     let mut other = Raw::connect(broker.addr, "other");
     let mut worst = Duration::ZERO;
     for i in 0..20u8 {
@@ -796,7 +840,6 @@ fn an_offline_session_keeps_its_queue_bound_and_counts_what_it_drops() {
     let (mut sleeper, _) = Raw::connect_with(broker.addr, connect);
     sleeper.subscribe("q/offline", QoS::AtLeastOnce);
     sleeper.disconnect();
-    std::thread::sleep(Duration::from_millis(100));
     let mut publisher = Raw::connect(broker.addr, "pub-off");
     for seq in 0..150u64 {
         publisher.publish("q/offline", &encode_payload(seq), QoS::AtLeastOnce, false);
