@@ -11,6 +11,17 @@ fn v3(addr: std::net::SocketAddr, id: &str, clean: bool) -> (Raw, ConnAck) {
     Raw::connect_with(addr, connect_packet(id, Version::V311, clean))
 }
 
+/// Waits until the broker has settled the CONNECT of one of several racers with one client id:
+/// its CONNACK came, or its connection closed (a racer taken over while its own claim was
+/// pending gets no CONNACK). A CONNACK comes only after the previous holder's connection was
+/// closed to further packets, so once every racer is settled a PINGREQ finds the survivor.
+fn settle(racer: &mut Raw) {
+    match racer.recv_within(WAIT) {
+        Ok(Packet::ConnAck(_)) | Err(NoPacket::Closed) => {}
+        other => panic!("expected CONNACK or a close, got {other:?}"),
+    }
+}
+
 on_1_and_4_shards!(
     mqtt_3_2_2_connack_accepts_and_pingreq_is_answered,
     |shards| {
@@ -424,7 +435,7 @@ on_1_and_4_shards!(
     |shards| {
         let broker = Broker::start(shards);
         let addr = broker.addr;
-        let racers: Vec<Raw> = std::thread::scope(|scope| {
+        let mut racers: Vec<Raw> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
                     scope.spawn(move || {
@@ -440,7 +451,7 @@ on_1_and_4_shards!(
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        std::thread::sleep(Duration::from_millis(500));
+        racers.iter_mut().for_each(settle);
         let mut alive = 0;
         for mut raw in racers {
             raw.send(&Packet::PingReq);
@@ -485,7 +496,7 @@ on_1_and_4_shards!(
         let mut publisher = Raw::connect(broker.addr, "pub");
         publisher.publish("k/t", b"kept", QoS::AtLeastOnce, false);
         let addr = broker.addr;
-        let racers: Vec<Raw> = std::thread::scope(|scope| {
+        let mut racers: Vec<Raw> = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..6)
                 .map(|_| {
                     scope.spawn(move || {
@@ -501,7 +512,7 @@ on_1_and_4_shards!(
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
-        std::thread::sleep(Duration::from_millis(500));
+        racers.iter_mut().for_each(settle);
         let mut survivors = Vec::new();
         let mut delivered = 0;
         for mut raw in racers {
