@@ -3,41 +3,43 @@
 
 mod common;
 
-use common::{Broker, Raw};
+use common::{Broker, NoPacket, Raw};
 use ringcast::protocol::{Packet, QoS};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Every retained `$SYS` message a fresh `$SYS/#` subscriber gets, by topic.
-fn sys_snapshot(addr: SocketAddr) -> HashMap<String, String> {
-    let mut raw = Raw::connect(addr, "");
-    raw.subscribe("$SYS/#", QoS::AtMostOnce);
-    let mut values = HashMap::new();
-    while let Ok(Packet::Publish(p)) = raw.recv_within(Duration::from_millis(500)) {
-        let value = String::from_utf8(p.payload.to_vec()).unwrap();
-        values.insert(p.topic.as_str().to_string(), value);
-    }
-    raw.disconnect();
-    values
-}
-
-/// Waits (bounded) until `check` accepts the `$SYS` snapshot; returns it.
+/// Waits (bounded) until `check` accepts a round of `$SYS` values; returns them. One `$SYS/#`
+/// subscriber gets the retained values of the last round at once and every later round as the
+/// broker publishes it; a round is complete when the messages pause (rounds are an interval
+/// apart).
 fn wait_for_sys(
     addr: SocketAddr,
     check: impl Fn(&HashMap<String, String>) -> bool,
 ) -> HashMap<String, String> {
     let deadline = Instant::now() + Duration::from_secs(10);
+    let mut raw = Raw::connect(addr, "");
+    raw.subscribe("$SYS/#", QoS::AtMostOnce);
+    let mut values = HashMap::new();
     loop {
-        let values = sys_snapshot(addr);
-        if check(&values) {
-            return values;
-        }
         assert!(
             Instant::now() < deadline,
             "$SYS never matched; last: {values:#?}"
         );
-        std::thread::sleep(Duration::from_millis(300));
+        match raw.recv_within(Duration::from_millis(500)) {
+            Ok(Packet::Publish(p)) => {
+                let value = String::from_utf8(p.payload.to_vec()).unwrap();
+                values.insert(p.topic.as_str().to_string(), value);
+            }
+            Ok(other) => panic!("unexpected {other:?}"),
+            Err(NoPacket::Closed) => panic!("the broker closed the $SYS reader"),
+            Err(NoPacket::Timeout) => {
+                if check(&values) {
+                    raw.disconnect();
+                    return values;
+                }
+            }
+        }
     }
 }
 
@@ -138,6 +140,11 @@ fn sys_messages_do_not_match_a_bare_hash_filter() {
 #[test]
 fn sys_interval_zero_publishes_nothing() {
     let broker = Broker::start_with(1, |c| c.sys_interval_secs = 0);
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(sys_snapshot(broker.addr).is_empty());
+    let mut raw = Raw::connect(broker.addr, "");
+    raw.subscribe("$SYS/#", QoS::AtMostOnce);
+    // Retained values would come at once, and rounds as they are published.
+    match raw.recv_within(Duration::from_millis(800)) {
+        Err(NoPacket::Timeout) => {}
+        other => panic!("expected no $SYS message, got {other:?}"),
+    }
 }

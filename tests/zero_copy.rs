@@ -10,7 +10,7 @@ mod common;
 use common::*;
 use ringcast::protocol::*;
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::io::Read;
+use std::io::{ErrorKind, Read};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -77,28 +77,31 @@ fn one_publish_to_1000_subscribers_on_4_shards_allocates_its_payload_once() {
     );
 }
 
-/// Reads `frame_len` bytes from every subscriber into a stack buffer (no allocation).
+/// Reads `frame_len` bytes from every subscriber into a stack buffer (no allocation), one
+/// subscriber after the other: each read blocks until bytes come, and the broker meanwhile
+/// writes to the others on its own.
 fn drain_all(subscribers: &mut [Raw], frame_len: usize) {
-    let mut got = vec![0usize; subscribers.len()];
-    for sub in subscribers.iter() {
-        sub.stream.set_nonblocking(true).unwrap();
-    }
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut chunk = [0u8; 16 << 10];
-    while got.iter().any(|&n| n < frame_len) {
-        assert!(
-            Instant::now() < deadline,
-            "not every subscriber got the publish in 30 s"
-        );
-        for (sub, n) in subscribers.iter_mut().zip(got.iter_mut()) {
-            while *n < frame_len {
-                match sub.stream.read(&mut chunk) {
-                    Ok(0) => panic!("a subscriber was disconnected"),
-                    Ok(read) => *n += read,
-                    Err(_) => break,
+    for sub in subscribers.iter_mut() {
+        let mut got = 0;
+        while got < frame_len {
+            let left = deadline.saturating_duration_since(Instant::now());
+            assert!(
+                !left.is_zero(),
+                "not every subscriber got the publish in 30 s"
+            );
+            sub.stream.set_read_timeout(Some(left)).unwrap();
+            match sub.stream.read(&mut chunk) {
+                Ok(0) => panic!("a subscriber was disconnected"),
+                Ok(read) => got += read,
+                // The broker's threads share this process; their signals interrupt reads.
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                    panic!("not every subscriber got the publish in 30 s")
                 }
+                Err(e) => panic!("a subscriber's read failed: {e}"),
             }
         }
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
