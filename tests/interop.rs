@@ -11,7 +11,7 @@ mod common;
 use common::Broker;
 use std::io::{Read, Write};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -77,9 +77,29 @@ fn interop_ready() -> bool {
 struct Proc {
     name: String,
     child: Option<Child>,
-    stdout: Arc<Mutex<String>>,
-    stderr: Arc<Mutex<String>>,
+    stdout: Arc<Captured>,
+    stderr: Arc<Captured>,
     readers: Vec<JoinHandle<()>>,
+}
+
+/// What a subprocess wrote to one pipe so far; `grew` is signalled on every read and at the end.
+#[derive(Default)]
+struct Captured {
+    text: Mutex<Text>,
+    grew: Condvar,
+}
+
+#[derive(Default)]
+struct Text {
+    so_far: String,
+    /// The pipe reached its end: the process closed it (it exited).
+    is_closed: bool,
+}
+
+impl Captured {
+    fn so_far(&self) -> String {
+        self.text.lock().unwrap().so_far.clone()
+    }
 }
 
 /// How a subprocess ended.
@@ -90,16 +110,26 @@ struct Finished {
 }
 
 /// Copies everything from `from` into `into` on a thread, so a full pipe never stalls the child.
-fn collect(mut from: impl Read + Send + 'static, into: Arc<Mutex<String>>) -> JoinHandle<()> {
+fn collect(mut from: impl Read + Send + 'static, into: Arc<Captured>) -> JoinHandle<()> {
     std::thread::spawn(move || {
         let mut chunk = [0u8; 4096];
-        while let Ok(n) = from.read(&mut chunk) {
+        loop {
+            let n = match from.read(&mut chunk) {
+                // The broker's threads share this process; their signals interrupt reads.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                result => result.unwrap_or(0),
+            };
+            let mut text = into.text.lock().unwrap();
+            if n == 0 {
+                text.is_closed = true;
+            } else {
+                text.so_far.push_str(&String::from_utf8_lossy(&chunk[..n]));
+            }
+            drop(text);
+            into.grew.notify_all();
             if n == 0 {
                 break;
             }
-            into.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&chunk[..n]));
         }
     })
 }
@@ -118,8 +148,8 @@ impl Proc {
         // Small inputs only: the pipe buffer holds them without a reader on the other side yet.
         let _ = input.write_all(stdin);
         drop(input);
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let stderr = Arc::new(Mutex::new(String::new()));
+        let stdout = Arc::new(Captured::default());
+        let stderr = Arc::new(Captured::default());
         let readers = vec![
             collect(child.stdout.take().unwrap(), stdout.clone()),
             collect(child.stderr.take().unwrap(), stderr.clone()),
@@ -136,57 +166,56 @@ impl Proc {
     fn output_so_far(&self) -> String {
         format!(
             "--- stdout ---\n{}--- stderr ---\n{}",
-            self.stdout.lock().unwrap(),
-            self.stderr.lock().unwrap()
+            self.stdout.so_far(),
+            self.stderr.so_far()
         )
     }
 
-    /// Waits until a stdout line contains `needle`; kills the process and fails after `limit`.
+    /// Waits until a stdout line contains `needle`; kills the process and fails if it exits
+    /// first or after `limit`.
     fn wait_for(&mut self, needle: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
+        let mut text = self.stdout.text.lock().unwrap();
         loop {
-            if self
-                .stdout
-                .lock()
-                .unwrap()
-                .lines()
-                .any(|l| l.contains(needle))
-            {
+            if text.so_far.lines().any(|l| l.contains(needle)) {
                 return;
             }
-            let exited = self.child.as_mut().unwrap().try_wait().unwrap();
-            if exited.is_some() || Instant::now() >= deadline {
-                self.kill();
-                panic!(
-                    "{}: no {needle:?} ({}):\n{}",
-                    self.name,
-                    match exited {
-                        Some(status) => format!("exited with {status}"),
-                        None => format!("killed after {limit:?}"),
-                    },
-                    self.output_so_far()
-                );
+            let left = deadline.saturating_duration_since(Instant::now());
+            if text.is_closed || left.is_zero() {
+                break;
             }
-            std::thread::sleep(Duration::from_millis(5));
+            text = self.stdout.grew.wait_timeout(text, left).unwrap().0;
         }
+        let is_closed = text.is_closed;
+        drop(text);
+        // A closed stdout means the process is exiting: give it a moment to say how.
+        let exited = if is_closed {
+            common::wait_exit(self.child.as_mut().unwrap(), Duration::from_secs(1))
+        } else {
+            None
+        };
+        self.kill();
+        panic!(
+            "{}: no {needle:?} ({}):\n{}",
+            self.name,
+            match exited {
+                Some(status) => format!("exited with {status}"),
+                None if is_closed => "closed its stdout, killed".to_owned(),
+                None => format!("killed after {limit:?}"),
+            },
+            self.output_so_far()
+        );
     }
 
     /// Waits for the process to exit; kills it and fails the test after `limit`.
     fn finish(mut self, limit: Duration) -> Finished {
-        let deadline = Instant::now() + limit;
-        let status = loop {
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                panic!(
-                    "{}: still running after {limit:?}, killed:\n{}",
-                    self.name,
-                    self.output_so_far()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(5));
+        let Some(status) = common::wait_exit(self.child.as_mut().unwrap(), limit) else {
+            self.kill();
+            panic!(
+                "{}: still running after {limit:?}, killed:\n{}",
+                self.name,
+                self.output_so_far()
+            );
         };
         self.child = None;
         for reader in self.readers.drain(..) {
@@ -194,8 +223,8 @@ impl Proc {
         }
         Finished {
             status,
-            stdout: std::mem::take(&mut self.stdout.lock().unwrap()),
-            stderr: std::mem::take(&mut self.stderr.lock().unwrap()),
+            stdout: self.stdout.so_far(),
+            stderr: self.stderr.so_far(),
         }
     }
 

@@ -15,7 +15,8 @@ messages (MSG lines as `sub`), and disconnects.
 
 `sub` prints SUBSCRIBED once the SUBACK is in, then one line per message:
   MSG <topic> <qos> <retain 0|1> <payload as hex>
-and exits 0 after N messages (plus --linger seconds to catch duplicates), or 3 on timeout.
+and exits 0 after N messages (plus up to --linger seconds to catch a duplicate), or 3 on
+timeout.
 `pub` publishes each payload in order at QoS Q, waits until each flow completes, and
 disconnects. `will` connects with a will, prints CONNECTED, then waits to be killed.
 Every run gives up after --timeout seconds, so a silent broker cannot hang the test.
@@ -88,11 +89,29 @@ def publish_properties(args):
     return props if any_set else None
 
 
+def count_events(count):
+    """Events for a client that waits for `count` messages: `enough` once they came, `extra`
+    once one more came (a duplicate)."""
+    enough, extra = threading.Event(), threading.Event()
+    if count == 0:
+        enough.set()
+    return enough, extra
+
+
+def counted(seen, count, enough, extra):
+    """Called after each message: sets `enough` and `extra` as `seen` reaches them."""
+    if len(seen) >= count:
+        enough.set()
+    if len(seen) > count:
+        extra.set()
+
+
 def run_session(args):
     client = make_client(args, args.id or "paho-session")
     seen = []
     subscribed = threading.Event()
     connected = threading.Event()
+    enough, extra = count_events(args.count)
 
     def on_connect(client, userdata, flags, reason_code, properties):
         out(f"SESSION-PRESENT {int(flags.session_present)}")
@@ -105,6 +124,7 @@ def run_session(args):
     def on_message(client, userdata, msg):
         seen.append(msg)
         out(f"MSG {msg.topic} {msg.qos} {int(msg.retain)} {msg.payload.hex()}")
+        counted(seen, args.count, enough, extra)
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
@@ -123,9 +143,9 @@ def run_session(args):
         client.subscribe(args.topic, qos=args.qos)
         if not subscribed.wait(args.timeout):
             return 3
-    while len(seen) < args.count and time.monotonic() < deadline:
-        time.sleep(0.01)
-    time.sleep(args.linger)
+    enough.wait(max(0.0, deadline - time.monotonic()))
+    if enough.is_set():
+        extra.wait(args.linger)
     client.disconnect()
     client.loop_stop()
     return 0 if len(seen) >= args.count else 3
@@ -134,13 +154,14 @@ def run_session(args):
 def run_sub(args):
     client = make_client(args, args.id or "paho-sub")
     seen = []
-    done = threading.Event()
-    extra_deadline = [None]
+    failed = threading.Event()
+    enough, extra = count_events(args.count)
 
     def on_connect(client, userdata, flags, reason_code, properties):
         if reason_code.is_failure:
             out(f"CONNECT-FAILED {reason_code}")
-            done.set()
+            failed.set()
+            enough.set()
             return
         client.subscribe(args.topic, qos=args.qos)
 
@@ -155,21 +176,17 @@ def run_sub(args):
         )
         if args.props:
             out(props_line(msg))
-        if len(seen) == args.count:
-            extra_deadline[0] = time.monotonic() + args.linger
+        counted(seen, args.count, enough, extra)
 
     client.on_connect = on_connect
     client.on_subscribe = on_subscribe
     client.on_message = on_message
     connect(client, args)
     client.loop_start()
-    deadline = time.monotonic() + args.timeout
     code = 3
-    while time.monotonic() < deadline and not done.is_set():
-        if extra_deadline[0] is not None and time.monotonic() >= extra_deadline[0]:
-            code = 0
-            break
-        time.sleep(0.01)
+    if enough.wait(args.timeout) and not failed.is_set():
+        extra.wait(args.linger)
+        code = 0
     client.disconnect()
     client.loop_stop()
     return code
@@ -206,14 +223,18 @@ def run_will(args):
     client = make_client(args, args.id or "paho-will")
     client.will_set(args.topic, args.payloads[0].encode(), qos=args.qos, retain=args.retain)
     connected = threading.Event()
+    lost = threading.Event()
     client.on_connect = lambda *a: connected.set()
+    client.on_disconnect = lambda *a: lost.set()
     connect(client, args)
     client.loop_start()
     if not connected.wait(args.timeout):
         out("CONNECT-TIMEOUT")
         return 3
     out("CONNECTED")
-    time.sleep(args.timeout)
+    # Killed here by the test; or the broker dropped us, or the test never came back.
+    if lost.wait(args.timeout):
+        out("CONNECTION-LOST")
     return 3
 
 
