@@ -13,6 +13,8 @@
 //! 4. every client sends DISCONNECT and waits for the broker to close, failing on any further
 //!    PUBLISH (a duplicate delivery).
 
+mod common;
+
 use bytes::{Bytes, BytesMut};
 use ringcast::protocol::codec::{encode, Codec, Decoded};
 use ringcast::protocol::*;
@@ -89,55 +91,42 @@ struct BrokerProcess {
 }
 
 impl BrokerProcess {
-    /// Starts `ringcast` on a free loopback port with 2 shards and waits until it accepts.
+    /// Starts `ringcast` with 2 shards on a loopback port the OS picks and waits until it logs
+    /// where it listens.
     fn start() -> BrokerProcess {
-        let deadline = Instant::now() + START_LIMIT;
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .expect("bind an ephemeral port")
-                .port();
-            let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-            let stderr_path = std::env::temp_dir().join(format!(
-                "ringcast-scale-10k-{}-{attempt}.stderr",
-                std::process::id()
-            ));
-            let stderr = File::create(&stderr_path).expect("create broker stderr file");
-            let child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-                .args(["--listen", &addr.to_string()])
-                .args(["--shards", "2", "--log-level", "warn"])
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(stderr)
-                .spawn()
-                .expect("spawn the ringcast binary");
-            let mut broker = BrokerProcess {
-                child,
-                addr,
-                stderr_path,
-            };
-            loop {
-                if let Some(status) = broker.child.try_wait().expect("poll broker process") {
-                    let log = broker.stderr();
-                    let in_use = log.to_lowercase().contains("in use");
-                    if in_use && attempt < 5 && Instant::now() < deadline {
-                        break; // port taken between our probe and the broker's bind: retry
-                    }
-                    panic!("start: broker exited with {status} before accepting; stderr:\n{log}");
-                }
-                if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-                    return broker;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "start: broker not accepting on {addr} within {START_LIMIT:?}; stderr:\n{}",
+        let stderr_path =
+            std::env::temp_dir().join(format!("ringcast-scale-10k-{}.stderr", std::process::id()));
+        let stderr = File::create(&stderr_path).expect("create broker stderr file");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args(["--listen", "127.0.0.1:0"])
+            .args(["--shards", "2", "--log-level", "info"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn the ringcast binary");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut broker = BrokerProcess {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr_path,
+        };
+        match common::listening_addr(stdout, START_LIMIT) {
+            Some(addr) => broker.addr = addr,
+            None => {
+                let exited = common::wait_exit(&mut broker.child, Duration::from_secs(1));
+                panic!(
+                    "start: broker {}; stderr:\n{}",
+                    match exited {
+                        Some(status) => format!("exited with {status} before listening"),
+                        None => format!("not listening within {START_LIMIT:?}"),
+                    },
                     broker.stderr()
                 );
-                std::thread::sleep(Duration::from_millis(50));
             }
         }
+        broker
     }
 
     /// What the broker wrote to stderr so far.
