@@ -1,5 +1,5 @@
 //! The `ringcast` command: parse flags and config, check the host, run the shards until
-//! SIGINT or SIGTERM.
+//! SIGINT or SIGTERM (SIGHUP reloads the security files).
 
 use clap::Parser;
 use ringcast::config::{self, Config};
@@ -60,7 +60,9 @@ fn main() -> ExitCode {
     for addr in server.local_addrs() {
         tracing::info!("ringcast listening on {addr}");
     }
-    wait_for_stop(&signals);
+    while wait_for_signal(&signals) == libc::SIGHUP {
+        reload(&server);
+    }
     tracing::info!("stopping: closing connections and sending wills");
     server.stop();
     server.join();
@@ -112,15 +114,30 @@ fn stop_signals() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGHUP);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
         set
     }
 }
 
-fn wait_for_stop(set: &libc::sigset_t) {
+/// Waits for SIGINT, SIGTERM or SIGHUP; returns which came.
+fn wait_for_signal(set: &libc::sigset_t) -> i32 {
     let mut signal = 0;
     // SAFETY: sigwait reads the set and writes the signal number into our integer.
     unsafe { libc::sigwait(set, &mut signal) };
+    signal
+}
+
+/// SIGHUP: the password file, the ACL and the certificates are read again; a file that does
+/// not parse keeps the old one, and the log says why.
+fn reload(server: &Server) {
+    let errors = server.reload();
+    if errors.is_empty() {
+        tracing::info!("reloaded the password file, ACL and certificates");
+    }
+    for error in errors {
+        tracing::warn!("reload: {error}; keeping the previous one");
+    }
 }
 
 /// What `ringcast` runs instead of the broker.

@@ -14,9 +14,31 @@ pub struct Metrics {
     pub messages_sent: Cell<u64>,
     /// Bytes read from client sockets.
     pub bytes_received: Cell<u64>,
+    /// TLS handshakes that failed or did not finish in time.
+    pub handshake_failures: Cell<u64>,
+    /// Logins refused (credentials, anonymous where not allowed).
+    pub logins_refused: Cell<u64>,
+    /// PUBLISH packets the ACL did not let their client write.
+    pub publishes_denied: Cell<u64>,
 }
 
 impl Metrics {
+    /// Counts a failed TLS handshake.
+    pub fn count_handshake_failure(&self) {
+        self.handshake_failures
+            .set(self.handshake_failures.get() + 1);
+    }
+
+    /// Counts a refused login.
+    pub fn count_login_refused(&self) {
+        self.logins_refused.set(self.logins_refused.get() + 1);
+    }
+
+    /// Counts a PUBLISH denied by the ACL.
+    pub fn count_publish_denied(&self) {
+        self.publishes_denied.set(self.publishes_denied.get() + 1);
+    }
+
     /// Counts bytes read from a client.
     pub fn add_bytes_received(&self, n: usize) {
         self.bytes_received
@@ -44,6 +66,12 @@ pub struct Snapshot {
     pub bytes_received: u64,
     /// Bytes written to client sockets.
     pub bytes_sent: u64,
+    /// TLS handshakes that failed or did not finish in time.
+    pub handshake_failures: u64,
+    /// Logins refused.
+    pub logins_refused: u64,
+    /// PUBLISH packets denied by the ACL.
+    pub publishes_denied: u64,
     /// Messages dropped, per reason and QoS.
     pub dropped: DropCounts,
     /// Messages waiting in write buffers and session queues.
@@ -77,6 +105,9 @@ impl Snapshot {
         self.messages_sent += o.messages_sent;
         self.bytes_received += o.bytes_received;
         self.bytes_sent += o.bytes_sent;
+        self.handshake_failures += o.handshake_failures;
+        self.logins_refused += o.logins_refused;
+        self.publishes_denied += o.publishes_denied;
         for (row, other) in self.dropped.iter_mut().zip(o.dropped.iter()) {
             for (cell, v) in row.iter_mut().zip(other.iter()) {
                 *cell += v;

@@ -6,7 +6,10 @@ use crate::host;
 use crate::mesh::Mesh;
 use crate::metrics::Board;
 use crate::net;
+use crate::net::gate::{Endpoint, Gate};
+use crate::net::tls::Certificates;
 use crate::protocol::ReasonCode;
+use crate::security::{self, Shared};
 use crate::shard::backpressure::Pressure;
 use crate::shard::msg::MeshMsg;
 use crate::shard::Shard;
@@ -31,6 +34,10 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 /// A running broker.
 pub struct Server {
     addrs: Vec<SocketAddr>,
+    /// The password and ACL tables, for reloads.
+    security: Arc<Shared>,
+    /// Each TLS listener's certificates, for reloads.
+    certificates: Vec<Arc<Certificates>>,
     stop: Arc<AtomicBool>,
     handles: Vec<ExecutorJoinHandle<()>>,
 }
@@ -41,17 +48,9 @@ impl Server {
         config.validate().map_err(|e| e.to_string())?;
         host::check()?;
         host::raise_open_files();
-        let mut addrs = Vec::new();
-        let mut fds: Vec<RawFd> = Vec::new();
-        for listener in config.listeners() {
-            // A host without IPv6 serves the default loopback on 127.0.0.1 alone.
-            if listener.is_default && listener.address.is_ipv6() && !host::has_ipv6_loopback() {
-                continue;
-            }
-            let bound = host::bind(listener.address)?;
-            addrs.push(bound.local_addr().map_err(|e| e.to_string())?);
-            fds.push(bound.into_raw_fd());
-        }
+        let security = Arc::new(Shared::load(security::Files::of(config))?);
+        let (addrs, mut fds, endpoints) = bind_listeners(config)?;
+        let certificates = endpoints.iter().filter_map(|e| e.tls.clone()).collect();
         let cpus = cpu_list(config)?;
         let shards = if config.shards == 0 {
             cpus.len()
@@ -81,6 +80,8 @@ impl Server {
                 stop: stop.clone(),
                 open: open.clone(),
                 board: board.clone(),
+                endpoints: endpoints.clone(),
+                security: security.clone(),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -91,6 +92,8 @@ impl Server {
         }
         Ok(Server {
             addrs,
+            security,
+            certificates,
             stop,
             handles,
         })
@@ -99,6 +102,22 @@ impl Server {
     /// The addresses actually bound (useful with port 0).
     pub fn local_addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// Reads the password file, the ACL and the TLS certificates again (SIGHUP). New logins
+    /// and handshakes use them; open connections keep theirs. A file that does not parse
+    /// keeps the old one: returns why, one sentence per file.
+    pub fn reload(&self) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Err(e) = self.security.reload() {
+            errors.push(e);
+        }
+        for certificates in &self.certificates {
+            if let Err(e) = certificates.reload() {
+                errors.push(e);
+            }
+        }
+        errors
     }
 
     /// Asks every shard to close its connections (sending wills) and stop.
@@ -120,6 +139,31 @@ impl Drop for Server {
     }
 }
 
+/// Binds every listener; returns the bound addresses, the sockets with their listener index
+/// and what connections need to know of each listener (its TLS certificates loaded).
+fn bind_listeners(
+    config: &Config,
+) -> Result<(Vec<SocketAddr>, Vec<(RawFd, usize)>, Vec<Endpoint>), String> {
+    let mut addrs = Vec::new();
+    let mut fds = Vec::new();
+    let mut endpoints = Vec::new();
+    for listener in config.listeners() {
+        // A host without IPv6 serves the default loopback on 127.0.0.1 alone.
+        if listener.is_default && listener.address.is_ipv6() && !host::has_ipv6_loopback() {
+            continue;
+        }
+        let tls = listener.tls.as_ref().map(Certificates::load).transpose()?;
+        let bound = host::bind(listener.address)?;
+        addrs.push(bound.local_addr().map_err(|e| e.to_string())?);
+        fds.push((bound.into_raw_fd(), endpoints.len()));
+        endpoints.push(Endpoint {
+            allow_anonymous: listener.allow_anonymous,
+            tls: tls.map(Arc::new),
+        });
+    }
+    Ok((addrs, fds, endpoints))
+}
+
 /// The CPUs to pin to: the configured list, or every online CPU.
 fn cpu_list(config: &Config) -> Result<Vec<usize>, String> {
     if !config.cpus.is_empty() {
@@ -135,10 +179,12 @@ struct ShardStart {
     shards: usize,
     config: Config,
     mesh: Option<MeshBuilder<MeshMsg, Full>>,
-    fds: Vec<RawFd>,
+    fds: Vec<(RawFd, usize)>,
     stop: Arc<AtomicBool>,
     open: Arc<AtomicUsize>,
     board: Arc<Board>,
+    endpoints: Vec<Endpoint>,
+    security: Arc<Shared>,
 }
 
 /// The life of one shard.
@@ -157,7 +203,11 @@ async fn run_shard(mut ctx: ShardStart) {
         ctx.open.clone(),
         pressure,
     ));
-    receive(&shard, receivers, local);
+    let gate = Rc::new(Gate::new(
+        std::mem::take(&mut ctx.endpoints),
+        ctx.security.clone(),
+    ));
+    receive(&shard, &gate, receivers, local);
     let sys = (ctx.config.sys_interval_secs > 0).then(|| {
         let interval = Duration::from_secs(ctx.config.sys_interval_secs);
         glommio::spawn_local(crate::shard::sys::run(
@@ -208,16 +258,18 @@ async fn join_mesh(
 /// Starts one task per ring toward this shard and one for its messages to itself.
 fn receive(
     shard: &Rc<Shard>,
+    gate: &Rc<Gate>,
     receivers: Option<Receivers<MeshMsg>>,
     local: LocalReceiver<MeshMsg>,
 ) {
     let streams = receivers.map_or_else(Vec::new, |mut r| r.streams());
     for (_, stream) in streams {
         let shard = shard.clone();
+        let gate = gate.clone();
         glommio::spawn_local(async move {
             let mut handled = 0u32;
             while let Some(msg) = stream.recv().await {
-                dispatch(&shard, msg).await;
+                dispatch(&shard, &gate, msg).await;
                 // Bounded work per loop turn, as for a connection's reads.
                 handled += 1;
                 if handled % RING_MESSAGES_PER_TURN == 0 {
@@ -228,9 +280,10 @@ fn receive(
         .detach();
     }
     let shard = shard.clone();
+    let gate = gate.clone();
     glommio::spawn_local(async move {
         while let Some(msg) = local.recv().await {
-            dispatch(&shard, msg).await;
+            dispatch(&shard, &gate, msg).await;
         }
     })
     .detach();
@@ -253,11 +306,12 @@ async fn shut_down(shard: &Rc<Shard>) {
 
 /// Handles a message from another shard (or from this one): a placed connection gets its
 /// task here, everything else is the shard's.
-async fn dispatch(shard: &Rc<Shard>, msg: MeshMsg) {
+async fn dispatch(shard: &Rc<Shard>, gate: &Rc<Gate>, msg: MeshMsg) {
     match msg {
-        MeshMsg::Accepted(stream) => {
+        MeshMsg::Accepted(stream, listener) => {
             let stream = stream.bind_to_executor();
-            glommio::spawn_local(net::conn::serve(shard.clone(), stream)).detach();
+            let serve = net::conn::serve(shard.clone(), stream, gate.clone(), listener);
+            glommio::spawn_local(serve).detach();
         }
         msg => shard.on_message(msg).await,
     }

@@ -5,10 +5,12 @@
 //! (`writer::run`) drains the outbox through the transport. Every protocol rule is the
 //! machine's; this file only moves bytes and carries the machine's actions to the shard.
 
-use super::transport::{self, Reader, Shutdown};
+use super::gate::Gate;
+use super::tls;
+use super::transport::{self, Reader, Shutdown, Writer};
 use super::writer;
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
-use crate::protocol::connection::{Accepted, Action, Connection, Qos2};
+use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2};
 use crate::protocol::{Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version};
 use crate::shard::encoder::{push_packet, Encoder};
 use crate::shard::outbox::Outbox;
@@ -17,6 +19,7 @@ use crate::shard::{Message, SessionKey, Shard};
 use bytes::BytesMut;
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
+use std::net::IpAddr;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -48,9 +51,69 @@ enum End {
     Refused,
 }
 
-/// Serves one accepted connection until it closes.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
-    let (reader, writer) = transport::tcp(stream);
+/// Serves one connection accepted on listener `listener` until it closes: the TLS handshake
+/// first where the listener speaks TLS, within the CONNECT deadline.
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: usize) {
+    let now = Instant::now();
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let Some(endpoint) = gate.endpoint(listener) else {
+        return shard.connection_closed();
+    };
+    let (reader, writer, identity) = match &endpoint.tls {
+        None => {
+            let (reader, writer) = transport::tcp(stream);
+            (reader, writer, None)
+        }
+        Some(certificates) => {
+            let deadline = now + Duration::from_secs(shard.limits.connect_timeout_secs);
+            match tls::accept(stream, certificates.current(), deadline).await {
+                Ok((reader, writer, session)) => {
+                    let identity = certificates
+                        .uses_identity_as_username()
+                        .then(|| session.peer_common_name())
+                        .flatten();
+                    (Reader::Tls(reader), Writer::Tls(writer), identity)
+                }
+                Err(e) => {
+                    tracing::debug!("TLS handshake from {peer:?} failed: {e}");
+                    shard.metrics.count_handshake_failure();
+                    return shard.connection_closed();
+                }
+            }
+        }
+    };
+    serve_transport(
+        shard,
+        reader,
+        writer,
+        Login {
+            gate,
+            listener,
+            peer,
+            identity,
+        },
+        now,
+    )
+    .await;
+}
+
+/// Who a connection is, as far as the gate is concerned.
+struct Login {
+    gate: Rc<Gate>,
+    listener: usize,
+    peer: Option<IpAddr>,
+    /// The client certificate's Common Name, where it becomes the username.
+    identity: Option<String>,
+}
+
+/// Serves a connection over its transport until it closes.
+async fn serve_transport(
+    shard: Rc<Shard>,
+    reader: Reader,
+    writer: Writer,
+    login: Login,
+    now: Instant,
+) {
     let limits = &shard.limits;
     let pause_messages = (limits.queue_messages_max / 2).max(1);
     let outbox = Outbox::new(
@@ -63,8 +126,10 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
     // Reading and writing are separate tasks so neither waits on the other. The writer works
     // on the socket the reader owns, which `conn` keeps open until the writer is done.
     let writer = glommio::spawn_local(writer::run(writer, outbox.clone(), done));
-    let now = Instant::now();
     let mut conn = Conn {
+        login,
+        username: None,
+        client_id: String::new(),
         machine: Connection::new(shard.limits.clone(), now),
         shard: shard.clone(),
         reader,
@@ -96,6 +161,11 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream) {
 }
 
 struct Conn {
+    login: Login,
+    /// The username the client logged in with (or its certificate's), for the ACL.
+    username: Option<String>,
+    /// The client id, for the ACL's `%c`.
+    client_id: String,
     machine: Connection,
     shard: Rc<Shard>,
     reader: Reader,
@@ -199,6 +269,12 @@ impl Conn {
         // rare wait of this loop, so that the connection's task (alive as long as the
         // connection) holds only the loop's own state.
         match action {
+            Action::Route(publish) | Action::Qos2(publish)
+                if !self.may_write(publish.topic.as_str()) =>
+            {
+                self.deny(&publish);
+                None
+            }
             Action::Route(publish) => {
                 if let Err(message) = self.publish_now(publish) {
                     Box::pin(self.route(message)).await;
@@ -245,6 +321,14 @@ impl Conn {
             Action::None | Action::Route(_) | Action::Qos2(_) | Action::Subscribe(_) => {}
         }
         None
+    }
+
+    /// Answers a PUBLISH the ACL denies, which is dropped. A QoS 2 one acknowledged in 3.1.1
+    /// completes its flow: the PUBREL that follows finds no id and is answered all the same.
+    fn deny(&mut self, publish: &Publish) {
+        self.shard.metrics.count_publish_denied();
+        let answer = self.machine.publish_denied(publish.qos, publish.pkid);
+        self.send_some(answer);
     }
 
     /// Sends the machine's DISCONNECT, if any, and closes.
@@ -324,20 +408,33 @@ impl Conn {
     /// Asks the machine about a CONNECT, takes the client id over from any older connection,
     /// installs the session and answers CONNACK. Returns false when the connection was
     /// refused.
-    async fn accept_connect(&mut self, connect: Connect) -> bool {
-        let is_full = self.shard.is_over_connection_limit();
-        let mut accepted = match self.machine.handle_connect(connect, self.now, is_full) {
+    async fn accept_connect(&mut self, mut connect: Connect) -> bool {
+        let admission = Admission {
+            is_server_full: self.shard.is_over_connection_limit(),
+            is_refused: !self.log_in(&mut connect).await,
+        };
+        let mut accepted = match self.machine.handle_connect(connect, self.now, admission) {
             Ok(accepted) => accepted,
             Err(connack) => {
+                if admission.is_refused {
+                    self.shard.metrics.count_login_refused();
+                    let delay = self
+                        .login
+                        .gate
+                        .note_refusal(self.login.peer, Instant::now());
+                    glommio::timer::sleep(delay).await;
+                }
                 self.send(&Packet::ConnAck(connack));
                 self.outbox.close();
                 return false;
             }
         };
+        self.login.gate.note_success(self.login.peer);
         if accepted.client_id.is_empty() {
             let id = format!("ringcast-{:x}", self.shard.new_token());
             self.machine.assign_client_id(&mut accepted, id);
         }
+        self.client_id = accepted.client_id.clone();
         self.token = self.shard.new_token();
         let claim = self
             .shard
@@ -369,6 +466,56 @@ impl Conn {
         // A persistent session may come back owing retained messages.
         self.shard.feed_retained(key, self.token);
         true
+    }
+
+    /// Checks the client's credentials (or its certificate) against the listener and the
+    /// password file; records the username. A will the ACL does not let the client write is
+    /// dropped (the connection stays, as the will is only a last PUBLISH).
+    async fn log_in(&mut self, connect: &mut Connect) -> bool {
+        let endpoint = self.login.gate.endpoint(self.login.listener);
+        let allow_anonymous = endpoint.is_some_and(|e| e.allow_anonymous);
+        let given = connect.username.as_ref().map(|u| u.as_str().to_string());
+        let is_admitted = match self.login.identity.clone() {
+            Some(identity) => {
+                self.username = Some(identity);
+                true
+            }
+            None => {
+                if given.is_some() && self.login.gate.with_tables(|t| t.passwords.is_some()) {
+                    // A hash check costs up to a few hundred microseconds of CPU: one per
+                    // loop turn, so a flood of logins cannot stall the shard's other clients.
+                    futures_lite::future::yield_now().await;
+                }
+                let password = connect.password.as_deref();
+                self.username = given;
+                let user = self.username.as_deref();
+                self.login
+                    .gate
+                    .with_tables(|t| t.admits(allow_anonymous, user, password))
+            }
+        };
+        let client_id = connect.client_id.as_str();
+        let will_denied = connect.will.as_ref().is_some_and(|will| {
+            let user = self.username.as_deref();
+            !self
+                .login
+                .gate
+                .with_tables(|t| t.can_write(user, client_id, will.topic.as_str()))
+        });
+        if will_denied {
+            tracing::debug!("will of {client_id} dropped: the ACL denies writing its topic");
+            connect.will = None;
+        }
+        is_admitted
+    }
+
+    /// Whether the ACL lets this client publish to `topic`.
+    fn may_write(&self, topic: &str) -> bool {
+        let user = self.username.as_deref();
+        let client_id = self.client_id.as_str();
+        self.login
+            .gate
+            .with_tables(|t| t.can_write(user, client_id, topic))
     }
 
     /// The session an accepted CONNECT asks for, owned by this connection.
@@ -488,6 +635,10 @@ impl Conn {
                 reason_codes.push(refused);
                 continue;
             }
+            if !self.may_read_some(filter) {
+                reason_codes.push(self.machine.subscribe_denied());
+                continue;
+            }
             let sub = Subscription {
                 options: entry.options,
                 id,
@@ -507,6 +658,19 @@ impl Conn {
             }
         }
         self.shard.feed_retained(self.key, self.token);
+    }
+
+    /// Whether the ACL lets this client read anything `filter` matches; beyond mosquitto, a
+    /// subscription that could never deliver is refused in its SUBACK.
+    fn may_read_some(&self, filter: &str) -> bool {
+        let user = self.username.as_deref();
+        let client_id = self.client_id.as_str();
+        let filter = crate::protocol::topic::filter_part(filter);
+        self.login.gate.with_tables(|t| {
+            t.acl.as_ref().is_none_or(|acl| {
+                acl.read_scope(user, client_id, filter) != crate::security::acl::ReadScope::None
+            })
+        })
     }
 
     fn on_unsubscribe(&mut self, unsubscribe: Unsubscribe) {

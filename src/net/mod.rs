@@ -2,6 +2,7 @@
 //! and writing outboxes to sockets.
 
 pub mod conn;
+pub mod gate;
 pub mod tls;
 pub mod transport;
 pub mod writer;
@@ -17,10 +18,11 @@ use std::sync::Arc;
 /// Connections beyond `connections_max` that still get a CONNACK saying why.
 const REFUSAL_MARGIN: usize = 1024;
 
-/// Accepts connections on `listener` (a bound std socket handed over as an fd) and places
-/// them on shards in turn, so shards get an even share whatever the kernel's hash would do.
+/// Accepts connections on listener `index` (a bound std socket handed over as an fd) and
+/// places them on shards in turn, so shards get an even share whatever the kernel's hash
+/// would do.
 pub async fn accept_loop(
-    fd: std::os::unix::io::RawFd,
+    (fd, index): (std::os::unix::io::RawFd, usize),
     mesh: Rc<Mesh<MeshMsg>>,
     shards: usize,
     open: Arc<AtomicUsize>,
@@ -47,7 +49,7 @@ pub async fn accept_loop(
             continue;
         }
         open.fetch_add(1, Ordering::Relaxed);
-        mesh.send(next, MeshMsg::Accepted(stream)).await;
+        mesh.send(next, MeshMsg::Accepted(stream, index)).await;
         next = (next + 1) % shards;
     }
 }

@@ -21,13 +21,52 @@ use std::io::{self, IoSlice, Read, Write};
 use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
 use std::path::Path;
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Ciphertext read from the socket at a time: one full TLS record and its overhead.
 const CIPHER_READ_BYTES: usize = 16 << 10 | 512;
 /// Frames handed to rustls per write.
 const FRAMES_PER_WRITE: usize = 256;
+
+/// A TLS listener's certificates: the rustls configuration made from its files, replaced as
+/// a whole when they are read again (SIGHUP). New handshakes use the new one; connections
+/// already open keep theirs.
+pub struct Certificates {
+    settings: TlsSettings,
+    current: Mutex<Arc<ServerConfig>>,
+}
+
+impl Certificates {
+    /// Reads the listener's files; a bad file stops the start.
+    pub fn load(settings: &TlsSettings) -> Result<Certificates, String> {
+        Ok(Certificates {
+            current: Mutex::new(server_config(settings)?),
+            settings: settings.clone(),
+        })
+    }
+
+    /// Reads the files again; a file that does not parse keeps the old configuration and
+    /// returns why.
+    pub fn reload(&self) -> Result<(), String> {
+        let config = server_config(&self.settings)?;
+        *self.current.lock().unwrap_or_else(|e| e.into_inner()) = config;
+        Ok(())
+    }
+
+    /// The configuration for a new handshake.
+    pub fn current(&self) -> Arc<ServerConfig> {
+        self.current
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Whether the client certificate's Common Name becomes the username.
+    pub fn uses_identity_as_username(&self) -> bool {
+        self.settings.use_identity_as_username
+    }
+}
 
 /// Builds the rustls server configuration of a listener from its PEM files. Stateless session
 /// tickets let reconnecting devices resume instead of paying a full handshake.

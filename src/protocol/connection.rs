@@ -49,6 +49,15 @@ impl Default for PeerLimits {
     }
 }
 
+/// What the broker knows of a client when its CONNECT arrives.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Admission {
+    /// The broker is over its connection limit.
+    pub is_server_full: bool,
+    /// The credentials (or certificate) do not admit the client on this listener.
+    pub is_refused: bool,
+}
+
 /// An accepted CONNECT: what the broker needs to claim the client id and make the session.
 #[derive(Debug)]
 pub struct Accepted {
@@ -188,19 +197,19 @@ impl Connection {
         })
     }
 
-    /// Checks a CONNECT read at `now`. `is_server_full` says whether the broker is over its
-    /// connection limit. Returns what the broker needs to install the session, or the CONNACK
-    /// that refuses it (send it, then close).
+    /// Checks a CONNECT read at `now`, with what the broker knows of the client. Returns what
+    /// the broker needs to install the session, or the CONNACK that refuses it (send it, then
+    /// close).
     pub fn handle_connect(
         &mut self,
         connect: Connect,
         now: Instant,
-        is_server_full: bool,
+        admission: Admission,
     ) -> Result<Accepted, ConnAck> {
         self.last_input = now;
         self.version = connect.version;
         let v5 = self.version == Version::V5;
-        if is_server_full {
+        if admission.is_server_full {
             let code = if v5 {
                 ReasonCode::SERVER_BUSY
             } else {
@@ -213,6 +222,10 @@ impl Connection {
             if auth::authenticator(method.as_str()).is_none() {
                 return Err(self.refusal(ReasonCode::BAD_AUTHENTICATION_METHOD));
             }
+        }
+        if admission.is_refused {
+            // The codes mosquitto 2.0 answers a refused login with, in both versions.
+            return Err(self.refusal(self.not_authorized(connack_v3::NOT_AUTHORIZED)));
         }
         let wanted = &connect.properties;
         self.has_problem_info = wanted.request_problem_information != Some(0);
@@ -276,6 +289,32 @@ impl Connection {
         };
         self.version = if v5 { Version::V5 } else { Version::V311 };
         Some(Packet::ConnAck(self.refusal(code)))
+    }
+
+    /// 5.0's Not authorized, or `v3_code` for 3.1.1.
+    fn not_authorized(&self, v3_code: u8) -> ReasonCode {
+        match self.version {
+            Version::V5 => ReasonCode::NOT_AUTHORIZED,
+            Version::V311 => ReasonCode(v3_code),
+        }
+    }
+
+    /// The answer to a PUBLISH the ACL does not let this client write: 5.0 refuses it with Not
+    /// authorized; 3.1.1 has no way to say so, so it is acknowledged (and dropped), as
+    /// mosquitto does. None for QoS 0.
+    pub fn publish_denied(&self, qos: QoS, pkid: u16) -> Option<Packet> {
+        let reason = self.not_authorized(ReasonCode::SUCCESS.0);
+        match qos {
+            QoS::AtMostOnce => None,
+            QoS::AtLeastOnce => Some(self.ack(Packet::PubAck, pkid, reason)),
+            QoS::ExactlyOnce => Some(self.ack(Packet::PubRec, pkid, reason)),
+        }
+    }
+
+    /// The SUBACK code of a filter no ACL rule lets this client read: 3.1.1's failure, 5.0's
+    /// Not authorized.
+    pub fn subscribe_denied(&self) -> ReasonCode {
+        self.not_authorized(ReasonCode::UNSPECIFIED_ERROR.0)
     }
 
     fn refusal(&self, code: ReasonCode) -> ConnAck {

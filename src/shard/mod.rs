@@ -196,7 +196,7 @@ impl Shard {
             MeshMsg::Handoff(handoff) => self.requests.answer(handoff.request, handoff.state),
             MeshMsg::Release(release) => self.on_release(release),
             // Placing a connection is the server's (`server::dispatch`); never routed here.
-            MeshMsg::Accepted(_) => {}
+            MeshMsg::Accepted(..) => {}
         }
     }
 }

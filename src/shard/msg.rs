@@ -10,7 +10,8 @@ use glommio::net::AcceptedTcpStream;
 /// Everything one shard can tell another.
 pub enum MeshMsg {
     /// A freshly accepted connection placed on this shard (the server starts its task).
-    Accepted(AcceptedTcpStream),
+    /// (The second field is the index of the listener that accepted it.)
+    Accepted(AcceptedTcpStream, usize),
     /// A publish for this shard's local subscribers (shared subscriptions excepted: the
     /// publishing shard picks their member). Handled in `routing`.
     Publish(Message),

@@ -22,6 +22,9 @@ impl Shard {
             messages_received: self.metrics.messages_received.get(),
             messages_sent: self.metrics.messages_sent.get(),
             bytes_received: self.metrics.bytes_received.get(),
+            handshake_failures: self.metrics.handshake_failures.get(),
+            logins_refused: self.metrics.logins_refused.get(),
+            publishes_denied: self.metrics.publishes_denied.get(),
             bytes_sent: p.bytes_sent(),
             queued_bytes: p.queued_bytes() as u64,
             slow_disconnects: p.slow_disconnects(),
@@ -238,6 +241,18 @@ fn ringcast_topics(prefix: &str, s: &Snapshot) -> Vec<(String, String)> {
             s.subscribers_lagging.to_string(),
         ),
         (format!("{prefix}/ceiling/hits"), s.ceiling_hits.to_string()),
+        (
+            format!("{prefix}/tls/handshake_failures"),
+            s.handshake_failures.to_string(),
+        ),
+        (
+            format!("{prefix}/logins/refused"),
+            s.logins_refused.to_string(),
+        ),
+        (
+            format!("{prefix}/publishes/denied"),
+            s.publishes_denied.to_string(),
+        ),
     ];
     for (r, reason) in DropReason::ALL.iter().enumerate() {
         for q in 0..3 {

@@ -5,6 +5,11 @@ use super::*;
 use crate::protocol::{Properties, Subscribe, SubscribeFilter, Unsubscribe};
 use bytes::Bytes;
 
+const FULL: Admission = Admission {
+    is_server_full: true,
+    is_refused: false,
+};
+
 fn t0() -> Instant {
     Instant::now()
 }
@@ -26,7 +31,7 @@ fn connect(version: Version, client_id: &str, clean: bool, keep_alive: u16) -> C
 fn connected(version: Version, limits: Limits, now: Instant) -> Connection {
     let mut machine = Connection::new(limits, now);
     machine
-        .handle_connect(connect(version, "c", true, 10), now, false)
+        .handle_connect(connect(version, "c", true, 10), now, Admission::default())
         .expect("accepted");
     machine.connack(false);
     machine
@@ -82,7 +87,11 @@ fn mqtt_3_2_2_connect_accepted_gets_a_connack_with_session_present_as_told() {
     let now = t0();
     let mut machine = Connection::new(Limits::default(), now);
     let accepted = machine
-        .handle_connect(connect(Version::V311, "dev-1", false, 30), now, false)
+        .handle_connect(
+            connect(Version::V311, "dev-1", false, 30),
+            now,
+            Admission::default(),
+        )
         .unwrap();
     assert_eq!(accepted.client_id, "dev-1");
     assert!(
@@ -104,7 +113,11 @@ fn mqtt_3_1_3_8_an_empty_client_id_needs_clean_session_in_3_1_1() {
     let now = t0();
     let mut machine = Connection::new(Limits::default(), now);
     let refused = machine
-        .handle_connect(connect(Version::V311, "", false, 30), now, false)
+        .handle_connect(
+            connect(Version::V311, "", false, 30),
+            now,
+            Admission::default(),
+        )
         .unwrap_err();
     assert_eq!(refused.code, ReasonCode(connack_v3::IDENTIFIER_REJECTED));
 }
@@ -114,7 +127,11 @@ fn mqtt_3_2_2_16_an_assigned_client_id_is_announced_in_the_v5_connack() {
     let now = t0();
     let mut machine = Connection::new(Limits::default(), now);
     let mut accepted = machine
-        .handle_connect(connect(Version::V5, "", true, 30), now, false)
+        .handle_connect(
+            connect(Version::V5, "", true, 30),
+            now,
+            Admission::default(),
+        )
         .unwrap();
     machine.assign_client_id(&mut accepted, "ringcast-7".into());
     assert_eq!(accepted.client_id, "ringcast-7");
@@ -132,7 +149,7 @@ fn mqtt_3_2_2_6_a_full_server_refuses_with_the_version_s_code() {
     ] {
         let mut machine = Connection::new(Limits::default(), now);
         let refused = machine
-            .handle_connect(connect(version, "c", true, 30), now, true)
+            .handle_connect(connect(version, "c", true, 30), now, FULL)
             .unwrap_err();
         assert_eq!(refused.code, code);
     }
@@ -144,7 +161,9 @@ fn mqtt_4_12_0_1_an_unknown_authentication_method_is_refused() {
     let mut machine = Connection::new(Limits::default(), now);
     let mut c = connect(Version::V5, "c", true, 30);
     c.properties.authentication_method = MqttString::from_str_checked("SCRAM-SHA-1");
-    let refused = machine.handle_connect(c, now, false).unwrap_err();
+    let refused = machine
+        .handle_connect(c, now, Admission::default())
+        .unwrap_err();
     assert_eq!(refused.code, ReasonCode::BAD_AUTHENTICATION_METHOD);
 }
 
@@ -159,7 +178,9 @@ fn mqtt_3_2_2_3_the_v5_connack_tells_the_server_s_limits() {
     let mut machine = Connection::new(limits.clone(), now);
     let mut c = connect(Version::V5, "c", true, 30);
     c.properties.session_expiry_interval = Some(60);
-    let accepted = machine.handle_connect(c, now, false).unwrap();
+    let accepted = machine
+        .handle_connect(c, now, Admission::default())
+        .unwrap();
     assert!(accepted.is_persistent, "5.0: a Session Expiry Interval > 0");
     let ack = connack_of(machine.connack(false));
     assert_eq!(ack.properties.receive_maximum, Some(20));
@@ -180,7 +201,9 @@ fn mqtt_3_1_2_connect_properties_become_the_peer_limits() {
     c.properties.receive_maximum = Some(7);
     c.properties.maximum_packet_size = Some(1000);
     c.properties.topic_alias_maximum = Some(3);
-    let accepted = machine.handle_connect(c, now, false).unwrap();
+    let accepted = machine
+        .handle_connect(c, now, Admission::default())
+        .unwrap();
     assert_eq!(accepted.peer.receive_max, 7);
     assert_eq!(accepted.peer.packet_size_max, 1000);
     assert_eq!(accepted.peer.topic_alias_max, 3);
@@ -245,7 +268,11 @@ fn keep_alive_0_never_times_out() {
     let now = t0();
     let mut machine = Connection::new(Limits::default(), now);
     machine
-        .handle_connect(connect(Version::V311, "c", true, 0), now, false)
+        .handle_connect(
+            connect(Version::V311, "c", true, 0),
+            now,
+            Admission::default(),
+        )
         .unwrap();
     machine.connack(false);
     assert_eq!(machine.read_timeout(now), None);
@@ -264,7 +291,11 @@ fn mqtt_3_2_2_21_the_server_keep_alive_caps_what_a_v5_client_asks() {
     for asked in [0, 100] {
         let mut machine = Connection::new(limits.clone(), now);
         machine
-            .handle_connect(connect(Version::V5, "c", true, asked), now, false)
+            .handle_connect(
+                connect(Version::V5, "c", true, asked),
+                now,
+                Admission::default(),
+            )
             .unwrap();
         let ack = connack_of(machine.connack(false));
         assert_eq!(ack.properties.server_keep_alive, Some(30));
@@ -273,7 +304,11 @@ fn mqtt_3_2_2_21_the_server_keep_alive_caps_what_a_v5_client_asks() {
     // 3.1.1 cannot be told: the client's own keep-alive stands.
     let mut machine = Connection::new(limits, now);
     machine
-        .handle_connect(connect(Version::V311, "c", true, 100), now, false)
+        .handle_connect(
+            connect(Version::V311, "c", true, 100),
+            now,
+            Admission::default(),
+        )
         .unwrap();
     machine.connack(false);
     assert_eq!(machine.read_timeout(now), Some(Duration::from_secs(150)));
@@ -592,7 +627,9 @@ fn mqtt_3_14_2_2_a_session_that_ends_with_the_connection_cannot_be_revived() {
     let mut machine = Connection::new(Limits::default(), now);
     let mut c = connect(Version::V5, "c", true, 10);
     c.properties.session_expiry_interval = Some(10);
-    machine.handle_connect(c, now, false).unwrap();
+    machine
+        .handle_connect(c, now, Admission::default())
+        .unwrap();
     machine.connack(false);
     let Action::Disconnect {
         session_expiry_secs,
@@ -634,7 +671,9 @@ fn mqtt_3_1_2_29_no_reason_strings_on_acknowledgements_when_the_client_asks_for_
     let mut machine = Connection::new(Limits::default(), now);
     let mut c = connect(Version::V5, "c", true, 10);
     c.properties.request_problem_information = Some(0);
-    machine.handle_connect(c, now, false).unwrap();
+    machine
+        .handle_connect(c, now, Admission::default())
+        .unwrap();
     machine.connack(false);
     let ack = ack_of(machine.released(1, false));
     assert_eq!(ack.reason, ReasonCode::PACKET_IDENTIFIER_NOT_FOUND);
@@ -652,7 +691,9 @@ fn mqtt_3_1_2_25_a_reason_string_that_would_pass_the_client_s_maximum_packet_siz
     let mut machine = Connection::new(Limits::default(), now);
     let mut c = connect(Version::V5, "c", true, 10);
     c.properties.maximum_packet_size = Some(20);
-    machine.handle_connect(c, now, false).unwrap();
+    machine
+        .handle_connect(c, now, Admission::default())
+        .unwrap();
     machine.connack(false);
     let Action::Close(Some(Packet::Disconnect(d))) = machine.handle(Packet::PingResp, now) else {
         panic!("closed");
@@ -670,4 +711,37 @@ fn server_disconnects_are_v5_only() {
         panic!("DISCONNECT");
     };
     assert_eq!(d.reason, ReasonCode::SESSION_TAKEN_OVER);
+}
+
+#[test]
+fn mqtt_3_2_2_refused_credentials_get_the_codes_mosquitto_answers() {
+    let now = t0();
+    let refused = Admission {
+        is_refused: true,
+        ..Admission::default()
+    };
+    for (version, code) in [
+        (Version::V311, ReasonCode(connack_v3::NOT_AUTHORIZED)),
+        (Version::V5, ReasonCode::NOT_AUTHORIZED),
+    ] {
+        let mut machine = Connection::new(Limits::default(), now);
+        let ack = machine
+            .handle_connect(connect(version, "c", true, 10), now, refused)
+            .unwrap_err();
+        assert_eq!(ack.code, code);
+    }
+}
+
+#[test]
+fn a_publish_the_acl_denies_is_refused_in_v5_and_acknowledged_in_3_1_1() {
+    let now = t0();
+    let ack = ack_of(v5(now).publish_denied(QoS::AtLeastOnce, 3).unwrap());
+    assert_eq!(ack.reason, ReasonCode::NOT_AUTHORIZED);
+    let ack = ack_of(v5(now).publish_denied(QoS::ExactlyOnce, 3).unwrap());
+    assert_eq!(ack.reason, ReasonCode::NOT_AUTHORIZED);
+    let ack = ack_of(v3(now).publish_denied(QoS::AtLeastOnce, 3).unwrap());
+    assert_eq!(ack.reason, ReasonCode::SUCCESS);
+    assert!(v3(now).publish_denied(QoS::AtMostOnce, 0).is_none());
+    assert_eq!(v3(now).subscribe_denied(), ReasonCode::UNSPECIFIED_ERROR);
+    assert_eq!(v5(now).subscribe_denied(), ReasonCode::NOT_AUTHORIZED);
 }
