@@ -171,6 +171,24 @@ pub fn all(version: Version) -> Vec<Packet> {
         Packet::PubRec(ack(0x80, reason_props())),
         Packet::PubRel(ack(0x92, Properties::default())),
         Packet::PubComp(ack(0, reason_props())),
+    ];
+    packets.extend(subscription_packets(version));
+    packets.extend([
+        Packet::PingReq,
+        Packet::PingResp,
+        Packet::Disconnect(Disconnect::default()),
+    ]);
+    if v5 {
+        packets.extend(v5_only());
+    }
+    packets
+}
+
+/// SUBSCRIBE, SUBACK, UNSUBSCRIBE and UNSUBACK in the shapes `version` allows.
+fn subscription_packets(version: Version) -> Vec<Packet> {
+    let v5 = version == Version::V5;
+    let props = |p: Properties| if v5 { p } else { Properties::default() };
+    vec![
         Packet::Subscribe(Subscribe {
             pkid: 10,
             filters: vec![
@@ -218,14 +236,7 @@ pub fn all(version: Version) -> Vec<Packet> {
             },
             properties: props(reason_props()).into(),
         }),
-        Packet::PingReq,
-        Packet::PingResp,
-        Packet::Disconnect(Disconnect::default()),
-    ];
-    if v5 {
-        packets.extend(v5_only());
-    }
-    packets
+    ]
 }
 
 fn v5_only() -> Vec<Packet> {
