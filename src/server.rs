@@ -49,7 +49,11 @@ impl Server {
         host::check()?;
         host::raise_open_files();
         let security = Arc::new(Shared::load(security::Files::of(config))?);
-        let (addrs, mut fds, endpoints) = bind_listeners(config)?;
+        let Bound {
+            addrs,
+            mut fds,
+            endpoints,
+        } = bind_listeners(config)?;
         let certificates = endpoints.iter().filter_map(|e| e.tls.clone()).collect();
         let cpus = cpu_list(config)?;
         let shards = if config.shards == 0 {
@@ -139,11 +143,18 @@ impl Drop for Server {
     }
 }
 
-/// Binds every listener; returns the bound addresses, the sockets with their listener index
-/// and what connections need to know of each listener (its TLS certificates loaded).
-fn bind_listeners(
-    config: &Config,
-) -> Result<(Vec<SocketAddr>, Vec<(RawFd, usize)>, Vec<Endpoint>), String> {
+/// The listeners, bound.
+struct Bound {
+    /// The addresses actually bound.
+    addrs: Vec<SocketAddr>,
+    /// Each listening socket with its listener's index.
+    fds: Vec<(RawFd, usize)>,
+    /// What connections need to know of each listener (its TLS certificates loaded).
+    endpoints: Vec<Endpoint>,
+}
+
+/// Binds every listener.
+fn bind_listeners(config: &Config) -> Result<Bound, String> {
     let mut addrs = Vec::new();
     let mut fds = Vec::new();
     let mut endpoints = Vec::new();
@@ -161,7 +172,11 @@ fn bind_listeners(
             tls: tls.map(Arc::new),
         });
     }
-    Ok((addrs, fds, endpoints))
+    Ok(Bound {
+        addrs,
+        fds,
+        endpoints,
+    })
 }
 
 /// The CPUs to pin to: the configured list, or every online CPU.
