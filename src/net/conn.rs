@@ -62,16 +62,17 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener
     let (reader, writer, identity) = match &endpoint.tls {
         None => {
             let (reader, writer) = transport::tcp(stream);
-            (reader, writer, None)
+            (reader, writer, Identity::Credentials)
         }
         Some(certificates) => {
             let deadline = now + Duration::from_secs(shard.limits.connect_timeout_secs);
             match tls::accept(stream, certificates.current(), deadline).await {
                 Ok((reader, writer, session)) => {
-                    let identity = certificates
-                        .uses_identity_as_username()
-                        .then(|| session.peer_common_name())
-                        .flatten();
+                    let identity = if certificates.uses_identity_as_username() {
+                        Identity::Certificate(session.peer_common_name())
+                    } else {
+                        Identity::Credentials
+                    };
                     (Reader::Tls(reader), Writer::Tls(writer), identity)
                 }
                 Err(e) => {
@@ -102,8 +103,17 @@ struct Login {
     gate: Rc<Gate>,
     listener: usize,
     peer: Option<IpAddr>,
-    /// The client certificate's Common Name, where it becomes the username.
-    identity: Option<String>,
+    /// What the username comes from.
+    identity: Identity,
+}
+
+/// Where a connection's username comes from.
+enum Identity {
+    /// The CONNECT's username and password, checked against the password file.
+    Credentials,
+    /// The client certificate's Common Name (`use_identity_as_username`); None when the client
+    /// sent no certificate or one without a Common Name, which logs in as nobody.
+    Certificate(Option<String>),
 }
 
 /// Serves a connection over its transport until it closes.
@@ -475,12 +485,15 @@ impl Conn {
         let endpoint = self.login.gate.endpoint(self.login.listener);
         let allow_anonymous = endpoint.is_some_and(|e| e.allow_anonymous);
         let given = connect.username.as_ref().map(|u| u.as_str().to_string());
-        let is_admitted = match self.login.identity.clone() {
-            Some(identity) => {
-                self.username = Some(identity);
+        let is_admitted = match &self.login.identity {
+            Identity::Certificate(Some(name)) => {
+                self.username = Some(name.clone());
                 true
             }
-            None => {
+            // No name to log in as: refused, as mosquitto does, rather than falling back to
+            // the CONNECT's username, which the certificate was meant to replace.
+            Identity::Certificate(None) => false,
+            Identity::Credentials => {
                 if given.is_some() && self.login.gate.with_tables(|t| t.passwords.is_some()) {
                     // A hash check costs up to a few hundred microseconds of CPU: one per
                     // loop turn, so a flood of logins cannot stall the shard's other clients.
