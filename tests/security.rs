@@ -587,9 +587,6 @@ fn a_subscription_the_acl_lets_read_nothing_is_refused_and_a_readable_one_grante
 /// client read. mosquitto 2.0.11, same ACL, alice subscribed to `#`, watcher publishing `z/1`,
 /// `a/secret`, `a/1`, `r/2`: alice receives `a/1` and `r/2` only.
 #[test]
-#[ignore = "broker bug: nothing calls Acl::can_read, so a subscription whose read scope is \
-            Partial delivers every matching topic, readable or not (alice, subscribed to `#`, \
-            receives z/1); the per-message read check belongs in routing (src/shard/)"]
 fn a_wide_subscription_delivers_only_what_the_acl_lets_the_client_read() {
     let dir = TempDir::new("acl-read");
     let broker = acl_broker(&dir);

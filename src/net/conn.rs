@@ -12,6 +12,7 @@ use super::writer;
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2};
 use crate::protocol::{Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version};
+use crate::security::acl::ReadScope;
 use crate::shard::encoder::{push_packet, Encoder};
 use crate::shard::outbox::Outbox;
 use crate::shard::session::{Session, Subscription};
@@ -542,6 +543,7 @@ impl Conn {
         session.will = accepted.will;
         session.expiry_secs = accepted.session_expiry_secs;
         session.peer = accepted.peer;
+        session.reader = self.login.gate.read_filter(self.username.clone());
         session
     }
 
@@ -648,13 +650,15 @@ impl Conn {
                 reason_codes.push(refused);
                 continue;
             }
-            if !self.may_read_some(filter) {
+            let scope = self.read_scope(filter);
+            if scope == ReadScope::None {
                 reason_codes.push(self.machine.subscribe_denied());
                 continue;
             }
             let sub = Subscription {
                 options: entry.options,
                 id,
+                is_filtered: scope == ReadScope::Partial,
             };
             if self.shard.subscribe(self.key, filter, sub) {
                 new_filters.push(filter.to_string());
@@ -673,15 +677,16 @@ impl Conn {
         self.shard.feed_retained(self.key, self.token);
     }
 
-    /// Whether the ACL lets this client read anything `filter` matches; beyond mosquitto, a
-    /// subscription that could never deliver is refused in its SUBACK.
-    fn may_read_some(&self, filter: &str) -> bool {
+    /// How much of what `filter` matches the ACL lets this client read: None is refused in
+    /// the SUBACK (beyond mosquitto, which grants it and delivers nothing); Partial is checked
+    /// per message; All (or no ACL) costs nothing per delivery.
+    fn read_scope(&self, filter: &str) -> ReadScope {
         let user = self.username.as_deref();
         let client_id = self.client_id.as_str();
         let filter = crate::protocol::topic::filter_part(filter);
         self.login.gate.with_tables(|t| {
-            t.acl.as_ref().is_none_or(|acl| {
-                acl.read_scope(user, client_id, filter) != crate::security::acl::ReadScope::None
+            t.acl.as_ref().map_or(ReadScope::All, |acl| {
+                acl.read_scope(user, client_id, filter)
             })
         })
     }

@@ -4,6 +4,7 @@
 
 use super::tls::Certificates;
 use crate::security::{Shared, Tables};
+use crate::shard::session::ReadFilter;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -69,6 +70,15 @@ impl Gate {
             .refresh(self.seen.get(), &mut self.tables.borrow_mut());
         self.seen.set(seen);
         f(&self.tables.borrow())
+    }
+
+    /// What a new session's deliveries are checked against: the current ACL and the
+    /// client's username; None without an ACL.
+    pub fn read_filter(&self, username: Option<String>) -> Option<ReadFilter> {
+        self.with_tables(|t| t.acl.is_some()).then(|| ReadFilter {
+            tables: self.tables.borrow().clone(),
+            username,
+        })
     }
 
     /// A refused login from `from`: counted, and how long to wait before answering it, so

@@ -71,6 +71,11 @@ impl Sink for SessionSink<'_> {
             share: None,
         };
         let publish = &message.publish;
+        // Retained messages are not the fan-out's hot path: each is checked against the ACL
+        // whatever the subscription's read scope (a topic it may read all of passes anyway).
+        if !self.session.may_read_topic(publish.topic.as_str()) {
+            return;
+        }
         self.session
             .send_retained(publish, grant, self.limits, self.enc);
     }

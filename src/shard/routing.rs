@@ -125,6 +125,9 @@ impl Shard {
             };
             let is_own = message.origin != 0 && session.conn_token == message.origin;
             let subs = run.iter().map(|(_, sub)| sub);
+            // Only subscriptions the ACL cuts into pay a check here (see `Session::may_read`).
+            let topic = message.publish.topic.as_str();
+            let subs = subs.filter(|sub| session.may_read(sub, topic));
             let Some(grant) = grant(message, subs, is_own) else {
                 continue;
             };

@@ -47,6 +47,27 @@ pub struct Subscription {
     pub options: SubscriptionOptions,
     /// 5.0 Subscription Identifier from the SUBSCRIBE, returned with each matching PUBLISH.
     pub id: Option<u32>,
+    /// Whether the ACL lets the client read only some of what the filter matches, so each
+    /// message is checked (`Session::may_read`); false when it may read all of it.
+    pub is_filtered: bool,
+}
+
+/// What a session's deliveries are checked against when the ACL cuts into its
+/// subscriptions: the ACL as it was when the client connected, and who the client is.
+#[derive(Clone)]
+pub struct ReadFilter {
+    /// The tables holding the ACL.
+    pub tables: std::sync::Arc<crate::security::Tables>,
+    /// The username the client logged in with.
+    pub username: Option<String>,
+}
+
+impl std::fmt::Debug for ReadFilter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReadFilter")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What one client gets of a message: QoS, retain and subscription identifiers chosen from
@@ -202,6 +223,8 @@ pub struct Session {
     /// Retained messages still owed to new subscriptions, streamed as the connection makes
     /// room (see `cursor`).
     pub cursors: Cursors,
+    /// The ACL deliveries are checked against, when one is configured.
+    pub reader: Option<ReadFilter>,
 }
 
 impl Drop for Session {
@@ -233,7 +256,27 @@ impl Session {
             pressure: Rc::new(Pressure::default()),
             over_bound_since: None,
             cursors: Cursors::default(),
+            reader: None,
         }
+    }
+
+    /// Whether the client may read `topic` through `sub`: only subscriptions the ACL cuts
+    /// into pay a check; the rest were settled when they were made.
+    pub fn may_read(&self, sub: &Subscription, topic: &str) -> bool {
+        !sub.is_filtered || self.may_read_topic(topic)
+    }
+
+    /// Whether the ACL lets the client read `topic`.
+    pub fn may_read_topic(&self, topic: &str) -> bool {
+        let Some(reader) = &self.reader else {
+            return true;
+        };
+        let user = reader.username.as_deref();
+        reader
+            .tables
+            .acl
+            .as_ref()
+            .is_none_or(|acl| acl.can_read(user, &self.client_id, topic))
     }
 
     /// Rebuilds a session moved from another shard.

@@ -139,6 +139,9 @@ impl Shard {
         let Some(sub) = session.subscriptions.get(share) else {
             return false;
         };
+        if !session.may_read(sub, message.publish.topic.as_str()) {
+            return false;
+        }
         let Some(mut grant) = grant(message, std::iter::once(sub), false) else {
             return false;
         };
