@@ -1,20 +1,20 @@
-//! The generator's MQTT connections over glommio sockets, speaking through ringcast's sans-IO
-//! codec: the handshake, the publisher loop (closed loop: a bounded window ahead of the slowest
-//! subscriber) and the subscriber loop (latency, loss, duplicates, reordering).
+//! The generator's MQTT connections over glommio sockets (plain TCP or TLS, the same code over
+//! `transport::Stream`), speaking through ringcast's sans-IO codec: the handshake, the
+//! publisher loop (closed loop: a bounded window ahead of the slowest subscriber) and the
+//! subscriber loop (latency, loss, duplicates, reordering).
 
 use crate::payload;
 use crate::plan::{topic_index, SubscriberPlan};
 use crate::shared::Shared;
 use crate::tracker::Tracker;
+use crate::transport::{Endpoint, Stream};
 use bytes::{Bytes, BytesMut};
 use futures_lite::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use glommio::net::TcpStream;
 use hdrhistogram::Histogram;
 use ringcast::protocol::codec::{encode, write_publish_header, Codec, Decoded};
 use ringcast::protocol::*;
 use std::cell::{Cell, RefCell};
 use std::io;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -25,10 +25,6 @@ use std::time::{Duration, Instant};
 const READ_CHUNK_BYTES: usize = 64 << 10;
 /// The largest packet the generator accepts from the broker.
 const PACKET_MAX_BYTES: u32 = 1 << 20;
-/// How often a blocked read wakes to check whether the run is over.
-const READ_TICK: Duration = Duration::from_millis(100);
-/// How long one write may block before the run fails.
-const WRITE_LIMIT: Duration = Duration::from_secs(5);
 /// Keep-alive asked for: longer than the longest run (--duration ≤ 3600 s), so no PINGREQ
 /// is ever due.
 const KEEP_ALIVE_SECS: u16 = u16::MAX;
@@ -71,7 +67,7 @@ async fn wait_until(is_open: impl Fn() -> bool, poll_other_threads: bool) {
 enum Fill {
     /// Bytes were appended to the buffer.
     Data,
-    /// Nothing within `READ_TICK`.
+    /// Nothing within the read timeout (`transport::READ_TICK`).
     Idle,
     /// The broker closed the connection.
     Closed,
@@ -111,14 +107,21 @@ async fn send<W: AsyncWrite + Unpin>(
     let mut out = BytesMut::new();
     encode(packet, version, &mut out)
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
-    writer.write_all(&out).await
+    write_out(writer, &out).await
+}
+
+/// Writes `bytes` and flushes: a no-op on plain TCP, while TLS sends there the records the
+/// socket did not take at once.
+async fn write_out<W: AsyncWrite + Unpin>(writer: &mut W, bytes: &[u8]) -> io::Result<()> {
+    writer.write_all(bytes).await?;
+    writer.flush().await
 }
 
 /// An open MQTT connection after CONNACK, whose reads and writes the caller interleaves:
 /// packets are queued and written together by `flush`; `fill` reads once and `next_packet`
 /// decodes one whole packet at a time from what was read.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     codec: Codec,
     buf: BytesMut,
     scratch: Box<[u8]>,
@@ -132,45 +135,41 @@ impl Conn {
     /// Connects, sends CONNECT (clean, the longest keep-alive: runs are shorter than it and
     /// pings would only add noise; 0 would be simpler but rumqttd refuses it) and waits up to
     /// `SETUP_LIMIT` for a CONNACK that accepts.
-    pub async fn open(addr: SocketAddr, version: Version, client_id: &str) -> io::Result<Conn> {
-        Conn::open_with(addr, version, client_id, READ_CHUNK_BYTES).await
+    pub async fn open(broker: &Endpoint, version: Version, client_id: &str) -> io::Result<Conn> {
+        Conn::open_with(broker, version, client_id, READ_CHUNK_BYTES).await
     }
 
     /// Like `open`, reading at most `read_chunk` bytes at a time (idle connections in the
     /// conns scenario use a small one: thousands of 64 KiB buffers would measure us).
     pub async fn open_with(
-        addr: SocketAddr,
+        broker: &Endpoint,
         version: Version,
         client_id: &str,
         read_chunk: usize,
     ) -> io::Result<Conn> {
         let deadline = Instant::now() + SETUP_LIMIT;
-        Conn::connect(addr, version, client_id, read_chunk, deadline).await
+        Conn::connect(broker, version, client_id, read_chunk, deadline).await
     }
 
     /// Like `open`, waiting for the CONNACK until `deadline` (the retained scenario bounds each
     /// of its phases by --duration).
     pub async fn open_until(
-        addr: SocketAddr,
+        broker: &Endpoint,
         version: Version,
         client_id: &str,
         deadline: Instant,
     ) -> io::Result<Conn> {
-        Conn::connect(addr, version, client_id, READ_CHUNK_BYTES, deadline).await
+        Conn::connect(broker, version, client_id, READ_CHUNK_BYTES, deadline).await
     }
 
     async fn connect(
-        addr: SocketAddr,
+        broker: &Endpoint,
         version: Version,
         client_id: &str,
         read_chunk: usize,
         deadline: Instant,
     ) -> io::Result<Conn> {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        stream.set_read_timeout(Some(READ_TICK))?;
-        // A broker that stops reading must fail the run, not hang it.
-        stream.set_write_timeout(Some(WRITE_LIMIT))?;
+        let stream = broker.connect(read_chunk, deadline).await?;
         let mut conn = Conn {
             stream,
             codec: Codec::with_version(version, PACKET_MAX_BYTES),
@@ -221,14 +220,14 @@ impl Conn {
     /// Writes everything queued.
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.out.is_empty() {
-            self.stream.write_all(&self.out).await?;
+            write_out(&mut self.stream, &self.out).await?;
             self.out.clear();
         }
         Ok(())
     }
 
-    /// Reads once; false if nothing came within `READ_TICK`, an error if the broker closed
-    /// the connection.
+    /// Reads once; false if nothing came within the read timeout, an error if the broker
+    /// closed the connection.
     pub async fn fill(&mut self) -> io::Result<bool> {
         match fill(&mut self.stream, &mut self.scratch, &mut self.buf).await? {
             Fill::Data => Ok(true),
@@ -265,7 +264,13 @@ impl Conn {
         }
     }
 
+    /// How the TLS handshake went (full or resumed); `None` on plain TCP.
+    pub fn handshake_kind(&self) -> Option<rustls::HandshakeKind> {
+        self.stream.handshake_kind()
+    }
+
     /// Sends DISCONNECT after anything still queued, best effort: the run is over either way.
+    /// With TLS, close_notify follows.
     pub async fn disconnect(mut self) {
         if self
             .queue(&Packet::Disconnect(Disconnect::default()))
@@ -366,13 +371,13 @@ fn publish_header(
 /// is reached, never more than `window` ahead of its slowest subscriber. Returns messages sent.
 pub async fn publisher(
     shared: Arc<Shared>,
-    addr: SocketAddr,
+    broker: Endpoint,
     version: Version,
     spec: PublisherSpec,
     subscribers: usize,
     id: String,
 ) -> u64 {
-    let conn = match Conn::open(addr, version, &id).await {
+    let conn = match Conn::open(&broker, version, &id).await {
         Ok(conn) => conn,
         Err(e) => {
             shared.fail(format!("publisher {}: {e}", spec.index));
@@ -449,7 +454,7 @@ async fn release<W: AsyncWrite + Unpin>(
         encode(&rel, version, out)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{e:?}")))?;
     }
-    writer.write_all(out).await
+    write_out(writer, out).await
 }
 
 /// The publishing itself; on error gives back how many were sent before it.
@@ -554,7 +559,7 @@ async fn publish_loop(
             payload::stamp(&mut template, seq, stamp);
             out.extend_from_slice(&template);
         }
-        writer.write_all(&out).await.map_err(|e| (sent, e))?;
+        write_out(&mut writer, &out).await.map_err(|e| (sent, e))?;
         sent += n;
         shared.published.fetch_add(n, Relaxed);
     }
@@ -617,8 +622,8 @@ pub struct SubscriberResult {
 /// What a subscriber needs to know.
 #[derive(Clone, Debug)]
 pub struct SubscriberSpec {
-    /// Broker address.
-    pub addr: SocketAddr,
+    /// The broker and how to reach it.
+    pub broker: Endpoint,
     /// Protocol version.
     pub version: Version,
     /// QoS it subscribes with.
@@ -646,7 +651,7 @@ pub async fn subscriber(
             .collect(),
         deliveries: 0,
     };
-    let conn = match Conn::open(spec.addr, spec.version, id).await {
+    let conn = match Conn::open(&spec.broker, spec.version, id).await {
         Ok(mut conn) => match conn.subscribe(&plan.filter, spec.qos).await {
             Ok(()) => conn,
             Err(e) => return fail_subscriber(&shared, id, e, result),

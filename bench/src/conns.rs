@@ -4,9 +4,9 @@
 
 use crate::client::{Conn, SETUP_LIMIT};
 use crate::options::{parse_cpus, Options};
+use crate::transport::Endpoint;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringcast::protocol::Version;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,8 +60,8 @@ struct Progress {
     errors: Mutex<Vec<String>>,
 }
 
-/// Runs the conns scenario of `opts` against `addr`.
-pub fn run(opts: &Options, addr: SocketAddr) -> Result<ConnsOutcome, String> {
+/// Runs the conns scenario of `opts` against `broker`.
+pub fn run(opts: &Options, broker: &Endpoint) -> Result<ConnsOutcome, String> {
     let n = opts.subscribers;
     let version = if opts.mqtt_version == 5 {
         Version::V5
@@ -83,11 +83,11 @@ pub fn run(opts: &Options, addr: SocketAddr) -> Result<ConnsOutcome, String> {
         let placement = cpus
             .as_ref()
             .map_or(Placement::Unbound, |c| Placement::Fixed(c[t % c.len()]));
-        let progress = progress.clone();
+        let (progress, broker) = (progress.clone(), broker.clone());
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("conns-{t}"))
             .io_memory(64 << 10)
-            .spawn(move || hold(addr, version, ids, progress))
+            .spawn(move || hold(broker, version, ids, progress))
             .map_err(|e| format!("cannot start generator thread {t}: {e}"))?;
         handles.push(handle);
     }
@@ -124,7 +124,7 @@ pub fn run(opts: &Options, addr: SocketAddr) -> Result<ConnsOutcome, String> {
 
 /// One generator thread: opens its connections `CONCURRENT_CONNECTS` at a time, then holds
 /// them until released.
-async fn hold(addr: SocketAddr, version: Version, ids: Vec<usize>, progress: Arc<Progress>) {
+async fn hold(broker: Endpoint, version: Version, ids: Vec<usize>, progress: Arc<Progress>) {
     let pid = std::process::id();
     let mut conns = Vec::with_capacity(ids.len());
     for chunk in ids.chunks(CONCURRENT_CONNECTS) {
@@ -132,8 +132,9 @@ async fn hold(addr: SocketAddr, version: Version, ids: Vec<usize>, progress: Arc
             .iter()
             .map(|i| {
                 let id = format!("rcb{pid}-c{i}");
+                let broker = broker.clone();
                 glommio::spawn_local(async move {
-                    Conn::open_with(addr, version, &id, IDLE_READ_BYTES).await
+                    Conn::open_with(&broker, version, &id, IDLE_READ_BYTES).await
                 })
             })
             .collect();

@@ -6,6 +6,10 @@
 //!
 //! Module map:
 //! - `options`: the command line, one struct.
+//! - `transport`: where and how a client connects: `Endpoint` (address, TLS or not) and
+//!   `Stream` (plain TCP or TLS), the bytes a `Conn` reads and writes.
+//! - `tls`: MQTT over TLS: the rustls client configuration (--cafile, --cert/--key, --resume)
+//!   and a rustls `ClientConnection` driven over a glommio socket.
 //! - `plan`: a scenario (fanout, fanin, pairs, wildcard) turned into topics, publishers and
 //!   subscribers.
 //! - `payload`: the sequence number and send time every message carries.
@@ -15,6 +19,8 @@
 //!   out of each read; the conns and retained scenarios use it too), the publisher (closed or
 //!   open loop, QoS 0/1/2) and subscriber loops.
 //! - `conns`: the conns scenario: connect rate and the broker's memory per idle connection.
+//! - `handshakes`: the handshakes scenario: TLS connections opened and closed as fast as the
+//!   broker allows, full or resumed handshakes per second.
 //! - `retained`: the retained scenario: store a large retained set, then read it back with
 //!   new subscribers; the broker's memory per retained message.
 //! - `run`: starts the pinned generator threads, waits, merges the results.
@@ -24,6 +30,7 @@
 
 pub mod client;
 pub mod conns;
+pub mod handshakes;
 pub mod html;
 pub mod options;
 pub mod payload;
@@ -33,4 +40,6 @@ pub mod retained;
 pub mod run;
 pub mod shared;
 pub mod sink;
+pub mod tls;
 pub mod tracker;
+pub mod transport;

@@ -4,7 +4,9 @@
 use clap::Parser;
 use ringcast_bench::options::{Options, Scenario};
 use ringcast_bench::report::Report;
-use ringcast_bench::{conns, html, retained, run, sink};
+use ringcast_bench::tls::Tls;
+use ringcast_bench::transport::Endpoint;
+use ringcast_bench::{conns, handshakes, html, retained, run, sink};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 
@@ -46,16 +48,28 @@ fn bench(opts: &Options) -> Result<Report, String> {
         let addr = loopback(&opts.host, opts.port)?;
         (addr, addr.to_string())
     };
-    if opts.scenario == Scenario::Conns {
-        let outcome = conns::run(opts, addr)?;
-        return Ok(Report::from_conns(opts, target, outcome));
+    let broker = Endpoint {
+        addr,
+        tls: Tls::from_options(opts)?,
+    };
+    match opts.scenario {
+        Scenario::Conns => {
+            let outcome = conns::run(opts, &broker)?;
+            Ok(Report::from_conns(opts, target, outcome))
+        }
+        Scenario::Retained => {
+            let outcome = retained::run(opts, &broker)?;
+            Ok(Report::from_retained(opts, target, outcome))
+        }
+        Scenario::Handshakes => {
+            let outcome = handshakes::run(opts, &broker)?;
+            Ok(Report::from_handshakes(opts, target, outcome))
+        }
+        _ => {
+            let outcome = run::run(opts, &broker)?;
+            Ok(Report::new(opts, target, outcome))
+        }
     }
-    if opts.scenario == Scenario::Retained {
-        let outcome = retained::run(opts, addr)?;
-        return Ok(Report::from_retained(opts, target, outcome));
-    }
-    let outcome = run::run(opts, addr)?;
-    Ok(Report::new(opts, target, outcome))
 }
 
 /// Resolves `host:port`, refusing anything but a loopback address: this tool floods its target.

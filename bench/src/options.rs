@@ -1,6 +1,7 @@
 //! The generator's command line.
 
 use clap::{Parser, ValueEnum};
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Which clients talk to which.
@@ -21,6 +22,9 @@ pub enum Scenario {
     /// One publisher stores --retained retained messages, then N subscribers to `ret/#` read
     /// them all back: store and delivery rates and, with --broker-pid, memory per message.
     Retained,
+    /// N connections over TLS opened (handshake, CONNECT, CONNACK) and closed as fast as the
+    /// broker allows: handshakes per second, full ones or, with --resume, resumed ones.
+    Handshakes,
 }
 
 /// Most retained messages one run may store: 10 M is a few GiB in any broker.
@@ -49,7 +53,7 @@ pub struct Options {
     #[arg(long, default_value_t = 16)]
     pub payload: usize,
     /// N: subscribers in fanout, wildcard and retained, publishers in fanin, pairs in pairs,
-    /// connections in conns.
+    /// connections in conns and handshakes.
     #[arg(long, short = 'n', default_value_t = 100)]
     pub subscribers: usize,
     /// Wildcard: topics in the tree.
@@ -120,6 +124,25 @@ pub struct Options {
     /// No progress line on stderr.
     #[arg(long)]
     pub quiet: bool,
+    /// Every connection speaks MQTT over TLS (1.3 or 1.2); needs --cafile.
+    #[arg(long)]
+    pub tls: bool,
+    /// With --tls: the CA certificates (PEM) that sign the broker's certificate.
+    #[arg(long, value_name = "FILE")]
+    pub cafile: Option<PathBuf>,
+    /// With --tls: a client certificate chain (PEM) to present; needs --key.
+    #[arg(long, value_name = "FILE")]
+    pub cert: Option<PathBuf>,
+    /// With --tls: the private key (PEM) of --cert.
+    #[arg(long, value_name = "FILE")]
+    pub key: Option<PathBuf>,
+    /// With --tls: the name the broker's certificate must carry (a DNS name or an IP address).
+    #[arg(long, value_name = "NAME", default_value = "localhost")]
+    pub tls_server_name: String,
+    /// With --tls: one session store for all connections, so each resumes a session an earlier
+    /// one began (TLS 1.3 tickets, TLS 1.2 session ids); without it every handshake is full.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 impl Options {
@@ -156,8 +179,29 @@ impl Options {
         if self.retained == 0 || self.retained > RETAINED_MAX {
             return Err(format!("--retained must be 1..={RETAINED_MAX}"));
         }
-        if self.sink && (self.scenario != Scenario::Fanout || self.qos != 0) {
-            return Err("--sink supports fanout with QoS 0 only".into());
+        if self.sink && (self.scenario != Scenario::Fanout || self.qos != 0 || self.tls) {
+            return Err("--sink supports fanout with QoS 0 over plain TCP only".into());
+        }
+        self.validate_tls()
+    }
+
+    fn validate_tls(&self) -> Result<(), String> {
+        if !self.tls {
+            if self.cafile.is_some() || self.cert.is_some() || self.key.is_some() || self.resume {
+                return Err("--cafile, --cert, --key and --resume need --tls".into());
+            }
+            if self.scenario == Scenario::Handshakes {
+                return Err("handshakes measures TLS handshakes: give --tls --cafile FILE".into());
+            }
+            return Ok(());
+        }
+        if self.cafile.is_none() {
+            return Err(
+                "--tls needs --cafile FILE: the CA that signs the broker's certificate".into(),
+            );
+        }
+        if self.cert.is_some() != self.key.is_some() {
+            return Err("--cert and --key go together".into());
         }
         Ok(())
     }
@@ -189,6 +233,35 @@ pub fn parse_cpus(list: &str) -> Result<Vec<usize>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(args: &str) -> Options {
+        Options::parse_from(std::iter::once("ringcast-bench").chain(args.split_whitespace()))
+    }
+
+    #[test]
+    fn tls_flags() {
+        assert!(parse("fanout").validate().is_ok());
+        assert!(parse("fanout --tls --cafile ca.pem").validate().is_ok());
+        assert!(parse("handshakes --tls --cafile ca.pem --resume")
+            .validate()
+            .is_ok());
+        assert!(
+            parse("fanout --tls --cafile ca.pem --cert c.pem --key k.pem")
+                .validate()
+                .is_ok()
+        );
+        assert!(parse("fanout --tls").validate().is_err());
+        assert!(parse("fanout --cafile ca.pem").validate().is_err());
+        assert!(parse("fanout --resume").validate().is_err());
+        assert!(parse("handshakes").validate().is_err());
+        assert!(parse("fanout --tls --cafile ca.pem --cert c.pem")
+            .validate()
+            .is_err());
+        assert!(parse("fanout --sink --tls --cafile ca.pem")
+            .validate()
+            .is_err());
+        assert_eq!(parse("fanout").tls_server_name, "localhost");
+    }
 
     #[test]
     fn cpu_lists() {

@@ -86,7 +86,7 @@ impl Plan {
                 (0..n).for_each(|i| plan.add_subscriber(topic(i), i, 1, 1));
             }
             Scenario::Wildcard => plan.wildcard(shape, prefix),
-            Scenario::Conns | Scenario::Retained => {}
+            Scenario::Conns | Scenario::Retained | Scenario::Handshakes => {}
         }
         plan
     }

@@ -1,6 +1,7 @@
 //! The figures of a run, as a table for people and as one JSON object for scripts.
 
 use crate::conns::ConnsOutcome;
+use crate::handshakes::HandshakesOutcome;
 use crate::options::Options;
 use crate::retained::RetainedOutcome;
 use crate::run::{Outcome, Sample};
@@ -20,6 +21,8 @@ pub struct Report {
     pub scenario: String,
     /// Broker address, or "sink".
     pub target: String,
+    /// Whether the connections spoke TLS.
+    pub is_tls: bool,
     /// QoS, payload bytes, publishers, subscribers.
     pub qos: u8,
     /// Payload bytes.
@@ -68,6 +71,8 @@ pub struct Report {
     pub conns: Option<ConnsOutcome>,
     /// The retained scenario's figures.
     pub retained: Option<RetainedOutcome>,
+    /// The handshakes scenario's figures.
+    pub handshakes: Option<HandshakesOutcome>,
 }
 
 impl Report {
@@ -82,6 +87,7 @@ impl Report {
         let mut r = Report {
             scenario: format!("{:?}", opts.scenario).to_lowercase(),
             target,
+            is_tls: opts.tls,
             qos: opts.qos,
             payload_bytes: opts.payload,
             publishers: outcome.plan.publishers(),
@@ -135,6 +141,7 @@ impl Report {
         Report {
             scenario: "conns".into(),
             target,
+            is_tls: opts.tls,
             qos: opts.qos,
             payload_bytes: opts.payload,
             errors: conns.errors.clone(),
@@ -148,6 +155,7 @@ impl Report {
         Report {
             scenario: "retained".into(),
             target,
+            is_tls: opts.tls,
             qos: opts.qos,
             payload_bytes: opts.payload,
             publishers: 1,
@@ -155,6 +163,31 @@ impl Report {
             errors: retained.errors.clone(),
             retained: Some(retained),
             ..Report::default()
+        }
+    }
+
+    /// The figures of the handshakes scenario.
+    pub fn from_handshakes(
+        opts: &Options,
+        target: String,
+        handshakes: HandshakesOutcome,
+    ) -> Report {
+        Report {
+            scenario: "handshakes".into(),
+            target,
+            is_tls: opts.tls,
+            errors: handshakes.errors.clone(),
+            handshakes: Some(handshakes),
+            ..Report::default()
+        }
+    }
+
+    /// " over TLS" after the target when the connections spoke TLS.
+    fn over(&self) -> &'static str {
+        if self.is_tls {
+            " over TLS"
+        } else {
+            ""
         }
     }
 
@@ -168,9 +201,12 @@ impl Report {
         if let Some(r) = &self.retained {
             return self.retained_table(r);
         }
+        if let Some(h) = &self.handshakes {
+            return self.handshakes_table(h);
+        }
         let mut t = String::new();
         if let Some(c) = &self.conns {
-            let _ = writeln!(t, "scenario      conns → {}", self.target);
+            let _ = writeln!(t, "scenario      conns → {}{}", self.target, self.over());
             let _ = writeln!(
                 t,
                 "connected     {} of {} in {:.2} s = {:.0} connections/s",
@@ -194,9 +230,10 @@ impl Report {
         let [p50, p90, p99, p999, max] = self.latency_us;
         let _ = writeln!(
             t,
-            "scenario      {} → {}  (QoS {}, {} B payload, {} pub, {} sub)",
+            "scenario      {} → {}{}  (QoS {}, {} B payload, {} pub, {} sub)",
             self.scenario,
             self.target,
+            self.over(),
             self.qos,
             self.payload_bytes,
             self.publishers,
@@ -258,8 +295,8 @@ impl Report {
         let mut t = String::new();
         let _ = writeln!(
             t,
-            "scenario      retained → {}  ({} messages of {} B, publish QoS {}, subscribe QoS {}, {} sub)",
-            self.target, r.retained, self.payload_bytes, r.publish_qos, r.subscribe_qos, r.subscribers()
+            "scenario      retained → {}{}  ({} messages of {} B, publish QoS {}, subscribe QoS {}, {} sub)",
+            self.target, self.over(), r.retained, self.payload_bytes, r.publish_qos, r.subscribe_qos, r.subscribers()
         );
         let _ = writeln!(
             t,
@@ -305,6 +342,68 @@ impl Report {
         t
     }
 
+    /// The handshakes scenario's table.
+    fn handshakes_table(&self, h: &HandshakesOutcome) -> String {
+        let mut t = String::new();
+        let resume = if h.is_resume {
+            "one session store: resumption"
+        } else {
+            "no session store: full handshakes"
+        };
+        let _ = writeln!(
+            t,
+            "scenario      handshakes → {} over TLS  ({resume})",
+            self.target
+        );
+        let _ = writeln!(
+            t,
+            "handshakes    {} of {} in {:.2} s = {:.0} handshakes/s  ({} full, {} resumed)",
+            h.completed(),
+            h.asked,
+            h.secs,
+            h.handshakes_per_s(),
+            h.full,
+            h.resumed
+        );
+        let [p50, p90, p99, max] = h.latency_us;
+        let _ = writeln!(
+            t,
+            "connect µs    p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  max {max:.1}  (TCP connect to CONNACK)"
+        );
+        let saturated = if h.generator_cpu >= SATURATED_CPU {
+            "  SATURATED: the generator may be the bottleneck"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            t,
+            "generator cpu {:.0}% busiest thread{saturated}",
+            h.generator_cpu * 100.0
+        );
+        for e in &self.errors {
+            let _ = writeln!(t, "error         {e}");
+        }
+        t
+    }
+
+    /// The handshakes scenario's JSON object.
+    fn handshakes_json(&self, h: &HandshakesOutcome) -> String {
+        let [p50, p90, p99, max] = h.latency_us;
+        let errors: Vec<String> = self.errors.iter().map(|e| json_string(e)).collect();
+        format!(
+            concat!(
+                "{{\"scenario\":\"handshakes\",\"target\":{},\"tls\":true,\"resume\":{},\"asked\":{},",
+                "\"handshakes\":{},\"full\":{},\"resumed\":{},\"failed\":{},\"handshake_secs\":{:.3},",
+                "\"handshakes_per_s\":{:.0},\"generator_cpu\":{:.3},\"saturated\":{},",
+                "\"connect_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"max\":{:.1}}},\"errors\":[{}]}}"
+            ),
+            json_string(&self.target), h.is_resume, h.asked,
+            h.completed(), h.full, h.resumed, h.failed, h.secs,
+            h.handshakes_per_s(), h.generator_cpu, h.generator_cpu >= SATURATED_CPU,
+            p50, p90, p99, max, errors.join(",")
+        )
+    }
+
     /// The retained scenario's JSON object.
     fn retained_json(&self, r: &RetainedOutcome) -> String {
         let opt = |v: Option<f64>, digits: usize| {
@@ -320,14 +419,14 @@ impl Report {
         let errors: Vec<String> = self.errors.iter().map(|e| json_string(e)).collect();
         format!(
             concat!(
-                "{{\"scenario\":\"retained\",\"target\":{},\"retained\":{},\"subscribers\":{},\"payload_bytes\":{},",
+                "{{\"scenario\":\"retained\",\"target\":{},\"tls\":{},\"retained\":{},\"subscribers\":{},\"payload_bytes\":{},",
                 "\"publish_qos\":{},\"subscribe_qos\":{},\"published\":{},\"acknowledged\":{},\"publish_secs\":{:.3},",
                 "\"published_per_s\":{:.0},\"received_min\":{},\"received\":[{}],\"complete\":{},\"all_complete_secs\":{},",
                 "\"complete_secs\":{},\"deliveries\":{},\"deliver_secs\":{:.3},\"deliveries_per_s\":{:.0},",
                 "\"broker_rss_before_kib\":{},\"broker_rss_published_kib\":{},\"broker_rss_end_kib\":{},",
                 "\"bytes_per_retained\":{},\"errors\":[{}]}}"
             ),
-            json_string(&self.target), r.retained, r.subscribers(), self.payload_bytes,
+            json_string(&self.target), self.is_tls, r.retained, r.subscribers(), self.payload_bytes,
             r.publish_qos, r.subscribe_qos, r.published, r.acknowledged, r.publish_secs,
             r.published_per_s(), r.received_min(), received.join(","), r.complete_secs.len(), opt(r.all_complete_secs(), 3),
             spread, r.deliveries, r.deliver_secs, r.deliveries_per_s(),
@@ -340,6 +439,9 @@ impl Report {
     pub fn json(&self) -> String {
         if let Some(r) = &self.retained {
             return self.retained_json(r);
+        }
+        if let Some(h) = &self.handshakes {
+            return self.handshakes_json(h);
         }
         let [p50, p90, p99, p999, max] = self.latency_us;
         let errors: Vec<String> = self.errors.iter().map(|e| json_string(e)).collect();
@@ -358,13 +460,13 @@ impl Report {
         );
         format!(
             concat!(
-                "{{\"scenario\":{},\"target\":{},\"qos\":{},\"payload_bytes\":{},\"publishers\":{},\"subscribers\":{},",
+                "{{\"scenario\":{},\"target\":{},\"tls\":{},\"qos\":{},\"payload_bytes\":{},\"publishers\":{},\"subscribers\":{},",
                 "\"publish_secs\":{:.3},\"published\":{},\"published_per_s\":{:.0},\"deliveries\":{},\"deliveries_per_s\":{:.0},",
                 "\"expected\":{},\"lost\":{},\"duplicated\":{},\"reordered\":{},",
                 "\"latency_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}},",
                 "\"generator_cpu\":{:.3},\"process_cpu\":{:.3},\"saturated\":{},\"ceiling_share\":{},\"near_ceiling\":{},\"rate\":{},{},\"errors\":[{}]}}"
             ),
-            json_string(&self.scenario), json_string(&self.target), self.qos, self.payload_bytes, self.publishers, self.subscribers,
+            json_string(&self.scenario), json_string(&self.target), self.is_tls, self.qos, self.payload_bytes, self.publishers, self.subscribers,
             self.publish_secs, self.published, self.published_per_s, self.deliveries, self.deliveries_per_s,
             self.expected, self.lost, self.duplicated, self.reordered,
             p50, p90, p99, p999, max,

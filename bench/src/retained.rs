@@ -12,11 +12,11 @@
 use crate::client::{invalid, subscribe_packet, Conn};
 use crate::conns::rss_kib;
 use crate::options::{parse_cpus, Options};
+use crate::transport::Endpoint;
 use bytes::Bytes;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringcast::protocol::*;
 use std::io;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 /// The filter every subscriber uses; topics are `ret/<i / 1000>/<i % 1000>`.
@@ -165,18 +165,18 @@ impl Seen {
 }
 
 /// The settings both phases share.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Setup {
-    addr: SocketAddr,
+    broker: Endpoint,
     version: Version,
     /// Retained messages (N).
     n: usize,
 }
 
-/// Runs the retained scenario of `opts` against `addr`.
-pub fn run(opts: &Options, addr: SocketAddr) -> Result<RetainedOutcome, String> {
+/// Runs the retained scenario of `opts` against `broker`.
+pub fn run(opts: &Options, broker: &Endpoint) -> Result<RetainedOutcome, String> {
     let setup = Setup {
-        addr,
+        broker: broker.clone(),
         version: if opts.mqtt_version == 5 {
             Version::V5
         } else {
@@ -204,10 +204,11 @@ pub fn run(opts: &Options, addr: SocketAddr) -> Result<RetainedOutcome, String> 
         inflight: opts.inflight,
         limit: opts.duration(),
     };
+    let publish_setup = setup.clone();
     let phase1 = LocalExecutorBuilder::new(placement(0))
         .name("retained-pub")
         .io_memory(64 << 10)
-        .spawn(move || publish_phase(setup, spec))
+        .spawn(move || publish_phase(publish_setup, spec))
         .map_err(|e| format!("cannot start the publisher thread: {e}"))?
         .join()
         .map_err(|e| format!("publisher thread failed: {e}"))?;
@@ -218,7 +219,7 @@ pub fn run(opts: &Options, addr: SocketAddr) -> Result<RetainedOutcome, String> 
     std::thread::sleep(SETTLE);
     outcome.rss_published_kib = rss();
 
-    let readings = read_phase(opts, setup, placement)?;
+    let readings = read_phase(opts, &setup, placement)?;
     std::thread::sleep(SETTLE);
     outcome.rss_end_kib = rss();
     for r in readings {
@@ -265,7 +266,7 @@ fn qos(level: u8) -> QoS {
 /// once; returns what each read, in subscriber order.
 fn read_phase(
     opts: &Options,
-    setup: Setup,
+    setup: &Setup,
     placement: impl Fn(usize) -> Placement,
 ) -> Result<Vec<Reading>, String> {
     let m = opts.subscribers;
@@ -279,6 +280,7 @@ fn read_phase(
     let mut handles = Vec::new();
     for t in 0..opts.threads.min(m) {
         let ids: Vec<usize> = (t..m).step_by(opts.threads).collect();
+        let setup = setup.clone();
         let handle = LocalExecutorBuilder::new(placement(t))
             .name(&format!("retained-sub-{t}"))
             .io_memory(64 << 10)
@@ -333,7 +335,8 @@ async fn read_thread(
         .into_iter()
         .map(|i| {
             let id = format!("rcb{pid}-r{i}");
-            glommio::spawn_local(async move { (i, subscriber(setup, qos, &id, clock).await) })
+            let setup = setup.clone();
+            glommio::spawn_local(async move { (i, subscriber(&setup, qos, &id, clock).await) })
         })
         .collect();
     let mut readings = Vec::with_capacity(tasks.len());
@@ -345,10 +348,10 @@ async fn read_thread(
 
 /// Connects with a clean session, subscribes to `ret/#` and reads until it has all N, until the
 /// deadline, or until the broker has been quiet for `clock.idle`.
-async fn subscriber(setup: Setup, qos: QoS, id: &str, clock: Clock) -> Reading {
+async fn subscriber(setup: &Setup, qos: QoS, id: &str, clock: Clock) -> Reading {
     let mut reading = Reading::default();
     let result = async {
-        let mut conn = Conn::open_until(setup.addr, setup.version, id, clock.deadline).await?;
+        let mut conn = Conn::open_until(&setup.broker, setup.version, id, clock.deadline).await?;
         conn.queue(&subscribe_packet(FILTER, qos)?)?;
         conn.flush().await?;
         read_retained(&mut conn, setup.n, clock, &mut reading).await?;
@@ -449,7 +452,7 @@ async fn publish_phase(setup: Setup, spec: PublishSpec) -> Published {
     let id = format!("rcb{}-rp", std::process::id());
     let mut done = Published::default();
     let result = async {
-        let mut conn = Conn::open_until(setup.addr, setup.version, &id, deadline).await?;
+        let mut conn = Conn::open_until(&setup.broker, setup.version, &id, deadline).await?;
         publish_all(&mut conn, setup.n as u64, &spec, deadline, &mut done).await?;
         conn.disconnect().await;
         Ok::<(), io::Error>(())

@@ -5,11 +5,11 @@ use crate::client::{self, PublisherSpec, SubscriberResult};
 use crate::options::{parse_cpus, Options};
 use crate::plan::{Plan, Shape, SubscriberPlan};
 use crate::shared::Shared;
+use crate::transport::Endpoint;
 use glommio::{LocalExecutorBuilder, Placement};
 use hdrhistogram::Histogram;
 use ringcast::protocol::{QoS, Version};
 use std::cell::RefCell;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::Arc;
@@ -86,8 +86,8 @@ struct Share {
     publishers: Vec<PublisherSpec>,
 }
 
-/// Runs the scenario of `opts` against `addr`.
-pub fn run(opts: &Options, addr: SocketAddr) -> Result<Outcome, String> {
+/// Runs the scenario of `opts` against `broker`.
+pub fn run(opts: &Options, broker: &Endpoint) -> Result<Outcome, String> {
     let prefix = format!("rcb/{}", std::process::id());
     let plan = plan_of(opts, &prefix);
     let shared = Arc::new(Shared::new(
@@ -111,10 +111,10 @@ pub fn run(opts: &Options, addr: SocketAddr) -> Result<Outcome, String> {
         if opts.spin_us > 0 {
             builder = builder.spin_before_park(Duration::from_micros(opts.spin_us));
         }
-        let (shared, opts) = (shared.clone(), opts.clone());
+        let (shared, opts, broker) = (shared.clone(), opts.clone(), broker.clone());
         let subscribers = plan.subscribers.len();
         let handle = builder
-            .spawn(move || run_thread(shared, opts, addr, share, subscribers))
+            .spawn(move || run_thread(shared, opts, broker, share, subscribers))
             .map_err(|e| format!("cannot start generator thread {t}: {e}"))?;
         handles.push(handle);
     }
@@ -178,7 +178,7 @@ fn split(opts: &Options, plan: &Plan) -> Vec<Share> {
 async fn run_thread(
     shared: Arc<Shared>,
     opts: Options,
-    addr: SocketAddr,
+    broker: Endpoint,
     share: Share,
     subscribers: usize,
 ) -> ThreadResult {
@@ -201,7 +201,7 @@ async fn run_thread(
         .into_iter()
         .map(|(i, plan)| {
             let spec = client::SubscriberSpec {
-                addr,
+                broker: broker.clone(),
                 version,
                 qos,
                 plan,
@@ -218,7 +218,7 @@ async fn run_thread(
             let id = format!("rcb{pid}-p{}", spec.index);
             glommio::spawn_local(client::publisher(
                 shared.clone(),
-                addr,
+                broker.clone(),
                 version,
                 spec,
                 subscribers,

@@ -1,0 +1,107 @@
+//! Where and how a client connects: `Endpoint` (the broker's address, and TLS or not) and
+//! `Stream`, the byte stream a `Conn` reads and writes (plain TCP, or TLS over it). The
+//! scenarios never look inside: the same loops run over both.
+
+use crate::tls::{Tls, TlsStream};
+use futures_lite::{AsyncRead, AsyncWrite};
+use glommio::net::TcpStream;
+use rustls::HandshakeKind;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// How often a blocked read wakes to check whether the run is over.
+pub const READ_TICK: Duration = Duration::from_millis(100);
+/// How long one write may block before the run fails.
+pub const WRITE_LIMIT: Duration = Duration::from_secs(5);
+
+/// The broker the generator loads, and how to reach it.
+#[derive(Clone, Debug)]
+pub struct Endpoint {
+    /// Its address (loopback).
+    pub addr: SocketAddr,
+    /// TLS settings with `--tls`; plain TCP without.
+    pub tls: Option<Tls>,
+}
+
+impl Endpoint {
+    /// Plain TCP to `addr`.
+    pub fn plain(addr: SocketAddr) -> Endpoint {
+        Endpoint { addr, tls: None }
+    }
+
+    /// Connects (and with TLS, runs the handshake until `deadline`). Reads time out every
+    /// `READ_TICK`, so a reader can check whether the run is over; a write blocked for
+    /// `WRITE_LIMIT` fails, so a broker that stops reading fails the run instead of hanging it.
+    pub async fn connect(&self, read_bytes: usize, deadline: Instant) -> io::Result<Stream> {
+        let tcp = TcpStream::connect(self.addr).await?;
+        tcp.set_nodelay(true)?;
+        tcp.set_read_timeout(Some(READ_TICK))?;
+        tcp.set_write_timeout(Some(WRITE_LIMIT))?;
+        Ok(match &self.tls {
+            None => Stream::Plain(tcp),
+            Some(tls) => Stream::Tls(Box::new(tls.connect(tcp, read_bytes, deadline).await?)),
+        })
+    }
+}
+
+/// A connection's bytes: plain TCP, or TLS over it. Writes end with a `flush` (a no-op on
+/// plain TCP; with TLS it sends the records the socket did not take at once).
+pub enum Stream {
+    /// MQTT over TCP: reads and writes go straight to glommio.
+    Plain(TcpStream),
+    /// MQTT over TLS (boxed: a rustls connection is large, a plain stream should not carry it).
+    Tls(Box<TlsStream>),
+}
+
+impl Stream {
+    /// How the TLS handshake went (full or resumed); `None` on plain TCP.
+    pub fn handshake_kind(&self) -> Option<HandshakeKind> {
+        match self {
+            Stream::Plain(_) => None,
+            Stream::Tls(tls) => tls.handshake_kind(),
+        }
+    }
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+        }
+    }
+
+    fn poll_close(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Stream::Plain(tcp) => Pin::new(tcp).poll_close(cx),
+            Stream::Tls(tls) => Pin::new(&mut **tls).poll_close(cx),
+        }
+    }
+}
