@@ -11,6 +11,7 @@
 //! - `shared`: shared subscriptions (`$share/group/filter`): groups, one member per message.
 //! - `subscriptions`: subscribe, unsubscribe, and the interest other shards are told of.
 //! - `takeover`: client-id claims at the home shard, eviction, the session handed over.
+//! - `handoff`: what is published while a session moves between shards, held until it lands.
 //! - `lifecycle`: disconnect, session expiry, wills, shutdown.
 //! - `session`: a client's session: subscriptions, the QoS 1/2 window, the queue behind it.
 //! - `overflow`: what happens to a message at one subscriber's bound.
@@ -28,6 +29,7 @@ pub mod backpressure;
 pub mod cursor;
 pub mod encoder;
 mod feeder;
+mod handoff;
 mod lifecycle;
 pub mod message;
 pub mod msg;
@@ -53,9 +55,11 @@ use crate::metrics::Metrics;
 use crate::protocol::Will;
 use backpressure::Pressure;
 use encoder::Encoder;
-use msg::{Evict, MeshMsg};
-use requests::Requests;
+use handoff::{Held, Stub};
+use msg::{Evict, MeshMsg, StubRef};
+use requests::{Answer, Requests};
 use retained::Retained;
+use routing::Routes;
 use session::{Session, Subscription};
 use shared::Group;
 use std::cell::{Cell, RefCell};
@@ -95,6 +99,15 @@ pub struct State {
     matches: Vec<(SessionKey, Subscription)>,
     /// Pending will publications (delayed by Will Delay Interval), by connection token.
     pending_wills: HashMap<u64, Will>,
+    /// What the subscriptions of sessions moving between shards matched meanwhile: a stub's
+    /// on the shard the session left, an arrival's on the shard it came to.
+    held: HashMap<SessionKey, Held>,
+    /// Sessions handed to another shard, until the new holder settles.
+    stubs: HashMap<SessionKey, Stub>,
+    /// Sessions installed here from another shard's stub, until settled, with their token.
+    arrivals: HashMap<SessionKey, (StubRef, u64)>,
+    /// Claims answered with a stub, by connection token, until the session is installed.
+    arriving: HashMap<u64, StubRef>,
 }
 
 /// One shard.
@@ -113,8 +126,11 @@ pub struct Shard {
     pub pressure: Rc<Pressure>,
     state: RefCell<State>,
     next_token: Cell<u64>,
-    /// Claims of this shard's connections (by token) not yet answered; holds the eviction
-    /// once a newer claim of the same client id superseded them.
+    /// Routes under way, so a handoff's `Settle` waits for those that started before it.
+    routes: RefCell<Routes>,
+    /// Claims of this shard's connections (by token) not yet answered (or whose session has
+    /// not settled its stub yet); holds the eviction once a newer claim of the same client id
+    /// superseded them.
     claims: RefCell<HashMap<u64, Option<Evict>>>,
     open_connections: Arc<AtomicUsize>,
 }
@@ -137,6 +153,7 @@ impl Shard {
             pressure: Rc::new(pressure),
             state: RefCell::new(State::default()),
             next_token: Cell::new(0),
+            routes: RefCell::default(),
             claims: RefCell::default(),
             open_connections,
         }
@@ -190,11 +207,13 @@ impl Shard {
             MeshMsg::ShareDeliver(deliver) => self.on_share_deliver(deliver),
             MeshMsg::InterestAdd(add) => self.on_interest_add(add),
             MeshMsg::InterestRemove(remove) => self.on_interest_remove(remove),
-            MeshMsg::InterestAck(ack) => self.requests.answer(ack.request, None),
+            MeshMsg::InterestAck(ack) => self.requests.answer(ack.request, Answer::default()),
             MeshMsg::Claim(claim) => self.on_claim(claim),
             MeshMsg::Evict(evict) => self.on_evict(evict).await,
-            MeshMsg::Handoff(handoff) => self.requests.answer(handoff.request, handoff.state),
+            MeshMsg::Handoff(handoff) => self.on_handoff(handoff),
             MeshMsg::Release(release) => self.on_release(release),
+            MeshMsg::Settle(settle) => self.on_settle(settle),
+            MeshMsg::Settled(settle) => self.on_settled(settle),
             // Placing a connection is the server's (`server::dispatch`); never routed here.
             MeshMsg::Accepted(..) => {}
         }

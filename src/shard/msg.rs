@@ -37,6 +37,10 @@ pub enum MeshMsg {
     Handoff(Handoff),
     /// To the home shard: a session is gone (`takeover`).
     Release(Release),
+    /// From the new holder of a handed-over session to every shard: pass it on (`handoff`).
+    Settle(Settle),
+    /// To the shard keeping a handed-over session's stub: one shard passed `Settle` on.
+    Settled(Settle),
 }
 
 /// Set (Some) or clear (None) the retained message of a topic in this shard's replica.
@@ -145,6 +149,30 @@ pub struct Handoff {
     pub request: RequestId,
     /// The session state.
     pub state: Option<Box<SessionState>>,
+    /// Where the old session's stub holds what was published since (see `handoff`).
+    pub stub: Option<StubRef>,
+}
+
+/// Where a session handed to another shard left its stub (see `handoff`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StubRef {
+    /// The shard the session left.
+    pub shard: ShardId,
+    /// The stub's key there (the session's old key).
+    pub key: SessionKey,
+}
+
+/// From the new holder of a handed-over session (shard `to`) to every shard, which passes it
+/// on to the stub's shard behind everything it routed before; the stub's shard answers
+/// `request` with `Handoff` once every shard has.
+#[derive(Clone, Copy, Debug)]
+pub struct Settle {
+    /// The stub to settle.
+    pub stub: StubRef,
+    /// The new holder's shard.
+    pub to: ShardId,
+    /// Its request, answered with what the stub held.
+    pub request: RequestId,
 }
 
 /// To the home shard: the session of connection `token` is gone.

@@ -1,6 +1,7 @@
 //! Requests this shard sent to other shards and is waiting on: a tiny one-shot rendezvous
 //! keyed by request id, resolved by the shard's mesh receiver.
 
+use super::msg::StubRef;
 use super::session::SessionState;
 use crate::mesh::RequestId;
 use std::cell::{Cell, RefCell};
@@ -8,10 +9,19 @@ use std::collections::HashMap;
 use std::future::poll_fn;
 use std::task::{Poll, Waker};
 
+/// What the answers to a request carried back.
+#[derive(Debug, Default)]
+pub struct Answer {
+    /// A session's state (`Handoff`).
+    pub state: Option<Box<SessionState>>,
+    /// Where that session's stub holds what was published since (`Handoff`).
+    pub stub: Option<StubRef>,
+}
+
 #[derive(Default)]
 struct Slot {
     remaining: usize,
-    state: Option<Box<SessionState>>,
+    answer: Answer,
     waker: Option<Waker>,
 }
 
@@ -35,15 +45,15 @@ impl Requests {
         id
     }
 
-    /// Records one answer, keeping the session state if it carries one.
-    pub fn answer(&self, id: RequestId, state: Option<Box<SessionState>>) {
+    /// Records one answer, keeping what it carries, if anything.
+    pub fn answer(&self, id: RequestId, answer: Answer) {
         let mut slots = self.slots.borrow_mut();
         let Some(slot) = slots.get_mut(&id) else {
             return;
         };
         slot.remaining = slot.remaining.saturating_sub(1);
-        if state.is_some() {
-            slot.state = state;
+        if answer.state.is_some() || answer.stub.is_some() {
+            slot.answer = answer;
         }
         if slot.remaining == 0 {
             if let Some(waker) = slot.waker.take() {
@@ -52,16 +62,16 @@ impl Requests {
         }
     }
 
-    /// Waits until every answer came; returns the session state one of them carried.
-    pub async fn wait(&self, id: RequestId) -> Option<Box<SessionState>> {
+    /// Waits until every answer came; returns what one of them carried.
+    pub async fn wait(&self, id: RequestId) -> Answer {
         poll_fn(|cx| {
             let mut slots = self.slots.borrow_mut();
             let Some(slot) = slots.get_mut(&id) else {
-                return Poll::Ready(None);
+                return Poll::Ready(Answer::default());
             };
             if slot.remaining == 0 {
-                let state = slots.remove(&id).and_then(|s| s.state);
-                return Poll::Ready(state);
+                let answer = slots.remove(&id).map(|s| s.answer).unwrap_or_default();
+                return Poll::Ready(answer);
             }
             slot.waker = Some(cx.waker().clone());
             Poll::Pending

@@ -10,6 +10,10 @@ use super::trie::Trie;
 use super::{Shard, State};
 use crate::mesh::ShardId;
 use crate::protocol::QoS;
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::poll_fn;
+use std::task::{Poll, Waker};
 
 /// Shard ids are bits of a `u64` (`interested_shards`).
 const _: () = assert!(crate::config::SHARDS_MAX <= u64::BITS as usize);
@@ -63,6 +67,7 @@ impl Shard {
     /// publisher's PUBACK gets it. Only a connection's own task may wait so: a ring receiver
     /// waiting for an answer that queues behind it on its own ring would never get it.
     async fn route_with(&self, message: Message, wait_for_replicas: bool) -> bool {
+        let route = self.start_route();
         let stored = message.publish.retain.then(|| message.to_stored());
         let (interested, to_members, local) = {
             let mut st = self.state.borrow_mut();
@@ -96,6 +101,7 @@ impl Shard {
         for (to, msg) in to_members {
             self.mesh.send(to, msg).await;
         }
+        drop(route); // everything is on its way; what follows only waits
         if let Some(request) = retain_ack {
             self.requests.wait(request).await;
         }
@@ -111,6 +117,7 @@ impl Shard {
             matches,
             sessions,
             enc,
+            held,
             ..
         } = st;
         matches.clear();
@@ -119,12 +126,21 @@ impl Shard {
         });
         matches.sort_unstable_by_key(|(key, _)| *key);
         let mut any = false;
+        let is_holding = !held.is_empty();
         for run in matches.chunk_by(|a, b| a.0 == b.0) {
-            let Some(session) = sessions.get_mut(&run[0].0) else {
+            let key = run[0].0;
+            let subs = run.iter().map(|(_, sub)| sub);
+            if is_holding {
+                // A session moving between shards holds what it matches (see `handoff`).
+                if let Some(held) = held.get_mut(&key) {
+                    any |= held.hold(message, subs);
+                    continue;
+                }
+            }
+            let Some(session) = sessions.get_mut(&key) else {
                 continue;
             };
             let is_own = message.origin != 0 && session.conn_token == message.origin;
-            let subs = run.iter().map(|(_, sub)| sub);
             // Only subscriptions the ACL cuts into pay a check here (see `Session::may_read`).
             let topic = message.publish.topic.as_str();
             let subs = subs.filter(|sub| session.may_read(sub, topic));
@@ -139,6 +155,29 @@ impl Shard {
         }
         enc.forget();
         any
+    }
+
+    /// Counts a route under way until the returned guard is dropped.
+    fn start_route(&self) -> Route<'_> {
+        let id = self.routes.borrow_mut().start();
+        Route {
+            routes: &self.routes,
+            id,
+        }
+    }
+
+    /// Waits until every route that started before `mark` (`Routes::mark`) has sent all
+    /// its messages.
+    pub(super) async fn routes_done(&self, mark: u64) {
+        poll_fn(|cx| {
+            let mut routes = self.routes.borrow_mut();
+            if routes.is_done(mark) {
+                return Poll::Ready(());
+            }
+            routes.waiters.push((mark, cx.waker().clone()));
+            Poll::Pending
+        })
+        .await
     }
 
     /// A publish routed here by another shard, for this shard's subscribers.
@@ -161,6 +200,65 @@ impl Shard {
             self.mesh
                 .post(from, MeshMsg::InterestAck(InterestAck { request }));
         }
+    }
+}
+
+/// The routes under way on this shard (`route_with`: from matching the topic to the last
+/// message handed to a ring), in the order they started, so a `Settle` is passed on only
+/// once every route that started before it has sent what it routed (see `handoff`).
+#[derive(Default)]
+pub(super) struct Routes {
+    /// Id of the oldest route not known to have finished.
+    first: u64,
+    /// Whether each route from `first` on has finished.
+    done: VecDeque<bool>,
+    /// Tasks waiting until every route before an id has finished.
+    waiters: Vec<(u64, Waker)>,
+}
+
+impl Routes {
+    /// The id the next route gets: `routes_done(mark)` waits for every route before it.
+    pub(super) fn mark(&self) -> u64 {
+        self.first + self.done.len() as u64
+    }
+
+    /// Whether every route that started before `mark` has finished.
+    pub(super) fn is_done(&self, mark: u64) -> bool {
+        self.first >= mark
+    }
+
+    fn start(&mut self) -> u64 {
+        let id = self.mark();
+        self.done.push_back(false);
+        id
+    }
+
+    fn finish(&mut self, id: u64) {
+        self.done[(id - self.first) as usize] = true;
+        while self.done.front() == Some(&true) {
+            self.done.pop_front();
+            self.first += 1;
+        }
+        let first = self.first;
+        self.waiters.retain(|(mark, waker)| {
+            let is_done = *mark <= first;
+            if is_done {
+                waker.wake_by_ref();
+            }
+            !is_done
+        });
+    }
+}
+
+/// A route under way (see `Routes`); finishes when dropped, also half way.
+struct Route<'a> {
+    routes: &'a RefCell<Routes>,
+    id: u64,
+}
+
+impl Drop for Route<'_> {
+    fn drop(&mut self) {
+        self.routes.borrow_mut().finish(self.id);
     }
 }
 

@@ -54,7 +54,15 @@ impl Shard {
     /// all have applied it, so a publish anywhere after the SUBACK reaches the subscriber.
     /// A shared subscription's `filters` (`$share/…`) make session `key` a member of its
     /// group on every shard.
+    /// A session that arrived from another shard then settles what was published while it
+    /// moved (see `handoff`).
     pub async fn announce(&self, key: SessionKey, filters: Vec<String>) {
+        self.announce_filters(key, filters).await;
+        self.settle_arrival(key).await;
+    }
+
+    /// `announce` without settling.
+    async fn announce_filters(&self, key: SessionKey, filters: Vec<String>) {
         if self.shards == 1 || filters.is_empty() {
             return;
         }
@@ -132,17 +140,33 @@ pub(super) fn remove_session(
     shard: ShardId,
     key: SessionKey,
 ) -> Option<(Session, Vec<String>)> {
+    let session = forget_session(st, key)?;
+    let gone = drop_subscriptions(st, shard, key, session.subscriptions.keys());
+    Some((session, gone))
+}
+
+/// Removes a session, leaving its subscriptions indexed.
+pub(super) fn forget_session(st: &mut State, key: SessionKey) -> Option<Session> {
     let session = st.sessions.remove(&key)?;
     if st.by_client.get(&session.client_id) == Some(&key) {
         st.by_client.remove(&session.client_id);
     }
-    let gone = session
-        .subscriptions
-        .keys()
+    Some(session)
+}
+
+/// Drops session `key`'s subscriptions on `filters`; returns the filters no longer
+/// subscribed on this shard and the shared subscriptions it left (for `withdraw`).
+pub(super) fn drop_subscriptions<'a>(
+    st: &mut State,
+    shard: ShardId,
+    key: SessionKey,
+    filters: impl IntoIterator<Item = &'a String>,
+) -> Vec<String> {
+    filters
+        .into_iter()
         .filter(|filter| drop_subscription(st, shard, key, filter))
         .cloned()
-        .collect();
-    Some((session, gone))
+        .collect()
 }
 
 /// Indexes session `key`'s subscription on `filter` on this shard; true when other shards

@@ -10,9 +10,10 @@
 //! subscriptions. So of any number of simultaneous connects with one client id exactly one
 //! survives, with the session.
 
-use super::msg::{Claim, Evict, Handoff, MeshMsg, Release};
+use super::msg::{Claim, Evict, Handoff, MeshMsg, Release, StubRef};
+use super::requests::Answer;
 use super::session::{Session, SessionState};
-use super::subscriptions::{add_subscription, remove_session};
+use super::subscriptions::{add_subscription, drop_subscriptions, forget_session};
 use super::{SessionKey, Shard};
 use crate::mesh::ShardId;
 use crate::protocol::{Disconnect, Packet, ReasonCode, Version, Will};
@@ -58,19 +59,46 @@ impl Shard {
             wants_state,
         };
         self.mesh.send(home, MeshMsg::Claim(claim)).await;
-        let state = self.requests.wait(request).await;
-        if let Some(Some(newer)) = self.claims.borrow_mut().remove(&token) {
-            // Pass what we were handed on to the newer claimant, so a persistent session
-            // survives the race.
-            let state = if newer.wants_state { state } else { None };
-            let handoff = Handoff {
-                request: newer.request,
-                state,
-            };
-            self.mesh.post(newer.to, MeshMsg::Handoff(handoff));
+        let answer = self.requests.wait(request).await;
+        let newer = self.claims.borrow_mut().remove(&token).flatten();
+        if let Some(newer) = newer {
+            self.hand_on(newer, answer).await;
             return Err(Superseded);
         }
-        Ok(state)
+        if let Some(stub) = answer.stub {
+            // Until `announce` settles the stub, a newer claim waits as for an open claim.
+            self.claims.borrow_mut().insert(token, None);
+            self.state.borrow_mut().arriving.insert(token, stub);
+        }
+        Ok(answer.state)
+    }
+
+    /// Passes what a superseded claim was handed on to the newer claimant, so a persistent
+    /// session survives the race; a stub the newer one does not want is settled (emptied).
+    async fn hand_on(&self, newer: Evict, answer: Answer) {
+        let (state, stub) = match newer.wants_state {
+            true => (answer.state, answer.stub),
+            false => (None, None),
+        };
+        let handoff = Handoff {
+            request: newer.request,
+            state,
+            stub,
+        };
+        self.mesh.post(newer.to, MeshMsg::Handoff(handoff));
+        if let (false, Some(stub)) = (newer.wants_state, answer.stub) {
+            self.settle(stub).await;
+        }
+    }
+
+    /// The answer to a claim (or to a `Settle`).
+    pub(super) fn on_handoff(&self, handoff: Handoff) {
+        let Handoff {
+            request,
+            state,
+            stub,
+        } = handoff;
+        self.requests.answer(request, Answer { state, stub });
     }
 
     /// Installs a session for a new connection and returns its key, with the filters its
@@ -86,6 +114,9 @@ impl Shard {
         let mut new_filters = Vec::new();
         session.pressure = self.pressure.clone();
         if let Some(state) = state {
+            if let Some(stub) = st.arriving.remove(&session.conn_token) {
+                self.hold_arrival(&mut st, key, session.conn_token, &state, stub);
+            }
             session.restore(*state);
             for (filter, sub) in &session.subscriptions {
                 if add_subscription(&mut st, self.id(), key, filter, *sub) {
@@ -113,6 +144,7 @@ impl Shard {
             let handoff = Handoff {
                 request,
                 state: None,
+                stub: None,
             };
             self.mesh.post(from, MeshMsg::Handoff(handoff));
             return;
@@ -137,10 +169,11 @@ impl Shard {
             *pending = Some(evict);
             return;
         }
-        let (state, will) = self.evict_session(&evict);
+        let (state, stub, will) = self.evict_session(&evict);
         let handoff = Handoff {
             request: evict.request,
             state,
+            stub,
         };
         self.mesh.post(evict.to, MeshMsg::Handoff(handoff));
         if let Some(will) = will {
@@ -149,29 +182,41 @@ impl Shard {
     }
 
     /// Removes the session `evict` names, if this shard still holds it: its connection gets
-    /// DISCONNECT 0x8E (5.0) and closes. Returns its state (when asked for and the session
-    /// was persistent) and the will due now.
-    fn evict_session(&self, evict: &Evict) -> (Option<Box<SessionState>>, Option<Will>) {
-        let taken = {
-            let mut st = self.state.borrow_mut();
-            let key = st.by_client.get(&evict.client_id).copied();
-            let token = evict.token;
-            let key = key.filter(|k| st.sessions.get(k).is_some_and(|s| s.conn_token == token));
-            // A will waiting for its delay is cancelled by the reconnect [MQTT-3.1.3-9].
-            st.pending_wills.remove(&token);
-            let id = self.id();
-            key.and_then(|key| remove_session(&mut st, id, key).map(|r| (key, r)))
+    /// DISCONNECT 0x8E (5.0) and closes. Returns its state and the stub left for what is
+    /// published until the new holder settles (when asked for and the session was
+    /// persistent), and the will due now.
+    fn evict_session(
+        &self,
+        evict: &Evict,
+    ) -> (Option<Box<SessionState>>, Option<StubRef>, Option<Will>) {
+        let mut st = self.state.borrow_mut();
+        let token = evict.token;
+        // A will waiting for its delay is cancelled by the reconnect [MQTT-3.1.3-9].
+        st.pending_wills.remove(&token);
+        let key = st.by_client.get(&evict.client_id).copied();
+        let key = key.filter(|k| st.sessions.get(k).is_some_and(|s| s.conn_token == token));
+        let Some(key) = key else {
+            return (None, None, None);
         };
-        let Some((key, (mut session, gone))) = taken else {
-            return (None, None);
+        let Some(mut session) = forget_session(&mut st, key) else {
+            return (None, None, None);
         };
+        let keeps_state = evict.wants_state && session.is_persistent;
+        let (gone, stub) = if keeps_state {
+            let (gone, stub) = self.leave_stub(&mut st, key, &session);
+            (gone, Some(stub))
+        } else {
+            let filters = session.subscriptions.keys();
+            (drop_subscriptions(&mut st, self.id(), key, filters), None)
+        };
+        drop(st);
         self.withdraw(key, gone);
         let will = self.close_taken_over(&mut session);
-        if evict.wants_state && session.is_persistent {
-            return (Some(Box::new(session.take_state())), will);
+        if keeps_state {
+            return (Some(Box::new(session.take_state())), stub, will);
         }
         self.requeue_shared(session.take_unfinished_shared());
-        (None, will)
+        (None, None, will)
     }
 
     /// Closes the connection of a session taken over; returns its will if due now.
