@@ -5,8 +5,9 @@
 //! - `config`: typed configuration and limits, validated at start-up.
 //! - `host`: start-up checks of io_uring, RLIMIT_MEMLOCK and the listen ports.
 //! - `server`: starts one pinned glommio executor per shard and stops them.
-//! - `shard`: what one core owns: sessions, subscription trie, interest, retained messages;
-//!   `shard::overflow` (overflow policies, when publishers wait) and `shard::sys` (`$SYS`).
+//! - `shard`: what one core owns: sessions, subscription trie, interest, retained messages,
+//!   routing, shared subscriptions, takeover, backpressure, `$SYS` (its own module map lists
+//!   one line per submodule).
 //! - `mesh`: messages between shards over bounded SPSC rings.
 //! - `net`: the only socket code: accept and place, read packets, write outboxes.
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
