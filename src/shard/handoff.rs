@@ -170,7 +170,11 @@ impl Shard {
         let merged: Vec<Outgoing> = upstream.into_iter().filter(&mut fresh).collect();
         let here: Vec<Outgoing> = held.messages.into_iter().filter(&mut fresh).collect();
         for out in merged.into_iter().chain(here) {
-            session.deliver(&out.publish, out.grant, &self.limits, &mut st.enc);
+            // Held without the ACL's read check `deliver_local` makes; made here, for the
+            // client that now holds the session.
+            if session.may_read_topic(out.publish.topic.as_str()) {
+                session.deliver(&out.publish, out.grant, &self.limits, &mut st.enc);
+            }
         }
         st.enc.forget();
     }
