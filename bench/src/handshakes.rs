@@ -1,14 +1,14 @@
 //! The handshakes scenario: N connections over TLS, each opened (TCP connect, TLS handshake,
 //! CONNECT, CONNACK) and closed (DISCONNECT, close_notify) as fast as the broker allows,
-//! `CONCURRENT_HANDSHAKES` at a time per generator thread: the rate at which a broker takes
-//! devices back after an outage.
+//! --parallel at a time per generator thread: the rate at which a broker takes devices back
+//! after an outage, and how long each waits for its CONNACK.
 //!
 //! Without --resume every handshake is a full one (certificate, its signature, key exchange).
 //! With it, all connections share one session store and each resumes a session an earlier one
-//! left (TLS 1.3: a ticket read before the CONNACK; no certificate, no signature); only the
-//! first ones, before any ticket came back, cannot. rustls says which kind each handshake was,
-//! and the counts are reported: a broker that does not resume shows full handshakes even under
-//! --resume.
+//! left (TLS 1.3: a ticket read before the CONNACK; no certificate, no signature). An untimed
+//! warm-up round of --parallel connections per thread leaves the tickets the first timed ones
+//! resume. rustls says which kind each handshake was, and the counts are reported: a broker
+//! that does not resume shows full handshakes even under --resume.
 
 use crate::client::Conn;
 use crate::options::{parse_cpus, Options};
@@ -22,9 +22,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Connections one generator thread has in flight at once: enough to keep a one-core broker
-/// busy while the generator does its half of each handshake.
-const CONCURRENT_HANDSHAKES: usize = 16;
 /// Read buffer of each connection: it only reads the handshake and a CONNACK.
 const READ_BYTES: usize = 256;
 /// Highest connect time the histogram holds, in nanoseconds; above it values are clamped.
@@ -39,6 +36,8 @@ pub struct HandshakesOutcome {
     pub asked: u64,
     /// Whether the connections shared a session store (--resume).
     pub is_resume: bool,
+    /// Connections opened at the same time, per generator thread (--parallel).
+    pub parallel: usize,
     /// Connections that got a CONNACK after a full handshake.
     pub full: u64,
     /// Connections that got a CONNACK after resuming a session.
@@ -133,10 +132,11 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<HandshakesOutcome, Strin
             .as_ref()
             .map_or(Placement::Unbound, |c| Placement::Fixed(c[t % c.len()]));
         let (broker, next) = (broker.clone(), next.clone());
+        let (parallel, resume) = (opts.parallel, opts.resume);
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("handshakes-{t}"))
             .io_memory(64 << 10)
-            .spawn(move || handshake_thread(broker, version, n, next))
+            .spawn(move || handshake_thread(broker, version, n, parallel, resume, next))
             .map_err(|e| format!("cannot start generator thread {t}: {e}"))?;
         handles.push(handle);
     }
@@ -147,11 +147,11 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<HandshakesOutcome, Strin
                 .map_err(|e| format!("generator thread failed: {e}"))?,
         );
     }
-    Ok(merge(n, opts.resume, tallies))
+    Ok(merge(opts, tallies))
 }
 
 /// Sums the threads' counts; the time runs from the first thread's start to the last one's end.
-fn merge(asked: u64, is_resume: bool, threads: Vec<ThreadTally>) -> HandshakesOutcome {
+fn merge(opts: &Options, threads: Vec<ThreadTally>) -> HandshakesOutcome {
     let started = threads.iter().map(|t| t.started).min();
     let ended = threads.iter().map(|t| t.ended).max();
     let generator_cpu = threads
@@ -169,8 +169,9 @@ fn merge(asked: u64, is_resume: bool, threads: Vec<ThreadTally>) -> HandshakesOu
         errors.push(format!("{} connections failed", all.failed));
     }
     HandshakesOutcome {
-        asked,
-        is_resume,
+        asked: opts.subscribers as u64,
+        is_resume: opts.resume,
+        parallel: opts.parallel,
         full: all.full,
         resumed: all.resumed,
         failed: all.failed,
@@ -189,16 +190,21 @@ fn merge(asked: u64, is_resume: bool, threads: Vec<ThreadTally>) -> HandshakesOu
     }
 }
 
-/// One generator thread: `CONCURRENT_HANDSHAKES` tasks, each connecting and closing one
-/// connection after the other until `n` were started, all threads together.
+/// One generator thread: `parallel` tasks, each connecting and closing one connection after
+/// the other until `n` were started, all threads together; with `resume`, after a warm-up.
 async fn handshake_thread(
     broker: Endpoint,
     version: Version,
     n: u64,
+    parallel: usize,
+    resume: bool,
     next: Arc<AtomicU64>,
 ) -> ThreadTally {
+    if resume {
+        warm_up(&broker, version, parallel).await;
+    }
     let (started, cpu_before) = (Instant::now(), thread_cpu());
-    let workers: Vec<_> = (0..CONCURRENT_HANDSHAKES)
+    let workers: Vec<_> = (0..parallel)
         .map(|_| {
             let (broker, next) = (broker.clone(), next.clone());
             glommio::spawn_local(async move { worker(&broker, version, n, &next).await })
@@ -213,6 +219,26 @@ async fn handshake_thread(
         ended: Instant::now(),
         cpu: thread_cpu().saturating_sub(cpu_before),
         tally,
+    }
+}
+
+/// Opens and closes `parallel` connections at once, so the session store holds tickets for as
+/// many resumptions when the timed connections start. Failures show in the timed round.
+async fn warm_up(broker: &Endpoint, version: Version, parallel: usize) {
+    let pid = std::process::id();
+    let tasks: Vec<_> = (0..parallel)
+        .map(|i| {
+            let broker = broker.clone();
+            glommio::spawn_local(async move {
+                let id = format!("rcb{pid}-w{i}");
+                if let Ok(conn) = Conn::open_with(&broker, version, &id, READ_BYTES).await {
+                    conn.disconnect().await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await;
     }
 }
 

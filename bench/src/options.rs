@@ -29,6 +29,8 @@ pub enum Scenario {
 
 /// Most retained messages one run may store: 10 M is a few GiB in any broker.
 const RETAINED_MAX: usize = 10_000_000;
+/// Most connections one generator thread opens at once in handshakes (file descriptors).
+const PARALLEL_MAX: usize = 10_000;
 
 /// ringcast-bench: MQTT load generator (closed loop, end-to-end latency, loss accounting).
 #[derive(Parser, Debug, Clone)]
@@ -139,6 +141,10 @@ pub struct Options {
     /// With --tls: the name the broker's certificate must carry (a DNS name or an IP address).
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub tls_server_name: String,
+    /// Handshakes: connections being opened and closed at the same time, per generator thread:
+    /// enough that the rate measures the broker's work, not one connection's round trips.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    pub parallel: usize,
     /// With --tls: one session store for all connections, so each resumes a session an earlier
     /// one began (TLS 1.3 tickets, TLS 1.2 session ids); without it every handshake is full.
     #[arg(long)]
@@ -161,6 +167,9 @@ impl Options {
         }
         if self.subscribers == 0 || self.threads == 0 || self.window == 0 || self.batch == 0 {
             return Err("--subscribers, --threads, --window and --batch must be positive".into());
+        }
+        if self.parallel == 0 || self.parallel > PARALLEL_MAX {
+            return Err(format!("--parallel must be 1..={PARALLEL_MAX}"));
         }
         if self.inflight == 0 || self.inflight > 65_535 {
             return Err("--inflight must be 1..=65535".into());
@@ -258,6 +267,9 @@ mod tests {
             .validate()
             .is_err());
         assert!(parse("fanout --sink --tls --cafile ca.pem")
+            .validate()
+            .is_err());
+        assert!(parse("handshakes --tls --cafile ca.pem --parallel 0")
             .validate()
             .is_err());
         assert_eq!(parse("fanout").tls_server_name, "localhost");

@@ -352,8 +352,8 @@ impl Report {
         };
         let _ = writeln!(
             t,
-            "scenario      handshakes → {} over TLS  ({resume})",
-            self.target
+            "scenario      handshakes → {} over TLS  ({resume}, {} at a time per thread)",
+            self.target, h.parallel
         );
         let _ = writeln!(
             t,
@@ -392,12 +392,12 @@ impl Report {
         let errors: Vec<String> = self.errors.iter().map(|e| json_string(e)).collect();
         format!(
             concat!(
-                "{{\"scenario\":\"handshakes\",\"target\":{},\"tls\":true,\"resume\":{},\"asked\":{},",
+                "{{\"scenario\":\"handshakes\",\"target\":{},\"tls\":true,\"resume\":{},\"parallel\":{},\"asked\":{},",
                 "\"handshakes\":{},\"full\":{},\"resumed\":{},\"failed\":{},\"handshake_secs\":{:.3},",
                 "\"handshakes_per_s\":{:.0},\"generator_cpu\":{:.3},\"saturated\":{},",
                 "\"connect_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"max\":{:.1}}},\"errors\":[{}]}}"
             ),
-            json_string(&self.target), h.is_resume, h.asked,
+            json_string(&self.target), h.is_resume, h.parallel, h.asked,
             h.completed(), h.full, h.resumed, h.failed, h.secs,
             h.handshakes_per_s(), h.generator_cpu, h.generator_cpu >= SATURATED_CPU,
             p50, p90, p99, max, errors.join(",")

@@ -41,7 +41,7 @@ const PLAINTEXT_HELD_MAX_BYTES: usize = 16 << 10;
 /// reads, even for idle connections that read little else.
 const CIPHER_MIN_BYTES: usize = 4 << 10;
 /// TLS 1.3 tickets the client keeps per server with `--resume`. rustls' own store keeps 8,
-/// and with 16 handshakes in flight per thread it runs dry (a ticket is used once): a quarter
+/// and with 16 handshakes in flight it ran dry (a ticket is used once): a quarter
 /// of the "resumed" handshakes were full ones. Each connection brings back two (the servers'
 /// default), so this many is never reached in practice.
 const TICKETS_PER_SERVER_MAX: usize = 4096;
