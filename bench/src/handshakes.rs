@@ -11,6 +11,7 @@
 //! that does not resume shows full handshakes even under --resume.
 
 use crate::client::Conn;
+use crate::conns::cpu_secs;
 use crate::options::{parse_cpus, Options};
 use crate::run::thread_cpu;
 use crate::transport::Endpoint;
@@ -19,7 +20,7 @@ use hdrhistogram::Histogram;
 use ringcast::protocol::Version;
 use rustls::HandshakeKind;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
 /// Read buffer of each connection: it only reads the handshake and a CONNACK.
@@ -50,6 +51,8 @@ pub struct HandshakesOutcome {
     pub latency_us: [f64; 4],
     /// Busiest generator thread: CPU time ÷ wall time (near 1: the generator set the pace).
     pub generator_cpu: f64,
+    /// CPU seconds the broker spent on the timed connections (with --broker-pid).
+    pub broker_cpu_secs: Option<f64>,
     /// Errors, at most a few.
     pub errors: Vec<String>,
 }
@@ -58,6 +61,12 @@ impl HandshakesOutcome {
     /// Connections that got a CONNACK.
     pub fn completed(&self) -> u64 {
         self.full + self.resumed
+    }
+
+    /// The broker's CPU time per completed connection, microseconds (with --broker-pid).
+    pub fn broker_cpu_us_per_handshake(&self) -> Option<f64> {
+        let secs = self.broker_cpu_secs?;
+        (self.completed() > 0).then(|| secs * 1e6 / self.completed() as f64)
     }
 
     /// Completed connections (handshake, CONNECT, CONNACK, close) per second.
@@ -126,20 +135,25 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<HandshakesOutcome, Strin
     let cpus = opts.cpus.as_deref().map(parse_cpus).transpose()?;
     // Connection indexes are handed out from one counter, so a faster thread does more.
     let next = Arc::new(AtomicU64::new(0));
+    // The threads start the clock together, after their warm-up, when this thread has read the
+    // broker's CPU time.
+    let start = Arc::new(Barrier::new(opts.threads + 1));
     let mut handles = Vec::new();
     for t in 0..opts.threads {
         let placement = cpus
             .as_ref()
             .map_or(Placement::Unbound, |c| Placement::Fixed(c[t % c.len()]));
-        let (broker, next) = (broker.clone(), next.clone());
+        let (broker, next, start) = (broker.clone(), next.clone(), start.clone());
         let (parallel, resume) = (opts.parallel, opts.resume);
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("handshakes-{t}"))
             .io_memory(64 << 10)
-            .spawn(move || handshake_thread(broker, version, n, parallel, resume, next))
+            .spawn(move || handshake_thread(broker, version, n, parallel, resume, next, start))
             .map_err(|e| format!("cannot start generator thread {t}: {e}"))?;
         handles.push(handle);
     }
+    let broker_cpu_start = opts.broker_pid.and_then(cpu_secs);
+    start.wait();
     let mut tallies = Vec::new();
     for h in handles {
         tallies.push(
@@ -147,7 +161,11 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<HandshakesOutcome, Strin
                 .map_err(|e| format!("generator thread failed: {e}"))?,
         );
     }
-    Ok(merge(opts, tallies))
+    let mut outcome = merge(opts, tallies);
+    outcome.broker_cpu_secs = broker_cpu_start
+        .zip(opts.broker_pid.and_then(cpu_secs))
+        .map(|(start, end)| end - start);
+    Ok(outcome)
 }
 
 /// Sums the threads' counts; the time runs from the first thread's start to the last one's end.
@@ -186,12 +204,14 @@ fn merge(opts: &Options, threads: Vec<ThreadTally>) -> HandshakesOutcome {
             us(hist.max()),
         ],
         generator_cpu,
+        broker_cpu_secs: None,
         errors,
     }
 }
 
 /// One generator thread: `parallel` tasks, each connecting and closing one connection after
 /// the other until `n` were started, all threads together; with `resume`, after a warm-up.
+/// The clock starts when every thread has reached `start`.
 async fn handshake_thread(
     broker: Endpoint,
     version: Version,
@@ -199,10 +219,13 @@ async fn handshake_thread(
     parallel: usize,
     resume: bool,
     next: Arc<AtomicU64>,
+    start: Arc<Barrier>,
 ) -> ThreadTally {
     if resume {
         warm_up(&broker, version, parallel).await;
     }
+    // Blocking is fine: nothing else runs on this executor yet.
+    start.wait();
     let (started, cpu_before) = (Instant::now(), thread_cpu());
     let workers: Vec<_> = (0..parallel)
         .map(|_| {

@@ -69,7 +69,8 @@ pub struct Options {
     /// behind a slowed-down generator. Without it the run is closed loop (--window).
     #[arg(long, value_name = "PER_S")]
     pub rate: Option<f64>,
-    /// Conns and retained: the broker's pid, to read its resident memory before and after.
+    /// The broker's pid: conns and retained read its resident memory before and after; the
+    /// other scenarios read the CPU time it spends while loaded (per delivery, per handshake).
     #[arg(long, value_name = "PID")]
     pub broker_pid: Option<u32>,
     /// Seconds to publish for; in retained, the most each of its two phases may take.

@@ -73,6 +73,8 @@ pub struct Report {
     pub retained: Option<RetainedOutcome>,
     /// The handshakes scenario's figures.
     pub handshakes: Option<HandshakesOutcome>,
+    /// CPU seconds the broker spent from the first publish to the end (with --broker-pid).
+    pub broker_cpu_secs: Option<f64>,
 }
 
 impl Report {
@@ -97,6 +99,7 @@ impl Report {
             published_per_s: rate(published, publish_secs),
             rate: opts.rate,
             timeline: std::mem::take(&mut outcome.timeline),
+            broker_cpu_secs: outcome.broker_cpu_secs,
             ..Report::default()
         };
         let mut hist = Histogram::<u64>::new(3).expect("3 significant figures is valid");
@@ -191,6 +194,12 @@ impl Report {
         }
     }
 
+    /// The broker's CPU time per delivery, nanoseconds (with --broker-pid).
+    pub fn broker_cpu_ns_per_delivery(&self) -> Option<f64> {
+        let secs = self.broker_cpu_secs?;
+        (self.deliveries > 0).then(|| secs * 1e9 / self.deliveries as f64)
+    }
+
     /// Whether the result is near the generator's own ceiling.
     pub fn is_near_ceiling(&self) -> bool {
         self.ceiling_share.is_some_and(|s| s > CEILING_SHARE)
@@ -272,6 +281,12 @@ impl Report {
             self.generator_cpu * 100.0,
             self.process_cpu * 100.0
         );
+        if let (Some(secs), Some(ns)) = (self.broker_cpu_secs, self.broker_cpu_ns_per_delivery()) {
+            let _ = writeln!(
+                t,
+                "broker cpu    {secs:.2} s from the first publish = {ns:.0} ns per delivery"
+            );
+        }
         if let Some(share) = self.ceiling_share {
             let flag = if self.is_near_ceiling() {
                 "  NEAR CEILING: this measures the generator"
@@ -380,6 +395,9 @@ impl Report {
             "generator cpu {:.0}% busiest thread{saturated}",
             h.generator_cpu * 100.0
         );
+        if let (Some(secs), Some(us)) = (h.broker_cpu_secs, h.broker_cpu_us_per_handshake()) {
+            let _ = writeln!(t, "broker cpu    {secs:.2} s = {us:.0} µs per connection");
+        }
         for e in &self.errors {
             let _ = writeln!(t, "error         {e}");
         }
@@ -395,11 +413,13 @@ impl Report {
                 "{{\"scenario\":\"handshakes\",\"target\":{},\"tls\":true,\"resume\":{},\"parallel\":{},\"asked\":{},",
                 "\"handshakes\":{},\"full\":{},\"resumed\":{},\"failed\":{},\"handshake_secs\":{:.3},",
                 "\"handshakes_per_s\":{:.0},\"generator_cpu\":{:.3},\"saturated\":{},",
+                "\"broker_cpu_s\":{},\"broker_cpu_us_per_handshake\":{},",
                 "\"connect_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"max\":{:.1}}},\"errors\":[{}]}}"
             ),
             json_string(&self.target), h.is_resume, h.parallel, h.asked,
             h.completed(), h.full, h.resumed, h.failed, h.secs,
             h.handshakes_per_s(), h.generator_cpu, h.generator_cpu >= SATURATED_CPU,
+            opt_digits(h.broker_cpu_secs, 3), opt_digits(h.broker_cpu_us_per_handshake(), 1),
             p50, p90, p99, max, errors.join(",")
         )
     }
@@ -464,14 +484,16 @@ impl Report {
                 "\"publish_secs\":{:.3},\"published\":{},\"published_per_s\":{:.0},\"deliveries\":{},\"deliveries_per_s\":{:.0},",
                 "\"expected\":{},\"lost\":{},\"duplicated\":{},\"reordered\":{},",
                 "\"latency_us\":{{\"p50\":{:.1},\"p90\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1}}},",
-                "\"generator_cpu\":{:.3},\"process_cpu\":{:.3},\"saturated\":{},\"ceiling_share\":{},\"near_ceiling\":{},\"rate\":{},{},\"errors\":[{}]}}"
+                "\"generator_cpu\":{:.3},\"process_cpu\":{:.3},\"saturated\":{},\"ceiling_share\":{},\"near_ceiling\":{},\"rate\":{},{},",
+                "\"broker_cpu_s\":{},\"broker_cpu_ns_per_delivery\":{},\"errors\":[{}]}}"
             ),
             json_string(&self.scenario), json_string(&self.target), self.is_tls, self.qos, self.payload_bytes, self.publishers, self.subscribers,
             self.publish_secs, self.published, self.published_per_s, self.deliveries, self.deliveries_per_s,
             self.expected, self.lost, self.duplicated, self.reordered,
             p50, p90, p99, p999, max,
             self.generator_cpu, self.process_cpu, self.is_saturated,
-            self.ceiling_share.map_or("null".to_string(), |s| format!("{s:.3}")), self.is_near_ceiling(), opt(self.rate), conns, errors.join(",")
+            self.ceiling_share.map_or("null".to_string(), |s| format!("{s:.3}")), self.is_near_ceiling(), opt(self.rate), conns,
+            opt_digits(self.broker_cpu_secs, 3), opt_digits(self.broker_cpu_ns_per_delivery(), 1), errors.join(",")
         )
     }
 }
@@ -491,6 +513,11 @@ fn percentile_curve(hist: &Histogram<u64>) -> Vec<(f64, f64)> {
             (q * 100.0, hist.value_at_quantile(q) as f64 / 1e3)
         })
         .collect()
+}
+
+/// A number with `digits` decimals, or null.
+fn opt_digits(v: Option<f64>, digits: usize) -> String {
+    v.map_or("null".to_string(), |v| format!("{v:.digits$}"))
 }
 
 fn rate(n: u64, secs: f64) -> f64 {

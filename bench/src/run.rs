@@ -2,6 +2,7 @@
 //! a progress line from a plain thread, results merged at the end.
 
 use crate::client::{self, PublisherSpec, SubscriberResult};
+use crate::conns::cpu_secs;
 use crate::options::{parse_cpus, Options};
 use crate::plan::{Plan, Shape, SubscriberPlan};
 use crate::shared::Shared;
@@ -77,6 +78,8 @@ pub struct Outcome {
     pub process_cpu: Duration,
     /// Totals sampled every `SAMPLE_EVERY`.
     pub timeline: Vec<Sample>,
+    /// CPU seconds the broker spent from the first publish to the end (with --broker-pid).
+    pub broker_cpu_secs: Option<f64>,
 }
 
 /// The connections one thread owns.
@@ -99,7 +102,12 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<Outcome, String> {
     let started = Instant::now();
     let cpu_before = process_cpu();
     let finished = Arc::new(AtomicBool::new(false));
-    let progress = progress_line(shared.clone(), finished.clone(), opts.quiet);
+    let progress = progress_line(
+        shared.clone(),
+        finished.clone(),
+        opts.quiet,
+        opts.broker_pid,
+    );
     let mut handles = Vec::new();
     for (t, share) in shares.into_iter().enumerate() {
         let placement = cpus
@@ -126,7 +134,7 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<Outcome, String> {
         })
         .collect::<Result<Vec<_>, _>>()?;
     finished.store(true, Relaxed);
-    let timeline = progress.join().unwrap_or_default();
+    let (timeline, broker_cpu_secs) = progress.join().unwrap_or_default();
     Ok(Outcome {
         plan,
         shared,
@@ -134,6 +142,7 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<Outcome, String> {
         wall: started.elapsed(),
         process_cpu: process_cpu().saturating_sub(cpu_before),
         timeline,
+        broker_cpu_secs,
     })
 }
 
@@ -243,17 +252,24 @@ async fn run_thread(
 }
 
 /// Samples the totals every `SAMPLE_EVERY` and, unless `quiet`, prints one line a second on
-/// stderr, until `finished`. Gives back the samples.
+/// stderr, until `finished`. Gives back the samples and, given the broker's pid, the CPU time
+/// it spent from the first publish (seen within 50 ms) to the end: connecting and subscribing
+/// (TLS handshakes among them) are left out.
 fn progress_line(
     shared: Arc<Shared>,
     finished: Arc<AtomicBool>,
     quiet: bool,
-) -> std::thread::JoinHandle<Vec<Sample>> {
+    broker_pid: Option<u32>,
+) -> std::thread::JoinHandle<(Vec<Sample>, Option<f64>)> {
     std::thread::spawn(move || {
         let mut timeline = Vec::new();
         let (mut published, mut delivered, mut tick, mut line) = (0, 0, 0u32, 0u64);
+        let mut broker_cpu_start = None;
         while !finished.load(Relaxed) {
             std::thread::sleep(Duration::from_millis(50));
+            if broker_cpu_start.is_none() && shared.publish_start_ns.load(Relaxed) != 0 {
+                broker_cpu_start = broker_pid.and_then(cpu_secs);
+            }
             if shared.start.elapsed() < SAMPLE_EVERY * (tick + 1) {
                 continue;
             }
@@ -276,7 +292,11 @@ fn progress_line(
             );
             (published, delivered) = (sample.published, sample.delivered);
         }
-        timeline
+        let broker_cpu_end = broker_pid.and_then(cpu_secs);
+        let broker_cpu = broker_cpu_start
+            .zip(broker_cpu_end)
+            .map(|(start, end)| end - start);
+        (timeline, broker_cpu)
     })
 }
 
