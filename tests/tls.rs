@@ -1277,3 +1277,50 @@ fn a_silent_connection_to_the_tls_port_is_closed_by_the_connect_deadline() {
     )
     .disconnect();
 }
+
+/// rumqttc, the client many Rust services use, over TLS (rustls, trusting the test CA):
+/// subscribes, publishes at QoS 1 and receives its own message.
+#[test]
+fn rumqttc_subscribes_and_publishes_over_tls() {
+    let pki = Pki::new("rumqttc");
+    let broker = Broker::with_tls(1, pki.settings());
+    let config = pki.client_config(None);
+    let port = broker.tls[0].port();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    runtime.block_on(async move {
+        let mut options = rumqttc::MqttOptions::new("rumqttc-tls", "127.0.0.1", port);
+        let tls = rumqttc::TlsConfiguration::Rustls(config);
+        options.set_transport(rumqttc::Transport::tls_with_config(tls));
+        let (client, mut events) = rumqttc::AsyncClient::new(options, 10);
+        client
+            .subscribe("rq/#", rumqttc::QoS::AtLeastOnce)
+            .await
+            .expect("subscribe queued");
+        client
+            .publish(
+                "rq/1",
+                rumqttc::QoS::AtLeastOnce,
+                false,
+                b"over tls".to_vec(),
+            )
+            .await
+            .expect("publish queued");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let event = tokio::time::timeout_at(deadline, events.poll())
+                .await
+                .expect("the message in time")
+                .expect("the connection stays up");
+            if let rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) = event {
+                assert_eq!(
+                    (p.topic.as_str(), &p.payload[..]),
+                    ("rq/1", &b"over tls"[..])
+                );
+                break;
+            }
+        }
+    });
+}
