@@ -208,8 +208,18 @@ static CASES: [Case; 30] = [
 /// The users in the password file (`admin` is added first).
 const USERS: [&str; 5] = ["alice", "bob", "carol", "eve+", "frank"];
 
+/// The two comparisons each start a broker per case; run together on a small machine, 60
+/// brokers and 120 clients at once starve each other's CONNACKs. One runs at a time.
+static ONE_TABLE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Cases run at once against ringcast, whose debug build spends milliseconds per login.
+const RINGCAST_CASES_AT_ONCE: usize = 10;
+
 #[test]
 fn acl_agrees_with_mosquitto() {
+    let _one = ONE_TABLE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
     let acls: Vec<Acl> = CASES.iter().map(|c| parse(c.acl)).collect();
     for (case, acl) in CASES.iter().zip(&acls) {
         assert_eq!(
@@ -245,6 +255,60 @@ fn acl_agrees_with_mosquitto() {
         started.elapsed()
     );
     assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+}
+
+/// The same table against ringcast's broker, driven by the same mosquitto clients: each case
+/// on its own ringcast process (as each ran on its own mosquitto), all in parallel, and each
+/// verdict compared with the table's, which the test above holds against mosquitto's.
+#[test]
+fn ringcast_gives_the_same_verdicts_as_mosquitto_on_the_table() {
+    let Some(_tools) = tools() else { return };
+    let _one = ONE_TABLE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new();
+    let passwords = make_password_file(&dir.0);
+    let mut disagreements = Vec::new();
+    for (batch, cases) in CASES.chunks(RINGCAST_CASES_AT_ONCE).enumerate() {
+        let ports = free_ports(cases.len());
+        let runs: Vec<_> = cases
+            .iter()
+            .zip(ports)
+            .enumerate()
+            .map(|(index, (&case, port))| {
+                let index = batch * RINGCAST_CASES_AT_ONCE + index;
+                let (dir, passwords) = (dir.0.clone(), passwords.clone());
+                let run = std::thread::spawn(move || {
+                    run_case_on_ringcast(&dir, &passwords, index, port, case)
+                });
+                (case, run)
+            })
+            .collect();
+        for (case, run) in runs {
+            let ringcast = run.join().expect("a case thread panicked");
+            if ringcast != case.is_allowed {
+                disagreements.push(format!("ringcast says {ringcast}: {case:?}"));
+            }
+        }
+    }
+    assert!(disagreements.is_empty(), "{}", disagreements.join("\n"));
+}
+
+/// ringcast's verdict on `case`, on a broker process of its own.
+fn run_case_on_ringcast(dir: &Path, passwords: &Path, index: usize, port: u16, case: Case) -> bool {
+    let acl_path = dir.join(format!("ringcast-acl-{index}"));
+    std::fs::write(&acl_path, case.acl.full_text()).expect("write the ACL");
+    let config = format!(
+        "listen = [\"127.0.0.1:{port}\"]\nshards = 1\nallow_anonymous = true\n\
+         sys_interval_secs = 1\npassword_file = {:?}\nacl_file = {:?}\n",
+        passwords.display().to_string(),
+        acl_path.display().to_string()
+    );
+    let config_path = dir.join(format!("ringcast-{index}.toml"));
+    std::fs::write(&config_path, config).expect("write the config");
+    let ringcast = Path::new(env!("CARGO_BIN_EXE_ringcast"));
+    let _broker = Guard::start(ringcast, &["--config"], &config_path, port);
+    observe(port, case)
 }
 
 fn parse(file: AclFile) -> Acl {
@@ -350,7 +414,12 @@ fn run_case(
     );
     let config_path = dir.join(format!("mosquitto-{index}.conf"));
     std::fs::write(&config_path, config).expect("write the config");
-    let _broker = Guard::start(&tools.broker, &config_path, port);
+    let _broker = Guard::start(&tools.broker, &["-c"], &config_path, port);
+    observe(port, case)
+}
+
+/// The verdict of the broker on `port` on `case`: was the message delivered?
+fn observe(port: u16, case: Case) -> bool {
     let subject = Client {
         username: case.username,
         client_id: case.client_id,
@@ -476,15 +545,16 @@ impl Drop for Proc {
 struct Guard(Child);
 
 impl Guard {
-    /// Starts mosquitto and waits until it accepts connections on `port`.
-    fn start(broker: &Path, config: &Path, port: u16) -> Guard {
+    /// Starts a broker (`broker FLAG config`) and waits until it accepts connections on
+    /// `port`.
+    fn start(broker: &Path, flag: &[&str], config: &Path, port: u16) -> Guard {
         let child = Command::new(broker)
-            .arg("-c")
+            .args(flag)
             .arg(config)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
-            .expect("mosquitto starts");
+            .expect("the broker starts");
         let mut guard = Guard(child);
         let deadline = Instant::now() + START_LIMIT;
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
@@ -494,7 +564,7 @@ impl Guard {
                 if let Some(mut stderr) = guard.0.stderr.take() {
                     let _ = std::io::Read::read_to_string(&mut stderr, &mut log);
                 }
-                panic!("mosquitto did not start on port {port}:\n{log}");
+                panic!("{} did not start on port {port}:\n{log}", broker.display());
             }
             std::thread::sleep(Duration::from_millis(20));
         }

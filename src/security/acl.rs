@@ -584,6 +584,13 @@ fn is_dangerous(name: &str) -> bool {
     name.contains(['+', '#'])
 }
 
+/// Whether a client's PUBLISH to `topic` is refused whatever the ACL file says (or with no
+/// file at all), as mosquitto's `acl__check_dollar` refuses it: `$SYS` but for bridge state,
+/// and `$share`.
+pub fn write_refused_anyway(topic: &str) -> bool {
+    topic.starts_with('$') && dollar_refuses(topic, Access::Write)
+}
+
 /// `acl__check_dollar`: refusals that come before, and regardless of, the file.
 fn dollar_refuses(topic: &str, access: Access) -> bool {
     if topic.starts_with("$SYS") {

@@ -59,10 +59,10 @@ impl Tables {
         }
     }
 
-    /// Whether a client may publish to `topic` (wills included). Writes to `$SYS` are the
-    /// broker's alone.
+    /// Whether a client may publish to `topic` (wills included). `$SYS` (but for bridge
+    /// state) and `$share` are refused with or without an ACL file, as mosquitto refuses them.
     pub fn can_write(&self, username: Option<&str>, client_id: &str, topic: &str) -> bool {
-        if topic.starts_with("$SYS") {
+        if acl::write_refused_anyway(topic) {
             return false;
         }
         self.acl
