@@ -1142,17 +1142,12 @@ fn a_certificate_without_a_common_name_is_refused_when_it_should_be_the_username
         let config = pki.client_config(Some(&nameless));
         let (mut client, ack) = TlsClient::try_connect(broker.tls[0], config, connect)
             .unwrap_or_else(|why| panic!("{v:?}: no CONNACK: {why}"));
-        let refusals = match v {
-            Version::V311 => [ReasonCode(0x04), ReasonCode(0x05)],
-            Version::V5 => [
-                ReasonCode::BAD_USER_NAME_OR_PASSWORD,
-                ReasonCode::NOT_AUTHORIZED,
-            ],
+        // mosquitto 2.0.11 answers 0x04 / 0x86 here (bad user name or password).
+        let refusal = match v {
+            Version::V311 => ReasonCode(0x04),
+            Version::V5 => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
         };
-        assert!(
-            refusals.contains(&ack.code),
-            "{v:?}: let in as device-7: {ack:?}"
-        );
+        assert_eq!(ack.code, refusal, "{v:?}: let in as device-7: {ack:?}");
         match client.recv_within(WAIT) {
             Err((NoPacket::Closed, _)) => {}
             other => panic!("{v:?}: expected a close after the refusal, got {other:?}"),

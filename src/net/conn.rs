@@ -10,7 +10,7 @@ use super::tls;
 use super::transport::{self, Reader, Shutdown, Writer};
 use super::writer;
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
-use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2};
+use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
 use crate::protocol::{Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version};
 use crate::security::acl::ReadScope;
 use crate::shard::encoder::{push_packet, Encoder};
@@ -422,12 +422,12 @@ impl Conn {
     async fn accept_connect(&mut self, mut connect: Connect) -> bool {
         let admission = Admission {
             is_server_full: self.shard.is_over_connection_limit(),
-            is_refused: !self.log_in(&mut connect).await,
+            refusal: self.log_in(&mut connect).await,
         };
         let mut accepted = match self.machine.handle_connect(connect, self.now, admission) {
             Ok(accepted) => accepted,
             Err(connack) => {
-                if admission.is_refused {
+                if admission.refusal.is_some() {
                     self.shard.metrics.count_login_refused();
                     let delay = self
                         .login
@@ -482,18 +482,18 @@ impl Conn {
     /// Checks the client's credentials (or its certificate) against the listener and the
     /// password file; records the username. A will the ACL does not let the client write is
     /// dropped (the connection stays, as the will is only a last PUBLISH).
-    async fn log_in(&mut self, connect: &mut Connect) -> bool {
+    async fn log_in(&mut self, connect: &mut Connect) -> Option<Refusal> {
         let endpoint = self.login.gate.endpoint(self.login.listener);
         let allow_anonymous = endpoint.is_some_and(|e| e.allow_anonymous);
         let given = connect.username.as_ref().map(|u| u.as_str().to_string());
-        let is_admitted = match &self.login.identity {
+        let refusal = match &self.login.identity {
             Identity::Certificate(Some(name)) => {
                 self.username = Some(name.clone());
-                true
+                None
             }
             // No name to log in as: refused, as mosquitto does, rather than falling back to
             // the CONNECT's username, which the certificate was meant to replace.
-            Identity::Certificate(None) => false,
+            Identity::Certificate(None) => Some(Refusal::BadCredentials),
             Identity::Credentials => {
                 if given.is_some() && self.login.gate.with_tables(|t| t.passwords.is_some()) {
                     // A hash check costs up to a few hundred microseconds of CPU: one per
@@ -503,9 +503,9 @@ impl Conn {
                 let password = connect.password.as_deref();
                 self.username = given;
                 let user = self.username.as_deref();
-                self.login
-                    .gate
-                    .with_tables(|t| t.admits(allow_anonymous, user, password))
+                let gate = &self.login.gate;
+                let admitted = gate.with_tables(|t| t.admits(allow_anonymous, user, password));
+                (!admitted).then_some(Refusal::NotAuthorized)
             }
         };
         let client_id = connect.client_id.as_str();
@@ -520,7 +520,7 @@ impl Conn {
             tracing::debug!("will of {client_id} dropped: the ACL denies writing its topic");
             connect.will = None;
         }
-        is_admitted
+        refusal
     }
 
     /// Whether the ACL lets this client publish to `topic`.

@@ -54,8 +54,18 @@ impl Default for PeerLimits {
 pub struct Admission {
     /// The broker is over its connection limit.
     pub is_server_full: bool,
-    /// The credentials (or certificate) do not admit the client on this listener.
-    pub is_refused: bool,
+    /// Why the credentials (or certificate) do not admit the client on this listener.
+    pub refusal: Option<Refusal>,
+}
+
+/// Why a login is refused; the codes are those mosquitto 2.0 answers with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// Wrong password, unknown user, anonymous where not allowed: 3.1.1 0x05, 5.0 0x87.
+    NotAuthorized,
+    /// No username to log in with where one is needed (a client certificate without a Common
+    /// Name under use_identity_as_username): 3.1.1 0x04, 5.0 0x86.
+    BadCredentials,
 }
 
 /// An accepted CONNECT: what the broker needs to claim the client id and make the session.
@@ -223,9 +233,16 @@ impl Connection {
                 return Err(self.refusal(ReasonCode::BAD_AUTHENTICATION_METHOD));
             }
         }
-        if admission.is_refused {
+        if let Some(refusal) = admission.refusal {
             // The codes mosquitto 2.0 answers a refused login with, in both versions.
-            return Err(self.refusal(self.not_authorized(connack_v3::NOT_AUTHORIZED)));
+            let code = match (refusal, v5) {
+                (Refusal::NotAuthorized, _) => self.not_authorized(connack_v3::NOT_AUTHORIZED),
+                (Refusal::BadCredentials, true) => ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+                (Refusal::BadCredentials, false) => {
+                    ReasonCode(connack_v3::BAD_USER_NAME_OR_PASSWORD)
+                }
+            };
+            return Err(self.refusal(code));
         }
         let wanted = &connect.properties;
         self.has_problem_info = wanted.request_problem_information != Some(0);

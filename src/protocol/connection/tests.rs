@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 const FULL: Admission = Admission {
     is_server_full: true,
-    is_refused: false,
+    refusal: None,
 };
 
 fn t0() -> Instant {
@@ -716,19 +716,38 @@ fn server_disconnects_are_v5_only() {
 #[test]
 fn mqtt_3_2_2_refused_credentials_get_the_codes_mosquitto_answers() {
     let now = t0();
-    let refused = Admission {
-        is_refused: true,
-        ..Admission::default()
-    };
-    for (version, code) in [
-        (Version::V311, ReasonCode(connack_v3::NOT_AUTHORIZED)),
-        (Version::V5, ReasonCode::NOT_AUTHORIZED),
-    ] {
+    let cases = [
+        (
+            Refusal::NotAuthorized,
+            Version::V311,
+            ReasonCode(connack_v3::NOT_AUTHORIZED),
+        ),
+        (
+            Refusal::NotAuthorized,
+            Version::V5,
+            ReasonCode::NOT_AUTHORIZED,
+        ),
+        (
+            Refusal::BadCredentials,
+            Version::V311,
+            ReasonCode(connack_v3::BAD_USER_NAME_OR_PASSWORD),
+        ),
+        (
+            Refusal::BadCredentials,
+            Version::V5,
+            ReasonCode::BAD_USER_NAME_OR_PASSWORD,
+        ),
+    ];
+    for (refusal, version, code) in cases {
+        let refused = Admission {
+            refusal: Some(refusal),
+            ..Admission::default()
+        };
         let mut machine = Connection::new(Limits::default(), now);
         let ack = machine
             .handle_connect(connect(version, "c", true, 10), now, refused)
             .unwrap_err();
-        assert_eq!(ack.code, code);
+        assert_eq!(ack.code, code, "{refusal:?} in {version:?}");
     }
 }
 
