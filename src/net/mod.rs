@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod gate;
+pub mod sockio;
 pub mod tls;
 pub mod transport;
 pub mod writer;

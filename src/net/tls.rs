@@ -8,6 +8,7 @@
 //! then go to the socket with one `writev`. Only when the socket is full is a record copied
 //! out, for io_uring to wait on.
 
+use super::sockio::{dup_stream, gather, sendmsg};
 pub use crate::config::TlsSettings;
 use crate::shard::outbox::Outbox;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
@@ -18,7 +19,7 @@ use rustls::server::{ServerConfig, ServerConnection, WebPkiClientVerifier};
 use rustls::RootCertStore;
 use std::cell::RefCell;
 use std::io::{self, IoSlice, Read, Write};
-use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
@@ -26,8 +27,6 @@ use std::time::{Duration, Instant};
 
 /// Ciphertext read from the socket at a time: one full TLS record and its overhead.
 const CIPHER_READ_BYTES: usize = 16 << 10 | 512;
-/// Frames handed to rustls per write.
-const FRAMES_PER_WRITE: usize = 256;
 
 /// A TLS listener's certificates: the rustls configuration made from its files, replaced as
 /// a whole when they are read again (SIGHUP). New handshakes use the new one; connections
@@ -339,23 +338,7 @@ impl TlsWriter {
         if conn.wants_write() || outbox.is_empty() {
             return Ok(());
         }
-        self.iov.clear();
-        let iov = &mut self.iov;
-        outbox.peek_frames(FRAMES_PER_WRITE, |frame| {
-            for part in [&frame.header, &frame.payload] {
-                if !part.is_empty() {
-                    iov.push(libc::iovec {
-                        iov_base: part.as_ptr() as *mut libc::c_void,
-                        iov_len: part.len(),
-                    });
-                }
-            }
-        });
-        // SAFETY: `IoSlice` is ABI-compatible with `iovec` on Unix (documented), and every
-        // iovec points into a `Bytes` held by the outbox, untouched until `consume` below.
-        let slices = unsafe {
-            std::slice::from_raw_parts(self.iov.as_ptr() as *const IoSlice<'_>, self.iov.len())
-        };
+        let slices = gather(outbox, &mut self.iov);
         let taken = conn.writer().write_vectored(slices)?;
         outbox.consume(taken);
         Ok(())
@@ -365,18 +348,7 @@ impl TlsWriter {
     async fn wait_and_write(&mut self) -> io::Result<()> {
         let mut chunk = Vec::new();
         self.conn.borrow_mut().write_tls(&mut chunk)?;
-        if self.slow.is_none() {
-            // SAFETY: dup of an fd the reader keeps open; the copy is owned by the new stream.
-            let copy = unsafe { libc::dup(self.fd) };
-            if copy < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `copy` is a fresh fd for the same socket, owned from here on.
-            self.slow = Some(unsafe { TcpStream::from_raw_fd(copy) });
-        }
-        let Some(stream) = self.slow.as_mut() else {
-            return Err(io::ErrorKind::BrokenPipe.into());
-        };
+        let stream = dup_stream(&mut self.slow, self.fd)?;
         stream.write_all(&chunk).await
     }
 
@@ -402,16 +374,7 @@ impl Write for FdWriter {
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-        msg.msg_iov = bufs.as_ptr() as *mut libc::iovec;
-        msg.msg_iovlen = bufs.len() as _;
-        // SAFETY: `IoSlice` is ABI-compatible with `iovec`; the slices outlive the call.
-        let n = unsafe { libc::sendmsg(self.0, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-        if n < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(n as usize)
+        sendmsg(self.0, bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {

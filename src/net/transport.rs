@@ -17,16 +17,14 @@
 //! The reader owns the socket; the writer works on its fd and must be done (or dropped) before
 //! the reader is dropped, which `conn::serve` ensures.
 
+use super::sockio::{dup_stream, gather, sendmsg};
 use super::tls::{TlsReader, TlsWriter};
 use crate::shard::outbox::Outbox;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
 use std::io;
-use std::os::unix::io::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::io::{AsRawFd, RawFd};
 use std::time::Duration;
-
-/// Frames gathered into one `sendmsg`; Linux allows 1024 iovecs, two per frame.
-const FRAMES_PER_WRITE: usize = 256;
 
 /// Which direction `shutdown` closes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -144,7 +142,8 @@ pub struct TcpWriter {
 
 impl TcpWriter {
     async fn write_some(&mut self, outbox: &Outbox) -> io::Result<()> {
-        match send_some(self.fd, outbox, &mut self.iov) {
+        let sent = sendmsg(self.fd, gather(outbox, &mut self.iov));
+        match sent {
             Ok(n) => outbox.consume(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_and_write(outbox).await?,
             Err(e) => return Err(e),
@@ -161,7 +160,7 @@ impl TcpWriter {
         let Some(part) = outbox.front_part() else {
             return Ok(());
         };
-        let stream = self.slow_stream()?;
+        let stream = dup_stream(&mut self.slow, self.fd)?;
         // A slow subscriber being disconnected must not wait for its socket.
         let write = async { Some(stream.write(&part).await) };
         let aborted = async {
@@ -177,45 +176,6 @@ impl TcpWriter {
             _ => Err(io::ErrorKind::ConnectionAborted.into()),
         }
     }
-
-    fn slow_stream(&mut self) -> io::Result<&mut TcpStream> {
-        if self.slow.is_none() {
-            // SAFETY: dup of an fd the reader keeps open; the copy is owned by the new stream.
-            let copy = unsafe { libc::dup(self.fd) };
-            if copy < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            // SAFETY: `copy` is a fresh fd for the same socket, owned from here on.
-            self.slow = Some(unsafe { TcpStream::from_raw_fd(copy) });
-        }
-        Ok(self.slow.as_mut().expect("set just above"))
-    }
-}
-
-/// One non-blocking `sendmsg` of the first frames; returns the bytes written.
-fn send_some(fd: RawFd, outbox: &Outbox, iov: &mut Vec<libc::iovec>) -> io::Result<usize> {
-    iov.clear();
-    outbox.peek_frames(FRAMES_PER_WRITE, |frame| {
-        for part in [&frame.header, &frame.payload] {
-            if !part.is_empty() {
-                iov.push(libc::iovec {
-                    iov_base: part.as_ptr() as *mut libc::c_void,
-                    iov_len: part.len(),
-                });
-            }
-        }
-    });
-    // SAFETY: msghdr is plain data; zeroed is a valid empty header.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_iov = iov.as_mut_ptr();
-    msg.msg_iovlen = iov.len() as _;
-    // SAFETY: every iovec points into a `Bytes` held by the outbox, which is not touched until
-    // this call returns.
-    let n = unsafe { libc::sendmsg(fd, &msg, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(n as usize)
 }
 
 fn shutdown_fd(fd: RawFd, how: Shutdown) {

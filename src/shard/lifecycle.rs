@@ -6,7 +6,7 @@ use super::msg::{MeshMsg, Release};
 use super::subscriptions::remove_session;
 use super::takeover::home_shard;
 use super::{SessionKey, Shard};
-use crate::protocol::{Disconnect, Packet, Publish, ReasonCode, Version, Will};
+use crate::protocol::{Publish, ReasonCode, Version, Will};
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -130,18 +130,9 @@ impl Shard {
         let st = &mut *st;
         let mut wills = Vec::new();
         for session in st.sessions.values_mut() {
-            let Some(outbox) = session.outbox.take() else {
-                continue;
-            };
-            if session.version == Version::V5 {
-                let packet = Packet::Disconnect(Disconnect {
-                    reason,
-                    properties: Default::default(),
-                });
-                st.enc.push_packet(&outbox, &packet, Version::V5);
+            if session.close_connection(reason, &mut st.enc) {
+                wills.extend(session.will.take());
             }
-            outbox.close();
-            wills.extend(session.will.take());
         }
         // Sessions end with the server, so wills still waiting for their delay are due now.
         wills.extend(st.pending_wills.drain().map(|(_, will)| will));

@@ -7,7 +7,8 @@ use super::encoder::{push_publish, Encoder};
 use super::overflow;
 use crate::config::{Limits, Qos12Overflow};
 use crate::protocol::codec;
-use crate::protocol::{Ack, Packet, Publish, QoS, SubscriptionOptions, Version, Will};
+use crate::protocol::connection::server_disconnect;
+use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode, SubscriptionOptions, Version, Will};
 use crate::shard::backpressure::{DropReason, Pressure};
 use crate::shard::outbox::Outbox;
 use bytes::Bytes;
@@ -746,11 +747,17 @@ impl Session {
         out
     }
 
-    /// Sends a control packet on the current connection, if any.
-    pub fn send(&self, packet: &Packet, enc: &mut Encoder) {
-        if let Some(outbox) = &self.outbox {
-            enc.push_packet(outbox, packet, self.version);
+    /// Closes the current connection from the broker's side (takeover, shutdown), telling a
+    /// 5.0 client why first; false when the session had no connection.
+    pub fn close_connection(&mut self, reason: ReasonCode, enc: &mut Encoder) -> bool {
+        let Some(outbox) = self.outbox.take() else {
+            return false;
+        };
+        if let Some(packet) = server_disconnect(self.version, reason) {
+            enc.push_packet(&outbox, &packet, self.version);
         }
+        outbox.close();
+        true
     }
 }
 

@@ -16,7 +16,7 @@ use super::session::{Session, SessionState};
 use super::subscriptions::{add_subscription, drop_subscriptions, forget_session};
 use super::{SessionKey, Shard};
 use crate::mesh::ShardId;
-use crate::protocol::{Disconnect, Packet, ReasonCode, Version, Will};
+use crate::protocol::{ReasonCode, Will};
 
 /// Which shard keeps the registry entry of a client id.
 pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
@@ -221,16 +221,10 @@ impl Shard {
 
     /// Closes the connection of a session taken over; returns its will if due now.
     fn close_taken_over(&self, session: &mut Session) -> Option<Will> {
-        let outbox = session.outbox.take()?;
-        if session.version == Version::V5 {
-            let packet = Packet::Disconnect(Disconnect {
-                reason: ReasonCode::SESSION_TAKEN_OVER,
-                properties: Default::default(),
-            });
-            let mut st = self.state.borrow_mut();
-            st.enc.push_packet(&outbox, &packet, Version::V5);
+        let enc = &mut self.state.borrow_mut().enc;
+        if !session.close_connection(ReasonCode::SESSION_TAKEN_OVER, enc) {
+            return None;
         }
-        outbox.close();
         // A will with a delay is not due: the client is back within it.
         session
             .will
