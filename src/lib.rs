@@ -10,6 +10,7 @@
 //!   one line per submodule).
 //! - `mesh`: messages between shards over bounded SPSC rings.
 //! - `net`: the only socket code: accept and place, read packets, write outboxes.
+//! - `ops`: what operators see over HTTP: Prometheus metrics, the JSON API, the dashboard.
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `security`: who may connect: mosquitto-compatible password files (read, check, write).
 
@@ -18,6 +19,7 @@ pub mod host;
 pub mod mesh;
 pub mod metrics;
 pub mod net;
+pub mod ops;
 pub mod protocol;
 pub mod security;
 pub mod server;
