@@ -72,6 +72,13 @@ impl Gate {
         f(&self.tables.borrow())
     }
 
+    /// The current password and ACL tables, to keep (an HTTP request checks its credentials
+    /// against them).
+    pub fn tables(&self) -> Arc<Tables> {
+        self.with_tables(|_| ());
+        self.tables.borrow().clone()
+    }
+
     /// What a new session's deliveries are checked against: the current ACL and the
     /// client's username; None without an ACL.
     pub fn read_filter(&self, username: Option<String>) -> Option<ReadFilter> {

@@ -6,14 +6,19 @@
 
 pub mod http;
 
+use crate::security::Tables;
 use crate::shard::Shard;
 use http::{Request, Response};
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// What a request may use to answer.
 pub struct Context {
     /// The shard the request's connection is served on.
     pub shard: Rc<Shard>,
+    /// The password and ACL tables of the moment (HTTP Basic credentials are checked against
+    /// the password file).
+    pub tables: Arc<Tables>,
 }
 
 /// Answers one HTTP request.
