@@ -37,6 +37,11 @@ pub struct Config {
     pub shards: usize,
     /// Log level: error, warn, info, debug or trace.
     pub log_level: String,
+    /// Log format: `text` (colour only on a terminal) or `json` (one object per line).
+    pub log_format: String,
+    /// Users of the password file who may use the HTTP endpoints (metrics, API, dashboard);
+    /// with a password file and none listed, every HTTP request is refused.
+    pub http_users: Vec<String>,
     /// Protocol limits.
     pub limits: Limits,
     /// Cross-shard ring tuning.
@@ -158,6 +163,8 @@ impl Default for Config {
             cpus: Vec::new(),
             shards: 0,
             log_level: "info".to_string(),
+            log_format: "text".to_string(),
+            http_users: Vec::new(),
             limits: Limits::default(),
             mesh: MeshConfig::default(),
             backpressure: Backpressure::default(),
@@ -271,6 +278,12 @@ impl Config {
         }
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return bad("`log_level` must be one of error, warn, info, debug, trace");
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            return bad("`log_format` must be `text` or `json`");
+        }
+        if !self.http_users.is_empty() && self.password_file.is_none() {
+            return bad("`http_users` needs a `password_file` to check their passwords against");
         }
         self.validate_listeners()
     }

@@ -20,6 +20,10 @@ pub struct Metrics {
     pub logins_refused: Cell<u64>,
     /// PUBLISH packets the ACL did not let their client write.
     pub publishes_denied: Cell<u64>,
+    /// PUBLISH packets received, by their QoS.
+    pub received_by_qos: [Cell<u64>; 3],
+    /// PUBLISH deliveries offered, by the QoS the subscriber gets.
+    pub sent_by_qos: [Cell<u64>; 3],
 }
 
 impl Metrics {
@@ -39,6 +43,22 @@ impl Metrics {
         self.publishes_denied.set(self.publishes_denied.get() + 1);
     }
 
+    /// Counts a PUBLISH received at `qos` (0, 1 or 2).
+    pub fn count_received(&self, qos: usize) {
+        bump(&self.messages_received);
+        if let Some(cell) = self.received_by_qos.get(qos) {
+            bump(cell);
+        }
+    }
+
+    /// Counts a PUBLISH delivery offered at `qos` (0, 1 or 2).
+    pub fn count_sent(&self, qos: usize) {
+        bump(&self.messages_sent);
+        if let Some(cell) = self.sent_by_qos.get(qos) {
+            bump(cell);
+        }
+    }
+
     /// Counts bytes read from a client.
     pub fn add_bytes_received(&self, n: usize) {
         self.bytes_received
@@ -46,12 +66,18 @@ impl Metrics {
     }
 }
 
+fn bump(cell: &Cell<u64>) {
+    cell.set(cell.get() + 1);
+}
+
 /// Drop counters: `[reason][qos]`, reasons in `shard::backpressure::DropReason::ALL` order.
 pub type DropCounts = [[u64; 3]; 4];
 
 /// One shard's counters and gauges at one moment, as plain numbers that can cross threads.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Snapshot {
+    /// The shard these numbers are of (0 in a sum).
+    pub shard: usize,
     /// Sessions with a connection.
     pub clients_connected: u64,
     /// Sessions, connected or not.
@@ -62,6 +88,12 @@ pub struct Snapshot {
     pub messages_received: u64,
     /// PUBLISH deliveries offered to sessions.
     pub messages_sent: u64,
+    /// PUBLISH packets received, by QoS.
+    pub received_by_qos: [u64; 3],
+    /// PUBLISH deliveries offered, by QoS.
+    pub sent_by_qos: [u64; 3],
+    /// Retained messages in this shard's replica (every shard holds all of them).
+    pub retained: u64,
     /// Bytes read from client sockets.
     pub bytes_received: u64,
     /// Bytes written to client sockets.
@@ -103,6 +135,12 @@ impl Snapshot {
         self.subscriptions += o.subscriptions;
         self.messages_received += o.messages_received;
         self.messages_sent += o.messages_sent;
+        for q in 0..3 {
+            self.received_by_qos[q] += o.received_by_qos[q];
+            self.sent_by_qos[q] += o.sent_by_qos[q];
+        }
+        // Every shard holds a replica of the same retained messages: not a sum.
+        self.retained = self.retained.max(o.retained);
         self.bytes_received += o.bytes_received;
         self.bytes_sent += o.bytes_sent;
         self.handshake_failures += o.handshake_failures;

@@ -24,6 +24,8 @@ pub struct Tables {
     /// Access rules, when an ACL file is configured; without, everything is allowed but
     /// writes to `$SYS`.
     pub acl: Option<Acl>,
+    /// Users of the password file who may use the HTTP endpoints.
+    pub http_users: Vec<String>,
 }
 
 impl Tables {
@@ -40,7 +42,11 @@ impl Tables {
             }
         }
         let acl = files.acl_file.as_deref().map(Acl::load).transpose()?;
-        Ok(Tables { passwords, acl })
+        Ok(Tables {
+            passwords,
+            acl,
+            http_users: files.http_users.clone(),
+        })
     }
 
     /// Whether a client presenting `username` and `password` may connect on a listener that
@@ -57,6 +63,18 @@ impl Tables {
             (Some(user), Some(passwords)) => passwords.check(user, password.unwrap_or_default()),
             (Some(_), None) => allow_anonymous,
         }
+    }
+
+    /// Whether an HTTP request with these Basic credentials (None: none sent) may use the
+    /// operator endpoints: always without a password file; otherwise a user listed in
+    /// `http_users` with the right password.
+    pub fn admits_http(&self, credentials: Option<(&str, &[u8])>) -> bool {
+        let Some(passwords) = &self.passwords else {
+            return true;
+        };
+        credentials.is_some_and(|(user, password)| {
+            self.http_users.iter().any(|u| u == user) && passwords.check(user, password)
+        })
     }
 
     /// Whether a client may publish to `topic` (wills included). `$SYS` (but for bridge
@@ -78,6 +96,8 @@ pub struct Files {
     pub password_file: Option<PathBuf>,
     /// `acl_file`.
     pub acl_file: Option<PathBuf>,
+    /// `http_users`.
+    pub http_users: Vec<String>,
 }
 
 impl Files {
@@ -86,6 +106,7 @@ impl Files {
         Files {
             password_file: config.password_file.clone(),
             acl_file: config.acl_file.clone(),
+            http_users: config.http_users.clone(),
         }
     }
 }

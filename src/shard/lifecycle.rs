@@ -120,7 +120,7 @@ impl Shard {
         let message = Message::received(publish, 0);
         // Routed without waiting (for room or for retained replicas): a will may be published
         // from a ring receiver, which must never wait on its own ring.
-        self.count_received();
+        self.count_received(message.publish.qos);
         self.route(message).await;
     }
 

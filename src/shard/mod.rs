@@ -23,6 +23,7 @@
 //! - `cursor`: where a new subscription's retained delivery stands, and the walk over them.
 //! - `feeder`: feeding a session its retained messages as its connection makes room.
 //! - `requests`: answers this shard waits for from other shards.
+//! - `inspect`: operators' questions to every shard (clients, counts, disconnect).
 //! - `sys`: the `$SYS` topics.
 
 pub mod backpressure;
@@ -30,6 +31,7 @@ pub mod cursor;
 pub mod encoder;
 mod feeder;
 mod handoff;
+pub mod inspect;
 mod lifecycle;
 pub mod message;
 pub mod msg;
@@ -214,6 +216,8 @@ impl Shard {
             MeshMsg::Release(release) => self.on_release(release),
             MeshMsg::Settle(settle) => self.on_settle(settle),
             MeshMsg::Settled(settle) => self.on_settled(settle),
+            MeshMsg::Inspect(inspect) => self.on_inspect(*inspect),
+            MeshMsg::Reported(reported) => self.on_reported(*reported),
             // Placing a connection is the server's (`server::dispatch`); never routed here.
             MeshMsg::Accepted(..) => {}
         }

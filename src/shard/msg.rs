@@ -1,6 +1,7 @@
 //! Everything one shard can tell another, carried by the mesh (`crate::mesh`): one struct per
 //! message. `Shard::on_message` hands each to a method in the module of its concept.
 
+use super::inspect::{Query, Report};
 use super::message::Message;
 use super::session::SessionState;
 use super::SessionKey;
@@ -41,6 +42,28 @@ pub enum MeshMsg {
     Settle(Settle),
     /// To the shard keeping a handed-over session's stub: one shard passed `Settle` on.
     Settled(Settle),
+    /// An operator's question for this shard (`inspect`); boxed, being rare.
+    Inspect(Box<Inspect>),
+    /// One shard's answer to an `Inspect` (`inspect`).
+    Reported(Box<Reported>),
+}
+
+/// An operator's question, asked by shard `from` of every shard.
+pub struct Inspect {
+    /// The question.
+    pub query: Query,
+    /// Who asks.
+    pub from: ShardId,
+    /// Request to answer with `Reported`.
+    pub request: RequestId,
+}
+
+/// One shard's answer to an `Inspect`.
+pub struct Reported {
+    /// The request answered.
+    pub request: RequestId,
+    /// The answer.
+    pub report: Report,
 }
 
 /// Set (Some) or clear (None) the retained message of a topic in this shard's replica.

@@ -1,6 +1,7 @@
 //! Requests this shard sent to other shards and is waiting on: a tiny one-shot rendezvous
 //! keyed by request id, resolved by the shard's mesh receiver.
 
+use super::inspect::Report;
 use super::msg::StubRef;
 use super::session::SessionState;
 use crate::mesh::RequestId;
@@ -16,6 +17,8 @@ pub struct Answer {
     pub state: Option<Box<SessionState>>,
     /// Where that session's stub holds what was published since (`Handoff`).
     pub stub: Option<StubRef>,
+    /// Every shard's answer to an operator's question (`Reported`), in arrival order.
+    pub reports: Vec<Report>,
 }
 
 #[derive(Default)]
@@ -52,8 +55,10 @@ impl Requests {
             return;
         };
         slot.remaining = slot.remaining.saturating_sub(1);
+        slot.answer.reports.extend(answer.reports);
         if answer.state.is_some() || answer.stub.is_some() {
-            slot.answer = answer;
+            slot.answer.state = answer.state;
+            slot.answer.stub = answer.stub;
         }
         if slot.remaining == 0 {
             if let Some(waker) = slot.waker.take() {

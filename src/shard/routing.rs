@@ -25,7 +25,7 @@ impl Shard {
     /// Returns whether anyone subscribes to it.
     pub async fn publish(&self, message: Message) -> bool {
         self.wait_for_room().await;
-        self.count_received();
+        self.count_received(message.publish.qos);
         self.route_with(message, true).await
     }
 
@@ -43,7 +43,7 @@ impl Shard {
         if !st.group_trie.is_empty() || interested_shards(&st.interest, topic) != 0 {
             return Err(message);
         }
-        self.count_received();
+        self.count_received(message.publish.qos);
         if message.publish.retain {
             st.retained.set(topic, Some(message.to_stored()));
         }
@@ -57,9 +57,8 @@ impl Shard {
     }
 
     /// Counts a PUBLISH received (from a client, or a will).
-    pub(super) fn count_received(&self) {
-        let received = &self.metrics.messages_received;
-        received.set(received.get() + 1);
+    pub(super) fn count_received(&self, qos: QoS) {
+        self.metrics.count_received(qos as usize);
     }
 
     /// Routes a message. With `wait_for_replicas`, a QoS 1/2 retained message returns only once
@@ -148,10 +147,8 @@ impl Shard {
                 continue;
             };
             any = true;
+            self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);
-            self.metrics
-                .messages_sent
-                .set(self.metrics.messages_sent.get() + 1);
         }
         enc.forget();
         any

@@ -747,6 +747,11 @@ impl Session {
         out
     }
 
+    /// Outbound QoS 1/2 messages sent and not yet acknowledged.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight.len()
+    }
+
     /// Closes the current connection from the broker's side (takeover, shutdown), telling a
     /// 5.0 client why first; false when the session had no connection.
     pub fn close_connection(&mut self, reason: ReasonCode, enc: &mut Encoder) -> bool {

@@ -27,6 +27,11 @@ pub(super) struct Group {
 }
 
 impl Group {
+    /// Members that are sessions of shard `shard`.
+    pub(super) fn members_on(&self, shard: ShardId) -> usize {
+        self.members.iter().filter(|(s, _)| *s == shard).count()
+    }
+
     /// The next member in turn, for an even spread.
     fn pick(&mut self) -> Option<(ShardId, SessionKey)> {
         if self.members.is_empty() {
@@ -146,11 +151,9 @@ impl Shard {
             return false;
         };
         grant.share = Some(share.to_string());
+        self.metrics.count_sent(grant.qos as usize);
         session.deliver(&message.publish, grant, &self.limits, &mut st.enc);
         st.enc.forget();
-        self.metrics
-            .messages_sent
-            .set(self.metrics.messages_sent.get() + 1);
         true
     }
 

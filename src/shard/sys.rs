@@ -18,9 +18,13 @@ impl Shard {
         let st = self.state.borrow();
         let p = &self.pressure;
         let mut s = Snapshot {
+            shard: self.id(),
             clients_total: st.sessions.len() as u64,
             messages_received: self.metrics.messages_received.get(),
             messages_sent: self.metrics.messages_sent.get(),
+            received_by_qos: self.metrics.received_by_qos.each_ref().map(|c| c.get()),
+            sent_by_qos: self.metrics.sent_by_qos.each_ref().map(|c| c.get()),
+            retained: st.retained.len() as u64,
             bytes_received: self.metrics.bytes_received.get(),
             handshake_failures: self.metrics.handshake_failures.get(),
             logins_refused: self.metrics.logins_refused.get(),
@@ -186,6 +190,10 @@ pub fn topics(total: &Snapshot, shards: &[Snapshot], uptime: Duration) -> Vec<(S
             total.bytes_received.to_string(),
         ),
         (format!("{b}/bytes/sent"), total.bytes_sent.to_string()),
+        (
+            format!("{b}/retained messages/count"),
+            total.retained.to_string(),
+        ),
         (
             format!("{b}/store/messages/count"),
             total.queued_messages.to_string(),

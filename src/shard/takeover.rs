@@ -98,7 +98,11 @@ impl Shard {
             state,
             stub,
         } = handoff;
-        self.requests.answer(request, Answer { state, stub });
+        self.requests.answer(request, Answer {
+            state,
+            stub,
+            ..Answer::default()
+        });
     }
 
     /// Installs a session for a new connection and returns its key, with the filters its

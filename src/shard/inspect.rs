@@ -1,0 +1,286 @@
+//! What operators ask of the shards (`crate::ops`): counters, clients, subscription counts, an
+//! administrative disconnect. Sessions live on every shard, so a question goes to each shard
+//! over the mesh (`MeshMsg::Inspect`) and each answers with plain data (`MeshMsg::Reported`)
+//! that the asking shard merges. Nothing here runs per message: only when asked.
+
+use super::msg::{Inspect, MeshMsg, Reported};
+use super::requests::Answer;
+use super::session::Session;
+use super::{Shard, State, SHARE_PREFIX};
+use crate::metrics::Snapshot;
+use crate::protocol::{ReasonCode, Version};
+use serde::Serialize;
+use std::rc::Rc;
+
+/// Clients one shard lists per question at most, whatever the page size asked.
+pub const CLIENTS_PER_PAGE_MAX: usize = 1000;
+
+/// A question for every shard.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Query {
+    /// Its counters and gauges now.
+    Snapshot,
+    /// Up to `limit` of its clients whose id sorts after `after`, in client-id order.
+    Clients {
+        /// The last client id of the previous page ("" for the first).
+        after: String,
+        /// Page size.
+        limit: usize,
+    },
+    /// One client, with its subscriptions.
+    Client(String),
+    /// Subscriptions whose filter matches this topic name.
+    Topic(String),
+    /// Subscriptions on exactly this filter.
+    Filter(String),
+    /// The `n` filters with the most subscriptions.
+    TopFilters(usize),
+    /// Close this client's connection with DISCONNECT 0x98 (Administrative action).
+    Disconnect(String),
+}
+
+/// One shard's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Report {
+    /// Counters and gauges.
+    Snapshot(Snapshot),
+    /// Clients in client-id order.
+    Clients(Vec<ClientInfo>),
+    /// The client asked for, if this shard holds its session.
+    Client(Option<ClientInfo>),
+    /// Subscriptions counted: ordinary and shared-subscription members.
+    Count(Count),
+    /// Filters with their subscription counts.
+    Filters(Vec<(String, u64)>),
+    /// Whether this shard held a connection of that client and closed it.
+    Disconnected(bool),
+}
+
+/// Subscriptions that match a topic or hold a filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Count {
+    /// Ordinary subscriptions (each gets its own copy of a message).
+    pub subscriptions: u64,
+    /// Members of shared subscriptions (each group gets one copy between its members).
+    pub shared_members: u64,
+}
+
+/// One client's session as an operator sees it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ClientInfo {
+    /// The client identifier.
+    pub client_id: String,
+    /// The shard that holds its session.
+    pub shard: usize,
+    /// Whether a connection holds the session now.
+    pub connected: bool,
+    /// "3.1.1" or "5.0".
+    pub protocol: &'static str,
+    /// Whether the session outlives its connection.
+    pub persistent: bool,
+    /// Subscriptions held.
+    pub subscription_count: usize,
+    /// Messages waiting behind the inflight window (and in the write buffer, when connected).
+    pub queued_messages: usize,
+    /// Outbound QoS 1/2 messages sent and not yet acknowledged.
+    pub inflight: usize,
+    /// Messages dropped for this session (queue full, offline QoS 0, too large).
+    pub dropped: u64,
+    /// Its subscriptions (only when one client is asked for).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub subscriptions: Vec<SubscriptionInfo>,
+}
+
+/// One subscription with its options.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct SubscriptionInfo {
+    /// The filter as the client wrote it (a shared one keeps `$share/group/`).
+    pub filter: String,
+    /// Maximum QoS granted.
+    pub qos: u8,
+    /// 5.0 No Local.
+    pub no_local: bool,
+    /// 5.0 Retain As Published.
+    pub retain_as_published: bool,
+    /// 5.0 Retain Handling.
+    pub retain_handling: u8,
+    /// 5.0 Subscription Identifier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identifier: Option<u32>,
+}
+
+impl Shard {
+    /// Asks every shard (this one too) `query` and waits for all the answers, in no order.
+    pub async fn ask_all(self: &Rc<Self>, query: Query) -> Vec<Report> {
+        let request = self.requests.open(self.shards);
+        for to in 0..self.shards {
+            let inspect = Inspect {
+                query: query.clone(),
+                from: self.id(),
+                request,
+            };
+            self.mesh.post(to, MeshMsg::Inspect(Box::new(inspect)));
+        }
+        self.requests.wait(request).await.reports
+    }
+
+    /// Answers another shard's (or this shard's own) question.
+    pub(super) fn on_inspect(&self, inspect: Inspect) {
+        let report = self.answer_query(&inspect.query);
+        let reported = Reported {
+            request: inspect.request,
+            report,
+        };
+        self.mesh
+            .post(inspect.from, MeshMsg::Reported(Box::new(reported)));
+    }
+
+    /// Records one shard's answer to a question this shard asked.
+    pub(super) fn on_reported(&self, reported: Reported) {
+        let answer = Answer {
+            reports: vec![reported.report],
+            ..Answer::default()
+        };
+        self.requests.answer(reported.request, answer);
+    }
+
+    /// This shard's answer to `query`.
+    pub fn answer_query(&self, query: &Query) -> Report {
+        if let Query::Snapshot = query {
+            return Report::Snapshot(self.snapshot());
+        }
+        let mut st = self.state.borrow_mut();
+        let shard = self.id();
+        match query {
+            Query::Snapshot => Report::Snapshot(Snapshot::default()),
+            Query::Clients { after, limit } => Report::Clients(clients_page(&st, shard, after, *limit)),
+            Query::Client(id) => Report::Client(st.by_client.get(id).and_then(|key| {
+                let session = st.sessions.get(key)?;
+                Some(client_info(session, shard, true))
+            })),
+            Query::Topic(topic) => Report::Count(count_topic(&st, shard, topic)),
+            Query::Filter(filter) => Report::Count(count_filter(&st, shard, filter)),
+            Query::TopFilters(n) => Report::Filters(top_filters(&st, *n)),
+            Query::Disconnect(id) => Report::Disconnected(disconnect(&mut st, id)),
+        }
+    }
+}
+
+/// Closes the connection of client `id`, if this shard holds one, telling a 5.0 client why.
+fn disconnect(st: &mut State, id: &str) -> bool {
+    let State {
+        sessions,
+        by_client,
+        enc,
+        ..
+    } = st;
+    let Some(session) = by_client.get(id).and_then(|key| sessions.get_mut(key)) else {
+        return false;
+    };
+    // The connection's task then ends the session as for a lost connection (the will is
+    // published: the client did not send DISCONNECT itself).
+    session.close_connection(ReasonCode::ADMINISTRATIVE_ACTION, enc)
+}
+
+/// Up to `limit` clients of this shard whose id sorts after `after`, in id order.
+fn clients_page(st: &State, shard: usize, after: &str, limit: usize) -> Vec<ClientInfo> {
+    let limit = limit.min(CLIENTS_PER_PAGE_MAX);
+    let mut ids: Vec<&String> = st
+        .by_client
+        .keys()
+        .filter(|id| id.as_str() > after)
+        .collect();
+    // Only the first `limit` need sorting, whatever the number of sessions.
+    if ids.len() > limit {
+        ids.select_nth_unstable(limit);
+        ids.truncate(limit);
+    }
+    ids.sort_unstable();
+    ids.into_iter()
+        .filter_map(|id| st.sessions.get(st.by_client.get(id)?))
+        .map(|session| client_info(session, shard, false))
+        .collect()
+}
+
+/// What an operator sees of `session`; its subscriptions too when `with_subscriptions`.
+fn client_info(session: &Session, shard: usize, with_subscriptions: bool) -> ClientInfo {
+    let mut queued = session.queued_len();
+    if let Some(outbox) = &session.outbox {
+        queued += outbox.len();
+    }
+    let mut subscriptions: Vec<SubscriptionInfo> = if with_subscriptions {
+        session
+            .subscriptions
+            .iter()
+            .map(|(filter, sub)| SubscriptionInfo {
+                filter: filter.clone(),
+                qos: sub.options.qos as u8,
+                no_local: sub.options.no_local,
+                retain_as_published: sub.options.retain_as_published,
+                retain_handling: sub.options.retain_handling,
+                identifier: sub.id,
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    subscriptions.sort_unstable_by(|a, b| a.filter.cmp(&b.filter));
+    ClientInfo {
+        client_id: session.client_id.clone(),
+        shard,
+        connected: session.is_online(),
+        protocol: match session.version {
+            Version::V5 => "5.0",
+            _ => "3.1.1",
+        },
+        persistent: session.is_persistent,
+        subscription_count: session.subscriptions.len(),
+        queued_messages: queued,
+        inflight: session.inflight_len(),
+        dropped: session.counters.dropped,
+        subscriptions,
+    }
+}
+
+/// Subscriptions of this shard whose filter matches topic name `topic`.
+fn count_topic(st: &State, shard: usize, topic: &str) -> Count {
+    let mut count = Count::default();
+    st.trie.for_each_match(topic, |_, _| count.subscriptions += 1);
+    // Every shard knows every group's members; each counts only its own sessions.
+    st.group_trie.for_each_match(topic, |share, _| {
+        if let Some(group) = st.groups.get(share) {
+            count.shared_members += group.members_on(shard) as u64;
+        }
+    });
+    count
+}
+
+/// Subscriptions of this shard on exactly `filter`.
+fn count_filter(st: &State, shard: usize, filter: &str) -> Count {
+    if filter.starts_with(SHARE_PREFIX) {
+        let members = st.groups.get(filter).map_or(0, |g| g.members_on(shard));
+        return Count {
+            shared_members: members as u64,
+            ..Count::default()
+        };
+    }
+    Count {
+        subscriptions: st.filter_refs.get(filter).copied().unwrap_or(0) as u64,
+        ..Count::default()
+    }
+}
+
+/// The `n` filters of this shard with the most subscriptions, most first.
+fn top_filters(st: &State, n: usize) -> Vec<(String, u64)> {
+    let mut all: Vec<(&String, usize)> = st.filter_refs.iter().map(|(f, c)| (f, *c)).collect();
+    let by_count = |a: &(&String, usize), b: &(&String, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+    if all.len() > n && n > 0 {
+        all.select_nth_unstable_by(n, by_count);
+        all.truncate(n);
+    }
+    all.truncate(n);
+    all.sort_unstable_by(by_count);
+    all.into_iter()
+        .map(|(f, c)| (f.clone(), c as u64))
+        .collect()
+}
