@@ -207,3 +207,6 @@ fn not_allowed(allow: &str) -> Response {
 fn unavailable() -> Response {
     Response::text(503, "a shard did not answer in time; try again\n")
 }
+
+#[cfg(test)]
+mod tests;
