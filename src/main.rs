@@ -6,6 +6,7 @@ use ringcast::config::{self, Config};
 use ringcast::security::password::{self, Change, Hash};
 use ringcast::server::Server;
 use std::ffi::OsString;
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,6 +33,10 @@ struct Cli {
     /// Log level: error, warn, info, debug, trace.
     #[arg(long, value_name = "LEVEL")]
     log_level: Option<String>,
+    /// Log format: `text` (coloured only on a terminal) or `json` (one object per line, for
+    /// log shippers).
+    #[arg(long, value_name = "FORMAT")]
+    log_format: Option<String>,
     /// Accept clients without credentials on listeners that do not say otherwise, also on
     /// addresses other than loopback (`allow_anonymous = true`).
     #[arg(long)]
@@ -50,7 +55,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(message) => return fail(&message),
     };
-    init_logging(&config.log_level);
+    init_logging(&config.log_level, &config.log_format);
     // Block the stop signals before any shard thread starts, so only `wait_for_stop` sees them.
     let signals = stop_signals();
     let server = match Server::start(&config) {
@@ -90,6 +95,9 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     if let Some(level) = &cli.log_level {
         config.log_level = level.clone();
     }
+    if let Some(format) = &cli.log_format {
+        config.log_format = format.clone();
+    }
     if cli.allow_anonymous {
         config.allow_anonymous = Some(true);
     }
@@ -97,13 +105,20 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     Ok(config)
 }
 
-fn init_logging(level: &str) {
+/// Logs go to standard output: as text, coloured only when it is a terminal (a file or
+/// journald gets no escape sequences; `NO_COLOR` turns colour off anywhere), or as JSON.
+fn init_logging(level: &str, format: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_target(false)
-        .init();
+        .with_target(false);
+    if format == "json" {
+        builder.json().with_ansi(false).init();
+    } else {
+        let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+        builder.with_ansi(colour).init();
+    }
 }
 
 fn stop_signals() -> libc::sigset_t {

@@ -11,7 +11,7 @@ use super::transport::{self, Reader, Shutdown, Writer};
 use super::writer;
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
-use crate::protocol::{Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version};
+use crate::protocol::{ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version};
 use crate::security::acl::ReadScope;
 use crate::shard::encoder::{push_packet, Encoder};
 use crate::shard::outbox::Outbox;
@@ -77,7 +77,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener
                     (Reader::Tls(reader), Writer::Tls(writer), identity)
                 }
                 Err(e) => {
-                    tracing::debug!("TLS handshake from {peer:?} failed: {e}");
+                    let why = format!("TLS handshake failed: {e}");
+                    gate.refusals.refused(peer, why, Instant::now());
                     shard.metrics.count_handshake_failure();
                     return shard.connection_closed();
                 }
@@ -207,6 +208,8 @@ impl Conn {
         let connect = match self.read_packet().await {
             Ok(Packet::Connect(connect)) => connect,
             Err(ReadError::Decode(e)) => {
+                let why = format!("its CONNECT does not decode: {e}");
+                self.login.gate.refusals.refused(self.login.peer, why, self.now);
                 let v5 = self.codec.version() == Some(Version::V5);
                 if let Some(connack) = self.machine.refuse_undecodable(&e, v5) {
                     self.send(&connack);
@@ -427,6 +430,8 @@ impl Conn {
         let mut accepted = match self.machine.handle_connect(connect, self.now, admission) {
             Ok(accepted) => accepted,
             Err(connack) => {
+                let why = refusal_reason(&admission, &connack);
+                self.login.gate.refusals.refused(self.login.peer, why, self.now);
                 if admission.refusal.is_some() {
                     self.shard.metrics.count_login_refused();
                     let delay = self
@@ -704,5 +709,22 @@ impl Conn {
         self.shard.withdraw(self.key, gone);
         let unsuback = self.machine.unsuback(unsubscribe.pkid, &existed);
         self.send(&unsuback);
+    }
+}
+
+/// Why a CONNECT was refused, in words for the log.
+fn refusal_reason(admission: &Admission, connack: &ConnAck) -> String {
+    let code = connack.code.0;
+    match admission.refusal {
+        Some(Refusal::NotAuthorized) => {
+            format!("login refused: bad or missing credentials (CONNACK 0x{code:02X})")
+        }
+        Some(Refusal::BadCredentials) => {
+            format!("login refused: no username to log in with (CONNACK 0x{code:02X})")
+        }
+        None if admission.is_server_full => {
+            format!("limits.connections_max reached (CONNACK 0x{code:02X})")
+        }
+        None => format!("CONNACK 0x{code:02X} (see the MQTT reason code)"),
     }
 }

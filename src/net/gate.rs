@@ -2,6 +2,7 @@
 //! certificates), the shard's view of the password and ACL tables, and the slowing down of
 //! clients that keep failing to log in.
 
+use super::refusals::RefusalLog;
 use super::tls::Certificates;
 use crate::security::{Shared, Tables};
 use crate::shard::session::ReadFilter;
@@ -40,6 +41,8 @@ pub struct Gate {
     failures: RefCell<HashMap<IpAddr, (u32, Instant)>>,
     /// Logins refused on this shard.
     pub refused: Cell<u64>,
+    /// Refused connections, logged once per address per interval.
+    pub refusals: RefusalLog,
 }
 
 impl Gate {
@@ -53,6 +56,7 @@ impl Gate {
             shared,
             failures: RefCell::default(),
             refused: Cell::new(0),
+            refusals: RefusalLog::default(),
         }
     }
 

@@ -3,6 +3,7 @@
 
 pub mod conn;
 pub mod gate;
+pub mod refusals;
 pub mod sockio;
 pub mod tls;
 pub mod transport;
@@ -32,6 +33,7 @@ pub async fn accept_loop(
     // SAFETY: fd is a bound, listening TCP socket that this loop alone owns from now on.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     let mut next = 0;
+    let refusals = refusals::RefusalLog::default();
     loop {
         let stream = match listener.shared_accept().await {
             Ok(stream) => stream,
@@ -45,8 +47,10 @@ pub async fn accept_loop(
         // (return code 3) by their shard; past the margin they are closed at once so a flood
         // cannot exhaust file descriptors.
         if open.load(Ordering::Relaxed) >= max.saturating_add(REFUSAL_MARGIN) {
-            tracing::warn!("connection dropped: limits.connections_max ({max}) reached");
-            drop(stream.bind_to_executor());
+            let stream = stream.bind_to_executor();
+            let peer = stream.peer_addr().ok().map(|a| a.ip());
+            let why = format!("closed at once: limits.connections_max ({max}) reached and {REFUSAL_MARGIN} more already waiting for their CONNACK");
+            refusals.refused(peer, why, std::time::Instant::now());
             continue;
         }
         open.fetch_add(1, Ordering::Relaxed);
