@@ -4,9 +4,10 @@
 //! file (`--config`) and command-line flags, later ones overriding earlier ones.
 
 pub mod listener;
+pub mod reload;
 
 pub use listener::{Listener, ListenerConfig, Protocol, TlsSettings};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -15,14 +16,16 @@ use std::path::PathBuf;
 pub const SHARDS_MAX: usize = 64;
 
 /// Everything the broker can be told. Unknown keys are refused so a typo is never ignored.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Addresses to accept plain MQTT on (`--listen`); each is a listener with the
     /// top-level settings.
     pub listen: Vec<SocketAddr>,
     /// Listeners with their own settings (`[[listener]]`); with none and no `listen`, the
-    /// broker listens on loopback only (see `listener`).
+    /// broker listens on loopback only (see `listener`). Not serialized: a reload compares
+    /// listeners whole (`reload::changes`).
+    #[serde(skip_serializing)]
     pub listener: Vec<ListenerConfig>,
     /// mosquitto-format password file (`mosquitto_passwd` or `ringcast passwd` write it).
     pub password_file: Option<PathBuf>,
@@ -53,7 +56,7 @@ pub struct Config {
 }
 
 /// Bounds on what one client may ask of the broker.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Largest packet accepted from a client, in bytes (whole packet).
@@ -104,7 +107,7 @@ pub struct Limits {
 }
 
 /// Policy for a QoS 0 message when the subscriber's bound is hit.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Qos0Overflow {
     /// Keep what is queued; the new message is dropped.
@@ -114,7 +117,7 @@ pub enum Qos0Overflow {
 }
 
 /// Policy for a QoS 1/2 message when the subscriber's queue is full.
-#[derive(Clone, Copy, Debug, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Qos12Overflow {
     /// Drop the new message and count it.
@@ -125,7 +128,7 @@ pub enum Qos12Overflow {
 }
 
 /// The broker-wide bound on bytes held for subscribers (write buffers and session queues).
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Backpressure {
     /// Above this many queued bytes (all shards together; each shard holds its share) the
@@ -145,7 +148,7 @@ impl Default for Backpressure {
 }
 
 /// Tuning of the rings between shards.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MeshConfig {
     /// Messages each ring between two shards holds before the producer waits.

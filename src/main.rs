@@ -51,7 +51,7 @@ fn main() -> ExitCode {
     if let Some(Command::Passwd(args)) = &cli.command {
         return passwd(args);
     }
-    let config = match build_config(&cli) {
+    let mut config = match build_config(&cli) {
         Ok(config) => config,
         Err(message) => return fail(&message),
     };
@@ -66,7 +66,7 @@ fn main() -> ExitCode {
         tracing::info!("ringcast listening on {addr}");
     }
     while wait_for_signal(&signals) == libc::SIGHUP {
-        reload(&server);
+        reload(&server, &cli, &mut config);
     }
     tracing::info!("stopping: closing connections and sending wills");
     server.stop();
@@ -144,14 +144,31 @@ fn wait_for_signal(set: &libc::sigset_t) -> i32 {
 }
 
 /// SIGHUP: the password file, the ACL and the certificates are read again; a file that does
-/// not parse keeps the old one, and the log says why.
-fn reload(server: &Server) {
+/// not parse keeps the old one, and the log says why. The config (profile, file, flags) is
+/// read again too: the limits of new connections change now, and every other change is
+/// named as waiting for a restart.
+fn reload(server: &Server, cli: &Cli, running: &mut Config) {
     let errors = server.reload();
     if errors.is_empty() {
         tracing::info!("reloaded the password file, ACL and certificates");
     }
     for error in errors {
         tracing::warn!("reload: {error}; keeping the previous one");
+    }
+    let new = match build_config(cli) {
+        Ok(new) => new,
+        Err(e) => return tracing::warn!("reload: {e}; keeping the running configuration"),
+    };
+    let changes = config::reload::changes(running, &new);
+    if !changes.applied.is_empty() {
+        running.limits = config::reload::live_limits(&running.limits, &new.limits);
+        server.reload_limits(running.limits.clone());
+    }
+    for change in &changes.applied {
+        tracing::info!("reload: {change} (for new connections)");
+    }
+    for change in &changes.need_restart {
+        tracing::warn!("reload: {change} needs a restart to take effect");
     }
 }
 

@@ -1,7 +1,8 @@
 //! Starting and stopping the broker: bind listeners, start one pinned glommio executor per
 //! shard, join them into a mesh, and shut them down in order.
 
-use crate::config::{Config, SHARDS_MAX};
+use crate::config::reload::LiveLimits;
+use crate::config::{Config, Limits, SHARDS_MAX};
 use crate::host;
 use crate::mesh::Mesh;
 use crate::metrics::Board;
@@ -38,6 +39,8 @@ pub struct Server {
     security: Arc<Shared>,
     /// Each TLS listener's certificates, for reloads.
     certificates: Vec<Arc<Certificates>>,
+    /// The limits of new connections, for reloads.
+    live: Arc<LiveLimits>,
     stop: Arc<AtomicBool>,
     handles: Vec<ExecutorJoinHandle<()>>,
 }
@@ -69,6 +72,7 @@ impl Server {
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(AtomicUsize::new(0));
         let board = Arc::new(Board::new(shards));
+        let live = Arc::new(LiveLimits::new(config.limits.clone()));
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
         let mut handles = Vec::new();
         for id in 0..shards {
@@ -86,6 +90,7 @@ impl Server {
                 board: board.clone(),
                 endpoints: endpoints.clone(),
                 security: security.clone(),
+                live: live.clone(),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -96,6 +101,7 @@ impl Server {
         }
         Ok(Server {
             addrs,
+            live,
             security,
             certificates,
             stop,
@@ -122,6 +128,12 @@ impl Server {
             }
         }
         errors
+    }
+
+    /// Gives connections that start from now on these limits (SIGHUP); see
+    /// `config::reload::LIVE_KEYS` for those that take effect.
+    pub fn reload_limits(&self, limits: Limits) {
+        self.live.replace(limits);
     }
 
     /// Asks every shard to close its connections (sending wills) and stop.
@@ -200,6 +212,7 @@ struct ShardStart {
     board: Arc<Board>,
     endpoints: Vec<Endpoint>,
     security: Arc<Shared>,
+    live: Arc<LiveLimits>,
 }
 
 /// The life of one shard.
@@ -211,13 +224,16 @@ async fn run_shard(mut ctx: ShardStart) {
     let bp = &ctx.config.backpressure;
     let high = (bp.memory_ceiling_bytes / ctx.shards).max(1);
     let pressure = Pressure::new(high, (bp.memory_resume_bytes / ctx.shards).min(high - 1));
-    let shard = Rc::new(Shard::new(
-        mesh.clone(),
-        ctx.shards,
-        ctx.config.limits.clone(),
-        ctx.open.clone(),
-        pressure,
-    ));
+    let shard = Rc::new(
+        Shard::new(
+            mesh.clone(),
+            ctx.shards,
+            ctx.config.limits.clone(),
+            ctx.open.clone(),
+            pressure,
+        )
+        .following(ctx.live.clone()),
+    );
     let gate = Rc::new(Gate::new(
         std::mem::take(&mut ctx.endpoints),
         ctx.security.clone(),
@@ -231,12 +247,12 @@ async fn run_shard(mut ctx: ShardStart) {
             interval,
         ))
     });
-    let max = ctx.config.limits.connections_max;
     let acceptors: Vec<_> = ctx
         .fds
         .iter()
         .map(|&fd| {
-            let accept = net::accept_loop(fd, mesh.clone(), ctx.shards, ctx.open.clone(), max);
+            let live = ctx.live.clone();
+            let accept = net::accept_loop(fd, mesh.clone(), ctx.shards, ctx.open.clone(), live);
             glommio::spawn_local(accept)
         })
         .collect();

@@ -11,7 +11,9 @@ use super::transport::{self, Reader, Shutdown, Writer};
 use super::writer;
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
-use crate::protocol::{ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version};
+use crate::protocol::{
+    ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version,
+};
 use crate::security::acl::ReadScope;
 use crate::shard::encoder::{push_packet, Encoder};
 use crate::shard::outbox::Outbox;
@@ -66,7 +68,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener
             (reader, writer, Identity::Credentials)
         }
         Some(certificates) => {
-            let deadline = now + Duration::from_secs(shard.limits.connect_timeout_secs);
+            let timeout = shard.connection_limits().connect_timeout_secs;
+            let deadline = now + Duration::from_secs(timeout);
             match tls::accept(stream, certificates.current(), deadline).await {
                 Ok((reader, writer, session)) => {
                     let identity = if certificates.uses_identity_as_username() {
@@ -126,6 +129,8 @@ async fn serve_transport(
     login: Login,
     now: Instant,
 ) {
+    // Read once: a reload (SIGHUP) changes them for connections that start later.
+    let connection_limits = shard.connection_limits();
     let limits = &shard.limits;
     let pause_messages = (limits.queue_messages_max / 2).max(1);
     let outbox = Outbox::new(
@@ -142,12 +147,12 @@ async fn serve_transport(
         login,
         username: None,
         client_id: String::new(),
-        machine: Connection::new(shard.limits.clone(), now),
+        machine: Connection::new((*connection_limits).clone(), now),
         shard: shard.clone(),
         reader,
         buf: BytesMut::new(),
         read_chunk: READ_START_BYTES,
-        codec: Codec::new(shard.limits.packet_size_max),
+        codec: Codec::new(connection_limits.packet_size_max),
         outbox: outbox.clone(),
         key: 0,
         token: 0,
@@ -209,7 +214,10 @@ impl Conn {
             Ok(Packet::Connect(connect)) => connect,
             Err(ReadError::Decode(e)) => {
                 let why = format!("its CONNECT does not decode: {e}");
-                self.login.gate.refusals.refused(self.login.peer, why, self.now);
+                self.login
+                    .gate
+                    .refusals
+                    .refused(self.login.peer, why, self.now);
                 let v5 = self.codec.version() == Some(Version::V5);
                 if let Some(connack) = self.machine.refuse_undecodable(&e, v5) {
                     self.send(&connack);
@@ -431,7 +439,10 @@ impl Conn {
             Ok(accepted) => accepted,
             Err(connack) => {
                 let why = refusal_reason(&admission, &connack);
-                self.login.gate.refusals.refused(self.login.peer, why, self.now);
+                self.login
+                    .gate
+                    .refusals
+                    .refused(self.login.peer, why, self.now);
                 if admission.refusal.is_some() {
                     self.shard.metrics.count_login_refused();
                     let delay = self

@@ -9,6 +9,7 @@ pub mod tls;
 pub mod transport;
 pub mod writer;
 
+use crate::config::reload::LiveLimits;
 use crate::mesh::Mesh;
 use crate::shard::msg::MeshMsg;
 use glommio::net::TcpListener;
@@ -28,12 +29,13 @@ pub async fn accept_loop(
     mesh: Rc<Mesh<MeshMsg>>,
     shards: usize,
     open: Arc<AtomicUsize>,
-    max: usize,
+    live: Arc<LiveLimits>,
 ) {
     // SAFETY: fd is a bound, listening TCP socket that this loop alone owns from now on.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
     let mut next = 0;
     let refusals = refusals::RefusalLog::default();
+    let (mut limits, mut seen) = (live.current(), 0);
     loop {
         let stream = match listener.shared_accept().await {
             Ok(stream) => stream,
@@ -46,6 +48,8 @@ pub async fn accept_loop(
         // Up to the limit plus a margin, connections are placed and refused with a CONNACK
         // (return code 3) by their shard; past the margin they are closed at once so a flood
         // cannot exhaust file descriptors.
+        seen = live.refresh(seen, &mut limits);
+        let max = limits.connections_max;
         if open.load(Ordering::Relaxed) >= max.saturating_add(REFUSAL_MARGIN) {
             let stream = stream.bind_to_executor();
             let peer = stream.peer_addr().ok().map(|a| a.ip());

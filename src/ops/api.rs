@@ -78,7 +78,9 @@ pub fn clients_page(reports: Vec<Report>, limit: usize) -> Value {
     all.sort_by(|a, b| a.client_id.cmp(&b.client_id));
     let more = all.len() > limit;
     all.truncate(limit);
-    let next = more.then(|| all.last().map(|c| c.client_id.clone())).flatten();
+    let next = more
+        .then(|| all.last().map(|c| c.client_id.clone()))
+        .flatten();
     json!({ "clients": all, "next": next })
 }
 

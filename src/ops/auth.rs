@@ -62,7 +62,10 @@ mod tests {
         assert_eq!(basic_credentials(&with_authorization("Bearer abc")), None);
         assert_eq!(basic_credentials(&with_authorization("Basic !!!")), None);
         // "nocolon"
-        assert_eq!(basic_credentials(&with_authorization("Basic bm9jb2xvbg==")), None);
+        assert_eq!(
+            basic_credentials(&with_authorization("Basic bm9jb2xvbg==")),
+            None
+        );
         assert_eq!(basic_credentials(&Request::default()), None);
     }
 

@@ -101,7 +101,8 @@ async fn disconnect(id: &str, ctx: &Context) -> Response {
         tracing::info!(client_id = id, "disconnected by an operator over HTTP");
         json_response(200, &json!({"disconnected": true, "client_id": id}))
     } else {
-        let body = json!({"disconnected": false, "client_id": id, "error": "no such connected client"});
+        let body =
+            json!({"disconnected": false, "client_id": id, "error": "no such connected client"});
         json_response(404, &body)
     }
 }
@@ -165,7 +166,9 @@ async fn topics(request: &Request, ctx: &Context) -> Response {
         (Query::Topic(topic.clone()), json!({"topic": topic}))
     } else {
         let n = request.query_param("top").and_then(|n| n.parse().ok());
-        let n = n.unwrap_or(api::TOP_FILTERS_DEFAULT).clamp(1, api::TOP_FILTERS_MAX);
+        let n = n
+            .unwrap_or(api::TOP_FILTERS_DEFAULT)
+            .clamp(1, api::TOP_FILTERS_MAX);
         let Some(reports) = ask(ctx, Query::TopFilters(n)).await else {
             return unavailable();
         };

@@ -19,24 +19,74 @@ type Labels = Vec<(&'static str, String)>;
 type PerShard = (&'static str, &'static str, fn(&Snapshot) -> u64);
 
 const COUNTERS: [PerShard; 8] = [
-    ("bytes_received", "Bytes read from client sockets.", |s| s.bytes_received),
-    ("bytes_sent", "Bytes written to client sockets.", |s| s.bytes_sent),
-    ("publisher_pauses", "Times a publisher (or ring receiver) was paused for backpressure.", |s| s.publisher_pauses),
-    ("slow_disconnects", "Subscribers disconnected for staying over their bound.", |s| s.slow_disconnects),
-    ("memory_ceiling_hits", "Times a shard went over its share of the memory ceiling.", |s| s.ceiling_hits),
-    ("tls_handshake_failures", "TLS handshakes that failed or did not finish in time.", |s| s.handshake_failures),
-    ("logins_refused", "Logins refused (credentials, anonymous where not allowed).", |s| s.logins_refused),
-    ("publishes_denied", "PUBLISH packets the ACL did not let their client write.", |s| s.publishes_denied),
+    ("bytes_received", "Bytes read from client sockets.", |s| {
+        s.bytes_received
+    }),
+    ("bytes_sent", "Bytes written to client sockets.", |s| {
+        s.bytes_sent
+    }),
+    (
+        "publisher_pauses",
+        "Times a publisher (or ring receiver) was paused for backpressure.",
+        |s| s.publisher_pauses,
+    ),
+    (
+        "slow_disconnects",
+        "Subscribers disconnected for staying over their bound.",
+        |s| s.slow_disconnects,
+    ),
+    (
+        "memory_ceiling_hits",
+        "Times a shard went over its share of the memory ceiling.",
+        |s| s.ceiling_hits,
+    ),
+    (
+        "tls_handshake_failures",
+        "TLS handshakes that failed or did not finish in time.",
+        |s| s.handshake_failures,
+    ),
+    (
+        "logins_refused",
+        "Logins refused (credentials, anonymous where not allowed).",
+        |s| s.logins_refused,
+    ),
+    (
+        "publishes_denied",
+        "PUBLISH packets the ACL did not let their client write.",
+        |s| s.publishes_denied,
+    ),
 ];
 
 const GAUGES: [PerShard; 7] = [
-    ("connections", "Client connections with a session.", |s| s.clients_connected),
-    ("sessions", "Sessions, connected or not.", |s| s.clients_total),
-    ("subscriptions", "Subscriptions held by sessions.", |s| s.subscriptions),
-    ("queued_messages", "Messages waiting in write buffers and session queues.", |s| s.queued_messages),
-    ("queued_bytes", "Bytes waiting in write buffers and session queues.", |s| s.queued_bytes),
-    ("publishers_paused", "Publishers (or ring receivers) paused now.", |s| s.publishers_paused),
-    ("subscribers_lagging", "Reading subscribers lagging past their pause mark now.", |s| s.subscribers_lagging),
+    ("connections", "Client connections with a session.", |s| {
+        s.clients_connected
+    }),
+    ("sessions", "Sessions, connected or not.", |s| {
+        s.clients_total
+    }),
+    ("subscriptions", "Subscriptions held by sessions.", |s| {
+        s.subscriptions
+    }),
+    (
+        "queued_messages",
+        "Messages waiting in write buffers and session queues.",
+        |s| s.queued_messages,
+    ),
+    (
+        "queued_bytes",
+        "Bytes waiting in write buffers and session queues.",
+        |s| s.queued_bytes,
+    ),
+    (
+        "publishers_paused",
+        "Publishers (or ring receivers) paused now.",
+        |s| s.publishers_paused,
+    ),
+    (
+        "subscribers_lagging",
+        "Reading subscribers lagging past their pause mark now.",
+        |s| s.subscribers_lagging,
+    ),
 ];
 
 /// The text a scrape gets for these shards' snapshots (in shard order).
@@ -52,7 +102,9 @@ pub fn render(shards: &[Snapshot]) -> String {
     for (name, help, value) in GAUGES {
         let family = Family::<Labels, Gauge>::default();
         for (i, s) in shards.iter().enumerate() {
-            family.get_or_create(&shard_label(i)).set(as_gauge(value(s)));
+            family
+                .get_or_create(&shard_label(i))
+                .set(as_gauge(value(s)));
         }
         registry.register(name, help, family);
     }
@@ -60,7 +112,9 @@ pub fn render(shards: &[Snapshot]) -> String {
     register_drops(&mut registry, shards);
     // Every shard holds a replica of the same retained messages: one number, no shard label.
     let retained = Gauge::<i64>::default();
-    retained.set(as_gauge(shards.iter().map(|s| s.retained).max().unwrap_or(0)));
+    retained.set(as_gauge(
+        shards.iter().map(|s| s.retained).max().unwrap_or(0),
+    ));
     registry.register("retained_messages", "Retained messages held.", retained);
     let mut out = String::new();
     // Writing into a String cannot fail.
@@ -76,12 +130,22 @@ fn register_by_qos(registry: &mut Registry, shards: &[Snapshot]) {
         for qos in 0..3 {
             let mut labels = shard_label(i);
             labels.push(("qos", qos.to_string()));
-            received.get_or_create(&labels).inc_by(s.received_by_qos[qos]);
+            received
+                .get_or_create(&labels)
+                .inc_by(s.received_by_qos[qos]);
             sent.get_or_create(&labels).inc_by(s.sent_by_qos[qos]);
         }
     }
-    registry.register("messages_received", "PUBLISH packets received from clients.", received);
-    registry.register("messages_sent", "PUBLISH deliveries offered to subscribers, at the QoS each gets.", sent);
+    registry.register(
+        "messages_received",
+        "PUBLISH packets received from clients.",
+        received,
+    );
+    registry.register(
+        "messages_sent",
+        "PUBLISH deliveries offered to subscribers, at the QoS each gets.",
+        sent,
+    );
 }
 
 /// Dropped messages, by shard, reason and QoS.
@@ -97,7 +161,11 @@ fn register_drops(registry: &mut Registry, shards: &[Snapshot]) {
             }
         }
     }
-    registry.register("messages_dropped", "Messages dropped, by reason and QoS.", dropped);
+    registry.register(
+        "messages_dropped",
+        "Messages dropped, by reason and QoS.",
+        dropped,
+    );
 }
 
 fn shard_label(shard: usize) -> Labels {
@@ -139,9 +207,15 @@ mod tests {
         assert!(text.contains("# HELP ringcast_bytes_sent Bytes written to client sockets."));
         assert_eq!(sample(&text, "ringcast_connections{shard=\"0\"}"), Some(3));
         assert_eq!(sample(&text, "ringcast_connections{shard=\"1\"}"), Some(2));
-        assert_eq!(sample(&text, "ringcast_bytes_sent_total{shard=\"0\"}"), Some(1000));
         assert_eq!(
-            sample(&text, "ringcast_messages_received_total{shard=\"0\",qos=\"0\"}"),
+            sample(&text, "ringcast_bytes_sent_total{shard=\"0\"}"),
+            Some(1000)
+        );
+        assert_eq!(
+            sample(
+                &text,
+                "ringcast_messages_received_total{shard=\"0\",qos=\"0\"}"
+            ),
             Some(5)
         );
         assert_eq!(

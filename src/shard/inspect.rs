@@ -153,7 +153,9 @@ impl Shard {
         let shard = self.id();
         match query {
             Query::Snapshot => Report::Snapshot(Snapshot::default()),
-            Query::Clients { after, limit } => Report::Clients(clients_page(&st, shard, after, *limit)),
+            Query::Clients { after, limit } => {
+                Report::Clients(clients_page(&st, shard, after, *limit))
+            }
             Query::Client(id) => Report::Client(st.by_client.get(id).and_then(|key| {
                 let session = st.sessions.get(key)?;
                 Some(client_info(session, shard, true))
@@ -245,7 +247,8 @@ fn client_info(session: &Session, shard: usize, with_subscriptions: bool) -> Cli
 /// Subscriptions of this shard whose filter matches topic name `topic`.
 fn count_topic(st: &State, shard: usize, topic: &str) -> Count {
     let mut count = Count::default();
-    st.trie.for_each_match(topic, |_, _| count.subscriptions += 1);
+    st.trie
+        .for_each_match(topic, |_, _| count.subscriptions += 1);
     // Every shard knows every group's members; each counts only its own sessions.
     st.group_trie.for_each_match(topic, |share, _| {
         if let Some(group) = st.groups.get(share) {

@@ -51,6 +51,7 @@ pub use message::Message;
 pub use shared::SHARE_PREFIX;
 pub use takeover::Superseded;
 
+use crate::config::reload::LiveLimits;
 use crate::config::Limits;
 use crate::mesh::{Mesh, ShardId};
 use crate::metrics::Metrics;
@@ -135,6 +136,10 @@ pub struct Shard {
     /// superseded them.
     claims: RefCell<HashMap<u64, Option<Evict>>>,
     open_connections: Arc<AtomicUsize>,
+    /// The limits SIGHUP may change, for connections that start from now on.
+    live: Option<Arc<LiveLimits>>,
+    connection_limits: RefCell<Arc<Limits>>,
+    live_seen: Cell<u64>,
 }
 
 impl Shard {
@@ -149,6 +154,9 @@ impl Shard {
         Shard {
             shards,
             mesh,
+            connection_limits: RefCell::new(Arc::new(limits.clone())),
+            live: None,
+            live_seen: Cell::new(0),
             limits,
             metrics: Metrics::default(),
             requests: Requests::default(),
@@ -161,9 +169,30 @@ impl Shard {
         }
     }
 
+    /// This shard, taking the limits of new connections from `live` (reloaded on SIGHUP).
+    pub fn following(mut self, live: Arc<LiveLimits>) -> Shard {
+        self.connection_limits = RefCell::new(live.current());
+        self.live = Some(live);
+        self
+    }
+
+    /// The limits a connection starting now gets (a reload is picked up here; otherwise it
+    /// costs one atomic load).
+    pub fn connection_limits(&self) -> Arc<Limits> {
+        if let Some(live) = &self.live {
+            let seen = live.refresh(
+                self.live_seen.get(),
+                &mut self.connection_limits.borrow_mut(),
+            );
+            self.live_seen.set(seen);
+        }
+        self.connection_limits.borrow().clone()
+    }
+
     /// Whether more connections are open than `limits.connections_max` allows.
     pub fn is_over_connection_limit(&self) -> bool {
-        self.open_connections.load(Ordering::Relaxed) > self.limits.connections_max
+        let max = self.connection_limits().connections_max;
+        self.open_connections.load(Ordering::Relaxed) > max
     }
 
     /// A connection of this shard has ended.

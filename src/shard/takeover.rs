@@ -98,11 +98,14 @@ impl Shard {
             state,
             stub,
         } = handoff;
-        self.requests.answer(request, Answer {
-            state,
-            stub,
-            ..Answer::default()
-        });
+        self.requests.answer(
+            request,
+            Answer {
+                state,
+                stub,
+                ..Answer::default()
+            },
+        );
     }
 
     /// Installs a session for a new connection and returns its key, with the filters its
