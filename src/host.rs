@@ -42,7 +42,7 @@ fn check_io_uring() -> Result<(), String> {
     if fd < 0 {
         let err = std::io::Error::last_os_error();
         return Err(format!(
-            "io_uring is unavailable ({err}): the kernel may be older than 5.8, or a seccomp profile blocks it (Docker's default profile and some container runtimes do; run with --security-opt seccomp=unconfined, or on the host)"
+            "io_uring is unavailable ({err}): the kernel may be older than 5.8, or a seccomp profile blocks it (Docker's default profile and some container runtimes do: run with --security-opt seccomp=deploy/seccomp.json from the ringcast sources, which allows io_uring; see docs/DEPLOY.md)"
         ));
     }
     // SAFETY: fd was just returned by io_uring_setup and is ours.
