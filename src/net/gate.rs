@@ -3,6 +3,7 @@
 //! clients that keep failing to log in.
 
 use super::tls::Certificates;
+use super::websocket::Site;
 use crate::security::{Shared, Tables};
 use crate::shard::session::ReadFilter;
 use std::cell::{Cell, RefCell};
@@ -29,6 +30,8 @@ pub struct Endpoint {
     pub allow_anonymous: bool,
     /// The listener's certificates, if it speaks TLS.
     pub tls: Option<Arc<Certificates>>,
+    /// The listener's HTTP settings, if it speaks MQTT over WebSocket.
+    pub site: Option<Site>,
 }
 
 /// A shard's gate: its listeners and its copy of the security tables.
