@@ -22,6 +22,9 @@ pub struct Config {
     /// Addresses to accept plain MQTT on (`--listen`); each is a listener with the
     /// top-level settings.
     pub listen: Vec<SocketAddr>,
+    /// Addresses to accept MQTT over WebSocket and HTTP on (`--ws-listen`), path `/mqtt`;
+    /// each is a listener with the top-level settings.
+    pub ws_listen: Vec<SocketAddr>,
     /// Listeners with their own settings (`[[listener]]`); with none and no `listen`, the
     /// broker listens on loopback only (see `listener`). Not serialized: a reload compares
     /// listeners whole (`reload::changes`).
@@ -159,6 +162,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             listen: Vec::new(),
+            ws_listen: Vec::new(),
             listener: Vec::new(),
             password_file: None,
             acl_file: None,
@@ -359,15 +363,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn defaults_are_valid_and_listen_on_loopback_1883() {
+    fn defaults_are_valid_and_listen_on_loopback_1883_and_8083() {
         let config = Config::default();
         config.validate().unwrap();
         let listeners = config.listeners();
-        assert_eq!(listeners.len(), 2, "127.0.0.1 and ::1");
-        for l in listeners {
+        assert_eq!(listeners.len(), 3, "127.0.0.1 and ::1, then WebSocket");
+        for l in &listeners[..2] {
             assert!(l.address.ip().is_loopback() && l.address.port() == 1883);
             assert!(l.allow_anonymous && l.tls.is_none());
+            assert_eq!(l.protocol, Protocol::Mqtt);
         }
+        let ws = &listeners[2];
+        assert_eq!(ws.address, "127.0.0.1:8083".parse().unwrap());
+        assert_eq!(
+            (ws.protocol, ws.path.as_str()),
+            (Protocol::Websocket, "/mqtt")
+        );
+        assert!(ws.allow_anonymous && ws.http_api);
     }
 
     #[test]

@@ -15,9 +15,13 @@ use std::process::ExitCode;
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Cli {
-    /// Address to listen on (repeatable); default 0.0.0.0:1883.
+    /// Address to accept MQTT on (repeatable). With no --listen, --ws-listen or
+    /// [[listener]]: 127.0.0.1:1883 and [::1]:1883, and WebSocket on 127.0.0.1:8083.
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<SocketAddr>,
+    /// Address to accept MQTT over WebSocket (path /mqtt) and HTTP on (repeatable).
+    #[arg(long = "ws-listen", value_name = "ADDR")]
+    ws_listen: Vec<SocketAddr>,
     /// CPUs to pin shards to, e.g. `0,1` or `0-3`; default: every online CPU.
     #[arg(long, value_name = "LIST")]
     cpus: Option<String>,
@@ -85,6 +89,9 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     let mut config = config::load_layers(&files).map_err(|e| e.to_string())?;
     if !cli.listen.is_empty() {
         config.listen = cli.listen.clone();
+    }
+    if !cli.ws_listen.is_empty() {
+        config.ws_listen = cli.ws_listen.clone();
     }
     if let Some(cpus) = &cli.cpus {
         config.cpus = config::parse_cpu_list(cpus).map_err(|e| e.to_string())?;

@@ -2,13 +2,14 @@
 //! shard, join them into a mesh, and shut them down in order.
 
 use crate::config::reload::LiveLimits;
-use crate::config::{Config, Limits, SHARDS_MAX};
+use crate::config::{Config, Limits, Protocol, SHARDS_MAX};
 use crate::host;
 use crate::mesh::Mesh;
 use crate::metrics::Board;
 use crate::net;
 use crate::net::gate::{Endpoint, Gate};
 use crate::net::tls::Certificates;
+use crate::net::websocket::Site;
 use crate::protocol::ReasonCode;
 use crate::security::{self, Shared};
 use crate::shard::backpressure::Pressure;
@@ -179,9 +180,14 @@ fn bind_listeners(config: &Config) -> Result<Bound, String> {
         let bound = host::bind(listener.address)?;
         addrs.push(bound.local_addr().map_err(|e| e.to_string())?);
         fds.push((bound.into_raw_fd(), endpoints.len()));
+        let site = (listener.protocol == Protocol::Websocket).then(|| Site {
+            path: listener.path.clone(),
+            has_api: listener.http_api,
+        });
         endpoints.push(Endpoint {
             allow_anonymous: listener.allow_anonymous,
             tls: tls.map(Arc::new),
+            site,
         });
     }
     Ok(Bound {

@@ -303,10 +303,8 @@ impl Broker {
             listener: tls
                 .into_iter()
                 .map(|settings| ListenerConfig {
-                    address: loopback,
-                    protocol: Protocol::Mqtt,
-                    allow_anonymous: None,
                     tls: Some(settings),
+                    ..ListenerConfig::new(loopback, Protocol::Mqtt)
                 })
                 .collect(),
             shards,

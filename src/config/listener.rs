@@ -1,7 +1,10 @@
 //! Listeners: where the broker accepts connections, over what, and who may connect there.
 //!
 //! Secure by default, as mosquitto 2.0: with no listener configured the broker listens on
-//! loopback only (127.0.0.1:1883 and [::1]:1883) and accepts anonymous clients there. A
+//! loopback only (MQTT on 127.0.0.1:1883 and [::1]:1883, WebSocket and HTTP on
+//! 127.0.0.1:8083) and accepts anonymous clients there. Once any listener is given
+//! (`--listen`, `--ws-listen` or `[[listener]]`) only those open, so a broker never holds a
+//! port it was not asked for (tests start many brokers side by side on ephemeral ports). A
 //! listener on any other address must say who may connect — a password file, client
 //! certificates, or `allow_anonymous = true` to accept anyone knowingly — or the broker
 //! refuses to start.
@@ -13,6 +16,10 @@ use std::path::PathBuf;
 
 /// The port MQTT listens on by default.
 pub const MQTT_PORT: u16 = 1883;
+/// The port MQTT over WebSocket (and HTTP) listens on by default, as EMQX's.
+pub const WEBSOCKET_PORT: u16 = 8083;
+/// The HTTP path a WebSocket listener upgrades on by default.
+pub const WEBSOCKET_PATH: &str = "/mqtt";
 
 /// One `[[listener]]` as configured (mosquitto's names, with underscores).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -27,9 +34,30 @@ pub struct ListenerConfig {
     /// `allow_anonymous`, else true only when no password file is configured.
     #[serde(default)]
     pub allow_anonymous: Option<bool>,
-    /// TLS settings; plain TCP without.
+    /// TLS settings; plain TCP without (on a WebSocket listener: `wss://`).
     #[serde(default)]
     pub tls: Option<TlsSettings>,
+    /// The HTTP path a WebSocket listener upgrades on; default `/mqtt`.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Whether a WebSocket listener answers plain HTTP requests (the operator endpoints);
+    /// default true.
+    #[serde(default)]
+    pub http_api: Option<bool>,
+}
+
+impl ListenerConfig {
+    /// A listener on `address` speaking `protocol`, everything else by default.
+    pub fn new(address: SocketAddr, protocol: Protocol) -> ListenerConfig {
+        ListenerConfig {
+            address,
+            protocol,
+            allow_anonymous: None,
+            tls: None,
+            path: None,
+            http_api: None,
+        }
+    }
 }
 
 /// What a listener speaks.
@@ -39,6 +67,8 @@ pub enum Protocol {
     /// MQTT over TCP (or TLS).
     #[default]
     Mqtt,
+    /// MQTT over WebSocket (or over TLS: `wss://`), and plain HTTP on the same port.
+    Websocket,
 }
 
 /// A TLS listener's settings (`[listener.tls]`, mosquitto's names).
@@ -78,35 +108,37 @@ pub struct Listener {
     /// Whether this is one of the loopback listeners used when none is configured (a host
     /// without IPv6 skips [::1] instead of failing).
     pub is_default: bool,
+    /// The HTTP path a WebSocket listener upgrades on.
+    pub path: String,
+    /// Whether a WebSocket listener answers plain HTTP requests.
+    pub http_api: bool,
 }
 
 impl Config {
-    /// The listeners to open: the configured `[[listener]]`s and `listen` addresses (plain
-    /// MQTT), or loopback only when there are none.
+    /// The listeners to open: the configured `[[listener]]`s, `listen` addresses (plain MQTT)
+    /// and `ws_listen` addresses (WebSocket), or the loopback defaults when there are none.
     pub fn listeners(&self) -> Vec<Listener> {
-        let plain = self.listen.iter().map(|&address| ListenerConfig {
-            address,
-            protocol: Protocol::Mqtt,
-            allow_anonymous: None,
-            tls: None,
-        });
-        let configured: Vec<ListenerConfig> = self.listener.iter().cloned().chain(plain).collect();
-        if configured.is_empty() {
-            let loopback = [
-                IpAddr::V4(Ipv4Addr::LOCALHOST),
-                IpAddr::V6(Ipv6Addr::LOCALHOST),
-            ];
-            return loopback
-                .into_iter()
-                .map(|ip| Listener {
-                    address: SocketAddr::new(ip, MQTT_PORT),
-                    protocol: Protocol::Mqtt,
-                    allow_anonymous: self.default_allow_anonymous(),
-                    tls: None,
-                    is_default: true,
-                })
-                .collect();
-        }
+        let plain = self
+            .listen
+            .iter()
+            .map(|&address| ListenerConfig::new(address, Protocol::Mqtt));
+        let websocket = self
+            .ws_listen
+            .iter()
+            .map(|&address| ListenerConfig::new(address, Protocol::Websocket));
+        let configured: Vec<ListenerConfig> = self
+            .listener
+            .iter()
+            .cloned()
+            .chain(plain)
+            .chain(websocket)
+            .collect();
+        let is_default = configured.is_empty();
+        let configured = if is_default {
+            default_listeners()
+        } else {
+            configured
+        };
         configured
             .into_iter()
             .map(|l| Listener {
@@ -116,7 +148,9 @@ impl Config {
                 address: l.address,
                 protocol: l.protocol,
                 tls: l.tls,
-                is_default: false,
+                is_default,
+                path: l.path.unwrap_or_else(|| WEBSOCKET_PATH.to_string()),
+                http_api: l.http_api.unwrap_or(true),
             })
             .collect()
     }
@@ -147,6 +181,7 @@ impl Config {
                     listener.address
                 )));
             }
+            self.validate_websocket(&listener)?;
             if let Some(tls) = &listener.tls {
                 if tls.require_certificate && tls.ca_file.is_none() {
                     return Err(ConfigError(format!(
@@ -158,6 +193,45 @@ impl Config {
         }
         Ok(())
     }
+}
+
+impl Config {
+    /// Refuses WebSocket settings on an MQTT listener (they would be ignored) and a path that
+    /// is not one.
+    fn validate_websocket(&self, listener: &Listener) -> Result<(), ConfigError> {
+        let misplaced = self
+            .listener
+            .iter()
+            .find(|l| l.protocol == Protocol::Mqtt && (l.path.is_some() || l.http_api.is_some()));
+        if let Some(l) = misplaced {
+            return Err(ConfigError(format!(
+                "bad config: the listener on {} sets path or http_api, which only a listener with protocol = \"websocket\" has",
+                l.address
+            )));
+        }
+        if !listener.path.starts_with('/') || listener.path.contains(['?', '#', ' ']) {
+            return Err(ConfigError(format!(
+                "bad config: the listener on {} has path {:?}; a path starts with / and has no ?, # or space",
+                listener.address, listener.path
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Loopback only: MQTT on 127.0.0.1 and [::1] port 1883, WebSocket and HTTP on 127.0.0.1
+/// port 8083.
+fn default_listeners() -> Vec<ListenerConfig> {
+    let mqtt = [
+        IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(Ipv6Addr::LOCALHOST),
+    ]
+    .map(|ip| ListenerConfig::new(SocketAddr::new(ip, MQTT_PORT), Protocol::Mqtt));
+    let websocket = ListenerConfig::new(
+        SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), WEBSOCKET_PORT),
+        Protocol::Websocket,
+    );
+    mqtt.into_iter().chain([websocket]).collect()
 }
 
 #[cfg(test)]
@@ -232,7 +306,58 @@ mod tests {
     #[test]
     fn unknown_listener_keys_and_protocols_are_refused() {
         assert!(Config::from_toml("[[listener]]\naddress = \"127.0.0.1:1\"\nport = 1").is_err());
-        let websocket = "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocol = \"gopher\"";
-        assert!(Config::from_toml(websocket).is_err());
+        let gopher = "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocol = \"gopher\"";
+        assert!(Config::from_toml(gopher).is_err());
+    }
+
+    #[test]
+    fn websocket_listeners_default_to_path_mqtt_with_http() {
+        let c = config(
+            r#"
+            [[listener]]
+            address = "127.0.0.1:9001"
+            protocol = "websocket"
+            [[listener]]
+            address = "127.0.0.1:9002"
+            protocol = "websocket"
+            path = "/ws"
+            http_api = false
+            "#,
+        );
+        c.validate().unwrap();
+        let listeners = c.listeners();
+        assert_eq!(listeners[0].protocol, Protocol::Websocket);
+        assert_eq!(listeners[0].path, "/mqtt");
+        assert!(listeners[0].http_api);
+        assert_eq!(listeners[1].path, "/ws");
+        assert!(!listeners[1].http_api);
+    }
+
+    #[test]
+    fn websocket_keys_on_an_mqtt_listener_or_a_bad_path_are_refused() {
+        let on_mqtt = config("[[listener]]\naddress = \"127.0.0.1:1\"\npath = \"/mqtt\"");
+        let error = on_mqtt.validate().unwrap_err().to_string();
+        assert!(error.contains("protocol = \"websocket\""), "{error}");
+        let bad_path = config(
+            "[[listener]]\naddress = \"127.0.0.1:1\"\nprotocol = \"websocket\"\npath = \"mqtt\"",
+        );
+        let error = bad_path.validate().unwrap_err().to_string();
+        assert!(error.contains("starts with /"), "{error}");
+    }
+
+    #[test]
+    fn any_listener_given_replaces_every_default() {
+        let c = Config {
+            ws_listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Config::default()
+        };
+        let listeners = c.listeners();
+        assert_eq!(listeners.len(), 1, "no default 1883 or 8083 beside it");
+        assert_eq!(listeners[0].protocol, Protocol::Websocket);
+        let c = Config {
+            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            ..Config::default()
+        };
+        assert_eq!(c.listeners().len(), 1, "no default 8083 beside --listen");
     }
 }

@@ -5,10 +5,9 @@
 //! (`writer::run`) drains the outbox through the transport. Every protocol rule is the
 //! machine's; this file only moves bytes and carries the machine's actions to the shard.
 
-use super::gate::Gate;
-use super::tls;
+use super::gate::{Endpoint, Gate};
 use super::transport::{self, Reader, Shutdown, Writer};
-use super::writer;
+use super::{http, tls, writer};
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
 use crate::protocol::{
@@ -55,38 +54,29 @@ enum End {
 }
 
 /// Serves one connection accepted on listener `listener` until it closes: the TLS handshake
-/// first where the listener speaks TLS, within the CONNECT deadline.
+/// first where the listener speaks TLS, within the CONNECT deadline, then on a WebSocket
+/// listener the HTTP requests up to the upgrade.
 pub async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: usize) {
     let now = Instant::now();
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let Some(endpoint) = gate.endpoint(listener) else {
         return shard.connection_closed();
     };
-    let (reader, writer, identity) = match &endpoint.tls {
-        None => {
-            let (reader, writer) = transport::tcp(stream);
-            (reader, writer, Identity::Credentials)
-        }
-        Some(certificates) => {
-            let timeout = shard.connection_limits().connect_timeout_secs;
-            let deadline = now + Duration::from_secs(timeout);
-            match tls::accept(stream, certificates.current(), deadline).await {
-                Ok((reader, writer, session)) => {
-                    let identity = if certificates.uses_identity_as_username() {
-                        Identity::Certificate(session.peer_common_name())
-                    } else {
-                        Identity::Credentials
-                    };
-                    (Reader::Tls(reader), Writer::Tls(writer), identity)
-                }
-                Err(e) => {
-                    let why = format!("TLS handshake failed: {e}");
-                    gate.refusals.refused(peer, why, Instant::now());
-                    shard.metrics.count_handshake_failure();
-                    return shard.connection_closed();
-                }
-            }
-        }
+    let secured = secure(&shard, stream, (&gate, endpoint), peer, now).await;
+    let Some((reader, writer, identity)) = secured else {
+        return shard.connection_closed();
+    };
+    let (reader, writer) = match &endpoint.site {
+        None => (reader, writer),
+        Some(site) => match http::serve(reader, writer, site, &shard, &gate).await {
+            Some(upgraded) => transport::ws::split(
+                upgraded.reader,
+                upgraded.writer,
+                upgraded.leftover,
+                shard.connection_limits().packet_size_max as usize,
+            ),
+            None => return shard.connection_closed(),
+        },
     };
     serve_transport(
         shard,
@@ -101,6 +91,39 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener
         now,
     )
     .await;
+}
+
+/// The connection's transport halves: plain TCP, or TLS after its handshake (None when the
+/// handshake failed).
+async fn secure(
+    shard: &Shard,
+    stream: TcpStream,
+    (gate, endpoint): (&Gate, &Endpoint),
+    peer: Option<IpAddr>,
+    now: Instant,
+) -> Option<(Reader, Writer, Identity)> {
+    let Some(certificates) = &endpoint.tls else {
+        let (reader, writer) = transport::tcp(stream);
+        return Some((reader, writer, Identity::Credentials));
+    };
+    let timeout = shard.connection_limits().connect_timeout_secs;
+    let deadline = now + Duration::from_secs(timeout);
+    match tls::accept(stream, certificates.current(), deadline).await {
+        Ok((reader, writer, session)) => {
+            let identity = if certificates.uses_identity_as_username() {
+                Identity::Certificate(session.peer_common_name())
+            } else {
+                Identity::Credentials
+            };
+            Some((Reader::Tls(reader), Writer::Tls(writer), identity))
+        }
+        Err(e) => {
+            let why = format!("TLS handshake failed: {e}");
+            gate.refusals.refused(peer, why, Instant::now());
+            shard.metrics.count_handshake_failure();
+            None
+        }
+    }
 }
 
 /// Who a connection is, as far as the gate is concerned.

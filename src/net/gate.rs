@@ -4,6 +4,7 @@
 
 use super::refusals::RefusalLog;
 use super::tls::Certificates;
+use super::websocket::Site;
 use crate::security::{Shared, Tables};
 use crate::shard::session::ReadFilter;
 use std::cell::{Cell, RefCell};
@@ -30,6 +31,8 @@ pub struct Endpoint {
     pub allow_anonymous: bool,
     /// The listener's certificates, if it speaks TLS.
     pub tls: Option<Arc<Certificates>>,
+    /// The listener's HTTP settings, if it speaks MQTT over WebSocket.
+    pub site: Option<Site>,
 }
 
 /// A shard's gate: its listeners and its copy of the security tables.

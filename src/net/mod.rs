@@ -1,12 +1,14 @@
 //! The only socket code: accepting and placing connections, reading packets into sessions,
-//! and writing outboxes to sockets.
+//! and writing outboxes to sockets, over plain TCP, TLS or WebSocket (with HTTP beside it).
 
 pub mod conn;
 pub mod gate;
 pub mod refusals;
+pub mod http;
 pub mod sockio;
 pub mod tls;
 pub mod transport;
+pub mod websocket;
 pub mod writer;
 
 use crate::config::reload::LiveLimits;

@@ -8,7 +8,7 @@ use std::io::{self, IoSlice};
 use std::os::unix::io::{FromRawFd, RawFd};
 
 /// Frames gathered into one write; Linux allows 1024 iovecs, two per frame.
-const FRAMES_PER_WRITE: usize = 256;
+pub const FRAMES_PER_WRITE: usize = 256;
 
 /// Points `iov` at the outbox's first frames — each header and shared payload, no copy — and
 /// returns them as slices. They stay valid until the outbox is next changed: callers write

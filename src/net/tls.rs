@@ -317,6 +317,31 @@ impl TlsWriter {
     /// while the socket is full.
     pub async fn write_some(&mut self, outbox: &Outbox) -> io::Result<()> {
         self.encrypt(outbox)?;
+        self.flush().await
+    }
+
+    /// Hands `slices` to rustls as one vectored write unless records still wait for the
+    /// socket; returns the plaintext bytes it took.
+    pub fn encrypt_slices(&mut self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        let mut conn = self.conn.borrow_mut();
+        if conn.wants_write() {
+            return Ok(0);
+        }
+        conn.writer().write_vectored(slices)
+    }
+
+    /// Writes all of `bytes` (an HTTP response), waiting for the socket as needed.
+    pub async fn send_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            let n = self.conn.borrow_mut().writer().write(bytes)?;
+            bytes = &bytes[n..];
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Sends the records rustls holds, waiting while the socket is full.
+    pub async fn flush(&mut self) -> io::Result<()> {
         let sent = self.conn.borrow_mut().write_tls(&mut FdWriter(self.fd));
         match sent {
             Ok(_) => Ok(()),

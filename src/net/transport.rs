@@ -2,13 +2,12 @@
 //! `Reader`, the writer task drains the outbox through a `Writer`; the rest of the broker
 //! never sees which transport a connection uses.
 //!
-//! Plain TCP is the one implementation today, and it keeps the copy-free path: the writer
-//! hands the kernel one `sendmsg` whose iovecs point at each frame's header and its shared
-//! payload (glommio's own vectored write only sends the first slice). Where another transport
-//! plugs in:
-//! - WebSocket: the reader unwraps binary frames into the MQTT byte stream; the writer puts a
-//!   2–10 byte frame header iovec in front of each batch of frame iovecs, payloads still
-//!   shared.
+//! Plain TCP keeps the copy-free path: the writer hands the kernel one `sendmsg` whose iovecs
+//! point at each frame's header and its shared payload (glommio's own vectored write only
+//! sends the first slice). The other transports:
+//! - WebSocket (`ws`, over plain TCP or TLS): the reader unwraps binary frames into
+//!   the MQTT byte stream; the writer puts a 2–10 byte frame header iovec in front of each
+//!   batch of frame iovecs, payloads still shared.
 //! - TLS: one rustls connection serves both halves (an `Rc` shared by the reader and writer
 //!   tasks of one shard); the reader decrypts records into the read buffer, the writer
 //!   encrypts from the shared payloads straight into the connection's own record buffer, so
@@ -19,12 +18,17 @@
 
 use super::sockio::{dup_stream, gather, sendmsg};
 use super::tls::{TlsReader, TlsWriter};
+
 use crate::shard::outbox::Outbox;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::task::{Context, Poll};
 use std::time::Duration;
+pub use ws::{WsReader, WsWriter};
+
+pub mod ws;
 
 /// Which direction `shutdown` closes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,6 +47,8 @@ pub enum Reader {
     Tcp(TcpStream),
     /// TLS over TCP.
     Tls(TlsReader),
+    /// WebSocket over TCP or TLS.
+    Ws(Box<WsReader>),
 }
 
 /// The writing half of a connection's transport.
@@ -51,6 +57,8 @@ pub enum Writer {
     Tcp(TcpWriter),
     /// TLS over TCP.
     Tls(TlsWriter),
+    /// WebSocket over TCP or TLS.
+    Ws(Box<WsWriter>),
 }
 
 /// Splits an accepted TCP connection into its halves.
@@ -71,6 +79,7 @@ impl Reader {
         match self {
             Reader::Tcp(stream) => stream.read(buf).await,
             Reader::Tls(tls) => tls.read(buf).await,
+            Reader::Ws(ws) => Box::pin(ws.read(buf)).await,
         }
     }
 
@@ -85,6 +94,7 @@ impl Reader {
             Reader::Tls(tls) => {
                 tls.set_read_timeout(timeout.map(|t| t.max(Duration::from_micros(1))))
             }
+            Reader::Ws(ws) => ws.inner_mut().set_read_timeout(timeout),
         }
     }
 
@@ -93,6 +103,7 @@ impl Reader {
         match self {
             Reader::Tcp(stream) => shutdown_fd(stream.as_raw_fd(), how),
             Reader::Tls(tls) => shutdown_fd(tls.fd(), how),
+            Reader::Ws(ws) => ws.inner().shutdown(how),
         }
     }
 }
@@ -105,14 +116,37 @@ impl Writer {
         match self {
             Writer::Tcp(tcp) => tcp.write_some(outbox).await,
             Writer::Tls(tls) => tls.write_some(outbox).await,
+            Writer::Ws(ws) => Box::pin(ws.write_some(outbox)).await,
         }
     }
 
-    /// Whether bytes taken from the outbox still wait in the transport (TLS records).
+    /// Whether the transport has bytes of its own to send (TLS records, WebSocket control
+    /// frames, the rest of a WebSocket frame).
     pub fn has_pending(&self) -> bool {
         match self {
             Writer::Tcp(_) => false,
             Writer::Tls(tls) => tls.has_pending(),
+            Writer::Ws(ws) => ws.has_pending(),
+        }
+    }
+
+    /// Ready when the outbox has something to write or is closing, or the transport has
+    /// bytes of its own to send (a pong the reader queued).
+    pub fn poll_ready(&self, outbox: &Outbox, cx: &mut Context<'_>) -> Poll<()> {
+        if let Writer::Ws(ws) = self {
+            if ws.poll_controls(cx).is_ready() {
+                return Poll::Ready(());
+            }
+        }
+        outbox.poll_ready(cx)
+    }
+
+    /// Writes all of `bytes` (an HTTP response), waiting for the socket as needed.
+    pub async fn send_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        match self {
+            Writer::Tcp(tcp) => tcp.send_all(bytes).await,
+            Writer::Tls(tls) => tls.send_all(bytes).await,
+            Writer::Ws(_) => Err(io::Error::other("HTTP is not spoken inside WebSocket")),
         }
     }
 
@@ -126,13 +160,14 @@ impl Writer {
                 }
                 shutdown_fd(tls.fd(), how)
             }
+            Writer::Ws(ws) => ws.shutdown(how),
         }
     }
 }
 
 /// Plain TCP's writer: `sendmsg` on the raw fd, payloads never copied.
 pub struct TcpWriter {
-    fd: RawFd,
+    pub(super) fd: RawFd,
     /// Grows with the largest batch this connection writes, so idle connections stay small.
     iov: Vec<libc::iovec>,
     /// The stream used to wait for a full socket, made from a dup of the fd only while the
@@ -160,25 +195,48 @@ impl TcpWriter {
         let Some(part) = outbox.front_part() else {
             return Ok(());
         };
+        let n = self.wait_write(&part, outbox).await?;
+        outbox.consume(n);
+        Ok(())
+    }
+
+    /// Writes `bytes` once the socket takes them, through glommio (io_uring waits for the
+    /// socket); returns how many were written. Fails when the outbox is aborted meanwhile.
+    pub(super) async fn wait_write(&mut self, part: &[u8], outbox: &Outbox) -> io::Result<usize> {
         let stream = dup_stream(&mut self.slow, self.fd)?;
         // A slow subscriber being disconnected must not wait for its socket.
-        let write = async { Some(stream.write(&part).await) };
+        let write = async { Some(stream.write(part).await) };
         let aborted = async {
             std::future::poll_fn(|cx| outbox.poll_aborted(cx)).await;
             None
         };
         match futures_lite::future::or(write, aborted).await {
-            Some(Ok(n)) if n > 0 => {
-                outbox.consume(n);
-                Ok(())
-            }
+            Some(Ok(n)) if n > 0 => Ok(n),
             Some(Err(e)) => Err(e),
             _ => Err(io::ErrorKind::ConnectionAborted.into()),
         }
     }
+
+    /// One non-blocking `sendmsg` of `slices`.
+    pub(super) fn send_now(&self, slices: &[IoSlice<'_>]) -> io::Result<usize> {
+        sendmsg(self.fd, slices)
+    }
+
+    async fn send_all(&mut self, mut bytes: &[u8]) -> io::Result<()> {
+        while !bytes.is_empty() {
+            match sendmsg(self.fd, &[IoSlice::new(bytes)]) {
+                Ok(n) => bytes = &bytes[n..],
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return dup_stream(&mut self.slow, self.fd)?.write_all(bytes).await;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
-fn shutdown_fd(fd: RawFd, how: Shutdown) {
+pub(super) fn shutdown_fd(fd: RawFd, how: Shutdown) {
     let how = match how {
         Shutdown::Write => libc::SHUT_WR,
         Shutdown::Read => libc::SHUT_RD,

@@ -19,8 +19,8 @@ pub const LINGER: Duration = Duration::from_secs(1);
 pub async fn run(mut writer: Writer, outbox: Rc<Outbox>, reader_done: LocalReceiver<()>) {
     loop {
         if !writer.has_pending() {
-            std::future::poll_fn(|cx| outbox.poll_ready(cx)).await;
-            if outbox.is_empty() {
+            std::future::poll_fn(|cx| writer.poll_ready(&outbox, cx)).await;
+            if outbox.is_empty() && !writer.has_pending() {
                 break; // closing, and everything was flushed
             }
         }

@@ -109,6 +109,9 @@ pub struct Outbox {
     room: RefCell<Option<Waker>>,
     room_mark: Cell<usize>,
     room_notified: Cell<bool>,
+    /// Bytes at the front that the writer has announced on the wire (a WebSocket frame
+    /// header counts them), so none of their frames may be dropped.
+    committed: Cell<usize>,
 }
 
 impl Default for Outbox {
@@ -149,6 +152,7 @@ impl Outbox {
             room: RefCell::default(),
             room_mark: Cell::new(0),
             room_notified: Cell::new(false),
+            committed: Cell::new(0),
         }
     }
 
@@ -321,11 +325,14 @@ impl Outbox {
     /// Drops the oldest QoS 0 PUBLISH not yet started on the wire; returns whether one was.
     pub fn drop_oldest(&self) -> bool {
         let mut frames = self.frames.borrow_mut();
-        // The first frame may be partly written; it stays.
-        let Some(index) = frames.iter().skip(1).position(|f| f.is_droppable) else {
-            return false;
-        };
-        let Some(frame) = frames.remove(index + 1) else {
+        // The first frame may be partly written, and committed frames are announced: they stay.
+        let mut start = 0;
+        let index = frames.iter().position(|f| {
+            let is_free = start > 0 && start >= self.committed.get() && f.is_droppable;
+            start += f.len();
+            is_free
+        });
+        let Some(frame) = index.and_then(|index| frames.remove(index)) else {
             return false;
         };
         drop(frames);
@@ -383,9 +390,16 @@ impl Outbox {
         }
     }
 
+    /// Marks the first `n` queued bytes as announced on the wire (a WebSocket frame header
+    /// says their length): until written they are never dropped.
+    pub fn commit(&self, n: usize) {
+        self.committed.set(n);
+    }
+
     /// Removes `n` written bytes from the front.
     pub fn consume(&self, mut n: usize) {
         self.seal();
+        self.committed.set(self.committed.get().saturating_sub(n));
         self.bytes.set(self.bytes.get() - n);
         self.pressure.sub(n);
         self.pressure.count_sent(n);
@@ -482,6 +496,27 @@ mod tests {
         outbox.consume(12);
         assert!(outbox.is_empty());
         assert_eq!(pressure.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn drop_oldest_keeps_frames_a_websocket_header_announced() {
+        let outbox = uncoalesced(Rc::new(Pressure::default()));
+        for h in [b"a", b"b", b"c"] {
+            outbox.push(frame(h, b"1"));
+        }
+        outbox.commit(4);
+        assert!(outbox.drop_oldest(), "the third frame was not announced");
+        assert!(!outbox.drop_oldest(), "the first two were");
+        outbox.consume(2);
+        outbox.push(frame(b"d", b"1"));
+        outbox.push(frame(b"e", b"1"));
+        assert!(outbox.drop_oldest(), "once written, the commitment shrinks");
+        let mut seen = Vec::new();
+        outbox.peek_frames(10, |f| seen.push(f.header.clone()));
+        assert_eq!(
+            seen,
+            vec![Bytes::from_static(b"b"), Bytes::from_static(b"e")]
+        );
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! blocking raw-bytes MQTT client built on ringcast's own codec for exact spec checks.
 #![allow(dead_code)]
 
+pub mod ws;
+
 use bytes::{Bytes, BytesMut};
 use ringcast::config::Config;
 use ringcast::protocol::codec::{encode, Codec, Decoded};
@@ -46,6 +48,14 @@ impl Broker {
             server: Some(server),
             addr,
         }
+    }
+
+    /// Every address it listens on, in the order of `Config::listeners` (`[[listener]]`s,
+    /// then `listen`, then `ws_listen`).
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        self.server
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.local_addrs().to_vec())
     }
 
     /// Stops the broker and waits for its shards.
