@@ -15,76 +15,77 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 type Labels = Vec<(&'static str, String)>;
 
-/// A counter of one number per shard: name, help, the number.
+/// A counter of one number per shard: name, help (the library ends it with a full stop),
+/// the number.
 type PerShard = (&'static str, &'static str, fn(&Snapshot) -> u64);
 
 const COUNTERS: [PerShard; 8] = [
-    ("bytes_received", "Bytes read from client sockets.", |s| {
+    ("bytes_received", "Bytes read from client sockets", |s| {
         s.bytes_received
     }),
-    ("bytes_sent", "Bytes written to client sockets.", |s| {
+    ("bytes_sent", "Bytes written to client sockets", |s| {
         s.bytes_sent
     }),
     (
         "publisher_pauses",
-        "Times a publisher (or ring receiver) was paused for backpressure.",
+        "Times a publisher (or ring receiver) was paused for backpressure",
         |s| s.publisher_pauses,
     ),
     (
         "slow_disconnects",
-        "Subscribers disconnected for staying over their bound.",
+        "Subscribers disconnected for staying over their bound",
         |s| s.slow_disconnects,
     ),
     (
         "memory_ceiling_hits",
-        "Times a shard went over its share of the memory ceiling.",
+        "Times a shard went over its share of the memory ceiling",
         |s| s.ceiling_hits,
     ),
     (
         "tls_handshake_failures",
-        "TLS handshakes that failed or did not finish in time.",
+        "TLS handshakes that failed or did not finish in time",
         |s| s.handshake_failures,
     ),
     (
         "logins_refused",
-        "Logins refused (credentials, anonymous where not allowed).",
+        "Logins refused (credentials, anonymous where not allowed)",
         |s| s.logins_refused,
     ),
     (
         "publishes_denied",
-        "PUBLISH packets the ACL did not let their client write.",
+        "PUBLISH packets the ACL did not let their client write",
         |s| s.publishes_denied,
     ),
 ];
 
 const GAUGES: [PerShard; 7] = [
-    ("connections", "Client connections with a session.", |s| {
+    ("connections", "Client connections with a session", |s| {
         s.clients_connected
     }),
-    ("sessions", "Sessions, connected or not.", |s| {
+    ("sessions", "Sessions, connected or not", |s| {
         s.clients_total
     }),
-    ("subscriptions", "Subscriptions held by sessions.", |s| {
+    ("subscriptions", "Subscriptions held by sessions", |s| {
         s.subscriptions
     }),
     (
         "queued_messages",
-        "Messages waiting in write buffers and session queues.",
+        "Messages waiting in write buffers and session queues",
         |s| s.queued_messages,
     ),
     (
         "queued_bytes",
-        "Bytes waiting in write buffers and session queues.",
+        "Bytes waiting in write buffers and session queues",
         |s| s.queued_bytes,
     ),
     (
         "publishers_paused",
-        "Publishers (or ring receivers) paused now.",
+        "Publishers (or ring receivers) paused now",
         |s| s.publishers_paused,
     ),
     (
         "subscribers_lagging",
-        "Reading subscribers lagging past their pause mark now.",
+        "Reading subscribers lagging past their pause mark now",
         |s| s.subscribers_lagging,
     ),
 ];
@@ -115,7 +116,7 @@ pub fn render(shards: &[Snapshot]) -> String {
     retained.set(as_gauge(
         shards.iter().map(|s| s.retained).max().unwrap_or(0),
     ));
-    registry.register("retained_messages", "Retained messages held.", retained);
+    registry.register("retained_messages", "Retained messages held", retained);
     let mut out = String::new();
     // Writing into a String cannot fail.
     let _ = encode(&mut out, &registry);
@@ -138,12 +139,12 @@ fn register_by_qos(registry: &mut Registry, shards: &[Snapshot]) {
     }
     registry.register(
         "messages_received",
-        "PUBLISH packets received from clients.",
+        "PUBLISH packets received from clients",
         received,
     );
     registry.register(
         "messages_sent",
-        "PUBLISH deliveries offered to subscribers, at the QoS each gets.",
+        "PUBLISH deliveries offered to subscribers, at the QoS each gets",
         sent,
     );
 }
@@ -163,7 +164,7 @@ fn register_drops(registry: &mut Registry, shards: &[Snapshot]) {
     }
     registry.register(
         "messages_dropped",
-        "Messages dropped, by reason and QoS.",
+        "Messages dropped, by reason and QoS",
         dropped,
     );
 }
