@@ -2,7 +2,6 @@
 //! every system call a running broker makes (checked under `strace`), the systemd unit raises
 //! the limits io_uring and many connections need.
 
-#[allow(dead_code)]
 mod common;
 
 use common::{tool_missing, Raw};
@@ -31,7 +30,10 @@ fn allowed_syscalls() -> BTreeSet<String> {
 fn the_seccomp_profile_allows_io_uring() {
     let allowed = allowed_syscalls();
     for call in ["io_uring_setup", "io_uring_enter", "io_uring_register"] {
-        assert!(allowed.contains(call), "{call} missing from deploy/seccomp.json");
+        assert!(
+            allowed.contains(call),
+            "{call} missing from deploy/seccomp.json"
+        );
     }
 }
 
@@ -71,7 +73,14 @@ fn every_system_call_of_a_running_broker_is_in_the_seccomp_profile() {
         .args(["-f", "-qq", "-o"])
         .arg(&trace_file)
         .arg(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--log-level", "info"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--log-level",
+            "info",
+        ])
         .env_remove("RUST_LOG")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -99,7 +108,11 @@ fn every_system_call_of_a_running_broker_is_in_the_seccomp_profile() {
     // Signals go to the broker itself, strace's child (strace does not pass them on).
     let children = format!("/proc/{0}/task/{0}/children", broker.id());
     let children = std::fs::read_to_string(children).expect("strace's children");
-    let pid = children.split_whitespace().next().expect("the broker").to_string();
+    let pid = children
+        .split_whitespace()
+        .next()
+        .expect("the broker")
+        .to_string();
     let _ = Command::new("kill").args(["-HUP", &pid]).status();
     std::thread::sleep(Duration::from_millis(300));
     let _ = Command::new("kill").args(["-TERM", &pid]).status();
@@ -111,7 +124,10 @@ fn every_system_call_of_a_running_broker_is_in_the_seccomp_profile() {
     let trace = std::fs::read_to_string(&trace_file).expect("trace written");
     let _ = std::fs::remove_dir_all(&dir);
     let used = traced_calls(&trace);
-    assert!(used.contains("io_uring_enter"), "the trace holds the broker's calls");
+    assert!(
+        used.contains("io_uring_enter"),
+        "the trace holds the broker's calls"
+    );
     let allowed = allowed_syscalls();
     let missing: Vec<&String> = used.difference(&allowed).collect();
     assert!(

@@ -3,8 +3,8 @@
 
 pub mod conn;
 pub mod gate;
-pub mod refusals;
 pub mod http;
+pub mod refusals;
 pub mod sockio;
 pub mod tls;
 pub mod transport;

@@ -3,7 +3,7 @@
 
 use crate::metrics::Snapshot;
 use crate::shard::backpressure::DropReason;
-use crate::shard::inspect::{ClientInfo, Count, Report, CLIENTS_PER_PAGE_MAX};
+use crate::shard::query::{ClientInfo, Count, Report, CLIENTS_PER_PAGE_MAX};
 use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 

@@ -16,7 +16,7 @@ pub mod http;
 pub mod prometheus;
 
 use crate::security::Tables;
-use crate::shard::inspect::{Query, Report};
+use crate::shard::query::{Query, Report};
 use crate::shard::Shard;
 use http::{Request, Response};
 use serde_json::{json, Value};

@@ -23,7 +23,8 @@
 //! - `cursor`: where a new subscription's retained delivery stands, and the walk over them.
 //! - `feeder`: feeding a session its retained messages as its connection makes room.
 //! - `requests`: answers this shard waits for from other shards.
-//! - `inspect`: operators' questions to every shard (clients, counts, disconnect).
+//! - `query`: operators' questions to every shard and the answers, as plain data.
+//! - `inspect`: asking every shard a `query`, and answering one.
 //! - `sys`: the `$SYS` topics.
 
 pub mod backpressure;
@@ -31,12 +32,13 @@ pub mod cursor;
 pub mod encoder;
 mod feeder;
 mod handoff;
-pub mod inspect;
+mod inspect;
 mod lifecycle;
 pub mod message;
 pub mod msg;
 pub mod outbox;
 pub mod overflow;
+pub mod query;
 pub mod requests;
 pub mod retained;
 mod routing;

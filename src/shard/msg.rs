@@ -1,8 +1,8 @@
 //! Everything one shard can tell another, carried by the mesh (`crate::mesh`): one struct per
 //! message. `Shard::on_message` hands each to a method in the module of its concept.
 
-use super::inspect::{Query, Report};
 use super::message::Message;
+use super::query::{Query, Report};
 use super::session::SessionState;
 use super::SessionKey;
 use crate::mesh::{RequestId, ShardId};

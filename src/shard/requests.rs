@@ -1,8 +1,8 @@
 //! Requests this shard sent to other shards and is waiting on: a tiny one-shot rendezvous
 //! keyed by request id, resolved by the shard's mesh receiver.
 
-use super::inspect::Report;
 use super::msg::StubRef;
+use super::query::Report;
 use super::session::SessionState;
 use crate::mesh::RequestId;
 use std::cell::{Cell, RefCell};
