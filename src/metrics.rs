@@ -8,10 +8,6 @@ use std::sync::Mutex;
 /// Counters of one shard.
 #[derive(Default, Debug)]
 pub struct Metrics {
-    /// PUBLISH packets received from clients of this shard.
-    pub messages_received: Cell<u64>,
-    /// PUBLISH deliveries offered to sessions of this shard.
-    pub messages_sent: Cell<u64>,
     /// Bytes read from client sockets.
     pub bytes_received: Cell<u64>,
     /// TLS handshakes that failed or did not finish in time.
@@ -20,9 +16,10 @@ pub struct Metrics {
     pub logins_refused: Cell<u64>,
     /// PUBLISH packets the ACL did not let their client write.
     pub publishes_denied: Cell<u64>,
-    /// PUBLISH packets received, by their QoS.
+    /// PUBLISH packets received from clients of this shard (wills too), by their QoS.
     pub received_by_qos: [Cell<u64>; 3],
-    /// PUBLISH deliveries offered, by the QoS the subscriber gets.
+    /// PUBLISH deliveries offered to sessions of this shard, by the QoS the subscriber gets.
+    /// (Only per QoS: a delivery bumps one counter, and totals are summed when read.)
     pub sent_by_qos: [Cell<u64>; 3],
 }
 
@@ -45,15 +42,23 @@ impl Metrics {
 
     /// Counts a PUBLISH received at `qos` (0, 1 or 2).
     pub fn count_received(&self, qos: usize) {
-        bump(&self.messages_received);
         if let Some(cell) = self.received_by_qos.get(qos) {
             bump(cell);
         }
     }
 
+    /// PUBLISH packets received.
+    pub fn messages_received(&self) -> u64 {
+        self.received_by_qos.iter().map(Cell::get).sum()
+    }
+
+    /// PUBLISH deliveries offered.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent_by_qos.iter().map(Cell::get).sum()
+    }
+
     /// Counts a PUBLISH delivery offered at `qos` (0, 1 or 2).
     pub fn count_sent(&self, qos: usize) {
-        bump(&self.messages_sent);
         if let Some(cell) = self.sent_by_qos.get(qos) {
             bump(cell);
         }

@@ -269,7 +269,7 @@ impl Conn {
     /// Reads and handles packets until the connection ends.
     async fn read_loop(&mut self) -> End {
         let mut bytes_this_turn = 0;
-        let mut sent_at_turn_start = self.shard.metrics.messages_sent.get();
+        let mut sent_at_turn_start = self.shard.metrics.messages_sent();
         loop {
             let before = self.buf.len();
             // A packet already in the buffer is taken without building the read future
@@ -294,14 +294,14 @@ impl Conn {
             // out) so a fast publisher cannot starve the other connections of its shard, and
             // the writers get to send what it fanned out while it goes on.
             bytes_this_turn += before.saturating_sub(self.buf.len()).max(1);
-            let sent = self.shard.metrics.messages_sent.get();
+            let sent = self.shard.metrics.messages_sent();
             let limits = &self.shard.limits;
             if bytes_this_turn >= limits.read_bytes_per_turn
                 || sent.wrapping_sub(sent_at_turn_start) >= limits.deliveries_per_turn as u64
             {
                 bytes_this_turn = 0;
                 futures_lite::future::yield_now().await;
-                sent_at_turn_start = self.shard.metrics.messages_sent.get();
+                sent_at_turn_start = self.shard.metrics.messages_sent();
             }
         }
     }

@@ -20,8 +20,8 @@ impl Shard {
         let mut s = Snapshot {
             shard: self.id(),
             clients_total: st.sessions.len() as u64,
-            messages_received: self.metrics.messages_received.get(),
-            messages_sent: self.metrics.messages_sent.get(),
+            messages_received: self.metrics.messages_received(),
+            messages_sent: self.metrics.messages_sent(),
             received_by_qos: self.metrics.received_by_qos.each_ref().map(|c| c.get()),
             sent_by_qos: self.metrics.sent_by_qos.each_ref().map(|c| c.get()),
             retained: st.retained.len() as u64,
