@@ -45,6 +45,17 @@ fn the_systemd_unit_raises_memlock_and_open_files() {
     assert!(unit.contains("ExecReload=/bin/kill -HUP $MAINPID"));
 }
 
+#[test]
+fn the_example_config_is_valid_and_listens_for_mqtt_and_websocket() {
+    let path = std::path::PathBuf::from(format!("{ROOT}/deploy/ringcast.toml"));
+    let config = ringcast::config::load_layers(&[&path]).expect("the example parses");
+    config.validate().expect("the example is valid");
+    let listeners = config.listeners();
+    let ports: Vec<u16> = listeners.iter().map(|l| l.address.port()).collect();
+    assert_eq!(ports, [1883, 8083]);
+    assert_eq!(config.http_users, ["admin"]);
+}
+
 /// Names of the system calls in an `strace -f -o` file.
 fn traced_calls(trace: &str) -> BTreeSet<String> {
     trace
