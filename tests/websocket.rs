@@ -1,7 +1,13 @@
 //! MQTT over WebSocket, black-box: raw bytes for the handshake and the frames (RFC 6455), MQTT
 //! 3.1.1 and 5.0 end to end over `ws://` and `wss://`, and plain HTTP on the same port.
 //!
-//! Every broker listens on ephemeral loopback ports; every read runs under `common::WAIT`.
+//! MQTT.js (npm `mqtt`, pinned in tests/js/package-lock.json) runs in Node and, from its
+//! browser bundle, in headless Chromium (Debian's `chromium`, driven by playwright-core);
+//! `.ci/run` installs both and runs `npm ci` in tests/js. A missing tool skips its test with a
+//! note, unless `RINGCAST_REQUIRE_INTEROP=1` (set by CI), which turns it into a failure.
+//!
+//! Every broker listens on ephemeral loopback ports; every read and subprocess runs under a
+//! deadline.
 
 mod common;
 
@@ -9,9 +15,15 @@ use common::ws::{self, WsClient, BINARY, CLOSE, CONTINUATION, PING, PONG, TEXT};
 use common::{connect_packet, publish_packet, Broker, Raw};
 use ringcast::config::{Config, ListenerConfig, Protocol, TlsSettings};
 use ringcast::protocol::*;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
+
+/// How long one Node run (all its checks) may take; the scripts stop themselves sooner.
+const NODE_LIMIT: Duration = Duration::from_secs(45);
 
 /// A broker with a plain MQTT listener (`addrs()[0]`) and a WebSocket one (`addrs()[1]`).
 fn broker_with(adjust: impl FnOnce(&mut Config)) -> (Broker, SocketAddr, SocketAddr) {
@@ -334,4 +346,94 @@ fn wss_carries_mqtt_and_http_over_tls_with_a_test_ca() {
     io.write_all(b"GET /x HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
     let response = ws::read_response(&mut *io, &mut Vec::new());
     assert_eq!(response.status, 404);
+}
+
+/// tests/js, where the Node scripts and their node_modules are.
+fn js_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/js")
+}
+
+/// Whether Node and tests/js/node_modules (`npm ci`) are there; if not, says so (a failure
+/// under `RINGCAST_REQUIRE_INTEROP=1`).
+fn has_node_and_modules() -> bool {
+    let has_node = Command::new("node")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_node {
+        return common::tool_missing("node is not installed (apt-get install nodejs npm)");
+    }
+    if !js_dir().join("node_modules/mqtt").is_dir() {
+        return common::tool_missing("tests/js/node_modules is missing (run npm ci in tests/js)");
+    }
+    true
+}
+
+/// Runs `node tests/js/SCRIPT URL` and returns its output; fails the test when it fails.
+fn run_node(script: &str, url: &str) -> String {
+    let mut child = Command::new("node")
+        .arg(js_dir().join(script))
+        .arg(url)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start node");
+    let status = common::wait_exit(&mut child, NODE_LIMIT);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let mut output = String::new();
+    for pipe in [
+        child.stdout.take().map(|p| Box::new(p) as Box<dyn Read>),
+        child.stderr.take().map(|p| Box::new(p) as Box<dyn Read>),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        let mut pipe = pipe;
+        let _ = pipe.read_to_string(&mut output);
+    }
+    let status =
+        status.unwrap_or_else(|| panic!("node {script} ran past {NODE_LIMIT:?}: {output}"));
+    assert!(
+        status.success(),
+        "node {script} failed ({status}):\n{output}"
+    );
+    output
+}
+
+#[test]
+fn mqtt_js_in_node_speaks_3_1_1_and_5_0_at_every_qos_with_retained_and_wildcards() {
+    if !has_node_and_modules() {
+        return;
+    }
+    let (_broker, _, addr) = broker();
+    let output = run_node("mqttjs.mjs", &format!("ws://{addr}/mqtt"));
+    for version in ["v4", "v5"] {
+        for check in ["QoS 0", "QoS 1", "QoS 2", "retained", "+ wildcard"] {
+            let line = format!("ok: {version} {check}");
+            assert!(output.contains(&line), "no {line:?} in:\n{output}");
+        }
+    }
+    assert!(output.contains("all passed"), "{output}");
+}
+
+#[test]
+fn mqtt_js_in_headless_chromium_subscribes_and_publishes_over_ws() {
+    if !has_node_and_modules() {
+        return;
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        common::tool_missing(&format!("{chromium} is missing (apt-get install chromium)"));
+        return;
+    }
+    let (_broker, _, addr) = broker();
+    let output = run_node("browser.mjs", &format!("ws://{addr}/mqtt"));
+    assert!(
+        output.contains("ok: received hello from chromium on browser/page/echo"),
+        "{output}"
+    );
 }

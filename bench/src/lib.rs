@@ -6,10 +6,12 @@
 //!
 //! Module map:
 //! - `options`: the command line, one struct.
-//! - `transport`: where and how a client connects: `Endpoint` (address, TLS or not) and
-//!   `Stream` (plain TCP or TLS), the bytes a `Conn` reads and writes.
+//! - `transport`: where and how a client connects: `Endpoint` (address, TLS or not, WebSocket
+//!   or not) and `Stream` (plain TCP, TLS, WebSocket), the bytes a `Conn` reads and writes.
 //! - `tls`: MQTT over TLS: the rustls client configuration (--cafile, --cert/--key, --resume)
 //!   and a rustls `ClientConnection` driven over a glommio socket.
+//! - `websocket`: MQTT over WebSocket (--websocket): the upgrade, masked binary frames out,
+//!   the broker's frames unwrapped in.
 //! - `plan`: a scenario (fanout, fanin, pairs, wildcard) turned into topics, publishers and
 //!   subscribers.
 //! - `payload`: the sequence number and send time every message carries.
@@ -43,3 +45,4 @@ pub mod sink;
 pub mod tls;
 pub mod tracker;
 pub mod transport;
+pub mod websocket;

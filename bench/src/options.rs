@@ -146,6 +146,13 @@ pub struct Options {
     /// enough that the rate measures the broker's work, not one connection's round trips.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub parallel: usize,
+    /// Every connection speaks MQTT over WebSocket (ws://, or wss:// with --tls): masked
+    /// binary frames out, the broker's frames unwrapped in.
+    #[arg(long)]
+    pub websocket: bool,
+    /// With --websocket: the path the broker serves MQTT over WebSocket on.
+    #[arg(long, value_name = "PATH", default_value = "/mqtt")]
+    pub ws_path: String,
     /// With --tls: one session store for all connections, so each resumes a session an earlier
     /// one began (TLS 1.3 tickets, TLS 1.2 session ids); without it every handshake is full.
     #[arg(long)]
@@ -189,7 +196,8 @@ impl Options {
         if self.retained == 0 || self.retained > RETAINED_MAX {
             return Err(format!("--retained must be 1..={RETAINED_MAX}"));
         }
-        if self.sink && (self.scenario != Scenario::Fanout || self.qos != 0 || self.tls) {
+        let is_plain = !self.tls && !self.websocket;
+        if self.sink && (self.scenario != Scenario::Fanout || self.qos != 0 || !is_plain) {
             return Err("--sink supports fanout with QoS 0 over plain TCP only".into());
         }
         self.validate_tls()

@@ -1,8 +1,9 @@
-//! Where and how a client connects: `Endpoint` (the broker's address, and TLS or not) and
-//! `Stream`, the byte stream a `Conn` reads and writes (plain TCP, or TLS over it). The
-//! scenarios never look inside: the same loops run over both.
+//! Where and how a client connects: `Endpoint` (the broker's address, TLS or not, WebSocket or
+//! not) and `Stream`, the byte stream a `Conn` reads and writes (plain TCP, TLS over it, and
+//! WebSocket over either). The scenarios never look inside: the same loops run over all.
 
 use crate::tls::{Tls, TlsStream};
+use crate::websocket::WsStream;
 use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use rustls::HandshakeKind;
@@ -24,12 +25,18 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// TLS settings with `--tls`; plain TCP without.
     pub tls: Option<Tls>,
+    /// With `--websocket`: the path MQTT over WebSocket is served on.
+    pub websocket: Option<String>,
 }
 
 impl Endpoint {
     /// Plain TCP to `addr`.
     pub fn plain(addr: SocketAddr) -> Endpoint {
-        Endpoint { addr, tls: None }
+        Endpoint {
+            addr,
+            tls: None,
+            websocket: None,
+        }
     }
 
     /// Connects (and with TLS, runs the handshake until `deadline`). Reads time out every
@@ -40,9 +47,15 @@ impl Endpoint {
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(READ_TICK))?;
         tcp.set_write_timeout(Some(WRITE_LIMIT))?;
-        Ok(match &self.tls {
+        let stream = match &self.tls {
             None => Stream::Plain(tcp),
             Some(tls) => Stream::Tls(Box::new(tls.connect(tcp, read_bytes, deadline).await?)),
+        };
+        Ok(match &self.websocket {
+            None => stream,
+            Some(path) => Stream::Ws(Box::new(
+                WsStream::upgrade(stream, path, read_bytes, deadline).await?,
+            )),
         })
     }
 }
@@ -54,6 +67,8 @@ pub enum Stream {
     Plain(TcpStream),
     /// MQTT over TLS (boxed: a rustls connection is large, a plain stream should not carry it).
     Tls(Box<TlsStream>),
+    /// MQTT over WebSocket, over plain TCP or TLS.
+    Ws(Box<WsStream>),
 }
 
 impl Stream {
@@ -62,6 +77,7 @@ impl Stream {
         match self {
             Stream::Plain(_) => None,
             Stream::Tls(tls) => tls.handshake_kind(),
+            Stream::Ws(ws) => ws.handshake_kind(),
         }
     }
 }
@@ -75,6 +91,7 @@ impl AsyncRead for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_read(cx, buf),
+            Stream::Ws(ws) => Pin::new(&mut **ws).poll_read(cx, buf),
         }
     }
 }
@@ -88,6 +105,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_write(cx, buf),
+            Stream::Ws(ws) => Pin::new(&mut **ws).poll_write(cx, buf),
         }
     }
 
@@ -95,6 +113,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_flush(cx),
+            Stream::Ws(ws) => Pin::new(&mut **ws).poll_flush(cx),
         }
     }
 
@@ -102,6 +121,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(tcp) => Pin::new(tcp).poll_close(cx),
             Stream::Tls(tls) => Pin::new(&mut **tls).poll_close(cx),
+            Stream::Ws(ws) => Pin::new(&mut **ws).poll_close(cx),
         }
     }
 }
