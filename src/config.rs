@@ -3,8 +3,10 @@
 //! The same keys come from the embedded defaults, a hardware profile (`--profile`), a config
 //! file (`--config`) and command-line flags, later ones overriding earlier ones.
 
+pub mod bridge;
 pub mod listener;
 
+pub use bridge::{BridgeConfig, BridgeTls, BridgeVersion, Direction, TopicRule};
 pub use listener::{Listener, ListenerConfig, Protocol, TlsSettings};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -45,6 +47,8 @@ pub struct Config {
     pub backpressure: Backpressure,
     /// Seconds between `$SYS/broker/...` updates; 0 turns them off.
     pub sys_interval_secs: u64,
+    /// Connections to other MQTT brokers (`[[bridge]]`, see `bridge`).
+    pub bridge: Vec<BridgeConfig>,
 }
 
 /// Bounds on what one client may ask of the broker.
@@ -162,6 +166,7 @@ impl Default for Config {
             mesh: MeshConfig::default(),
             backpressure: Backpressure::default(),
             sys_interval_secs: 10,
+            bridge: Vec::new(),
         }
     }
 }
@@ -272,7 +277,8 @@ impl Config {
         if !["error", "warn", "info", "debug", "trace"].contains(&self.log_level.as_str()) {
             return bad("`log_level` must be one of error, warn, info, debug, trace");
         }
-        self.validate_listeners()
+        self.validate_listeners()?;
+        bridge::validate(&self.bridge).map_err(|e| ConfigError(format!("bad config: {e}")))
     }
 }
 

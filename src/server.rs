@@ -1,6 +1,7 @@
 //! Starting and stopping the broker: bind listeners, start one pinned glommio executor per
 //! shard, join them into a mesh, and shut them down in order.
 
+use crate::bridge;
 use crate::config::{Config, SHARDS_MAX};
 use crate::host;
 use crate::mesh::Mesh;
@@ -55,6 +56,7 @@ impl Server {
             endpoints,
         } = bind_listeners(config)?;
         let certificates = endpoints.iter().filter_map(|e| e.tls.clone()).collect();
+        let bridges = bridge::prepare(&config.bridge)?;
         let cpus = cpu_list(config)?;
         let shards = if config.shards == 0 {
             cpus.len()
@@ -86,6 +88,8 @@ impl Server {
                 board: board.clone(),
                 endpoints: endpoints.clone(),
                 security: security.clone(),
+                // Bridges run on shard 0.
+                bridges: if id == 0 { bridges.clone() } else { Vec::new() },
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -200,6 +204,7 @@ struct ShardStart {
     board: Arc<Board>,
     endpoints: Vec<Endpoint>,
     security: Arc<Shared>,
+    bridges: Vec<bridge::Prepared>,
 }
 
 /// The life of one shard.
@@ -231,6 +236,9 @@ async fn run_shard(mut ctx: ShardStart) {
             interval,
         ))
     });
+    let sys_interval = (ctx.config.sys_interval_secs > 0)
+        .then(|| Duration::from_secs(ctx.config.sys_interval_secs));
+    let bridges = bridge::start(&shard, std::mem::take(&mut ctx.bridges), sys_interval);
     let max = ctx.config.limits.connections_max;
     let acceptors: Vec<_> = ctx
         .fds
@@ -245,6 +253,7 @@ async fn run_shard(mut ctx: ShardStart) {
     }
     drop(acceptors); // stop accepting
     drop(sys);
+    drop(bridges);
     shut_down(&shard).await;
 }
 
