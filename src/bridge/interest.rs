@@ -69,7 +69,9 @@ mod tests {
         let mut topics = Vec::new();
         for n in 1..=4u32 {
             for i in 0..3usize.pow(n) {
-                let t: Vec<&str> = (0..n).map(|k| ["a", "b", "c"][i / 3usize.pow(k) % 3]).collect();
+                let t: Vec<&str> = (0..n)
+                    .map(|k| ["a", "b", "c"][i / 3usize.pow(k) % 3])
+                    .collect();
                 topics.push(t.join("/"));
             }
         }

@@ -57,9 +57,13 @@ pub fn client_config(tls: &BridgeTls) -> Result<Arc<ClientConfig>, String> {
             let certs = read_certs(cert_file)?;
             let key = PrivateKeyDer::from_pem_file(key_file)
                 .map_err(|e| bad_file(key_file, "a PEM private key", e))?;
-            builder
-                .with_client_auth_cert(certs, key)
-                .map_err(|e| format!("{} and {} do not make a usable client certificate and key: {e}", cert_file.display(), key_file.display()))?
+            builder.with_client_auth_cert(certs, key).map_err(|e| {
+                format!(
+                    "{} and {} do not make a usable client certificate and key: {e}",
+                    cert_file.display(),
+                    key_file.display()
+                )
+            })?
         }
         _ => builder.with_no_client_auth(),
     };
@@ -215,7 +219,10 @@ impl Link {
 }
 
 /// `io` unless `limit` passes first (then a TimedOut error).
-pub async fn within<T>(limit: Duration, io: impl std::future::Future<Output = io::Result<T>>) -> io::Result<T> {
+pub async fn within<T>(
+    limit: Duration,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
     let late = async {
         glommio::timer::sleep(limit).await;
         Err(io::ErrorKind::TimedOut.into())

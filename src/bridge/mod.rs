@@ -125,8 +125,14 @@ impl Bridge {
             (format!("{base}/queued"), queued.to_string()),
             (format!("{base}/queued_bytes"), bytes.to_string()),
             (format!("{base}/dropped"), dropped.to_string()),
-            (format!("{base}/messages/in"), self.messages_in.get().to_string()),
-            (format!("{base}/messages/out"), self.messages_out.get().to_string()),
+            (
+                format!("{base}/messages/in"),
+                self.messages_in.get().to_string(),
+            ),
+            (
+                format!("{base}/messages/out"),
+                self.messages_out.get().to_string(),
+            ),
         ];
         for (topic, value) in topics {
             let Some(topic) = MqttString::from_str_checked(&topic) else {
@@ -176,7 +182,8 @@ async fn run(shard: Rc<Shard>, prepared: Prepared, sys_interval: Option<Duration
     };
     *bridge.local.borrow_mut() = Some(Rc::new(local));
     let pump = glommio::spawn_local(pump_out(bridge.clone(), drain)).detach();
-    let sys = sys_interval.map(|every| glommio::spawn_local(sys_loop(bridge.clone(), every)).detach());
+    let sys =
+        sys_interval.map(|every| glommio::spawn_local(sys_loop(bridge.clone(), every)).detach());
     remote::run(bridge.clone()).await;
     drop((pump, sys));
 }

@@ -193,9 +193,15 @@ mod tests {
     fn bound_in_messages_and_bytes_drops_and_counts() {
         let mut q = OutQueue::new(2, 5);
         assert!(q.push(publish("a", QoS::AtLeastOnce, b"abc")));
-        assert!(!q.push(publish("a", QoS::AtLeastOnce, b"abc")), "bytes bound");
+        assert!(
+            !q.push(publish("a", QoS::AtLeastOnce, b"abc")),
+            "bytes bound"
+        );
         assert!(q.push(publish("a", QoS::AtLeastOnce, b"ab")));
-        assert!(!q.push(publish("a", QoS::AtMostOnce, b"")), "messages bound");
+        assert!(
+            !q.push(publish("a", QoS::AtMostOnce, b"")),
+            "messages bound"
+        );
         assert_eq!((q.len(), q.bytes(), q.dropped()), (2, 5, 2));
         q.invariants();
     }

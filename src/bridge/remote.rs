@@ -5,8 +5,8 @@
 use super::link::{within, Link};
 use super::{is_wanted, Bridge};
 use crate::protocol::{
-    Ack, Connect, MqttString, Packet, Props, Publish, QoS, ReasonCode, Subscribe,
-    SubscribeFilter, SubscriptionOptions, Unsubscribe, Version,
+    Ack, Connect, MqttString, Packet, Props, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter,
+    SubscriptionOptions, Unsubscribe, Version,
 };
 use bytes::Bytes;
 use std::io;
@@ -107,7 +107,9 @@ async fn connect(bridge: &Bridge, try_private: bool) -> Result<(Link, usize), Fa
         .await
         .map_err(|e| Failure::Other(format!("no CONNACK: {e}")))?;
     let Packet::ConnAck(connack) = answer else {
-        return Err(Failure::Other("the remote answered CONNECT with another packet".into()));
+        return Err(Failure::Other(
+            "the remote answered CONNECT with another packet".into(),
+        ));
     };
     if connack.code != ReasonCode::SUCCESS {
         if try_private && connack.code.0 == UNACCEPTABLE_PROTOCOL {
@@ -207,11 +209,18 @@ async fn handle(bridge: &Bridge, s: &mut Session, packet: Packet) -> Result<bool
         Packet::PubRel(ack) => send(s, &Packet::PubComp(plain_ack(ack.pkid))).await?,
         Packet::SubAck(suback) => {
             if suback.reason_codes.iter().any(|c| c.0 >= 0x80) {
-                tracing::warn!("bridge {}: the remote refused a subscription", bridge.config().name);
+                tracing::warn!(
+                    "bridge {}: the remote refused a subscription",
+                    bridge.config().name
+                );
             }
         }
         Packet::Disconnect(d) => {
-            tracing::info!("bridge {}: the remote disconnected (reason {:#04x})", bridge.config().name, d.reason.0);
+            tracing::info!(
+                "bridge {}: the remote disconnected (reason {:#04x})",
+                bridge.config().name,
+                d.reason.0
+            );
             return Ok(false);
         }
         // PINGRESP, UNSUBACK: nothing to do beyond having heard from the remote.
@@ -224,9 +233,12 @@ async fn handle(bridge: &Bridge, s: &mut Session, packet: Packet) -> Result<bool
 /// (so a QoS 1 message the remote sees acknowledged has been routed here).
 async fn on_publish(bridge: &Bridge, s: &mut Session, mut publish: Publish) -> Result<(), Failure> {
     let (pkid, qos) = (publish.pkid, publish.qos);
-    let rule = bridge.config().topic.iter().filter(|r| r.direction.is_in()).find_map(|r| {
-        Some((r.qos, r.to_local(publish.topic.as_str())?))
-    });
+    let rule = bridge
+        .config()
+        .topic
+        .iter()
+        .filter(|r| r.direction.is_in())
+        .find_map(|r| Some((r.qos, r.to_local(publish.topic.as_str())?)));
     if let (Some((cap, topic)), Some(local)) = (rule, bridge.local()) {
         if let Some(topic) = MqttString::from_str_checked(&topic) {
             publish.topic = topic;
@@ -277,10 +289,18 @@ async fn follow_interest(bridge: &Bridge, s: &mut Session) -> Result<(), Failure
                 retain_handling: 0,
             };
             let filters = vec![SubscribeFilter { filter, options }];
-            Packet::Subscribe(Subscribe { pkid, filters, properties: Props::default() })
+            Packet::Subscribe(Subscribe {
+                pkid,
+                filters,
+                properties: Props::default(),
+            })
         } else {
             let filters = vec![filter];
-            Packet::Unsubscribe(Unsubscribe { pkid, filters, properties: Props::default() })
+            Packet::Unsubscribe(Unsubscribe {
+                pkid,
+                filters,
+                properties: Props::default(),
+            })
         };
         send(s, &packet).await?;
     }
@@ -347,12 +367,18 @@ mod tests {
     #[test]
     fn backoff_doubles_to_the_maximum_with_jitter_and_resets() {
         let mut b = Backoff::new(100, 1000);
-        let waits: Vec<u64> = (0..6).map(|_| b.next(u64::MAX).as_millis() as u64).collect();
+        let waits: Vec<u64> = (0..6)
+            .map(|_| b.next(u64::MAX).as_millis() as u64)
+            .collect();
         let steps = [100, 200, 400, 800, 1000, 1000];
         for (wait, step) in waits.iter().zip(steps) {
             assert!(*wait >= step / 2 && *wait <= step, "{wait} for step {step}");
         }
-        assert_eq!(b.next(0).as_millis(), 500, "the lowest draw is half the step");
+        assert_eq!(
+            b.next(0).as_millis(),
+            500,
+            "the lowest draw is half the step"
+        );
         b.reset();
         assert!(b.next(7).as_millis() <= 100);
     }

@@ -200,13 +200,15 @@ impl TopicRule {
     /// The local topic for a remote one this rule covers (None: not this rule's).
     pub fn to_local(&self, remote_topic: &str) -> Option<String> {
         let rest = remote_topic.strip_prefix(self.remote_prefix.as_str())?;
-        filter_matches(&self.remote_filter(), remote_topic).then(|| format!("{}{rest}", self.local_prefix))
+        filter_matches(&self.remote_filter(), remote_topic)
+            .then(|| format!("{}{rest}", self.local_prefix))
     }
 
     /// The remote topic for a local one this rule covers (None: not this rule's).
     pub fn to_remote(&self, local_topic: &str) -> Option<String> {
         let rest = local_topic.strip_prefix(self.local_prefix.as_str())?;
-        filter_matches(&self.local_filter(), local_topic).then(|| format!("{}{rest}", self.remote_prefix))
+        filter_matches(&self.local_filter(), local_topic)
+            .then(|| format!("{}{rest}", self.remote_prefix))
     }
 
     /// Both filters are valid and prefixes hold no wildcard (as mosquitto checks).
@@ -243,12 +245,17 @@ pub fn validate(bridges: &[BridgeConfig]) -> Result<(), String> {
     for b in bridges {
         let name = &b.name;
         if name.is_empty() || name.contains(['/', '+', '#']) {
-            return Err(format!("bridge name `{name}` must be non-empty, without / + #"));
+            return Err(format!(
+                "bridge name `{name}` must be non-empty, without / + #"
+            ));
         }
         if !names.insert(name) {
             return Err(format!("two bridges are named `{name}`; names must differ"));
         }
-        if b.address.rsplit_once(':').is_none_or(|(_, p)| p.parse::<u16>().is_err()) {
+        if b.address
+            .rsplit_once(':')
+            .is_none_or(|(_, p)| p.parse::<u16>().is_err())
+        {
             return Err(format!(
                 "bridge `{name}`: address `{}` must be host:port",
                 b.address
@@ -340,7 +347,10 @@ mod tests {
                     topic = [\"sensors/# out 1\", \"cmd/# in 1 local/ remote/\"]\n";
         let config = crate::config::Config::from_toml(text).unwrap();
         let b = &config.bridge[0];
-        assert!(!b.clean_session, "mosquitto's cleansession default is false");
+        assert!(
+            !b.clean_session,
+            "mosquitto's cleansession default is false"
+        );
         assert_eq!(b.protocol_version, BridgeVersion::V5);
         assert_eq!(b.topic.len(), 2);
         config.validate().unwrap();
@@ -357,7 +367,9 @@ mod tests {
         .unwrap();
         assert_eq!(b.protocol_version, BridgeVersion::V311);
         validate(std::slice::from_ref(&b)).unwrap();
-        assert!(validate(&[b.clone(), b.clone()]).unwrap_err().contains("two bridges"));
+        assert!(validate(&[b.clone(), b.clone()])
+            .unwrap_err()
+            .contains("two bridges"));
         b.address = "nohost".into();
         assert!(validate(&[b.clone()]).unwrap_err().contains("host:port"));
         b.address = "h:1".into();

@@ -1,0 +1,445 @@
+//! Bridges (`[[bridge]]`) against real remotes started by the tests: the Debian mosquitto
+//! (`/usr/sbin/mosquitto`, its own config on an ephemeral loopback port) and a second ringcast
+//! process. Local brokers run in this process; clients are the tests' raw MQTT clients.
+//!
+//! A missing mosquitto skips its tests with a note, or fails them under
+//! `RINGCAST_REQUIRE_INTEROP=1` (CI).
+
+mod common;
+
+use common::{connect_packet, listening_addr, tool_missing, wait_exit, Broker, NoPacket, Raw};
+use ringcast::config::{BridgeConfig, Config};
+use ringcast::protocol::{Packet, Publish, QoS, Version};
+use std::collections::BTreeSet;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for a bridge to connect or a message to cross.
+const CROSS: Duration = Duration::from_secs(15);
+
+/// The mosquitto broker, or None (after a note) when it is not installed.
+fn mosquitto_program() -> Option<PathBuf> {
+    let found = ["/usr/sbin/mosquitto", "mosquitto"].into_iter().find(|p| {
+        Command::new(p)
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
+    match found {
+        Some(p) => Some(PathBuf::from(p)),
+        None => {
+            tool_missing("mosquitto missing: install with `apt-get install mosquitto`");
+            None
+        }
+    }
+}
+
+/// A scratch directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("ringcast-bridge-{}-{name}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A loopback port free now.
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A mosquitto process on its own port and config, killed when dropped.
+struct Mosquitto {
+    program: PathBuf,
+    dir: PathBuf,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Starts mosquitto; `persistent` keeps its sessions in `dir` (written on SIGUSR1).
+    fn start(program: PathBuf, name: &str, persistent: bool) -> Mosquitto {
+        let dir = scratch(name);
+        let port = free_port();
+        let persistence = match persistent {
+            true => format!(
+                "persistence true\npersistence_location {}/\n",
+                dir.display()
+            ),
+            false => "persistence false\n".to_string(),
+        };
+        let conf = format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}");
+        // Started as root, mosquitto drops to its own user, which must be able to write here.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        std::fs::write(dir.join("mosquitto.conf"), conf).unwrap();
+        let mut m = Mosquitto {
+            program,
+            dir,
+            port,
+            child: None,
+        };
+        m.restart();
+        m
+    }
+
+    fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.port))
+    }
+
+    /// Starts it (again) and waits until it accepts connections.
+    fn restart(&mut self) {
+        let child = Command::new(&self.program)
+            .arg("-c")
+            .arg(self.dir.join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto starts");
+        self.child = Some(child);
+        let deadline = Instant::now() + CROSS;
+        while TcpStream::connect(self.addr()).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto never listened");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL, and waits until it is gone.
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            wait_exit(&mut child, CROSS).expect("mosquitto dies");
+        }
+    }
+
+    /// Asks it to write its sessions to disk and waits until the file is there.
+    fn save(&self) {
+        let pid = self.child.as_ref().unwrap().id() as libc::pid_t;
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+        let deadline = Instant::now() + CROSS;
+        while !self.dir.join("mosquitto.db").exists() {
+            assert!(Instant::now() < deadline, "mosquitto wrote no database");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A ringcast process (the remote of a ringcast-to-ringcast bridge), killed when dropped.
+struct Remote {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Remote {
+    fn start() -> Remote {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                "1",
+                "--log-level",
+                "info",
+            ])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ringcast starts");
+        let stdout = child.stdout.take().unwrap();
+        let addr = listening_addr(stdout, CROSS).expect("the remote ringcast listens");
+        Remote { child, addr }
+    }
+}
+
+impl Drop for Remote {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_exit(&mut self.child, CROSS);
+    }
+}
+
+/// One `[[bridge]]` named `name` to `addr`, with the rules and any extra keys.
+fn bridge(
+    name: &str,
+    addr: SocketAddr,
+    version: &str,
+    rules: &[&str],
+    extra: &str,
+) -> BridgeConfig {
+    let text = format!(
+        "[[bridge]]\nname = \"{name}\"\naddress = \"{addr}\"\nprotocol_version = \"{version}\"\n\
+         client_id = \"bridge-{name}\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
+         topic = {rules:?}\n{extra}"
+    );
+    Config::from_toml(&text)
+        .expect("bridge config")
+        .bridge
+        .remove(0)
+}
+
+/// A local broker (in this process) with `bridges`, `$SYS` every second.
+fn local_broker(bridges: Vec<BridgeConfig>) -> Broker {
+    Broker::start_with(1, |c| {
+        c.bridge = bridges;
+        c.sys_interval_secs = 1;
+    })
+}
+
+/// Waits until `$SYS/broker/bridges/<name>/<what>` satisfies `check`.
+fn wait_sys(addr: SocketAddr, name: &str, what: &str, check: impl Fn(&str) -> bool) {
+    let topic = format!("$SYS/broker/bridges/{name}/{what}");
+    let mut raw = Raw::connect(addr, "");
+    raw.subscribe(&topic, QoS::AtMostOnce);
+    let deadline = Instant::now() + CROSS;
+    let mut last = String::new();
+    while Instant::now() < deadline {
+        if let Ok(Packet::Publish(p)) = raw.recv_within(Duration::from_millis(500)) {
+            last = String::from_utf8_lossy(&p.payload).into_owned();
+            if check(&last) {
+                return;
+            }
+        }
+    }
+    panic!("{topic} stayed at {last:?}");
+}
+
+fn wait_connected(addr: SocketAddr, name: &str) {
+    wait_sys(addr, name, "connected", |v| v == "1");
+}
+
+/// Publishes `payload` to `topic` through `publisher` until `receiver` gets a message (a
+/// bridge subscribes at the remote shortly after a local subscriber appears); returns it.
+fn publish_until_received(publisher: &mut Raw, topic: &str, receiver: &mut Raw) -> Publish {
+    let deadline = Instant::now() + CROSS;
+    while Instant::now() < deadline {
+        publisher.publish(topic, b"probe", QoS::AtLeastOnce, false);
+        if let Ok(Packet::Publish(p)) = receiver.recv_within(Duration::from_millis(300)) {
+            receiver.ack(&p);
+            return p;
+        }
+    }
+    panic!("nothing published to {topic} crossed the bridge");
+}
+
+/// Takes whatever else arrives within a short while (probes still under way).
+fn drain(raw: &mut Raw) {
+    while let Ok(packet) = raw.recv_within(Duration::from_millis(500)) {
+        if let Packet::Publish(p) = packet {
+            raw.ack(&p);
+        }
+    }
+}
+
+fn expect_publish(raw: &mut Raw, topic: &str, payload: &[u8], qos: QoS) {
+    let p = raw.recv_publish();
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..], p.qos),
+        (topic, payload, qos)
+    );
+}
+
+#[test]
+fn mosquitto_remote_gets_out_messages_and_sends_in_messages_with_prefixes_at_qos1() {
+    let Some(program) = mosquitto_program() else {
+        return;
+    };
+    let mosquitto = Mosquitto::start(program, "prefixes", false);
+    let rules = [
+        "sensors/# out 1 local/ remote/",
+        "cmd/# in 1 local/ remote/",
+    ];
+    let broker = local_broker(vec![bridge("up", mosquitto.addr(), "3.1.1", &rules, "")]);
+    wait_connected(broker.addr, "up");
+
+    let mut remote_sub = Raw::connect(mosquitto.addr(), "remote-sub");
+    remote_sub.subscribe("remote/sensors/#", QoS::AtLeastOnce);
+    let mut local_pub = Raw::connect(broker.addr, "local-pub");
+    local_pub.publish("local/sensors/t1", b"21.5", QoS::AtLeastOnce, false);
+    expect_publish(
+        &mut remote_sub,
+        "remote/sensors/t1",
+        b"21.5",
+        QoS::AtLeastOnce,
+    );
+    local_pub.publish("sensors/t1", b"no prefix", QoS::AtLeastOnce, false);
+    remote_sub.expect_nothing();
+
+    let mut local_sub = Raw::connect(broker.addr, "local-sub");
+    local_sub.subscribe("local/cmd/#", QoS::AtLeastOnce);
+    let mut remote_pub = Raw::connect(mosquitto.addr(), "remote-pub");
+    let p = publish_until_received(&mut remote_pub, "remote/cmd/go", &mut local_sub);
+    assert_eq!(
+        (p.topic.as_str(), p.qos),
+        ("local/cmd/go", QoS::AtLeastOnce)
+    );
+}
+
+/// `both` with a 3.1.1 remote: mosquitto honours the bridge bit and does not send back what
+/// the bridge published; ringcast's No Local keeps what came in from going out again.
+#[test]
+fn mosquitto_both_rule_carries_each_message_once_each_way() {
+    let Some(program) = mosquitto_program() else {
+        return;
+    };
+    let mosquitto = Mosquitto::start(program, "both", false);
+    let rules = ["loop/# both 1"];
+    let broker = local_broker(vec![bridge("mesh", mosquitto.addr(), "3.1.1", &rules, "")]);
+    no_loop_both_ways(broker.addr, mosquitto.addr(), "mesh");
+}
+
+/// Two ringcast processes bridged over MQTT 5: `both` without a loop, and a prefixed `out`.
+#[test]
+fn two_ringcast_brokers_bridged_over_mqtt5_without_a_loop() {
+    let remote = Remote::start();
+    let rules = ["loop/# both 1", "status out 0 \"\" far/"];
+    let broker = local_broker(vec![bridge("pair", remote.addr, "5", &rules, "")]);
+    no_loop_both_ways(broker.addr, remote.addr, "pair");
+
+    let mut far = Raw::connect(remote.addr, "far-sub");
+    far.subscribe("far/status", QoS::AtMostOnce);
+    let mut local_pub = Raw::connect(broker.addr, "status-pub");
+    local_pub.publish("status", b"up", QoS::AtMostOnce, false);
+    expect_publish(&mut far, "far/status", b"up", QoS::AtMostOnce);
+}
+
+/// A subscriber on each side of a `loop/# both 1` bridge gets each message exactly once.
+fn no_loop_both_ways(local: SocketAddr, remote: SocketAddr, name: &str) {
+    wait_connected(local, name);
+    let mut local_sub = Raw::connect(local, "loop-local-sub");
+    local_sub.subscribe("loop/#", QoS::AtLeastOnce);
+    let mut remote_sub = Raw::connect(remote, "loop-remote-sub");
+    remote_sub.subscribe("loop/#", QoS::AtLeastOnce);
+    let mut remote_pub = Raw::connect(remote, "loop-remote-pub");
+    publish_until_received(&mut remote_pub, "loop/probe", &mut local_sub);
+    drain(&mut local_sub);
+    drain(&mut remote_sub);
+
+    let mut local_pub = Raw::connect(local, "loop-local-pub");
+    local_pub.publish("loop/out", b"1", QoS::AtLeastOnce, false);
+    expect_publish(&mut local_sub, "loop/out", b"1", QoS::AtLeastOnce);
+    expect_publish(&mut remote_sub, "loop/out", b"1", QoS::AtLeastOnce);
+    remote_pub.publish("loop/in", b"2", QoS::AtLeastOnce, false);
+    expect_publish(&mut remote_sub, "loop/in", b"2", QoS::AtLeastOnce);
+    expect_publish(&mut local_sub, "loop/in", b"2", QoS::AtLeastOnce);
+    local_sub.expect_nothing();
+    remote_sub.expect_nothing();
+}
+
+/// The remote killed with SIGKILL and started again: every QoS 1 message the local broker
+/// acknowledged meanwhile reaches the remote's subscriber once it is back (at least once).
+/// mosquitto keeps the subscriber's session on disk (written before the kill, on SIGUSR1),
+/// so what the bridge delivers after the restart waits for the subscriber there.
+#[test]
+fn mqtt_qos1_acknowledged_locally_arrives_after_the_remote_is_killed_and_restarted() {
+    let Some(program) = mosquitto_program() else {
+        return;
+    };
+    let mut mosquitto = Mosquitto::start(program, "restart", true);
+    let rules = ["data/# out 1"];
+    let broker = local_broker(vec![bridge("r", mosquitto.addr(), "3.1.1", &rules, "")]);
+    wait_connected(broker.addr, "r");
+    let persistent = connect_packet("data-sub", Version::V311, false);
+    let (mut sub, _) = Raw::connect_with(mosquitto.addr(), persistent.clone());
+    sub.subscribe("data/#", QoS::AtLeastOnce);
+    mosquitto.save();
+
+    let mut publisher = Raw::connect(broker.addr, "data-pub");
+    let mut received = BTreeSet::new();
+    for i in 0..20 {
+        publisher.publish(&format!("data/{i}"), b"x", QoS::AtLeastOnce, false);
+    }
+    while received.len() < 20 {
+        received.insert(sub.recv_publish().topic.as_str().to_string());
+    }
+    mosquitto.kill();
+    for i in 20..60 {
+        // Each one acknowledged by the local broker while the remote is down.
+        publisher.publish(&format!("data/{i}"), b"x", QoS::AtLeastOnce, false);
+    }
+    wait_sys(broker.addr, "r", "queued", |v| v == "40");
+    mosquitto.restart();
+    let (mut sub, _) = Raw::connect_with(mosquitto.addr(), persistent);
+    let deadline = Instant::now() + CROSS;
+    let all: BTreeSet<String> = (0..60).map(|i| format!("data/{i}")).collect();
+    while received != all && Instant::now() < deadline {
+        match sub.recv_within(Duration::from_millis(500)) {
+            Ok(Packet::Publish(p)) => {
+                sub.ack(&p);
+                received.insert(p.topic.as_str().to_string());
+            }
+            Ok(_) | Err(NoPacket::Timeout) => {}
+            Err(NoPacket::Closed) => panic!("mosquitto closed the subscriber"),
+        }
+    }
+    let missing: Vec<_> = all.difference(&received).collect();
+    assert!(missing.is_empty(), "never arrived: {missing:?}");
+}
+
+/// With the remote unreachable, the queue holds `queue_messages_max` messages and counts
+/// the rest as dropped; `$SYS` shows both and the connection state 0.
+#[test]
+fn out_queue_is_bounded_and_counts_drops_while_the_remote_stays_down() {
+    let nobody = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let rules = ["q/# out 1"];
+    let extra = "queue_messages_max = 5\n";
+    let broker = local_broker(vec![bridge("down", nobody, "5", &rules, extra)]);
+    let mut publisher = Raw::connect(broker.addr, "q-pub");
+    for i in 0..12 {
+        publisher.publish(&format!("q/{i}"), b"x", QoS::AtLeastOnce, false);
+    }
+    wait_sys(broker.addr, "down", "dropped", |v| v == "7");
+    wait_sys(broker.addr, "down", "queued", |v| v == "5");
+    wait_sys(broker.addr, "down", "connected", |v| v == "0");
+    let mut raw = Raw::connect(broker.addr, "state-reader");
+    raw.subscribe("$SYS/broker/connection/bridge-down/state", QoS::AtMostOnce);
+    expect_publish(
+        &mut raw,
+        "$SYS/broker/connection/bridge-down/state",
+        b"0",
+        QoS::AtMostOnce,
+    );
+}
+
+/// A bad topic rule stops the broker at start with one sentence and a non-zero exit.
+#[test]
+fn bad_bridge_rule_is_refused_at_start_with_one_sentence() {
+    let dir = scratch("badrule");
+    let path = dir.join("bad.toml");
+    std::fs::write(
+        &path,
+        "[[bridge]]\nname = \"b\"\naddress = \"127.0.0.1:1\"\ntopic = [\"a/# sideways 1\"]\n",
+    )
+    .unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("--config")
+        .arg(&path)
+        .args(["--listen", "127.0.0.1:0"])
+        .output()
+        .expect("ringcast runs");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr
+            .contains("bridge topic rule `a/# sideways 1`: the direction must be in, out or both"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    let _ = std::fs::remove_dir_all(dir);
+}
