@@ -201,19 +201,15 @@ async fn send(s: &mut Session, packet: &Packet) -> Result<(), Failure> {
 async fn handle(bridge: &Bridge, s: &mut Session, packet: Packet) -> Result<bool, Failure> {
     match packet {
         Packet::Publish(publish) => on_publish(bridge, s, publish).await?,
-        Packet::PubAck(ack) => {
-            if bridge.queue.borrow_mut().acknowledged(ack.pkid) {
-                bridge.messages_out.set(bridge.messages_out.get() + 1);
-            }
+        Packet::PubAck(ack) if bridge.queue.borrow_mut().acknowledged(ack.pkid) => {
+            bridge.messages_out.set(bridge.messages_out.get() + 1);
         }
         Packet::PubRel(ack) => send(s, &Packet::PubComp(plain_ack(ack.pkid))).await?,
-        Packet::SubAck(suback) => {
-            if suback.reason_codes.iter().any(|c| c.0 >= 0x80) {
-                tracing::warn!(
-                    "bridge {}: the remote refused a subscription",
-                    bridge.config().name
-                );
-            }
+        Packet::SubAck(suback) if suback.reason_codes.iter().any(|c| c.0 >= 0x80) => {
+            tracing::warn!(
+                "bridge {}: the remote refused a subscription",
+                bridge.config().name
+            );
         }
         Packet::Disconnect(d) => {
             tracing::info!(
@@ -223,7 +219,8 @@ async fn handle(bridge: &Bridge, s: &mut Session, packet: Packet) -> Result<bool
             );
             return Ok(false);
         }
-        // PINGRESP, UNSUBACK: nothing to do beyond having heard from the remote.
+        // PINGRESP, UNSUBACK, granted SUBACKs, PUBACKs of ids no longer in flight: nothing
+        // to do beyond having heard from the remote.
         _ => {}
     }
     Ok(true)
