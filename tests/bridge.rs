@@ -9,7 +9,10 @@ mod common;
 
 use common::{connect_packet, listening_addr, tool_missing, wait_exit, Broker, NoPacket, Raw};
 use ringcast::config::{BridgeConfig, Config};
-use ringcast::protocol::{Packet, Publish, QoS, Version};
+use ringcast::protocol::{
+    MqttString, Packet, Props, Publish, QoS, Subscribe, SubscribeFilter, SubscriptionOptions,
+    Version,
+};
 use std::collections::BTreeSet;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
@@ -144,11 +147,18 @@ impl Drop for Mosquitto {
 struct Remote {
     child: Child,
     addr: SocketAddr,
+    dir: PathBuf,
 }
 
 impl Remote {
+    /// Starts it with `$SYS` every second.
     fn start() -> Remote {
+        let dir = scratch("remote");
+        let config = dir.join("remote.toml");
+        std::fs::write(&config, "sys_interval_secs = 1\n").unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .arg("--config")
+            .arg(&config)
             .args([
                 "--listen",
                 "127.0.0.1:0",
@@ -164,7 +174,7 @@ impl Remote {
             .expect("ringcast starts");
         let stdout = child.stdout.take().unwrap();
         let addr = listening_addr(stdout, CROSS).expect("the remote ringcast listens");
-        Remote { child, addr }
+        Remote { child, addr, dir }
     }
 }
 
@@ -172,6 +182,7 @@ impl Drop for Remote {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = wait_exit(&mut self.child, CROSS);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -194,9 +205,10 @@ fn bridge(
         .remove(0)
 }
 
-/// A local broker (in this process) with `bridges`, `$SYS` every second.
+/// A local broker (in this process) with `bridges`, `$SYS` every second, on two shards: the
+/// bridge runs on shard 0 and clients are placed round-robin, so most tests also cross shards.
 fn local_broker(bridges: Vec<BridgeConfig>) -> Broker {
-    Broker::start_with(1, |c| {
+    Broker::start_with(2, |c| {
         c.bridge = bridges;
         c.sys_interval_secs = 1;
     })
@@ -204,9 +216,22 @@ fn local_broker(bridges: Vec<BridgeConfig>) -> Broker {
 
 /// Waits until `$SYS/broker/bridges/<name>/<what>` satisfies `check`.
 fn wait_sys(addr: SocketAddr, name: &str, what: &str, check: impl Fn(&str) -> bool) {
-    let topic = format!("$SYS/broker/bridges/{name}/{what}");
+    wait_topic(addr, &format!("$SYS/broker/bridges/{name}/{what}"), check);
+}
+
+/// Waits until the retained value of `topic` satisfies `check`.
+fn wait_topic(addr: SocketAddr, topic: &str, check: impl Fn(&str) -> bool) {
     let mut raw = Raw::connect(addr, "");
-    raw.subscribe(&topic, QoS::AtMostOnce);
+    // Not `Raw::subscribe`: a broker may send matching messages before the SUBACK
+    // [MQTT-3.8.4], and here they often do (the bridge publishes from another shard).
+    raw.send(&Packet::Subscribe(Subscribe {
+        pkid: 1,
+        filters: vec![SubscribeFilter {
+            filter: MqttString::from_str_checked(topic).unwrap(),
+            options: SubscriptionOptions::default(),
+        }],
+        properties: Props::default(),
+    }));
     let deadline = Instant::now() + CROSS;
     let mut last = String::new();
     while Instant::now() < deadline {
@@ -340,6 +365,26 @@ fn no_loop_both_ways(local: SocketAddr, remote: SocketAddr, name: &str) {
     expect_publish(&mut local_sub, "loop/in", b"2", QoS::AtLeastOnce);
     local_sub.expect_nothing();
     remote_sub.expect_nothing();
+}
+
+/// An `in` rule is subscribed at the remote only while a local subscription overlaps it:
+/// the remote's subscription count (its `$SYS` reader's own one included) goes up when a local
+/// client subscribes to `cmd/#` and down when it leaves.
+#[test]
+fn in_rule_is_asked_of_the_remote_only_while_a_local_subscriber_wants_it() {
+    let remote = Remote::start();
+    let rules = ["cmd/+/set in 1"];
+    let broker = local_broker(vec![bridge("lazy", remote.addr, "5", &rules, "")]);
+    wait_connected(broker.addr, "lazy");
+    let count = "$SYS/broker/subscriptions/count";
+    wait_topic(remote.addr, count, |v| v == "1");
+    let mut unrelated = Raw::connect(broker.addr, "unrelated-sub");
+    unrelated.subscribe("status/#", QoS::AtLeastOnce);
+    let mut local_sub = Raw::connect(broker.addr, "lazy-sub");
+    local_sub.subscribe("cmd/#", QoS::AtLeastOnce);
+    wait_topic(remote.addr, count, |v| v == "2");
+    local_sub.disconnect();
+    wait_topic(remote.addr, count, |v| v == "1");
 }
 
 /// The remote killed with SIGKILL and started again: every QoS 1 message the local broker
