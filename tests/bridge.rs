@@ -316,6 +316,43 @@ fn mosquitto_remote_gets_out_messages_and_sends_in_messages_with_prefixes_at_qos
     );
 }
 
+/// Retained messages cross as retained: one stored at mosquitto before the bridge asked for
+/// it, and one published live afterwards (mosquitto keeps the retain flag toward a bridge),
+/// both reach a later local subscriber from ringcast's own retained store.
+#[test]
+fn mosquitto_retained_messages_stay_retained_across_the_bridge() {
+    let Some(program) = mosquitto_program() else {
+        return;
+    };
+    let mosquitto = Mosquitto::start(program, "retained", false);
+    let mut remote_pub = Raw::connect(mosquitto.addr(), "retain-pub");
+    remote_pub.publish("cfg/old", b"stored", QoS::AtLeastOnce, true);
+    let rules = ["cfg/# in 1"];
+    let broker = local_broker(vec![bridge("ret", mosquitto.addr(), "3.1.1", &rules, "")]);
+    wait_connected(broker.addr, "ret");
+    let mut first = Raw::connect(broker.addr, "retain-first");
+    first.subscribe("cfg/#", QoS::AtLeastOnce);
+    let p = first.recv_publish();
+    assert_eq!(
+        (p.topic.as_str(), &p.payload[..]),
+        ("cfg/old", &b"stored"[..])
+    );
+    remote_pub.publish("cfg/new", b"live", QoS::AtLeastOnce, true);
+    expect_publish(&mut first, "cfg/new", b"live", QoS::AtLeastOnce);
+
+    let mut later = Raw::connect(broker.addr, "retain-later");
+    later.subscribe("cfg/#", QoS::AtLeastOnce);
+    let mut got: Vec<(String, bool)> = (0..2)
+        .map(|_| {
+            let p = later.recv_publish();
+            (p.topic.as_str().to_string(), p.retain)
+        })
+        .collect();
+    got.sort();
+    let expected = [("cfg/new".to_string(), true), ("cfg/old".to_string(), true)];
+    assert_eq!(got, expected);
+}
+
 /// `both` with a 3.1.1 remote: mosquitto honours the bridge bit and does not send back what
 /// the bridge published; ringcast's No Local keeps what came in from going out again.
 #[test]
@@ -342,6 +379,21 @@ fn two_ringcast_brokers_bridged_over_mqtt5_without_a_loop() {
     let mut local_pub = Raw::connect(broker.addr, "status-pub");
     local_pub.publish("status", b"up", QoS::AtMostOnce, false);
     expect_publish(&mut far, "far/status", b"up", QoS::AtMostOnce);
+}
+
+/// A 3.1.1 bridge to a remote that refuses mosquitto's bridge protocol level (ringcast does,
+/// with CONNACK 0x01) connects again as a plain 3.1.1 client and carries messages.
+#[test]
+fn bridge_bit_refused_falls_back_to_plain_3_1_1() {
+    let remote = Remote::start();
+    let rules = ["plain/# out 1"];
+    let broker = local_broker(vec![bridge("plain", remote.addr, "3.1.1", &rules, "")]);
+    wait_connected(broker.addr, "plain");
+    let mut sub = Raw::connect(remote.addr, "plain-sub");
+    sub.subscribe("plain/#", QoS::AtLeastOnce);
+    let mut publisher = Raw::connect(broker.addr, "plain-pub");
+    publisher.publish("plain/x", b"1", QoS::AtLeastOnce, false);
+    expect_publish(&mut sub, "plain/x", b"1", QoS::AtLeastOnce);
 }
 
 /// A subscriber on each side of a `loop/# both 1` bridge gets each message exactly once.
