@@ -545,3 +545,98 @@ fn bad_bridge_rule_is_refused_at_start_with_one_sentence() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Test certificates (made here, never committed): a CA, a server certificate for 127.0.0.1
+/// and a client certificate, written into `dir`; returns (ca, server cert, server key, client
+/// cert, client key).
+fn make_pki(dir: &std::path::Path) -> [PathBuf; 5] {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let mut params = CertificateParams::default();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "bridge test CA");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap();
+    let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let server = leaf(
+        vec!["127.0.0.1".into()],
+        "remote",
+        ExtendedKeyUsagePurpose::ServerAuth,
+    );
+    let client = leaf(Vec::new(), "edge", ExtendedKeyUsagePurpose::ClientAuth);
+    let files = [
+        ("ca.pem", ca.pem()),
+        ("server.pem", server.0),
+        ("server.key", server.1),
+        ("client.pem", client.0),
+        ("client.key", client.1),
+    ];
+    files.map(|(name, text)| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    })
+}
+
+/// A bridge over TLS with a client certificate, to a ringcast remote whose TLS listener
+/// requires one signed by its CA (the remote also listens in plain TCP for the test's client).
+#[test]
+fn bridge_over_tls_with_a_client_certificate() {
+    use ringcast::config::{ListenerConfig, Protocol, TlsSettings};
+    let dir = scratch("tls");
+    let [ca, server_cert, server_key, client_cert, client_key] = make_pki(&dir);
+    let loopback: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let remote = ringcast::server::Server::start(&Config {
+        listen: vec![loopback],
+        listener: vec![ListenerConfig {
+            address: loopback,
+            protocol: Protocol::Mqtt,
+            allow_anonymous: Some(true),
+            tls: Some(TlsSettings {
+                cert_file: server_cert,
+                key_file: server_key,
+                ca_file: Some(ca.clone()),
+                require_certificate: true,
+                ..TlsSettings::default()
+            }),
+        }],
+        shards: 1,
+        log_level: "warn".into(),
+        ..Config::default()
+    })
+    .expect("the remote starts");
+    // [[listener]]s are bound first, then `listen`.
+    let (tls_addr, plain_addr) = (remote.local_addrs()[0], remote.local_addrs()[1]);
+    let extra = format!(
+        "[bridge.tls]\nca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+        ca, client_cert, client_key
+    );
+    let rules = ["secure/# out 1"];
+    let broker = local_broker(vec![bridge("tls", tls_addr, "5", &rules, &extra)]);
+    wait_connected(broker.addr, "tls");
+    let mut sub = Raw::connect(plain_addr, "tls-sub");
+    sub.subscribe("secure/#", QoS::AtLeastOnce);
+    let mut publisher = Raw::connect(broker.addr, "tls-pub");
+    publisher.publish("secure/x", b"sealed", QoS::AtLeastOnce, false);
+    expect_publish(&mut sub, "secure/x", b"sealed", QoS::AtLeastOnce);
+    drop(broker);
+    remote.stop();
+    remote.join();
+    let _ = std::fs::remove_dir_all(dir);
+}
