@@ -237,18 +237,28 @@ async fn sys_loop(bridge: Rc<Bridge>, every: Duration) {
     }
 }
 
-/// Whether an `in` rule is wanted: some subscription on this broker (other than the bridge's
-/// own session's) overlaps its local filter.
-pub(crate) fn is_wanted(bridge: &Bridge, local_filter: &str) -> bool {
+/// For each rule, whether it is an `in` rule someone wants: some subscription on this broker
+/// (other than the bridge's own session's) overlaps its local filter. One walk over the
+/// broker's filters for all rules.
+pub(crate) fn wanted_rules(bridge: &Bridge) -> Vec<bool> {
     let local = bridge.local();
-    let mut wanted = false;
+    let rules: Vec<Option<String>> = bridge
+        .config()
+        .topic
+        .iter()
+        .map(|r| r.direction.is_in().then(|| r.local_filter()))
+        .collect();
+    let mut wanted = vec![false; rules.len()];
     bridge.shard.for_each_filter(|filter, count| {
         let own = local.as_ref().is_some_and(|l| l.subscribes(filter));
-        let others = match count {
-            Some(n) => n > usize::from(own),
-            None => true,
-        };
-        wanted |= others && interest::overlaps(filter, local_filter);
+        if count.is_some_and(|n| n <= usize::from(own)) {
+            return;
+        }
+        for (wanted, rule) in wanted.iter_mut().zip(&rules) {
+            if let Some(rule) = rule {
+                *wanted |= interest::overlaps(filter, rule);
+            }
+        }
     });
     wanted
 }

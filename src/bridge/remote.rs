@@ -3,7 +3,7 @@
 //! queued, answer what arrives, keep the connection alive and follow local interest.
 
 use super::link::{within, Link};
-use super::{is_wanted, Bridge};
+use super::{wanted_rules, Bridge};
 use crate::protocol::{
     Ack, Connect, MqttString, Packet, Props, Publish, QoS, ReasonCode, Subscribe, SubscribeFilter,
     SubscriptionOptions, Unsubscribe, Version,
@@ -21,6 +21,10 @@ const INFLIGHT_MAX: u16 = 20;
 /// How often a connected bridge looks at local interest and its keep-alive when nothing
 /// else happens.
 const TICK: Duration = Duration::from_millis(200);
+/// How long one packet may take to go out before the remote counts as gone.
+const SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Messages sent from the queue before yielding to the shard's other tasks.
+const SENDS_PER_TURN: usize = 64;
 /// Packet ids for SUBSCRIBE and UNSUBSCRIBE: above those the queue gives PUBLISHes.
 const SUBSCRIBE_PKID_BASE: u16 = super::queue::PKID_MAX + 1;
 /// 3.1.1 CONNACK return code 1: unacceptable protocol version.
@@ -142,6 +146,8 @@ struct Session {
     next_pkid: u16,
     last_in: Instant,
     last_out: Instant,
+    /// When local interest was last looked at (at most once a `TICK`: the walk is not free).
+    interest_at: Option<Instant>,
 }
 
 /// What woke the connection.
@@ -160,6 +166,7 @@ async fn serve(bridge: &Bridge, link: Link, window: usize) -> Result<(), Failure
         next_pkid: 0,
         last_in: now,
         last_out: now,
+        interest_at: None,
     };
     let keep_alive = Duration::from_secs(bridge.config().keep_alive_secs as u64);
     loop {
@@ -191,8 +198,10 @@ async fn serve(bridge: &Bridge, link: Link, window: usize) -> Result<(), Failure
     }
 }
 
+/// Sends a packet; a remote that takes nothing for `SEND_TIMEOUT` is given up (the link is
+/// then out of step, and dropped).
 async fn send(s: &mut Session, packet: &Packet) -> Result<(), Failure> {
-    s.link.send(packet, false).await?;
+    within(SEND_TIMEOUT, s.link.send(packet, false)).await?;
     s.last_out = Instant::now();
     Ok(())
 }
@@ -265,12 +274,14 @@ fn plain_ack(pkid: u16) -> Ack {
 /// Subscribes at the remote to the `in` rules someone here wants now, and unsubscribes from
 /// those nobody wants any more.
 async fn follow_interest(bridge: &Bridge, s: &mut Session) -> Result<(), Failure> {
+    if s.interest_at.is_some_and(|at| at.elapsed() < TICK) {
+        return Ok(());
+    }
+    s.interest_at = Some(Instant::now());
     let v5 = s.link.version() == Version::V5;
+    let wanted_now = wanted_rules(bridge);
     for (index, rule) in bridge.config().topic.iter().enumerate() {
-        if !rule.direction.is_in() {
-            continue;
-        }
-        let wanted = is_wanted(bridge, &rule.local_filter());
+        let wanted = wanted_now[index];
         if wanted == s.subscribed[index] {
             continue;
         }
@@ -306,7 +317,10 @@ async fn follow_interest(bridge: &Bridge, s: &mut Session) -> Result<(), Failure
 
 /// Sends queued messages while the QoS 1 window has room.
 async fn send_queued(bridge: &Bridge, s: &mut Session) -> Result<(), Failure> {
-    loop {
+    for sent in 1.. {
+        if sent % SENDS_PER_TURN == 0 {
+            futures_lite::future::yield_now().await;
+        }
         let next = bridge.queue.borrow_mut().next_to_send(s.window);
         let Some(publish) = next else {
             return Ok(());
@@ -317,6 +331,7 @@ async fn send_queued(bridge: &Bridge, s: &mut Session) -> Result<(), Failure> {
             bridge.messages_out.set(bridge.messages_out.get() + 1);
         }
     }
+    Ok(())
 }
 
 /// Waits between connection attempts: doubling from the minimum to the maximum, each wait
