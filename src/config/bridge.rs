@@ -272,6 +272,9 @@ pub fn validate(bridges: &[BridgeConfig]) -> Result<(), String> {
         if b.reconnect_min_ms == 0 || b.reconnect_max_ms < b.reconnect_min_ms {
             return Err(format!("bridge `{name}`: `reconnect_min_ms` must be at least 1 and at most `reconnect_max_ms`"));
         }
+        if b.password.is_some() && b.username.is_none() {
+            return Err(format!("bridge `{name}`: a `password` needs a `username`"));
+        }
         if let Some(tls) = &b.tls {
             if tls.cert_file.is_some() != tls.key_file.is_some() {
                 return Err(format!(
@@ -373,6 +376,11 @@ mod tests {
         b.address = "nohost".into();
         assert!(validate(&[b.clone()]).unwrap_err().contains("host:port"));
         b.address = "h:1".into();
+        b.password = Some("secret".into());
+        assert!(validate(&[b.clone()])
+            .unwrap_err()
+            .contains("needs a `username`"));
+        b.password = None;
         b.topic.clear();
         assert!(validate(&[b]).unwrap_err().contains("at least one"));
     }
