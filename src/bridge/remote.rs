@@ -51,12 +51,12 @@ pub(super) async fn run(bridge: Rc<Bridge>) {
     let mut try_private = config.protocol_version == crate::config::BridgeVersion::V311;
     loop {
         let result = match connect(&bridge, try_private).await {
-            Ok((link, window)) => {
+            Ok((link, window, session_present)) => {
                 tracing::info!("bridge {}: connected to {}", config.name, config.address);
                 backoff.reset();
                 bridge.is_connected.set(true);
                 bridge.publish_sys().await;
-                serve(&bridge, link, window).await
+                serve(&bridge, link, window, session_present).await
             }
             Err(e) => Err(e),
         };
@@ -86,8 +86,9 @@ pub(super) async fn run(bridge: Rc<Bridge>) {
     }
 }
 
-/// Opens the link and logs in; returns it with the QoS 1 window the remote allows.
-async fn connect(bridge: &Bridge, try_private: bool) -> Result<(Link, usize), Failure> {
+/// Opens the link and logs in; returns it with the QoS 1 window the remote allows and whether
+/// the remote kept the bridge's session.
+async fn connect(bridge: &Bridge, try_private: bool) -> Result<(Link, usize, bool), Failure> {
     let config = bridge.config();
     let mut link = Link::open(config, bridge.prepared.tls.as_ref(), CONNECT_TIMEOUT).await?;
     let v5 = link.version() == Version::V5;
@@ -129,7 +130,7 @@ async fn connect(bridge: &Bridge, try_private: bool) -> Result<(Link, usize), Fa
         .receive_maximum
         .unwrap_or(u16::MAX)
         .min(INFLIGHT_MAX);
-    Ok((link, window as usize))
+    Ok((link, window as usize, connack.session_present))
 }
 
 fn string(text: &str) -> Result<MqttString, Failure> {
@@ -142,7 +143,8 @@ struct Session {
     link: Link,
     window: usize,
     /// Per rule: whether the remote was asked for it.
-    subscribed: Vec<bool>,
+    /// None: not known (a session the remote kept may hold it from an earlier connection).
+    subscribed: Vec<Option<bool>>,
     next_pkid: u16,
     last_in: Instant,
     last_out: Instant,
@@ -157,12 +159,17 @@ enum Event {
 }
 
 /// Serves a connection until it ends.
-async fn serve(bridge: &Bridge, link: Link, window: usize) -> Result<(), Failure> {
+async fn serve(
+    bridge: &Bridge,
+    link: Link,
+    window: usize,
+    session_present: bool,
+) -> Result<(), Failure> {
     let now = Instant::now();
     let mut s = Session {
         link,
         window,
-        subscribed: vec![false; bridge.config().topic.len()],
+        subscribed: vec![(!session_present).then_some(false); bridge.config().topic.len()],
         next_pkid: 0,
         last_in: now,
         last_out: now,
@@ -282,10 +289,10 @@ async fn follow_interest(bridge: &Bridge, s: &mut Session) -> Result<(), Failure
     let wanted_now = wanted_rules(bridge);
     for (index, rule) in bridge.config().topic.iter().enumerate() {
         let wanted = wanted_now[index];
-        if wanted == s.subscribed[index] {
+        if !rule.direction.is_in() || s.subscribed[index] == Some(wanted) {
             continue;
         }
-        s.subscribed[index] = wanted;
+        s.subscribed[index] = Some(wanted);
         let filter = string(&rule.remote_filter())?;
         s.next_pkid = (s.next_pkid + 1) % (u16::MAX - SUBSCRIBE_PKID_BASE);
         let pkid = SUBSCRIBE_PKID_BASE + s.next_pkid;
@@ -294,7 +301,9 @@ async fn follow_interest(bridge: &Bridge, s: &mut Session) -> Result<(), Failure
                 qos: rule.qos,
                 no_local: v5,
                 retain_as_published: v5,
-                retain_handling: 0,
+                // 5.0: retained messages only for a subscription new to the remote, so a
+                // kept session does not send them again on every reconnect.
+                retain_handling: 1,
             };
             let filters = vec![SubscribeFilter { filter, options }];
             Packet::Subscribe(Subscribe {
