@@ -121,9 +121,16 @@ impl Drain {
         let mut batch = Vec::new();
         // The session's frames are whole packets the broker encoded: anything else is a bug,
         // and the rest of the buffer is dropped rather than read out of step.
-        while let Ok(Decoded::Packet(packet)) = self.codec.decode(&mut self.buf) {
-            if let Packet::Publish(publish) = packet {
-                batch.push(publish);
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Decoded::Packet(Packet::Publish(publish))) => batch.push(publish),
+                Ok(Decoded::Packet(_)) => {}
+                Ok(Decoded::Incomplete { .. }) => break,
+                Err(e) => {
+                    tracing::error!("bridge session: undecodable frame dropped: {e}");
+                    self.buf.clear();
+                    break;
+                }
             }
         }
         Some(batch)
