@@ -636,3 +636,93 @@ fn bridge_over_tls_with_a_client_certificate() {
     remote.join();
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// A remote played by the test, one blocking connection at a time.
+struct FakeRemote {
+    stream: TcpStream,
+    codec: ringcast::protocol::codec::Codec,
+    buf: bytes::BytesMut,
+}
+
+impl FakeRemote {
+    /// Accepts a connection and answers its CONNECT with a CONNACK that accepts.
+    fn accept(listener: &TcpListener) -> FakeRemote {
+        let (stream, _) = listener.accept().expect("the bridge connects");
+        stream.set_read_timeout(Some(CROSS)).unwrap();
+        let mut remote = FakeRemote {
+            stream,
+            codec: ringcast::protocol::codec::Codec::new(1 << 20),
+            buf: bytes::BytesMut::new(),
+        };
+        let Packet::Connect(connect) = remote.recv() else {
+            panic!("the bridge did not start with CONNECT");
+        };
+        let connack = ringcast::protocol::ConnAck {
+            session_present: false,
+            code: ringcast::protocol::ReasonCode::SUCCESS,
+            properties: Props::default(),
+        };
+        remote.send(&Packet::ConnAck(connack), connect.version);
+        remote
+    }
+
+    fn recv(&mut self) -> Packet {
+        use ringcast::protocol::codec::Decoded;
+        use std::io::Read;
+        loop {
+            if let Ok(Decoded::Packet(packet)) = self.codec.decode(&mut self.buf) {
+                return packet;
+            }
+            let mut chunk = [0u8; 4096];
+            let n = self.stream.read(&mut chunk).expect("the bridge sends");
+            assert!(n > 0, "the bridge closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn send(&mut self, packet: &Packet, version: Version) {
+        use std::io::Write;
+        let mut out = bytes::BytesMut::new();
+        ringcast::protocol::codec::encode(packet, version, &mut out).unwrap();
+        self.stream.write_all(&out).unwrap();
+    }
+}
+
+/// A QoS 1 message the remote received but never acknowledged is sent again, marked DUP, on
+/// the next connection, and leaves the queue only when that one is acknowledged.
+#[test]
+fn unacknowledged_qos1_message_is_sent_again_after_a_reconnect() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote_addr = listener.local_addr().unwrap();
+    let rules = ["inflight/# out 1"];
+    let broker = local_broker(vec![bridge("fake", remote_addr, "5", &rules, "")]);
+    let mut first = FakeRemote::accept(&listener);
+    let mut publisher = Raw::connect(broker.addr, "inflight-pub");
+    publisher.publish("inflight/a", b"once", QoS::AtLeastOnce, false);
+    let Packet::Publish(sent) = first.recv() else {
+        panic!("expected the PUBLISH");
+    };
+    assert_eq!((sent.topic.as_str(), sent.dup), ("inflight/a", false));
+    drop(first); // the connection dies without a PUBACK
+
+    let mut second = FakeRemote::accept(&listener);
+    let Packet::Publish(again) = second.recv() else {
+        panic!("expected the PUBLISH again");
+    };
+    assert_eq!(
+        (
+            again.topic.as_str(),
+            &again.payload[..],
+            again.qos,
+            again.dup
+        ),
+        ("inflight/a", &b"once"[..], QoS::AtLeastOnce, true)
+    );
+    let ack = ringcast::protocol::Ack {
+        pkid: again.pkid,
+        ..Default::default()
+    };
+    second.send(&Packet::PubAck(ack), Version::V5);
+    wait_sys(broker.addr, "fake", "messages/out", |v| v == "1");
+    wait_sys(broker.addr, "fake", "queued", |v| v == "0");
+}
