@@ -647,6 +647,13 @@ struct FakeRemote {
 impl FakeRemote {
     /// Accepts a connection and answers its CONNECT with a CONNACK that accepts.
     fn accept(listener: &TcpListener) -> FakeRemote {
+        let mut remote = FakeRemote::connected(listener);
+        remote.connack(ringcast::protocol::ReasonCode::SUCCESS);
+        remote
+    }
+
+    /// Accepts a connection and reads its CONNECT, not yet answered.
+    fn connected(listener: &TcpListener) -> FakeRemote {
         let (stream, _) = listener.accept().expect("the bridge connects");
         stream.set_read_timeout(Some(CROSS)).unwrap();
         let mut remote = FakeRemote {
@@ -654,16 +661,21 @@ impl FakeRemote {
             codec: ringcast::protocol::codec::Codec::new(1 << 20),
             buf: bytes::BytesMut::new(),
         };
-        let Packet::Connect(connect) = remote.recv() else {
+        let Packet::Connect(_) = remote.recv() else {
             panic!("the bridge did not start with CONNECT");
         };
+        remote
+    }
+
+    /// Answers the CONNECT with `code`.
+    fn connack(&mut self, code: ringcast::protocol::ReasonCode) {
         let connack = ringcast::protocol::ConnAck {
             session_present: false,
-            code: ringcast::protocol::ReasonCode::SUCCESS,
+            code,
             properties: Props::default(),
         };
-        remote.send(&Packet::ConnAck(connack), connect.version);
-        remote
+        let version = self.codec.version().expect("a CONNECT was read");
+        self.send(&Packet::ConnAck(connack), version);
     }
 
     fn recv(&mut self) -> Packet {
@@ -725,4 +737,22 @@ fn unacknowledged_qos1_message_is_sent_again_after_a_reconnect() {
     second.send(&Packet::PubAck(ack), Version::V5);
     wait_sys(broker.addr, "fake", "messages/out", |v| v == "1");
     wait_sys(broker.addr, "fake", "queued", |v| v == "0");
+}
+
+/// A 3.1.1 remote that refuses mosquitto's bridge level (CONNACK 0x01, unacceptable protocol
+/// version) gets a plain level 4 CONNECT on the next try, and the bridge connects.
+#[test]
+fn bridge_level_refused_falls_back_to_plain_3_1_1() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let remote_addr = listener.local_addr().unwrap();
+    let rules = ["plain/# out 1"];
+    let broker = local_broker(vec![bridge("old", remote_addr, "3.1.1", &rules, "")]);
+    let mut first = FakeRemote::connected(&listener);
+    assert!(first.codec.is_bridge(), "the first try carries level 0x84");
+    first.connack(ringcast::protocol::ReasonCode(1));
+    drop(first);
+    let mut second = FakeRemote::connected(&listener);
+    assert!(!second.codec.is_bridge(), "the next try is plain 3.1.1");
+    second.connack(ringcast::protocol::ReasonCode::SUCCESS);
+    wait_connected(broker.addr, "old");
 }
