@@ -3,9 +3,11 @@
 //! The same keys come from the embedded defaults, a hardware profile (`--profile`), a config
 //! file (`--config`) and command-line flags, later ones overriding earlier ones.
 
+pub mod bridge;
 pub mod listener;
 pub mod reload;
 
+pub use bridge::{BridgeConfig, BridgeTls, BridgeVersion, Direction, TopicRule};
 pub use listener::{Listener, ListenerConfig, Protocol, TlsSettings};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -56,6 +58,10 @@ pub struct Config {
     pub backpressure: Backpressure,
     /// Seconds between `$SYS/broker/...` updates; 0 turns them off.
     pub sys_interval_secs: u64,
+    /// Connections to other MQTT brokers (`[[bridge]]`, see `bridge`). Not serialized: a
+    /// reload compares bridges whole (`reload::changes`).
+    #[serde(skip_serializing)]
+    pub bridge: Vec<BridgeConfig>,
 }
 
 /// Bounds on what one client may ask of the broker.
@@ -176,6 +182,7 @@ impl Default for Config {
             mesh: MeshConfig::default(),
             backpressure: Backpressure::default(),
             sys_interval_secs: 10,
+            bridge: Vec::new(),
         }
     }
 }
@@ -292,7 +299,8 @@ impl Config {
         if !self.http_users.is_empty() && self.password_file.is_none() {
             return bad("`http_users` needs a `password_file` to check their passwords against");
         }
-        self.validate_listeners()
+        self.validate_listeners()?;
+        bridge::validate(&self.bridge).map_err(|e| ConfigError(format!("bad config: {e}")))
     }
 }
 

@@ -13,7 +13,9 @@
 //! - `ops`: what operators see over HTTP: Prometheus metrics, the JSON API, the dashboard.
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `security`: who may connect: mosquitto-compatible password files (read, check, write).
+//! - `bridge`: connections to other MQTT brokers (`[[bridge]]`), carrying messages both ways.
 
+pub mod bridge;
 pub mod config;
 pub mod host;
 pub mod mesh;

@@ -1,6 +1,7 @@
 //! Starting and stopping the broker: bind listeners, start one pinned glommio executor per
 //! shard, join them into a mesh, and shut them down in order.
 
+use crate::bridge;
 use crate::config::reload::LiveLimits;
 use crate::config::{Config, Limits, Protocol, SHARDS_MAX};
 use crate::host;
@@ -59,6 +60,7 @@ impl Server {
             endpoints,
         } = bind_listeners(config)?;
         let certificates = endpoints.iter().filter_map(|e| e.tls.clone()).collect();
+        let bridges = bridge::prepare(&config.bridge)?;
         let cpus = cpu_list(config)?;
         let shards = if config.shards == 0 {
             cpus.len()
@@ -92,6 +94,8 @@ impl Server {
                 endpoints: endpoints.clone(),
                 security: security.clone(),
                 live: live.clone(),
+                // Bridges run on shard 0.
+                bridges: if id == 0 { bridges.clone() } else { Vec::new() },
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -219,6 +223,7 @@ struct ShardStart {
     endpoints: Vec<Endpoint>,
     security: Arc<Shared>,
     live: Arc<LiveLimits>,
+    bridges: Vec<bridge::Prepared>,
 }
 
 /// The life of one shard.
@@ -253,6 +258,9 @@ async fn run_shard(mut ctx: ShardStart) {
             interval,
         ))
     });
+    let sys_interval = (ctx.config.sys_interval_secs > 0)
+        .then(|| Duration::from_secs(ctx.config.sys_interval_secs));
+    let bridges = bridge::start(&shard, std::mem::take(&mut ctx.bridges), sys_interval);
     let acceptors: Vec<_> = ctx
         .fds
         .iter()
@@ -267,6 +275,7 @@ async fn run_shard(mut ctx: ShardStart) {
     }
     drop(acceptors); // stop accepting
     drop(sys);
+    drop(bridges);
     shut_down(&shard).await;
 }
 

@@ -52,6 +52,9 @@ pub fn changes(old: &Config, new: &Config) -> Changes {
     if old.listener != new.listener {
         out.need_restart.push("listener: changed".to_string());
     }
+    if old.bridge != new.bridge {
+        out.need_restart.push("bridge: changed".to_string());
+    }
     out
 }
 

@@ -694,11 +694,17 @@ impl Conn {
                 reason_codes.push(self.machine.subscribe_denied());
                 continue;
             }
-            let sub = Subscription {
+            let mut sub = Subscription {
                 options: entry.options,
                 id,
                 is_filtered: scope == ReadScope::Partial,
             };
+            if self.codec.is_bridge() {
+                // A 3.1.1 bridge (level 0x84) gets what mosquitto gives one: not its own
+                // messages back, and the retain flag as published.
+                sub.options.no_local = true;
+                sub.options.retain_as_published = true;
+            }
             if self.shard.subscribe(self.key, filter, sub) {
                 new_filters.push(filter.to_string());
             }

@@ -123,7 +123,8 @@ fn client_verifier(
         .map_err(|e| format!("client certificate verification: {e}"))
 }
 
-fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
+/// The PEM certificates in `path`; at least one, or why not in a sentence.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     let certs = CertificateDer::pem_file_iter(path)
         .map_err(|e| bad_file(path, "PEM certificates", e))?
         .collect::<Result<Vec<_>, _>>()
@@ -134,7 +135,8 @@ fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
     Ok(certs)
 }
 
-fn bad_file(path: &Path, what: &str, error: impl std::fmt::Display) -> String {
+/// Why `path` is not `what`, in a sentence.
+pub fn bad_file(path: &Path, what: &str, error: impl std::fmt::Display) -> String {
     format!("{} does not hold {what}: {error}", path.display())
 }
 

@@ -114,6 +114,20 @@ impl Shard {
         }
     }
 
+    /// Calls `visit` with every filter subscribed anywhere in the broker, as far as this shard
+    /// knows, and how many subscriptions this shard holds on it (None: another shard's, or a
+    /// shared subscription's filter). A bridge asks its remote only for what someone wants.
+    pub fn for_each_filter(&self, mut visit: impl FnMut(&str, Option<usize>)) {
+        let st = self.state.borrow();
+        for (filter, count) in &st.filter_refs {
+            visit(filter, Some(*count));
+        }
+        st.interest.for_each(|filter, _, _| visit(filter, None));
+        for share in st.groups.keys() {
+            visit(crate::protocol::topic::filter_part(share), None);
+        }
+    }
+
     /// Another shard has a first subscriber on a filter.
     pub(super) fn on_interest_add(&self, add: InterestAdd) {
         let InterestAdd {

@@ -11,6 +11,10 @@ use super::writer;
 use crate::protocol::packet::{Connect, MqttString, QoS, Version, Will};
 
 const PROTOCOL_NAME: &[u8] = b"MQTT";
+/// Protocol level a mosquitto bridge sends for 3.1.1: level 4 with the bridge bit 0x80.
+pub(crate) const BRIDGE_LEVEL_V311: u8 = 0x84;
+/// Where the protocol level sits in a CONNECT body: after the two-byte length and "MQTT".
+pub(crate) const LEVEL_OFFSET: usize = 6;
 
 /// Connect Flags bits (3.1.2.3).
 const RESERVED: u8 = 0x01;
@@ -56,7 +60,8 @@ pub(crate) fn read(r: &mut Reader) -> Result<Connect, DecodeError> {
     })
 }
 
-/// Protocol Name "MQTT" [MQTT-3.1.2-1] and Protocol Level 4 or 5 [MQTT-3.1.2-2].
+/// Protocol Name "MQTT" [MQTT-3.1.2-1] and Protocol Level 4 or 5 [MQTT-3.1.2-2] (or 0x84,
+/// 3.1.1 from a bridge).
 fn read_protocol(r: &mut Reader) -> Result<Version, DecodeError> {
     let name = r.binary()?;
     let level = r.u8()?;
@@ -64,7 +69,8 @@ fn read_protocol(r: &mut Reader) -> Result<Version, DecodeError> {
         return Err(DecodeError::UnsupportedProtocolName { level });
     }
     match level {
-        4 => Ok(Version::V311),
+        // 0x84: 3.1.1 from a bridge (mosquitto's "try_private"; see `Codec::is_bridge`).
+        4 | BRIDGE_LEVEL_V311 => Ok(Version::V311),
         5 => Ok(Version::V5),
         other => Err(DecodeError::UnsupportedProtocolLevel(other)),
     }

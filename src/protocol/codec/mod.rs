@@ -49,6 +49,8 @@ use crate::protocol::packet::{Packet, Publish, ReasonCode, Version};
 pub struct Codec {
     version: Option<Version>,
     max_packet_size: u32,
+    /// Whether the CONNECT carried mosquitto's bridge protocol level (0x84).
+    is_bridge: bool,
 }
 
 /// What `Codec::decode` found at the front of the buffer.
@@ -72,6 +74,7 @@ impl Codec {
         Codec {
             version: None,
             max_packet_size,
+            is_bridge: false,
         }
     }
 
@@ -80,12 +83,20 @@ impl Codec {
         Codec {
             version: Some(version),
             max_packet_size,
+            is_bridge: false,
         }
     }
 
     /// The version, once known.
     pub fn version(&self) -> Option<Version> {
         self.version
+    }
+
+    /// Whether the client connected with mosquitto's bridge protocol level (0x84, 3.1.1): a
+    /// broker bridging to us, which expects not to get its own messages back and to see the
+    /// retain flag as published, as mosquitto treats bridges.
+    pub fn is_bridge(&self) -> bool {
+        self.is_bridge
     }
 
     /// The largest packet (fixed header included) `decode` accepts, in bytes.
@@ -146,11 +157,13 @@ impl Codec {
     fn decode_body(&mut self, header: &FixedHeader, body: Bytes) -> Result<Packet, DecodeError> {
         let Some(version) = self.version else {
             // Only CONNECT gets here (`check_header`); it fixes the version.
+            let is_bridge = body.get(connect::LEVEL_OFFSET) == Some(&connect::BRIDGE_LEVEL_V311);
             let connect = connect::read(&mut Reader::new(body, Version::V311))?;
             if connect.version == Version::V5 && !header.is_minimal {
                 return Err(DecodeError::NonMinimalVarint);
             }
             self.version = Some(connect.version);
+            self.is_bridge = is_bridge;
             return Ok(Packet::Connect(connect));
         };
         read_packet(header, &mut Reader::new(body, version))

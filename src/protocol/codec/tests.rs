@@ -466,6 +466,25 @@ fn connect_protocol_name_and_level() {
     );
 }
 
+/// mosquitto's bridges send 3.1.1 as level 0x84 (the bridge bit on level 4): accepted as
+/// 3.1.1, and the codec remembers it; other levels with the bit stay refused.
+#[test]
+fn connect_bridge_level_is_3_1_1_from_a_bridge() {
+    for (level, is_bridge) in [(0x84, true), (4, false)] {
+        let mut codec = Codec::new(MAX);
+        let mut buf = BytesMut::from(&connect_bytes(b"MQTT", level, 2, &[])[..]);
+        match codec.decode(&mut buf) {
+            Ok(Decoded::Packet(Packet::Connect(c))) => assert_eq!(c.version, Version::V311),
+            other => panic!("level {level:#x}: {other:?}"),
+        }
+        assert_eq!(codec.is_bridge(), is_bridge);
+    }
+    assert_eq!(
+        connect_error(&connect_bytes(b"MQTT", 0x85, 2, &[0])),
+        DecodeError::UnsupportedProtocolLevel(0x85)
+    );
+}
+
 #[test]
 fn connect_reserved_bit() {
     // [MQTT-3.1.2-3]
