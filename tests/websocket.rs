@@ -297,6 +297,46 @@ fn http_get_on_the_websocket_port_reaches_the_operator_endpoints_with_keep_alive
 }
 
 #[test]
+fn pages_of_other_web_origins_get_403_unless_allowed_origins_names_them() {
+    let upgrade_from = |origin: &str| {
+        ws::upgrade_request("/mqtt", Some("mqtt"))
+            .replace("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"))
+    };
+    let (_broker, _, addr) = broker();
+    assert_eq!(
+        ws::http(addr, &upgrade_from("https://evil.example")).status,
+        403
+    );
+    let get = "GET / HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n";
+    assert_eq!(ws::http(addr, get).status, 403);
+    assert_eq!(
+        ws::http(addr, &upgrade_from("http://localhost:3000")).status,
+        101
+    );
+    let own = format!("http://{addr}");
+    let own_page = ws::upgrade_request("/mqtt", Some("mqtt"))
+        .replace("Host: 127.0.0.1", &format!("Host: {addr}"))
+        .replace("\r\n\r\n", &format!("\r\nOrigin: {own}\r\n\r\n"));
+    assert_eq!(ws::http(addr, &own_page).status, 101);
+    let listener = ListenerConfig {
+        allowed_origins: Some(vec!["https://app.example".into()]),
+        ..ListenerConfig::new("127.0.0.1:0".parse().unwrap(), Protocol::Websocket)
+    };
+    let (_broker, addr, _) = broker_with(|c| {
+        c.ws_listen.clear();
+        c.listener = vec![listener];
+    });
+    assert_eq!(
+        ws::http(addr, &upgrade_from("https://app.example")).status,
+        101
+    );
+    assert_eq!(
+        ws::http(addr, &upgrade_from("https://evil.example")).status,
+        403
+    );
+}
+
+#[test]
 fn without_http_api_plain_requests_get_404_and_426_on_the_mqtt_path() {
     let listener = ListenerConfig {
         http_api: Some(false),

@@ -339,3 +339,49 @@ fn arbitrary_input_decodes_the_same_whole_or_in_pieces_and_never_panics() {
         }
     }
 }
+
+fn from_origin(origin: Option<&str>, host: &str) -> Request {
+    let mut request = upgrade_request();
+    request.headers[0].1 = host.into();
+    if let Some(origin) = origin {
+        request.headers.push(("origin".into(), origin.into()));
+    }
+    request
+}
+
+#[test]
+fn pages_of_other_origins_are_refused_unless_allowed() {
+    let host = "broker.example:8083";
+    let allowed = |origin: Option<&str>, list: &[&str]| {
+        let list: Vec<String> = list.iter().map(|s| s.to_string()).collect();
+        is_origin_allowed(&from_origin(origin, host), &list)
+    };
+    assert!(allowed(None, &[]), "not a browser");
+    assert!(
+        allowed(Some("http://broker.example:8083"), &[]),
+        "its own page"
+    );
+    assert!(allowed(Some("http://localhost:3000"), &[]), "a local page");
+    assert!(allowed(Some("http://127.0.0.1:5173"), &[]));
+    assert!(allowed(Some("http://[::1]:8080"), &[]));
+    assert!(
+        !allowed(Some("https://evil.example"), &[]),
+        "a site the user visits"
+    );
+    assert!(!allowed(Some("null"), &[]), "a file or sandboxed frame");
+    assert!(!allowed(Some("http://localhost.evil.example"), &[]));
+    assert!(!allowed(Some("http://127.0.0.1.evil.example:80"), &[]));
+    assert!(allowed(
+        Some("https://app.example"),
+        &["https://app.example/"]
+    ));
+    assert!(!allowed(
+        Some("https://app.example.evil"),
+        &["https://app.example"]
+    ));
+    assert!(allowed(Some("https://anything.example"), &["*"]));
+    assert_eq!(
+        forbidden_origin(&from_origin(Some("https://e.x"), host)).status,
+        403
+    );
+}
