@@ -187,6 +187,7 @@ fn bind_listeners(config: &Config) -> Result<Bound, String> {
         let site = (listener.protocol == Protocol::Websocket).then(|| Site {
             path: listener.path.clone(),
             has_api: listener.http_api,
+            allowed_origins: listener.allowed_origins.clone(),
         });
         endpoints.push(Endpoint {
             allow_anonymous: listener.allow_anonymous,

@@ -212,6 +212,51 @@ fn a_thousand_messages_arrive_in_order_over_websocket() {
 }
 
 #[test]
+fn ten_megabytes_queued_behind_a_full_socket_arrive_whole_and_in_order() {
+    // More than loopback's socket buffers hold: the writer meets a full socket in the middle
+    // of frames it announced, and must finish each before anything else.
+    let (_broker, mqtt, addr) = broker();
+    let mut sub = WsClient::connect_with(addr, connect_packet("full", Version::V311, true));
+    sub.subscribe("bulk", QoS::AtLeastOnce);
+    const MESSAGES: u32 = 600;
+    let publisher = std::thread::spawn(move || {
+        let mut publisher = Raw::connect(mqtt, "bulk-pub");
+        for i in 0..MESSAGES {
+            let mut payload = vec![(i % 256) as u8; 16 << 10];
+            payload[..4].copy_from_slice(&i.to_be_bytes());
+            publisher.send(&publish_packet("bulk", &payload, QoS::AtMostOnce, false, 0));
+        }
+        publisher.send(&Packet::PingReq);
+        assert_eq!(publisher.recv(), Packet::PingResp);
+    });
+    for i in 0..MESSAGES {
+        let publish = sub.recv_publish();
+        assert_eq!(
+            &publish.payload[..4],
+            &i.to_be_bytes(),
+            "message {i} in order"
+        );
+        assert!(publish.payload[4..].iter().all(|&b| b == (i % 256) as u8));
+    }
+    publisher.join().unwrap();
+}
+
+#[test]
+fn a_client_disconnect_or_a_protocol_error_ends_with_close_1000() {
+    let (_broker, _, addr) = broker();
+    let mut client = WsClient::connect_with(addr, connect_packet("leaves", Version::V311, true));
+    client.send(&Packet::Disconnect(Disconnect::default()));
+    client.expect_close(1000);
+    let mut client = WsClient::connect_with(addr, connect_packet("errs", Version::V311, true));
+    client.send(&Packet::Connect(connect_packet(
+        "again",
+        Version::V311,
+        true,
+    )));
+    client.expect_close(1000);
+}
+
+#[test]
 fn mqtt_5_over_websocket_connects_subscribes_and_publishes_qos2() {
     let (_broker, _, addr) = broker();
     let mut sub = WsClient::connect_with(addr, connect_packet("v5-sub", Version::V5, true));
@@ -245,6 +290,46 @@ fn http_get_on_the_websocket_port_reaches_the_operator_endpoints_with_keep_alive
     }
     let big = format!("GET / HTTP/1.1\r\nX: {}\r\n\r\n", "a".repeat(9000));
     assert_eq!(ws::http(addr, &big).status, 431);
+}
+
+#[test]
+fn pages_of_other_web_origins_get_403_unless_allowed_origins_names_them() {
+    let upgrade_from = |origin: &str| {
+        ws::upgrade_request("/mqtt", Some("mqtt"))
+            .replace("\r\n\r\n", &format!("\r\nOrigin: {origin}\r\n\r\n"))
+    };
+    let (_broker, _, addr) = broker();
+    assert_eq!(
+        ws::http(addr, &upgrade_from("https://evil.example")).status,
+        403
+    );
+    let get = "GET / HTTP/1.1\r\nHost: x\r\nOrigin: https://evil.example\r\n\r\n";
+    assert_eq!(ws::http(addr, get).status, 403);
+    assert_eq!(
+        ws::http(addr, &upgrade_from("http://localhost:3000")).status,
+        101
+    );
+    let own = format!("http://{addr}");
+    let own_page = ws::upgrade_request("/mqtt", Some("mqtt"))
+        .replace("Host: 127.0.0.1", &format!("Host: {addr}"))
+        .replace("\r\n\r\n", &format!("\r\nOrigin: {own}\r\n\r\n"));
+    assert_eq!(ws::http(addr, &own_page).status, 101);
+    let listener = ListenerConfig {
+        allowed_origins: Some(vec!["https://app.example".into()]),
+        ..ListenerConfig::new("127.0.0.1:0".parse().unwrap(), Protocol::Websocket)
+    };
+    let (_broker, addr, _) = broker_with(|c| {
+        c.ws_listen.clear();
+        c.listener = vec![listener];
+    });
+    assert_eq!(
+        ws::http(addr, &upgrade_from("https://app.example")).status,
+        101
+    );
+    assert_eq!(
+        ws::http(addr, &upgrade_from("https://evil.example")).status,
+        403
+    );
 }
 
 #[test]

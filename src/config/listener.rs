@@ -2,7 +2,8 @@
 //!
 //! Secure by default, as mosquitto 2.0: with no listener configured the broker listens on
 //! loopback only (MQTT on 127.0.0.1:1883 and [::1]:1883, WebSocket and HTTP on
-//! 127.0.0.1:8083) and accepts anonymous clients there. Once any listener is given
+//! 127.0.0.1:8083) and accepts anonymous clients there; a WebSocket listener serves browser
+//! pages of its own origin and loopback ones only, unless `allowed_origins` names others. Once any listener is given
 //! (`--listen`, `--ws-listen` or `[[listener]]`) only those open, so a broker never holds a
 //! port it was not asked for (tests start many brokers side by side on ephemeral ports). A
 //! listener on any other address must say who may connect — a password file, client
@@ -44,6 +45,10 @@ pub struct ListenerConfig {
     /// default true.
     #[serde(default)]
     pub http_api: Option<bool>,
+    /// Web origins whose pages may use a WebSocket listener besides its own and loopback
+    /// ones (`"https://app.example.com"`, or `"*"` for any).
+    #[serde(default)]
+    pub allowed_origins: Option<Vec<String>>,
 }
 
 impl ListenerConfig {
@@ -56,6 +61,7 @@ impl ListenerConfig {
             tls: None,
             path: None,
             http_api: None,
+            allowed_origins: None,
         }
     }
 }
@@ -112,6 +118,8 @@ pub struct Listener {
     pub path: String,
     /// Whether a WebSocket listener answers plain HTTP requests.
     pub http_api: bool,
+    /// Web origins whose pages may use a WebSocket listener besides its own and loopback ones.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Config {
@@ -151,6 +159,7 @@ impl Config {
                 is_default,
                 path: l.path.unwrap_or_else(|| WEBSOCKET_PATH.to_string()),
                 http_api: l.http_api.unwrap_or(true),
+                allowed_origins: l.allowed_origins.unwrap_or_default(),
             })
             .collect()
     }
@@ -199,13 +208,14 @@ impl Config {
     /// Refuses WebSocket settings on an MQTT listener (they would be ignored) and a path that
     /// is not one.
     fn validate_websocket(&self, listener: &Listener) -> Result<(), ConfigError> {
-        let misplaced = self
-            .listener
-            .iter()
-            .find(|l| l.protocol == Protocol::Mqtt && (l.path.is_some() || l.http_api.is_some()));
+        let misplaced = self.listener.iter().find(|l| {
+            let has_ws_keys =
+                l.path.is_some() || l.http_api.is_some() || l.allowed_origins.is_some();
+            l.protocol == Protocol::Mqtt && has_ws_keys
+        });
         if let Some(l) = misplaced {
             return Err(ConfigError(format!(
-                "bad config: the listener on {} sets path or http_api, which only a listener with protocol = \"websocket\" has",
+                "bad config: the listener on {} sets path, http_api or allowed_origins, which only a listener with protocol = \"websocket\" has",
                 l.address
             )));
         }

@@ -78,6 +78,12 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener
             None => return shard.connection_closed(),
         },
     };
+    // The CONNECT deadline runs from the upgrade on a WebSocket connection, which may have
+    // served HTTP requests first.
+    let now = match endpoint.site {
+        Some(_) => Instant::now(),
+        None => now,
+    };
     serve_transport(
         shard,
         reader,

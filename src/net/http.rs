@@ -168,8 +168,13 @@ pub async fn serve(
         };
         let request = &taken.request;
         let is_head = request.method == "HEAD";
+        let is_origin_allowed = websocket::is_origin_allowed(request, &site.allowed_origins);
         if websocket::is_upgrade(request) {
-            return match websocket::handshake(request, &site.path) {
+            let answer = match is_origin_allowed {
+                true => websocket::handshake(request, &site.path),
+                false => Err(websocket::forbidden_origin(request)),
+            };
+            return match answer {
                 Ok(accepted) => {
                     send(&mut writer, &accepted, true, false).await.ok()?;
                     Some(Upgraded {
@@ -184,7 +189,12 @@ pub async fn serve(
                 }
             };
         }
-        let response = answer(request, site, shard, gate).await;
+        // Pages from other origins may read nothing here, and change nothing either (a form
+        // posted from another site).
+        let response = match is_origin_allowed {
+            true => answer(request, site, shard, gate).await,
+            false => websocket::forbidden_origin(request),
+        };
         let sent = send(&mut writer, &response, taken.keep_alive, is_head).await;
         if sent.is_err() || !taken.keep_alive {
             return close(reader, writer).await;

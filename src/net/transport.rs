@@ -79,7 +79,7 @@ impl Reader {
         match self {
             Reader::Tcp(stream) => stream.read(buf).await,
             Reader::Tls(tls) => tls.read(buf).await,
-            Reader::Ws(ws) => Box::pin(ws.read(buf)).await,
+            Reader::Ws(ws) => ws.read(buf).await,
         }
     }
 
@@ -116,7 +116,7 @@ impl Writer {
         match self {
             Writer::Tcp(tcp) => tcp.write_some(outbox).await,
             Writer::Tls(tls) => tls.write_some(outbox).await,
-            Writer::Ws(ws) => Box::pin(ws.write_some(outbox)).await,
+            Writer::Ws(ws) => ws.write_some(outbox).await,
         }
     }
 

@@ -58,6 +58,58 @@ pub struct Site {
     pub path: String,
     /// Whether plain requests go to the operator endpoints (else 404, or 426 on `path`).
     pub has_api: bool,
+    /// Web origins (`https://app.example.com`, or `*` for any) whose pages may connect
+    /// besides the listener's own and loopback ones (see `is_origin_allowed`).
+    pub allowed_origins: Vec<String>,
+}
+
+/// Whether a browser page may use this listener: requests without an `Origin` (not from a
+/// browser: MQTT.js in Node, curl), from the listener's own origin (a page it served), from a
+/// page on a loopback host (local development), or from an origin in `allowed`. Anything
+/// else is refused, so a web page the user happens to visit cannot reach a broker on their
+/// machine (cross-site WebSocket hijacking).
+pub fn is_origin_allowed(request: &Request, allowed: &[String]) -> bool {
+    let Some(origin) = request.header("origin") else {
+        return true;
+    };
+    if allowed
+        .iter()
+        .any(|a| a == "*" || a.trim_end_matches('/').eq_ignore_ascii_case(origin))
+    {
+        return true;
+    }
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false; // "null": a file, a sandboxed frame
+    };
+    if !matches!(scheme, "http" | "https") {
+        return false;
+    }
+    if request
+        .header("host")
+        .is_some_and(|host| host.eq_ignore_ascii_case(authority))
+    {
+        return true;
+    }
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The answer to a request from an origin that may not use the listener.
+pub fn forbidden_origin(request: &Request) -> Response {
+    Response::text(
+        403,
+        format!(
+            "pages from {} may not use this listener; add the origin to allowed_origins\n",
+            request.header("origin").unwrap_or("")
+        ),
+    )
 }
 
 /// Whether `request` asks to switch to WebSocket (an `Upgrade: websocket` header).

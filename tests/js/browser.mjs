@@ -1,9 +1,13 @@
 // Headless Chromium (Debian's, at /usr/bin/chromium or $CHROMIUM) loads browser.html, whose
 // MQTT.js browser bundle subscribes and publishes over the given WebSocket URL.
 // Usage: node browser.mjs ws://127.0.0.1:PORT/mqtt
+// The page is served over HTTP from 127.0.0.1 (a port of its own), as a local development
+// page would be: a file:// page has the origin "null", which the broker refuses.
 // Prints the page's result; exits 0 when it starts with "ok", 1 otherwise, 2 on timeout.
 import { chromium } from "playwright-core";
-import { fileURLToPath, pathToFileURL } from "node:url";
+import { fileURLToPath } from "node:url";
+import { readFile } from "node:fs/promises";
+import http from "node:http";
 import path from "node:path";
 
 const RUN_LIMIT_MS = 30000;
@@ -14,7 +18,21 @@ setTimeout(() => {
 }, RUN_LIMIT_MS).unref();
 
 const here = path.dirname(fileURLToPath(import.meta.url));
-const page_url = pathToFileURL(path.join(here, "browser.html"));
+const files = {
+  "/browser.html": ["browser.html", "text/html"],
+  "/node_modules/mqtt/dist/mqtt.min.js": ["node_modules/mqtt/dist/mqtt.min.js", "text/javascript"],
+};
+const server = http.createServer(async (request, response) => {
+  const file = files[new URL(request.url, "http://x").pathname];
+  if (!file) {
+    response.writeHead(404).end();
+    return;
+  }
+  const body = await readFile(path.join(here, file[0]));
+  response.writeHead(200, { "Content-Type": file[1] }).end(body);
+});
+await new Promise((resolve) => server.listen(0, "127.0.0.1", resolve));
+const page_url = new URL(`http://127.0.0.1:${server.address().port}/browser.html`);
 page_url.searchParams.set("url", url);
 
 // The flags this sandbox needs: no sandbox as root, no GPU, and no background traffic (the
@@ -44,5 +62,6 @@ try {
   console.error(error.message ?? error);
 } finally {
   await browser.close();
+  server.close();
 }
 process.exit(code);

@@ -134,7 +134,14 @@ impl WsReader {
         self.at = 0;
         let start = self.raw.len();
         self.raw.resize(start + wanted.max(RAW_READ_BYTES_MIN), 0);
-        let read = self.inner.read(&mut self.raw[start..]).await;
+        // The inner transports directly, not `Reader::read`, which would make that future
+        // recursive (and boxed per read).
+        let raw = &mut self.raw[start..];
+        let read = match &mut self.inner {
+            Reader::Tcp(stream) => futures_lite::AsyncReadExt::read(stream, raw).await,
+            Reader::Tls(tls) => tls.read(raw).await,
+            Reader::Ws(_) => Err(io::Error::other("WebSocket inside WebSocket")),
+        };
         let n = *read.as_ref().unwrap_or(&0);
         self.raw.truncate(start + n);
         match read {
