@@ -601,10 +601,6 @@ fn bridge_over_tls_with_a_client_certificate() {
     let remote = ringcast::server::Server::start(&Config {
         listen: vec![loopback],
         listener: vec![ListenerConfig {
-            address: loopback,
-            protocol: Protocol::Mqtt,
-            path: None,
-            http_api: None,
             allow_anonymous: Some(true),
             tls: Some(TlsSettings {
                 cert_file: server_cert,
@@ -613,6 +609,7 @@ fn bridge_over_tls_with_a_client_certificate() {
                 require_certificate: true,
                 ..TlsSettings::default()
             }),
+            ..ListenerConfig::new(loopback, Protocol::Mqtt)
         }],
         shards: 1,
         log_level: "warn".into(),
