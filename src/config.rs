@@ -85,7 +85,8 @@ pub struct Limits {
     /// Bytes of socket writes kept waiting per connection before new QoS 0 messages are dropped.
     pub write_buffer_bytes_max: usize,
     /// Bytes (written or queued) a subscriber may lag before its publishers are paused, as long
-    /// as it keeps reading; below `write_buffer_bytes_max` and `queue_bytes_max`.
+    /// as it keeps reading; they go on once it is below half of this. Below
+    /// `write_buffer_bytes_max` and `queue_bytes_max`.
     pub write_buffer_pause_bytes: usize,
     /// A subscriber past `write_buffer_pause_bytes` that takes nothing from its socket for this
     /// long is stuck: it stops pausing publishers and its own bounds and policies apply.

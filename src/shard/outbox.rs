@@ -288,23 +288,38 @@ impl Outbox {
 
     /// Re-evaluates the lag after bytes came or went; tells the shard on every change that
     /// matters to its publishers.
+    ///
+    /// A subscriber starts to lag at the pause mark and keeps up again only below the resume
+    /// mark, half of it (see `is_under_resume_mark`): with a single mark, every write that
+    /// took the subscriber just under it released one publish, which took it over again, so
+    /// its socket ran dry while the publishers took turns (fan-in of 100 QoS 0 publishers:
+    /// 0.09 M deliveries/s at a 256 KiB mark, 0.49 M at 4 MB).
     fn update_lag(&self) {
-        let is_behind = !self.closing.get()
-            && (self.bytes.get() + self.held_bytes.get() >= self.pause_bytes
-                || self.held_messages.get() >= self.pause_messages);
-        match (self.lag.get(), is_behind) {
-            (Lag::KeepsUp, true) => {
+        let waiting = self.bytes.get() + self.held_bytes.get();
+        let held = self.held_messages.get();
+        match self.lag.get() {
+            Lag::KeepsUp if self.closing.get() => {}
+            Lag::KeepsUp if waiting >= self.pause_bytes || held >= self.pause_messages => {
                 self.lag.set(Lag::Lagging);
                 self.progress_at.set(Instant::now());
                 self.pressure.lag_started();
             }
-            (Lag::Lagging, false) => {
+            Lag::Lagging if self.closing.get() || self.is_under_resume_mark(waiting, held) => {
                 self.lag.set(Lag::KeepsUp);
                 self.pressure.lag_ended();
             }
-            (Lag::Stuck, false) if !self.closing.get() => self.lag.set(Lag::KeepsUp),
+            Lag::Stuck if !self.closing.get() && self.is_under_resume_mark(waiting, held) => {
+                self.lag.set(Lag::KeepsUp)
+            }
             _ => {}
         }
+    }
+
+    /// Whether `waiting` bytes and `held` queued messages are below the resume mark: half of
+    /// each pause mark, so that a subscriber let go has that much still to write while its
+    /// publishers refill its buffer.
+    fn is_under_resume_mark(&self, waiting: usize, held: usize) -> bool {
+        waiting < self.pause_bytes / 2 && held < self.pause_messages.div_ceil(2)
     }
 
     /// A lagging subscriber whose socket took nothing for `stall` is stuck: it stops holding
@@ -455,6 +470,35 @@ mod tests {
         outbox.consume(4);
         assert_eq!(outbox.lag(), Lag::KeepsUp);
         assert_eq!(pressure.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn lagging_ends_below_the_resume_mark_not_the_pause_mark() {
+        let pressure = Rc::new(Pressure::default());
+        let outbox = Outbox::new(pressure.clone(), 8, 4);
+        outbox.push(frame(b"abcd", b"efgh"));
+        assert_eq!(outbox.lag(), Lag::Lagging);
+        outbox.consume(1);
+        assert_eq!(
+            outbox.lag(),
+            Lag::Lagging,
+            "7 bytes: under the pause mark only"
+        );
+        outbox.consume(3);
+        assert_eq!(outbox.lag(), Lag::Lagging, "4 bytes: at the resume mark");
+        outbox.consume(1);
+        assert_eq!(outbox.lag(), Lag::KeepsUp, "3 bytes: under the resume mark");
+        assert!(!pressure.is_blocked());
+        outbox.set_held(4, 0);
+        assert_eq!(
+            outbox.lag(),
+            Lag::Lagging,
+            "4 queued messages: the pause mark"
+        );
+        outbox.set_held(2, 0);
+        assert_eq!(outbox.lag(), Lag::Lagging);
+        outbox.set_held(1, 0);
+        assert_eq!(outbox.lag(), Lag::KeepsUp);
     }
 
     /// An outbox that queues every packet as a frame of its own.
