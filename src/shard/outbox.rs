@@ -33,6 +33,10 @@ const COALESCE_BYTES_MAX: usize = 64 << 10;
 /// Smallest allocation for the open chunk.
 const CHUNK_BYTES_MIN: usize = 1 << 10;
 
+/// Largest allocation for the open chunk: an allocation per 60 packets of 256 bytes costs
+/// little, and a busy subscriber holds at most this much room it has not used yet.
+const CHUNK_BYTES_MAX: usize = 16 << 10;
+
 /// One packet on its way out: its encoded header and a payload shared with other subscribers.
 #[derive(Clone, Debug, Default)]
 pub struct Frame {
@@ -89,6 +93,10 @@ pub struct Outbox {
     frames: RefCell<VecDeque<Frame>>,
     /// Small packets queued after the last frame, not yet handed to the writer.
     open: RefCell<BytesMut>,
+    /// Bytes coalesced since the outbox was last empty, and in the busy spell before that:
+    /// what the next chunk is sized by (see `push_parts`).
+    coalesced: Cell<usize>,
+    coalesced_before: Cell<usize>,
     bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
     closing: Cell<bool>,
@@ -133,6 +141,8 @@ impl Outbox {
         Outbox {
             frames: RefCell::default(),
             open: RefCell::default(),
+            coalesced: Cell::new(0),
+            coalesced_before: Cell::new(0),
             bytes: Cell::new(0),
             waker: RefCell::default(),
             closing: Cell::new(false),
@@ -179,13 +189,33 @@ impl Outbox {
             drop(open);
             self.seal();
             open = self.open.borrow_mut();
-            open.reserve(len.max(CHUNK_BYTES_MIN));
+            open.reserve(len.max(self.chunk_bytes()));
         }
         open.extend_from_slice(header);
         open.extend_from_slice(payload);
         drop(open);
+        self.coalesced.set(self.coalesced.get() + len);
         self.count_pushed(len);
         self.wake();
+    }
+
+    /// Size of the next chunk: what this busy spell, or the one before, coalesced so far.
+    /// Chunks of a fixed 1 KiB took an allocation for the buffer and one for its shared
+    /// count every three 256-byte packets: 30% of the broker's instructions in a fan-out of
+    /// 256-byte messages to 10 subscribers (callgrind), against 3% with 16-byte ones.
+    fn chunk_bytes(&self) -> usize {
+        let spell = self.coalesced.get().max(self.coalesced_before.get());
+        spell.clamp(CHUNK_BYTES_MIN, CHUNK_BYTES_MAX)
+    }
+
+    /// The outbox went empty: the busy spell is over. The open chunk's spare room is given
+    /// back, so an idle connection holds no buffer.
+    fn end_spell(&self) {
+        self.coalesced_before.set(self.coalesced.replace(0));
+        let mut open = self.open.borrow_mut();
+        if open.is_empty() && open.capacity() > 0 {
+            *open = BytesMut::new();
+        }
     }
 
     /// Whether a packet of `len` bytes would be copied into the open chunk rather than
@@ -428,6 +458,10 @@ impl Outbox {
         while frames.front().is_some_and(Frame::is_empty) {
             frames.pop_front();
         }
+        drop(frames);
+        if self.bytes.get() == 0 {
+            self.end_spell();
+        }
     }
 
     /// The first unwritten slice (header or payload of the first frame), shared not copied:
@@ -499,6 +533,26 @@ mod tests {
         assert_eq!(outbox.lag(), Lag::Lagging);
         outbox.set_held(1, 0);
         assert_eq!(outbox.lag(), Lag::KeepsUp);
+    }
+
+    #[test]
+    fn chunks_grow_with_the_busy_spell_and_are_given_back_when_idle() {
+        let outbox = Outbox::new(Rc::new(Pressure::default()), 1 << 20, 10);
+        let packet = [7u8; 256];
+        for _ in 0..40 {
+            outbox.push_parts(&packet[..4], &packet);
+        }
+        let mut chunks = Vec::new();
+        outbox.peek_frames(10, |f| chunks.push(f.header.len()));
+        assert_eq!(chunks.iter().sum::<usize>(), 40 * 260);
+        assert!(chunks.len() <= 5, "chunks of growing size: {chunks:?}");
+        outbox.consume(40 * 260);
+        assert_eq!(outbox.open.borrow().capacity(), 0, "idle: no buffer held");
+        outbox.push_parts(&packet[..4], &packet);
+        assert!(
+            outbox.open.borrow().capacity() >= 40 * 260,
+            "sized by the last spell"
+        );
     }
 
     /// An outbox that queues every packet as a frame of its own.
