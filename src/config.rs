@@ -76,7 +76,9 @@ pub struct Limits {
     pub receive_max: u16,
     /// 5.0 Topic Alias Maximum announced to clients: inbound topic aliases per connection.
     pub topic_alias_max: u16,
-    /// Bytes read from one connection before yielding to others in the same loop turn.
+    /// Bytes read from one connection before yielding to others in the same loop turn, a
+    /// packet counting as at most 32 bytes (so a turn holds as many messages whatever their
+    /// size), and at most 8 times this in real bytes.
     pub read_bytes_per_turn: usize,
     /// Messages delivered to this shard's subscribers on behalf of one connection before it
     /// yields in the same loop turn: a fan-out publisher's work is its deliveries, not its
