@@ -93,7 +93,9 @@ pub struct Limits {
     pub receive_max: u16,
     /// 5.0 Topic Alias Maximum announced to clients: inbound topic aliases per connection.
     pub topic_alias_max: u16,
-    /// Bytes read from one connection before yielding to others in the same loop turn.
+    /// Bytes read from one connection before yielding to others in the same loop turn, a
+    /// packet counting as at most 32 bytes (so a turn holds as many messages whatever their
+    /// size), and at most 8 times this in real bytes.
     pub read_bytes_per_turn: usize,
     /// Messages delivered to this shard's subscribers on behalf of one connection before it
     /// yields in the same loop turn: a fan-out publisher's work is its deliveries, not its
@@ -102,7 +104,8 @@ pub struct Limits {
     /// Bytes of socket writes kept waiting per connection before new QoS 0 messages are dropped.
     pub write_buffer_bytes_max: usize,
     /// Bytes (written or queued) a subscriber may lag before its publishers are paused, as long
-    /// as it keeps reading; below `write_buffer_bytes_max` and `queue_bytes_max`.
+    /// as it keeps reading; they go on once it is below half of this. Below
+    /// `write_buffer_bytes_max` and `queue_bytes_max`.
     pub write_buffer_pause_bytes: usize,
     /// A subscriber past `write_buffer_pause_bytes` that takes nothing from its socket for this
     /// long is stuck: it stops pausing publishers and its own bounds and policies apply.

@@ -4,7 +4,8 @@
 //!
 //! Publishers of the shard (and its ring receivers) wait in `Pressure::until_clear` while either
 //! the shard is over its ceiling share (until it falls below the low-water mark) or a reading
-//! subscriber lags past its pause mark. Writers wake them as they drain. Nothing here is shared
+//! subscriber lags (past its pause mark, until it drains below its resume mark). Writers wake
+//! them, all together, as they drain. Nothing here is shared
 //! between threads: each shard owns one `Pressure` and compares it with ceiling / shards.
 //! `Shard::wait_for_room` is where a publisher (or a ring receiver) waits, and where lagging
 //! subscribers that stopped reading are found stuck.
@@ -146,13 +147,15 @@ impl Pressure {
         self.is_over.get() || self.lagging.get() > 0
     }
 
-    /// Whether a publisher must queue: blocked, or others are already waiting (they go first).
+    /// Whether a publisher must wait. Publishers still waiting when the shard is clear have
+    /// all been woken (`wake_if_clear`), earliest first, so one that goes on meanwhile does not
+    /// pass them for long: they run next, before the connections that read meanwhile.
     pub fn must_wait(&self) -> bool {
-        self.is_blocked() || !self.waiters.borrow().is_empty()
+        self.is_blocked()
     }
 
-    /// A place in the queue of paused publishers; leaving it (also by being dropped, when the
-    /// connection goes away) lets the next one go.
+    /// A place in the queue of paused publishers, which sets the order they are woken in;
+    /// dropped when the publisher goes on (or its connection goes away).
     pub fn ticket(&self) -> Ticket<'_> {
         let id = self.next_ticket.get();
         self.next_ticket.set(id + 1);
@@ -160,36 +163,39 @@ impl Pressure {
         Ticket { pressure: self, id }
     }
 
-    /// Waits until the publisher holding `ticket` may go on: nothing blocks and it is first in
-    /// line. Paused publishers go in arrival order, one publish each, so none starves. May be
-    /// cancelled and called again with the same ticket, keeping its place.
+    /// Waits until the publisher holding `ticket` may go on: nothing blocks. Paused publishers
+    /// are released together, woken in arrival order, and each goes on for as long as nothing
+    /// blocks (the rest of its read turn): releasing them one publish each, in turn, let the
+    /// subscriber's socket run dry while they took turns. One that finds the shard blocked
+    /// again keeps its place ahead of those that paused after it. May be cancelled and called
+    /// again with the same ticket, keeping its place.
     pub async fn until_clear(&self, ticket: &Ticket<'_>) {
         std::future::poll_fn(|cx| {
-            let mut waiters = self.waiters.borrow_mut();
-            let Some(front) = waiters.front_mut() else {
-                return Poll::Ready(());
-            };
-            if front.0 == ticket.id && !self.is_blocked() {
+            if !self.is_blocked() {
                 return Poll::Ready(());
             }
-            if let Some(entry) = waiters.iter_mut().find(|(id, _)| *id == ticket.id) {
-                entry.1 = Some(cx.waker().clone());
+            let mut waiters = self.waiters.borrow_mut();
+            // Tickets are queued in id order.
+            if let Ok(at) = waiters.binary_search_by_key(&ticket.id, |(id, _)| *id) {
+                waiters[at].1 = Some(cx.waker().clone());
             }
             Poll::Pending
         })
         .await
     }
 
+    /// Wakes every paused publisher, in arrival order, once nothing blocks.
     fn wake_if_clear(&self) {
         if self.is_blocked() {
             return;
         }
-        let waker = self
+        let wakers: Vec<Waker> = self
             .waiters
             .borrow_mut()
-            .front_mut()
-            .and_then(|(_, w)| w.take());
-        if let Some(waker) = waker {
+            .iter_mut()
+            .filter_map(|(_, w)| w.take())
+            .collect();
+        for waker in wakers {
             waker.wake();
         }
     }
@@ -274,9 +280,11 @@ pub struct Ticket<'a> {
 
 impl Drop for Ticket<'_> {
     fn drop(&mut self) {
-        let p = self.pressure;
-        p.waiters.borrow_mut().retain(|(id, _)| *id != self.id);
-        p.wake_if_clear();
+        // Others were woken when the shard cleared; leaving wakes nobody.
+        let mut waiters = self.pressure.waiters.borrow_mut();
+        if let Ok(at) = waiters.binary_search_by_key(&self.id, |(id, _)| *id) {
+            waiters.remove(at);
+        }
     }
 }
 
@@ -302,7 +310,7 @@ impl Shard {
             }
             self.find_stuck(stall);
         }
-        drop(ticket); // lets the next paused publisher go
+        drop(ticket);
         self.pressure.note_pause(false);
     }
 
@@ -335,6 +343,7 @@ impl Shard {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn ceiling_has_hysteresis() {
@@ -351,27 +360,67 @@ mod tests {
         assert!(!p.is_blocked());
     }
 
+    type Log = Arc<Mutex<Vec<&'static str>>>;
+
+    /// A waker that records, in `log`, the order it was woken in under `name`.
+    fn logging_waker(log: &Log, name: &'static str) -> Waker {
+        struct Entry(Log, &'static str);
+        impl std::task::Wake for Entry {
+            fn wake(self: Arc<Self>) {
+                self.0.lock().unwrap().push(self.1);
+            }
+        }
+        Waker::from(Arc::new(Entry(log.clone(), name)))
+    }
+
+    fn poll_until_clear(p: &Pressure, t: &Ticket<'_>, waker: &Waker) -> bool {
+        use std::future::Future;
+        let mut fut = std::pin::pin!(p.until_clear(t));
+        fut.as_mut()
+            .poll(&mut std::task::Context::from_waker(waker))
+            .is_ready()
+    }
+
     #[test]
-    fn paused_publishers_go_in_arrival_order() {
+    fn paused_publishers_are_released_together_in_arrival_order() {
         let p = Pressure::new(100, 50);
         p.add(101);
-        let first = p.ticket();
-        let second = p.ticket();
+        let (first, second) = (p.ticket(), p.ticket());
+        let log = Log::default();
+        let (w1, w2) = (logging_waker(&log, "first"), logging_waker(&log, "second"));
         assert!(p.must_wait());
-        p.sub(101);
-        let ready = |t: &Ticket<'_>| {
-            let mut fut = std::pin::pin!(p.until_clear(t));
-            let waker = std::task::Waker::noop();
-            fut.as_mut()
-                .poll(&mut std::task::Context::from_waker(waker))
-                .is_ready()
-        };
-        use std::future::Future;
-        assert!(!ready(&second), "the second waits behind the first");
-        assert!(ready(&first));
-        drop(first);
-        assert!(ready(&second));
-        drop(second);
+        assert!(!poll_until_clear(&p, &second, &w2));
+        assert!(!poll_until_clear(&p, &first, &w1));
+        p.sub(30);
+        assert!(
+            log.lock().unwrap().is_empty(),
+            "still above the low-water mark"
+        );
+        p.sub(71);
+        assert_eq!(
+            *log.lock().unwrap(),
+            ["first", "second"],
+            "one wake-up for all"
+        );
+        assert!(poll_until_clear(&p, &second, &w2));
+        assert!(poll_until_clear(&p, &first, &w1));
+        drop((first, second));
         assert!(!p.must_wait());
+    }
+
+    #[test]
+    fn a_publisher_blocked_again_waits_for_the_next_release() {
+        let p = Pressure::new(100, 50);
+        p.lag_started();
+        let ticket = p.ticket();
+        let log = Log::default();
+        let waker = logging_waker(&log, "paused");
+        assert!(!poll_until_clear(&p, &ticket, &waker));
+        p.lag_ended();
+        p.lag_started();
+        assert!(!poll_until_clear(&p, &ticket, &waker), "blocked again");
+        p.lag_ended();
+        assert_eq!(*log.lock().unwrap(), ["paused", "paused"]);
+        assert!(poll_until_clear(&p, &ticket, &waker));
     }
 }

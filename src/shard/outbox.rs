@@ -33,6 +33,10 @@ const COALESCE_BYTES_MAX: usize = 64 << 10;
 /// Smallest allocation for the open chunk.
 const CHUNK_BYTES_MIN: usize = 1 << 10;
 
+/// Largest allocation for the open chunk: an allocation per 60 packets of 256 bytes costs
+/// little, and a busy subscriber holds at most this much room it has not used yet.
+const CHUNK_BYTES_MAX: usize = 16 << 10;
+
 /// One packet on its way out: its encoded header and a payload shared with other subscribers.
 #[derive(Clone, Debug, Default)]
 pub struct Frame {
@@ -89,6 +93,10 @@ pub struct Outbox {
     frames: RefCell<VecDeque<Frame>>,
     /// Small packets queued after the last frame, not yet handed to the writer.
     open: RefCell<BytesMut>,
+    /// Bytes coalesced since the outbox was last empty, and in the busy spell before that:
+    /// what the next chunk is sized by (see `push_parts`).
+    coalesced: Cell<usize>,
+    coalesced_before: Cell<usize>,
     bytes: Cell<usize>,
     waker: RefCell<Option<Waker>>,
     closing: Cell<bool>,
@@ -136,6 +144,8 @@ impl Outbox {
         Outbox {
             frames: RefCell::default(),
             open: RefCell::default(),
+            coalesced: Cell::new(0),
+            coalesced_before: Cell::new(0),
             bytes: Cell::new(0),
             waker: RefCell::default(),
             closing: Cell::new(false),
@@ -183,13 +193,33 @@ impl Outbox {
             drop(open);
             self.seal();
             open = self.open.borrow_mut();
-            open.reserve(len.max(CHUNK_BYTES_MIN));
+            open.reserve(len.max(self.chunk_bytes()));
         }
         open.extend_from_slice(header);
         open.extend_from_slice(payload);
         drop(open);
+        self.coalesced.set(self.coalesced.get() + len);
         self.count_pushed(len);
         self.wake();
+    }
+
+    /// Size of the next chunk: what this busy spell, or the one before, coalesced so far.
+    /// Chunks of a fixed 1 KiB took an allocation for the buffer and one for its shared
+    /// count every three 256-byte packets: 30% of the broker's instructions in a fan-out of
+    /// 256-byte messages to 10 subscribers (callgrind), against 3% with 16-byte ones.
+    fn chunk_bytes(&self) -> usize {
+        let spell = self.coalesced.get().max(self.coalesced_before.get());
+        spell.clamp(CHUNK_BYTES_MIN, CHUNK_BYTES_MAX)
+    }
+
+    /// The outbox went empty: the busy spell is over. The open chunk's spare room is given
+    /// back, so an idle connection holds no buffer.
+    fn end_spell(&self) {
+        self.coalesced_before.set(self.coalesced.replace(0));
+        let mut open = self.open.borrow_mut();
+        if open.is_empty() && open.capacity() > 0 {
+            *open = BytesMut::new();
+        }
     }
 
     /// Whether a packet of `len` bytes would be copied into the open chunk rather than
@@ -292,23 +322,38 @@ impl Outbox {
 
     /// Re-evaluates the lag after bytes came or went; tells the shard on every change that
     /// matters to its publishers.
+    ///
+    /// A subscriber starts to lag at the pause mark and keeps up again only below the resume
+    /// mark, half of it (see `is_under_resume_mark`): with a single mark, every write that
+    /// took the subscriber just under it released one publish, which took it over again, so
+    /// its socket ran dry while the publishers took turns (fan-in of 100 QoS 0 publishers:
+    /// 0.09 M deliveries/s at a 256 KiB mark, 0.49 M at 4 MB).
     fn update_lag(&self) {
-        let is_behind = !self.closing.get()
-            && (self.bytes.get() + self.held_bytes.get() >= self.pause_bytes
-                || self.held_messages.get() >= self.pause_messages);
-        match (self.lag.get(), is_behind) {
-            (Lag::KeepsUp, true) => {
+        let waiting = self.bytes.get() + self.held_bytes.get();
+        let held = self.held_messages.get();
+        match self.lag.get() {
+            Lag::KeepsUp if self.closing.get() => {}
+            Lag::KeepsUp if waiting >= self.pause_bytes || held >= self.pause_messages => {
                 self.lag.set(Lag::Lagging);
                 self.progress_at.set(Instant::now());
                 self.pressure.lag_started();
             }
-            (Lag::Lagging, false) => {
+            Lag::Lagging if self.closing.get() || self.is_under_resume_mark(waiting, held) => {
                 self.lag.set(Lag::KeepsUp);
                 self.pressure.lag_ended();
             }
-            (Lag::Stuck, false) if !self.closing.get() => self.lag.set(Lag::KeepsUp),
+            Lag::Stuck if !self.closing.get() && self.is_under_resume_mark(waiting, held) => {
+                self.lag.set(Lag::KeepsUp)
+            }
             _ => {}
         }
+    }
+
+    /// Whether `waiting` bytes and `held` queued messages are below the resume mark: half of
+    /// each pause mark, so that a subscriber let go has that much still to write while its
+    /// publishers refill its buffer.
+    fn is_under_resume_mark(&self, waiting: usize, held: usize) -> bool {
+        waiting < self.pause_bytes / 2 && held < self.pause_messages.div_ceil(2)
     }
 
     /// A lagging subscriber whose socket took nothing for `stall` is stuck: it stops holding
@@ -427,6 +472,10 @@ impl Outbox {
         while frames.front().is_some_and(Frame::is_empty) {
             frames.pop_front();
         }
+        drop(frames);
+        if self.bytes.get() == 0 {
+            self.end_spell();
+        }
     }
 
     /// The first unwritten slice (header or payload of the first frame), shared not copied:
@@ -469,6 +518,55 @@ mod tests {
         outbox.consume(4);
         assert_eq!(outbox.lag(), Lag::KeepsUp);
         assert_eq!(pressure.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn lagging_ends_below_the_resume_mark_not_the_pause_mark() {
+        let pressure = Rc::new(Pressure::default());
+        let outbox = Outbox::new(pressure.clone(), 8, 4);
+        outbox.push(frame(b"abcd", b"efgh"));
+        assert_eq!(outbox.lag(), Lag::Lagging);
+        outbox.consume(1);
+        assert_eq!(
+            outbox.lag(),
+            Lag::Lagging,
+            "7 bytes: under the pause mark only"
+        );
+        outbox.consume(3);
+        assert_eq!(outbox.lag(), Lag::Lagging, "4 bytes: at the resume mark");
+        outbox.consume(1);
+        assert_eq!(outbox.lag(), Lag::KeepsUp, "3 bytes: under the resume mark");
+        assert!(!pressure.is_blocked());
+        outbox.set_held(4, 0);
+        assert_eq!(
+            outbox.lag(),
+            Lag::Lagging,
+            "4 queued messages: the pause mark"
+        );
+        outbox.set_held(2, 0);
+        assert_eq!(outbox.lag(), Lag::Lagging);
+        outbox.set_held(1, 0);
+        assert_eq!(outbox.lag(), Lag::KeepsUp);
+    }
+
+    #[test]
+    fn chunks_grow_with_the_busy_spell_and_are_given_back_when_idle() {
+        let outbox = Outbox::new(Rc::new(Pressure::default()), 1 << 20, 10);
+        let packet = [7u8; 256];
+        for _ in 0..40 {
+            outbox.push_parts(&packet[..4], &packet);
+        }
+        let mut chunks = Vec::new();
+        outbox.peek_frames(10, |f| chunks.push(f.header.len()));
+        assert_eq!(chunks.iter().sum::<usize>(), 40 * 260);
+        assert!(chunks.len() <= 5, "chunks of growing size: {chunks:?}");
+        outbox.consume(40 * 260);
+        assert_eq!(outbox.open.borrow().capacity(), 0, "idle: no buffer held");
+        outbox.push_parts(&packet[..4], &packet);
+        assert!(
+            outbox.open.borrow().capacity() >= 40 * 260,
+            "sized by the last spell"
+        );
     }
 
     /// An outbox that queues every packet as a frame of its own.
