@@ -3,8 +3,10 @@
 //! The same keys come from the embedded defaults, a hardware profile (`--profile`), a config
 //! file (`--config`) and command-line flags, later ones overriding earlier ones.
 
+pub mod cluster;
 pub mod listener;
 
+pub use cluster::ClusterConfig;
 pub use listener::{Listener, ListenerConfig, Protocol, TlsSettings};
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -45,6 +47,8 @@ pub struct Config {
     pub backpressure: Backpressure,
     /// Seconds between `$SYS/broker/...` updates; 0 turns them off.
     pub sys_interval_secs: u64,
+    /// Cluster over NATS (`[cluster]`); off without `nats`.
+    pub cluster: ClusterConfig,
 }
 
 /// Bounds on what one client may ask of the broker.
@@ -162,6 +166,7 @@ impl Default for Config {
             mesh: MeshConfig::default(),
             backpressure: Backpressure::default(),
             sys_interval_secs: 10,
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -228,6 +233,9 @@ impl Config {
                 "`shards` must be at most {SHARDS_MAX} (got {})",
                 self.shards
             ));
+        }
+        if let Err(e) = self.cluster.validate() {
+            return bad(&e);
         }
         let l = &self.limits;
         if l.packet_size_max < 64 || l.packet_size_max > 268_435_460 {

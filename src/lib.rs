@@ -2,6 +2,7 @@
 //!
 //! Crate map, one line per module:
 //! - `protocol`: sans-IO packets, codec and topics (no sockets, no glommio, no clocks).
+//! - `cluster`: several nodes sharing one topic space over NATS (the NATS thread, subjects).
 //! - `config`: typed configuration and limits, validated at start-up.
 //! - `host`: start-up checks of io_uring, RLIMIT_MEMLOCK and the listen ports.
 //! - `server`: starts one pinned glommio executor per shard and stops them.
@@ -14,6 +15,7 @@
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `security`: who may connect: mosquitto-compatible password files (read, check, write).
 
+pub mod cluster;
 pub mod config;
 pub mod host;
 pub mod mesh;

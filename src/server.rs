@@ -1,6 +1,7 @@
 //! Starting and stopping the broker: bind listeners, start one pinned glommio executor per
 //! shard, join them into a mesh, and shut them down in order.
 
+use crate::cluster::{self, Inbound, Uplink};
 use crate::config::{Config, SHARDS_MAX};
 use crate::host;
 use crate::mesh::Mesh;
@@ -70,6 +71,13 @@ impl Server {
         let open = Arc::new(AtomicUsize::new(0));
         let board = Arc::new(Board::new(shards));
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
+        let (uplink, mut inbound) = match config.cluster.is_enabled() {
+            true => {
+                let (uplink, inbound) = cluster::start(&config.cluster, shards)?;
+                (Some(uplink), inbound.into_iter().map(Some).collect())
+            }
+            false => (None, Vec::new()),
+        };
         let mut handles = Vec::new();
         for id in 0..shards {
             let ctx = ShardStart {
@@ -86,6 +94,8 @@ impl Server {
                 board: board.clone(),
                 endpoints: endpoints.clone(),
                 security: security.clone(),
+                uplink: uplink.clone(),
+                inbound: inbound.get_mut(id).and_then(Option::take),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -200,6 +210,9 @@ struct ShardStart {
     board: Arc<Board>,
     endpoints: Vec<Endpoint>,
     security: Arc<Shared>,
+    /// On a cluster node: the way to the NATS thread, and what it hands this shard.
+    uplink: Option<Uplink>,
+    inbound: Option<tokio::sync::mpsc::Receiver<Inbound>>,
 }
 
 /// The life of one shard.
@@ -211,13 +224,19 @@ async fn run_shard(mut ctx: ShardStart) {
     let bp = &ctx.config.backpressure;
     let high = (bp.memory_ceiling_bytes / ctx.shards).max(1);
     let pressure = Pressure::new(high, (bp.memory_resume_bytes / ctx.shards).min(high - 1));
-    let shard = Rc::new(Shard::new(
-        mesh.clone(),
-        ctx.shards,
-        ctx.config.limits.clone(),
-        ctx.open.clone(),
-        pressure,
-    ));
+    let shard = Rc::new(
+        Shard::new(
+            mesh.clone(),
+            ctx.shards,
+            ctx.config.limits.clone(),
+            ctx.open.clone(),
+            pressure,
+        )
+        .with_cluster(ctx.uplink.take()),
+    );
+    if let Some(inbound) = ctx.inbound.take() {
+        glommio::spawn_local(from_cluster(shard.clone(), inbound)).detach();
+    }
     let gate = Rc::new(Gate::new(
         std::mem::take(&mut ctx.endpoints),
         ctx.security.clone(),
@@ -329,5 +348,18 @@ async fn dispatch(shard: &Rc<Shard>, gate: &Rc<Gate>, msg: MeshMsg) {
             glommio::spawn_local(serve).detach();
         }
         msg => shard.on_message(msg).await,
+    }
+}
+
+/// Hands what the NATS thread receives for this shard to the shard, in order.
+async fn from_cluster(shard: Rc<Shard>, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
+    let mut handled = 0u32;
+    while let Some(message) = inbound.recv().await {
+        shard.on_cluster(message).await;
+        // Bounded work per loop turn, as for a ring from another shard.
+        handled += 1;
+        if handled % RING_MESSAGES_PER_TURN == 0 {
+            futures_lite::future::yield_now().await;
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! Module map, one line per submodule:
 //! - `message`: `Message`, a PUBLISH as the broker routes it.
 //! - `msg`: `MeshMsg`, everything one shard can tell another, one struct per message.
+//! - `cluster`: what the shard tells the NATS thread and takes from it (`crate::cluster`).
 //! - `routing`: a publish to local subscribers, interested shards and retained replicas.
 //! - `shared`: shared subscriptions (`$share/group/filter`): groups, one member per message.
 //! - `subscriptions`: subscribe, unsubscribe, and the interest other shards are told of.
@@ -26,6 +27,7 @@
 //! - `sys`: the `$SYS` topics.
 
 pub mod backpressure;
+pub mod cluster;
 pub mod cursor;
 pub mod encoder;
 mod feeder;
@@ -133,6 +135,8 @@ pub struct Shard {
     /// superseded them.
     claims: RefCell<HashMap<u64, Option<Evict>>>,
     open_connections: Arc<AtomicUsize>,
+    /// The way to the NATS thread on a cluster node (`cluster`).
+    cluster: Option<crate::cluster::Uplink>,
 }
 
 impl Shard {
@@ -156,7 +160,14 @@ impl Shard {
             routes: RefCell::default(),
             claims: RefCell::default(),
             open_connections,
+            cluster: None,
         }
+    }
+
+    /// The shard of a cluster node: it tells the NATS thread through `uplink`.
+    pub fn with_cluster(mut self, uplink: Option<crate::cluster::Uplink>) -> Shard {
+        self.cluster = uplink;
+        self
     }
 
     /// Whether more connections are open than `limits.connections_max` allows.

@@ -1,0 +1,64 @@
+//! `[cluster]`: the NATS servers and this node's name. Without `nats`, the broker is one node
+//! and nothing of the cluster runs.
+
+use serde::Deserialize;
+
+/// `[cluster]`: several ringcast nodes sharing one topic space over NATS (see docs/SCALING.md).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// NATS server URLs (`nats://127.0.0.1:4222`); the client connects to one and moves to
+    /// another when it fails. Empty: no cluster.
+    pub nats: Vec<String>,
+    /// This node's name, unique in the cluster: it marks what this node wrote to the shared
+    /// key-value buckets (retained messages, client-id owners).
+    pub node: String,
+    /// Messages waiting between the shards and the NATS thread, each way; a full queue makes
+    /// publishers wait (toward NATS) or NATS reads wait (toward the shards).
+    pub queue_messages_max: usize,
+    /// Copies NATS keeps of the shared key-value buckets (at most the NATS servers there are).
+    pub kv_replicas: usize,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> ClusterConfig {
+        ClusterConfig {
+            nats: Vec::new(),
+            node: String::new(),
+            queue_messages_max: 4096,
+            kv_replicas: 1,
+        }
+    }
+}
+
+impl ClusterConfig {
+    /// Whether this broker is a cluster node.
+    pub fn is_enabled(&self) -> bool {
+        !self.nats.is_empty()
+    }
+
+    /// Checks the section; the error is one sentence.
+    pub fn validate(&self) -> Result<(), String> {
+        if !self.is_enabled() {
+            return Ok(());
+        }
+        let is_plain = |b: u8| b.is_ascii_alphanumeric() || b == b'_' || b == b'-';
+        if self.node.is_empty() || self.node.len() > 64 || !self.node.bytes().all(is_plain) {
+            return Err(
+                "`cluster.node` must be a name of 1 to 64 letters, digits, `_` and `-`".into(),
+            );
+        }
+        if !(1..=5).contains(&self.kv_replicas) {
+            return Err("`cluster.kv_replicas` must be between 1 and 5".into());
+        }
+        if self.queue_messages_max == 0 {
+            return Err("`cluster.queue_messages_max` must be at least 1".into());
+        }
+        if let Some(url) = self.nats.iter().find(|u| !u.starts_with("nats://")) {
+            return Err(format!(
+                "`cluster.nats` entries must be nats:// URLs (got {url:?})"
+            ));
+        }
+        Ok(())
+    }
+}
