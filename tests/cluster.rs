@@ -157,24 +157,29 @@ impl Node {
     }
 }
 
-/// Publishes probes on `topic` from `publisher` until `subscriber` gets one: NATS spreads a
-/// new subscription's interest between its servers a moment after the SUBACK.
-fn wait_for_route(publisher: &mut Raw, subscriber: &mut Raw, topic: &str) {
+/// Publishes probes on `topic` from `publisher` until each of `subscribers` got one (NATS
+/// spreads a new subscription's interest between its servers a moment after the SUBACK),
+/// then drains the probes still on their way.
+fn wait_for_route(publisher: &mut Raw, subscribers: &mut [&mut Raw], topic: &str) {
     let deadline = Instant::now() + SETTLE;
-    loop {
-        publisher.publish(topic, b"probe", QoS::AtLeastOnce, false);
-        if let Ok(Packet::Publish(p)) = subscriber.recv_within(Duration::from_millis(200)) {
-            subscriber.ack(&p);
-            break;
-        }
+    let mut reached = vec![false; subscribers.len()];
+    while reached.contains(&false) {
         assert!(
             Instant::now() < deadline,
-            "no route from publisher to subscriber on {topic}"
+            "no route from publisher to subscribers on {topic}"
         );
+        publisher.publish(topic, b"probe", QoS::AtLeastOnce, false);
+        for (i, subscriber) in subscribers.iter_mut().enumerate() {
+            if let Ok(Packet::Publish(p)) = subscriber.recv_within(Duration::from_millis(100)) {
+                subscriber.ack(&p);
+                reached[i] = true;
+            }
+        }
     }
-    // Drain the probes still on their way.
-    while let Ok(Packet::Publish(p)) = subscriber.recv_within(QUIET) {
-        subscriber.ack(&p);
+    for subscriber in subscribers.iter_mut() {
+        while let Ok(Packet::Publish(p)) = subscriber.recv_within(QUIET) {
+            subscriber.ack(&p);
+        }
     }
 }
 
@@ -198,15 +203,14 @@ fn fan_out_across_nodes_reaches_every_subscriber_once_in_order() {
         .map(|i| Raw::connect(b.addr, &format!("sub{i}")))
         .collect();
     for sub in &mut subs {
-        assert_eq!(sub.subscribe("fan/x", QoS::AtLeastOnce), [0x01.into()]);
+        assert_eq!(sub.subscribe("fan/x", QoS::AtLeastOnce), [ReasonCode(0x01)]);
     }
     let mut publisher = Raw::connect(a.addr, "pub");
-    wait_for_route(&mut publisher, &mut subs[0], "fan/x");
-    for sub in &mut subs[1..] {
-        while let Ok(Packet::Publish(p)) = sub.recv_within(QUIET) {
-            sub.ack(&p);
-        }
-    }
+    wait_for_route(
+        &mut publisher,
+        &mut subs.iter_mut().collect::<Vec<_>>(),
+        "fan/x",
+    );
     for m in numbered(100) {
         publisher.publish("fan/x", m.as_bytes(), QoS::AtLeastOnce, false);
     }
@@ -228,8 +232,7 @@ fn wildcards_across_three_nodes_and_overlapping_filters_deliver_once() {
     let mut hash = Raw::connect(c.addr, "hash");
     hash.subscribe("w/#", QoS::AtLeastOnce);
     let mut publisher = Raw::connect(a.addr, "pub");
-    wait_for_route(&mut publisher, &mut both, "w/0/t");
-    wait_for_route(&mut publisher, &mut hash, "w/0/t");
+    wait_for_route(&mut publisher, &mut [&mut both, &mut hash], "w/0/t");
     for i in 0..20 {
         publisher.publish(
             &format!("w/{i}/t"),
@@ -287,8 +290,7 @@ fn killed_node_and_killed_nats_server_leave_the_others_delivering() {
     let mut on_c = Raw::connect(c.addr, "on-c");
     on_c.subscribe("k/t", QoS::AtLeastOnce);
     let mut publisher = Raw::connect(a.addr, "pub");
-    wait_for_route(&mut publisher, &mut on_b, "k/t");
-    wait_for_route(&mut publisher, &mut on_c, "k/t");
+    wait_for_route(&mut publisher, &mut [&mut on_b, &mut on_c], "k/t");
     c.kill();
     on_c.expect_closed();
     // The client of the dead node comes back on a surviving one.
@@ -342,7 +344,7 @@ fn shared_subscription_spreads_over_nodes_one_member_per_message() {
     let mut watcher = Raw::connect(b.addr, "watcher");
     watcher.subscribe("job", QoS::AtLeastOnce);
     let mut publisher = Raw::connect(a.addr, "pub");
-    wait_for_route(&mut publisher, &mut watcher, "job");
+    wait_for_route(&mut publisher, &mut [&mut watcher], "job");
     // The probes went to the group too: drain both members.
     for member in [&mut on_a, &mut on_b] {
         while let Ok(Packet::Publish(p)) = member.recv_within(QUIET) {

@@ -89,8 +89,15 @@ async fn serve(
     };
     let (arrivals, arrival_rx) = mpsc::channel(config.queue_messages_max);
     tokio::spawn(dispatch(arrival_rx, shards.clone()));
-    let retained = open_retained(&client, &config, shards.clone()).await;
-    let owners = Owners::open(&client, &config, shards).await;
+    // JetStream may take seconds to come up (a new NATS cluster elects its leader first):
+    // the buckets open in a task of their own, so subscriptions and publishes never wait.
+    let (buckets, bucket_rx) = mpsc::channel(config.queue_messages_max);
+    tokio::task::spawn_local(keep_buckets(
+        client.clone(),
+        config.clone(),
+        shards,
+        bucket_rx,
+    ));
     let mut link = Link {
         client,
         queues,
@@ -98,8 +105,7 @@ async fn serve(
         sequence: 0,
         subscriptions: HashMap::new(),
         arrivals,
-        retained,
-        owners,
+        buckets,
     };
     while let Some(command) = commands.recv().await {
         let mut acks = Vec::new();
@@ -129,8 +135,8 @@ struct Link {
     /// Where the subscription tasks hand what arrives (with the shared subscription it
     /// arrived for, if any).
     arrivals: mpsc::Sender<Arrival>,
-    retained: Option<kv::Store>,
-    owners: Option<Owners>,
+    /// Retained changes and client-id claims, for `keep_buckets`.
+    buckets: mpsc::Sender<Command>,
 }
 
 impl Link {
@@ -153,11 +159,8 @@ impl Link {
                     self.unsubscribe(&filter);
                 }
             }
-            Command::Retain { topic, publish } => self.retain(&topic, publish.as_deref()).await,
-            Command::Claim { client_id } => {
-                if let Some(owners) = &self.owners {
-                    owners.claim(&client_id).await;
-                }
+            command @ (Command::Retain { .. } | Command::Claim { .. }) => {
+                let _ = self.buckets.send(command).await;
             }
         }
     }
@@ -235,24 +238,6 @@ impl Link {
             }
         }
     }
-
-    async fn retain(&self, topic: &str, publish: Option<&Publish>) {
-        let Some(store) = &self.retained else {
-            return;
-        };
-        let key = topic_key(topic);
-        let result = match publish {
-            Some(publish) => store
-                .put(key, retained_value(&self.node, publish))
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
-            None => store.delete(key).await.map_err(|e| e.to_string()),
-        };
-        if let Err(e) = result {
-            tracing::warn!("cluster: cannot store the retained message of {topic:?}: {e}");
-        }
-    }
 }
 
 /// A message from NATS, with the shared subscription whose queue group it came through.
@@ -328,6 +313,49 @@ fn decode(message: &async_nats::Message) -> Option<Publish> {
         properties: Default::default(),
         payload: message.payload.clone(),
     })
+}
+
+/// Opens the retained and client-id buckets, then writes the retained changes and claims
+/// of this node's clients into them, in order.
+async fn keep_buckets(
+    client: Client,
+    config: ClusterConfig,
+    shards: Vec<mpsc::Sender<Inbound>>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let retained = open_retained(&client, &config, shards.clone()).await;
+    let owners = Owners::open(&client, &config, shards).await;
+    while let Some(command) = commands.recv().await {
+        match command {
+            Command::Retain { topic, publish } => {
+                if let Some(store) = &retained {
+                    retain(store, &config.node, &topic, publish.as_deref()).await;
+                }
+            }
+            Command::Claim { client_id } => {
+                if let Some(owners) = &owners {
+                    owners.claim(&client_id).await;
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+/// Writes (or, with None, deletes) the retained message of `topic` in the bucket.
+async fn retain(store: &kv::Store, node: &str, topic: &str, publish: Option<&Publish>) {
+    let key = topic_key(topic);
+    let result = match publish {
+        Some(publish) => store
+            .put(key, retained_value(node, publish))
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        None => store.delete(key).await.map_err(|e| e.to_string()),
+    };
+    if let Err(e) = result {
+        tracing::warn!("cluster: cannot store the retained message of {topic:?}: {e}");
+    }
 }
 
 /// Ids of the messages seen last.
@@ -446,6 +474,24 @@ fn stored_publish(topic: &str, value: &Bytes, node: &str) -> Stored {
 /// leader a few seconds after its servers start).
 const JETSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// The JetStream stream of KV bucket `bucket`, as the KV layer of NATS' clients makes it
+/// (one value per key, rollups allowed, direct gets).
+fn bucket_stream(bucket: &str, config: &ClusterConfig) -> async_nats::jetstream::stream::Config {
+    use async_nats::jetstream::stream::{Config, DiscardPolicy};
+    Config {
+        name: format!("KV_{bucket}"),
+        subjects: vec![format!("$KV.{bucket}.>")],
+        max_messages_per_subject: 1,
+        allow_rollup: true,
+        deny_delete: true,
+        deny_purge: false,
+        allow_direct: true,
+        num_replicas: config.kv_replicas,
+        discard: DiscardPolicy::New,
+        ..Default::default()
+    }
+}
+
 /// Opens a KV bucket, making it when it does not exist, waiting for JetStream up to
 /// `JETSTREAM_WAIT`.
 pub(super) async fn open_bucket(
@@ -459,21 +505,19 @@ pub(super) async fn open_bucket(
         if let Ok(store) = js.get_key_value(bucket).await {
             return Some(store);
         }
-        let made = js
-            .create_key_value(kv::Config {
-                bucket: bucket.into(),
-                history: 1,
-                num_replicas: config.kv_replicas,
-                ..Default::default()
-            })
-            .await;
+        // The stream a KV bucket is, made directly: async-nats' `create_key_value` first
+        // reads the account's info, which it cannot parse from nats-server 2.9.
+        let made = js.create_stream(bucket_stream(bucket, config)).await;
         match made {
-            Ok(store) => return Some(store),
+            Ok(_) => continue, // open it with `get_key_value`
             Err(e) if tokio::time::Instant::now() >= deadline => {
                 tracing::error!("cluster: no bucket {bucket} (is JetStream on?): {e}");
                 return None;
             }
-            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(250)).await,
+            Err(e) => {
+                tracing::debug!("cluster: bucket {bucket} not made yet: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await
+            }
         }
     }
 }
