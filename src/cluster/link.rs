@@ -325,6 +325,9 @@ async fn keep_buckets(
 ) {
     let retained = open_retained(&client, &config, shards.clone()).await;
     let owners = Owners::open(&client, &config, shards).await;
+    if retained.is_some() && owners.is_some() {
+        tracing::info!("cluster: node {} joined, buckets open", config.node);
+    }
     while let Some(command) = commands.recv().await {
         match command {
             Command::Retain { topic, publish } => {
@@ -332,10 +335,11 @@ async fn keep_buckets(
                     retain(store, &config.node, &topic, publish.as_deref()).await;
                 }
             }
-            Command::Claim { client_id } => {
+            Command::Claim { client_id, done } => {
                 if let Some(owners) = &owners {
                     owners.claim(&client_id).await;
                 }
+                let _ = done.send(());
             }
             _ => {}
         }

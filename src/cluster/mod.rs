@@ -48,6 +48,9 @@ pub enum Command {
     Claim {
         /// The client id.
         client_id: String,
+        /// Answered once the claim is written (or could not be): the CONNACK waits for it,
+        /// so the order of the writes is the order of the connections.
+        done: oneshot::Sender<()>,
     },
     /// A local client set (Some) or cleared (None) the retained message of `topic`.
     Retain {

@@ -14,6 +14,9 @@ use tokio::sync::oneshot;
 /// has it, so No Local never drops it, and it is never sent back to NATS.
 pub const CLUSTER_ORIGIN: u64 = u64::MAX;
 
+/// Longest a CONNACK waits for the client id's claim to be written in the cluster's bucket.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Shard {
     /// Hands a message of a local client to the other nodes, and its retained change to the
     /// cluster's bucket. Returns, for a QoS 1/2 message of a client (`is_acked`), what to
@@ -102,10 +105,20 @@ impl Shard {
 
 impl Shard {
     /// Tells the other nodes that `client_id` connected here, so they close theirs.
-    pub(super) fn cluster_claim(&self, client_id: &str) {
+    /// Waits until the claim is written, so that of two connections with one client id on
+    /// two nodes, the one with the later CONNACK stays.
+    pub(super) async fn cluster_claim(&self, client_id: &str) {
         if let Some(uplink) = &self.cluster {
             let client_id = client_id.to_string();
-            uplink.post(Command::Claim { client_id });
+            let (done, answer) = oneshot::channel();
+            uplink.send(Command::Claim { client_id, done }).await;
+            // A connection does not wait long for an unavailable JetStream (a node that just
+            // started, a NATS cluster without quorum): takeover then follows when it comes.
+            let _ = glommio::timer::timeout(CLAIM_WAIT, async {
+                let _ = answer.await;
+                Ok(())
+            })
+            .await;
         }
     }
 
