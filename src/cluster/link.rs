@@ -10,6 +10,7 @@
 //! - Retained messages: a JetStream KV bucket keyed by `subject::topic_key`, watched from
 //!   its current values on, so every node's replica follows every other node's writes.
 
+use super::bucket::open_bucket;
 use super::owners::Owners;
 use super::subject::{
     filter_subjects, key_topic, queue_group, subject_topic, topic_key, topic_subject,
@@ -472,56 +473,4 @@ fn stored_publish(topic: &str, value: &Bytes, node: &str) -> Stored {
         properties: Default::default(),
         payload: value.slice(2 + len as usize..),
     })
-}
-
-/// How long a node waits for JetStream at start-up (a new NATS cluster elects its JetStream
-/// leader a few seconds after its servers start).
-const JETSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
-
-/// The JetStream stream of KV bucket `bucket`, as the KV layer of NATS' clients makes it
-/// (one value per key, rollups allowed, direct gets).
-fn bucket_stream(bucket: &str, config: &ClusterConfig) -> async_nats::jetstream::stream::Config {
-    use async_nats::jetstream::stream::{Config, DiscardPolicy};
-    Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        allow_rollup: true,
-        deny_delete: true,
-        deny_purge: false,
-        allow_direct: true,
-        num_replicas: config.kv_replicas,
-        discard: DiscardPolicy::New,
-        ..Default::default()
-    }
-}
-
-/// Opens a KV bucket, making it when it does not exist, waiting for JetStream up to
-/// `JETSTREAM_WAIT`.
-pub(super) async fn open_bucket(
-    client: &Client,
-    config: &ClusterConfig,
-    bucket: &str,
-) -> Option<kv::Store> {
-    let js = async_nats::jetstream::new(client.clone());
-    let deadline = tokio::time::Instant::now() + JETSTREAM_WAIT;
-    loop {
-        if let Ok(store) = js.get_key_value(bucket).await {
-            return Some(store);
-        }
-        // The stream a KV bucket is, made directly: async-nats' `create_key_value` first
-        // reads the account's info, which it cannot parse from nats-server 2.9.
-        let made = js.create_stream(bucket_stream(bucket, config)).await;
-        match made {
-            Ok(_) => continue, // open it with `get_key_value`
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                tracing::error!("cluster: no bucket {bucket} (is JetStream on?): {e}");
-                return None;
-            }
-            Err(e) => {
-                tracing::debug!("cluster: bucket {bucket} not made yet: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await
-            }
-        }
-    }
 }

@@ -9,8 +9,10 @@
 //! Module map:
 //! - `subject`: MQTT topics and filters as NATS subjects and KV keys.
 //! - `link`: the NATS thread: subscriptions by interest, publishes, the retained bucket.
+//! - `bucket`: the shared JetStream KV buckets, opened or made.
 //! - `owners`: which node holds each client id (a KV bucket), for takeover across nodes.
 
+mod bucket;
 mod link;
 mod owners;
 pub mod subject;

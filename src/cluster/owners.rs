@@ -37,7 +37,7 @@ impl Owners {
         config: &ClusterConfig,
         shards: Vec<mpsc::Sender<Inbound>>,
     ) -> Option<Owners> {
-        let store = super::link::open_bucket(client, config, BUCKET).await?;
+        let store = super::bucket::open_bucket(client, config, BUCKET).await?;
         let watch = store
             .watch_all()
             .await
