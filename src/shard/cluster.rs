@@ -28,7 +28,8 @@ impl Shard {
         is_acked: bool,
     ) -> Option<oneshot::Receiver<bool>> {
         let uplink = self.cluster.as_ref()?;
-        if message.origin == CLUSTER_ORIGIN {
+        // `$SYS` describes this node alone: every node publishes its own under the same names.
+        if message.origin == CLUSTER_ORIGIN || message.publish.topic.as_str().starts_with("$SYS") {
             return None;
         }
         if message.publish.retain {
