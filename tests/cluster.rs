@@ -13,6 +13,15 @@ use std::time::{Duration, Instant};
 /// How long a test waits for the NATS cluster or a node to come up, or for a route to form.
 const SETTLE: Duration = Duration::from_secs(30);
 
+/// One test at a time: each starts three nats-servers and two or three nodes, which on a
+/// small machine would starve each other's timeouts if the test harness ran them together.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// A child process killed (SIGKILL) and reaped when dropped.
 struct Proc(Child);
 
@@ -223,6 +232,7 @@ fn numbered(n: usize) -> Vec<String> {
 
 #[test]
 fn fan_out_across_nodes_reaches_every_subscriber_once_in_order() {
+    let _serial = serial();
     let Some(nats) = Nats::start() else { return };
     let a = Node::start(&nats, "a", 0);
     let b = Node::start(&nats, "b", 1);
@@ -249,6 +259,7 @@ fn fan_out_across_nodes_reaches_every_subscriber_once_in_order() {
 
 #[test]
 fn wildcards_across_three_nodes_and_overlapping_filters_deliver_once() {
+    let _serial = serial();
     let Some(nats) = Nats::start() else { return };
     let a = Node::start(&nats, "a", 0);
     let b = Node::start(&nats, "b", 1);
@@ -283,6 +294,7 @@ fn wildcards_across_three_nodes_and_overlapping_filters_deliver_once() {
 
 #[test]
 fn retained_message_of_one_node_is_sent_to_a_new_subscriber_on_another() {
+    let _serial = serial();
     let Some(nats) = Nats::start() else { return };
     let a = Node::start(&nats, "a", 0);
     let b = Node::start(&nats, "b", 1);
@@ -310,6 +322,7 @@ fn retained_message_of_one_node_is_sent_to_a_new_subscriber_on_another() {
 
 #[test]
 fn killed_node_and_killed_nats_server_leave_the_others_delivering() {
+    let _serial = serial();
     let Some(mut nats) = Nats::start() else {
         return;
     };
@@ -346,6 +359,7 @@ fn killed_node_and_killed_nats_server_leave_the_others_delivering() {
 
 #[test]
 fn client_id_connecting_to_a_second_node_takes_over_from_the_first() {
+    let _serial = serial();
     let Some(nats) = Nats::start() else { return };
     let a = Node::start(&nats, "a", 0);
     let b = Node::start(&nats, "b", 1);
@@ -365,6 +379,7 @@ fn client_id_connecting_to_a_second_node_takes_over_from_the_first() {
 
 #[test]
 fn shared_subscription_spreads_over_nodes_one_member_per_message() {
+    let _serial = serial();
     let Some(nats) = Nats::start() else { return };
     let a = Node::start(&nats, "a", 0);
     let b = Node::start(&nats, "b", 1);

@@ -62,3 +62,48 @@ impl ClusterConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str) -> ClusterConfig {
+        ClusterConfig {
+            nats: vec!["nats://127.0.0.1:4222".into()],
+            node: name.into(),
+            ..ClusterConfig::default()
+        }
+    }
+
+    #[test]
+    fn without_nats_the_cluster_is_off_and_anything_else_is_ignored() {
+        let off = ClusterConfig::default();
+        assert!(!off.is_enabled());
+        assert_eq!(off.validate(), Ok(()));
+    }
+
+    #[test]
+    fn node_names_are_checked_at_their_limits() {
+        assert_eq!(node("a").validate(), Ok(()));
+        assert_eq!(node(&"n".repeat(64)).validate(), Ok(()));
+        for bad in ["", "a.b", "a b", "é", &"n".repeat(65)] {
+            assert!(node(bad).validate().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn replicas_queue_and_urls_are_checked() {
+        let mut c = node("a");
+        c.kv_replicas = 0;
+        assert!(c.validate().is_err());
+        c.kv_replicas = 6;
+        assert!(c.validate().is_err());
+        c.kv_replicas = 5;
+        assert_eq!(c.validate(), Ok(()));
+        c.queue_messages_max = 0;
+        assert!(c.validate().is_err());
+        let mut c = node("a");
+        c.nats.push("127.0.0.1:4222".into());
+        assert!(c.validate().unwrap_err().contains("nats://"));
+    }
+}
