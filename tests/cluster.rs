@@ -417,3 +417,74 @@ fn shared_subscription_spreads_over_nodes_one_member_per_message() {
     expected.sort();
     assert_eq!(got, expected, "every message reaches exactly one member");
 }
+
+/// The subject mapping against a real nats-server: for a sample of filters and topics (the
+/// awkward levels of the property test), a mapped filter receives a mapped topic exactly when
+/// the MQTT filter matches the MQTT topic.
+#[test]
+fn subject_mapping_matches_like_a_real_nats_server() {
+    use futures_lite::StreamExt;
+    use ringcast::cluster::subject::{filter_subjects, topic_subject};
+    use ringcast::protocol::topic::filter_matches;
+    let _serial = serial();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let filters = [
+        "#", "+", "a/#", "a/+", "+/b", "a//b", "a/+/b", "$SYS/#", "+/#", "v1.2/#", "x y/+", "*",
+        ">", "=", "é/+", "/#", "a/b/#",
+    ];
+    let topics = [
+        "a", "a/b", "a//b", "a/x/b", "$SYS/up", "$x", "v1.2/q", "v1/2/q", "x y/z", "*", ">", "=",
+        "é/1", "/", "/a", "a/b/c", "b",
+    ];
+    let url = nats.urls[0].clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let received = runtime.block_on(async move {
+        let client = async_nats::connect(url)
+            .await
+            .expect("connect to nats-server");
+        let (found, mut got) = tokio::sync::mpsc::unbounded_channel();
+        for (i, filter) in filters.iter().enumerate() {
+            for subject in filter_subjects(filter) {
+                let mut subscriber = client.subscribe(subject).await.unwrap();
+                let found = found.clone();
+                tokio::spawn(async move {
+                    while let Some(m) = subscriber.next().await {
+                        let _ = found.send((i, m.subject.to_string()));
+                    }
+                });
+            }
+        }
+        client.flush().await.unwrap();
+        for topic in topics {
+            client
+                .publish(topic_subject(topic), "x".into())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        let mut received = std::collections::BTreeSet::new();
+        while let Ok(Some((i, subject))) =
+            tokio::time::timeout(Duration::from_millis(500), got.recv()).await
+        {
+            received.insert((i, subject));
+        }
+        received
+    });
+    let expected: std::collections::BTreeSet<(usize, String)> = filters
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| {
+            topics
+                .iter()
+                .filter(move |t| filter_matches(f, t))
+                .map(move |t| (i, topic_subject(t)))
+        })
+        .collect();
+    assert_eq!(received, expected);
+    assert!(expected.len() > 20, "the sample has matches");
+}
