@@ -4,10 +4,12 @@
 //! file (`--config`) and command-line flags, later ones overriding earlier ones.
 
 pub mod bridge;
+pub mod cluster;
 pub mod listener;
 pub mod reload;
 
 pub use bridge::{BridgeConfig, BridgeTls, BridgeVersion, Direction, TopicRule};
+pub use cluster::ClusterConfig;
 pub use listener::{Listener, ListenerConfig, Protocol, TlsSettings};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -62,6 +64,10 @@ pub struct Config {
     /// reload compares bridges whole (`reload::changes`).
     #[serde(skip_serializing)]
     pub bridge: Vec<BridgeConfig>,
+    /// Cluster over NATS (`[cluster]`); off without `nats`. Not serialized: a reload
+    /// compares it whole (`reload::changes`).
+    #[serde(skip_serializing)]
+    pub cluster: ClusterConfig,
 }
 
 /// Bounds on what one client may ask of the broker.
@@ -186,6 +192,7 @@ impl Default for Config {
             backpressure: Backpressure::default(),
             sys_interval_secs: 10,
             bridge: Vec::new(),
+            cluster: ClusterConfig::default(),
         }
     }
 }
@@ -252,6 +259,9 @@ impl Config {
                 "`shards` must be at most {SHARDS_MAX} (got {})",
                 self.shards
             ));
+        }
+        if let Err(e) = self.cluster.validate() {
+            return bad(&e);
         }
         let l = &self.limits;
         if l.packet_size_max < 64 || l.packet_size_max > 268_435_460 {

@@ -2,6 +2,7 @@
 //!
 //! Crate map, one line per module:
 //! - `protocol`: sans-IO packets, codec and topics (no sockets, no glommio, no clocks).
+//! - `cluster`: several nodes sharing one topic space over NATS (the NATS thread, subjects).
 //! - `config`: typed configuration and limits, validated at start-up.
 //! - `host`: start-up checks of io_uring, RLIMIT_MEMLOCK and the listen ports.
 //! - `server`: starts one pinned glommio executor per shard and stops them.
@@ -16,6 +17,7 @@
 //! - `bridge`: connections to other MQTT brokers (`[[bridge]]`), carrying messages both ways.
 
 pub mod bridge;
+pub mod cluster;
 pub mod config;
 pub mod host;
 pub mod mesh;

@@ -2,6 +2,7 @@
 //! shard, join them into a mesh, and shut them down in order.
 
 use crate::bridge;
+use crate::cluster::{self, Inbound, Uplink};
 use crate::config::reload::LiveLimits;
 use crate::config::{Config, Limits, Protocol, SHARDS_MAX};
 use crate::host;
@@ -62,21 +63,19 @@ impl Server {
         let certificates = endpoints.iter().filter_map(|e| e.tls.clone()).collect();
         let bridges = bridge::prepare(&config.bridge)?;
         let cpus = cpu_list(config)?;
-        let shards = if config.shards == 0 {
-            cpus.len()
-        } else {
-            config.shards
-        };
-        if shards > SHARDS_MAX {
-            return Err(format!(
-                "{shards} CPUs would make {shards} shards, more than the {SHARDS_MAX} a broker runs; pass --shards or --cpus"
-            ));
-        }
+        let shards = shard_count(config, &cpus)?;
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(AtomicUsize::new(0));
         let board = Arc::new(Board::new(shards));
         let live = Arc::new(LiveLimits::new(config.limits.clone()));
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
+        let (uplink, mut inbound) = match config.cluster.is_enabled() {
+            true => {
+                let (uplink, inbound) = cluster::start(&config.cluster, shards)?;
+                (Some(uplink), inbound.into_iter().map(Some).collect())
+            }
+            false => (None, Vec::new()),
+        };
         let mut handles = Vec::new();
         for id in 0..shards {
             let ctx = ShardStart {
@@ -96,6 +95,8 @@ impl Server {
                 live: live.clone(),
                 // Bridges run on shard 0.
                 bridges: if id == 0 { bridges.clone() } else { Vec::new() },
+                uplink: uplink.clone(),
+                inbound: inbound.get_mut(id).and_then(Option::take),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -225,6 +226,9 @@ struct ShardStart {
     security: Arc<Shared>,
     live: Arc<LiveLimits>,
     bridges: Vec<bridge::Prepared>,
+    /// On a cluster node: the way to the NATS thread, and what it hands this shard.
+    uplink: Option<Uplink>,
+    inbound: Option<tokio::sync::mpsc::Receiver<Inbound>>,
 }
 
 /// The life of one shard.
@@ -244,8 +248,12 @@ async fn run_shard(mut ctx: ShardStart) {
             ctx.open.clone(),
             pressure,
         )
-        .following(ctx.live.clone()),
+        .following(ctx.live.clone())
+        .with_cluster(ctx.uplink.take()),
     );
+    if let Some(inbound) = ctx.inbound.take() {
+        glommio::spawn_local(from_cluster(shard.clone(), inbound)).detach();
+    }
     let gate = Rc::new(Gate::new(
         std::mem::take(&mut ctx.endpoints),
         ctx.security.clone(),
@@ -278,6 +286,21 @@ async fn run_shard(mut ctx: ShardStart) {
     drop(sys);
     drop(bridges);
     shut_down(&shard).await;
+}
+
+/// How many shards to run: `shards`, or one per CPU in the list.
+fn shard_count(config: &Config, cpus: &[usize]) -> Result<usize, String> {
+    let shards = if config.shards == 0 {
+        cpus.len()
+    } else {
+        config.shards
+    };
+    if shards > SHARDS_MAX {
+        return Err(format!(
+            "{shards} CPUs would make {shards} shards, more than the {SHARDS_MAX} a broker runs; pass --shards or --cpus"
+        ));
+    }
+    Ok(shards)
 }
 
 /// This shard's ends of the mesh: the mesh, the receivers of the rings from other shards
@@ -361,5 +384,18 @@ async fn dispatch(shard: &Rc<Shard>, gate: &Rc<Gate>, msg: MeshMsg) {
             glommio::spawn_local(serve).detach();
         }
         msg => shard.on_message(msg).await,
+    }
+}
+
+/// Hands what the NATS thread receives for this shard to the shard, in order.
+async fn from_cluster(shard: Rc<Shard>, mut inbound: tokio::sync::mpsc::Receiver<Inbound>) {
+    let mut handled = 0u32;
+    while let Some(message) = inbound.recv().await {
+        shard.on_cluster(message).await;
+        // Bounded work per loop turn, as for a ring from another shard.
+        handled += 1;
+        if handled % RING_MESSAGES_PER_TURN == 0 {
+            futures_lite::future::yield_now().await;
+        }
     }
 }

@@ -45,6 +45,10 @@ pub struct Options {
     /// Broker port.
     #[arg(long, default_value_t = 1883)]
     pub port: u16,
+    /// Port the publishers connect to instead of --port (same host): publishers on one
+    /// cluster node, subscribers on another.
+    #[arg(long, value_name = "PORT")]
+    pub publish_port: Option<u16>,
     /// MQTT version: 3 (3.1.1) or 5.
     #[arg(long = "mqtt-version", default_value_t = 3, value_parser = clap::value_parser!(u8).range(3..=5))]
     pub mqtt_version: u8,

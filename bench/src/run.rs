@@ -220,6 +220,11 @@ async fn run_thread(
             glommio::spawn_local(client::subscriber(shared.clone(), spec, histogram.clone()))
         })
         .collect();
+    // Publishers may use another node of a cluster (--publish-port).
+    let mut publish_to = broker.clone();
+    if let Some(port) = opts.publish_port {
+        publish_to.addr.set_port(port);
+    }
     let pubs: Vec<_> = share
         .publishers
         .into_iter()
@@ -227,7 +232,7 @@ async fn run_thread(
             let id = format!("rcb{pid}-p{}", spec.index);
             glommio::spawn_local(client::publisher(
                 shared.clone(),
-                broker.clone(),
+                publish_to.clone(),
                 version,
                 spec,
                 subscribers,

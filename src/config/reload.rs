@@ -55,6 +55,9 @@ pub fn changes(old: &Config, new: &Config) -> Changes {
     if old.bridge != new.bridge {
         out.need_restart.push("bridge: changed".to_string());
     }
+    if old.cluster != new.cluster {
+        out.need_restart.push("cluster: changed".to_string());
+    }
     out
 }
 

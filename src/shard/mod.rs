@@ -7,6 +7,7 @@
 //! Module map, one line per submodule:
 //! - `message`: `Message`, a PUBLISH as the broker routes it.
 //! - `msg`: `MeshMsg`, everything one shard can tell another, one struct per message.
+//! - `cluster`: what the shard tells the NATS thread and takes from it (`crate::cluster`).
 //! - `routing`: a publish to local subscribers, interested shards and retained replicas.
 //! - `shared`: shared subscriptions (`$share/group/filter`): groups, one member per message.
 //! - `subscriptions`: subscribe, unsubscribe, and the interest other shards are told of.
@@ -28,6 +29,7 @@
 //! - `sys`: the `$SYS` topics.
 
 pub mod backpressure;
+pub mod cluster;
 pub mod cursor;
 pub mod encoder;
 mod feeder;
@@ -142,6 +144,8 @@ pub struct Shard {
     live: Option<Arc<LiveLimits>>,
     connection_limits: RefCell<Arc<Limits>>,
     live_seen: Cell<u64>,
+    /// The way to the NATS thread on a cluster node (`cluster`).
+    cluster: Option<crate::cluster::Uplink>,
 }
 
 impl Shard {
@@ -168,6 +172,7 @@ impl Shard {
             routes: RefCell::default(),
             claims: RefCell::default(),
             open_connections,
+            cluster: None,
         }
     }
 
@@ -189,6 +194,12 @@ impl Shard {
             self.live_seen.set(seen);
         }
         self.connection_limits.borrow().clone()
+    }
+
+    /// The shard of a cluster node: it tells the NATS thread through `uplink`.
+    pub fn with_cluster(mut self, uplink: Option<crate::cluster::Uplink>) -> Shard {
+        self.cluster = uplink;
+        self
     }
 
     /// Whether more connections are open than `limits.connections_max` allows.

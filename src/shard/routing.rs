@@ -35,7 +35,10 @@ impl Shard {
     /// subscribes, or gives the message back untouched. The common case of a fan-out or a
     /// pair then costs no async state machine.
     pub fn publish_now(&self, message: Message) -> Result<bool, Message> {
-        if self.pressure.must_wait() || (message.publish.retain && self.shards > 1) {
+        if self.pressure.must_wait()
+            || (message.publish.retain && self.shards > 1)
+            || self.cluster.is_some()
+        {
             return Err(message);
         }
         let mut st = self.state.borrow_mut();
@@ -100,11 +103,20 @@ impl Shard {
         for (to, msg) in to_members {
             self.mesh.send(to, msg).await;
         }
+        let cluster_ack = self
+            .to_cluster(&message, stored.as_ref(), wait_for_replicas)
+            .await;
         drop(route); // everything is on its way; what follows only waits
         if let Some(request) = retain_ack {
             self.requests.wait(request).await;
         }
-        local || interested != 0
+        if let Some(answer) = cluster_ack {
+            // The NATS thread answers once its server has the message; it stops only at
+            // shutdown, when no PUBACK matters any more.
+            let _ = answer.await;
+        }
+        // On a cluster node other nodes may subscribe: a PUBACK cannot say that nobody does.
+        local || interested != 0 || self.cluster.is_some()
     }
 
     /// Delivers to this shard's subscribers: one copy per session at the highest QoS among

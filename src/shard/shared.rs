@@ -79,7 +79,8 @@ impl Shard {
     /// members of this shard and returns the messages for members elsewhere.
     pub(super) fn deliver_shared(&self, st: &mut State, message: &Message) -> (bool, Vec<Remote>) {
         // Most brokers have no shared subscription: no need to split the topic once more.
-        if st.group_trie.is_empty() {
+        // On a cluster node NATS picks the member node (a queue group; `shard::cluster`).
+        if st.group_trie.is_empty() || self.cluster.is_some() {
             return (false, Vec::new());
         }
         let mut shares = Vec::new();
@@ -98,7 +99,7 @@ impl Shard {
     /// Hands a message of shared subscription `share` to its next member: delivered here
     /// when the member is local, else returned as the message to send (None when the group
     /// has no member left or the message was passed on too often).
-    fn dispatch_shared(
+    pub(super) fn dispatch_shared(
         &self,
         st: &mut State,
         share: String,

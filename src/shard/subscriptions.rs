@@ -63,6 +63,7 @@ impl Shard {
 
     /// `announce` without settling.
     async fn announce_filters(&self, key: SessionKey, filters: Vec<String>) {
+        self.cluster_subscribe(&filters).await;
         if self.shards == 1 || filters.is_empty() {
             return;
         }
@@ -95,6 +96,7 @@ impl Shard {
     /// Tells every other shard that this shard no longer subscribes to `filters`, and that
     /// session `key` left the shared subscriptions among them.
     pub fn withdraw(&self, key: SessionKey, filters: Vec<String>) {
+        self.cluster_unsubscribe(&filters);
         let from = self.id();
         for filter in filters {
             for to in (0..self.shards).filter(|&s| s != from) {

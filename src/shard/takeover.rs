@@ -60,6 +60,7 @@ impl Shard {
         };
         self.mesh.send(home, MeshMsg::Claim(claim)).await;
         let answer = self.requests.wait(request).await;
+        self.cluster_claim(client_id).await;
         let newer = self.claims.borrow_mut().remove(&token).flatten();
         if let Some(newer) = newer {
             self.hand_on(newer, answer).await;

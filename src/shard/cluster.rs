@@ -1,0 +1,145 @@
+//! The shard's side of the cluster (`crate::cluster`): what it tells the NATS thread (local
+//! publishes, retained changes, filters gained and lost) and what it takes from it (messages
+//! and retained changes of other nodes). Every hook is a no-op on a broker without `[cluster]`.
+
+use super::message::Message;
+use super::msg::{MeshMsg, Retain};
+use super::Shard;
+use crate::cluster::{Command, Inbound};
+use crate::protocol::{Publish, QoS, ReasonCode};
+use std::sync::Arc;
+use tokio::sync::oneshot;
+
+/// `Message::origin` of a message that came from another node: no connection of this node
+/// has it, so No Local never drops it, and it is never sent back to NATS.
+pub const CLUSTER_ORIGIN: u64 = u64::MAX;
+
+/// Longest a CONNACK waits for the client id's claim to be written in the cluster's bucket.
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Shard {
+    /// Hands a message of a local client to the other nodes, and its retained change to the
+    /// cluster's bucket. Returns, for a QoS 1/2 message of a client (`is_acked`), what to
+    /// await before the PUBACK: NATS has received it.
+    pub(super) async fn to_cluster(
+        &self,
+        message: &Message,
+        stored: Option<&Message>,
+        is_acked: bool,
+    ) -> Option<oneshot::Receiver<bool>> {
+        let uplink = self.cluster.as_ref()?;
+        // `$SYS` describes this node alone: every node publishes its own under the same names.
+        if message.origin == CLUSTER_ORIGIN || message.publish.topic.as_str().starts_with("$SYS") {
+            return None;
+        }
+        if message.publish.retain {
+            let topic = message.publish.topic.as_str().to_string();
+            let publish = stored
+                .map(|s| s.publish.clone())
+                .filter(|p| !p.payload.is_empty());
+            uplink.send(Command::Retain { topic, publish }).await;
+        }
+        let (done, answer) = if is_acked && message.publish.qos != QoS::AtMostOnce {
+            let (done, answer) = oneshot::channel();
+            (Some(done), Some(answer))
+        } else {
+            (None, None)
+        };
+        let publish = message.publish.clone();
+        uplink.send(Command::Publish { publish, done }).await;
+        answer
+    }
+
+    /// Tells the NATS thread about filters this shard subscribes to for the first time, and
+    /// waits until this node's NATS server has them.
+    pub(super) async fn cluster_subscribe(&self, filters: &[String]) {
+        let (Some(uplink), false) = (&self.cluster, filters.is_empty()) else {
+            return;
+        };
+        let filters = filters.to_vec();
+        let (done, answer) = oneshot::channel();
+        uplink.send(Command::Subscribe { filters, done }).await;
+        let _ = answer.await;
+    }
+
+    /// Tells the NATS thread about filters this shard no longer subscribes to.
+    pub(super) fn cluster_unsubscribe(&self, filters: &[String]) {
+        if let (Some(uplink), false) = (&self.cluster, filters.is_empty()) {
+            let filters = filters.to_vec();
+            uplink.post(Command::Unsubscribe { filters });
+        }
+    }
+
+    /// Takes what the NATS thread hands this shard.
+    pub async fn on_cluster(&self, inbound: Inbound) {
+        match inbound {
+            Inbound::Publish(publish) => {
+                // A full shard stops taking from NATS, so the NATS thread waits in turn.
+                self.wait_for_ring_room().await;
+                self.route(remote(publish)).await;
+            }
+            Inbound::Evict { client_id } => self.evict_remote(&client_id),
+            Inbound::Share { share, publish } => {
+                self.wait_for_ring_room().await;
+                let next =
+                    self.dispatch_shared(&mut self.state.borrow_mut(), share, remote(publish), 0);
+                if let Some((to, msg)) = next {
+                    self.mesh.send(to, msg).await;
+                }
+            }
+            Inbound::Retain { topic, publish } => {
+                let publish = publish.map(remote);
+                for to in (0..self.shards).filter(|&s| s != self.id()) {
+                    let (topic, publish) = (topic.clone(), publish.clone());
+                    let retain = Retain {
+                        topic,
+                        publish,
+                        ack: None,
+                    };
+                    self.mesh.send(to, MeshMsg::Retain(retain)).await;
+                }
+                self.state.borrow_mut().retained.set(&topic, publish);
+            }
+        }
+    }
+}
+
+impl Shard {
+    /// Tells the other nodes that `client_id` connected here, so they close theirs.
+    /// Waits until the claim is written, so that of two connections with one client id on
+    /// two nodes, the one with the later CONNACK stays.
+    pub(super) async fn cluster_claim(&self, client_id: &str) {
+        if let Some(uplink) = &self.cluster {
+            let client_id = client_id.to_string();
+            let (done, answer) = oneshot::channel();
+            uplink.send(Command::Claim { client_id, done }).await;
+            // A connection does not wait long for an unavailable JetStream (a node that just
+            // started, a NATS cluster without quorum): takeover then follows when it comes.
+            let _ = glommio::timer::timeout(CLAIM_WAIT, async {
+                let _ = answer.await;
+                Ok(())
+            })
+            .await;
+        }
+    }
+
+    /// Another node accepted a connection with `client_id`: closes this shard's connection
+    /// with it, if any, with 0x8E Session taken over; its session ends as on any close.
+    fn evict_remote(&self, client_id: &str) {
+        let mut st = self.state.borrow_mut();
+        let st = &mut *st;
+        let key = st.by_client.get(client_id).copied();
+        if let Some(session) = key.and_then(|key| st.sessions.get_mut(&key)) {
+            session.close_connection(ReasonCode::SESSION_TAKEN_OVER, &mut st.enc);
+        }
+    }
+}
+
+/// A message of another node as this node routes it.
+fn remote(publish: Publish) -> Message {
+    Message {
+        publish: Arc::new(publish),
+        origin: CLUSTER_ORIGIN,
+        expires_at: None,
+    }
+}

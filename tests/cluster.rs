@@ -1,0 +1,490 @@
+//! Several ringcast nodes on a local 3-server NATS cluster (nats-server with JetStream), every
+//! process started and stopped by the test, on loopback ports the OS picked.
+
+mod common;
+
+use common::*;
+use ringcast::protocol::{Packet, QoS, ReasonCode, Version};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a test waits for the NATS cluster or a node to come up, or for a route to form.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// One test at a time: each starts three nats-servers and two or three nodes, which on a
+/// small machine would starve each other's timeouts if the test harness ran them together.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// A child process killed (SIGKILL) and reaped when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = wait_exit(&mut self.0, Duration::from_secs(10));
+    }
+}
+
+/// A port the OS had free a moment ago (nats-server's routes need ports named in advance).
+fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    listener.local_addr().unwrap().port()
+}
+
+/// Waits until something accepts on `port`.
+fn wait_listening(port: u16) {
+    let deadline = Instant::now() + SETTLE;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A 3-server NATS cluster with JetStream.
+struct Nats {
+    servers: Vec<Option<Proc>>,
+    urls: Vec<String>,
+    dir: PathBuf,
+}
+
+impl Nats {
+    /// None (after `tool_missing`) when nats-server is not installed.
+    fn start() -> Option<Nats> {
+        let binary = ["/usr/bin/nats-server", "/usr/sbin/nats-server"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists());
+        let Some(binary) = binary else {
+            tool_missing("nats-server is not installed (apt-get install nats-server)");
+            return None;
+        };
+        let dir = std::env::temp_dir().join(format!(
+            "ringcast-nats-{}-{}",
+            std::process::id(),
+            free_port()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let clients: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let routes: Vec<u16> = (0..3).map(|_| free_port()).collect();
+        let route_list = routes
+            .iter()
+            .map(|p| format!("\"nats-route://127.0.0.1:{p}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut servers = Vec::new();
+        for i in 0..3 {
+            let conf = format!(
+                "server_name: s{i}\nlisten: \"127.0.0.1:{}\"\njetstream {{ store_dir: \"{}\" }}\n\
+                 cluster {{ name: rc, listen: \"127.0.0.1:{}\", routes: [{route_list}] }}\n",
+                clients[i],
+                dir.join(format!("s{i}")).display(),
+                routes[i]
+            );
+            let path = dir.join(format!("s{i}.conf"));
+            std::fs::write(&path, conf).unwrap();
+            let child = Command::new(binary)
+                .arg("-c")
+                .arg(&path)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start nats-server");
+            servers.push(Some(Proc(child)));
+        }
+        clients.iter().for_each(|&p| wait_listening(p));
+        let urls = clients
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        Some(Nats { servers, urls, dir })
+    }
+
+    /// Kills server `i` with SIGKILL.
+    fn kill(&mut self, i: usize) {
+        self.servers[i] = None;
+    }
+}
+
+impl Drop for Nats {
+    fn drop(&mut self) {
+        self.servers.clear();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A ringcast node in its own process (so it can be killed with SIGKILL).
+struct Node {
+    proc: Option<Proc>,
+    addr: SocketAddr,
+}
+
+impl Node {
+    /// Starts node `name` with 2 shards, its NATS servers listed from `first` on.
+    fn start(nats: &Nats, name: &str, first: usize) -> Node {
+        let urls: Vec<String> = (0..3)
+            .map(|i| format!("{:?}", nats.urls[(first + i) % 3]))
+            .collect();
+        let conf = format!(
+            "[cluster]\nnats = [{}]\nnode = \"{name}\"\nkv_replicas = 3\n",
+            urls.join(", ")
+        );
+        let path = nats.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, conf).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--shards",
+                "2",
+                "--log-level",
+                "info",
+            ])
+            .arg("--config")
+            .arg(&path)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start ringcast");
+        let stdout = child.stdout.take().unwrap();
+        let addr = ready_addr(stdout).expect("node listens and joins the cluster");
+        Node {
+            proc: Some(Proc(child)),
+            addr,
+        }
+    }
+
+    /// Kills the node with SIGKILL.
+    fn kill(&mut self) {
+        self.proc = None;
+    }
+}
+
+/// The address a node reports in its "ringcast listening on ADDR" line, once it also reported
+/// that it joined the cluster (its buckets are open); None after `SETTLE`. The rest of its
+/// output is read and dropped, so the pipe never fills.
+fn ready_addr(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
+    use std::io::BufRead;
+    let (found, addr) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut listening = None;
+        let mut found = Some(found);
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Some((_, rest)) = line.split_once("ringcast listening on ") {
+                let end = rest
+                    .find(|c: char| c.is_whitespace() || c == '\x1b')
+                    .unwrap_or(rest.len());
+                listening = rest[..end].parse::<SocketAddr>().ok();
+            }
+            if line.contains("buckets open") {
+                if let (Some(found), Some(addr)) = (found.take(), listening) {
+                    let _ = found.send(addr);
+                }
+            }
+        }
+    });
+    addr.recv_timeout(SETTLE).ok()
+}
+
+/// Publishes probes on `topic` from `publisher` until each of `subscribers` got one (NATS
+/// spreads a new subscription's interest between its servers a moment after the SUBACK),
+/// then drains the probes still on their way.
+fn wait_for_route(publisher: &mut Raw, subscribers: &mut [&mut Raw], topic: &str) {
+    let deadline = Instant::now() + SETTLE;
+    let mut reached = vec![false; subscribers.len()];
+    while reached.contains(&false) {
+        assert!(
+            Instant::now() < deadline,
+            "no route from publisher to subscribers on {topic}"
+        );
+        publisher.publish(topic, b"probe", QoS::AtLeastOnce, false);
+        for (i, subscriber) in subscribers.iter_mut().enumerate() {
+            if let Ok(Packet::Publish(p)) = subscriber.recv_within(Duration::from_millis(100)) {
+                subscriber.ack(&p);
+                reached[i] = true;
+            }
+        }
+    }
+    for subscriber in subscribers.iter_mut() {
+        while let Ok(Packet::Publish(p)) = subscriber.recv_within(QUIET) {
+            subscriber.ack(&p);
+        }
+    }
+}
+
+/// The payloads of the next `n` PUBLISHes.
+fn receive(subscriber: &mut Raw, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| String::from_utf8_lossy(&subscriber.recv_publish().payload).into_owned())
+        .collect()
+}
+
+fn numbered(n: usize) -> Vec<String> {
+    (0..n).map(|i| format!("m{i}")).collect()
+}
+
+#[test]
+fn fan_out_across_nodes_reaches_every_subscriber_once_in_order() {
+    let _serial = serial();
+    let Some(nats) = Nats::start() else { return };
+    let a = Node::start(&nats, "a", 0);
+    let b = Node::start(&nats, "b", 1);
+    let mut subs: Vec<Raw> = (0..3)
+        .map(|i| Raw::connect(b.addr, &format!("sub{i}")))
+        .collect();
+    for sub in &mut subs {
+        assert_eq!(sub.subscribe("fan/x", QoS::AtLeastOnce), [ReasonCode(0x01)]);
+    }
+    let mut publisher = Raw::connect(a.addr, "pub");
+    wait_for_route(
+        &mut publisher,
+        &mut subs.iter_mut().collect::<Vec<_>>(),
+        "fan/x",
+    );
+    for m in numbered(100) {
+        publisher.publish("fan/x", m.as_bytes(), QoS::AtLeastOnce, false);
+    }
+    for sub in &mut subs {
+        assert_eq!(receive(sub, 100), numbered(100));
+        sub.expect_nothing();
+    }
+}
+
+#[test]
+fn wildcards_across_three_nodes_and_overlapping_filters_deliver_once() {
+    let _serial = serial();
+    let Some(nats) = Nats::start() else { return };
+    let a = Node::start(&nats, "a", 0);
+    let b = Node::start(&nats, "b", 1);
+    let c = Node::start(&nats, "c", 2);
+    let mut both = Raw::connect(b.addr, "both");
+    both.subscribe("w/+/t", QoS::AtLeastOnce);
+    both.subscribe("w/#", QoS::AtLeastOnce);
+    let mut hash = Raw::connect(c.addr, "hash");
+    hash.subscribe("w/#", QoS::AtLeastOnce);
+    let mut publisher = Raw::connect(a.addr, "pub");
+    wait_for_route(&mut publisher, &mut [&mut both, &mut hash], "w/0/t");
+    for i in 0..20 {
+        publisher.publish(
+            &format!("w/{i}/t"),
+            format!("m{i}").as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+        );
+    }
+    publisher.publish("w", b"parent", QoS::AtLeastOnce, false);
+    let mut expected = numbered(20);
+    expected.push("parent".into());
+    expected.sort();
+    // Order holds per topic; these are 21 topics, taken in by the shards in parallel.
+    for subscriber in [&mut both, &mut hash] {
+        let mut got = receive(subscriber, 21);
+        got.sort();
+        assert_eq!(got, expected, "each message exactly once");
+        subscriber.expect_nothing();
+    }
+}
+
+#[test]
+fn retained_message_of_one_node_is_sent_to_a_new_subscriber_on_another() {
+    let _serial = serial();
+    let Some(nats) = Nats::start() else { return };
+    let a = Node::start(&nats, "a", 0);
+    let b = Node::start(&nats, "b", 1);
+    let mut publisher = Raw::connect(a.addr, "pub");
+    publisher.publish("state/lamp", b"on", QoS::AtLeastOnce, true);
+    // The bucket's change reaches node b's replica a moment after the PUBACK.
+    let deadline = Instant::now() + SETTLE;
+    let mut attempt = 0;
+    let retained = loop {
+        attempt += 1;
+        let mut sub = Raw::connect(b.addr, &format!("sub{attempt}"));
+        sub.subscribe("state/#", QoS::AtLeastOnce);
+        if let Ok(Packet::Publish(p)) = sub.recv_within(Duration::from_millis(300)) {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node b never got the retained message"
+        );
+    };
+    assert_eq!(retained.topic.as_str(), "state/lamp");
+    assert_eq!(&retained.payload[..], b"on");
+    assert!(retained.retain);
+}
+
+#[test]
+fn killed_node_and_killed_nats_server_leave_the_others_delivering() {
+    let _serial = serial();
+    let Some(mut nats) = Nats::start() else {
+        return;
+    };
+    let a = Node::start(&nats, "a", 0);
+    let b = Node::start(&nats, "b", 1);
+    let mut c = Node::start(&nats, "c", 2);
+    let mut on_b = Raw::connect(b.addr, "on-b");
+    on_b.subscribe("k/t", QoS::AtLeastOnce);
+    let mut on_c = Raw::connect(c.addr, "on-c");
+    on_c.subscribe("k/t", QoS::AtLeastOnce);
+    let mut publisher = Raw::connect(a.addr, "pub");
+    wait_for_route(&mut publisher, &mut [&mut on_b, &mut on_c], "k/t");
+    c.kill();
+    on_c.expect_closed();
+    // The client of the dead node comes back on a surviving one.
+    let mut moved = Raw::connect(b.addr, "on-c");
+    moved.subscribe("k/t", QoS::AtLeastOnce);
+    for m in numbered(50) {
+        publisher.publish("k/t", m.as_bytes(), QoS::AtLeastOnce, false);
+    }
+    assert_eq!(receive(&mut on_b, 50), numbered(50));
+    assert_eq!(receive(&mut moved, 50), numbered(50));
+    // Node a's first NATS server dies: its client moves to another, traffic goes on, and
+    // every message acknowledged from now on arrives.
+    nats.kill(0);
+    let second: Vec<String> = (50..100).map(|i| format!("m{i}")).collect();
+    for m in &second {
+        publisher.publish("k/t", m.as_bytes(), QoS::AtLeastOnce, false);
+    }
+    let got = receive(&mut on_b, 50);
+    assert_eq!(got, second);
+    drop(a);
+}
+
+#[test]
+fn client_id_connecting_to_a_second_node_takes_over_from_the_first() {
+    let _serial = serial();
+    let Some(nats) = Nats::start() else { return };
+    let a = Node::start(&nats, "a", 0);
+    let b = Node::start(&nats, "b", 1);
+    let (mut first, _) = Raw::connect_with(a.addr, connect_packet("dev-1", Version::V5, true));
+    let (mut second, _) = Raw::connect_with(b.addr, connect_packet("dev-1", Version::V5, true));
+    let closing = first.expect_closed();
+    assert!(
+        closing.iter().any(
+            |p| matches!(p, Packet::Disconnect(d) if d.reason == ReasonCode::SESSION_TAKEN_OVER)
+        ),
+        "the first connection gets DISCONNECT 0x8E, got {closing:?}"
+    );
+    // The second connection stays.
+    second.send(&Packet::PingReq);
+    assert!(matches!(second.recv(), Packet::PingResp));
+}
+
+#[test]
+fn shared_subscription_spreads_over_nodes_one_member_per_message() {
+    let _serial = serial();
+    let Some(nats) = Nats::start() else { return };
+    let a = Node::start(&nats, "a", 0);
+    let b = Node::start(&nats, "b", 1);
+    let mut on_a = Raw::connect(a.addr, "member-a");
+    on_a.subscribe("$share/g/job", QoS::AtLeastOnce);
+    let mut on_b = Raw::connect(b.addr, "member-b");
+    on_b.subscribe("$share/g/job", QoS::AtLeastOnce);
+    let mut watcher = Raw::connect(b.addr, "watcher");
+    watcher.subscribe("job", QoS::AtLeastOnce);
+    let mut publisher = Raw::connect(a.addr, "pub");
+    wait_for_route(&mut publisher, &mut [&mut watcher], "job");
+    // The probes went to the group too: drain both members.
+    for member in [&mut on_a, &mut on_b] {
+        while let Ok(Packet::Publish(p)) = member.recv_within(QUIET) {
+            member.ack(&p);
+        }
+    }
+    let n = 200;
+    for m in numbered(n) {
+        publisher.publish("job", m.as_bytes(), QoS::AtLeastOnce, false);
+    }
+    assert_eq!(receive(&mut watcher, n), numbered(n));
+    let mut got = Vec::new();
+    for member in [&mut on_a, &mut on_b] {
+        let mut mine = Vec::new();
+        while let Ok(Packet::Publish(p)) = member.recv_within(QUIET) {
+            member.ack(&p);
+            mine.push(String::from_utf8_lossy(&p.payload).into_owned());
+        }
+        assert!(!mine.is_empty(), "each node's member gets a share");
+        got.extend(mine);
+    }
+    got.sort();
+    let mut expected = numbered(n);
+    expected.sort();
+    assert_eq!(got, expected, "every message reaches exactly one member");
+}
+
+/// The subject mapping against a real nats-server: for a sample of filters and topics (the
+/// awkward levels of the property test), a mapped filter receives a mapped topic exactly when
+/// the MQTT filter matches the MQTT topic.
+#[test]
+fn subject_mapping_matches_like_a_real_nats_server() {
+    use futures_lite::StreamExt;
+    use ringcast::cluster::subject::{filter_subjects, topic_subject};
+    use ringcast::protocol::topic::filter_matches;
+    let _serial = serial();
+    let Some(nats) = Nats::start() else {
+        return;
+    };
+    let filters = [
+        "#", "+", "a/#", "a/+", "+/b", "a//b", "a/+/b", "$SYS/#", "+/#", "v1.2/#", "x y/+", "*",
+        ">", "=", "é/+", "/#", "a/b/#",
+    ];
+    let topics = [
+        "a", "a/b", "a//b", "a/x/b", "$SYS/up", "$x", "v1.2/q", "v1/2/q", "x y/z", "*", ">", "=",
+        "é/1", "/", "/a", "a/b/c", "b",
+    ];
+    let url = nats.urls[0].clone();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let received = runtime.block_on(async move {
+        let client = async_nats::connect(url)
+            .await
+            .expect("connect to nats-server");
+        let (found, mut got) = tokio::sync::mpsc::unbounded_channel();
+        for (i, filter) in filters.iter().enumerate() {
+            for subject in filter_subjects(filter) {
+                let mut subscriber = client.subscribe(subject).await.unwrap();
+                let found = found.clone();
+                tokio::spawn(async move {
+                    while let Some(m) = subscriber.next().await {
+                        let _ = found.send((i, m.subject.to_string()));
+                    }
+                });
+            }
+        }
+        client.flush().await.unwrap();
+        for topic in topics {
+            client
+                .publish(topic_subject(topic), "x".into())
+                .await
+                .unwrap();
+        }
+        client.flush().await.unwrap();
+        let mut received = std::collections::BTreeSet::new();
+        while let Ok(Some((i, subject))) =
+            tokio::time::timeout(Duration::from_millis(500), got.recv()).await
+        {
+            received.insert((i, subject));
+        }
+        received
+    });
+    let expected: std::collections::BTreeSet<(usize, String)> = filters
+        .iter()
+        .enumerate()
+        .flat_map(|(i, f)| {
+            topics
+                .iter()
+                .filter(move |t| filter_matches(f, t))
+                .map(move |t| (i, topic_subject(t)))
+        })
+        .collect();
+    assert_eq!(received, expected);
+    assert!(expected.len() > 20, "the sample has matches");
+}
