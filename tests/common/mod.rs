@@ -16,7 +16,7 @@ use std::process::{Child, ChildStdout, ExitStatus};
 use std::time::{Duration, Instant};
 
 /// How long a test waits for a packet that should come.
-pub const WAIT: Duration = Duration::from_secs(5);
+pub const WAIT: Duration = Duration::from_secs(10);
 /// How long a test waits to be sure a packet does not come.
 pub const QUIET: Duration = Duration::from_millis(300);
 
