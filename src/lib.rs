@@ -24,3 +24,6 @@ pub mod protocol;
 pub mod security;
 pub mod server;
 pub mod shard;
+// Temporary stand-in until the `store` branch lands (see src/store_tmp.rs).
+#[path = "store_tmp.rs"]
+pub mod store;

@@ -1,7 +1,10 @@
 //! Starting and stopping the broker: bind listeners, start one pinned glommio executor per
 //! shard, join them into a mesh, and shut them down in order.
 
+mod durability;
+
 use crate::config::{Config, SHARDS_MAX};
+use durability::Startup;
 use crate::host;
 use crate::mesh::Mesh;
 use crate::metrics::Board;
@@ -40,6 +43,8 @@ pub struct Server {
     certificates: Vec<Arc<Certificates>>,
     stop: Arc<AtomicBool>,
     handles: Vec<ExecutorJoinHandle<()>>,
+    /// Holds the data directory's lock while the broker runs.
+    _startup: Option<Arc<Startup>>,
 }
 
 impl Server {
@@ -70,6 +75,11 @@ impl Server {
         let open = Arc::new(AtomicUsize::new(0));
         let board = Arc::new(Board::new(shards));
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
+        let startup = match config.persistence.enabled {
+            true => Some(Arc::new(Startup::new(&config.persistence, shards)?)),
+            false => None,
+        };
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         let mut handles = Vec::new();
         for id in 0..shards {
             let ctx = ShardStart {
@@ -86,6 +96,8 @@ impl Server {
                 board: board.clone(),
                 endpoints: endpoints.clone(),
                 security: security.clone(),
+                startup: startup.clone(),
+                ready: ready_tx.clone(),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -94,12 +106,23 @@ impl Server {
                 .map_err(|e| format!("cannot start shard {id}: {e}"))?;
             handles.push(handle);
         }
+        // Connections are answered only once every shard has replayed its store.
+        let all_ready = (0..shards).all(|_| ready.recv().unwrap_or(false));
+        if !all_ready {
+            stop.store(true, Ordering::SeqCst);
+            for handle in handles {
+                let _ = handle.join();
+            }
+            let why = startup.and_then(|s| s.error());
+            return Err(why.unwrap_or_else(|| "a shard failed to start".to_string()));
+        }
         Ok(Server {
             addrs,
             security,
             certificates,
             stop,
             handles,
+            _startup: startup,
         })
     }
 
@@ -200,29 +223,54 @@ struct ShardStart {
     board: Arc<Board>,
     endpoints: Vec<Endpoint>,
     security: Arc<Shared>,
+    /// The stores' start-up, when persistence is on.
+    startup: Option<Arc<Startup>>,
+    /// Told once this shard is ready (false: it cannot start).
+    ready: std::sync::mpsc::Sender<bool>,
 }
 
 /// The life of one shard.
 async fn run_shard(mut ctx: ShardStart) {
     let Some((mesh, receivers, local)) = join_mesh(ctx.mesh.take()).await else {
+        let _ = ctx.ready.send(false);
         return;
+    };
+    let persist = match &ctx.startup {
+        Some(startup) => match startup.open(mesh.id()).await {
+            Some(persist) => Some(Rc::new(persist)),
+            None => {
+                let _ = ctx.ready.send(false);
+                return;
+            }
+        },
+        None => None,
     };
     // Each shard holds its share of the broker-wide ceiling: no cross-core counter to touch.
     let bp = &ctx.config.backpressure;
     let high = (bp.memory_ceiling_bytes / ctx.shards).max(1);
     let pressure = Pressure::new(high, (bp.memory_resume_bytes / ctx.shards).min(high - 1));
-    let shard = Rc::new(Shard::new(
+    let mut shard = Shard::new(
         mesh.clone(),
         ctx.shards,
         ctx.config.limits.clone(),
         ctx.open.clone(),
         pressure,
-    ));
+    );
+    shard.persist = persist;
+    let shard = Rc::new(shard);
     let gate = Rc::new(Gate::new(
         std::mem::take(&mut ctx.endpoints),
         ctx.security.clone(),
     ));
     receive(&shard, &gate, receivers, local);
+    if let Some(startup) = ctx.startup.take() {
+        if !startup.restore(&shard).await {
+            let _ = ctx.ready.send(false);
+            return;
+        }
+        glommio::spawn_local(durability::compact_when_grown(shard.clone())).detach();
+    }
+    let _ = ctx.ready.send(true);
     let sys = (ctx.config.sys_interval_secs > 0).then(|| {
         let interval = Duration::from_secs(ctx.config.sys_interval_secs);
         glommio::spawn_local(crate::shard::sys::run(
@@ -317,6 +365,7 @@ async fn shut_down(shard: &Rc<Shard>) {
     }
     // Let writers flush the DISCONNECTs.
     glommio::timer::sleep(Duration::from_millis(200)).await;
+    durability::close(shard).await;
 }
 
 /// Handles a message from another shard (or from this one): a placed connection gets its

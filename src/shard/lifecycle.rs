@@ -5,7 +5,7 @@ use super::message::Message;
 use super::msg::{MeshMsg, Release};
 use super::subscriptions::remove_session;
 use super::takeover::home_shard;
-use super::{SessionKey, Shard};
+use super::{persist, SessionKey, Shard};
 use crate::protocol::{Publish, ReasonCode, Version, Will};
 use std::rc::Rc;
 use std::time::Duration;
@@ -58,6 +58,7 @@ impl Shard {
             return;
         };
         self.withdraw(key, gone);
+        persist::end(&session);
         let home = home_shard(&session.client_id, self.shards);
         let client_id = std::mem::take(&mut session.client_id);
         self.mesh
@@ -66,7 +67,7 @@ impl Shard {
     }
 
     /// Removes the session of connection `token` after `after`, if it is still offline then.
-    fn expire_after(self: &Rc<Self>, key: SessionKey, token: u64, after: Duration) {
+    pub(super) fn expire_after(self: &Rc<Self>, key: SessionKey, token: u64, after: Duration) {
         let shard = self.clone();
         glommio::spawn_local(async move {
             glommio::timer::sleep(after).await;
@@ -101,6 +102,7 @@ impl Shard {
         self.with_session(key, token, |s, _, _| {
             s.expiry_secs = secs;
             s.is_persistent = secs > 0;
+            persist::note_expiry(s, secs);
         });
     }
 

@@ -35,7 +35,9 @@ pub mod message;
 pub mod msg;
 pub mod outbox;
 pub mod overflow;
+pub mod persist;
 pub mod requests;
+pub mod restore;
 pub mod retained;
 mod routing;
 pub mod session;
@@ -133,6 +135,8 @@ pub struct Shard {
     /// superseded them.
     claims: RefCell<HashMap<u64, Option<Evict>>>,
     open_connections: Arc<AtomicUsize>,
+    /// This shard's journal over its store, when persistence is on.
+    pub persist: Option<Rc<persist::Persist>>,
 }
 
 impl Shard {
@@ -156,6 +160,7 @@ impl Shard {
             routes: RefCell::default(),
             claims: RefCell::default(),
             open_connections,
+            persist: None,
         }
     }
 
@@ -201,6 +206,9 @@ impl Shard {
     pub async fn on_message(self: &Rc<Self>, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish(message) => self.on_publish(message).await,
+            MeshMsg::PublishDurable(message, from, request) => {
+                self.on_publish_durable(message, from, request).await
+            }
             MeshMsg::Retain(retain) => self.on_retain(retain),
             MeshMsg::ShareJoin(join) => self.on_share_join(join),
             MeshMsg::ShareLeave(leave) => self.on_share_leave(leave),

@@ -109,6 +109,9 @@ pub struct Outbox {
     room: RefCell<Option<Waker>>,
     room_mark: Cell<usize>,
     room_notified: Cell<bool>,
+    /// Store position every frame queued so far acknowledges or depends on: the writer sends
+    /// nothing until the shard's store has made it durable (see `shard::persist`); 0: none.
+    hold: Cell<u64>,
 }
 
 impl Default for Outbox {
@@ -149,7 +152,20 @@ impl Outbox {
             room: RefCell::default(),
             room_mark: Cell::new(0),
             room_notified: Cell::new(false),
+            hold: Cell::new(0),
         }
+    }
+
+    /// Frames queued from now on wait until the store position `at` is durable.
+    pub fn hold_until(&self, at: u64) {
+        if at > self.hold.get() {
+            self.hold.set(at);
+        }
+    }
+
+    /// The store position the queued frames wait for (0: none).
+    pub fn held_until(&self) -> u64 {
+        self.hold.get()
     }
 
     /// Queues a frame and wakes the writer.

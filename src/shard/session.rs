@@ -11,6 +11,7 @@ use crate::protocol::connection::server_disconnect;
 use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode, SubscriptionOptions, Version, Will};
 use crate::shard::backpressure::{DropReason, Pressure};
 use crate::shard::outbox::Outbox;
+use crate::shard::persist::{Journal, Record, StoredGrant};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -177,6 +178,32 @@ pub struct SessionState {
     pub cursors: Vec<Cursor>,
 }
 
+/// A session's QoS 1/2 state as its `Open` record holds it (see `Session::stored_state`).
+pub struct StoredState {
+    /// In flight: message id, grant, packet id, whether PUBREC came.
+    pub inflight: Vec<(u64, StoredGrant, u16, bool)>,
+    /// Queued: message id, grant.
+    pub queue: Vec<(u64, StoredGrant)>,
+    /// Inbound QoS 2 ids awaiting PUBREL.
+    pub incoming_qos2: Vec<u16>,
+    /// Next packet id.
+    pub next_pkid: u16,
+}
+
+impl SessionState {
+    /// A copy of everything but the retained cursors (a restored session starts none).
+    pub fn clone_plain(&self) -> SessionState {
+        SessionState {
+            subscriptions: self.subscriptions.clone(),
+            inflight: self.inflight.clone(),
+            queue: self.queue.clone(),
+            incoming_qos2: self.incoming_qos2.clone(),
+            next_pkid: self.next_pkid,
+            cursors: Vec::new(),
+        }
+    }
+}
+
 /// Drop and queue counters of one session.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SessionCounters {
@@ -226,6 +253,8 @@ pub struct Session {
     pub cursors: Cursors,
     /// The ACL deliveries are checked against, when one is configured.
     pub reader: Option<ReadFilter>,
+    /// Where a persistent session's changes are recorded (None: not stored).
+    pub journal: Option<Journal>,
 }
 
 impl Drop for Session {
@@ -258,6 +287,7 @@ impl Session {
             over_bound_since: None,
             cursors: Cursors::default(),
             reader: None,
+            journal: None,
         }
     }
 
@@ -306,6 +336,33 @@ impl Session {
         }
     }
 
+    /// The QoS 1/2 messages this session holds, for its `Open` record: in flight (message id
+    /// from `mid`, grant, packet id, whether PUBREC came), queued, inbound QoS 2 ids, and
+    /// the next packet id.
+    pub fn stored_state(&self, mut mid: impl FnMut(&Arc<Publish>) -> u64) -> StoredState {
+        let inflight = self
+            .inflight
+            .iter()
+            .map(|i| {
+                let id = mid(&i.out.publish);
+                let grant = StoredGrant::of(&i.out.grant);
+                (id, grant, i.pkid, i.phase == Phase::Release)
+            })
+            .collect();
+        let queue = self
+            .queue
+            .iter()
+            .filter(|o| o.grant.qos != QoS::AtMostOnce)
+            .map(|o| (mid(&o.publish), StoredGrant::of(&o.grant)))
+            .collect();
+        StoredState {
+            inflight,
+            queue,
+            incoming_qos2: self.incoming_qos2.iter().copied().collect(),
+            next_pkid: self.next_pkid,
+        }
+    }
+
     /// Whether a connection is attached.
     pub fn is_online(&self) -> bool {
         self.outbox.is_some()
@@ -338,10 +395,47 @@ impl Session {
             return self.drop_message(DropReason::TooLarge, grant.qos);
         }
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
-            return self.send_now(publish, grant, limits, enc);
+            return self.send_now(publish, grant, limits, enc, true);
         }
-        let publish = publish.clone();
-        self.enqueue(Outgoing { publish, grant }, limits)
+        let stored = (grant.qos != QoS::AtMostOnce && self.journal.is_some())
+            .then(|| StoredGrant::of(&grant));
+        let delivery = self.enqueue(
+            Outgoing {
+                publish: publish.clone(),
+                grant,
+            },
+            limits,
+        );
+        if let (Some(grant), Delivery::Queued) = (stored, delivery) {
+            self.note_enqueued(publish, grant);
+        }
+        delivery
+    }
+
+    /// Records that a QoS 1/2 message entered this persistent session.
+    fn note_enqueued(&self, publish: &Arc<Publish>, grant: StoredGrant) {
+        if let Some(journal) = &self.journal {
+            let mid = journal.persist.message_id(publish);
+            let sid = journal.sid;
+            self.note(Record::Enqueue { sid, mid, grant });
+        }
+    }
+
+    /// Appends a record of this session (a persistent one) and holds its connection's
+    /// output until the record is durable.
+    pub fn note(&self, record: Record) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let at = journal.persist.append(&record);
+        if let Some(outbox) = &self.outbox {
+            outbox.hold_until(at);
+        }
+    }
+
+    /// This session's id in its shard's journal, when it is persistent and stored.
+    pub fn sid(&self) -> Option<u64> {
+        self.journal.as_ref().map(|j| j.sid)
     }
 
     /// `deliver` for a message the caller owns (tests).
@@ -373,11 +467,19 @@ impl Session {
         grant: Grant,
         limits: &Limits,
         enc: &mut Encoder,
+        is_fresh: bool,
     ) -> Delivery {
         if self.is_expired(&grant) {
+            if let (Some(sid), false, true) = (self.sid(), is_fresh, grant.qos != QoS::AtMostOnce) {
+                // Taken from the queue and dropped: replay drops it too.
+                self.note(Record::Assign { sid, pkid: 0 });
+            }
             return Delivery::Dropped;
         }
         if grant.qos != QoS::AtMostOnce {
+            if is_fresh && self.journal.is_some() {
+                self.note_enqueued(publish, StoredGrant::of(&grant));
+            }
             self.send_new(publish, grant, enc);
             return Delivery::Sent;
         }
@@ -536,6 +638,9 @@ impl Session {
     /// Gives the message a packet id, records it in flight and sends it.
     fn send_new(&mut self, publish: &Arc<Publish>, grant: Grant, enc: &mut Encoder) {
         let pkid = self.allocate_pkid();
+        if let Some(sid) = self.sid() {
+            self.note(Record::Assign { sid, pkid });
+        }
         self.write_publish(publish, &grant, pkid, enc);
         let out = Outgoing {
             publish: publish.clone(),
@@ -587,7 +692,7 @@ impl Session {
             };
             self.queued_bytes -= out.publish.payload.len();
             self.pressure.sub(out.publish.payload.len());
-            self.send_now(&out.publish, out.grant, limits, enc);
+            self.send_now(&out.publish, out.grant, limits, enc, false);
         }
         if self.queue.len() < limits.queue_messages_max {
             self.over_bound_since = None;
@@ -628,7 +733,7 @@ impl Session {
             self.drop_message(DropReason::TooLarge, grant.qos);
             return;
         }
-        self.send_now(publish, grant, limits, enc);
+        self.send_now(publish, grant, limits, enc, true);
     }
 
     /// Attaches a new connection and re-sends what was in flight, in order, with DUP set
@@ -689,7 +794,11 @@ impl Session {
             .inflight
             .iter()
             .position(|i| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos);
-        found.is_some_and(|index| self.inflight.remove(index).is_some())
+        let done = found.is_some_and(|index| self.inflight.remove(index).is_some());
+        if let (true, Some(sid)) = (done, self.sid()) {
+            self.note(Record::Done { sid, pkid });
+        }
+        done
     }
 
     /// PUBREC from the client: answer PUBREL and wait for PUBCOMP. A PUBREC for an unknown
@@ -701,6 +810,9 @@ impl Session {
             .find(|i| i.pkid == pkid && i.out.grant.qos == QoS::ExactlyOnce)
         {
             i.phase = Phase::Release;
+            if let Some(sid) = self.sid() {
+                self.note(Record::PubRec { sid, pkid });
+            }
         }
         if let Some(outbox) = &self.outbox {
             enc.push_packet(outbox, &Packet::PubRel(ack(pkid)), self.version);
@@ -710,13 +822,21 @@ impl Session {
     /// An inbound QoS 2 PUBLISH: returns whether it is new (to be forwarded) or a duplicate
     /// of one not yet released [MQTT-4.3.3-2].
     pub fn receive_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.insert(pkid)
+        let is_new = self.incoming_qos2.insert(pkid);
+        if let (true, Some(sid)) = (is_new, self.sid()) {
+            self.note(Record::Incoming { sid, pkid });
+        }
+        is_new
     }
 
     /// An inbound PUBREL: the packet id may be reused by the client.
     /// Returns whether the id was waiting for its PUBREL.
     pub fn release_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.remove(&pkid)
+        let was = self.incoming_qos2.remove(&pkid);
+        if let (true, Some(sid)) = (was, self.sid()) {
+            self.note(Record::Released { sid, pkid });
+        }
+        was
     }
 
     /// Unacknowledged inbound QoS 2 PUBLISHes, counted against our Receive Maximum.

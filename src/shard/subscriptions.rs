@@ -7,7 +7,7 @@
 use super::msg::{InterestAck, InterestAdd, InterestRemove, MeshMsg, ShareJoin, ShareLeave};
 use super::session::{Session, Subscription};
 use super::shared::{join_group, leave_group, SHARE_PREFIX};
-use super::{HashMap, SessionKey, Shard, State};
+use super::{persist, HashMap, SessionKey, Shard, State};
 use crate::mesh::ShardId;
 
 impl Shard {
@@ -18,6 +18,7 @@ impl Shard {
         let Some(session) = st.sessions.get_mut(&key) else {
             return false;
         };
+        persist::note_subscribe(session, filter, sub);
         if let Some(old) = session.subscriptions.get_mut(filter) {
             *old = sub;
             if !filter.starts_with(SHARE_PREFIX) {
@@ -34,6 +35,7 @@ impl Shard {
         let mut st = self.state.borrow_mut();
         let existed = st.sessions.get_mut(&key).is_some_and(|s| {
             s.cursors.remove(filter);
+            persist::note_unsubscribe(s, filter);
             s.subscriptions.remove(filter).is_some()
         });
         if !existed {
@@ -59,6 +61,19 @@ impl Shard {
     pub async fn announce(&self, key: SessionKey, filters: Vec<String>) {
         self.announce_filters(key, filters).await;
         self.settle_arrival(key).await;
+    }
+
+    /// Announces the subscriptions of sessions restored at start-up: every plain filter in
+    /// one round, shared ones per session.
+    pub async fn announce_restored(&self, placed: Vec<(SessionKey, Vec<String>)>) {
+        let mut plain = Vec::new();
+        for (key, filters) in placed {
+            let (shared, rest): (Vec<_>, Vec<_>) =
+                filters.into_iter().partition(|f| f.starts_with(SHARE_PREFIX));
+            plain.extend(rest);
+            self.announce_filters(key, shared).await;
+        }
+        self.announce_filters(0, plain).await;
     }
 
     /// `announce` without settling.

@@ -14,7 +14,7 @@ use super::msg::{Claim, Evict, Handoff, MeshMsg, Release, StubRef};
 use super::requests::Answer;
 use super::session::{Session, SessionState};
 use super::subscriptions::{add_subscription, drop_subscriptions, forget_session};
-use super::{SessionKey, Shard};
+use super::{persist, SessionKey, Shard};
 use crate::mesh::ShardId;
 use crate::protocol::{ReasonCode, Will};
 
@@ -35,8 +35,8 @@ pub struct Superseded;
 /// Who holds a client id, as its home shard records it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Owner {
-    shard: ShardId,
-    token: u64,
+    pub(super) shard: ShardId,
+    pub(super) token: u64,
 }
 
 impl Shard {
@@ -123,6 +123,10 @@ impl Shard {
                     new_filters.push(filter.clone());
                 }
             }
+        }
+        let is_unstored = session.is_persistent && session.journal.is_none();
+        if let Some(persist) = self.persist.as_ref().filter(|_| is_unstored) {
+            session.journal = Some(persist::open(persist, &session));
         }
         st.by_client.insert(session.client_id.clone(), key);
         st.sessions.insert(key, session);
@@ -213,8 +217,10 @@ impl Shard {
         self.withdraw(key, gone);
         let will = self.close_taken_over(&mut session);
         if keeps_state {
+            // No `End`: the session lives on at its new shard, whose `Open` stamps later.
             return (Some(Box::new(session.take_state())), stub, will);
         }
+        persist::end(&session);
         self.requeue_shared(session.take_unfinished_shared());
         (None, None, will)
     }

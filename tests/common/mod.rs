@@ -39,6 +39,9 @@ impl Broker {
             log_level: "warn".into(),
             ..Config::default()
         };
+        // Many brokers run at once in one test binary: none stores anything unless the test
+        // gives it a directory of its own.
+        config.persistence.enabled = false;
         adjust(&mut config);
         let server = Server::start(&config).expect("broker starts");
         let addr = server.local_addrs()[0];

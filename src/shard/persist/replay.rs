@@ -1,0 +1,195 @@
+//! Replay: one file's records, applied in order, back into retained messages and sessions.
+
+use super::{decode, instant_of, Image, Opened, Record, Replayed, StoredGrant};
+use crate::protocol::Publish;
+use crate::shard::session::{Inflight, Outgoing, Phase, SessionState, Subscription};
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// A session while its records are applied.
+struct Building {
+    opened: Opened,
+    subscriptions: HashMap<String, Subscription>,
+    inflight: VecDeque<Inflight>,
+    queue: VecDeque<Outgoing>,
+    incoming: HashSet<u16>,
+    next_pkid: u16,
+}
+
+/// Applies the records of shard file `file`; returns what they leave and how many records
+/// were not understood (skipped).
+pub fn replay(records: &[Bytes], file: usize) -> (Replayed, usize) {
+    let mut messages: HashMap<u64, Arc<Publish>> = HashMap::new();
+    let mut sessions: HashMap<u64, Building> = HashMap::new();
+    let mut out = Replayed::default();
+    let mut skipped = 0;
+    for bytes in records {
+        let Some(record) = decode(bytes) else {
+            skipped += 1;
+            continue;
+        };
+        apply(record, &mut messages, &mut sessions, &mut out);
+    }
+    let mut built: Vec<_> = sessions.into_values().collect();
+    built.sort_by_key(|b| b.opened.sid);
+    out.sessions = built.into_iter().map(|b| image(b, file)).collect();
+    (out, skipped)
+}
+
+fn apply(
+    record: Record,
+    messages: &mut HashMap<u64, Arc<Publish>>,
+    sessions: &mut HashMap<u64, Building>,
+    out: &mut Replayed,
+) {
+    let outgoing = |messages: &HashMap<u64, Arc<Publish>>, mid: u64, grant: &StoredGrant| {
+        messages.get(&mid).map(|publish| Outgoing {
+            publish: publish.clone(),
+            grant: grant.grant(),
+        })
+    };
+    match record {
+        Record::Retain { topic, message } => {
+            let message = message.map(|(publish, expires)| (Arc::new(publish), expires));
+            out.retained.push((topic, message));
+        }
+        Record::Message { mid, publish } => {
+            out.next_mid = out.next_mid.max(mid + 1);
+            messages.insert(mid, Arc::new(publish));
+        }
+        Record::Open(opened) => {
+            let opened = *opened;
+            out.next_sid = out.next_sid.max(opened.sid + 1);
+            let building = open(opened, messages, &outgoing);
+            sessions.insert(building.opened.sid, building);
+        }
+        Record::End { sid } => {
+            sessions.remove(&sid);
+        }
+        other => {
+            let Some(sid) = sid_of(&other) else {
+                return;
+            };
+            let Some(b) = sessions.get_mut(&sid) else {
+                return;
+            };
+            apply_to(b, other, messages, &outgoing);
+        }
+    }
+}
+
+type MakeOut<'a> = dyn Fn(&HashMap<u64, Arc<Publish>>, u64, &StoredGrant) -> Option<Outgoing> + 'a;
+
+fn open(opened: Opened, messages: &HashMap<u64, Arc<Publish>>, outgoing: &MakeOut) -> Building {
+    let inflight = opened
+        .inflight
+        .iter()
+        .filter_map(|(mid, grant, pkid, released)| {
+            Some(Inflight {
+                out: outgoing(messages, *mid, grant)?,
+                pkid: *pkid,
+                phase: if *released {
+                    Phase::Release
+                } else {
+                    Phase::Publish
+                },
+            })
+        })
+        .collect();
+    let queue = opened
+        .queue
+        .iter()
+        .filter_map(|(mid, grant)| outgoing(messages, *mid, grant))
+        .collect();
+    Building {
+        subscriptions: opened.subscriptions.iter().cloned().collect(),
+        incoming: opened.incoming_qos2.iter().copied().collect(),
+        next_pkid: opened.next_pkid,
+        inflight,
+        queue,
+        opened,
+    }
+}
+
+fn sid_of(record: &Record) -> Option<u64> {
+    match record {
+        Record::Subscribe { sid, .. }
+        | Record::Unsubscribe { sid, .. }
+        | Record::Expiry { sid, .. }
+        | Record::Enqueue { sid, .. }
+        | Record::Assign { sid, .. }
+        | Record::PubRec { sid, .. }
+        | Record::Done { sid, .. }
+        | Record::Incoming { sid, .. }
+        | Record::Released { sid, .. } => Some(*sid),
+        _ => None,
+    }
+}
+
+fn apply_to(
+    b: &mut Building,
+    record: Record,
+    messages: &HashMap<u64, Arc<Publish>>,
+    outgoing: &MakeOut,
+) {
+    match record {
+        Record::Subscribe { filter, sub, .. } => {
+            b.subscriptions.insert(filter, sub);
+        }
+        Record::Unsubscribe { filter, .. } => {
+            b.subscriptions.remove(&filter);
+        }
+        Record::Expiry { secs, .. } => b.opened.expiry_secs = secs,
+        Record::Enqueue { mid, grant, .. } => b.queue.extend(outgoing(messages, mid, &grant)),
+        Record::Assign { pkid: 0, .. } => {
+            // Taken from the queue and dropped (expired).
+            b.queue.pop_front();
+        }
+        Record::Assign { pkid, .. } => {
+            if let Some(out) = b.queue.pop_front() {
+                b.inflight.push_back(Inflight {
+                    out,
+                    pkid,
+                    phase: Phase::Publish,
+                });
+            }
+            b.next_pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
+        }
+        Record::PubRec { pkid, .. } => {
+            if let Some(i) = b.inflight.iter_mut().find(|i| i.pkid == pkid) {
+                i.phase = Phase::Release;
+            }
+        }
+        Record::Done { pkid, .. } => b.inflight.retain(|i| i.pkid != pkid),
+        Record::Incoming { pkid, .. } => {
+            b.incoming.insert(pkid);
+        }
+        Record::Released { pkid, .. } => {
+            b.incoming.remove(&pkid);
+        }
+        _ => {}
+    }
+}
+
+fn image(b: Building, file: usize) -> Image {
+    // Expired messages are left for the session to drop when it sends them.
+    let _ = instant_of;
+    Image {
+        sid: b.opened.sid,
+        stamp: b.opened.stamp,
+        client_id: b.opened.client_id,
+        version: b.opened.version,
+        expiry_secs: b.opened.expiry_secs,
+        will: None,
+        state: SessionState {
+            subscriptions: b.subscriptions.into_iter().collect(),
+            inflight: b.inflight.into(),
+            queue: b.queue.into(),
+            incoming_qos2: b.incoming.into_iter().collect(),
+            next_pkid: b.next_pkid,
+            cursors: Vec::new(),
+        },
+        file,
+    }
+}

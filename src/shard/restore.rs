@@ -1,0 +1,180 @@
+//! Start-up from the store: what every shard's files replayed to, placed on this shard
+//! (all retained messages, in every replica; the sessions whose client id is homed here),
+//! and the whole live state written back as a snapshot (`live_records`) for compaction.
+
+use super::persist::{self, Journal, Opened, Persist, Record, Replayed};
+use super::session::Session;
+use super::takeover::{home_shard, Owner};
+use super::{Message, Shard};
+use crate::protocol::Publish;
+use bytes::Bytes;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What a shard keeps of everything replayed.
+pub struct Placed {
+    /// Filters the restored sessions subscribe to (for `announce`), by session key.
+    pub filters: Vec<(super::SessionKey, Vec<String>)>,
+}
+
+impl Shard {
+    /// Installs what replay found: every retained message, and the sessions homed on this
+    /// shard (of one client id in several files, the latest `Open`). `own` tells whether a
+    /// file's session records can go on being appended to as they are (same shard, same
+    /// shard count); other sessions are written afresh.
+    pub fn restore(self: &Rc<Self>, all: &[(usize, Replayed)], reuse_own: bool) -> Placed {
+        self.restore_retained(all);
+        let mut latest: HashMap<&str, &persist::Image> = HashMap::new();
+        for (_, replayed) in all {
+            for image in &replayed.sessions {
+                if home_shard(&image.client_id, self.shards) != self.id() {
+                    continue;
+                }
+                let entry = latest.entry(image.client_id.as_str()).or_insert(image);
+                if image.stamp > entry.stamp {
+                    *entry = image;
+                }
+            }
+        }
+        let mut filters = Vec::new();
+        for image in latest.into_values() {
+            filters.push(self.restore_session(image, reuse_own));
+        }
+        Placed { filters }
+    }
+
+    fn restore_retained(&self, all: &[(usize, Replayed)]) {
+        let mut topics: HashMap<&str, Option<&(Arc<Publish>, Option<u64>)>> = HashMap::new();
+        for (_, replayed) in all {
+            for (topic, message) in &replayed.retained {
+                topics.insert(topic.as_str(), message.as_ref());
+            }
+        }
+        let mut st = self.state.borrow_mut();
+        for (topic, message) in topics {
+            let Some((publish, expires)) = message else {
+                continue;
+            };
+            let message = Message {
+                publish: publish.clone(),
+                origin: 0,
+                expires_at: expires.map(persist::instant_of),
+            };
+            if message.is_expired() {
+                continue;
+            }
+            st.retained.set(topic, Some(message));
+        }
+    }
+
+    /// Installs one replayed session, offline, held by this shard.
+    fn restore_session(
+        self: &Rc<Self>,
+        image: &persist::Image,
+        reuse_own: bool,
+    ) -> (super::SessionKey, Vec<String>) {
+        let token = self.new_token();
+        let mut session = Session::new(image.client_id.clone(), image.version, true);
+        session.conn_token = token;
+        session.expiry_secs = image.expiry_secs;
+        if let (true, Some(persist)) = (reuse_own && image.file == self.id(), &self.persist) {
+            session.journal = Some(Journal {
+                persist: persist.clone(),
+                sid: image.sid,
+            });
+        }
+        let state = image.state.clone_plain();
+        let (key, filters) = self.install(session, Some(Box::new(state)));
+        let owner = Owner {
+            shard: self.id(),
+            token,
+        };
+        self.state
+            .borrow_mut()
+            .registry
+            .insert(image.client_id.clone(), owner);
+        if image.version == crate::protocol::Version::V5 && image.expiry_secs != u32::MAX {
+            let after = Duration::from_secs(image.expiry_secs as u64);
+            self.expire_after(key, token, after);
+        }
+        (key, filters)
+    }
+
+    /// This shard's live state as records: the retained messages whose topics it owns, and
+    /// every stored session (`Open` with the message bodies before it), keeping session ids.
+    pub fn live_records(&self, persist: &Persist) -> Vec<Bytes> {
+        let st = self.state.borrow();
+        let mut records = Vec::new();
+        st.retained.for_each(|topic, message| {
+            if persist::retain_owner(topic, self.shards) != self.id() {
+                return;
+            }
+            let expires = message.expires_at.map(persist::wall_ms);
+            let record = Record::Retain {
+                topic: topic.to_string(),
+                message: Some((Publish::clone(&message.publish), expires)),
+            };
+            records.push(Bytes::from(persist::encode_record(&record)));
+        });
+        let mut mids: HashMap<*const Publish, u64> = HashMap::new();
+        for session in st.sessions.values() {
+            let Some(sid) = session.sid() else {
+                continue;
+            };
+            let state = session.stored_state(|publish| {
+                let next = persist.fresh_mid();
+                *mids.entry(Arc::as_ptr(publish)).or_insert_with(|| {
+                    let record = Record::Message {
+                        mid: next,
+                        publish: Publish::clone(publish),
+                    };
+                    records.push(Bytes::from(persist::encode_record(&record)));
+                    next
+                })
+            });
+            let opened = Opened {
+                sid,
+                stamp: persist.open_ids().1,
+                client_id: session.client_id.clone(),
+                version: session.version,
+                expiry_secs: session.expiry_secs,
+                will: None,
+                subscriptions: session
+                    .subscriptions
+                    .iter()
+                    .map(|(f, s)| (f.clone(), *s))
+                    .collect(),
+                incoming_qos2: state.incoming_qos2,
+                next_pkid: state.next_pkid,
+                inflight: state.inflight,
+                queue: state.queue,
+            };
+            records.push(Bytes::from(persist::encode_record(&Record::Open(
+                Box::new(opened),
+            ))));
+        }
+        records
+    }
+
+    /// Compacts this shard's store into its live state; true when it did.
+    pub async fn compact(&self) -> bool {
+        let Some(persist) = &self.persist else {
+            return false;
+        };
+        let records = self.live_records(persist);
+        let bytes: u64 = records.iter().map(|r| r.len() as u64 + 8).sum();
+        persist.forget_current();
+        match persist.store().compact(records).await {
+            Ok(()) => {
+                persist.compacted(bytes);
+                true
+            }
+            Err(e) => {
+                tracing::warn!("shard {}: compaction failed: {e}", self.id());
+                false
+            }
+        }
+    }
+}
