@@ -4,7 +4,6 @@
 mod durability;
 
 use crate::config::{Config, SHARDS_MAX};
-use durability::Startup;
 use crate::host;
 use crate::mesh::Mesh;
 use crate::metrics::Board;
@@ -16,6 +15,7 @@ use crate::security::{self, Shared};
 use crate::shard::backpressure::Pressure;
 use crate::shard::msg::MeshMsg;
 use crate::shard::Shard;
+use durability::Startup;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers};
 use glommio::channels::local_channel::LocalReceiver;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
@@ -106,16 +106,7 @@ impl Server {
                 .map_err(|e| format!("cannot start shard {id}: {e}"))?;
             handles.push(handle);
         }
-        // Connections are answered only once every shard has replayed its store.
-        let all_ready = (0..shards).all(|_| ready.recv().unwrap_or(false));
-        if !all_ready {
-            stop.store(true, Ordering::SeqCst);
-            for handle in handles {
-                let _ = handle.join();
-            }
-            let why = startup.and_then(|s| s.error());
-            return Err(why.unwrap_or_else(|| "a shard failed to start".to_string()));
-        }
+        let handles = wait_until_ready(handles, &ready, &stop, startup.as_deref())?;
         Ok(Server {
             addrs,
             security,
@@ -164,6 +155,25 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Connections are answered only once every shard has replayed its store: waits for each
+/// shard's word; when one cannot start, stops them all and says why.
+fn wait_until_ready(
+    handles: Vec<ExecutorJoinHandle<()>>,
+    ready: &std::sync::mpsc::Receiver<bool>,
+    stop: &AtomicBool,
+    startup: Option<&Startup>,
+) -> Result<Vec<ExecutorJoinHandle<()>>, String> {
+    if (0..handles.len()).all(|_| ready.recv().unwrap_or(false)) {
+        return Ok(handles);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    let why = startup.and_then(|s| s.error());
+    Err(why.unwrap_or_else(|| "a shard failed to start".to_string()))
 }
 
 /// The listeners, bound.

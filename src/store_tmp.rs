@@ -171,7 +171,11 @@ fn frame(record: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Reads the records of one file; returns them and the offset of the last good byte.
-fn read_file(path: &Path, repair: bool, report: &mut Vec<String>) -> Result<(Vec<Bytes>, u64), StoreError> {
+fn read_file(
+    path: &Path,
+    repair: bool,
+    report: &mut Vec<String>,
+) -> Result<(Vec<Bytes>, u64), StoreError> {
     let mut data = Vec::new();
     match File::open(path) {
         Ok(mut f) => {
@@ -209,7 +213,8 @@ fn read_file(path: &Path, repair: bool, report: &mut Vec<String>) -> Result<(Vec
             }
             Err((offset, why)) => {
                 // A bad record with nothing good after it is a torn tail.
-                let is_tail = data.len() - offset < 8 + (16 << 20) && !has_good_after(&data, offset);
+                let is_tail =
+                    data.len() - offset < 8 + (16 << 20) && !has_good_after(&data, offset);
                 if is_tail {
                     report.push(format!(
                         "{}: torn tail cut at offset {offset} ({why}, {} bytes dropped)",
@@ -225,7 +230,10 @@ fn read_file(path: &Path, repair: bool, report: &mut Vec<String>) -> Result<(Vec
                         why,
                     });
                 }
-                report.push(format!("{}: dropped a bad record at offset {offset} ({why})", path.display()));
+                report.push(format!(
+                    "{}: dropped a bad record at offset {offset} ({why})",
+                    path.display()
+                ));
                 at = next_good(&data, offset + 1).unwrap_or(data.len());
                 good = at;
             }
@@ -276,7 +284,10 @@ impl Store {
             .open(&log_path)
             .map_err(io_error)?;
         log.set_len(good).map_err(io_error)?;
-        let log = OpenOptions::new().append(true).open(&log_path).map_err(io_error)?;
+        let log = OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .map_err(io_error)?;
         let store = Store {
             options: options.clone(),
             shard,
@@ -381,7 +392,10 @@ impl Store {
         File::create(&tmp_log).map_err(io_error)?;
         std::fs::rename(&tmp, &snap).map_err(io_error)?;
         std::fs::rename(&tmp_log, &log_path).map_err(io_error)?;
-        *self.log.borrow_mut() = OpenOptions::new().append(true).open(&log_path).map_err(io_error)?;
+        *self.log.borrow_mut() = OpenOptions::new()
+            .append(true)
+            .open(&log_path)
+            .map_err(io_error)?;
         self.log_bytes.set(0);
         Ok(())
     }

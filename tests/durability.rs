@@ -51,7 +51,14 @@ fn start(dir: &Path, fsync: &str) -> (Child, SocketAddr) {
     let config = dir.join("ringcast.toml");
     std::fs::write(&config, format!("[persistence]\nfsync = \"{fsync}\"\n")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args(["--listen", "127.0.0.1:0", "--shards", "2", "--log-level", "info"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "2",
+            "--log-level",
+            "info",
+        ])
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")
@@ -160,14 +167,24 @@ fn publish_until_killed(addr: SocketAddr, next: &mut u64, sent: &mut Sent) {
     loop {
         let n = *next;
         *next += 1;
-        let qos = if n % 2 == 0 { QoS::AtLeastOnce } else { QoS::ExactlyOnce };
+        let qos = if n % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
         let retain = n % 3 == 0;
         let topic = if retain { "state/retained" } else { "crash/n" };
         let pkid = (n % 60_000) as u16 + 1;
         if retain {
             sent.retained_tried.push(n);
         }
-        raw.send(&publish_packet(topic, n.to_string().as_bytes(), qos, retain, pkid));
+        raw.send(&publish_packet(
+            topic,
+            n.to_string().as_bytes(),
+            qos,
+            retain,
+            pkid,
+        ));
         let acked = match raw.recv_within(Duration::from_secs(10)) {
             Ok(Packet::PubAck(a)) | Ok(Packet::PubRec(a)) => a.pkid == pkid,
             _ => false,
@@ -185,7 +202,10 @@ fn publish_until_killed(addr: SocketAddr, next: &mut u64, sent: &mut Sent) {
                 pkid,
                 ..Ack::default()
             }));
-            if !matches!(raw.recv_within(Duration::from_secs(10)), Ok(Packet::PubComp(_))) {
+            if !matches!(
+                raw.recv_within(Duration::from_secs(10)),
+                Ok(Packet::PubComp(_))
+            ) {
                 return;
             }
         }
@@ -259,15 +279,24 @@ fn check(dir: &Path, fsync: &str, received: &[Shared], sent: &Sent) {
     publisher.publish("crash/marker", b"marker", QoS::AtLeastOnce, false);
     for (raw, r) in subs.iter_mut().zip(received) {
         consume(raw, r, &stop);
-        assert!(r.lock().unwrap().marker, "{fsync}: the marker did not arrive");
+        assert!(
+            r.lock().unwrap().marker,
+            "{fsync}: the marker did not arrive"
+        );
     }
     for ((id, sub_qos, _), r) in SUBSCRIBERS.iter().zip(received) {
         let r = r.lock().unwrap();
         for &(n, qos) in &sent.acked {
             let count = r.counts.get(&n).copied().unwrap_or(0);
-            assert!(count >= 1, "{fsync}: {id} never got acknowledged message {n}");
+            assert!(
+                count >= 1,
+                "{fsync}: {id} never got acknowledged message {n}"
+            );
             if qos == QoS::ExactlyOnce && *sub_qos == QoS::ExactlyOnce {
-                assert_eq!(count, 1, "{fsync}: {id} got QoS 2 message {n} {count} times");
+                assert_eq!(
+                    count, 1,
+                    "{fsync}: {id} got QoS 2 message {n} {count} times"
+                );
             }
         }
     }
@@ -311,7 +340,10 @@ fn a_second_broker_on_the_same_directory_is_refused_in_one_sentence() {
     let _ = (first.kill(), first.wait());
     assert!(!output.status.success());
     let text = String::from_utf8_lossy(&output.stderr);
-    assert!(text.contains("another broker is using the data directory"), "{text}");
+    assert!(
+        text.contains("another broker is using the data directory"),
+        "{text}"
+    );
     assert_eq!(text.trim().lines().count(), 1, "{text}");
     let _ = std::fs::remove_dir_all(dir);
 }

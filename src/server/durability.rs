@@ -115,7 +115,10 @@ impl Startup {
         }
     }
 
-    async fn replay_files(&self, id: usize) -> Result<(Persist, Vec<(usize, Replayed)>), StoreError> {
+    async fn replay_files(
+        &self,
+        id: usize,
+    ) -> Result<(Persist, Vec<(usize, Replayed)>), StoreError> {
         let (store, recovered) = Store::open(&self.options, id).await?;
         let mut parts = Vec::new();
         let mut reports = recovered.report;

@@ -446,11 +446,14 @@ pub struct Image {
     pub file: usize,
 }
 
+/// A retained message as replayed: the PUBLISH and its expiry (Unix ms).
+pub type RetainedImage = (Arc<Publish>, Option<u64>);
+
 /// What one file replays to.
 #[derive(Default, Debug)]
 pub struct Replayed {
     /// Retained messages by topic (None: cleared), in record order.
-    pub retained: Vec<(String, Option<(Arc<Publish>, Option<u64>)>)>,
+    pub retained: Vec<(String, Option<RetainedImage>)>,
     /// Sessions not ended.
     pub sessions: Vec<Image>,
     /// Highest message id seen + 1.

@@ -46,7 +46,7 @@ impl Shard {
     }
 
     fn restore_retained(&self, all: &[(usize, Replayed)]) {
-        let mut topics: HashMap<&str, Option<&(Arc<Publish>, Option<u64>)>> = HashMap::new();
+        let mut topics: HashMap<&str, Option<&persist::RetainedImage>> = HashMap::new();
         for (_, replayed) in all {
             for (topic, message) in &replayed.retained {
                 topics.insert(topic.as_str(), message.as_ref());

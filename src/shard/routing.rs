@@ -5,16 +5,16 @@
 
 use super::message::Message;
 use super::msg::{InterestAck, MeshMsg, Retain};
+use super::persist::{retain_owner, wall_ms, Record};
 use super::session::{Grant, Subscription};
 use super::trie::Trie;
 use super::{Shard, State};
-use super::persist::{retain_owner, wall_ms, Record};
 use crate::mesh::{RequestId, ShardId};
 use crate::protocol::{Publish, QoS};
-use std::rc::Rc;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 /// Shard ids are bits of a `u64` (`interested_shards`).
@@ -90,7 +90,11 @@ impl Shard {
         // With persistence, the PUBACK also waits for what the other shards store of it.
         let durable_ack = is_acked && self.persist.is_some();
         let acks = if replicas_ack { self.shards - 1 } else { 0 }
-            + if durable_ack { interested.count_ones() as usize } else { 0 };
+            + if durable_ack {
+                interested.count_ones() as usize
+            } else {
+                0
+            };
         let request = (acks > 0).then(|| self.requests.open(acks));
         let retain_ack = request.filter(|_| replicas_ack);
         for to in (0..self.shards).filter(|&s| s != self.id()) {
@@ -218,7 +222,10 @@ impl Shard {
     fn ack_when_durable(self: &Rc<Self>, before: u64, from: ShardId, request: RequestId) {
         let at = self.persist.as_ref().map_or(0, |p| p.last());
         let ack = MeshMsg::InterestAck(InterestAck { request });
-        let Some(persist) = self.persist.clone().filter(|p| at > before && !p.is_durable(at))
+        let Some(persist) = self
+            .persist
+            .clone()
+            .filter(|p| at > before && !p.is_durable(at))
         else {
             return self.mesh.post(from, ack);
         };

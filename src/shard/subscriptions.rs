@@ -68,8 +68,9 @@ impl Shard {
     pub async fn announce_restored(&self, placed: Vec<(SessionKey, Vec<String>)>) {
         let mut plain = Vec::new();
         for (key, filters) in placed {
-            let (shared, rest): (Vec<_>, Vec<_>) =
-                filters.into_iter().partition(|f| f.starts_with(SHARE_PREFIX));
+            let (shared, rest): (Vec<_>, Vec<_>) = filters
+                .into_iter()
+                .partition(|f| f.starts_with(SHARE_PREFIX));
             plain.extend(rest);
             self.announce_filters(key, shared).await;
         }

@@ -149,7 +149,11 @@ fn put_str(w: &mut Vec<u8>, s: &str) {
 fn put_sub(w: &mut Vec<u8>, sub: &Subscription) {
     let o = &sub.options;
     w.push(o.qos as u8);
-    w.push(u8::from(o.no_local) | u8::from(o.retain_as_published) << 1 | u8::from(sub.is_filtered) << 2);
+    w.push(
+        u8::from(o.no_local)
+            | u8::from(o.retain_as_published) << 1
+            | u8::from(sub.is_filtered) << 2,
+    );
     w.push(o.retain_handling);
     match sub.id {
         Some(id) => {
