@@ -46,8 +46,23 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A broker process, killed when dropped (also when a test fails half way).
+struct Running(Child);
+
+impl Running {
+    fn kill(&mut self) {
+        let _ = (self.0.kill(), self.0.wait());
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts the binary on `dir` with `fsync`; returns it and its address.
-fn start(dir: &Path, fsync: &str) -> (Child, SocketAddr) {
+fn start(dir: &Path, fsync: &str) -> (Running, SocketAddr) {
     let config = dir.join("ringcast.toml");
     std::fs::write(&config, format!("[persistence]\nfsync = \"{fsync}\"\n")).unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
@@ -69,6 +84,7 @@ fn start(dir: &Path, fsync: &str) -> (Child, SocketAddr) {
         .spawn()
         .expect("ringcast starts");
     let stdout = child.stdout.take().unwrap();
+    let child = Running(child);
     let addr = listening_addr(stdout, Duration::from_secs(20)).expect("ringcast listens");
     (child, addr)
 }
@@ -247,7 +263,7 @@ fn crash_run(fsync: &str) {
                 })
             })
             .collect();
-        let pid = child.id() as libc::pid_t;
+        let pid = child.0.id() as libc::pid_t;
         let after = Duration::from_millis(20 + rng.below(150));
         let killer = std::thread::spawn(move || {
             std::thread::sleep(after);
@@ -256,14 +272,14 @@ fn crash_run(fsync: &str) {
         });
         publish_until_killed(addr, &mut next, &mut sent);
         killer.join().unwrap();
-        child.wait().unwrap();
+        child.0.wait().unwrap();
         stop.store(true, Ordering::SeqCst);
         for t in online {
             t.join().unwrap();
         }
         (child, addr) = start(&dir, fsync);
     }
-    let _ = (child.kill(), child.wait());
+    child.kill();
     check(&dir, fsync, &received, &sent);
 }
 
@@ -314,7 +330,7 @@ fn check(dir: &Path, fsync: &str, received: &[Shared], sent: &Sent) {
         "{fsync}: {} acknowledged messages, {KILLS} kills, all delivered",
         sent.acked.len()
     );
-    let _ = (child.kill(), child.wait());
+    child.kill();
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -337,7 +353,7 @@ fn a_second_broker_on_the_same_directory_is_refused_in_one_sentence() {
         .arg(dir.join("data"))
         .output()
         .expect("second broker runs");
-    let _ = (first.kill(), first.wait());
+    first.kill();
     assert!(!output.status.success());
     let text = String::from_utf8_lossy(&output.stderr);
     assert!(
@@ -357,7 +373,7 @@ fn a_log_cut_at_random_offsets_recovers_to_the_last_good_record() {
         let topic = format!("torn/{n}");
         publisher.publish(&topic, n.to_string().as_bytes(), QoS::AtLeastOnce, true);
     }
-    let _ = (child.kill(), child.wait());
+    child.kill();
     let logs: Vec<PathBuf> = std::fs::read_dir(dir.join("data"))
         .unwrap()
         .flatten()
@@ -377,7 +393,7 @@ fn a_log_cut_at_random_offsets_recovers_to_the_last_good_record() {
         let (mut child, addr) = start(&dir, "interval");
         let mut reader = Raw::connect(addr, "reader");
         reader.subscribe("torn/#", QoS::AtMostOnce);
-        let _ = (child.kill(), child.wait());
+        child.kill();
     }
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -464,3 +464,6 @@ pub struct Replayed {
 
 mod replay;
 pub use replay::replay;
+
+#[cfg(test)]
+mod tests;

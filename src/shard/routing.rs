@@ -28,7 +28,20 @@ impl Shard {
     pub async fn publish(&self, message: Message) -> bool {
         self.wait_for_room().await;
         self.count_received();
-        self.route_with(message, true).await
+        let matched = self.route_with(message, true).await;
+        self.wait_for_arrivals().await;
+        matched
+    }
+
+    /// With persistence, a PUBACK waits for sessions arriving from other shards to settle:
+    /// what this shard held for them is stored only then (`handoff`).
+    async fn wait_for_arrivals(&self) {
+        if self.persist.is_some() {
+            let keys = self.arrivals();
+            if !keys.is_empty() {
+                self.arrivals_settled(&keys).await;
+            }
+        }
     }
 
     /// `publish` done at once, when it needs no other shard and nothing to wait for: no memory
@@ -41,6 +54,9 @@ impl Shard {
             return Err(message);
         }
         let mut st = self.state.borrow_mut();
+        if self.persist.is_some() && !st.arrivals.is_empty() {
+            return Err(message);
+        }
         let topic = message.publish.topic.as_str();
         if !st.group_trie.is_empty() || interested_shards(&st.interest, topic) != 0 {
             return Err(message);
@@ -222,6 +238,17 @@ impl Shard {
     fn ack_when_durable(self: &Rc<Self>, before: u64, from: ShardId, request: RequestId) {
         let at = self.persist.as_ref().map_or(0, |p| p.last());
         let ack = MeshMsg::InterestAck(InterestAck { request });
+        let arriving = self.arrivals();
+        if let (Some(persist), false) = (self.persist.clone(), arriving.is_empty()) {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                shard.arrivals_settled(&arriving).await;
+                persist.wait_durable(persist.last()).await;
+                shard.mesh.post(from, ack);
+            })
+            .detach();
+            return;
+        }
         let Some(persist) = self
             .persist
             .clone()

@@ -113,9 +113,11 @@ impl Shard {
         let key = st.next_key;
         let mut new_filters = Vec::new();
         session.pressure = self.pressure.clone();
+        let mut is_arriving = false;
         if let Some(state) = state {
             if let Some(stub) = st.arriving.remove(&session.conn_token) {
                 self.hold_arrival(&mut st, key, session.conn_token, &state, stub);
+                is_arriving = true;
             }
             session.restore(*state);
             for (filter, sub) in &session.subscriptions {
@@ -124,7 +126,8 @@ impl Shard {
                 }
             }
         }
-        let is_unstored = session.is_persistent && session.journal.is_none();
+        // An arriving session is recorded once it settles (`handoff::open_journal`).
+        let is_unstored = session.is_persistent && session.journal.is_none() && !is_arriving;
         if let Some(persist) = self.persist.as_ref().filter(|_| is_unstored) {
             session.journal = Some(persist::open(persist, &session));
         }
