@@ -13,6 +13,7 @@
 //! - `ops`: what operators see over HTTP: Prometheus metrics, the JSON API, the dashboard.
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `security`: who may connect: mosquitto-compatible password files (read, check, write).
+//! - `store`: durable storage per shard: checksummed append-only log, snapshots, recovery.
 
 pub mod config;
 pub mod host;
@@ -24,3 +25,4 @@ pub mod protocol;
 pub mod security;
 pub mod server;
 pub mod shard;
+pub mod store;
