@@ -494,3 +494,170 @@ fn shards_on_disk_lists_each_shard_once_and_retire_removes_its_files() {
             .is_empty());
     });
 }
+
+/// Set in the child process of the disk-full test: the directory to work in.
+const FULL_CHILD_DIR: &str = "RINGCAST_STORE_FULL_CHILD_DIR";
+/// The file size limit the child sets on itself.
+const FULL_LIMIT_BYTES: u64 = 256 << 10;
+
+/// Sets the soft RLIMIT_FSIZE of this process.
+fn set_file_size_limit(bytes: Option<u64>) {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit/signal with a valid struct; they change this process only
+    // (the child of the test below).
+    unsafe {
+        assert_eq!(libc::getrlimit(libc::RLIMIT_FSIZE, &mut lim), 0);
+        lim.rlim_cur = bytes.unwrap_or(lim.rlim_max);
+        assert_eq!(libc::setrlimit(libc::RLIMIT_FSIZE, &lim), 0);
+        // Past the limit the kernel sends SIGXFSZ, which would kill the process; ignored, the
+        // write fails with EFBIG instead.
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// The child's part: fill the log to the limit, see Full, lift the limit, see it recover.
+fn full_child(dir: PathBuf) {
+    set_file_size_limit(Some(FULL_LIMIT_BYTES));
+    run(move || async move {
+        let opts = options(&dir, Fsync::Always);
+        let (store, _) = Store::open(&opts, 0).await.expect("opens");
+        let mut rng = Rng::new(9);
+        let mut all = Vec::new();
+        let refused = loop {
+            let r = rng.bytes(1000);
+            let at = store.append(&r);
+            all.push(r);
+            match store.durable(at).await {
+                Ok(()) => assert!(all.len() < 1000, "the limit never hit"),
+                Err(e) => break (e, at),
+            }
+        };
+        eprintln!("refused at record {}: {}", all.len(), refused.0);
+        assert!(matches!(refused.0, StoreError::Full(_)), "{}", refused.0);
+        assert!(store.is_failing());
+        // Still refused while the limit holds, and appending more is fine.
+        let more = rng.bytes(10);
+        let last = store.append(&more);
+        all.push(more);
+        assert!(matches!(
+            store.durable(last).await,
+            Err(StoreError::Full(_))
+        ));
+        set_file_size_limit(None);
+        // The store retries by itself; bounded wait for it.
+        let mut tries = 0;
+        while store.durable(last).await.is_err() {
+            tries += 1;
+            assert!(tries < 1000, "no recovery after the limit was lifted");
+            glommio::timer::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!store.is_failing());
+        assert_eq!(store.stats().failures, 1);
+        drop(store);
+        let (_, rec) = Store::open(&opts, 0).await.expect("reopens");
+        assert!(rec.report.is_empty(), "{:?}", rec.report);
+        assert_eq!(rec.records, all);
+    });
+}
+
+#[test]
+fn full_when_the_file_size_limit_is_hit_and_writes_resume_when_it_is_lifted() {
+    if let Some(dir) = std::env::var_os(FULL_CHILD_DIR) {
+        return full_child(PathBuf::from(dir));
+    }
+    // The limit is per process: a child, so that other tests' files are not limited.
+    let tmp = TempDir::new("full");
+    let out = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([
+            "--exact",
+            "store::tests::full_when_the_file_size_limit_is_hit_and_writes_resume_when_it_is_lifted",
+            "--nocapture",
+        ])
+        .env(FULL_CHILD_DIR, &tmp.0)
+        .output()
+        .expect("child runs");
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "child failed:\n{text}");
+    assert!(text.contains("1 passed"), "the child ran no test:\n{text}");
+}
+
+/// Frames `records` after a log header, as a log file holds them.
+fn framed(records: &[Bytes]) -> Vec<u8> {
+    let mut out = frame::encode_header(frame::Kind::Log, 1).to_vec();
+    for r in records {
+        frame::encode_record(r, &mut out);
+    }
+    out
+}
+
+/// Parses a file image fed in chunks of `chunk` bytes.
+fn parse(
+    image: &[u8],
+    chunk: usize,
+    repair: bool,
+) -> Result<(frame::Outcome, Vec<Bytes>), frame::Damage> {
+    let mut parser = frame::Parser::new(frame::FILE_HEADER_BYTES as u64);
+    for c in image[frame::FILE_HEADER_BYTES..].chunks(chunk) {
+        parser.feed(c);
+    }
+    parser.finish(repair)
+}
+
+#[test]
+fn the_parser_reads_the_same_records_whatever_the_chunk_size() {
+    let mut rng = Rng::new(10);
+    let records: Vec<Bytes> = (0..200).map(|_| rng.blob(700)).collect();
+    let mut image = framed(&records);
+    // Zero padding to the end of the block is a clean end.
+    image.resize(image.len().div_ceil(512) * 512, 0);
+    for chunk in [1, 7, 512, 4096, 1 << 20] {
+        let (outcome, got) = parse(&image, chunk, false).expect("parses");
+        assert_eq!(got, records, "chunk {chunk}");
+        assert_eq!(outcome.end, frame::End::Clean);
+    }
+}
+
+#[test]
+fn the_parser_tells_a_torn_tail_from_damage_in_the_middle() {
+    let records: Vec<Bytes> = (0..10u8).map(|i| Bytes::from(vec![i; 50])).collect();
+    let image = framed(&records);
+    let at = |i: usize| (frame::FILE_HEADER_BYTES + i * 58) as u64;
+    // The last record cut short, then garbage: torn, nothing after it checks out.
+    let mut torn = image[..image.len() - 20].to_vec();
+    torn.extend_from_slice(&[0xAB; 300]);
+    let (outcome, got) = parse(&torn, 64, false).expect("parses");
+    assert_eq!(got, records[..9]);
+    assert_eq!(
+        (outcome.end_offset, outcome.end),
+        (at(9), frame::End::Torn { bytes: 338 })
+    );
+    // Record 4's checksum damaged: good records follow, so it is damage at record 4's offset.
+    let mut bad = image.clone();
+    bad[at(4) as usize + 5] ^= 1;
+    let damage = parse(&bad, 64, false).expect_err("damage");
+    assert_eq!(damage.offset, at(4));
+    let (outcome, got) = parse(&bad, 64, true).expect("repairs");
+    let mut want = records.clone();
+    want.remove(4);
+    assert_eq!(got, want);
+    assert_eq!(outcome.dropped, vec![(at(4), 58)]);
+    // A header of zeros never checks out: the CRC32 of a zero length is not zero.
+    assert_ne!(crc32fast::hash(&[0, 0, 0, 0]), 0);
+}
+
+#[test]
+fn file_headers_are_checked_and_a_torn_one_reads_as_unwritten() {
+    use frame::{decode_header, encode_header, Header, Kind};
+    let h = encode_header(Kind::Log, 42);
+    assert_eq!(decode_header(Kind::Log, &h), Header::Good(42));
+    assert_eq!(decode_header(Kind::Snapshot, &h), Header::Bad);
+    assert_eq!(decode_header(Kind::Log, &h[..5]), Header::Unwritten);
+    assert_eq!(decode_header(Kind::Log, &[0; 30]), Header::Unwritten);
+    let mut bad = h;
+    bad[9] ^= 1;
+    assert_eq!(decode_header(Kind::Log, &bad), Header::Bad);
+}
