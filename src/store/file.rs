@@ -148,7 +148,9 @@ impl BlockFile {
             let out = buf.as_bytes_mut();
             // From the partial block first, then from `data`.
             let from_tail = self.tail.len().saturating_sub(done).min(take);
-            out[..from_tail].copy_from_slice(&self.tail[done..done + from_tail]);
+            if from_tail > 0 {
+                out[..from_tail].copy_from_slice(&self.tail[done..done + from_tail]);
+            }
             let at = done + from_tail - self.tail.len();
             out[from_tail..take].copy_from_slice(&data[at..at + take - from_tail]);
             out[take..].fill(0);

@@ -142,6 +142,32 @@ fn records_round_trip_across_reopen_in_every_mode() {
     }
 }
 
+#[test]
+fn writes_and_snapshots_larger_than_one_dma_chunk_round_trip() {
+    run(|| async {
+        let tmp = TempDir::new("large");
+        let opts = options(&tmp.0, Fsync::Always);
+        let (store, _) = Store::open(&opts, 0).await.expect("opens");
+        let mut rng = Rng::new(12);
+        // Three records of 3 MiB and a small one: one group of 9 MiB, written in three chunks.
+        let mut records: Vec<Bytes> = (0..3).map(|_| rng.bytes(3 << 20)).collect();
+        records.push(rng.bytes(5));
+        let mut at = Position(0);
+        for r in &records {
+            at = store.append(r);
+        }
+        store.durable(at).await.expect("durable");
+        assert_eq!(store.stats().writes, 1);
+        drop(store);
+        let (store, rec) = Store::open(&opts, 0).await.expect("reopens");
+        assert_eq!(rec.records, records);
+        store.compact(rec.records).await.expect("compacts");
+        drop(store);
+        let (_, rec) = Store::open(&opts, 0).await.expect("reopens");
+        assert_eq!(rec.records, records);
+    });
+}
+
 /// Writes `n` records of sizes 0..`max` to shard 0 and returns them with their file offsets.
 async fn write_log(opts: &Options, n: usize, max: u64, seed: u64) -> (Vec<Bytes>, Vec<u64>) {
     let (store, _) = Store::open(opts, 0).await.expect("opens");
@@ -535,7 +561,6 @@ fn full_child(dir: PathBuf) {
                 Err(e) => break (e, at),
             }
         };
-        eprintln!("refused at record {}: {}", all.len(), refused.0);
         assert!(matches!(refused.0, StoreError::Full(_)), "{}", refused.0);
         assert!(store.is_failing());
         // Still refused while the limit holds, and appending more is fine.
@@ -660,4 +685,81 @@ fn file_headers_are_checked_and_a_torn_one_reads_as_unwritten() {
     let mut bad = h;
     bad[9] ^= 1;
     assert_eq!(decode_header(Kind::Log, &bad), Header::Bad);
+}
+
+/// Appends `records` of `size` bytes in batches of `batch`, each batch waited for, for at most
+/// `budget`; returns records per second.
+async fn append_rate(store: &Store, size: usize, batch: usize, budget: Duration) -> f64 {
+    let record = vec![7u8; size];
+    let start = std::time::Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < budget {
+        let mut at = Position(0);
+        for _ in 0..batch {
+            at = store.append(&record);
+        }
+        store.durable(at).await.expect("durable");
+        n += batch as u64;
+    }
+    n as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Throughput of append + durable per mode and batch size, and the start-up replay rate.
+/// `cargo test --release --lib store::tests::bench -- --ignored --nocapture`
+#[test]
+#[ignore]
+fn bench_append_durable_and_replay() {
+    for (name, mode) in [
+        ("always", Fsync::Always),
+        ("interval", Fsync::Interval(Duration::from_secs(1))),
+        ("never", Fsync::Never),
+    ] {
+        for batch in [1, 10, 100] {
+            let mode = mode.clone();
+            let rate = run(move || async move {
+                let tmp = TempDir::new("bench");
+                let (store, _) = Store::open(&options(&tmp.0, mode), 0).await.expect("opens");
+                append_rate(&store, 100, batch, Duration::from_secs(2)).await
+            });
+            println!("append+durable {name:8} batch {batch:3}: {rate:10.0} records/s");
+        }
+    }
+    run(|| async {
+        let tmp = TempDir::new("bench-replay");
+        let opts = options(&tmp.0, Fsync::Never);
+        let (store, _) = Store::open(&opts, 0).await.expect("opens");
+        let n = 1_100_000;
+        let mut rng = Rng::new(11);
+        let mut at = Position(0);
+        for i in 0..n {
+            let mut r = rng.bytes(100).to_vec();
+            r[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            at = store.append(&r);
+        }
+        store.durable(at).await.expect("durable");
+        store.close().await.expect("closes");
+        drop(store);
+        let bytes = std::fs::metadata(log_path(&tmp.0)).expect("log").len();
+        let start = std::time::Instant::now();
+        let (store, rec) = Store::open(&opts, 0).await.expect("opens");
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(rec.records.len(), n);
+        println!(
+            "replay log: {n} records, {bytes} bytes in {secs:.3} s = {:.0} records/s",
+            n as f64 / secs
+        );
+        let start = std::time::Instant::now();
+        store.compact(rec.records).await.expect("compacts");
+        let secs = start.elapsed().as_secs_f64();
+        println!("compact {n} records into a snapshot: {secs:.3} s");
+        drop(store);
+        let start = std::time::Instant::now();
+        let (_, rec) = Store::open(&opts, 0).await.expect("opens");
+        let secs = start.elapsed().as_secs_f64();
+        assert_eq!(rec.records.len(), n);
+        println!(
+            "replay snapshot: {n} records in {secs:.3} s = {:.0} records/s",
+            n as f64 / secs
+        );
+    });
 }
