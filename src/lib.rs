@@ -13,6 +13,8 @@
 //! - `ops`: what operators see over HTTP: Prometheus metrics, the JSON API, the dashboard.
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `security`: who may connect: mosquitto-compatible password files (read, check, write).
+//! - `store`: durable storage per shard: checksummed append-only log, snapshots, recovery (what the
+//!   records mean is `shard::persist`'s).
 
 pub mod config;
 pub mod host;
@@ -24,6 +26,4 @@ pub mod protocol;
 pub mod security;
 pub mod server;
 pub mod shard;
-// Temporary stand-in until the `store` branch lands (see src/store_tmp.rs).
-#[path = "store_tmp.rs"]
 pub mod store;
