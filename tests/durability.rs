@@ -397,3 +397,114 @@ fn a_log_cut_at_random_offsets_recovers_to_the_last_good_record() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// Payload bytes per message in the full-disk test.
+const FULL_PAYLOAD_BYTES: usize = 4096;
+/// Messages sent against the full disk: 1.6 MB against a 512 KiB file size limit.
+const FULL_MESSAGES: u16 = 400;
+
+fn set_file_size_limit(pid: libc::pid_t, bytes: u64) {
+    let limit = libc::rlimit {
+        rlim_cur: bytes,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: prlimit reads one rlimit we own; the pid is our child's.
+    let rc = unsafe { libc::prlimit(pid, libc::RLIMIT_FSIZE, &limit, std::ptr::null_mut()) };
+    assert_eq!(rc, 0, "prlimit: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_full_disk_refuses_with_quota_exceeded_then_recovers_without_losing() {
+    use std::os::unix::process::CommandExt;
+    let dir = temp_dir("full");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    command
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--shards",
+            "1",
+            "--log-level",
+            "info",
+        ])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    // SAFETY: only async-signal-safe calls between fork and exec: a file size limit, as a
+    // small disk would set one, and SIGXFSZ ignored so a write past it fails with EFBIG.
+    unsafe {
+        command.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            let limit = libc::rlimit {
+                rlim_cur: 512 << 10,
+                rlim_max: libc::RLIM_INFINITY,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &limit);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().expect("ringcast starts");
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let _child = Running(child);
+    let addr = listening_addr(stdout, Duration::from_secs(20)).expect("ringcast listens");
+    let keeper = || {
+        let mut connect = connect_packet("keeper", Version::V5, false);
+        connect.properties.session_expiry_interval = Some(3600);
+        connect
+    };
+    let (mut sub, _) = Raw::connect_with(addr, keeper());
+    sub.subscribe("full/#", QoS::AtLeastOnce);
+    sub.disconnect();
+    let (mut publisher, _) = Raw::connect_with(addr, connect_packet("filler", Version::V5, true));
+    let padding = "x".repeat(FULL_PAYLOAD_BYTES);
+    for pkid in 1..=FULL_MESSAGES {
+        let payload = format!("{pkid}:{padding}");
+        publisher.send(&publish_packet(
+            "full/t",
+            payload.as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            pkid,
+        ));
+    }
+    // Let the broker meet the limit, then make room, as an operator freeing space would.
+    std::thread::sleep(Duration::from_millis(500));
+    set_file_size_limit(pid, libc::RLIM_INFINITY);
+    let (mut stored, mut refused) = (HashSet::new(), 0);
+    for _ in 1..=FULL_MESSAGES {
+        match publisher.recv_within(Duration::from_secs(20)) {
+            Ok(Packet::PubAck(a)) if a.reason.0 == 0 => {
+                stored.insert(a.pkid);
+            }
+            Ok(Packet::PubAck(a)) => {
+                assert_eq!(a.reason.0, 0x97, "refused as Quota exceeded");
+                refused += 1;
+            }
+            other => panic!("expected a PUBACK, got {other:?}"),
+        }
+    }
+    assert!(refused > 0, "nothing was refused: the limit was never met");
+    assert!(!stored.is_empty(), "nothing was stored before the limit");
+    // After recovery new messages are taken again.
+    publisher.publish("full/t", b"after:recovery", QoS::AtLeastOnce, false);
+    let (mut sub, connack) = Raw::connect_with(addr, keeper());
+    assert!(connack.session_present);
+    let mut got = HashSet::new();
+    while got.len() < stored.len() + 1 {
+        let p = sub.recv_publish();
+        let text = String::from_utf8_lossy(&p.payload).to_string();
+        let head = text.split(':').next().unwrap_or_default().to_string();
+        got.insert(head.parse::<u16>().unwrap_or(0));
+    }
+    for pkid in &stored {
+        assert!(got.contains(pkid), "acknowledged message {pkid} was lost");
+    }
+    eprintln!(
+        "full disk: {} stored, {refused} refused with 0x97",
+        stored.len()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -226,13 +226,13 @@ pub struct Persist {
     durable: Cell<u64>,
     /// Position of the last record appended.
     last: Cell<u64>,
+    /// Whether the current spell of failing writes was logged.
+    is_warned: Cell<bool>,
     next_mid: Cell<u64>,
     next_sid: Cell<u64>,
     last_stamp: Cell<u64>,
     /// The message last written, so a fan-out writes it once.
     current: RefCell<Option<(Arc<Publish>, u64)>>,
-    /// Writes that failed (disk full or failing), for `$SYS`.
-    pub failures: Cell<u64>,
     /// Stop compacting when the log is this size past the last compaction.
     compact_bytes: Cell<u64>,
 }
@@ -247,11 +247,11 @@ impl Persist {
             store,
             durable: Cell::new(0),
             last: Cell::new(0),
+            is_warned: Cell::new(false),
             next_mid: Cell::new(next_mid.max(1)),
             next_sid: Cell::new(next_sid.max(1)),
             last_stamp: Cell::new(0),
             current: RefCell::new(None),
-            failures: Cell::new(0),
             compact_bytes: Cell::new(COMPACT_BYTES_MIN),
         }
     }
@@ -282,18 +282,19 @@ impl Persist {
     /// Waits until `at` is durable; retries while the disk refuses (counted once per
     /// failure spell), so it returns only when it is.
     pub async fn wait_durable(&self, at: u64) {
-        let mut failing = false;
         while !self.is_durable(at) {
             match self.store.durable(Position(at)).await {
                 Ok(()) => {
                     if at > self.durable.get() {
                         self.durable.set(at);
                     }
+                    if self.is_warned.replace(false) {
+                        tracing::info!("store writes again");
+                    }
                 }
                 Err(e) => {
-                    if !failing {
-                        failing = true;
-                        self.failures.set(self.failures.get() + 1);
+                    // Once per spell of failures, however many wait.
+                    if !self.is_warned.replace(true) {
                         tracing::warn!("store write failed, holding acknowledgements: {e}");
                     }
                     glommio::timer::sleep(Duration::from_millis(50)).await;

@@ -6,6 +6,7 @@ use super::*;
 use crate::config::Limits;
 use crate::protocol::{MqttString, Props};
 use crate::shard::encoder::Encoder;
+use crate::shard::session::Phase;
 use crate::store::{Fsync, Options};
 use bytes::Bytes;
 
@@ -16,10 +17,10 @@ fn publish(topic: &str, qos: QoS, payload: &'static [u8]) -> Publish {
         retain: false,
         topic: MqttString::from_str_checked(topic).unwrap(),
         pkid: 0,
-        properties: Props {
+        properties: Props::from(crate::protocol::Properties {
             message_expiry_interval: Some(60),
-            ..Props::default()
-        },
+            ..Default::default()
+        }),
         payload: Bytes::from_static(payload),
     }
 }
