@@ -3,7 +3,8 @@
 //! the broker's answer (ready, or why it cannot start).
 
 use crate::config::{FsyncMode, Persistence};
-use crate::shard::persist::{replay, Persist, Replayed};
+use crate::shard::persist::Persist;
+use crate::shard::replay::{replay, Replayed};
 use crate::shard::Shard;
 use crate::store::{self, DirLock, Fsync, Options, Store, StoreError};
 use std::rc::Rc;

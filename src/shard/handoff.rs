@@ -21,7 +21,7 @@
 
 use super::message::Message;
 use super::msg::{Handoff, MeshMsg, Settle, StubRef};
-use super::persist::{self, Journal, Record, StoredGrant};
+use super::persist::{Journal, Record};
 use super::routing::grant;
 use super::session::{Outgoing, Session, SessionState, Subscription};
 use super::shared::SHARE_PREFIX;
@@ -64,7 +64,7 @@ impl Held {
             .filter(|_| grant.qos != QoS::AtMostOnce)
         {
             let mid = journal.persist.message_id(&publish);
-            let (sid, grant) = (journal.sid, StoredGrant::of(&grant));
+            let (sid, grant) = (journal.sid, grant.to_stored());
             journal.persist.append(&Record::Enqueue { sid, mid, grant });
         }
         self.messages.push(Outgoing { publish, grant });
@@ -167,7 +167,7 @@ impl Shard {
             return;
         };
         if session.is_persistent && session.journal.is_none() {
-            session.journal = Some(persist::open(persist, session));
+            session.open_journal(persist);
         }
     }
 

@@ -5,7 +5,7 @@ use super::message::Message;
 use super::msg::{MeshMsg, Release};
 use super::subscriptions::remove_session;
 use super::takeover::home_shard;
-use super::{persist, SessionKey, Shard};
+use super::{SessionKey, Shard};
 use crate::protocol::{Publish, ReasonCode, Version, Will};
 use std::rc::Rc;
 use std::time::Duration;
@@ -58,7 +58,7 @@ impl Shard {
             return;
         };
         self.withdraw(key, gone);
-        persist::end(&session);
+        session.note_end();
         let home = home_shard(&session.client_id, self.shards);
         let client_id = std::mem::take(&mut session.client_id);
         self.mesh
@@ -102,7 +102,7 @@ impl Shard {
         self.with_session(key, token, |s, _, _| {
             s.expiry_secs = secs;
             s.is_persistent = secs > 0;
-            persist::note_expiry(s, secs);
+            s.note_expiry(secs);
         });
     }
 

@@ -14,6 +14,10 @@
 //! - `handoff`: what is published while a session moves between shards, held until it lands.
 //! - `lifecycle`: disconnect, session expiry, wills, shutdown.
 //! - `session`: a client's session: subscriptions, the QoS 1/2 window, the queue behind it.
+//! - `subscription`: one subscription's options as sessions, the trie and the store keep them.
+//! - `persist`: what the store's records mean (the schema) and the journal that writes them.
+//! - `replay`: a store file's records applied back into retained messages and sessions.
+//! - `restore`: start-up placement of what replay found; the live state for compaction.
 //! - `overflow`: what happens to a message at one subscriber's bound.
 //! - `backpressure`: when the shard's publishers wait (ceiling share, lagging subscribers).
 //! - `outbox`: the encoded frames waiting for one socket.
@@ -36,12 +40,14 @@ pub mod msg;
 pub mod outbox;
 pub mod overflow;
 pub mod persist;
+pub mod replay;
 pub mod requests;
 pub mod restore;
 pub mod retained;
 mod routing;
 pub mod session;
 mod shared;
+pub mod subscription;
 mod subscriptions;
 pub mod sys;
 mod takeover;

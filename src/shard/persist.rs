@@ -11,9 +11,9 @@
 //!
 //! Clean sessions and QoS 0 messages write nothing.
 
-use super::session::{Grant, Session, SessionState, Subscription};
-use crate::protocol::{Publish, QoS, Version, Will};
-use crate::store::{Position, Store, StoreError};
+use super::subscription::Subscription;
+use crate::protocol::{Publish, QoS, Version};
+use crate::store::{Position, Store};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -155,30 +155,6 @@ pub struct StoredGrant {
     pub share: Option<String>,
 }
 
-impl StoredGrant {
-    /// The grant as stored.
-    pub fn of(grant: &Grant) -> StoredGrant {
-        StoredGrant {
-            qos: grant.qos,
-            retain: grant.retain,
-            ids: grant.ids.clone(),
-            expires_ms: grant.expires_at.map(wall_ms),
-            share: grant.share.clone(),
-        }
-    }
-
-    /// The grant as a session uses it.
-    pub fn grant(&self) -> Grant {
-        Grant {
-            qos: self.qos,
-            retain: self.retain,
-            ids: self.ids.clone(),
-            expires_at: self.expires_ms.map(instant_of),
-            share: self.share.clone(),
-        }
-    }
-}
-
 /// Unix milliseconds of a deadline.
 pub fn wall_ms(at: Instant) -> u64 {
     let now = Instant::now();
@@ -200,11 +176,6 @@ pub fn instant_of(ms: u64) -> Instant {
         Some(left) => now + left,
         None => now.checked_sub(unix - at).unwrap_or(now),
     }
-}
-
-/// The shard whose file keeps the retained records of `topic`.
-pub fn retain_owner(topic: &str, shards: usize) -> usize {
-    super::takeover::home_shard(topic, shards)
 }
 
 mod codec;
@@ -363,108 +334,6 @@ impl Persist {
         *self.current.borrow_mut() = None;
     }
 }
-
-/// Gives a persistent session being installed on this shard its journal, and records its
-/// whole state (`Open`), message bodies first.
-pub fn open(persist: &Rc<Persist>, session: &Session) -> Journal {
-    let (sid, stamp) = persist.open_ids();
-    let state = session.stored_state(|publish| persist.message_id(publish));
-    let opened = Opened {
-        sid,
-        stamp,
-        client_id: session.client_id.clone(),
-        version: session.version,
-        expiry_secs: session.expiry_secs,
-        will: None,
-        subscriptions: session
-            .subscriptions
-            .iter()
-            .map(|(f, s)| (f.clone(), *s))
-            .collect(),
-        incoming_qos2: state.incoming_qos2,
-        next_pkid: state.next_pkid,
-        inflight: state.inflight,
-        queue: state.queue,
-    };
-    persist.append(&Record::Open(Box::new(opened)));
-    Journal {
-        persist: persist.clone(),
-        sid,
-    }
-}
-
-/// Records that a stored session ended for good.
-pub fn end(session: &Session) {
-    if let Some(sid) = session.sid() {
-        session.note(Record::End { sid });
-    }
-}
-
-/// Records a new Session Expiry Interval.
-pub fn note_expiry(session: &Session, secs: u32) {
-    if let Some(sid) = session.sid() {
-        session.note(Record::Expiry { sid, secs });
-    }
-}
-
-/// Records a subscription added or changed.
-pub fn note_subscribe(session: &Session, filter: &str, sub: Subscription) {
-    if let Some(sid) = session.sid() {
-        let filter = filter.to_string();
-        session.note(Record::Subscribe { sid, filter, sub });
-    }
-}
-
-/// Records a subscription removed.
-pub fn note_unsubscribe(session: &Session, filter: &str) {
-    if let Some(sid) = session.sid() {
-        let filter = filter.to_string();
-        session.note(Record::Unsubscribe { sid, filter });
-    }
-}
-
-/// Error a start-up can end with.
-pub type ReplayError = StoreError;
-
-/// A session as replay rebuilt it: plain data (crosses threads at start-up).
-#[derive(Debug)]
-pub struct Image {
-    /// The `Open` it started from, with what followed applied.
-    pub sid: u64,
-    /// Stamp of its `Open`.
-    pub stamp: u64,
-    /// Client identifier.
-    pub client_id: String,
-    /// Version.
-    pub version: Version,
-    /// Session Expiry Interval.
-    pub expiry_secs: u32,
-    /// Will.
-    pub will: Option<Will>,
-    /// The state to restore.
-    pub state: SessionState,
-    /// The shard file it came from.
-    pub file: usize,
-}
-
-/// A retained message as replayed: the PUBLISH and its expiry (Unix ms).
-pub type RetainedImage = (Arc<Publish>, Option<u64>);
-
-/// What one file replays to.
-#[derive(Default, Debug)]
-pub struct Replayed {
-    /// Retained messages by topic (None: cleared), in record order.
-    pub retained: Vec<(String, Option<RetainedImage>)>,
-    /// Sessions not ended.
-    pub sessions: Vec<Image>,
-    /// Highest message id seen + 1.
-    pub next_mid: u64,
-    /// Highest session id seen + 1.
-    pub next_sid: u64,
-}
-
-mod replay;
-pub use replay::replay;
 
 #[cfg(test)]
 mod tests;

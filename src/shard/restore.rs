@@ -2,7 +2,9 @@
 //! (all retained messages, in every replica; the sessions whose client id is homed here),
 //! and the whole live state written back as a snapshot (`live_records`) for compaction.
 
-use super::persist::{self, Journal, Opened, Persist, Record, Replayed};
+use super::persist::{self, Journal, Opened, Persist, Record};
+use super::replay::{Image, Replayed, RetainedImage};
+use super::routing::retain_owner;
 use super::session::Session;
 use super::takeover::{home_shard, Owner};
 use super::{Message, Shard};
@@ -26,7 +28,7 @@ impl Shard {
     /// shard count); other sessions are written afresh.
     pub fn restore(self: &Rc<Self>, all: &[(usize, Replayed)], reuse_own: bool) -> Placed {
         self.restore_retained(all);
-        let mut latest: HashMap<&str, &persist::Image> = HashMap::new();
+        let mut latest: HashMap<&str, &Image> = HashMap::new();
         for (_, replayed) in all {
             for image in &replayed.sessions {
                 if home_shard(&image.client_id, self.shards) != self.id() {
@@ -46,7 +48,7 @@ impl Shard {
     }
 
     fn restore_retained(&self, all: &[(usize, Replayed)]) {
-        let mut topics: HashMap<&str, Option<&persist::RetainedImage>> = HashMap::new();
+        let mut topics: HashMap<&str, Option<&RetainedImage>> = HashMap::new();
         for (_, replayed) in all {
             for (topic, message) in &replayed.retained {
                 topics.insert(topic.as_str(), message.as_ref());
@@ -72,7 +74,7 @@ impl Shard {
     /// Installs one replayed session, offline, held by this shard.
     fn restore_session(
         self: &Rc<Self>,
-        image: &persist::Image,
+        image: &Image,
         reuse_own: bool,
     ) -> (super::SessionKey, Vec<String>) {
         let token = self.new_token();
@@ -108,7 +110,7 @@ impl Shard {
         let st = self.state.borrow();
         let mut records = Vec::new();
         st.retained.for_each(|topic, message| {
-            if persist::retain_owner(topic, self.shards) != self.id() {
+            if retain_owner(topic, self.shards) != self.id() {
                 return;
             }
             let expires = message.expires_at.map(persist::wall_ms);

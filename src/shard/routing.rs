@@ -5,7 +5,7 @@
 
 use super::message::Message;
 use super::msg::{InterestAck, MeshMsg, Retain};
-use super::persist::{retain_owner, wall_ms, Record};
+use super::persist::{wall_ms, Record};
 use super::session::{Grant, Subscription};
 use super::trie::Trie;
 use super::{Shard, State};
@@ -380,6 +380,12 @@ pub(super) fn grant<'a>(
         expires_at: message.expires_at,
         share: None,
     })
+}
+
+/// The shard whose store file keeps the retained records of `topic`, so that one file holds
+/// every record of a topic, in order.
+pub(super) fn retain_owner(topic: &str, shards: usize) -> ShardId {
+    crate::mesh::shard_of(topic, shards)
 }
 
 /// Bit set of the other shards with a subscriber matching `topic`.

@@ -8,10 +8,11 @@ use super::overflow;
 use crate::config::{Limits, Qos12Overflow};
 use crate::protocol::codec;
 use crate::protocol::connection::server_disconnect;
-use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode, SubscriptionOptions, Version, Will};
+use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode, Version, Will};
 use crate::shard::backpressure::{DropReason, Pressure};
 use crate::shard::outbox::Outbox;
-use crate::shard::persist::{Journal, Record, StoredGrant};
+use crate::shard::persist::{instant_of, wall_ms, Journal, Persist, Record, StoredGrant};
+pub use crate::shard::subscription::Subscription;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -40,18 +41,6 @@ pub struct Inflight {
     pub pkid: u16,
     /// Where its flow stands.
     pub phase: Phase,
-}
-
-/// One subscription as a session and the trie keep it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Subscription {
-    /// Options from the SUBSCRIBE entry.
-    pub options: SubscriptionOptions,
-    /// 5.0 Subscription Identifier from the SUBSCRIBE, returned with each matching PUBLISH.
-    pub id: Option<u32>,
-    /// Whether the ACL lets the client read only some of what the filter matches, so each
-    /// message is checked (`Session::may_read`); false when it may read all of it.
-    pub is_filtered: bool,
 }
 
 /// What a session's deliveries are checked against when the ACL cuts into its
@@ -91,6 +80,28 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// The grant as the store keeps it (expiry as wall-clock time).
+    pub fn to_stored(&self) -> StoredGrant {
+        StoredGrant {
+            qos: self.qos,
+            retain: self.retain,
+            ids: self.ids.clone(),
+            expires_ms: self.expires_at.map(wall_ms),
+            share: self.share.clone(),
+        }
+    }
+
+    /// A grant the store kept.
+    pub fn from_stored(stored: &StoredGrant) -> Grant {
+        Grant {
+            qos: stored.qos,
+            retain: stored.retain,
+            ids: stored.ids.clone(),
+            expires_at: stored.expires_ms.map(instant_of),
+            share: stored.share.clone(),
+        }
+    }
+
     /// The message as published (its QoS and retain), no expiry, a plain subscription.
     pub fn as_published(publish: &Publish) -> Grant {
         Grant {
@@ -345,7 +356,7 @@ impl Session {
             .iter()
             .map(|i| {
                 let id = mid(&i.out.publish);
-                let grant = StoredGrant::of(&i.out.grant);
+                let grant = i.out.grant.to_stored();
                 (id, grant, i.pkid, i.phase == Phase::Release)
             })
             .collect();
@@ -353,13 +364,72 @@ impl Session {
             .queue
             .iter()
             .filter(|o| o.grant.qos != QoS::AtMostOnce)
-            .map(|o| (mid(&o.publish), StoredGrant::of(&o.grant)))
+            .map(|o| (mid(&o.publish), o.grant.to_stored()))
             .collect();
         StoredState {
             inflight,
             queue,
             incoming_qos2: self.incoming_qos2.iter().copied().collect(),
             next_pkid: self.next_pkid,
+        }
+    }
+
+    /// Gives a persistent session being installed on this shard its journal, and records its
+    /// whole state (`Open`), message bodies first.
+    pub fn open_journal(&mut self, persist: &Rc<Persist>) {
+        let (sid, stamp) = persist.open_ids();
+        let state = self.stored_state(|publish| persist.message_id(publish));
+        let opened = crate::shard::persist::Opened {
+            sid,
+            stamp,
+            client_id: self.client_id.clone(),
+            version: self.version,
+            expiry_secs: self.expiry_secs,
+            will: None,
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), *s))
+                .collect(),
+            incoming_qos2: state.incoming_qos2,
+            next_pkid: state.next_pkid,
+            inflight: state.inflight,
+            queue: state.queue,
+        };
+        persist.append(&Record::Open(Box::new(opened)));
+        self.journal = Some(Journal {
+            persist: persist.clone(),
+            sid,
+        });
+    }
+
+    /// Records that a stored session ended for good.
+    pub fn note_end(&self) {
+        if let Some(sid) = self.sid() {
+            self.note(Record::End { sid });
+        }
+    }
+
+    /// Records a new Session Expiry Interval.
+    pub fn note_expiry(&self, secs: u32) {
+        if let Some(sid) = self.sid() {
+            self.note(Record::Expiry { sid, secs });
+        }
+    }
+
+    /// Records a subscription added or changed.
+    pub fn note_subscribe(&self, filter: &str, sub: Subscription) {
+        if let Some(sid) = self.sid() {
+            let filter = filter.to_string();
+            self.note(Record::Subscribe { sid, filter, sub });
+        }
+    }
+
+    /// Records a subscription removed.
+    pub fn note_unsubscribe(&self, filter: &str) {
+        if let Some(sid) = self.sid() {
+            let filter = filter.to_string();
+            self.note(Record::Unsubscribe { sid, filter });
         }
     }
 
@@ -397,8 +467,8 @@ impl Session {
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
             return self.send_now(publish, grant, limits, enc, true);
         }
-        let stored = (grant.qos != QoS::AtMostOnce && self.journal.is_some())
-            .then(|| StoredGrant::of(&grant));
+        let stored =
+            (grant.qos != QoS::AtMostOnce && self.journal.is_some()).then(|| grant.to_stored());
         let delivery = self.enqueue(
             Outgoing {
                 publish: publish.clone(),
@@ -478,7 +548,7 @@ impl Session {
         }
         if grant.qos != QoS::AtMostOnce {
             if is_fresh && self.journal.is_some() {
-                self.note_enqueued(publish, StoredGrant::of(&grant));
+                self.note_enqueued(publish, grant.to_stored());
             }
             self.send_new(publish, grant, enc);
             return Delivery::Sent;

@@ -7,7 +7,7 @@
 use super::msg::{InterestAck, InterestAdd, InterestRemove, MeshMsg, ShareJoin, ShareLeave};
 use super::session::{Session, Subscription};
 use super::shared::{join_group, leave_group, SHARE_PREFIX};
-use super::{persist, HashMap, SessionKey, Shard, State};
+use super::{HashMap, SessionKey, Shard, State};
 use crate::mesh::ShardId;
 
 impl Shard {
@@ -18,7 +18,7 @@ impl Shard {
         let Some(session) = st.sessions.get_mut(&key) else {
             return false;
         };
-        persist::note_subscribe(session, filter, sub);
+        session.note_subscribe(filter, sub);
         if let Some(old) = session.subscriptions.get_mut(filter) {
             *old = sub;
             if !filter.starts_with(SHARE_PREFIX) {
@@ -35,7 +35,7 @@ impl Shard {
         let mut st = self.state.borrow_mut();
         let existed = st.sessions.get_mut(&key).is_some_and(|s| {
             s.cursors.remove(filter);
-            persist::note_unsubscribe(s, filter);
+            s.note_unsubscribe(filter);
             s.subscriptions.remove(filter).is_some()
         });
         if !existed {

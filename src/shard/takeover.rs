@@ -14,18 +14,13 @@ use super::msg::{Claim, Evict, Handoff, MeshMsg, Release, StubRef};
 use super::requests::Answer;
 use super::session::{Session, SessionState};
 use super::subscriptions::{add_subscription, drop_subscriptions, forget_session};
-use super::{persist, SessionKey, Shard};
+use super::{SessionKey, Shard};
 use crate::mesh::ShardId;
 use crate::protocol::{ReasonCode, Will};
 
 /// Which shard keeps the registry entry of a client id.
 pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
-    // FNV-1a: stable across runs and threads, unlike the std hasher's random seed.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in client_id.bytes() {
-        hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % shards as u64) as ShardId
+    crate::mesh::shard_of(client_id, shards)
 }
 
 /// A claim lost to a newer connection with the same client id, made while it was pending.
@@ -129,7 +124,7 @@ impl Shard {
         // An arriving session is recorded once it settles (`handoff::open_journal`).
         let is_unstored = session.is_persistent && session.journal.is_none() && !is_arriving;
         if let Some(persist) = self.persist.as_ref().filter(|_| is_unstored) {
-            session.journal = Some(persist::open(persist, &session));
+            session.open_journal(persist);
         }
         st.by_client.insert(session.client_id.clone(), key);
         st.sessions.insert(key, session);
@@ -223,7 +218,7 @@ impl Shard {
             // No `End`: the session lives on at its new shard, whose `Open` stamps later.
             return (Some(Box::new(session.take_state())), stub, will);
         }
-        persist::end(&session);
+        session.note_end();
         self.requeue_shared(session.take_unfinished_shared());
         (None, None, will)
     }

@@ -5,7 +5,7 @@
 use super::{Opened, Record, StoredGrant};
 use crate::protocol::codec::{encode, Codec, Decoded};
 use crate::protocol::{Packet, Publish, QoS, SubscriptionOptions, Version};
-use crate::shard::session::Subscription;
+use crate::shard::subscription::Subscription;
 use bytes::BytesMut;
 
 const RETAIN: u8 = 1;

@@ -1,8 +1,10 @@
-//! Replay: one file's records, applied in order, back into retained messages and sessions.
+//! Replay: one store file's records (`persist`'s schema), applied in order, back into
+//! retained messages and sessions.
 
-use super::{decode, instant_of, Image, Opened, Record, Replayed, StoredGrant};
+use super::persist::{decode, instant_of, Opened, Record, StoredGrant};
+use super::session::{Grant, Inflight, Outgoing, Phase, SessionState, Subscription};
 use crate::protocol::Publish;
-use crate::shard::session::{Inflight, Outgoing, Phase, SessionState, Subscription};
+use crate::protocol::{Version, Will};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -46,7 +48,7 @@ fn apply(
     let outgoing = |messages: &HashMap<u64, Arc<Publish>>, mid: u64, grant: &StoredGrant| {
         messages.get(&mid).map(|publish| Outgoing {
             publish: publish.clone(),
-            grant: grant.grant(),
+            grant: Grant::from_stored(grant),
         })
     };
     match record {
@@ -192,4 +194,41 @@ fn image(b: Building, file: usize) -> Image {
         },
         file,
     }
+}
+
+/// A session as replay rebuilt it: plain data (crosses threads at start-up).
+#[derive(Debug)]
+pub struct Image {
+    /// The `Open` it started from, with what followed applied.
+    pub sid: u64,
+    /// Stamp of its `Open`.
+    pub stamp: u64,
+    /// Client identifier.
+    pub client_id: String,
+    /// Version.
+    pub version: Version,
+    /// Session Expiry Interval.
+    pub expiry_secs: u32,
+    /// Will.
+    pub will: Option<Will>,
+    /// The state to restore.
+    pub state: SessionState,
+    /// The shard file it came from.
+    pub file: usize,
+}
+
+/// A retained message as replayed: the PUBLISH and its expiry (Unix ms).
+pub type RetainedImage = (Arc<Publish>, Option<u64>);
+
+/// What one file replays to.
+#[derive(Default, Debug)]
+pub struct Replayed {
+    /// Retained messages by topic (None: cleared), in record order.
+    pub retained: Vec<(String, Option<RetainedImage>)>,
+    /// Sessions not ended.
+    pub sessions: Vec<Image>,
+    /// Highest message id seen + 1.
+    pub next_mid: u64,
+    /// Highest session id seen + 1.
+    pub next_sid: u64,
 }
