@@ -508,3 +508,30 @@ fn a_full_disk_refuses_with_quota_exceeded_then_recovers_without_losing() {
     );
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[test]
+fn a_will_cut_off_by_a_crash_is_published_after_the_restart() {
+    let dir = temp_dir("will");
+    let (mut child, addr) = start(&dir, "interval");
+    let mut watcher = Raw::connect_with(addr, connect_packet("watcher", Version::V311, false)).0;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce);
+    watcher.disconnect();
+    let mut connect = connect_packet("device", Version::V311, false);
+    connect.will = Some(ringcast::protocol::Will {
+        topic: ringcast::protocol::MqttString::from_str_checked("wills/device").unwrap(),
+        payload: bytes::Bytes::from_static(b"gone"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties: Default::default(),
+    });
+    let (_device, _) = Raw::connect_with(addr, connect);
+    child.kill(); // SIGKILL while the device is connected
+    let (_child, addr) = start(&dir, "interval");
+    let (mut watcher, connack) =
+        Raw::connect_with(addr, connect_packet("watcher", Version::V311, false));
+    assert!(connack.session_present);
+    let will = watcher.recv_publish();
+    assert_eq!(will.topic.as_str(), "wills/device");
+    assert_eq!(&will.payload[..], b"gone");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -155,6 +155,7 @@ impl Startup {
             Err(_) => return false,
         };
         shard.announce_restored(placed.filters).await;
+        let wills = placed.wills;
         if self.is_reshaped && shard.compact().await {
             for n in self.extra_files(shard.id()) {
                 if let Err(e) = Store::retire(&self.options, n).await {
@@ -164,6 +165,10 @@ impl Startup {
         }
         self.restored.fetch_add(1, Ordering::SeqCst);
         let ok = self.all(&self.restored).await;
+        // Every shard knows every subscription now: the wills reach them all.
+        for (token, will, delay) in wills {
+            shard.publish_will_after(token, will, delay);
+        }
         if shard.id() == 0 && ok {
             if let Ok(mut parts) = self.parts.write() {
                 parts.clear();

@@ -26,6 +26,7 @@ impl Shard {
                 .sessions
                 .get_mut(&key)
                 .filter(|s| s.conn_token == token)?;
+            session.note_will_gone();
             let will = if graceful { None } else { session.will.take() };
             session.will = None;
             session.outbox = None;
@@ -133,6 +134,7 @@ impl Shard {
         let mut wills = Vec::new();
         for session in st.sessions.values_mut() {
             if session.close_connection(reason, &mut st.enc) {
+                session.note_will_gone();
                 wills.extend(session.will.take());
             }
         }

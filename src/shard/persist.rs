@@ -12,7 +12,7 @@
 //! Clean sessions and QoS 0 messages write nothing.
 
 use super::subscription::Subscription;
-use crate::protocol::{Publish, QoS, Version};
+use crate::protocol::{Publish, QoS, Version, Will};
 use crate::store::{Position, Store};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -59,6 +59,11 @@ pub enum Record {
         sid: u64,
         /// Filter.
         filter: String,
+    },
+    /// The connection's will is gone (the client disconnected; or it was published).
+    WillGone {
+        /// Session id.
+        sid: u64,
     },
     /// A new Session Expiry Interval (5.0 DISCONNECT).
     Expiry {
@@ -126,8 +131,9 @@ pub struct Opened {
     pub version: Version,
     /// Session Expiry Interval (seconds).
     pub expiry_secs: u32,
-    /// The will, with its delay as a will property.
-    pub will: Option<Publish>,
+    /// The will of the session's last connection, as a PUBLISH, with its Will Delay
+    /// Interval (seconds).
+    pub will: Option<(Publish, u32)>,
     /// Subscriptions by filter.
     pub subscriptions: Vec<(String, Subscription)>,
     /// Inbound QoS 2 ids awaiting PUBREL.
@@ -153,6 +159,37 @@ pub struct StoredGrant {
     pub expires_ms: Option<u64>,
     /// Shared subscription it came through.
     pub share: Option<String>,
+}
+
+/// A will as the store keeps it: a PUBLISH and the Will Delay Interval.
+pub fn will_to_stored(will: &Will) -> (Publish, u32) {
+    let mut properties = will.properties.clone();
+    let delay = properties.will_delay_interval.take().unwrap_or(0);
+    let publish = Publish {
+        dup: false,
+        qos: will.qos,
+        retain: will.retain,
+        topic: will.topic.clone(),
+        pkid: 0,
+        properties,
+        payload: will.payload.clone(),
+    };
+    (publish, delay)
+}
+
+/// The will a stored one stands for.
+pub fn will_from_stored((publish, delay): &(Publish, u32)) -> Will {
+    let mut properties = publish.properties.clone();
+    if *delay > 0 {
+        properties.will_delay_interval = Some(*delay);
+    }
+    Will {
+        topic: publish.topic.clone(),
+        payload: publish.payload.clone(),
+        qos: publish.qos,
+        retain: publish.retain,
+        properties,
+    }
 }
 
 /// Unix milliseconds of a deadline.

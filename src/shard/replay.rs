@@ -1,7 +1,7 @@
 //! Replay: one store file's records (`persist`'s schema), applied in order, back into
 //! retained messages and sessions.
 
-use super::persist::{decode, instant_of, Opened, Record, StoredGrant};
+use super::persist::{decode, instant_of, will_from_stored, Opened, Record, StoredGrant};
 use super::session::{Grant, Inflight, Outgoing, Phase, SessionState, Subscription};
 use crate::protocol::Publish;
 use crate::protocol::{Version, Will};
@@ -119,6 +119,7 @@ fn sid_of(record: &Record) -> Option<u64> {
         Record::Subscribe { sid, .. }
         | Record::Unsubscribe { sid, .. }
         | Record::Expiry { sid, .. }
+        | Record::WillGone { sid }
         | Record::Enqueue { sid, .. }
         | Record::Assign { sid, .. }
         | Record::PubRec { sid, .. }
@@ -143,6 +144,7 @@ fn apply_to(
             b.subscriptions.remove(&filter);
         }
         Record::Expiry { secs, .. } => b.opened.expiry_secs = secs,
+        Record::WillGone { .. } => b.opened.will = None,
         Record::Enqueue { mid, grant, .. } => b.queue.extend(outgoing(messages, mid, &grant)),
         Record::Assign { pkid: 0, .. } => {
             // Taken from the queue and dropped (expired).
@@ -183,7 +185,7 @@ fn image(b: Building, file: usize) -> Image {
         client_id: b.opened.client_id,
         version: b.opened.version,
         expiry_secs: b.opened.expiry_secs,
-        will: None,
+        will: b.opened.will.as_ref().map(will_from_stored),
         state: SessionState {
             subscriptions: b.subscriptions.into_iter().collect(),
             inflight: b.inflight.into(),

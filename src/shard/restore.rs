@@ -8,7 +8,7 @@ use super::routing::retain_owner;
 use super::session::Session;
 use super::takeover::{home_shard, Owner};
 use super::{Message, Shard};
-use crate::protocol::Publish;
+use crate::protocol::{Publish, Will};
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -19,6 +19,8 @@ use std::time::Duration;
 pub struct Placed {
     /// Filters the restored sessions subscribe to (for `announce`), by session key.
     pub filters: Vec<(super::SessionKey, Vec<String>)>,
+    /// Wills of the connections the stop or crash ended: due once every shard is ready.
+    pub wills: Vec<(u64, Will, Duration)>,
 }
 
 impl Shard {
@@ -40,11 +42,16 @@ impl Shard {
                 }
             }
         }
-        let mut filters = Vec::new();
+        let mut placed = Placed {
+            filters: Vec::new(),
+            wills: Vec::new(),
+        };
         for image in latest.into_values() {
-            filters.push(self.restore_session(image, reuse_own));
+            let (filters, will) = self.restore_session(image, reuse_own);
+            placed.filters.push(filters);
+            placed.wills.extend(will);
         }
-        Placed { filters }
+        placed
     }
 
     fn restore_retained(&self, all: &[(usize, Replayed)]) {
@@ -76,7 +83,10 @@ impl Shard {
         self: &Rc<Self>,
         image: &Image,
         reuse_own: bool,
-    ) -> (super::SessionKey, Vec<String>) {
+    ) -> (
+        (super::SessionKey, Vec<String>),
+        Option<(u64, Will, Duration)>,
+    ) {
         let token = self.new_token();
         let mut session = Session::new(image.client_id.clone(), image.version, true);
         session.conn_token = token;
@@ -97,11 +107,24 @@ impl Shard {
             .borrow_mut()
             .registry
             .insert(image.client_id.clone(), owner);
-        if image.version == crate::protocol::Version::V5 && image.expiry_secs != u32::MAX {
+        let expires =
+            image.version == crate::protocol::Version::V5 && image.expiry_secs != u32::MAX;
+        if expires {
             let after = Duration::from_secs(image.expiry_secs as u64);
             self.expire_after(key, token, after);
         }
-        (key, filters)
+        // The crash (or stop) ended the will's connection: it is due after its delay, never
+        // past the session's end [MQTT-3.1.3-9].
+        let will = image.will.clone().map(|will| {
+            let delay = will.properties.will_delay_interval.unwrap_or(0);
+            let delay = if expires {
+                delay.min(image.expiry_secs)
+            } else {
+                delay
+            };
+            (token, will, Duration::from_secs(delay as u64))
+        });
+        ((key, filters), will)
     }
 
     /// This shard's live state as records: the retained messages whose topics it owns, and
@@ -142,7 +165,7 @@ impl Shard {
                 client_id: session.client_id.clone(),
                 version: session.version,
                 expiry_secs: session.expiry_secs,
-                will: None,
+                will: session.will.as_ref().map(persist::will_to_stored),
                 subscriptions: session
                     .subscriptions
                     .iter()

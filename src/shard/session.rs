@@ -385,7 +385,10 @@ impl Session {
             client_id: self.client_id.clone(),
             version: self.version,
             expiry_secs: self.expiry_secs,
-            will: None,
+            will: self
+                .will
+                .as_ref()
+                .map(crate::shard::persist::will_to_stored),
             subscriptions: self
                 .subscriptions
                 .iter()
@@ -401,6 +404,13 @@ impl Session {
             persist: persist.clone(),
             sid,
         });
+    }
+
+    /// Records that the connection's will is gone (disconnected, or published).
+    pub fn note_will_gone(&self) {
+        if let (Some(sid), true) = (self.sid(), self.will.is_some()) {
+            self.note(Record::WillGone { sid });
+        }
     }
 
     /// Records that a stored session ended for good.

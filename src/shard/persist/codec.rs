@@ -21,6 +21,7 @@ const PUBREC: u8 = 10;
 const DONE: u8 = 11;
 const INCOMING: u8 = 12;
 const RELEASED: u8 = 13;
+const WILL_GONE: u8 = 14;
 
 /// The bytes of a record.
 pub fn encode_record(record: &Record) -> Vec<u8> {
@@ -46,6 +47,10 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
         Record::Open(opened) => put_opened(&mut w, opened),
         Record::End { sid } => {
             w.push(END);
+            put_u64(&mut w, *sid);
+        }
+        Record::WillGone { sid } => {
+            w.push(WILL_GONE);
             put_u64(&mut w, *sid);
         }
         Record::Subscribe { sid, filter, sub } => {
@@ -87,9 +92,10 @@ fn put_opened(w: &mut Vec<u8>, o: &Opened) {
     w.push(u8::from(o.version == Version::V5));
     w.extend_from_slice(&o.expiry_secs.to_le_bytes());
     match &o.will {
-        Some(will) => {
+        Some((will, delay)) => {
             w.push(1);
             put_publish(w, will);
+            put_u32(w, *delay);
         }
         None => w.push(0),
     }
@@ -314,7 +320,7 @@ impl<'a> Reader<'a> {
         let expiry_secs = self.u32()?;
         let will = match self.u8()? {
             0 => None,
-            _ => Some(self.publish()?),
+            _ => Some((self.publish()?, self.u32()?)),
         };
         let n = self.count()?;
         let subscriptions = (0..n)
@@ -368,6 +374,7 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         },
         OPEN => Record::Open(Box::new(r.opened()?)),
         END => Record::End { sid: r.u64()? },
+        WILL_GONE => Record::WillGone { sid: r.u64()? },
         SUBSCRIBE => Record::Subscribe {
             sid: r.u64()?,
             filter: r.str()?,

@@ -6,9 +6,13 @@ use super::*;
 use crate::config::Limits;
 use crate::protocol::{MqttString, Props};
 use crate::shard::encoder::Encoder;
-use crate::shard::session::Phase;
+use crate::shard::replay::replay;
+use crate::shard::session::{Grant, Phase, Session};
+use crate::shard::subscription::Subscription;
 use crate::store::{Fsync, Options};
 use bytes::Bytes;
+use std::rc::Rc;
+use std::sync::Arc;
 
 fn publish(topic: &str, qos: QoS, payload: &'static [u8]) -> Publish {
     Publish {
@@ -55,7 +59,7 @@ fn every_kind() -> Vec<Record> {
         client_id: "device-1".into(),
         version: Version::V5,
         expiry_secs: 3600,
-        will: None,
+        will: Some((publish("last/will", QoS::AtLeastOnce, b"bye"), 30)),
         subscriptions: vec![("a/+".into(), sub())],
         incoming_qos2: vec![5, 6],
         next_pkid: 12,
@@ -77,6 +81,7 @@ fn every_kind() -> Vec<Record> {
         },
         Record::Open(Box::new(opened)),
         Record::End { sid: 3 },
+        Record::WillGone { sid: 3 },
         Record::Subscribe {
             sid: 3,
             filter: "a/#".into(),
@@ -113,6 +118,11 @@ fn normalized(record: &Record) -> Record {
             message: Some((publish, _)),
             ..
         } => fix(publish),
+        Record::Open(opened) => {
+            if let Some((will, _)) = &mut opened.will {
+                fix(will);
+            }
+        }
         _ => {}
     }
     record
@@ -272,7 +282,7 @@ fn a_message_fanned_out_to_1000_persistent_sessions_is_written_once() {
             let mut sessions: Vec<Session> = (0..1000)
                 .map(|n| {
                     let mut s = Session::new(format!("c{n}"), Version::V311, true);
-                    s.journal = Some(open(&persist, &s));
+                    s.open_journal(&persist);
                     s
                 })
                 .collect();
@@ -313,7 +323,7 @@ fn clean_sessions_and_qos_0_write_nothing() {
             let grant = Grant::as_published(&message);
             clean.deliver(&message, grant, &Limits::default(), &mut enc);
             let mut stored = Session::new("kept".into(), Version::V311, true);
-            stored.journal = Some(open(&persist, &stored));
+            stored.open_journal(&persist);
             let before = persist.last();
             let qos0 = Arc::new(publish("t", QoS::AtMostOnce, b"y"));
             let grant = Grant::as_published(&qos0);
