@@ -2,7 +2,7 @@
 //! (all retained messages, in every replica; the sessions whose client id is homed here),
 //! and the whole live state written back as a snapshot (`live_records`) for compaction.
 
-use super::persist::{self, Journal, Opened, Persist, Record};
+use super::persist::{self, Journal, Persist, Record};
 use super::replay::{Image, Replayed, RetainedImage};
 use super::routing::retain_owner;
 use super::session::Session;
@@ -148,7 +148,8 @@ impl Shard {
             let Some(sid) = session.sid() else {
                 continue;
             };
-            let state = session.stored_state(|publish| {
+            let stamp = persist.open_ids().1;
+            let opened = session.opened(sid, stamp, |publish| {
                 let next = persist.fresh_mid();
                 *mids.entry(Arc::as_ptr(publish)).or_insert_with(|| {
                     let record = Record::Message {
@@ -159,23 +160,6 @@ impl Shard {
                     next
                 })
             });
-            let opened = Opened {
-                sid,
-                stamp: persist.open_ids().1,
-                client_id: session.client_id.clone(),
-                version: session.version,
-                expiry_secs: session.expiry_secs,
-                will: session.will.as_ref().map(persist::will_to_stored),
-                subscriptions: session
-                    .subscriptions
-                    .iter()
-                    .map(|(f, s)| (f.clone(), *s))
-                    .collect(),
-                incoming_qos2: state.incoming_qos2,
-                next_pkid: state.next_pkid,
-                inflight: state.inflight,
-                queue: state.queue,
-            };
             records.push(Bytes::from(persist::encode_record(&Record::Open(
                 Box::new(opened),
             ))));

@@ -11,7 +11,9 @@ use crate::protocol::connection::server_disconnect;
 use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode, Version, Will};
 use crate::shard::backpressure::{DropReason, Pressure};
 use crate::shard::outbox::Outbox;
-use crate::shard::persist::{instant_of, wall_ms, Journal, Persist, Record, StoredGrant};
+use crate::shard::persist::{
+    instant_of, wall_ms, will_to_stored, Journal, Opened, Persist, Record, StoredGrant,
+};
 pub use crate::shard::subscription::Subscription;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -189,18 +191,6 @@ pub struct SessionState {
     pub cursors: Vec<Cursor>,
 }
 
-/// A session's QoS 1/2 state as its `Open` record holds it (see `Session::stored_state`).
-pub struct StoredState {
-    /// In flight: message id, grant, packet id, whether PUBREC came.
-    pub inflight: Vec<(u64, StoredGrant, u16, bool)>,
-    /// Queued: message id, grant.
-    pub queue: Vec<(u64, StoredGrant)>,
-    /// Inbound QoS 2 ids awaiting PUBREL.
-    pub incoming_qos2: Vec<u16>,
-    /// Next packet id.
-    pub next_pkid: u16,
-}
-
 impl SessionState {
     /// A copy of everything but the retained cursors (a restored session starts none).
     pub fn clone_plain(&self) -> SessionState {
@@ -347,17 +337,26 @@ impl Session {
         }
     }
 
-    /// The QoS 1/2 messages this session holds, for its `Open` record: in flight (message id
-    /// from `mid`, grant, packet id, whether PUBREC came), queued, inbound QoS 2 ids, and
-    /// the next packet id.
-    pub fn stored_state(&self, mut mid: impl FnMut(&Arc<Publish>) -> u64) -> StoredState {
+    /// This session's whole state as an `Open` record with session id `sid` and `stamp`;
+    /// `mid` gives each message it holds its id (writing its body where that is needed).
+    /// QoS 0 messages queued are left out: they are not stored.
+    pub fn opened(
+        &self,
+        sid: u64,
+        stamp: u64,
+        mut mid: impl FnMut(&Arc<Publish>) -> u64,
+    ) -> Opened {
         let inflight = self
             .inflight
             .iter()
             .map(|i| {
                 let id = mid(&i.out.publish);
-                let grant = i.out.grant.to_stored();
-                (id, grant, i.pkid, i.phase == Phase::Release)
+                (
+                    id,
+                    i.out.grant.to_stored(),
+                    i.pkid,
+                    i.phase == Phase::Release,
+                )
             })
             .collect();
         let queue = self
@@ -366,11 +365,22 @@ impl Session {
             .filter(|o| o.grant.qos != QoS::AtMostOnce)
             .map(|o| (mid(&o.publish), o.grant.to_stored()))
             .collect();
-        StoredState {
-            inflight,
-            queue,
+        Opened {
+            sid,
+            stamp,
+            client_id: self.client_id.clone(),
+            version: self.version,
+            expiry_secs: self.expiry_secs,
+            will: self.will.as_ref().map(will_to_stored),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), *s))
+                .collect(),
             incoming_qos2: self.incoming_qos2.iter().copied().collect(),
             next_pkid: self.next_pkid,
+            inflight,
+            queue,
         }
     }
 
@@ -378,27 +388,7 @@ impl Session {
     /// whole state (`Open`), message bodies first.
     pub fn open_journal(&mut self, persist: &Rc<Persist>) {
         let (sid, stamp) = persist.open_ids();
-        let state = self.stored_state(|publish| persist.message_id(publish));
-        let opened = crate::shard::persist::Opened {
-            sid,
-            stamp,
-            client_id: self.client_id.clone(),
-            version: self.version,
-            expiry_secs: self.expiry_secs,
-            will: self
-                .will
-                .as_ref()
-                .map(crate::shard::persist::will_to_stored),
-            subscriptions: self
-                .subscriptions
-                .iter()
-                .map(|(f, s)| (f.clone(), *s))
-                .collect(),
-            incoming_qos2: state.incoming_qos2,
-            next_pkid: state.next_pkid,
-            inflight: state.inflight,
-            queue: state.queue,
-        };
+        let opened = self.opened(sid, stamp, |publish| persist.message_id(publish));
         persist.append(&Record::Open(Box::new(opened)));
         self.journal = Some(Journal {
             persist: persist.clone(),
