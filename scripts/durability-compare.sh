@@ -5,6 +5,9 @@
 # start-up time with 1,000,000 retained messages and 100,000 persistent sessions
 # (scripts/durability-startup.py fills, stops and restarts the broker and times it).
 #
+# Every generator client keeps a persistent session (--persistent): with clean sessions a
+# broker stores nothing, and the figures would show no cost at all.
+#
 # Brokers on CPU 0 (ringcast --cpus 0 --shards 1, mosquitto under taskset -c 0), the generator
 # on CPU 1. Every (round, scenario, broker) run starts a fresh broker on an empty data
 # directory and kills it afterwards; rounds are interleaved, the table shows medians.
@@ -25,7 +28,7 @@ OUT=${OUT:-$(mktemp -d /tmp/durability-compare.XXXXXX)}
 RESULTS=$OUT/results.jsonl
 BROKER_LIMIT=$((DUR + 60))
 PORT=18890
-COMMON=(--payload 64 --duration "$DUR" --drain 2 --cpus 1 --json --quiet)
+COMMON=(--payload 64 --duration "$DUR" --drain 2 --cpus 1 --json --quiet --persistent)
 
 # name|generator arguments|brokers it runs against
 SCENARIOS=(

@@ -51,6 +51,7 @@ fn bench(opts: &Options) -> Result<Report, String> {
     let broker = Endpoint {
         addr,
         tls: Tls::from_options(opts)?,
+        persistent: opts.persistent,
     };
     match opts.scenario {
         Scenario::Conns => {

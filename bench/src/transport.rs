@@ -24,12 +24,20 @@ pub struct Endpoint {
     pub addr: SocketAddr,
     /// TLS settings with `--tls`; plain TCP without.
     pub tls: Option<Tls>,
+    /// `--persistent`: every client keeps a persistent session (3.1.1 Clean Session 0; 5.0
+    /// Clean Start 0 and a session that never expires), so a broker that stores sessions
+    /// stores what they get.
+    pub persistent: bool,
 }
 
 impl Endpoint {
     /// Plain TCP to `addr`.
     pub fn plain(addr: SocketAddr) -> Endpoint {
-        Endpoint { addr, tls: None }
+        Endpoint {
+            addr,
+            tls: None,
+            persistent: false,
+        }
     }
 
     /// Connects (and with TLS, runs the handshake until `deadline`). Reads time out every

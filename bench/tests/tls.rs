@@ -226,6 +226,7 @@ fn bytes_both_ways_over_tls() {
     let broker = Endpoint {
         addr,
         tls: Some(pki.client(false)),
+        persistent: false,
     };
     let received = on_glommio(move || async move {
         let mut conn = Conn::open(&broker, Version::V311, "tls-test")
@@ -285,6 +286,7 @@ fn handshakes(
     let broker = Endpoint {
         addr,
         tls: Some(pki.client(resume)),
+        persistent: false,
     };
     let kinds = on_glommio(move || async move {
         let mut kinds = Vec::new();
@@ -342,6 +344,7 @@ fn a_closing_broker_ends_the_stream() {
         let broker = Endpoint {
             addr,
             tls: Some(pki.client(false)),
+            persistent: false,
         };
         let error = on_glommio(move || async move {
             let mut conn = Conn::open(&broker, Version::V311, "tls-close")

@@ -15,12 +15,15 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A will to publish after a restart: the session's connection token, the will, its delay.
+pub type DueWill = (u64, Will, Duration);
+
 /// What a shard keeps of everything replayed.
 pub struct Placed {
     /// Filters the restored sessions subscribe to (for `announce`), by session key.
     pub filters: Vec<(super::SessionKey, Vec<String>)>,
     /// Wills of the connections the stop or crash ended: due once every shard is ready.
-    pub wills: Vec<(u64, Will, Duration)>,
+    pub wills: Vec<DueWill>,
 }
 
 impl Shard {
@@ -83,10 +86,7 @@ impl Shard {
         self: &Rc<Self>,
         image: &Image,
         reuse_own: bool,
-    ) -> (
-        (super::SessionKey, Vec<String>),
-        Option<(u64, Will, Duration)>,
-    ) {
+    ) -> ((super::SessionKey, Vec<String>), Option<DueWill>) {
         let token = self.new_token();
         let mut session = Session::new(image.client_id.clone(), image.version, true);
         session.conn_token = token;
