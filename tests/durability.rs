@@ -449,7 +449,30 @@ fn a_full_disk_refuses_with_quota_exceeded_then_recovers_without_losing() {
     let stdout = child.stdout.take().unwrap();
     let pid = child.id() as libc::pid_t;
     let _child = Running(child);
-    let addr = listening_addr(stdout, Duration::from_secs(20)).expect("ringcast listens");
+    // Its log, line by line: the address, then the first failing write.
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let wait_for = |needle: &str| loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("the broker never logged {needle:?}"));
+        if let Some((_, rest)) = line.split_once(needle) {
+            return rest.to_string();
+        }
+    };
+    let rest = wait_for("ringcast listening on ");
+    let end = rest
+        .find(|c: char| !(c.is_ascii_hexdigit() || ".:[]".contains(c)))
+        .unwrap_or(rest.len());
+    let addr: SocketAddr = rest[..end].parse().unwrap();
     let keeper = || {
         let mut connect = connect_packet("keeper", Version::V5, false);
         connect.properties.session_expiry_interval = Some(3600);
@@ -470,8 +493,10 @@ fn a_full_disk_refuses_with_quota_exceeded_then_recovers_without_losing() {
             pkid,
         ));
     }
-    // Let the broker meet the limit, then make room, as an operator freeing space would.
-    std::thread::sleep(Duration::from_millis(500));
+    // Once the broker meets the limit, make room, as an operator freeing space would; a
+    // PUBLISH read after that and before the store retries is refused.
+    wait_for("store write failed");
+    std::thread::sleep(Duration::from_millis(200));
     set_file_size_limit(pid, libc::RLIM_INFINITY);
     let (mut stored, mut refused) = (HashSet::new(), 0);
     for _ in 1..=FULL_MESSAGES {
