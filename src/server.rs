@@ -267,6 +267,7 @@ async fn run_shard(mut ctx: ShardStart) {
         pressure,
     );
     shard.persist = persist;
+    shard.journaled = ctx.startup.as_ref().map(|s| s.journaled.clone());
     let shard = Rc::new(shard);
     let gate = Rc::new(Gate::new(
         std::mem::take(&mut ctx.endpoints),

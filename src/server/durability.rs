@@ -9,7 +9,7 @@ use crate::shard::Shard;
 use crate::store::{self, DirLock, Fsync, Options, Store, StoreError};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 /// How often a shard waiting for the others looks again (start-up only).
@@ -33,6 +33,8 @@ pub struct Startup {
     failed: AtomicBool,
     error: Mutex<Option<String>>,
     started: Instant,
+    /// Per shard: whether it stores sessions (see `Shard::journaled`).
+    pub journaled: Arc<[AtomicBool]>,
     _lock: DirLock,
 }
 
@@ -62,6 +64,7 @@ impl Startup {
             failed: AtomicBool::new(false),
             error: Mutex::new(None),
             started: Instant::now(),
+            journaled: (0..shards).map(|_| AtomicBool::new(false)).collect(),
             _lock: lock,
         })
     }
@@ -124,7 +127,8 @@ impl Startup {
         let mut parts = Vec::new();
         let mut reports = recovered.report;
         let (own, skipped) = replay(&recovered.records, id);
-        let persist = Persist::new(store, own.next_mid, own.next_sid);
+        let persist =
+            Persist::new(store, own.next_mid, own.next_sid).flagging(self.journaled.clone(), id);
         parts.push((id, own, skipped));
         for n in self.extra_files(id) {
             let recovered = Store::read_only(&self.options, n).await?;

@@ -143,6 +143,9 @@ pub struct Shard {
     open_connections: Arc<AtomicUsize>,
     /// This shard's journal over its store, when persistence is on.
     pub persist: Option<Rc<persist::Persist>>,
+    /// Per shard: whether it has stored a session since start (set once, never cleared), so
+    /// a QoS 1/2 publish waits for durable answers only from shards that may store it.
+    pub journaled: Option<Arc<[std::sync::atomic::AtomicBool]>>,
 }
 
 impl Shard {
@@ -167,7 +170,20 @@ impl Shard {
             claims: RefCell::default(),
             open_connections,
             persist: None,
+            journaled: None,
         }
+    }
+
+    /// Bit set of the shards that have stored a session since start.
+    pub fn journaled_shards(&self) -> u64 {
+        let Some(flags) = &self.journaled else {
+            return 0;
+        };
+        flags
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.load(Ordering::Acquire))
+            .fold(0, |bits, (i, _)| bits | 1 << i)
     }
 
     /// Whether more connections are open than `limits.connections_max` allows.

@@ -16,6 +16,7 @@ use crate::protocol::{Publish, QoS, Version, Will};
 use crate::store::{Position, Store};
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -243,6 +244,8 @@ pub struct Persist {
     current: RefCell<Option<(Arc<Publish>, u64)>>,
     /// Stop compacting when the log is this size past the last compaction.
     compact_bytes: Cell<u64>,
+    /// Every shard's "stores sessions" flag, and this shard's index in it.
+    journaled: Option<(Arc<[AtomicBool]>, usize)>,
 }
 
 /// Log bytes past which a shard compacts (and twice the last snapshot).
@@ -261,7 +264,18 @@ impl Persist {
             last_stamp: Cell::new(0),
             current: RefCell::new(None),
             compact_bytes: Cell::new(COMPACT_BYTES_MIN),
+            journaled: None,
         }
+    }
+
+    /// Raises shard `id`'s flag in `flags` once this shard stores a session (now, if its file
+    /// had some): other shards ask it for durable answers only then (`Shard::journaled_shards`).
+    pub fn flagging(mut self, flags: Arc<[AtomicBool]>, id: usize) -> Persist {
+        if self.next_sid.get() > 1 {
+            flags[id].store(true, Ordering::Release);
+        }
+        self.journaled = Some((flags, id));
+        self
     }
 
     /// The store.
@@ -344,6 +358,9 @@ impl Persist {
     pub fn open_ids(&self) -> (u64, u64) {
         let sid = self.next_sid.get();
         self.next_sid.set(sid + 1);
+        if let Some((flags, id)) = &self.journaled {
+            flags[*id].store(true, Ordering::Release);
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default()

@@ -104,13 +104,11 @@ impl Shard {
         let is_acked = wait_for_replicas && message.publish.qos != QoS::AtMostOnce;
         let replicas_ack = is_acked && message.publish.retain && self.shards > 1;
         // With persistence, the PUBACK also waits for what the other shards store of it.
-        let durable_ack = is_acked && self.persist.is_some();
-        let acks = if replicas_ack { self.shards - 1 } else { 0 }
-            + if durable_ack {
-                interested.count_ones() as usize
-            } else {
-                0
-            };
+        let durable = match is_acked && self.persist.is_some() {
+            true => interested & self.journaled_shards(),
+            false => 0,
+        };
+        let acks = if replicas_ack { self.shards - 1 } else { 0 } + durable.count_ones() as usize;
         let request = (acks > 0).then(|| self.requests.open(acks));
         let retain_ack = request.filter(|_| replicas_ack);
         for to in (0..self.shards).filter(|&s| s != self.id()) {
@@ -123,7 +121,7 @@ impl Shard {
                 self.mesh.send(to, MeshMsg::Retain(retain)).await;
             }
             if interested & (1 << to) != 0 {
-                let msg = match request.filter(|_| durable_ack) {
+                let msg = match request.filter(|_| durable & (1 << to) != 0) {
                     Some(request) => MeshMsg::PublishDurable(message.clone(), self.id(), request),
                     None => MeshMsg::Publish(message.clone()),
                 };
