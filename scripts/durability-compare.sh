@@ -128,7 +128,7 @@ for s in dict.fromkeys(r["scenario"] for r in rows):
                  "always": "ringcast, fsync always",
                  "mosquitto": "mosquitto, persistence true"}[b]
         rate = med([r["deliveries_per_s"] for r in ok])
-        p99 = med([r["latency_us"][2] for r in ok])
+        p99 = med([r["latency_us"]["p99"] for r in ok])
         cpu = med([r.get("broker_cpu_ns_per_delivery") for r in ok])
         print(f"| {s} | {label} | {fmt(rate)} | {fmt(p99)} | {fmt(cpu)} | {len(ok)}/{len(res)} |")
 PY
