@@ -3,16 +3,17 @@
 
 use super::persist::{decode, instant_of, will_from_stored, Opened, Record, StoredGrant};
 use super::session::{Grant, Inflight, Outgoing, Phase, SessionState, Subscription};
+use super::HashMap;
 use crate::protocol::Publish;
 use crate::protocol::{Version, Will};
 use bytes::Bytes;
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 
 /// A session while its records are applied.
 struct Building {
     opened: Opened,
-    subscriptions: HashMap<String, Subscription>,
+    subscriptions: std::collections::HashMap<String, Subscription>,
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Outgoing>,
     incoming: HashSet<u16>,
@@ -22,8 +23,9 @@ struct Building {
 /// Applies the records of shard file `file`; returns what they leave and how many records
 /// were not understood (skipped).
 pub fn replay(records: &[Bytes], file: usize) -> (Replayed, usize) {
-    let mut messages: HashMap<u64, Arc<Publish>> = HashMap::new();
-    let mut sessions: HashMap<u64, Building> = HashMap::new();
+    let mut messages: HashMap<u64, Arc<Publish>> = HashMap::default();
+    let mut sessions: HashMap<u64, Building> = HashMap::default();
+    let mut retained: HashMap<String, Option<RetainedImage>> = HashMap::default();
     let mut out = Replayed::default();
     let mut skipped = 0;
     for bytes in records {
@@ -31,8 +33,18 @@ pub fn replay(records: &[Bytes], file: usize) -> (Replayed, usize) {
             skipped += 1;
             continue;
         };
+        if let Record::Retain { topic, message } = record {
+            // Replayed in order, the last record of a topic is what it holds.
+            let message = message.map(|(publish, expires)| (Arc::new(publish), expires));
+            retained.insert(topic, message);
+            continue;
+        }
         apply(record, &mut messages, &mut sessions, &mut out);
     }
+    out.retained = retained
+        .into_iter()
+        .filter_map(|(topic, message)| Some((topic, message?)))
+        .collect();
     let mut built: Vec<_> = sessions.into_values().collect();
     built.sort_by_key(|b| b.opened.sid);
     out.sessions = built.into_iter().map(|b| image(b, file)).collect();
@@ -52,10 +64,6 @@ fn apply(
         })
     };
     match record {
-        Record::Retain { topic, message } => {
-            let message = message.map(|(publish, expires)| (Arc::new(publish), expires));
-            out.retained.push((topic, message));
-        }
         Record::Message { mid, publish } => {
             out.next_mid = out.next_mid.max(mid + 1);
             messages.insert(mid, Arc::new(publish));
@@ -225,8 +233,8 @@ pub type RetainedImage = (Arc<Publish>, Option<u64>);
 /// What one file replays to.
 #[derive(Default, Debug)]
 pub struct Replayed {
-    /// Retained messages by topic (None: cleared), in record order.
-    pub retained: Vec<(String, Option<RetainedImage>)>,
+    /// Retained messages by topic, as the file's last record of each left them.
+    pub retained: Vec<(String, RetainedImage)>,
     /// Sessions not ended.
     pub sessions: Vec<Image>,
     /// Highest message id seen + 1.

@@ -3,7 +3,7 @@
 //! and the whole live state written back as a snapshot (`live_records`) for compaction.
 
 use super::persist::{self, Journal, Persist, Record};
-use super::replay::{Image, Replayed, RetainedImage};
+use super::replay::{Image, Replayed};
 use super::routing::retain_owner;
 use super::session::Session;
 use super::takeover::{home_shard, Owner};
@@ -33,23 +33,26 @@ impl Shard {
     /// shard count); other sessions are written afresh.
     pub fn restore(self: &Rc<Self>, all: &[(usize, Replayed)], reuse_own: bool) -> Placed {
         self.restore_retained(all);
-        let mut latest: HashMap<&str, &Image> = HashMap::new();
+        let mut latest: super::HashMap<&str, &Image> = super::HashMap::default();
         for (_, replayed) in all {
             for image in &replayed.sessions {
-                if home_shard(&image.client_id, self.shards) != self.id() {
-                    continue;
-                }
                 let entry = latest.entry(image.client_id.as_str()).or_insert(image);
                 if image.stamp > entry.stamp {
                     *entry = image;
                 }
             }
         }
+        // Sessions homed elsewhere: their shard's plain filters go into this shard's interest
+        // table at once (every shard saw every session), instead of one message per filter.
+        let (here, elsewhere): (Vec<&Image>, Vec<&Image>) = latest
+            .into_values()
+            .partition(|image| home_shard(&image.client_id, self.shards) == self.id());
+        self.note_interest(&elsewhere);
         let mut placed = Placed {
             filters: Vec::new(),
             wills: Vec::new(),
         };
-        for image in latest.into_values() {
+        for image in here {
             let (filters, will) = self.restore_session(image, reuse_own);
             placed.filters.push(filters);
             placed.wills.extend(will);
@@ -57,18 +60,25 @@ impl Shard {
         placed
     }
 
-    fn restore_retained(&self, all: &[(usize, Replayed)]) {
-        let mut topics: HashMap<&str, Option<&RetainedImage>> = HashMap::new();
-        for (_, replayed) in all {
-            for (topic, message) in &replayed.retained {
-                topics.insert(topic.as_str(), message.as_ref());
+    /// Records that the shards holding `images` subscribe to their plain filters.
+    fn note_interest(&self, images: &[&Image]) {
+        let mut st = self.state.borrow_mut();
+        for image in images {
+            let home = home_shard(&image.client_id, self.shards);
+            for (filter, _) in &image.state.subscriptions {
+                if !filter.starts_with(super::SHARE_PREFIX) {
+                    st.interest.insert(filter, home, ());
+                }
             }
         }
+    }
+
+    fn restore_retained(&self, all: &[(usize, Replayed)]) {
+        // A topic's records are all in its owner's file (a reshaped start compacts before any
+        // new record), so the files' sets do not overlap.
         let mut st = self.state.borrow_mut();
-        for (topic, message) in topics {
-            let Some((publish, expires)) = message else {
-                continue;
-            };
+        let topics = all.iter().flat_map(|(_, replayed)| &replayed.retained);
+        for (topic, (publish, expires)) in topics {
             let message = Message {
                 publish: publish.clone(),
                 origin: 0,

@@ -63,18 +63,16 @@ impl Shard {
         self.settle_arrival(key).await;
     }
 
-    /// Announces the subscriptions of sessions restored at start-up: every plain filter in
-    /// one round, shared ones per session.
+    /// Announces the shared subscriptions of sessions restored at start-up (their plain
+    /// filters every shard noted from the exchange itself, `Shard::restore`).
     pub async fn announce_restored(&self, placed: Vec<(SessionKey, Vec<String>)>) {
-        let mut plain = Vec::new();
         for (key, filters) in placed {
-            let (shared, rest): (Vec<_>, Vec<_>) = filters
+            let shared: Vec<String> = filters
                 .into_iter()
-                .partition(|f| f.starts_with(SHARE_PREFIX));
-            plain.extend(rest);
+                .filter(|f| f.starts_with(SHARE_PREFIX))
+                .collect();
             self.announce_filters(key, shared).await;
         }
-        self.announce_filters(0, plain).await;
     }
 
     /// `announce` without settling.
