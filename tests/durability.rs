@@ -402,6 +402,8 @@ fn a_log_cut_at_random_offsets_recovers_to_the_last_good_record() {
 const FULL_PAYLOAD_BYTES: usize = 4096;
 /// Messages sent against the full disk: 1.6 MB against a 512 KiB file size limit.
 const FULL_MESSAGES: u16 = 400;
+/// Messages sent once the disk is known full (all refused).
+const REFUSED_MESSAGES: u16 = 20;
 
 fn set_file_size_limit(pid: libc::pid_t, bytes: u64) {
     let limit = libc::rlimit {
@@ -496,22 +498,38 @@ fn a_full_disk_refuses_with_quota_exceeded_then_recovers_without_losing() {
     // Once the broker meets the limit, make room, as an operator freeing space would; a
     // PUBLISH read after that and before the store retries is refused.
     wait_for("store write failed");
+    // While the disk refuses, new QoS 1 messages are refused (their PUBACKs leave behind the
+    // ones still waiting for the disk).
+    for pkid in FULL_MESSAGES + 1..=FULL_MESSAGES + REFUSED_MESSAGES {
+        let payload = format!("{pkid}:{padding}");
+        publisher.send(&publish_packet(
+            "full/t",
+            payload.as_bytes(),
+            QoS::AtLeastOnce,
+            false,
+            pkid,
+        ));
+    }
     std::thread::sleep(Duration::from_millis(200));
     set_file_size_limit(pid, libc::RLIM_INFINITY);
-    let (mut stored, mut refused) = (HashSet::new(), 0);
-    for _ in 1..=FULL_MESSAGES {
+    let (mut stored, mut refused) = (HashSet::new(), HashSet::new());
+    for _ in 1..=FULL_MESSAGES + REFUSED_MESSAGES {
         match publisher.recv_within(Duration::from_secs(20)) {
             Ok(Packet::PubAck(a)) if a.reason.0 == 0 => {
                 stored.insert(a.pkid);
             }
             Ok(Packet::PubAck(a)) => {
                 assert_eq!(a.reason.0, 0x97, "refused as Quota exceeded");
-                refused += 1;
+                refused.insert(a.pkid);
             }
             other => panic!("expected a PUBACK, got {other:?}"),
         }
     }
-    assert!(refused > 0, "nothing was refused: the limit was never met");
+    let late = FULL_MESSAGES + 1..=FULL_MESSAGES + REFUSED_MESSAGES;
+    assert!(
+        late.clone().all(|pkid| refused.contains(&pkid)),
+        "a message sent while the disk refused was not refused"
+    );
     assert!(!stored.is_empty(), "nothing was stored before the limit");
     // After recovery new messages are taken again.
     publisher.publish("full/t", b"after:recovery", QoS::AtLeastOnce, false);
@@ -528,8 +546,9 @@ fn a_full_disk_refuses_with_quota_exceeded_then_recovers_without_losing() {
         assert!(got.contains(pkid), "acknowledged message {pkid} was lost");
     }
     eprintln!(
-        "full disk: {} stored, {refused} refused with 0x97",
-        stored.len()
+        "full disk: {} stored, {} refused with 0x97",
+        stored.len(),
+        refused.len()
     );
     let _ = std::fs::remove_dir_all(dir);
 }
