@@ -84,8 +84,15 @@ fn start(dir: &Path, fsync: &str) -> (Running, SocketAddr) {
         .spawn()
         .expect("ringcast starts");
     let stdout = child.stdout.take().unwrap();
-    let child = Running(child);
-    let addr = listening_addr(stdout, Duration::from_secs(20)).expect("ringcast listens");
+    let mut child = Running(child);
+    let Some(addr) = listening_addr(stdout, Duration::from_secs(20)) else {
+        // Its reason is on stderr (inherited); the exit status says whether it gave up.
+        let status = common::wait_exit(&mut child.0, Duration::from_secs(5));
+        panic!(
+            "ringcast did not listen within 20 s on {}: {status:?}",
+            dir.display()
+        );
+    };
     (child, addr)
 }
 
