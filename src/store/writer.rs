@@ -155,20 +155,6 @@ impl Shared {
         Ok(())
     }
 
-    /// Syncs what was written and not synced yet (Interval mode's timer). Holds `io`.
-    async fn sync_written(&self) -> Result<(), StoreError> {
-        let target = self.state.borrow().written;
-        if self.state.borrow().synced >= target {
-            return Ok(());
-        }
-        self.with_log(async |log: &mut BlockFile| log.sync().await)
-            .await?;
-        let mut st = self.state.borrow_mut();
-        st.synced = st.synced.max(target);
-        st.stats.syncs += 1;
-        Ok(())
-    }
-
     /// Records the result of a write: logs the first failure of an episode and the recovery,
     /// and wakes the waiters either way (they return the error or their success).
     pub(crate) fn note(&self, result: &Result<(), StoreError>) {
@@ -225,7 +211,8 @@ pub(crate) async fn run_writer(shared: Rc<Shared>) {
     }
 }
 
-/// Interval mode: syncs what was written, every `every`, while the store lives.
+/// Interval mode: every `every`, writes what is queued (records nobody waited for) and syncs
+/// what was written, while the store lives.
 pub(crate) async fn run_timer(shared: Weak<Shared>, every: Duration) {
     loop {
         glommio::timer::sleep(every).await;
@@ -235,12 +222,10 @@ pub(crate) async fn run_timer(shared: Weak<Shared>, every: Duration) {
         if shared.state.borrow().closed {
             return;
         }
-        let Ok(_permit) = shared.io.acquire_permit(1).await else {
-            return;
+        let result = match shared.io.acquire_permit(1).await {
+            Ok(_permit) => shared.flush(true).await,
+            Err(_) => return, // The semaphore is never closed.
         };
-        let result = shared.sync_written().await;
-        if result.is_err() {
-            shared.note(&result);
-        }
+        shared.note(&result);
     }
 }
