@@ -580,6 +580,17 @@ fn full_child(dir: PathBuf) {
             store.durable(last).await,
             Err(StoreError::Full(_))
         ));
+        // A crash now: start-up reads every record acknowledged, then at most whole records
+        // of the refused write, and nothing the partial write left behind.
+        let crashed = dir.join("crashed");
+        std::fs::create_dir_all(&crashed).expect("dir");
+        // A link, not a copy: a copy of the file would meet the size limit itself.
+        std::fs::hard_link(log_path(&dir), log_path(&crashed)).expect("links");
+        let rec = Store::read_only(&options(&crashed, Fsync::Always), 0)
+            .await
+            .expect("reads");
+        let acked = refused.1 .0 as usize - 1;
+        assert!(rec.records.len() >= acked && rec.records[..] == all[..rec.records.len()]);
         set_file_size_limit(None);
         // The store retries by itself; bounded wait for it.
         let mut tries = 0;
