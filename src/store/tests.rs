@@ -821,3 +821,102 @@ fn bench_append_durable_and_replay() {
         );
     });
 }
+
+/// Set in the child process of the kill test: the directory to work in, and the mode.
+const CRASH_CHILD_DIR: &str = "RINGCAST_STORE_CRASH_CHILD_DIR";
+const CRASH_CHILD_ALWAYS: &str = "RINGCAST_STORE_CRASH_CHILD_ALWAYS";
+
+/// Record `i` of the kill test: its number, then `i % 50` bytes of filler.
+fn numbered(i: u64) -> Vec<u8> {
+    let mut r = i.to_le_bytes().to_vec();
+    r.resize(8 + (i % 50) as usize, i as u8);
+    r
+}
+
+/// The child's part: appends numbered records in groups, prints the last number of each group
+/// once `durable` returns, and now and then compacts, until it is killed.
+fn crash_child(dir: PathBuf, always: bool) {
+    run(move || async move {
+        let mode = if always {
+            Fsync::Always
+        } else {
+            Fsync::Interval(Duration::from_millis(5))
+        };
+        let (store, rec) = Store::open(&options(&dir, mode), 0).await.expect("opens");
+        let mut all = rec.records;
+        let mut rng = Rng::new(all.len() as u64 + 1);
+        for _ in 0..5000 {
+            let mut at = Position(0);
+            for _ in 0..1 + rng.below(20) {
+                let r = Bytes::from(numbered(all.len() as u64));
+                at = store.append(&r);
+                all.push(r);
+            }
+            store.durable(at).await.expect("durable");
+            println!("acked {}", all.len() - 1);
+            if rng.below(30) == 0 {
+                store.compact(all.clone()).await.expect("compacts");
+            }
+        }
+    });
+}
+
+#[test]
+fn records_acknowledged_before_a_kill_9_are_read_back_in_order() {
+    use std::io::BufRead;
+    if let Some(dir) = std::env::var_os(CRASH_CHILD_DIR) {
+        return crash_child(
+            PathBuf::from(dir),
+            std::env::var_os(CRASH_CHILD_ALWAYS).is_some(),
+        );
+    }
+    let mut rng = Rng::new(13);
+    for always in [true, false] {
+        let tmp = TempDir::new("kill");
+        for round in 0..8 {
+            let mut cmd = std::process::Command::new(std::env::current_exe().expect("binary"));
+            cmd.args([
+                "--exact",
+                "store::tests::records_acknowledged_before_a_kill_9_are_read_back_in_order",
+                "--nocapture",
+            ])
+            .env(CRASH_CHILD_DIR, &tmp.0)
+            .stdout(std::process::Stdio::piped());
+            if always {
+                cmd.env(CRASH_CHILD_ALWAYS, "1");
+            }
+            let mut child = cmd.spawn().expect("child starts");
+            let stdout = child.stdout.take().expect("piped");
+            // Kill after a random number of acknowledged groups (bounded: the child stops
+            // after 5,000 groups by itself), mostly with a write in flight.
+            let groups = 1 + rng.below(150) as usize;
+            let lines = std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok);
+            let acked = lines
+                .filter_map(|l| l.strip_prefix("acked ").and_then(|n| n.parse::<u64>().ok()))
+                .take(groups)
+                .last();
+            child.kill().expect("SIGKILL");
+            child.wait().expect("reaped");
+            let dir = tmp.0.clone();
+            let got = run(move || async move {
+                let rec = Store::read_only(&options(&dir, Fsync::Never), 0).await;
+                rec.expect("reads back").records
+            });
+            for (i, r) in got.iter().enumerate() {
+                assert_eq!(
+                    &r[..],
+                    &numbered(i as u64)[..],
+                    "always {always}, round {round}"
+                );
+            }
+            let acked = acked.expect("the child acknowledged something");
+            assert!(
+                got.len() as u64 > acked,
+                "always {always}, round {round}: acknowledged {acked}, read {}",
+                got.len()
+            );
+        }
+    }
+}
