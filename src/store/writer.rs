@@ -143,6 +143,12 @@ impl Shared {
             st.written = seq;
             st.stats.writes += 1;
             st.stats.bytes_written += data.len() as u64;
+            // Keep the queue's allocation for the next group, unless a burst made it large.
+            if st.pending.is_empty() && data.capacity() <= QUEUE_FLUSH_BYTES {
+                let mut data = data;
+                data.clear();
+                st.pending = data;
+            }
         }
         let target = self.state.borrow().written;
         let sync = force_sync || matches!(self.fsync, Fsync::Always);
