@@ -342,6 +342,37 @@ fn compaction_keeps_exactly_the_records_passed_and_those_appended_after() {
     });
 }
 
+#[test]
+fn a_close_or_compaction_dropped_halfway_loses_nothing() {
+    run(|| async {
+        let tmp = TempDir::new("dropped");
+        let opts = options(&tmp.0, Fsync::Always);
+        let (store, _) = Store::open(&opts, 0).await.expect("opens");
+        let mut all = vec![Bytes::from_static(b"a")];
+        store.append(&all[0]);
+        {
+            // Polled once: it holds the log with the write in flight; then dropped.
+            let close = store.close();
+            futures_lite::pin!(close);
+            assert!(futures_lite::future::poll_once(&mut close).await.is_none());
+        }
+        {
+            let compaction = store.compact(vec![Bytes::from_static(b"never")]);
+            futures_lite::pin!(compaction);
+            assert!(futures_lite::future::poll_once(&mut compaction)
+                .await
+                .is_none());
+        }
+        all.push(Bytes::from_static(b"b"));
+        let at = store.append(&all[1]);
+        store.durable(at).await.expect("durable");
+        store.close().await.expect("closes");
+        drop(store);
+        let (_, rec) = Store::open(&opts, 0).await.expect("reopens");
+        assert_eq!(rec.records, all);
+    });
+}
+
 /// Copies shard 0's files of `dir` as they are now.
 fn save(dir: &Path) -> (Vec<u8>, Vec<u8>) {
     (

@@ -97,19 +97,19 @@ impl State {
 }
 
 impl Shared {
-    /// Runs `f` on the log file while holding `io` (the caller holds it).
+    /// Runs `f` on the log file while holding `io` (the caller holds it). The log goes back in
+    /// place even if the caller's future is dropped halfway (`close` under a timeout).
     async fn with_log<T, F>(&self, f: F) -> T
     where
         F: AsyncFnOnce(&mut BlockFile) -> T,
     {
-        let mut log = self
+        let log = self.log.borrow_mut().take();
+        let mut lent = Lent { shared: self, log };
+        f(lent
             .log
-            .borrow_mut()
-            .take()
-            .expect("the log is put back after each use");
-        let out = f(&mut log).await;
-        *self.log.borrow_mut() = Some(log);
-        out
+            .as_mut()
+            .expect("the log is put back after each use"))
+        .await
     }
 
     /// Writes what is queued and syncs as the mode (or `force_sync`) wants. The caller holds
@@ -132,13 +132,9 @@ impl Shared {
             (std::mem::take(&mut st.pending), st.appended)
         };
         if !data.is_empty() {
-            if let Err(e) = log.write(&data).await {
-                let mut st = self.state.borrow_mut();
-                let mut back = data;
-                back.extend_from_slice(&st.pending);
-                st.pending = back;
-                return Err(e);
-            }
+            let mut taken = Taken { shared: self, data };
+            log.write(&taken.data).await?;
+            let data = std::mem::take(&mut taken.data);
             let mut st = self.state.borrow_mut();
             st.written = seq;
             st.stats.writes += 1;
@@ -180,6 +176,37 @@ impl Shared {
             }
         }
         st.wake_all();
+    }
+}
+
+/// The log file, lent out of `Shared::log`; put back when dropped.
+struct Lent<'a> {
+    shared: &'a Shared,
+    log: Option<BlockFile>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        *self.shared.log.borrow_mut() = self.log.take();
+    }
+}
+
+/// Queued records taken out for a write. If the write fails, or the future writing them is
+/// dropped, they go back in front of what was appended meanwhile: nothing is lost or reordered.
+struct Taken<'a> {
+    shared: &'a Shared,
+    data: Vec<u8>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.data.is_empty() {
+            return;
+        }
+        let mut st = self.shared.state.borrow_mut();
+        let mut back = std::mem::take(&mut self.data);
+        back.extend_from_slice(&st.pending);
+        st.pending = back;
     }
 }
 
