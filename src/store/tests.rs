@@ -13,6 +13,10 @@ use glommio::{LocalExecutorBuilder, Placement};
 
 use super::*;
 
+/// The longest one executor of these tests may run: a hang fails the test instead of holding
+/// CI until its global timeout.
+const EXECUTOR_LIMIT: Duration = Duration::from_secs(300);
+
 /// Runs `make()`'s future on a fresh glommio executor thread, as a shard would.
 fn run<F, Fut, T>(make: F) -> T
 where
@@ -20,12 +24,20 @@ where
     Fut: Future<Output = T> + 'static,
     T: Send + 'static,
 {
-    LocalExecutorBuilder::new(Placement::Unbound)
+    let (done, finished) = std::sync::mpsc::channel();
+    let handle = LocalExecutorBuilder::new(Placement::Unbound)
         .io_memory(64 << 10)
-        .spawn(make)
-        .expect("executor starts")
-        .join()
-        .expect("executor runs")
+        .spawn(move || async move {
+            let out = make().await;
+            let _ = done.send(());
+            out
+        })
+        .expect("executor starts");
+    // Disconnected: the executor panicked; `join` reports it.
+    if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = finished.recv_timeout(EXECUTOR_LIMIT) {
+        panic!("the executor did not finish within {EXECUTOR_LIMIT:?}");
+    }
+    handle.join().expect("executor runs")
 }
 
 /// A fresh directory under the system's temporary one, removed when dropped.

@@ -247,6 +247,8 @@ pub(crate) async fn run_writer(shared: Rc<Shared>) {
 /// Interval mode: every `every`, writes what is queued (records nobody waited for) and syncs
 /// what was written, while the store lives.
 pub(crate) async fn run_timer(shared: Weak<Shared>, every: Duration) {
+    // A zero interval would spin; a millisecond is as often as a sync can usefully come.
+    let every = every.max(Duration::from_millis(1));
     loop {
         glommio::timer::sleep(every).await;
         let Some(shared) = shared.upgrade() else {
