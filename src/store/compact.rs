@@ -29,12 +29,24 @@ impl Store {
             return Ok(()); // The semaphore is never closed.
         };
         shared.state.borrow_mut().carry = Some(Vec::new());
+        let running = Running { shared };
         let result = compact_steps(shared, &records).await;
-        shared.state.borrow_mut().carry = None;
+        drop(running);
         if result.is_err() {
             let _ = remove_if_there(&shared.paths.snap_tmp);
         }
         result
+    }
+}
+
+/// Stops copying appended records once the compaction ends, dropped halfway included.
+struct Running<'a> {
+    shared: &'a Shared,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.shared.state.borrow_mut().carry = None;
     }
 }
 

@@ -1,4 +1,5 @@
-//! The on-disk framing, sans I/O: file headers, records and the parser that reads them back.
+//! The on-disk format, sans I/O: file headers, records and the parser that reads them back.
+//! Public for the fuzz target (`fuzz/fuzz_targets/store_parse.rs`); the broker uses `Store`.
 //!
 //! A file is a 24-byte header (magic, generation, CRC32 of both) followed by records. A record
 //! is its length (u32 LE), a CRC32 over the length bytes and the data (u32 LE), then the data.
@@ -10,17 +11,19 @@
 use bytes::Bytes;
 
 /// Bytes of a record's header: length and checksum.
-pub(crate) const RECORD_HEADER_BYTES: usize = 8;
+pub const RECORD_HEADER_BYTES: usize = 8;
 /// Largest record the framing accepts. The interface promises callers room for records under
 /// 16 MiB; the framing allows more so that a broker configured for huge packets never panics.
-pub(crate) const RECORD_BYTES_MAX: usize = 1 << 30;
+pub const RECORD_BYTES_MAX: usize = 1 << 30;
 /// Bytes of a file header.
-pub(crate) const FILE_HEADER_BYTES: usize = 24;
+pub const FILE_HEADER_BYTES: usize = 24;
 
 /// Which file a header opens; the magic differs so that a log is never read as a snapshot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Kind {
+pub enum Kind {
+    /// `shard-N.snap`.
     Snapshot,
+    /// `shard-N.log`.
     Log,
 }
 
@@ -34,7 +37,7 @@ impl Kind {
 }
 
 /// Appends one framed record to `out`.
-pub(crate) fn encode_record(record: &[u8], out: &mut Vec<u8>) {
+pub fn encode_record(record: &[u8], out: &mut Vec<u8>) {
     assert!(
         record.len() < RECORD_BYTES_MAX,
         "a store record must be under 1 GiB"
@@ -49,12 +52,12 @@ pub(crate) fn encode_record(record: &[u8], out: &mut Vec<u8>) {
 }
 
 /// Bytes `encode_record` adds for a record of `len` bytes.
-pub(crate) fn framed_len(len: usize) -> u64 {
+pub fn framed_len(len: usize) -> u64 {
     (RECORD_HEADER_BYTES + len) as u64
 }
 
 /// The header of a file of `kind` at `generation`.
-pub(crate) fn encode_header(kind: Kind, generation: u64) -> [u8; FILE_HEADER_BYTES] {
+pub fn encode_header(kind: Kind, generation: u64) -> [u8; FILE_HEADER_BYTES] {
     let mut h = [0u8; FILE_HEADER_BYTES];
     h[..8].copy_from_slice(kind.magic());
     h[8..16].copy_from_slice(&generation.to_le_bytes());
@@ -65,7 +68,7 @@ pub(crate) fn encode_header(kind: Kind, generation: u64) -> [u8; FILE_HEADER_BYT
 
 /// What the first bytes of a file say.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Header {
+pub enum Header {
     /// A good header of that generation.
     Good(u64),
     /// Fewer bytes than a header, or only zeros: the file was created and the crash came before
@@ -75,7 +78,8 @@ pub(crate) enum Header {
     Bad,
 }
 
-pub(crate) fn decode_header(kind: Kind, bytes: &[u8]) -> Header {
+/// Reads a file's header of `kind` from its first bytes.
+pub fn decode_header(kind: Kind, bytes: &[u8]) -> Header {
     if bytes.len() < FILE_HEADER_BYTES {
         let prefix = encode_header(kind, 0);
         // A torn header still starts with the magic (or is empty).
@@ -97,7 +101,8 @@ pub(crate) fn decode_header(kind: Kind, bytes: &[u8]) -> Header {
     Header::Good(u64::from_le_bytes(h[8..16].try_into().expect("8 bytes")))
 }
 
-pub(crate) fn is_zero(bytes: &[u8]) -> bool {
+/// True when every byte is zero (unused block space).
+pub fn is_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
 
@@ -142,37 +147,44 @@ fn next_good(data: &[u8], from: usize) -> Option<usize> {
 
 /// How the records of a file ended.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum End {
+pub enum End {
     /// The records ran to the end of the file (or to zero padding).
     Clean,
     /// A partial or bad record with nothing good after it: a write cut by a crash.
-    Torn { bytes: u64 },
+    Torn {
+        /// Bytes from the last good record to the end of the file.
+        bytes: u64,
+    },
 }
 
 /// A bad record with good records after it (not a torn tail).
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Damage {
+pub struct Damage {
+    /// File offset of the bad record.
     pub offset: u64,
+    /// What is wrong with it.
     pub why: &'static str,
 }
 
 /// Reads records out of a file fed in chunks. Records are copied out of the chunks one by one
 /// (each its own allocation), so that a record the owner keeps does not pin a whole read buffer.
-pub(crate) struct Parser {
+pub struct Parser {
     /// Bytes not yet parsed; `buf[0]` is at file offset `base`.
     buf: Vec<u8>,
     base: u64,
     /// Set once a record fails: from there on everything is kept until `finish`, which needs
     /// the rest of the file to tell a torn tail from damage in the middle.
     damaged: bool,
+    /// The good records read so far.
     pub records: Vec<Bytes>,
 }
 
 /// What `finish` found: where the good data ends, how, and what repair dropped.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Outcome {
+pub struct Outcome {
     /// File offset just after the last good record.
     pub end_offset: u64,
+    /// Whether a torn write followed.
     pub end: End,
     /// Offset and length of each damaged stretch that repair dropped.
     pub dropped: Vec<(u64, u64)>,
@@ -180,7 +192,7 @@ pub(crate) struct Outcome {
 
 impl Parser {
     /// A parser for records that start at file offset `base`.
-    pub(crate) fn new(base: u64) -> Parser {
+    pub fn new(base: u64) -> Parser {
         Parser {
             buf: Vec::new(),
             base,
@@ -189,7 +201,8 @@ impl Parser {
         }
     }
 
-    pub(crate) fn feed(&mut self, chunk: &[u8]) {
+    /// Parses the next bytes of the file.
+    pub fn feed(&mut self, chunk: &[u8]) {
         self.buf.extend_from_slice(chunk);
         if self.damaged {
             return;
@@ -216,7 +229,7 @@ impl Parser {
 
     /// At the end of the file: decides how the records ended. A bad or partial record followed
     /// by a good one is damage: an error, or with `repair` dropped up to the good record.
-    pub(crate) fn finish(mut self, repair: bool) -> Result<(Outcome, Vec<Bytes>), Damage> {
+    pub fn finish(mut self, repair: bool) -> Result<(Outcome, Vec<Bytes>), Damage> {
         let mut dropped = Vec::new();
         let mut at = 0;
         loop {

@@ -2,7 +2,7 @@
 //! that compaction replaces it with. It knows bytes, records, files and syncing, nothing of
 //! MQTT: the shard decides what a record means.
 //!
-//! - `frame`: the on-disk layout (headers, records) and the parser that reads it back, sans I/O.
+//! - `frame`: the on-disk format (headers, records) and the parser that reads it back, sans I/O.
 //! - `file`: DMA file access (O_DIRECT through io_uring): whole-block appends, chunked reads.
 //! - `recover`: start-up: snapshot then log, torn tails cut, damage reported or repaired.
 //! - `writer`: the shared state, the writer task (group commit) and Interval mode's sync timer.
@@ -13,7 +13,7 @@
 
 mod compact;
 mod file;
-mod frame;
+pub mod frame;
 mod recover;
 mod writer;
 

@@ -97,19 +97,19 @@ impl State {
 }
 
 impl Shared {
-    /// Runs `f` on the log file while holding `io` (the caller holds it).
+    /// Runs `f` on the log file while holding `io` (the caller holds it). The log goes back in
+    /// place even if the caller's future is dropped halfway (`close` under a timeout).
     async fn with_log<T, F>(&self, f: F) -> T
     where
         F: AsyncFnOnce(&mut BlockFile) -> T,
     {
-        let mut log = self
+        let log = self.log.borrow_mut().take();
+        let mut lent = Lent { shared: self, log };
+        f(lent
             .log
-            .borrow_mut()
-            .take()
-            .expect("the log is put back after each use");
-        let out = f(&mut log).await;
-        *self.log.borrow_mut() = Some(log);
-        out
+            .as_mut()
+            .expect("the log is put back after each use"))
+        .await
     }
 
     /// Writes what is queued and syncs as the mode (or `force_sync`) wants. The caller holds
@@ -132,17 +132,19 @@ impl Shared {
             (std::mem::take(&mut st.pending), st.appended)
         };
         if !data.is_empty() {
-            if let Err(e) = log.write(&data).await {
-                let mut st = self.state.borrow_mut();
-                let mut back = data;
-                back.extend_from_slice(&st.pending);
-                st.pending = back;
-                return Err(e);
-            }
+            let mut taken = Taken { shared: self, data };
+            log.write(&taken.data).await?;
+            let data = std::mem::take(&mut taken.data);
             let mut st = self.state.borrow_mut();
             st.written = seq;
             st.stats.writes += 1;
             st.stats.bytes_written += data.len() as u64;
+            // Keep the queue's allocation for the next group, unless a burst made it large.
+            if st.pending.is_empty() && data.capacity() <= QUEUE_FLUSH_BYTES {
+                let mut data = data;
+                data.clear();
+                st.pending = data;
+            }
         }
         let target = self.state.borrow().written;
         let sync = force_sync || matches!(self.fsync, Fsync::Always);
@@ -152,20 +154,6 @@ impl Shared {
             st.synced = target;
             st.stats.syncs += 1;
         }
-        Ok(())
-    }
-
-    /// Syncs what was written and not synced yet (Interval mode's timer). Holds `io`.
-    async fn sync_written(&self) -> Result<(), StoreError> {
-        let target = self.state.borrow().written;
-        if self.state.borrow().synced >= target {
-            return Ok(());
-        }
-        self.with_log(async |log: &mut BlockFile| log.sync().await)
-            .await?;
-        let mut st = self.state.borrow_mut();
-        st.synced = st.synced.max(target);
-        st.stats.syncs += 1;
         Ok(())
     }
 
@@ -188,6 +176,37 @@ impl Shared {
             }
         }
         st.wake_all();
+    }
+}
+
+/// The log file, lent out of `Shared::log`; put back when dropped.
+struct Lent<'a> {
+    shared: &'a Shared,
+    log: Option<BlockFile>,
+}
+
+impl Drop for Lent<'_> {
+    fn drop(&mut self) {
+        *self.shared.log.borrow_mut() = self.log.take();
+    }
+}
+
+/// Queued records taken out for a write. If the write fails, or the future writing them is
+/// dropped, they go back in front of what was appended meanwhile: nothing is lost or reordered.
+struct Taken<'a> {
+    shared: &'a Shared,
+    data: Vec<u8>,
+}
+
+impl Drop for Taken<'_> {
+    fn drop(&mut self) {
+        if self.data.is_empty() {
+            return;
+        }
+        let mut st = self.shared.state.borrow_mut();
+        let mut back = std::mem::take(&mut self.data);
+        back.extend_from_slice(&st.pending);
+        st.pending = back;
     }
 }
 
@@ -225,8 +244,11 @@ pub(crate) async fn run_writer(shared: Rc<Shared>) {
     }
 }
 
-/// Interval mode: syncs what was written, every `every`, while the store lives.
+/// Interval mode: every `every`, writes what is queued (records nobody waited for) and syncs
+/// what was written, while the store lives.
 pub(crate) async fn run_timer(shared: Weak<Shared>, every: Duration) {
+    // A zero interval would spin; a millisecond is as often as a sync can usefully come.
+    let every = every.max(Duration::from_millis(1));
     loop {
         glommio::timer::sleep(every).await;
         let Some(shared) = shared.upgrade() else {
@@ -235,12 +257,10 @@ pub(crate) async fn run_timer(shared: Weak<Shared>, every: Duration) {
         if shared.state.borrow().closed {
             return;
         }
-        let Ok(_permit) = shared.io.acquire_permit(1).await else {
-            return;
+        let result = match shared.io.acquire_permit(1).await {
+            Ok(_permit) => shared.flush(true).await,
+            Err(_) => return, // The semaphore is never closed.
         };
-        let result = shared.sync_written().await;
-        if result.is_err() {
-            shared.note(&result);
-        }
+        shared.note(&result);
     }
 }
