@@ -68,6 +68,48 @@ pub struct Config {
     /// compares it whole (`reload::changes`).
     #[serde(skip_serializing)]
     pub cluster: ClusterConfig,
+    /// What survives a restart or a crash (`[persistence]`).
+    pub persistence: Persistence,
+}
+
+/// Durability: each shard's log and snapshot in `dir`.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Persistence {
+    /// Whether retained messages, persistent sessions and their QoS 1/2 messages are stored.
+    pub enabled: bool,
+    /// The data directory (created; locked while the broker runs).
+    pub dir: PathBuf,
+    /// When acknowledged records reach the disk.
+    pub fsync: FsyncMode,
+    /// Under `fsync = "interval"`: milliseconds between syncs.
+    pub fsync_interval_ms: u64,
+    /// Drop bad records in the middle of a file instead of refusing to start (`--repair`).
+    pub repair: bool,
+}
+
+/// When acknowledged records reach the disk.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FsyncMode {
+    /// Acknowledgements wait for fdatasync.
+    Always,
+    /// Acknowledgements wait for the write; synced every `fsync_interval_ms`.
+    Interval,
+    /// Written, never synced.
+    Never,
+}
+
+impl Default for Persistence {
+    fn default() -> Persistence {
+        Persistence {
+            enabled: true,
+            dir: PathBuf::from("./ringcast-data"),
+            fsync: FsyncMode::Interval,
+            fsync_interval_ms: 1000,
+            repair: false,
+        }
+    }
 }
 
 /// Bounds on what one client may ask of the broker.
@@ -193,6 +235,7 @@ impl Default for Config {
             sys_interval_secs: 10,
             bridge: Vec::new(),
             cluster: ClusterConfig::default(),
+            persistence: Persistence::default(),
         }
     }
 }
@@ -262,6 +305,10 @@ impl Config {
         }
         if let Err(e) = self.cluster.validate() {
             return bad(&e);
+        }
+        let p = &self.persistence;
+        if p.enabled && p.fsync == FsyncMode::Interval && p.fsync_interval_ms == 0 {
+            return bad("`persistence.fsync_interval_ms` must be at least 1");
         }
         let l = &self.limits;
         if l.packet_size_max < 64 || l.packet_size_max > 268_435_460 {

@@ -15,6 +15,8 @@
 //! - `metrics`: per-shard counters and the board shard 0 sums for `$SYS`.
 //! - `security`: who may connect: mosquitto-compatible password files (read, check, write).
 //! - `bridge`: connections to other MQTT brokers (`[[bridge]]`), carrying messages both ways.
+//! - `store`: durable storage per shard: checksummed append-only log, snapshots, recovery (what the
+//!   records mean is `shard::persist`'s).
 
 pub mod bridge;
 pub mod cluster;
@@ -28,3 +30,4 @@ pub mod protocol;
 pub mod security;
 pub mod server;
 pub mod shard;
+pub mod store;

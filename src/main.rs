@@ -45,6 +45,13 @@ struct Cli {
     /// addresses other than loopback (`allow_anonymous = true`).
     #[arg(long)]
     allow_anonymous: bool,
+    /// Data directory for retained messages and persistent sessions
+    /// (`persistence.dir`, default ./ringcast-data).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Start even when a data file is corrupt in the middle, dropping the bad records.
+    #[arg(long)]
+    repair: bool,
     /// Instead of running the broker: `ringcast passwd` edits a password file.
     #[command(subcommand)]
     command: Option<Command>,
@@ -108,6 +115,10 @@ fn build_config(cli: &Cli) -> Result<Config, String> {
     if cli.allow_anonymous {
         config.allow_anonymous = Some(true);
     }
+    if let Some(dir) = &cli.data_dir {
+        config.persistence.dir = dir.clone();
+    }
+    config.persistence.repair |= cli.repair;
     config.validate().map_err(|e| e.to_string())?;
     Ok(config)
 }

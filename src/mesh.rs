@@ -114,3 +114,13 @@ impl<M: Send + 'static> Mesh<M> {
         }
     }
 }
+
+/// The shard a key (a client id, a retained topic) belongs to: FNV-1a, stable across runs and
+/// threads (unlike the std hasher's random seed), since the answer is kept on disk.
+pub fn shard_of(key: &str, shards: usize) -> ShardId {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in key.bytes() {
+        hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+    }
+    (hash % shards as u64) as ShardId
+}

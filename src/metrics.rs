@@ -125,6 +125,10 @@ pub struct Snapshot {
     pub subscribers_lagging: u64,
     /// Times a shard went over its share of the memory ceiling.
     pub ceiling_hits: u64,
+    /// Spells of failing store writes (disk full or failing), each counted once.
+    pub store_failures: u64,
+    /// Bytes the store wrote.
+    pub store_bytes_written: u64,
 }
 
 impl Snapshot {
@@ -163,6 +167,8 @@ impl Snapshot {
         self.publishers_paused += o.publishers_paused;
         self.subscribers_lagging += o.subscribers_lagging;
         self.ceiling_hits += o.ceiling_hits;
+        self.store_failures += o.store_failures;
+        self.store_bytes_written += o.store_bytes_written;
     }
 }
 

@@ -1,6 +1,8 @@
 //! Starting and stopping the broker: bind listeners, start one pinned glommio executor per
 //! shard, join them into a mesh, and shut them down in order.
 
+mod durability;
+
 use crate::bridge;
 use crate::cluster::{self, Inbound, Uplink};
 use crate::config::reload::LiveLimits;
@@ -17,6 +19,7 @@ use crate::security::{self, Shared};
 use crate::shard::backpressure::Pressure;
 use crate::shard::msg::MeshMsg;
 use crate::shard::Shard;
+use durability::Startup;
 use glommio::channels::channel_mesh::{Full, MeshBuilder, Receivers};
 use glommio::channels::local_channel::LocalReceiver;
 use glommio::{ExecutorJoinHandle, LocalExecutorBuilder, Placement};
@@ -46,6 +49,8 @@ pub struct Server {
     live: Arc<LiveLimits>,
     stop: Arc<AtomicBool>,
     handles: Vec<ExecutorJoinHandle<()>>,
+    /// Holds the data directory's lock while the broker runs.
+    _startup: Option<Arc<Startup>>,
 }
 
 impl Server {
@@ -69,13 +74,12 @@ impl Server {
         let board = Arc::new(Board::new(shards));
         let live = Arc::new(LiveLimits::new(config.limits.clone()));
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
-        let (uplink, mut inbound) = match config.cluster.is_enabled() {
-            true => {
-                let (uplink, inbound) = cluster::start(&config.cluster, shards)?;
-                (Some(uplink), inbound.into_iter().map(Some).collect())
-            }
-            false => (None, Vec::new()),
+        let (uplink, mut inbound) = start_cluster(config, shards)?;
+        let startup = match config.persistence.enabled {
+            true => Some(Arc::new(Startup::new(&config.persistence, shards)?)),
+            false => None,
         };
+        let (ready_tx, ready) = std::sync::mpsc::channel();
         let mut handles = Vec::new();
         for id in 0..shards {
             let ctx = ShardStart {
@@ -97,6 +101,8 @@ impl Server {
                 bridges: if id == 0 { bridges.clone() } else { Vec::new() },
                 uplink: uplink.clone(),
                 inbound: inbound.get_mut(id).and_then(Option::take),
+                startup: startup.clone(),
+                ready: ready_tx.clone(),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -105,6 +111,7 @@ impl Server {
                 .map_err(|e| format!("cannot start shard {id}: {e}"))?;
             handles.push(handle);
         }
+        let handles = wait_until_ready(handles, &ready, &stop, startup.as_deref())?;
         Ok(Server {
             addrs,
             live,
@@ -112,6 +119,7 @@ impl Server {
             certificates,
             stop,
             handles,
+            _startup: startup,
         })
     }
 
@@ -159,6 +167,25 @@ impl Drop for Server {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Connections are answered only once every shard has replayed its store: waits for each
+/// shard's word; when one cannot start, stops them all and says why.
+fn wait_until_ready(
+    handles: Vec<ExecutorJoinHandle<()>>,
+    ready: &std::sync::mpsc::Receiver<bool>,
+    stop: &AtomicBool,
+    startup: Option<&Startup>,
+) -> Result<Vec<ExecutorJoinHandle<()>>, String> {
+    if (0..handles.len()).all(|_| ready.recv().unwrap_or(false)) {
+        return Ok(handles);
+    }
+    stop.store(true, Ordering::SeqCst);
+    for handle in handles {
+        let _ = handle.join();
+    }
+    let why = startup.and_then(|s| s.error());
+    Err(why.unwrap_or_else(|| "a shard failed to start".to_string()))
 }
 
 /// The listeners, bound.
@@ -229,46 +256,51 @@ struct ShardStart {
     /// On a cluster node: the way to the NATS thread, and what it hands this shard.
     uplink: Option<Uplink>,
     inbound: Option<tokio::sync::mpsc::Receiver<Inbound>>,
+    /// The stores' start-up, when persistence is on.
+    startup: Option<Arc<Startup>>,
+    /// Told once this shard is ready (false: it cannot start).
+    ready: std::sync::mpsc::Sender<bool>,
 }
 
 /// The life of one shard.
 async fn run_shard(mut ctx: ShardStart) {
     let Some((mesh, receivers, local)) = join_mesh(ctx.mesh.take()).await else {
+        let _ = ctx.ready.send(false);
         return;
     };
-    // Each shard holds its share of the broker-wide ceiling: no cross-core counter to touch.
-    let bp = &ctx.config.backpressure;
-    let high = (bp.memory_ceiling_bytes / ctx.shards).max(1);
-    let pressure = Pressure::new(high, (bp.memory_resume_bytes / ctx.shards).min(high - 1));
-    let shard = Rc::new(
-        Shard::new(
-            mesh.clone(),
-            ctx.shards,
-            ctx.config.limits.clone(),
-            ctx.open.clone(),
-            pressure,
-        )
-        .following(ctx.live.clone())
-        .with_cluster(ctx.uplink.take()),
-    );
-    if let Some(inbound) = ctx.inbound.take() {
-        glommio::spawn_local(from_cluster(shard.clone(), inbound)).detach();
-    }
+    let persist = match &ctx.startup {
+        Some(startup) => match startup.open(mesh.id()).await {
+            Some(persist) => Some(Rc::new(persist)),
+            None => {
+                let _ = ctx.ready.send(false);
+                return;
+            }
+        },
+        None => None,
+    };
+    let shard = build_shard(&mut ctx, &mesh, persist);
     let gate = Rc::new(Gate::new(
         std::mem::take(&mut ctx.endpoints),
         ctx.security.clone(),
     ));
     receive(&shard, &gate, receivers, local);
-    let sys = (ctx.config.sys_interval_secs > 0).then(|| {
-        let interval = Duration::from_secs(ctx.config.sys_interval_secs);
+    if let Some(startup) = ctx.startup.take() {
+        if !startup.restore(&shard).await {
+            let _ = ctx.ready.send(false);
+            return;
+        }
+        glommio::spawn_local(durability::compact_when_grown(shard.clone())).detach();
+    }
+    let _ = ctx.ready.send(true);
+    let sys_interval = (ctx.config.sys_interval_secs > 0)
+        .then(|| Duration::from_secs(ctx.config.sys_interval_secs));
+    let sys = sys_interval.map(|interval| {
         glommio::spawn_local(crate::shard::sys::run(
             shard.clone(),
             ctx.board.clone(),
             interval,
         ))
     });
-    let sys_interval = (ctx.config.sys_interval_secs > 0)
-        .then(|| Duration::from_secs(ctx.config.sys_interval_secs));
     let bridges = bridge::start(&shard, std::mem::take(&mut ctx.bridges), sys_interval);
     let acceptors: Vec<_> = ctx
         .fds
@@ -286,6 +318,51 @@ async fn run_shard(mut ctx: ShardStart) {
     drop(sys);
     drop(bridges);
     shut_down(&shard).await;
+}
+
+/// The shard itself: its share of the memory ceiling, its limits, its store and, on a cluster
+/// node, its way to the NATS thread and the task that takes what NATS hands it.
+fn build_shard(
+    ctx: &mut ShardStart,
+    mesh: &Rc<Mesh<MeshMsg>>,
+    persist: Option<Rc<crate::shard::persist::Persist>>,
+) -> Rc<Shard> {
+    // Each shard holds its share of the broker-wide ceiling: no cross-core counter to touch.
+    let bp = &ctx.config.backpressure;
+    let high = (bp.memory_ceiling_bytes / ctx.shards).max(1);
+    let pressure = Pressure::new(high, (bp.memory_resume_bytes / ctx.shards).min(high - 1));
+    let mut shard = Shard::new(
+        mesh.clone(),
+        ctx.shards,
+        ctx.config.limits.clone(),
+        ctx.open.clone(),
+        pressure,
+    )
+    .following(ctx.live.clone())
+    .with_cluster(ctx.uplink.take());
+    shard.persist = persist;
+    shard.journaled = ctx.startup.as_ref().map(|s| s.journaled.clone());
+    let shard = Rc::new(shard);
+    if let Some(inbound) = ctx.inbound.take() {
+        glommio::spawn_local(from_cluster(shard.clone(), inbound)).detach();
+    }
+    shard
+}
+
+/// The NATS thread, when `[cluster]` names servers, and each shard's receiver of what it hands
+/// that shard (by shard id).
+type ClusterStart = (
+    Option<Uplink>,
+    Vec<Option<tokio::sync::mpsc::Receiver<Inbound>>>,
+);
+
+/// Starts the NATS thread when the config asks for a cluster.
+fn start_cluster(config: &Config, shards: usize) -> Result<ClusterStart, String> {
+    if !config.cluster.is_enabled() {
+        return Ok((None, Vec::new()));
+    }
+    let (uplink, inbound) = cluster::start(&config.cluster, shards)?;
+    Ok((Some(uplink), inbound.into_iter().map(Some).collect()))
 }
 
 /// How many shards to run: `shards`, or one per CPU in the list.
@@ -372,6 +449,7 @@ async fn shut_down(shard: &Rc<Shard>) {
     }
     // Let writers flush the DISCONNECTs.
     glommio::timer::sleep(Duration::from_millis(200)).await;
+    durability::close(shard).await;
 }
 
 /// Handles a message from another shard (or from this one): a placed connection gets its

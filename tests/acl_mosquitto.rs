@@ -300,7 +300,8 @@ fn run_case_on_ringcast(dir: &Path, passwords: &Path, index: usize, port: u16, c
     std::fs::write(&acl_path, case.acl.full_text()).expect("write the ACL");
     let config = format!(
         "listen = [\"127.0.0.1:{port}\"]\nshards = 1\nallow_anonymous = true\n\
-         sys_interval_secs = 1\npassword_file = {:?}\nacl_file = {:?}\n",
+         sys_interval_secs = 1\npassword_file = {:?}\nacl_file = {:?}\n\
+         [persistence]\nenabled = false\n",
         passwords.display().to_string(),
         acl_path.display().to_string()
     );

@@ -164,6 +164,8 @@ impl BrokerProcess {
         std::fs::write(dir.join("config.toml"), config).unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
             .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+            .arg("--data-dir")
+            .arg(common::fresh_data_dir())
             .args(["--log-level", "info", "--config"])
             .arg(dir.join("config.toml"))
             .env_remove("RUST_LOG")

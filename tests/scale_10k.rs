@@ -99,6 +99,8 @@ impl BrokerProcess {
         let stderr = File::create(&stderr_path).expect("create broker stderr file");
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
             .args(["--listen", "127.0.0.1:0"])
+            .arg("--data-dir")
+            .arg(common::fresh_data_dir())
             .args(["--shards", "2", "--log-level", "info"])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())

@@ -259,6 +259,8 @@ fn start_mosquitto(dir: &TempDir, password_file: &Path) -> (Process, SocketAddr)
 fn start_ringcast(dir: &TempDir, config: &str) -> (Process, SocketAddr) {
     let path = dir.write("ringcast.toml", config);
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("--data-dir")
+        .arg(common::fresh_data_dir())
         .arg("--config")
         .arg(&path)
         .args([

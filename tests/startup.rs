@@ -11,6 +11,7 @@ use std::time::Duration;
 
 fn ringcast() -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    command.arg("--data-dir").arg(common::fresh_data_dir());
     command.stdout(Stdio::piped()).stderr(Stdio::piped());
     command
 }

@@ -311,6 +311,7 @@ impl Broker {
             log_level: "warn".into(),
             ..Config::default()
         };
+        config.persistence.enabled = false;
         adjust(&mut config);
         let server = Server::start(&config).expect("broker starts");
         let addrs = server.local_addrs().to_vec();

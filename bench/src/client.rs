@@ -179,16 +179,20 @@ impl Conn {
             version,
             receive_maximum: None,
         };
+        let mut properties = Props::default();
+        if broker.persistent && version == Version::V5 {
+            properties.session_expiry_interval = Some(u32::MAX);
+        }
         conn.queue(&Packet::Connect(Connect {
             version,
             client_id: MqttString::from_str_checked(client_id)
                 .ok_or_else(|| invalid("client id"))?,
-            clean_start: true,
+            clean_start: !broker.persistent,
             keep_alive_secs: KEEP_ALIVE_SECS,
             username: None,
             password: None,
             will: None,
-            properties: Props::default(),
+            properties,
         }))?;
         conn.flush().await?;
         match conn.recv(deadline).await? {

@@ -52,6 +52,7 @@ fn bench(opts: &Options) -> Result<Report, String> {
         addr,
         tls: Tls::from_options(opts)?,
         websocket: opts.websocket.then(|| opts.ws_path.clone()),
+        persistent: opts.persistent,
     };
     match opts.scenario {
         Scenario::Conns => {

@@ -122,6 +122,9 @@ pub struct Options {
     /// Deliveries/s the generator reached against --sink; results above 90% of it are flagged.
     #[arg(long, value_name = "PER_S")]
     pub ceiling: Option<f64>,
+    /// Every client keeps a persistent session (what a broker with persistence stores).
+    #[arg(long)]
+    pub persistent: bool,
     /// Print one JSON object on stdout instead of the table.
     #[arg(long)]
     pub json: bool,

@@ -27,6 +27,10 @@ pub struct Endpoint {
     pub tls: Option<Tls>,
     /// With `--websocket`: the path MQTT over WebSocket is served on.
     pub websocket: Option<String>,
+    /// `--persistent`: every client keeps a persistent session (3.1.1 Clean Session 0; 5.0
+    /// Clean Start 0 and a session that never expires), so a broker that stores sessions
+    /// stores what they get.
+    pub persistent: bool,
 }
 
 impl Endpoint {
@@ -36,6 +40,7 @@ impl Endpoint {
             addr,
             tls: None,
             websocket: None,
+            persistent: false,
         }
     }
 

@@ -227,6 +227,7 @@ fn bytes_both_ways_over_tls() {
         addr,
         tls: Some(pki.client(false)),
         websocket: None,
+        persistent: false,
     };
     let received = on_glommio(move || async move {
         let mut conn = Conn::open(&broker, Version::V311, "tls-test")
@@ -287,6 +288,7 @@ fn handshakes(
         addr,
         tls: Some(pki.client(resume)),
         websocket: None,
+        persistent: false,
     };
     let kinds = on_glommio(move || async move {
         let mut kinds = Vec::new();
@@ -345,6 +347,7 @@ fn a_closing_broker_ends_the_stream() {
             addr,
             tls: Some(pki.client(false)),
             websocket: None,
+            persistent: false,
         };
         let error = on_glommio(move || async move {
             let mut conn = Conn::open(&broker, Version::V311, "tls-close")

@@ -178,7 +178,8 @@ async fn serve_transport(
     let (reader_done, done) = local_channel::new_bounded(1);
     // Reading and writing are separate tasks so neither waits on the other. The writer works
     // on the socket the reader owns, which `conn` keeps open until the writer is done.
-    let writer = glommio::spawn_local(writer::run(writer, outbox.clone(), done));
+    let persist = shard.persist.clone();
+    let writer = glommio::spawn_local(writer::run(writer, outbox.clone(), done, persist));
     let mut conn = Conn {
         login,
         username: None,
@@ -301,7 +302,10 @@ impl Conn {
                 Err(ReadError::Decode(e)) => self.machine.handle_decode_error(&e),
                 Err(ReadError::Close(action)) => action,
             };
-            if let Some(end) = self.act(action).await {
+            let appended = self.appended();
+            let end = self.act(action).await;
+            self.hold_since(appended);
+            if let Some(end) = end {
                 return end;
             }
             // Bound the work one connection does per loop turn (packets and bytes read,
@@ -324,8 +328,58 @@ impl Conn {
         }
     }
 
+    /// Position of the shard's last stored record (0 without persistence).
+    fn appended(&self) -> u64 {
+        self.shard.persist.as_ref().map_or(0, |p| p.last())
+    }
+
+    /// What this connection sends from now on waits for the records appended since
+    /// `before` (its acknowledgements are of them).
+    fn hold_since(&self, before: u64) {
+        let last = self.appended();
+        if last > before {
+            self.outbox.hold_until(last);
+        }
+    }
+
+    /// While the store cannot write, a new QoS 1/2 PUBLISH is refused: 5.0 answers 0x97
+    /// Quota exceeded (true); 3.1.1 has no way to say it, so the PUBLISH waits, unanswered,
+    /// until the disk takes writes again (false).
+    async fn refused_for_disk(&mut self, publish: &Publish) -> bool {
+        let Some(persist) = self.shard.persist.clone() else {
+            return false;
+        };
+        if publish.qos == QoS::AtMostOnce || !persist.is_failing() {
+            return false;
+        }
+        self.shard.metrics.count_publish_denied();
+        if self.machine.version() == Version::V5 {
+            let ack = crate::protocol::Ack {
+                pkid: publish.pkid,
+                reason: ReasonCode::QUOTA_EXCEEDED,
+                ..Default::default()
+            };
+            let packet = match publish.qos {
+                QoS::AtLeastOnce => Packet::PubAck(ack),
+                _ => Packet::PubRec(ack),
+            };
+            self.send(&packet);
+            return true;
+        }
+        while persist.is_failing() {
+            glommio::timer::sleep(Duration::from_millis(50)).await;
+            persist.wait_durable(persist.last()).await;
+        }
+        false
+    }
+
     /// Carries out one action of the machine; Some when the connection ends.
     async fn act(&mut self, action: Action) -> Option<End> {
+        if let Action::Route(publish) | Action::Qos2(publish) = &action {
+            if self.shard.persist.is_some() && Box::pin(self.refused_for_disk(publish)).await {
+                return None;
+            }
+        }
         // Only PUBLISH and SUBSCRIBE may wait; the rest is handled without building the
         // async state machine, which is large enough that moving it into place for every
         // PUBACK was 13% of a QoS 1 fan-out profile (memmove). The waits are boxed, like every
@@ -519,6 +573,8 @@ impl Conn {
         self.key = key;
         self.shard.announce(key, new_filters).await;
         let connack = self.machine.connack(session_present);
+        // The CONNACK waits for the session's record (and any before it).
+        self.hold_since(0);
         let outbox = self.outbox.clone();
         let version = self.machine.version();
         // CONNACK and attaching happen together, and only if no newer connection took the

@@ -3,6 +3,7 @@
 
 use super::transport::{Shutdown, Writer};
 use crate::shard::outbox::Outbox;
+use crate::shard::persist::Persist;
 use glommio::channels::local_channel::LocalReceiver;
 use std::rc::Rc;
 use std::time::Duration;
@@ -16,12 +17,26 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// and, unless the reader has finished (`reader_done` closes), gives the client `LINGER` to
 /// close before reading stops too. An aborted outbox (a slow subscriber disconnected) shuts
 /// both sides at once.
-pub async fn run(mut writer: Writer, outbox: Rc<Outbox>, reader_done: LocalReceiver<()>) {
+/// With persistence, nothing is written before the records the queued frames acknowledge
+/// (or depend on: a PUBLISH's packet id, a PUBREL) are durable (`Outbox::hold_until`).
+pub async fn run(
+    mut writer: Writer,
+    outbox: Rc<Outbox>,
+    reader_done: LocalReceiver<()>,
+    persist: Option<Rc<Persist>>,
+) {
     loop {
         if !writer.has_pending() {
             std::future::poll_fn(|cx| writer.poll_ready(&outbox, cx)).await;
             if outbox.is_empty() && !writer.has_pending() {
                 break; // closing, and everything was flushed
+            }
+        }
+        if let Some(persist) = &persist {
+            let at = outbox.held_until();
+            if !persist.is_durable(at) {
+                persist.wait_durable(at).await;
+                continue;
             }
         }
         if writer.write_some(&outbox).await.is_err() {

@@ -21,12 +21,13 @@
 
 use super::message::Message;
 use super::msg::{Handoff, MeshMsg, Settle, StubRef};
+use super::persist::{Journal, Record};
 use super::routing::grant;
 use super::session::{Outgoing, Session, SessionState, Subscription};
 use super::shared::SHARE_PREFIX;
 use super::subscriptions::drop_subscriptions;
 use super::{SessionKey, Shard, State};
-use crate::protocol::Publish;
+use crate::protocol::{Publish, QoS};
 use std::collections::HashSet;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -39,6 +40,10 @@ pub(super) struct Held {
     messages: Vec<Outgoing>,
     /// Messages the session already has (its handed state), so a copy held here is left out.
     known: Vec<Arc<Publish>>,
+    /// A stub's: the journal of the session that left, which records what the stub holds, so
+    /// that a crash before the new holder's `Open` is durable still has it (that `Open`
+    /// follows the settle, and holds it too).
+    journal: Option<Journal>,
 }
 
 impl Held {
@@ -53,6 +58,15 @@ impl Held {
             return false;
         };
         let publish = message.publish.clone();
+        if let Some(journal) = self
+            .journal
+            .as_ref()
+            .filter(|_| grant.qos != QoS::AtMostOnce)
+        {
+            let mid = journal.persist.message_id(&publish);
+            let (sid, grant) = (journal.sid, grant.to_stored());
+            journal.persist.append(&Record::Enqueue { sid, mid, grant });
+        }
         self.messages.push(Outgoing { publish, grant });
         true
     }
@@ -93,6 +107,7 @@ impl Shard {
             token: session.conn_token,
             messages: Vec::new(),
             known: Vec::new(),
+            journal: session.journal.clone(),
         };
         st.held.insert(key, held);
         let stub = StubRef {
@@ -118,6 +133,7 @@ impl Shard {
             token,
             messages: Vec::new(),
             known: queued.chain(inflight).collect(),
+            journal: None,
         };
         st.held.insert(key, held);
         st.arrivals.insert(key, (stub, token));
@@ -133,9 +149,41 @@ impl Shard {
         };
         let upstream = self.settle(stub).await;
         self.merge_held(key, upstream);
+        self.open_journal(key);
         let newer = self.claims.borrow_mut().remove(&token).flatten();
         if let Some(evict) = newer {
             self.on_evict(evict).await;
+        }
+    }
+
+    /// Records an arrived persistent session (`Open`, with what it was handed and what was
+    /// held for it) once it has settled: until then the shard it left has the newest record.
+    fn open_journal(&self, key: SessionKey) {
+        let Some(persist) = &self.persist else {
+            return;
+        };
+        let mut st = self.state.borrow_mut();
+        let Some(session) = st.sessions.get_mut(&key) else {
+            return;
+        };
+        if session.is_persistent && session.journal.is_none() {
+            session.open_journal(persist);
+        }
+    }
+
+    /// Whether sessions are arriving from other shards: what is held for them is stored only
+    /// once they settle (`open_journal`).
+    pub fn arrivals(&self) -> Vec<SessionKey> {
+        self.state.borrow().arrivals.keys().copied().collect()
+    }
+
+    /// Waits until none of `keys` is still arriving.
+    pub async fn arrivals_settled(&self, keys: &[SessionKey]) {
+        while keys
+            .iter()
+            .any(|k| self.state.borrow().arrivals.contains_key(k))
+        {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
         }
     }
 

@@ -26,6 +26,7 @@ impl Shard {
                 .sessions
                 .get_mut(&key)
                 .filter(|s| s.conn_token == token)?;
+            session.note_will_gone();
             let will = if graceful { None } else { session.will.take() };
             session.will = None;
             session.outbox = None;
@@ -58,6 +59,7 @@ impl Shard {
             return;
         };
         self.withdraw(key, gone);
+        session.note_end();
         let home = home_shard(&session.client_id, self.shards);
         let client_id = std::mem::take(&mut session.client_id);
         self.mesh
@@ -66,7 +68,7 @@ impl Shard {
     }
 
     /// Removes the session of connection `token` after `after`, if it is still offline then.
-    fn expire_after(self: &Rc<Self>, key: SessionKey, token: u64, after: Duration) {
+    pub(super) fn expire_after(self: &Rc<Self>, key: SessionKey, token: u64, after: Duration) {
         let shard = self.clone();
         glommio::spawn_local(async move {
             glommio::timer::sleep(after).await;
@@ -101,6 +103,7 @@ impl Shard {
         self.with_session(key, token, |s, _, _| {
             s.expiry_secs = secs;
             s.is_persistent = secs > 0;
+            s.note_expiry(secs);
         });
     }
 
@@ -131,6 +134,7 @@ impl Shard {
         let mut wills = Vec::new();
         for session in st.sessions.values_mut() {
             if session.close_connection(reason, &mut st.enc) {
+                session.note_will_gone();
                 wills.extend(session.will.take());
             }
         }

@@ -15,6 +15,10 @@
 //! - `handoff`: what is published while a session moves between shards, held until it lands.
 //! - `lifecycle`: disconnect, session expiry, wills, shutdown.
 //! - `session`: a client's session: subscriptions, the QoS 1/2 window, the queue behind it.
+//! - `subscription`: one subscription's options as sessions, the trie and the store keep them.
+//! - `persist`: what the store's records mean (the schema) and the journal that writes them.
+//! - `replay`: a store file's records applied back into retained messages and sessions.
+//! - `restore`: start-up placement of what replay found; the live state for compaction.
 //! - `overflow`: what happens to a message at one subscriber's bound.
 //! - `backpressure`: when the shard's publishers wait (ceiling share, lagging subscribers).
 //! - `outbox`: the encoded frames waiting for one socket.
@@ -40,12 +44,16 @@ pub mod message;
 pub mod msg;
 pub mod outbox;
 pub mod overflow;
+pub mod persist;
 pub mod query;
+pub mod replay;
 pub mod requests;
+pub mod restore;
 pub mod retained;
 mod routing;
 pub mod session;
 mod shared;
+pub mod subscription;
 mod subscriptions;
 pub mod sys;
 mod takeover;
@@ -146,6 +154,11 @@ pub struct Shard {
     live_seen: Cell<u64>,
     /// The way to the NATS thread on a cluster node (`cluster`).
     cluster: Option<crate::cluster::Uplink>,
+    /// This shard's journal over its store, when persistence is on.
+    pub persist: Option<Rc<persist::Persist>>,
+    /// Per shard: whether it has stored a session since start (set once, never cleared), so
+    /// a QoS 1/2 publish waits for durable answers only from shards that may store it.
+    pub journaled: Option<Arc<[std::sync::atomic::AtomicBool]>>,
 }
 
 impl Shard {
@@ -173,6 +186,8 @@ impl Shard {
             claims: RefCell::default(),
             open_connections,
             cluster: None,
+            persist: None,
+            journaled: None,
         }
     }
 
@@ -200,6 +215,18 @@ impl Shard {
     pub fn with_cluster(mut self, uplink: Option<crate::cluster::Uplink>) -> Shard {
         self.cluster = uplink;
         self
+    }
+
+    /// Bit set of the shards that have stored a session since start.
+    pub fn journaled_shards(&self) -> u64 {
+        let Some(flags) = &self.journaled else {
+            return 0;
+        };
+        flags
+            .iter()
+            .enumerate()
+            .filter(|(_, f)| f.load(Ordering::Acquire))
+            .fold(0, |bits, (i, _)| bits | 1 << i)
     }
 
     /// Whether more connections are open than `limits.connections_max` allows.
@@ -245,6 +272,9 @@ impl Shard {
     pub async fn on_message(self: &Rc<Self>, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish(message) => self.on_publish(message).await,
+            MeshMsg::PublishDurable(message, from, request) => {
+                self.on_publish_durable(message, from, request).await
+            }
             MeshMsg::Retain(retain) => self.on_retain(retain),
             MeshMsg::ShareJoin(join) => self.on_share_join(join),
             MeshMsg::ShareLeave(leave) => self.on_share_leave(leave),

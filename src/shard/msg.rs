@@ -16,6 +16,9 @@ pub enum MeshMsg {
     /// A publish for this shard's local subscribers (shared subscriptions excepted: the
     /// publishing shard picks their member). Handled in `routing`.
     Publish(Message),
+    /// A QoS 1/2 publish whose publisher's acknowledgement waits until what this shard
+    /// stores of it is durable: answer `InterestAck` to the shard and request then.
+    PublishDurable(Message, ShardId, RequestId),
     /// A retained message for this shard's replica (`routing`).
     Retain(Retain),
     /// A member joined a shared subscription (`shared`).

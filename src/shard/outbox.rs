@@ -120,6 +120,9 @@ pub struct Outbox {
     /// Bytes at the front that the writer has announced on the wire (a WebSocket frame
     /// header counts them), so none of their frames may be dropped.
     committed: Cell<usize>,
+    /// Store position every frame queued so far acknowledges or depends on: the writer sends
+    /// nothing until the shard's store has made it durable (see `shard::persist`); 0: none.
+    hold: Cell<u64>,
 }
 
 impl Default for Outbox {
@@ -163,7 +166,20 @@ impl Outbox {
             room_mark: Cell::new(0),
             room_notified: Cell::new(false),
             committed: Cell::new(0),
+            hold: Cell::new(0),
         }
+    }
+
+    /// Frames queued from now on wait until the store position `at` is durable.
+    pub fn hold_until(&self, at: u64) {
+        if at > self.hold.get() {
+            self.hold.set(at);
+        }
+    }
+
+    /// The store position the queued frames wait for (0: none).
+    pub fn held_until(&self) -> u64 {
+        self.hold.get()
     }
 
     /// Queues a frame and wakes the writer.

@@ -94,6 +94,25 @@ impl Retained {
         }
     }
 
+    /// Calls `f` with every retained topic and its message.
+    pub fn for_each(&self, mut f: impl FnMut(&str, &Message)) {
+        // An explicit stack: topic depth is the peers' choice.
+        let mut stack: Vec<(String, &Node)> = vec![(String::new(), &self.root)];
+        while let Some((path, node)) = stack.pop() {
+            if let Some(message) = &node.message {
+                f(&path, message);
+            }
+            for (level, child) in &node.children {
+                let topic = if std::ptr::eq(node, &self.root) {
+                    level.to_string()
+                } else {
+                    format!("{path}/{level}")
+                };
+                stack.push((topic, child));
+            }
+        }
+    }
+
     /// Number of retained messages.
     pub fn len(&self) -> usize {
         self.len

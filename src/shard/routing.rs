@@ -5,14 +5,16 @@
 
 use super::message::Message;
 use super::msg::{InterestAck, MeshMsg, Retain};
+use super::persist::{wall_ms, Record};
 use super::session::{Grant, Subscription};
 use super::trie::Trie;
 use super::{Shard, State};
-use crate::mesh::ShardId;
-use crate::protocol::QoS;
+use crate::mesh::{RequestId, ShardId};
+use crate::protocol::{Publish, QoS};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
+use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 /// Shard ids are bits of a `u64` (`interested_shards`).
@@ -26,7 +28,20 @@ impl Shard {
     pub async fn publish(&self, message: Message) -> bool {
         self.wait_for_room().await;
         self.count_received(message.publish.qos);
-        self.route_with(message, true).await
+        let matched = self.route_with(message, true).await;
+        self.wait_for_arrivals().await;
+        matched
+    }
+
+    /// With persistence, a PUBACK waits for sessions arriving from other shards to settle:
+    /// what this shard held for them is stored only then (`handoff`).
+    async fn wait_for_arrivals(&self) {
+        if self.persist.is_some() {
+            let keys = self.arrivals();
+            if !keys.is_empty() {
+                self.arrivals_settled(&keys).await;
+            }
+        }
     }
 
     /// `publish` done at once, when it needs no other shard and nothing to wait for: no memory
@@ -42,13 +57,18 @@ impl Shard {
             return Err(message);
         }
         let mut st = self.state.borrow_mut();
+        if self.persist.is_some() && !st.arrivals.is_empty() {
+            return Err(message);
+        }
         let topic = message.publish.topic.as_str();
         if !st.group_trie.is_empty() || interested_shards(&st.interest, topic) != 0 {
             return Err(message);
         }
         self.count_received(message.publish.qos);
         if message.publish.retain {
-            st.retained.set(topic, Some(message.to_stored()));
+            let stored = message.to_stored();
+            self.persist_retained(topic, Some(&stored));
+            st.retained.set(topic, Some(stored));
         }
         Ok(self.deliver_local(&mut st, &message))
     }
@@ -74,19 +94,25 @@ impl Shard {
         let (interested, to_members, local) = {
             let mut st = self.state.borrow_mut();
             if let Some(stored) = &stored {
-                st.retained
-                    .set(stored.publish.topic.as_str(), Some(stored.clone()));
+                let topic = stored.publish.topic.as_str();
+                self.persist_retained(topic, Some(stored));
+                st.retained.set(topic, Some(stored.clone()));
             }
             let local = self.deliver_local(&mut st, &message);
             let (shared, to_members) = self.deliver_shared(&mut st, &message);
             let interested = interested_shards(&st.interest, message.publish.topic.as_str());
             (interested, to_members, local || shared)
         };
-        let retain_ack = (wait_for_replicas
-            && message.publish.retain
-            && message.publish.qos != QoS::AtMostOnce
-            && self.shards > 1)
-            .then(|| self.requests.open(self.shards - 1));
+        let is_acked = wait_for_replicas && message.publish.qos != QoS::AtMostOnce;
+        let replicas_ack = is_acked && message.publish.retain && self.shards > 1;
+        // With persistence, the PUBACK also waits for what the other shards store of it.
+        let durable = match is_acked && self.persist.is_some() {
+            true => interested & self.journaled_shards(),
+            false => 0,
+        };
+        let acks = if replicas_ack { self.shards - 1 } else { 0 } + durable.count_ones() as usize;
+        let request = (acks > 0).then(|| self.requests.open(acks));
+        let retain_ack = request.filter(|_| replicas_ack);
         for to in (0..self.shards).filter(|&s| s != self.id()) {
             if let Some(stored) = &stored {
                 let retain = Retain {
@@ -97,7 +123,11 @@ impl Shard {
                 self.mesh.send(to, MeshMsg::Retain(retain)).await;
             }
             if interested & (1 << to) != 0 {
-                self.mesh.send(to, MeshMsg::Publish(message.clone())).await;
+                let msg = match request.filter(|_| durable & (1 << to) != 0) {
+                    Some(request) => MeshMsg::PublishDurable(message.clone(), self.id(), request),
+                    None => MeshMsg::Publish(message.clone()),
+                };
+                self.mesh.send(to, msg).await;
             }
         }
         for (to, msg) in to_members {
@@ -107,7 +137,7 @@ impl Shard {
             .to_cluster(&message, stored.as_ref(), wait_for_replicas)
             .await;
         drop(route); // everything is on its way; what follows only waits
-        if let Some(request) = retain_ack {
+        if let Some(request) = request {
             self.requests.wait(request).await;
         }
         if let Some(answer) = cluster_ack {
@@ -197,17 +227,78 @@ impl Shard {
         self.deliver_local(&mut st, &message);
     }
 
-    /// Applies a retained message to this shard's replica, acknowledging it when asked.
-    pub(super) fn on_retain(&self, retain: Retain) {
+    /// A QoS 1/2 publish from another shard whose PUBACK waits for this shard's records.
+    pub(super) async fn on_publish_durable(
+        self: &Rc<Self>,
+        message: Message,
+        from: ShardId,
+        request: RequestId,
+    ) {
+        let before = self.persist.as_ref().map_or(0, |p| p.last());
+        self.on_publish(message).await;
+        self.ack_when_durable(before, from, request);
+    }
+
+    /// Answers `request` of shard `from` once every record appended since `before` is
+    /// durable: at once when there is none, else from a task of its own (a ring receiver
+    /// never waits).
+    fn ack_when_durable(self: &Rc<Self>, before: u64, from: ShardId, request: RequestId) {
+        let at = self.persist.as_ref().map_or(0, |p| p.last());
+        let ack = MeshMsg::InterestAck(InterestAck { request });
+        let arriving = self.arrivals();
+        if let (Some(persist), false) = (self.persist.clone(), arriving.is_empty()) {
+            let shard = self.clone();
+            glommio::spawn_local(async move {
+                shard.arrivals_settled(&arriving).await;
+                persist.wait_durable(persist.last()).await;
+                shard.mesh.post(from, ack);
+            })
+            .detach();
+            return;
+        }
+        let Some(persist) = self
+            .persist
+            .clone()
+            .filter(|p| at > before && !p.is_durable(at))
+        else {
+            return self.mesh.post(from, ack);
+        };
+        let shard = self.clone();
+        glommio::spawn_local(async move {
+            persist.wait_durable(at).await;
+            shard.mesh.post(from, ack);
+        })
+        .detach();
+    }
+
+    /// Records a retained message (None: cleared) when this shard owns its topic's records.
+    fn persist_retained(&self, topic: &str, message: Option<&Message>) {
+        let Some(persist) = &self.persist else {
+            return;
+        };
+        if retain_owner(topic, self.shards) != self.id() {
+            return;
+        }
+        let message = message
+            .filter(|m| !m.publish.payload.is_empty())
+            .map(|m| (Publish::clone(&m.publish), m.expires_at.map(wall_ms)));
+        let topic = topic.to_string();
+        persist.append(&Record::Retain { topic, message });
+    }
+
+    /// Applies a retained message to this shard's replica, acknowledging it when asked
+    /// (once stored, when this shard owns the topic's records).
+    pub(super) fn on_retain(self: &Rc<Self>, retain: Retain) {
         let Retain {
             topic,
             publish,
             ack,
         } = retain;
+        let before = self.persist.as_ref().map_or(0, |p| p.last());
+        self.persist_retained(&topic, publish.as_ref());
         self.state.borrow_mut().retained.set(&topic, publish);
         if let Some((from, request)) = ack {
-            self.mesh
-                .post(from, MeshMsg::InterestAck(InterestAck { request }));
+            self.ack_when_durable(before, from, request);
         }
     }
 }
@@ -296,6 +387,12 @@ pub(super) fn grant<'a>(
         expires_at: message.expires_at,
         share: None,
     })
+}
+
+/// The shard whose store file keeps the retained records of `topic`, so that one file holds
+/// every record of a topic, in order.
+pub(super) fn retain_owner(topic: &str, shards: usize) -> ShardId {
+    crate::mesh::shard_of(topic, shards)
 }
 
 /// Bit set of the other shards with a subscriber matching `topic`.

@@ -8,9 +8,13 @@ use super::overflow;
 use crate::config::{Limits, Qos12Overflow};
 use crate::protocol::codec;
 use crate::protocol::connection::server_disconnect;
-use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode, SubscriptionOptions, Version, Will};
+use crate::protocol::{Ack, Packet, Publish, QoS, ReasonCode, Version, Will};
 use crate::shard::backpressure::{DropReason, Pressure};
 use crate::shard::outbox::Outbox;
+use crate::shard::persist::{
+    instant_of, wall_ms, will_to_stored, Journal, Opened, Persist, Record, StoredGrant,
+};
+pub use crate::shard::subscription::Subscription;
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -39,18 +43,6 @@ pub struct Inflight {
     pub pkid: u16,
     /// Where its flow stands.
     pub phase: Phase,
-}
-
-/// One subscription as a session and the trie keep it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct Subscription {
-    /// Options from the SUBSCRIBE entry.
-    pub options: SubscriptionOptions,
-    /// 5.0 Subscription Identifier from the SUBSCRIBE, returned with each matching PUBLISH.
-    pub id: Option<u32>,
-    /// Whether the ACL lets the client read only some of what the filter matches, so each
-    /// message is checked (`Session::may_read`); false when it may read all of it.
-    pub is_filtered: bool,
 }
 
 /// What a session's deliveries are checked against when the ACL cuts into its
@@ -90,6 +82,28 @@ pub struct Grant {
 }
 
 impl Grant {
+    /// The grant as the store keeps it (expiry as wall-clock time).
+    pub fn to_stored(&self) -> StoredGrant {
+        StoredGrant {
+            qos: self.qos,
+            retain: self.retain,
+            ids: self.ids.clone(),
+            expires_ms: self.expires_at.map(wall_ms),
+            share: self.share.clone(),
+        }
+    }
+
+    /// A grant the store kept.
+    pub fn from_stored(stored: &StoredGrant) -> Grant {
+        Grant {
+            qos: stored.qos,
+            retain: stored.retain,
+            ids: stored.ids.clone(),
+            expires_at: stored.expires_ms.map(instant_of),
+            share: stored.share.clone(),
+        }
+    }
+
     /// The message as published (its QoS and retain), no expiry, a plain subscription.
     pub fn as_published(publish: &Publish) -> Grant {
         Grant {
@@ -177,6 +191,20 @@ pub struct SessionState {
     pub cursors: Vec<Cursor>,
 }
 
+impl SessionState {
+    /// A copy of everything but the retained cursors (a restored session starts none).
+    pub fn clone_plain(&self) -> SessionState {
+        SessionState {
+            subscriptions: self.subscriptions.clone(),
+            inflight: self.inflight.clone(),
+            queue: self.queue.clone(),
+            incoming_qos2: self.incoming_qos2.clone(),
+            next_pkid: self.next_pkid,
+            cursors: Vec::new(),
+        }
+    }
+}
+
 /// Drop and queue counters of one session.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct SessionCounters {
@@ -226,6 +254,8 @@ pub struct Session {
     pub cursors: Cursors,
     /// The ACL deliveries are checked against, when one is configured.
     pub reader: Option<ReadFilter>,
+    /// Where a persistent session's changes are recorded (None: not stored).
+    pub journal: Option<Journal>,
 }
 
 impl Drop for Session {
@@ -258,6 +288,7 @@ impl Session {
             over_bound_since: None,
             cursors: Cursors::default(),
             reader: None,
+            journal: None,
         }
     }
 
@@ -306,6 +337,102 @@ impl Session {
         }
     }
 
+    /// This session's whole state as an `Open` record with session id `sid` and `stamp`;
+    /// `mid` gives each message it holds its id (writing its body where that is needed).
+    /// QoS 0 messages queued are left out: they are not stored.
+    pub fn opened(
+        &self,
+        sid: u64,
+        stamp: u64,
+        mut mid: impl FnMut(&Arc<Publish>) -> u64,
+    ) -> Opened {
+        let inflight = self
+            .inflight
+            .iter()
+            .map(|i| {
+                let id = mid(&i.out.publish);
+                (
+                    id,
+                    i.out.grant.to_stored(),
+                    i.pkid,
+                    i.phase == Phase::Release,
+                )
+            })
+            .collect();
+        let queue = self
+            .queue
+            .iter()
+            .filter(|o| o.grant.qos != QoS::AtMostOnce)
+            .map(|o| (mid(&o.publish), o.grant.to_stored()))
+            .collect();
+        Opened {
+            sid,
+            stamp,
+            client_id: self.client_id.clone(),
+            version: self.version,
+            expiry_secs: self.expiry_secs,
+            will: self.will.as_ref().map(will_to_stored),
+            subscriptions: self
+                .subscriptions
+                .iter()
+                .map(|(f, s)| (f.clone(), *s))
+                .collect(),
+            incoming_qos2: self.incoming_qos2.iter().copied().collect(),
+            next_pkid: self.next_pkid,
+            inflight,
+            queue,
+        }
+    }
+
+    /// Gives a persistent session being installed on this shard its journal, and records its
+    /// whole state (`Open`), message bodies first.
+    pub fn open_journal(&mut self, persist: &Rc<Persist>) {
+        let (sid, stamp) = persist.open_ids();
+        let opened = self.opened(sid, stamp, |publish| persist.message_id(publish));
+        persist.append(&Record::Open(Box::new(opened)));
+        self.journal = Some(Journal {
+            persist: persist.clone(),
+            sid,
+        });
+    }
+
+    /// Records that the connection's will is gone (disconnected, or published).
+    pub fn note_will_gone(&self) {
+        if let (Some(sid), true) = (self.sid(), self.will.is_some()) {
+            self.note(Record::WillGone { sid });
+        }
+    }
+
+    /// Records that a stored session ended for good.
+    pub fn note_end(&self) {
+        if let Some(sid) = self.sid() {
+            self.note(Record::End { sid });
+        }
+    }
+
+    /// Records a new Session Expiry Interval.
+    pub fn note_expiry(&self, secs: u32) {
+        if let Some(sid) = self.sid() {
+            self.note(Record::Expiry { sid, secs });
+        }
+    }
+
+    /// Records a subscription added or changed.
+    pub fn note_subscribe(&self, filter: &str, sub: Subscription) {
+        if let Some(sid) = self.sid() {
+            let filter = filter.to_string();
+            self.note(Record::Subscribe { sid, filter, sub });
+        }
+    }
+
+    /// Records a subscription removed.
+    pub fn note_unsubscribe(&self, filter: &str) {
+        if let Some(sid) = self.sid() {
+            let filter = filter.to_string();
+            self.note(Record::Unsubscribe { sid, filter });
+        }
+    }
+
     /// Whether a connection is attached.
     pub fn is_online(&self) -> bool {
         self.outbox.is_some()
@@ -338,10 +465,47 @@ impl Session {
             return self.drop_message(DropReason::TooLarge, grant.qos);
         }
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
-            return self.send_now(publish, grant, limits, enc);
+            return self.send_now(publish, grant, limits, enc, true);
         }
-        let publish = publish.clone();
-        self.enqueue(Outgoing { publish, grant }, limits)
+        let stored =
+            (grant.qos != QoS::AtMostOnce && self.journal.is_some()).then(|| grant.to_stored());
+        let delivery = self.enqueue(
+            Outgoing {
+                publish: publish.clone(),
+                grant,
+            },
+            limits,
+        );
+        if let (Some(grant), Delivery::Queued) = (stored, delivery) {
+            self.note_enqueued(publish, grant);
+        }
+        delivery
+    }
+
+    /// Records that a QoS 1/2 message entered this persistent session.
+    fn note_enqueued(&self, publish: &Arc<Publish>, grant: StoredGrant) {
+        if let Some(journal) = &self.journal {
+            let mid = journal.persist.message_id(publish);
+            let sid = journal.sid;
+            self.note(Record::Enqueue { sid, mid, grant });
+        }
+    }
+
+    /// Appends a record of this session (a persistent one) and holds its connection's
+    /// output until the record is durable.
+    pub fn note(&self, record: Record) {
+        let Some(journal) = &self.journal else {
+            return;
+        };
+        let at = journal.persist.append(&record);
+        if let Some(outbox) = &self.outbox {
+            outbox.hold_until(at);
+        }
+    }
+
+    /// This session's id in its shard's journal, when it is persistent and stored.
+    pub fn sid(&self) -> Option<u64> {
+        self.journal.as_ref().map(|j| j.sid)
     }
 
     /// `deliver` for a message the caller owns (tests).
@@ -373,11 +537,19 @@ impl Session {
         grant: Grant,
         limits: &Limits,
         enc: &mut Encoder,
+        is_fresh: bool,
     ) -> Delivery {
         if self.is_expired(&grant) {
+            if let (Some(sid), false, true) = (self.sid(), is_fresh, grant.qos != QoS::AtMostOnce) {
+                // Taken from the queue and dropped: replay drops it too.
+                self.note(Record::Assign { sid, pkid: 0 });
+            }
             return Delivery::Dropped;
         }
         if grant.qos != QoS::AtMostOnce {
+            if is_fresh && self.journal.is_some() {
+                self.note_enqueued(publish, grant.to_stored());
+            }
             self.send_new(publish, grant, enc);
             return Delivery::Sent;
         }
@@ -536,6 +708,9 @@ impl Session {
     /// Gives the message a packet id, records it in flight and sends it.
     fn send_new(&mut self, publish: &Arc<Publish>, grant: Grant, enc: &mut Encoder) {
         let pkid = self.allocate_pkid();
+        if let Some(sid) = self.sid() {
+            self.note(Record::Assign { sid, pkid });
+        }
         self.write_publish(publish, &grant, pkid, enc);
         let out = Outgoing {
             publish: publish.clone(),
@@ -587,7 +762,7 @@ impl Session {
             };
             self.queued_bytes -= out.publish.payload.len();
             self.pressure.sub(out.publish.payload.len());
-            self.send_now(&out.publish, out.grant, limits, enc);
+            self.send_now(&out.publish, out.grant, limits, enc, false);
         }
         if self.queue.len() < limits.queue_messages_max {
             self.over_bound_since = None;
@@ -628,7 +803,7 @@ impl Session {
             self.drop_message(DropReason::TooLarge, grant.qos);
             return;
         }
-        self.send_now(publish, grant, limits, enc);
+        self.send_now(publish, grant, limits, enc, true);
     }
 
     /// Attaches a new connection and re-sends what was in flight, in order, with DUP set
@@ -689,7 +864,11 @@ impl Session {
             .inflight
             .iter()
             .position(|i| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos);
-        found.is_some_and(|index| self.inflight.remove(index).is_some())
+        let done = found.is_some_and(|index| self.inflight.remove(index).is_some());
+        if let (true, Some(sid)) = (done, self.sid()) {
+            self.note(Record::Done { sid, pkid });
+        }
+        done
     }
 
     /// PUBREC from the client: answer PUBREL and wait for PUBCOMP. A PUBREC for an unknown
@@ -701,6 +880,9 @@ impl Session {
             .find(|i| i.pkid == pkid && i.out.grant.qos == QoS::ExactlyOnce)
         {
             i.phase = Phase::Release;
+            if let Some(sid) = self.sid() {
+                self.note(Record::PubRec { sid, pkid });
+            }
         }
         if let Some(outbox) = &self.outbox {
             enc.push_packet(outbox, &Packet::PubRel(ack(pkid)), self.version);
@@ -710,13 +892,21 @@ impl Session {
     /// An inbound QoS 2 PUBLISH: returns whether it is new (to be forwarded) or a duplicate
     /// of one not yet released [MQTT-4.3.3-2].
     pub fn receive_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.insert(pkid)
+        let is_new = self.incoming_qos2.insert(pkid);
+        if let (true, Some(sid)) = (is_new, self.sid()) {
+            self.note(Record::Incoming { sid, pkid });
+        }
+        is_new
     }
 
     /// An inbound PUBREL: the packet id may be reused by the client.
     /// Returns whether the id was waiting for its PUBREL.
     pub fn release_qos2(&mut self, pkid: u16) -> bool {
-        self.incoming_qos2.remove(&pkid)
+        let was = self.incoming_qos2.remove(&pkid);
+        if let (true, Some(sid)) = (was, self.sid()) {
+            self.note(Record::Released { sid, pkid });
+        }
+        was
     }
 
     /// Unacknowledged inbound QoS 2 PUBLISHes, counted against our Receive Maximum.

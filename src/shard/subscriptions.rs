@@ -18,6 +18,7 @@ impl Shard {
         let Some(session) = st.sessions.get_mut(&key) else {
             return false;
         };
+        session.note_subscribe(filter, sub);
         if let Some(old) = session.subscriptions.get_mut(filter) {
             *old = sub;
             if !filter.starts_with(SHARE_PREFIX) {
@@ -34,6 +35,7 @@ impl Shard {
         let mut st = self.state.borrow_mut();
         let existed = st.sessions.get_mut(&key).is_some_and(|s| {
             s.cursors.remove(filter);
+            s.note_unsubscribe(filter);
             s.subscriptions.remove(filter).is_some()
         });
         if !existed {
@@ -59,6 +61,18 @@ impl Shard {
     pub async fn announce(&self, key: SessionKey, filters: Vec<String>) {
         self.announce_filters(key, filters).await;
         self.settle_arrival(key).await;
+    }
+
+    /// Announces the shared subscriptions of sessions restored at start-up (their plain
+    /// filters every shard noted from the exchange itself, `Shard::restore`).
+    pub async fn announce_restored(&self, placed: Vec<(SessionKey, Vec<String>)>) {
+        for (key, filters) in placed {
+            let shared: Vec<String> = filters
+                .into_iter()
+                .filter(|f| f.starts_with(SHARE_PREFIX))
+                .collect();
+            self.announce_filters(key, shared).await;
+        }
     }
 
     /// `announce` without settling.

@@ -38,6 +38,11 @@ impl Shard {
             ceiling_hits: p.ceiling_hits(),
             ..Snapshot::default()
         };
+        if let Some(persist) = &self.persist {
+            let stats = persist.store().stats();
+            s.store_failures = stats.failures;
+            s.store_bytes_written = stats.bytes_written;
+        }
         for (r, reason) in DropReason::ALL.iter().enumerate() {
             for (q, qos) in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce]
                 .into_iter()
@@ -249,6 +254,14 @@ fn ringcast_topics(prefix: &str, s: &Snapshot) -> Vec<(String, String)> {
             s.subscribers_lagging.to_string(),
         ),
         (format!("{prefix}/ceiling/hits"), s.ceiling_hits.to_string()),
+        (
+            format!("{prefix}/store/failures"),
+            s.store_failures.to_string(),
+        ),
+        (
+            format!("{prefix}/store/bytes/written"),
+            s.store_bytes_written.to_string(),
+        ),
         (
             format!("{prefix}/tls/handshake_failures"),
             s.handshake_failures.to_string(),

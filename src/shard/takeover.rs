@@ -20,12 +20,7 @@ use crate::protocol::{ReasonCode, Will};
 
 /// Which shard keeps the registry entry of a client id.
 pub fn home_shard(client_id: &str, shards: usize) -> ShardId {
-    // FNV-1a: stable across runs and threads, unlike the std hasher's random seed.
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in client_id.bytes() {
-        hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
-    }
-    (hash % shards as u64) as ShardId
+    crate::mesh::shard_of(client_id, shards)
 }
 
 /// A claim lost to a newer connection with the same client id, made while it was pending.
@@ -35,8 +30,8 @@ pub struct Superseded;
 /// Who holds a client id, as its home shard records it.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Owner {
-    shard: ShardId,
-    token: u64,
+    pub(super) shard: ShardId,
+    pub(super) token: u64,
 }
 
 impl Shard {
@@ -121,9 +116,11 @@ impl Shard {
         let key = st.next_key;
         let mut new_filters = Vec::new();
         session.pressure = self.pressure.clone();
+        let mut is_arriving = false;
         if let Some(state) = state {
             if let Some(stub) = st.arriving.remove(&session.conn_token) {
                 self.hold_arrival(&mut st, key, session.conn_token, &state, stub);
+                is_arriving = true;
             }
             session.restore(*state);
             for (filter, sub) in &session.subscriptions {
@@ -131,6 +128,11 @@ impl Shard {
                     new_filters.push(filter.clone());
                 }
             }
+        }
+        // An arriving session is recorded once it settles (`handoff::open_journal`).
+        let is_unstored = session.is_persistent && session.journal.is_none() && !is_arriving;
+        if let Some(persist) = self.persist.as_ref().filter(|_| is_unstored) {
+            session.open_journal(persist);
         }
         st.by_client.insert(session.client_id.clone(), key);
         st.sessions.insert(key, session);
@@ -221,8 +223,10 @@ impl Shard {
         self.withdraw(key, gone);
         let will = self.close_taken_over(&mut session);
         if keeps_state {
+            // No `End`: the session lives on at its new shard, whose `Open` stamps later.
             return (Some(Box::new(session.take_state())), stub, will);
         }
+        session.note_end();
         self.requeue_shared(session.take_unfinished_shared());
         (None, None, will)
     }

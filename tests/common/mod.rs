@@ -41,6 +41,9 @@ impl Broker {
             log_level: "warn".into(),
             ..Config::default()
         };
+        // Many brokers run at once in one test binary: none stores anything unless the test
+        // gives it a directory of its own.
+        config.persistence.enabled = false;
         adjust(&mut config);
         let server = Server::start(&config).expect("broker starts");
         let addr = server.local_addrs()[0];
@@ -103,6 +106,16 @@ pub enum NoPacket {
     Timeout,
     /// The broker closed the connection.
     Closed,
+}
+
+/// A data directory of its own for a broker a test starts (`--data-dir`): under the system's
+/// temporary directory, named by process and a counter, empty.
+pub fn fresh_data_dir() -> std::path::PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("ringcast-test-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
 }
 
 /// A blocking MQTT client speaking raw packets.
