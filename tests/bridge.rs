@@ -159,6 +159,8 @@ impl Remote {
         let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
             .arg("--config")
             .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
             .args([
                 "--listen",
                 "127.0.0.1:0",

@@ -147,6 +147,8 @@ impl Node {
             ])
             .arg("--config")
             .arg(&path)
+            .arg("--data-dir")
+            .arg(nats.dir.join(format!("{name}-data")))
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

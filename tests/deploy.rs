@@ -84,6 +84,8 @@ fn every_system_call_of_a_running_broker_is_in_the_seccomp_profile() {
         .args(["-f", "-qq", "-o"])
         .arg(&trace_file)
         .arg(env!("CARGO_BIN_EXE_ringcast"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
         .args([
             "--listen",
             "127.0.0.1:0",

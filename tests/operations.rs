@@ -39,6 +39,8 @@ impl Process {
             ])
             .arg("--config")
             .arg(config)
+            .arg("--data-dir")
+            .arg(config.with_extension("data"))
             .env_remove("RUST_LOG")
             .env_remove("NO_COLOR")
             .stdout(Stdio::piped())
