@@ -487,7 +487,7 @@ impl Session {
         if let Some(journal) = &self.journal {
             let mid = journal.persist.message_id(publish);
             let sid = journal.sid;
-            self.note(Record::Enqueue { sid, mid, grant });
+            self.note_quietly(Record::Enqueue { sid, mid, grant });
         }
     }
 
@@ -500,6 +500,16 @@ impl Session {
         let at = journal.persist.append(&record);
         if let Some(outbox) = &self.outbox {
             outbox.hold_until(at);
+        }
+    }
+
+    /// Appends a record that nothing sent to this client depends on, without holding its
+    /// output: a message entering the queue, a QoS 1 packet id (after a crash the message is
+    /// sent again, under any id: at least once), a flow that ended. The publisher's
+    /// acknowledgement still waits for the record (its connection holds its own output).
+    fn note_quietly(&self, record: Record) {
+        if let Some(journal) = &self.journal {
+            journal.persist.append(&record);
         }
     }
 
@@ -542,7 +552,7 @@ impl Session {
         if self.is_expired(&grant) {
             if let (Some(sid), false, true) = (self.sid(), is_fresh, grant.qos != QoS::AtMostOnce) {
                 // Taken from the queue and dropped: replay drops it too.
-                self.note(Record::Assign { sid, pkid: 0 });
+                self.note_quietly(Record::Assign { sid, pkid: 0 });
             }
             return Delivery::Dropped;
         }
@@ -709,7 +719,12 @@ impl Session {
     fn send_new(&mut self, publish: &Arc<Publish>, grant: Grant, enc: &mut Encoder) {
         let pkid = self.allocate_pkid();
         if let Some(sid) = self.sid() {
-            self.note(Record::Assign { sid, pkid });
+            // QoS 2 is sent under one packet id across a crash, or the client would take the
+            // message twice: the PUBLISH waits for the record.
+            match grant.qos {
+                QoS::ExactlyOnce => self.note(Record::Assign { sid, pkid }),
+                _ => self.note_quietly(Record::Assign { sid, pkid }),
+            }
         }
         self.write_publish(publish, &grant, pkid, enc);
         let out = Outgoing {
@@ -866,7 +881,7 @@ impl Session {
             .position(|i| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos);
         let done = found.is_some_and(|index| self.inflight.remove(index).is_some());
         if let (true, Some(sid)) = (done, self.sid()) {
-            self.note(Record::Done { sid, pkid });
+            self.note_quietly(Record::Done { sid, pkid });
         }
         done
     }
