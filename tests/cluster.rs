@@ -131,7 +131,7 @@ impl Node {
             .map(|i| format!("{:?}", nats.urls[(first + i) % 3]))
             .collect();
         let conf = format!(
-            "[cluster]\nnats = [{}]\nnode = \"{name}\"\nkv_replicas = 3\n",
+            "[cluster]\nnats = [{}]\nnode = \"{name}\"\nkv_replicas = 3\n\n[persistence]\nenabled = false\n",
             urls.join(", ")
         );
         let path = nats.dir.join(format!("{name}.toml"));
@@ -147,8 +147,6 @@ impl Node {
             ])
             .arg("--config")
             .arg(&path)
-            .arg("--data-dir")
-            .arg(nats.dir.join(format!("{name}-data")))
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
