@@ -160,7 +160,9 @@ impl Link {
                     self.unsubscribe(&filter);
                 }
             }
-            command @ (Command::Retain { .. } | Command::Claim { .. }) => {
+            command @ (Command::Retain { .. }
+            | Command::Claim { .. }
+            | Command::Restored { .. }) => {
                 let _ = self.buckets.send(command).await;
             }
         }
@@ -336,11 +338,24 @@ async fn keep_buckets(
                     retain(store, &config.node, &topic, publish.as_deref()).await;
                 }
             }
-            Command::Claim { client_id, done } => {
-                if let Some(owners) = &owners {
-                    owners.claim(&client_id).await;
+            Command::Claim {
+                client_id,
+                wants_state,
+                done,
+            } => match &owners {
+                // A claim may wait seconds for another node's answer: others go on meanwhile.
+                Some(owners) => {
+                    let claim = owners.clone().claim(client_id, wants_state, done);
+                    tokio::task::spawn_local(claim);
                 }
-                let _ = done.send(());
+                None => {
+                    let _ = done.send(super::Claimed::Kept);
+                }
+            },
+            Command::Restored { client_ids } => {
+                if let Some(owners) = &owners {
+                    tokio::task::spawn_local(owners.clone().check_restored(client_ids));
+                }
             }
             _ => {}
         }

@@ -10,15 +10,18 @@
 //! - `subject`: MQTT topics and filters as NATS subjects and KV keys.
 //! - `link`: the NATS thread: subscriptions by interest, publishes, the retained bucket.
 //! - `bucket`: the shared JetStream KV buckets, opened or made.
-//! - `owners`: which node holds each client id (a KV bucket), for takeover across nodes.
+//! - `owners`: which node holds each client id (a KV bucket, written by compare-and-set).
+//! - `moves`: a session handed from the node that held it to the node its client came to.
 
 mod bucket;
 mod link;
+mod moves;
 mod owners;
 pub mod subject;
 
 use crate::config::ClusterConfig;
 use crate::protocol::Publish;
+use bytes::Bytes;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
@@ -46,13 +49,21 @@ pub enum Command {
         /// Filters.
         filters: Vec<String>,
     },
-    /// A client id connected on this node: other nodes close their connection with it.
+    /// A client id connected on this node: it becomes the id's owner in the cluster, and a
+    /// node that held it closes its connection and hands its session over (or drops it).
     Claim {
         /// The client id.
         client_id: String,
-        /// Answered once the claim is written (or could not be): the CONNACK waits for it,
-        /// so the order of the writes is the order of the connections.
-        done: oneshot::Sender<()>,
+        /// Whether the session is wanted (clean start 0): otherwise the old node drops it.
+        wants_state: bool,
+        /// Answered once the claim is written and the session fetched (or neither could be).
+        done: oneshot::Sender<Claimed>,
+    },
+    /// Persistent sessions this shard restored from its store at start-up: those whose
+    /// client id another node owns now moved while this node was down, and are dropped.
+    Restored {
+        /// Their client ids.
+        client_ids: Vec<String>,
     },
     /// A local client set (Some) or cleared (None) the retained message of `topic`.
     Retain {
@@ -63,13 +74,35 @@ pub enum Command {
     },
 }
 
+/// What became of a claim of a client id in the cluster.
+#[derive(Debug)]
+pub enum Claimed {
+    /// No other node held it (or the owners bucket could not be reached): this node's own
+    /// state for the client id counts.
+    Kept,
+    /// Another node held it: its session as that node handed it over (`shard::carry`), or
+    /// None when it had none to give, was asked to drop it, or did not answer.
+    Moved(Option<Bytes>),
+    /// A connection on another node claimed the client id after this one, while this claim
+    /// was under way: this connection closes, and what it fetched went to the newer one.
+    Superseded,
+}
+
+/// Another node took a client id: the shard holding its session removes it (closing its
+/// connection with 0x8E Session taken over) and answers with it written out when wanted.
+pub struct Surrender {
+    /// The client id.
+    pub client_id: String,
+    /// Whether to answer with the session (clean start 0 on the new node).
+    pub wants_state: bool,
+    /// Answered by every shard: the session (`shard::carry`) by the one that held it.
+    pub reply: oneshot::Sender<Option<Bytes>>,
+}
+
 /// What the NATS thread hands a shard.
 pub enum Inbound {
-    /// The client id connected to another node: close this node's connection with it.
-    Evict {
-        /// The client id.
-        client_id: String,
-    },
+    /// Another node took a client id: give up its session.
+    Surrender(Surrender),
     /// A message published on another node, for this node's subscribers.
     Publish(Publish),
     /// A message NATS gave this node's member of shared subscription `share`

@@ -1,13 +1,20 @@
-//! Takeover across nodes: a JetStream KV bucket with one key per client id (escaped as a
-//! subject token) whose value names the node that accepted its latest connection. Every
-//! node watches the bucket's new writes; a write by another node closes this node's
-//! connection with that client id (DISCONNECT 0x8E Session taken over in 5.0).
+//! Which node owns each client id: a JetStream KV bucket with one key per client id (escaped
+//! as a subject token) whose value names the node that accepted its latest connection.
 //!
-//! The session itself does not move between nodes: the new node starts from its own state
-//! for the client id (docs/SCALING.md).
+//! A node takes a client id with a compare-and-set on the key's revision (create when the key
+//! is new, update at the revision it read otherwise), so of two nodes claiming one id at the
+//! same moment one writes first and the other retries against it: the writes are ordered, and
+//! each claimant knows whom it took the id from. It then asks that node for the session
+//! (`moves`). The owner record also decides at start-up: a restored session whose id another
+//! node owns moved while this node was down, and is dropped.
+//!
+//! Every node watches the bucket too, as a backstop for a hand-over that did not happen (the
+//! old node was cut off from NATS when asked): a while after another node took an id this node
+//! held, and unless this node took it back meanwhile, it drops what it still has of it.
 
+use super::moves::{self, Request};
 use super::subject::{escape_level, unescape_level};
-use super::Inbound;
+use super::{Claimed, Inbound};
 use crate::config::ClusterConfig;
 use async_nats::jetstream::kv;
 use async_nats::Client;
@@ -16,91 +23,210 @@ use futures_lite::StreamExt;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 
 /// Bucket of client-id owners.
 const BUCKET: &str = "ringcast_clients";
+/// Attempts at the compare-and-set before a claim gives up (each failure means another node
+/// wrote in between, so this bounds a storm of one id on many nodes).
+const CAS_TRIES: usize = 8;
+/// Longest a claim waits for the bucket (an R3 write takes milliseconds when JetStream is up).
+const WRITE_WAIT: Duration = Duration::from_secs(2);
+/// How long after another node took an id the backstop drops what this node still holds of
+/// it: longer than a hand-over may take (`moves::FETCH_WAIT`), so it never races one.
+const BACKSTOP_WAIT: Duration = Duration::from_secs(5);
 
 /// This node's side of the owners bucket.
 pub(super) struct Owners {
     store: kv::Store,
-    node: String,
-    /// Revisions of this node's own latest write per client id, until the watch has passed
-    /// them: an older write of another node seen after ours must not close our connection.
-    pending: Rc<RefCell<HashMap<String, u64>>>,
+    pub(super) client: Client,
+    pub(super) node: String,
+    pub(super) shards: Vec<mpsc::Sender<Inbound>>,
+    /// Client ids (as keys) this node took, with the revision of its latest write, until
+    /// another node takes them: a write of another node older than ours is ignored.
+    owned: RefCell<HashMap<String, u64>>,
+    /// Client ids (as keys) with a claim of this node under way, and the hand-over requests of
+    /// newer claimants that arrived meanwhile (answered when the claim ends).
+    pub(super) claiming: RefCell<HashMap<String, Vec<Request>>>,
+}
+
+/// The bucket key of a client id.
+pub(super) fn key_of(client_id: &str) -> String {
+    let mut key = String::with_capacity(client_id.len() + 2);
+    escape_level(client_id, &mut key);
+    key
 }
 
 impl Owners {
-    /// Opens (or makes) the bucket and starts watching it.
+    /// Opens (or makes) the bucket, starts watching it and answering hand-over requests.
     pub(super) async fn open(
         client: &Client,
         config: &ClusterConfig,
         shards: Vec<mpsc::Sender<Inbound>>,
-    ) -> Option<Owners> {
+    ) -> Option<Rc<Owners>> {
         let store = super::bucket::open_bucket(client, config, BUCKET).await?;
         let watch = store
             .watch_all()
             .await
             .map_err(|e| tracing::error!("cluster: cannot watch the client bucket: {e}"))
             .ok()?;
-        let pending = Rc::new(RefCell::new(HashMap::new()));
-        let node = config.node.clone();
-        tokio::task::spawn_local(follow(watch, node.clone(), pending.clone(), shards));
-        Some(Owners {
+        let owners = Rc::new(Owners {
             store,
-            node,
-            pending,
-        })
+            client: client.clone(),
+            node: config.node.clone(),
+            shards,
+            owned: RefCell::default(),
+            claiming: RefCell::default(),
+        });
+        moves::serve(owners.clone()).await?;
+        tokio::task::spawn_local(follow(watch, owners.clone()));
+        Some(owners)
     }
 
-    /// Records that `client_id` connected here.
-    pub(super) async fn claim(&self, client_id: &str) {
-        let mut key = String::with_capacity(client_id.len() + 2);
-        escape_level(client_id, &mut key);
-        match self.store.put(&key, Bytes::from(self.node.clone())).await {
-            Ok(revision) => {
-                self.pending.borrow_mut().insert(key, revision);
+    /// Takes `client_id` for this node and fetches its session from the node that held it;
+    /// answers `done` (unless the shard stopped waiting, in which case nothing is taken).
+    pub(super) async fn claim(
+        self: Rc<Self>,
+        client_id: String,
+        wants_state: bool,
+        done: oneshot::Sender<Claimed>,
+    ) {
+        if done.is_closed() {
+            return;
+        }
+        let key = key_of(&client_id);
+        self.claiming.borrow_mut().entry(key.clone()).or_default();
+        let previous = tokio::time::timeout(WRITE_WAIT, self.write(&key))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(
+                    "cluster: the owner of client {client_id:?} was not written in time"
+                );
+                None
+            });
+        let claimed = match previous {
+            Some(Some(node)) if node != self.node => {
+                Claimed::Moved(moves::fetch(&self.client, &node, &client_id, wants_state).await)
             }
-            Err(e) => tracing::warn!("cluster: cannot record client {client_id:?}: {e}"),
+            _ => Claimed::Kept,
+        };
+        let newer = self.claiming.borrow_mut().remove(&key).unwrap_or_default();
+        let _ = done.send(self.pass_on(newer, claimed));
+    }
+
+    /// A claim ended: with newer claimants waiting, the newest gets what it fetched (or, when
+    /// it fetched nothing, what this node's shards hold) and this claim is superseded.
+    fn pass_on(self: &Rc<Self>, mut newer: Vec<Request>, claimed: Claimed) -> Claimed {
+        let Some(newest) = newer.pop() else {
+            return claimed;
+        };
+        for older in newer {
+            tokio::task::spawn_local(moves::respond(self.client.clone(), older.reply, None));
+        }
+        match claimed {
+            Claimed::Moved(session) => {
+                let reply = moves::respond(self.client.clone(), newest.reply, session);
+                tokio::task::spawn_local(reply);
+            }
+            _ => {
+                tokio::task::spawn_local(moves::hand_over(self.clone(), newest));
+            }
+        }
+        Claimed::Superseded
+    }
+
+    /// Writes this node as the owner of `key` by compare-and-set; returns the node it took
+    /// the key from (None: nobody), or None when the bucket could not be written.
+    async fn write(&self, key: &str) -> Option<Option<String>> {
+        let value = Bytes::from(self.node.clone());
+        let mut why = String::new();
+        for _ in 0..CAS_TRIES {
+            let entry = match self.store.entry(key).await {
+                Ok(entry) => entry.filter(|e| e.operation == kv::Operation::Put),
+                Err(e) => {
+                    why = e.to_string();
+                    continue;
+                }
+            };
+            let previous = entry
+                .as_ref()
+                .map(|e| String::from_utf8_lossy(&e.value).into_owned());
+            let written = match &entry {
+                Some(e) => self
+                    .store
+                    .update(key, value.clone(), e.revision)
+                    .await
+                    .map_err(|e| e.to_string()),
+                None => self
+                    .store
+                    .create(key, value.clone())
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match written {
+                Ok(revision) => {
+                    self.owned.borrow_mut().insert(key.to_string(), revision);
+                    return Some(previous);
+                }
+                // Another node wrote in between: read again and try against it.
+                Err(e) => why = e,
+            }
+        }
+        tracing::warn!("cluster: cannot record the owner of {key:?}: {why}");
+        None
+    }
+
+    /// Drops the restored sessions whose client id another node owns now.
+    pub(super) async fn check_restored(self: Rc<Self>, client_ids: Vec<String>) {
+        for client_id in client_ids {
+            let key = key_of(&client_id);
+            let owner = match self.store.entry(key.as_str()).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry.value,
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!("cluster: cannot read the owner of {client_id:?}: {e}");
+                    continue;
+                }
+            };
+            if owner != self.node.as_bytes() {
+                tracing::info!(
+                    "cluster: client {client_id:?} moved to node {} while this node was down: its stored session is dropped",
+                    String::from_utf8_lossy(&owner)
+                );
+                moves::surrender(&self.shards, &client_id, false).await;
+            }
         }
     }
 }
 
-/// Closes this node's connection of every client id that another node took since.
-async fn follow(
-    mut watch: kv::Watch,
-    node: String,
-    pending: Rc<RefCell<HashMap<String, u64>>>,
-    shards: Vec<mpsc::Sender<Inbound>>,
-) {
+/// Follows the bucket: when another node takes an id this node owns, and this node has not
+/// taken it back `BACKSTOP_WAIT` later, drops what this node still holds of it.
+async fn follow(mut watch: kv::Watch, owners: Rc<Owners>) {
     while let Some(entry) = watch.next().await {
         let Ok(entry) = entry else {
             continue;
         };
-        if entry.operation != kv::Operation::Put {
+        if entry.operation != kv::Operation::Put || entry.value == owners.node.as_bytes() {
             continue;
         }
-        let ours = pending.borrow().get(&entry.key).copied();
-        if entry.value == node.as_bytes() {
-            if ours == Some(entry.revision) {
-                pending.borrow_mut().remove(&entry.key);
-            }
-            continue;
+        let mine = owners.owned.borrow().get(&entry.key).copied();
+        if mine.is_none_or(|mine| mine > entry.revision) {
+            continue; // never ours, or our claim is the newer one
         }
-        if ours.is_some_and(|mine| mine > entry.revision) {
-            continue; // our connection is the newer one
-        }
+        owners.owned.borrow_mut().remove(&entry.key);
         let Some(client_id) = unescape_level(&entry.key) else {
             continue;
         };
-        // Whichever shard holds the id closes it; the others find nothing.
-        for shard in &shards {
-            let evict = Inbound::Evict {
-                client_id: client_id.clone(),
-            };
-            if shard.send(evict).await.is_err() {
-                return;
+        let owners = owners.clone();
+        tokio::task::spawn_local(async move {
+            tokio::time::sleep(BACKSTOP_WAIT).await;
+            let key = key_of(&client_id);
+            if !owners.owned.borrow().contains_key(&key)
+                && !owners.claiming.borrow().contains_key(&key)
+            {
+                moves::surrender(&owners.shards, &client_id, false).await;
             }
-        }
+        });
     }
 }

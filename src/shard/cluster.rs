@@ -5,8 +5,8 @@
 use super::message::Message;
 use super::msg::{MeshMsg, Retain};
 use super::Shard;
-use crate::cluster::{Command, Inbound};
-use crate::protocol::{Publish, QoS, ReasonCode};
+use crate::cluster::{Claimed, Command, Inbound};
+use crate::protocol::{Publish, QoS};
 use std::sync::Arc;
 use tokio::sync::oneshot;
 
@@ -14,8 +14,10 @@ use tokio::sync::oneshot;
 /// has it, so No Local never drops it, and it is never sent back to NATS.
 pub const CLUSTER_ORIGIN: u64 = u64::MAX;
 
-/// Longest a CONNACK waits for the client id's claim to be written in the cluster's bucket.
-const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+/// Longest a CONNACK waits for the client id's claim in the cluster: the NATS thread bounds
+/// its own part (the owner's write, the old node's answer) well below this; the wait is
+/// longer only while the owners bucket is not open yet (JetStream still coming up).
+const CLAIM_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Shard {
     /// Hands a message of a local client to the other nodes, and its retained change to the
@@ -78,7 +80,7 @@ impl Shard {
                 self.wait_for_ring_room().await;
                 self.route(remote(publish)).await;
             }
-            Inbound::Evict { client_id } => self.evict_remote(&client_id),
+            Inbound::Surrender(surrender) => self.surrender(surrender).await,
             Inbound::Share { share, publish } => {
                 self.wait_for_ring_room().await;
                 let next =
@@ -105,33 +107,29 @@ impl Shard {
 }
 
 impl Shard {
-    /// Tells the other nodes that `client_id` connected here, so they close theirs.
-    /// Waits until the claim is written, so that of two connections with one client id on
-    /// two nodes, the one with the later CONNACK stays.
-    pub(super) async fn cluster_claim(&self, client_id: &str) {
-        if let Some(uplink) = &self.cluster {
-            let client_id = client_id.to_string();
-            let (done, answer) = oneshot::channel();
-            uplink.send(Command::Claim { client_id, done }).await;
-            // A connection does not wait long for an unavailable JetStream (a node that just
-            // started, a NATS cluster without quorum): takeover then follows when it comes.
-            let _ = glommio::timer::timeout(CLAIM_WAIT, async {
-                let _ = answer.await;
-                Ok(())
-            })
-            .await;
-        }
-    }
-
-    /// Another node accepted a connection with `client_id`: closes this shard's connection
-    /// with it, if any, with 0x8E Session taken over; its session ends as on any close.
-    fn evict_remote(&self, client_id: &str) {
-        let mut st = self.state.borrow_mut();
-        let st = &mut *st;
-        let key = st.by_client.get(client_id).copied();
-        if let Some(session) = key.and_then(|key| st.sessions.get_mut(&key)) {
-            session.close_connection(ReasonCode::SESSION_TAKEN_OVER, &mut st.enc);
-        }
+    /// Takes `client_id` for this node in the cluster: the node that held it closes its
+    /// connection and hands its session over (`wants_state`) or drops it. Waits until the
+    /// owner is written, so of two connections with one client id on two nodes, the one with
+    /// the later CONNACK stays.
+    pub(super) async fn cluster_claim(&self, client_id: &str, wants_state: bool) -> Claimed {
+        let Some(uplink) = &self.cluster else {
+            return Claimed::Kept;
+        };
+        let client_id = client_id.to_string();
+        let (done, answer) = oneshot::channel();
+        let claim = Command::Claim {
+            client_id,
+            wants_state,
+            done,
+        };
+        uplink.send(claim).await;
+        // A connection does not wait long for an unavailable JetStream (a node that just
+        // started, a NATS cluster without quorum): the claim is then not made at all.
+        glommio::timer::timeout(CLAIM_WAIT, async {
+            Ok(answer.await.unwrap_or(Claimed::Kept))
+        })
+        .await
+        .unwrap_or(Claimed::Kept)
     }
 }
 

@@ -13,6 +13,8 @@
 //! - `subscriptions`: subscribe, unsubscribe, and the interest other shards are told of.
 //! - `takeover`: client-id claims at the home shard, eviction, the session handed over.
 //! - `handoff`: what is published while a session moves between shards, held until it lands.
+//! - `moving`: a session given up to another cluster node, or dropped because it moved.
+//! - `carry`: a session written out for another node in the store's record schema.
 //! - `lifecycle`: disconnect, session expiry, wills, shutdown.
 //! - `session`: a client's session: subscriptions, the QoS 1/2 window, the queue behind it.
 //! - `subscription`: one subscription's options as sessions, the trie and the store keep them.
@@ -33,6 +35,7 @@
 //! - `sys`: the `$SYS` topics.
 
 pub mod backpressure;
+pub mod carry;
 pub mod cluster;
 pub mod cursor;
 pub mod encoder;
@@ -41,6 +44,7 @@ mod handoff;
 mod inspect;
 mod lifecycle;
 pub mod message;
+mod moving;
 pub mod msg;
 pub mod outbox;
 pub mod overflow;

@@ -52,6 +52,7 @@ impl Shard {
             filters: Vec::new(),
             wills: Vec::new(),
         };
+        self.check_restored(here.iter().map(|i| i.client_id.clone()).collect());
         for image in here {
             let (filters, will) = self.restore_session(image, reuse_own);
             placed.filters.push(filters);

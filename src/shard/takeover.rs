@@ -10,11 +10,13 @@
 //! subscriptions. So of any number of simultaneous connects with one client id exactly one
 //! survives, with the session.
 
+use super::moving::arrived;
 use super::msg::{Claim, Evict, Handoff, MeshMsg, Release, StubRef};
 use super::requests::Answer;
 use super::session::{Session, SessionState};
 use super::subscriptions::{add_subscription, drop_subscriptions, forget_session};
 use super::{SessionKey, Shard};
+use crate::cluster::Claimed;
 use crate::mesh::ShardId;
 use crate::protocol::{ReasonCode, Will};
 
@@ -35,14 +37,22 @@ pub(super) struct Owner {
 }
 
 impl Shard {
-    /// Asks the client id's home shard for the id; returns the old session's state when the
-    /// old session was persistent and `wants_state` is set. Any other holder is closed.
+    /// Takes the client id: first in the cluster (the node that held it hands its session
+    /// over, or drops it), then on this node through the id's home shard. Returns the old
+    /// session's state when it was persistent and `wants_state` is set; any other holder is
+    /// closed. Of the cluster and this node, the owner record decides whose copy counts: a
+    /// session that another node held replaces whatever this node still had for the id.
     pub async fn claim(
         &self,
         client_id: &str,
         token: u64,
         wants_state: bool,
     ) -> Result<Option<Box<SessionState>>, Superseded> {
+        let moved = match self.cluster_claim(client_id, wants_state).await {
+            Claimed::Kept => None,
+            Claimed::Moved(session) => Some(session),
+            Claimed::Superseded => return Err(Superseded),
+        };
         let request = self.requests.open(1);
         self.claims.borrow_mut().insert(token, None);
         let home = home_shard(client_id, self.shards);
@@ -51,11 +61,13 @@ impl Shard {
             from: self.id(),
             token,
             request,
-            wants_state,
+            wants_state: wants_state && moved.is_none(),
         };
         self.mesh.send(home, MeshMsg::Claim(claim)).await;
-        let answer = self.requests.wait(request).await;
-        self.cluster_claim(client_id).await;
+        let mut answer = self.requests.wait(request).await;
+        if let Some(session) = moved {
+            answer.state = session.and_then(|bytes| arrived(&bytes, client_id));
+        }
         let newer = self.claims.borrow_mut().remove(&token).flatten();
         if let Some(newer) = newer {
             self.hand_on(newer, answer).await;
@@ -232,7 +244,7 @@ impl Shard {
     }
 
     /// Closes the connection of a session taken over; returns its will if due now.
-    fn close_taken_over(&self, session: &mut Session) -> Option<Will> {
+    pub(super) fn close_taken_over(&self, session: &mut Session) -> Option<Will> {
         let enc = &mut self.state.borrow_mut().enc;
         if !session.close_connection(ReasonCode::SESSION_TAKEN_OVER, enc) {
             return None;
