@@ -118,7 +118,8 @@ impl Drop for Nats {
     }
 }
 
-/// A ringcast node in its own process (so it can be killed with SIGKILL).
+/// A ringcast node in its own process (so it can be killed with SIGKILL), with persistence
+/// on in a data directory of its own (kept across a restart of the same name).
 struct Node {
     proc: Option<Proc>,
     addr: SocketAddr,
@@ -127,11 +128,16 @@ struct Node {
 impl Node {
     /// Starts node `name` with 2 shards, its NATS servers listed from `first` on.
     fn start(nats: &Nats, name: &str, first: usize) -> Node {
+        Node::start_with(nats, name, first, "")
+    }
+
+    /// `start`, with more top-level config lines.
+    fn start_with(nats: &Nats, name: &str, first: usize, extra: &str) -> Node {
         let urls: Vec<String> = (0..3)
             .map(|i| format!("{:?}", nats.urls[(first + i) % 3]))
             .collect();
         let conf = format!(
-            "[cluster]\nnats = [{}]\nnode = \"{name}\"\nkv_replicas = 3\n\n[persistence]\nenabled = false\n",
+            "{extra}\n[cluster]\nnats = [{}]\nnode = \"{name}\"\nkv_replicas = 3\n",
             urls.join(", ")
         );
         let path = nats.dir.join(format!("{name}.toml"));
@@ -147,15 +153,19 @@ impl Node {
             ])
             .arg("--config")
             .arg(&path)
+            .arg("--data-dir")
+            .arg(nats.dir.join(format!("{name}-data")))
             .env_remove("RUST_LOG")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start ringcast");
         let stdout = child.stdout.take().unwrap();
+        // Killed even when it never gets ready.
+        let proc = Proc(child);
         let addr = ready_addr(stdout).expect("node listens and joins the cluster");
         Node {
-            proc: Some(Proc(child)),
+            proc: Some(proc),
             addr,
         }
     }
@@ -167,24 +177,30 @@ impl Node {
 }
 
 /// The address a node reports in its "ringcast listening on ADDR" line, once it also reported
-/// that it joined the cluster (its buckets are open); None after `SETTLE`. The rest of its
+/// that it joined the cluster (its buckets are open), in either order (a node that replays
+/// its store starts listening after the buckets open); None after `SETTLE`. The rest of its
 /// output is read and dropped, so the pipe never fills.
 fn ready_addr(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
     use std::io::BufRead;
     let (found, addr) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let mut listening = None;
+        let (mut listening, mut joined) = (None, false);
         let mut found = Some(found);
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
+            // Shown with a failing test's output.
+            if line.contains("WARN") || line.contains("ERROR") {
+                eprintln!("{line}");
+            }
             if let Some((_, rest)) = line.split_once("ringcast listening on ") {
                 let end = rest
                     .find(|c: char| c.is_whitespace() || c == '\x1b')
                     .unwrap_or(rest.len());
                 listening = rest[..end].parse::<SocketAddr>().ok();
             }
-            if line.contains("buckets open") {
-                if let (Some(found), Some(addr)) = (found.take(), listening) {
+            joined |= line.contains("buckets open");
+            if let (true, Some(addr)) = (joined, listening) {
+                if let Some(found) = found.take() {
                     let _ = found.send(addr);
                 }
             }
@@ -357,24 +373,208 @@ fn killed_node_and_killed_nats_server_leave_the_others_delivering() {
     drop(a);
 }
 
+/// A 5.0 CONNECT that keeps its session for an hour after the connection.
+fn lasting_v5(client_id: &str, clean: bool) -> ringcast::protocol::Connect {
+    let mut connect = connect_packet(client_id, Version::V5, clean);
+    connect.properties.session_expiry_interval = Some(3600);
+    connect
+}
+
+/// Sends `connect`: the CONNACK, or None when the broker closed the connection instead (a
+/// newer connection with the client id took over while this one was being accepted).
+fn try_connect(addr: SocketAddr, connect: ringcast::protocol::Connect) -> Option<(Raw, bool)> {
+    let mut raw = Raw::open(addr, connect.version);
+    raw.send(&Packet::Connect(connect));
+    match raw.recv_within(WAIT) {
+        Ok(Packet::ConnAck(ack)) if ack.code == ReasonCode::SUCCESS => {
+            Some((raw, ack.session_present))
+        }
+        Ok(other) => panic!("expected CONNACK, got {other:?}"),
+        Err(_) => None,
+    }
+}
+
+/// The next PUBLISH, not acknowledged.
+fn recv_unacked(raw: &mut Raw) -> ringcast::protocol::Publish {
+    match raw.recv() {
+        Packet::Publish(p) => p,
+        other => panic!("expected PUBLISH, got {other:?}"),
+    }
+}
+
+fn taken_over(closing: &[Packet]) -> bool {
+    closing
+        .iter()
+        .any(|p| matches!(p, Packet::Disconnect(d) if d.reason == ReasonCode::SESSION_TAKEN_OVER))
+}
+
 #[test]
-fn client_id_connecting_to_a_second_node_takes_over_from_the_first() {
+fn mqtt_3_1_4_3_client_id_connecting_to_a_second_node_takes_over_the_session_of_the_first() {
     let _serial = serial();
     let Some(nats) = Nats::start() else { return };
     let a = Node::start(&nats, "a", 0);
     let b = Node::start(&nats, "b", 1);
-    let (mut first, _) = Raw::connect_with(a.addr, connect_packet("dev-1", Version::V5, true));
-    let (mut second, _) = Raw::connect_with(b.addr, connect_packet("dev-1", Version::V5, true));
+    let (mut first, _) = Raw::connect_with(a.addr, lasting_v5("dev-1", true));
+    first.subscribe("dev/1/cmd", QoS::AtLeastOnce);
+    let (mut second, ack) = Raw::connect_with(b.addr, lasting_v5("dev-1", false));
     let closing = first.expect_closed();
     assert!(
-        closing.iter().any(
-            |p| matches!(p, Packet::Disconnect(d) if d.reason == ReasonCode::SESSION_TAKEN_OVER)
-        ),
+        taken_over(&closing),
         "the first connection gets DISCONNECT 0x8E, got {closing:?}"
     );
-    // The second connection stays.
-    second.send(&Packet::PingReq);
-    assert!(matches!(second.recv(), Packet::PingResp));
+    assert!(ack.session_present, "the session came with the client id");
+    // Its subscription came too, and routes on the new node.
+    let mut publisher = Raw::connect(a.addr, "pub");
+    wait_for_route(&mut publisher, &mut [&mut second], "dev/1/cmd");
+    publisher.publish("dev/1/cmd", b"on", QoS::AtLeastOnce, false);
+    assert_eq!(receive(&mut second, 1), ["on"]);
+}
+
+#[test]
+fn persistent_session_moves_to_another_node_with_queued_and_unfinished_qos1_and_qos2() {
+    let _serial = serial();
+    let Some(nats) = Nats::start() else { return };
+    let a = Node::start(&nats, "a", 0);
+    let b = Node::start(&nats, "b", 1);
+    let (mut mover, _) =
+        Raw::connect_with(a.addr, connect_packet("mover", Version::V311, false));
+    mover.subscribe("mv/1", QoS::AtLeastOnce);
+    mover.subscribe("mv/2", QoS::ExactlyOnce);
+    let mut publisher = Raw::connect(a.addr, "pub");
+    // In flight when the client leaves: a QoS 1 PUBLISH not acknowledged, and a QoS 2 one
+    // whose PUBREC was sent (PUBREL is next).
+    publisher.publish("mv/1", b"unacked", QoS::AtLeastOnce, false);
+    let unacked = recv_unacked(&mut mover);
+    publisher.publish("mv/2", b"released", QoS::ExactlyOnce, false);
+    let released = recv_unacked(&mut mover);
+    mover.send(&Packet::PubRec(ringcast::protocol::Ack {
+        pkid: released.pkid,
+        ..Default::default()
+    }));
+    assert!(matches!(mover.recv(), Packet::PubRel(r) if r.pkid == released.pkid));
+    mover.close_without_disconnect();
+    // Queued while it is away.
+    for i in 0..5 {
+        publisher.publish("mv/1", format!("q1-{i}").as_bytes(), QoS::AtLeastOnce, false);
+        publisher.publish("mv/2", format!("q2-{i}").as_bytes(), QoS::ExactlyOnce, false);
+    }
+    let (mut moved, ack) =
+        Raw::connect_with(b.addr, connect_packet("mover", Version::V311, false));
+    assert!(ack.session_present, "Session Present 1 on the new node");
+    // The unfinished flows resume with their packet ids [MQTT-4.4.0-1].
+    match moved.recv() {
+        Packet::Publish(p) => {
+            assert_eq!((p.pkid, &p.payload[..], p.dup), (unacked.pkid, &b"unacked"[..], true));
+            moved.ack(&p);
+        }
+        other => panic!("expected the unacknowledged PUBLISH again, got {other:?}"),
+    }
+    match moved.recv() {
+        Packet::PubRel(r) => {
+            assert_eq!(r.pkid, released.pkid);
+            moved.send(&Packet::PubComp(r));
+        }
+        other => panic!("expected the PUBREL again, got {other:?}"),
+    }
+    let mut got = receive(&mut moved, 10);
+    got.sort();
+    let mut expected: Vec<String> = (0..5)
+        .flat_map(|i| [format!("q1-{i}"), format!("q2-{i}")])
+        .collect();
+    expected.sort();
+    assert_eq!(got, expected, "every queued message, QoS 2 exactly once");
+    moved.expect_nothing();
+    // Its subscriptions route to the new node; the old node holds nothing of it.
+    wait_for_route(&mut publisher, &mut [&mut moved], "mv/1");
+    publisher.publish("mv/2", b"after", QoS::ExactlyOnce, false);
+    assert_eq!(receive(&mut moved, 1), ["after"]);
+    moved.expect_nothing();
+}
+
+#[test]
+fn simultaneous_connects_of_one_client_id_on_two_nodes_leave_exactly_one() {
+    let _serial = serial();
+    let Some(nats) = Nats::start() else { return };
+    let a = Node::start(&nats, "a", 0);
+    let b = Node::start(&nats, "b", 1);
+    let (mut held, _) = Raw::connect_with(a.addr, lasting_v5("twin", true));
+    held.subscribe("twin/cmd", QoS::AtLeastOnce);
+    held.disconnect();
+    let racers: Vec<_> = [a.addr, b.addr]
+        .into_iter()
+        .map(|addr| std::thread::spawn(move || try_connect(addr, lasting_v5("twin", false))))
+        .collect();
+    let mut open: Vec<(Raw, bool)> = racers
+        .into_iter()
+        .filter_map(|racer| racer.join().unwrap())
+        .collect();
+    // The loser is closed (0x8E) once the winner's claim reaches it; the winner stays.
+    let deadline = Instant::now() + SETTLE;
+    while open.len() > 1 {
+        assert!(Instant::now() < deadline, "both connections stay open");
+        open.retain_mut(|(raw, _)| {
+            raw.send(&Packet::PingReq);
+            loop {
+                match raw.recv_within(Duration::from_millis(200)) {
+                    Ok(Packet::PingResp) => return true,
+                    Ok(_) => continue,
+                    Err(NoPacket::Closed) => return false,
+                    Err(NoPacket::Timeout) => return true,
+                }
+            }
+        });
+    }
+    let (mut winner, session_present) = open.pop().expect("one connection stays");
+    // Past the backstop's wait, the winner is still connected, with the session.
+    std::thread::sleep(Duration::from_secs(6));
+    winner.send(&Packet::PingReq);
+    assert!(matches!(winner.recv(), Packet::PingResp), "the winner stays");
+    assert!(session_present, "the winner has the session");
+}
+
+/// The count of sessions (connected or not) node `addr` reports in `$SYS`, as a client
+/// subscribed to it reads them.
+fn sessions_reported(sys: &mut Raw) -> u64 {
+    loop {
+        let p = sys.recv_publish();
+        if p.topic.as_str() == "$SYS/broker/clients/total" {
+            return String::from_utf8_lossy(&p.payload).trim().parse().unwrap();
+        }
+    }
+}
+
+#[test]
+fn node_killed_and_restarted_with_its_data_keeps_sessions_that_stayed_and_drops_one_that_moved() {
+    let _serial = serial();
+    let Some(nats) = Nats::start() else { return };
+    let fast_sys = "sys_interval_secs = 1";
+    let mut a = Node::start_with(&nats, "a", 0, fast_sys);
+    let b = Node::start(&nats, "b", 1);
+    for id in ["stay", "go"] {
+        let (mut client, _) = Raw::connect_with(a.addr, connect_packet(id, Version::V311, false));
+        client.subscribe(&format!("{id}/x"), QoS::AtLeastOnce);
+        client.disconnect();
+    }
+    let mut publisher = Raw::connect(a.addr, "pub");
+    publisher.publish("stay/x", b"kept", QoS::AtLeastOnce, false);
+    drop(publisher);
+    a.kill();
+    // Its node is down: the session cannot be handed over, and starts afresh on b.
+    let (gone, ack) = Raw::connect_with(b.addr, connect_packet("go", Version::V311, false));
+    assert!(!ack.session_present, "a fresh session while its node is down");
+    gone.disconnect();
+    let a = Node::start_with(&nats, "a", 0, fast_sys);
+    // The stored copy of "go" is dropped: the owner record names b. ("sys" is the third.)
+    let mut sys = Raw::connect(a.addr, "sys");
+    sys.subscribe("$SYS/broker/clients/total", QoS::AtMostOnce);
+    let deadline = Instant::now() + SETTLE;
+    while sessions_reported(&mut sys) != 2 {
+        assert!(Instant::now() < deadline, "node a kept the session that moved");
+    }
+    // "stay" never moved: its session and its queued message survived the kill.
+    let (mut stay, ack) = Raw::connect_with(a.addr, connect_packet("stay", Version::V311, false));
+    assert!(ack.session_present, "the stored session is back");
+    assert_eq!(receive(&mut stay, 1), ["kept"]);
 }
 
 #[test]

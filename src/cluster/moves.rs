@@ -20,6 +20,8 @@ use tokio::sync::{mpsc, oneshot};
 
 /// Header of a request: `1` when the session is wanted, `0` when it is to be dropped.
 const STATE_HEADER: &str = "Rc-State";
+/// Header of a request: the revision of the owner record the claimant replaced.
+const REPLACED_HEADER: &str = "Rc-Replaced";
 /// Header of each part of an answer: `i/n`.
 const PART_HEADER: &str = "Rc-Part";
 /// Longest a node waits for another to hand over a session.
@@ -36,6 +38,8 @@ pub(super) struct Request {
     pub(super) reply: Subject,
     client_id: String,
     wants_state: bool,
+    /// The revision of the owner record the claimant replaced.
+    pub(super) replaced: u64,
 }
 
 /// The subject node `node` answers hand-over requests on.
@@ -64,22 +68,24 @@ async fn answer_requests(owners: Rc<Owners>, mut requests: async_nats::Subscribe
         else {
             continue;
         };
-        let wants_state = message
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(STATE_HEADER))
-            .is_some_and(|v| v.as_str() == "1");
+        let header = |name| {
+            let value = message.headers.as_ref().and_then(|h| h.get(name));
+            value.map(|v| v.as_str().to_string()).unwrap_or_default()
+        };
         let request = Request {
             reply,
             client_id,
-            wants_state,
+            wants_state: header(STATE_HEADER) == "1",
+            replaced: header(REPLACED_HEADER).parse().unwrap_or(0),
         };
-        // A claim of this node for the id is under way: the request waits for its end, and
-        // gets what it fetched (`Owners::pass_on`).
+        // The claimant replaced a claim of this node still under way: the request waits for
+        // its end, and gets what it fetched (`Owners::pass_on`).
         let key = key_of(&request.client_id);
-        if let Some(waiting) = owners.claiming.borrow_mut().get_mut(&key) {
-            waiting.push(request);
-            continue;
+        if let Some(claim) = owners.claiming.borrow_mut().get_mut(&key) {
+            if claim.holds(&request) {
+                claim.waiting.push(request);
+                continue;
+            }
         }
         tokio::task::spawn_local(hand_over(owners.clone(), request));
     }
@@ -161,8 +167,10 @@ pub(super) async fn fetch(
     node: &str,
     client_id: &str,
     wants_state: bool,
+    replaced: u64,
 ) -> Option<Bytes> {
-    let asked = tokio::time::timeout(FETCH_WAIT, ask(client, node, client_id, wants_state)).await;
+    let asking = ask(client, node, client_id, wants_state, replaced);
+    let asked = tokio::time::timeout(FETCH_WAIT, asking).await;
     let why = match asked {
         Ok(Ok(session)) => return session,
         Ok(Err(why)) => why,
@@ -179,6 +187,7 @@ async fn ask(
     node: &str,
     client_id: &str,
     wants_state: bool,
+    replaced: u64,
 ) -> Result<Option<Bytes>, String> {
     let inbox = client.new_inbox();
     let mut replies = client
@@ -187,6 +196,7 @@ async fn ask(
         .map_err(|e| e.to_string())?;
     let mut headers = HeaderMap::new();
     headers.insert(STATE_HEADER, if wants_state { "1" } else { "0" });
+    headers.insert(REPLACED_HEADER, replaced.to_string().as_str());
     let payload = Bytes::from(client_id.to_string());
     client
         .publish_with_reply_and_headers(node_subject(node), inbox, headers, payload)

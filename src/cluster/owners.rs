@@ -46,9 +46,33 @@ pub(super) struct Owners {
     /// Client ids (as keys) this node took, with the revision of its latest write, until
     /// another node takes them: a write of another node older than ours is ignored.
     owned: RefCell<HashMap<String, u64>>,
-    /// Client ids (as keys) with a claim of this node under way, and the hand-over requests of
-    /// newer claimants that arrived meanwhile (answered when the claim ends).
-    pub(super) claiming: RefCell<HashMap<String, Vec<Request>>>,
+    /// Client ids (as keys) with a claim of this node under way: its write's revision once
+    /// written, and the hand-over requests of claimants that replaced that write (answered
+    /// when the claim ends, with what it fetched), or that came before it was written.
+    pub(super) claiming: RefCell<HashMap<String, Claiming>>,
+}
+
+/// A claim of this node under way.
+#[derive(Default)]
+pub(super) struct Claiming {
+    /// The revision this node wrote, once written.
+    revision: Option<u64>,
+    /// Requests of newer claimants waiting for the claim's end.
+    pub(super) waiting: Vec<Request>,
+}
+
+impl Claiming {
+    /// Whether `request` waits for this claim (it replaced this claim's write, or may have:
+    /// the write's revision is not known yet) rather than being answered now.
+    pub(super) fn holds(&self, request: &Request) -> bool {
+        self.revision.is_none_or(|revision| request.replaced == revision)
+    }
+}
+
+/// A claim's write: the owner it replaced (node and revision), and its own revision.
+struct Written {
+    previous: Option<(String, u64)>,
+    revision: u64,
 }
 
 /// The bucket key of a client id.
@@ -97,22 +121,43 @@ impl Owners {
         }
         let key = key_of(&client_id);
         self.claiming.borrow_mut().entry(key.clone()).or_default();
-        let previous = tokio::time::timeout(WRITE_WAIT, self.write(&key))
+        let written = tokio::time::timeout(WRITE_WAIT, self.write(&key))
             .await
             .unwrap_or_else(|_| {
-                tracing::warn!(
-                    "cluster: the owner of client {client_id:?} was not written in time"
-                );
+                tracing::warn!("cluster: the owner of client {client_id:?} was not written in time");
                 None
             });
-        let claimed = match previous {
-            Some(Some(node)) if node != self.node => {
-                Claimed::Moved(moves::fetch(&self.client, &node, &client_id, wants_state).await)
-            }
+        self.written(&key, written.as_ref().map(|w| w.revision));
+        let claimed = match written {
+            Some(Written {
+                previous: Some((node, replaced)),
+                ..
+            }) if node != self.node => Claimed::Moved(
+                moves::fetch(&self.client, &node, &client_id, wants_state, replaced).await,
+            ),
             _ => Claimed::Kept,
         };
         let newer = self.claiming.borrow_mut().remove(&key).unwrap_or_default();
-        let _ = done.send(self.pass_on(newer, claimed));
+        let _ = done.send(self.pass_on(newer.waiting, claimed));
+    }
+
+    /// The claim of `key` wrote `revision` (None: could not write): requests that did not
+    /// replace that write are older than this claim and are answered now.
+    fn written(self: &Rc<Self>, key: &str, revision: Option<u64>) {
+        let mut claiming = self.claiming.borrow_mut();
+        let Some(claim) = claiming.get_mut(key) else {
+            return;
+        };
+        claim.revision = Some(revision.unwrap_or(0));
+        let waiting = std::mem::take(&mut claim.waiting);
+        let (held, now): (Vec<_>, Vec<_>) = waiting
+            .into_iter()
+            .partition(|r| revision.is_some() && claim.holds(r));
+        claim.waiting = held;
+        drop(claiming);
+        for request in now {
+            tokio::task::spawn_local(moves::hand_over(self.clone(), request));
+        }
     }
 
     /// A claim ended: with newer claimants waiting, the newest gets what it fetched (or, when
@@ -136,9 +181,9 @@ impl Owners {
         Claimed::Superseded
     }
 
-    /// Writes this node as the owner of `key` by compare-and-set; returns the node it took
-    /// the key from (None: nobody), or None when the bucket could not be written.
-    async fn write(&self, key: &str) -> Option<Option<String>> {
+    /// Writes this node as the owner of `key` by compare-and-set; None when the bucket could
+    /// not be written.
+    async fn write(&self, key: &str) -> Option<Written> {
         let value = Bytes::from(self.node.clone());
         let mut why = String::new();
         for _ in 0..CAS_TRIES {
@@ -151,23 +196,16 @@ impl Owners {
             };
             let previous = entry
                 .as_ref()
-                .map(|e| String::from_utf8_lossy(&e.value).into_owned());
+                .map(|e| (String::from_utf8_lossy(&e.value).into_owned(), e.revision));
             let written = match &entry {
-                Some(e) => self
-                    .store
-                    .update(key, value.clone(), e.revision)
-                    .await
+                Some(e) => (self.store.update(key, value.clone(), e.revision).await)
                     .map_err(|e| e.to_string()),
-                None => self
-                    .store
-                    .create(key, value.clone())
-                    .await
-                    .map_err(|e| e.to_string()),
+                None => (self.store.create(key, value.clone()).await).map_err(|e| e.to_string()),
             };
             match written {
                 Ok(revision) => {
                     self.owned.borrow_mut().insert(key.to_string(), revision);
-                    return Some(previous);
+                    return Some(Written { previous, revision });
                 }
                 // Another node wrote in between: read again and try against it.
                 Err(e) => why = e,
