@@ -65,7 +65,8 @@ impl Claiming {
     /// Whether `request` waits for this claim (it replaced this claim's write, or may have:
     /// the write's revision is not known yet) rather than being answered now.
     pub(super) fn holds(&self, request: &Request) -> bool {
-        self.revision.is_none_or(|revision| request.replaced == revision)
+        self.revision
+            .is_none_or(|revision| request.replaced == revision)
     }
 }
 
@@ -124,7 +125,9 @@ impl Owners {
         let written = tokio::time::timeout(WRITE_WAIT, self.write(&key))
             .await
             .unwrap_or_else(|_| {
-                tracing::warn!("cluster: the owner of client {client_id:?} was not written in time");
+                tracing::warn!(
+                    "cluster: the owner of client {client_id:?} was not written in time"
+                );
                 None
             });
         self.written(&key, written.as_ref().map(|w| w.revision));
