@@ -9,12 +9,10 @@
 //! `FETCH_WAIT`: a node that is gone (NATS answers "no responders" at once) or does not answer
 //! in time leaves the client with a fresh session, and the log says so.
 
-use super::owners::{key_of, Owners};
 use super::{Inbound, Surrender};
 use async_nats::{Client, HeaderMap, Subject};
 use bytes::{Bytes, BytesMut};
 use futures_lite::StreamExt;
-use std::rc::Rc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -36,65 +34,42 @@ const PART_HEADROOM: usize = 512;
 pub(super) struct Request {
     /// Where to answer.
     pub(super) reply: Subject,
-    client_id: String,
+    pub(super) client_id: String,
     wants_state: bool,
     /// The revision of the owner record the claimant replaced.
     pub(super) replaced: u64,
 }
 
 /// The subject node `node` answers hand-over requests on.
-fn node_subject(node: &str) -> String {
+pub(super) fn node_subject(node: &str) -> String {
     // Node names are letters, digits, `_` and `-` (checked by the config): a valid token.
     format!("rc.n.{node}.session")
 }
 
-/// Subscribes to this node's request subject and answers what arrives.
-pub(super) async fn serve(owners: Rc<Owners>) -> Option<()> {
-    let subject = node_subject(&owners.node);
-    let requests = owners
-        .client
-        .subscribe(subject)
-        .await
-        .map_err(|e| tracing::error!("cluster: cannot take session requests: {e}"))
-        .ok()?;
-    tokio::task::spawn_local(answer_requests(owners, requests));
-    Some(())
-}
-
-async fn answer_requests(owners: Rc<Owners>, mut requests: async_nats::Subscriber) {
-    while let Some(message) = requests.next().await {
-        let (Some(reply), Ok(client_id)) =
-            (message.reply, String::from_utf8(message.payload.to_vec()))
-        else {
-            continue;
-        };
-        let header = |name| {
-            let value = message.headers.as_ref().and_then(|h| h.get(name));
-            value.map(|v| v.as_str().to_string()).unwrap_or_default()
-        };
-        let request = Request {
-            reply,
-            client_id,
-            wants_state: header(STATE_HEADER) == "1",
-            replaced: header(REPLACED_HEADER).parse().unwrap_or(0),
-        };
-        // The claimant replaced a claim of this node still under way: the request waits for
-        // its end, and gets what it fetched (`Owners::pass_on`).
-        let key = key_of(&request.client_id);
-        if let Some(claim) = owners.claiming.borrow_mut().get_mut(&key) {
-            if claim.holds(&request) {
-                claim.waiting.push(request);
-                continue;
-            }
-        }
-        tokio::task::spawn_local(hand_over(owners.clone(), request));
-    }
+/// The hand-over request a NATS message carries; None for one ringcast did not write.
+pub(super) fn request_of(message: async_nats::Message) -> Option<Request> {
+    let header = |name| {
+        let value = message.headers.as_ref().and_then(|h| h.get(name));
+        value.map(|v| v.as_str().to_string()).unwrap_or_default()
+    };
+    let wants_state = header(STATE_HEADER) == "1";
+    let replaced = header(REPLACED_HEADER).parse().unwrap_or(0);
+    Some(Request {
+        client_id: String::from_utf8(message.payload.to_vec()).ok()?,
+        reply: message.reply?,
+        wants_state,
+        replaced,
+    })
 }
 
 /// Has the shards give up the requested session, and answers with it.
-pub(super) async fn hand_over(owners: Rc<Owners>, request: Request) {
-    let session = surrender(&owners.shards, &request.client_id, request.wants_state).await;
-    respond(owners.client.clone(), request.reply, session).await;
+pub(super) async fn hand_over(
+    client: Client,
+    shards: Vec<mpsc::Sender<Inbound>>,
+    request: Request,
+) {
+    let session = surrender(&shards, &request.client_id, request.wants_state).await;
+    respond(client, request.reply, session).await;
 }
 
 /// Asks every shard to give up `client_id`'s session; returns it as the one holding it wrote

@@ -40,16 +40,16 @@ const BACKSTOP_WAIT: Duration = Duration::from_secs(5);
 /// This node's side of the owners bucket.
 pub(super) struct Owners {
     store: kv::Store,
-    pub(super) client: Client,
-    pub(super) node: String,
-    pub(super) shards: Vec<mpsc::Sender<Inbound>>,
+    client: Client,
+    node: String,
+    shards: Vec<mpsc::Sender<Inbound>>,
     /// Client ids (as keys) this node took, with the revision of its latest write, until
     /// another node takes them: a write of another node older than ours is ignored.
     owned: RefCell<HashMap<String, u64>>,
     /// Client ids (as keys) with a claim of this node under way: its write's revision once
     /// written, and the hand-over requests of claimants that replaced that write (answered
     /// when the claim ends, with what it fetched), or that came before it was written.
-    pub(super) claiming: RefCell<HashMap<String, Claiming>>,
+    claiming: RefCell<HashMap<String, Claiming>>,
 }
 
 /// A claim of this node under way.
@@ -58,13 +58,13 @@ pub(super) struct Claiming {
     /// The revision this node wrote, once written.
     revision: Option<u64>,
     /// Requests of newer claimants waiting for the claim's end.
-    pub(super) waiting: Vec<Request>,
+    waiting: Vec<Request>,
 }
 
 impl Claiming {
     /// Whether `request` waits for this claim (it replaced this claim's write, or may have:
     /// the write's revision is not known yet) rather than being answered now.
-    pub(super) fn holds(&self, request: &Request) -> bool {
+    fn holds(&self, request: &Request) -> bool {
         self.revision
             .is_none_or(|revision| request.replaced == revision)
     }
@@ -77,7 +77,7 @@ struct Written {
 }
 
 /// The bucket key of a client id.
-pub(super) fn key_of(client_id: &str) -> String {
+fn key_of(client_id: &str) -> String {
     let mut key = String::with_capacity(client_id.len() + 2);
     escape_level(client_id, &mut key);
     key
@@ -104,7 +104,7 @@ impl Owners {
             owned: RefCell::default(),
             claiming: RefCell::default(),
         });
-        moves::serve(owners.clone()).await?;
+        serve(owners.clone()).await?;
         tokio::task::spawn_local(follow(watch, owners.clone()));
         Some(owners)
     }
@@ -159,7 +159,7 @@ impl Owners {
         claim.waiting = held;
         drop(claiming);
         for request in now {
-            tokio::task::spawn_local(moves::hand_over(self.clone(), request));
+            tokio::task::spawn_local(self.hand_over(request));
         }
     }
 
@@ -178,10 +178,15 @@ impl Owners {
                 tokio::task::spawn_local(reply);
             }
             _ => {
-                tokio::task::spawn_local(moves::hand_over(self.clone(), newest));
+                tokio::task::spawn_local(self.hand_over(newest));
             }
         }
         Claimed::Superseded
+    }
+
+    /// Has the shards give up the session `request` asks for, and answers with it.
+    fn hand_over(&self, request: Request) -> impl std::future::Future<Output = ()> + 'static {
+        moves::hand_over(self.client.clone(), self.shards.clone(), request)
     }
 
     /// Writes this node as the owner of `key` by compare-and-set; None when the bucket could
@@ -238,6 +243,37 @@ impl Owners {
                 moves::surrender(&self.shards, &client_id, false).await;
             }
         }
+    }
+}
+
+/// Subscribes to this node's request subject and answers what arrives.
+async fn serve(owners: Rc<Owners>) -> Option<()> {
+    let subject = moves::node_subject(&owners.node);
+    let requests = owners
+        .client
+        .subscribe(subject)
+        .await
+        .map_err(|e| tracing::error!("cluster: cannot take session requests: {e}"))
+        .ok()?;
+    tokio::task::spawn_local(answer_requests(owners, requests));
+    Some(())
+}
+
+async fn answer_requests(owners: Rc<Owners>, mut requests: async_nats::Subscriber) {
+    while let Some(message) = requests.next().await {
+        let Some(request) = moves::request_of(message) else {
+            continue;
+        };
+        // The claimant replaced a claim of this node still under way: the request waits for
+        // its end, and gets what it fetched (`Owners::pass_on`).
+        let key = key_of(&request.client_id);
+        if let Some(claim) = owners.claiming.borrow_mut().get_mut(&key) {
+            if claim.holds(&request) {
+                claim.waiting.push(request);
+                continue;
+            }
+        }
+        tokio::task::spawn_local(owners.hand_over(request));
     }
 }
 

@@ -8,7 +8,7 @@
 
 use super::persist::{decode, encode_record, Record};
 use super::replay::{replay, Image};
-use super::session::Session;
+use super::session::{Session, SessionState};
 use crate::protocol::Publish;
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::HashMap;
@@ -54,6 +54,20 @@ pub fn uncarry(bytes: &Bytes) -> Option<Image> {
         return None;
     }
     replayed.sessions.pop()
+}
+
+/// The state of a session another node handed over; None (and a log line) when its bytes are
+/// not a session.
+pub fn arrived(bytes: &Bytes, client_id: &str) -> Option<Box<SessionState>> {
+    match uncarry(bytes) {
+        Some(image) => Some(Box::new(image.state)),
+        None => {
+            tracing::warn!(
+                "cluster: the session of client {client_id:?} arrived damaged: it starts afresh"
+            );
+            None
+        }
+    }
 }
 
 #[cfg(test)]

@@ -2,14 +2,13 @@
 //! client id that another node took gives its session up (written out by `carry` when the new
 //! node wants it), and a restored session whose id another node owns is dropped.
 
-use super::carry::{carry, uncarry};
+use super::carry::carry;
 use super::msg::{MeshMsg, Release};
-use super::session::{Session, SessionState};
+use super::session::Session;
 use super::subscriptions::remove_session;
 use super::takeover::home_shard;
 use super::Shard;
 use crate::cluster::{Command, Surrender};
-use bytes::Bytes;
 
 impl Shard {
     /// Another node took `surrender.client_id`: if this shard holds its session, removes it
@@ -60,20 +59,6 @@ impl Shard {
     pub(super) fn check_restored(&self, client_ids: Vec<String>) {
         if let (Some(uplink), false) = (&self.cluster, client_ids.is_empty()) {
             uplink.post(Command::Restored { client_ids });
-        }
-    }
-}
-
-/// The state of a session another node handed over; None (and a log line) when its bytes are
-/// not a session.
-pub(super) fn arrived(bytes: &Bytes, client_id: &str) -> Option<Box<SessionState>> {
-    match uncarry(bytes) {
-        Some(image) => Some(Box::new(image.state)),
-        None => {
-            tracing::warn!(
-                "cluster: the session of client {client_id:?} arrived damaged: it starts afresh"
-            );
-            None
         }
     }
 }

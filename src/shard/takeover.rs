@@ -10,7 +10,7 @@
 //! subscriptions. So of any number of simultaneous connects with one client id exactly one
 //! survives, with the session.
 
-use super::moving::arrived;
+use super::carry::arrived;
 use super::msg::{Claim, Evict, Handoff, MeshMsg, Release, StubRef};
 use super::requests::Answer;
 use super::session::{Session, SessionState};
