@@ -223,19 +223,30 @@ impl Owners {
         None
     }
 
-    /// Drops the restored sessions whose client id another node owns now.
+    /// Whether this node took `key` (or is taking it) since: what it holds of it is current.
+    fn is_claimed(&self, key: &str) -> bool {
+        self.owned.borrow().contains_key(key) || self.claiming.borrow().contains_key(key)
+    }
+
+    /// Drops the restored sessions whose client id another node owns now (unless its client
+    /// came back here meanwhile).
     pub(super) async fn check_restored(self: Rc<Self>, client_ids: Vec<String>) {
         for client_id in client_ids {
             let key = key_of(&client_id);
-            let owner = match self.store.entry(key.as_str()).await {
-                Ok(Some(entry)) if entry.operation == kv::Operation::Put => entry.value,
+            let (owner, revision) = match self.store.entry(key.as_str()).await {
+                Ok(Some(entry)) if entry.operation == kv::Operation::Put => {
+                    (entry.value, entry.revision)
+                }
                 Ok(_) => continue,
                 Err(e) => {
                     tracing::warn!("cluster: cannot read the owner of {client_id:?}: {e}");
                     continue;
                 }
             };
-            if owner != self.node.as_bytes() {
+            if owner == self.node.as_bytes() {
+                // Still this node's: the backstop covers it as if claimed since the start.
+                self.owned.borrow_mut().entry(key).or_insert(revision);
+            } else if !self.is_claimed(&key) {
                 tracing::info!(
                     "cluster: client {client_id:?} moved to node {} while this node was down: its stored session is dropped",
                     String::from_utf8_lossy(&owner)
@@ -298,10 +309,7 @@ async fn follow(mut watch: kv::Watch, owners: Rc<Owners>) {
         let owners = owners.clone();
         tokio::task::spawn_local(async move {
             tokio::time::sleep(BACKSTOP_WAIT).await;
-            let key = key_of(&client_id);
-            if !owners.owned.borrow().contains_key(&key)
-                && !owners.claiming.borrow().contains_key(&key)
-            {
+            if !owners.is_claimed(&key_of(&client_id)) {
                 moves::surrender(&owners.shards, &client_id, false).await;
             }
         });
