@@ -35,7 +35,8 @@ pub(super) struct Request {
     /// Where to answer.
     pub(super) reply: Subject,
     pub(super) client_id: String,
-    wants_state: bool,
+    /// Whether the claimant wants the session (clean start 0).
+    pub(super) wants_state: bool,
     /// The revision of the owner record the claimant replaced.
     pub(super) replaced: u64,
 }

@@ -174,6 +174,7 @@ impl Owners {
         }
         match claimed {
             Claimed::Moved(session) => {
+                let session = session.filter(|_| newest.wants_state);
                 let reply = moves::respond(self.client.clone(), newest.reply, session);
                 tokio::task::spawn_local(reply);
             }

@@ -66,7 +66,8 @@ impl Shard {
         self.mesh.send(home, MeshMsg::Claim(claim)).await;
         let mut answer = self.requests.wait(request).await;
         if let Some(session) = moved {
-            answer.state = session.and_then(|bytes| arrived(&bytes, client_id));
+            let wanted = session.filter(|_| wants_state);
+            answer.state = wanted.and_then(|bytes| arrived(&bytes, client_id));
         }
         let newer = self.claims.borrow_mut().remove(&token).flatten();
         if let Some(newer) = newer {
