@@ -316,3 +316,43 @@ async fn follow(mut watch: kv::Watch, owners: Rc<Owners>) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(replaced: u64) -> Request {
+        Request {
+            reply: async_nats::Subject::from("_INBOX.x"),
+            client_id: "c".into(),
+            wants_state: true,
+            replaced,
+        }
+    }
+
+    #[test]
+    fn a_claim_holds_only_requests_of_claimants_that_replaced_its_write() {
+        let unwritten = Claiming::default();
+        assert!(unwritten.holds(&request(3)), "undecided until written");
+        let written = Claiming {
+            revision: Some(7),
+            waiting: Vec::new(),
+        };
+        assert!(written.holds(&request(7)), "replaced this claim: newer");
+        assert!(
+            !written.holds(&request(6)),
+            "replaced an older write: older"
+        );
+        assert!(!written.holds(&request(0)), "found no owner: older");
+    }
+
+    #[test]
+    fn client_ids_become_keys_a_kv_bucket_accepts() {
+        assert_eq!(key_of("dev-1_a"), "dev-1_a");
+        assert_eq!(key_of(""), "=");
+        assert_eq!(
+            unescape_level(&key_of("a.b c/é")).as_deref(),
+            Some("a.b c/é")
+        );
+    }
+}
