@@ -29,6 +29,7 @@ impl Shard {
             handshake_failures: self.metrics.handshake_failures.get(),
             logins_refused: self.metrics.logins_refused.get(),
             publishes_denied: self.metrics.publishes_denied.get(),
+            cluster_rejected: self.metrics.cluster_rejected.get(),
             bytes_sent: p.bytes_sent(),
             queued_bytes: p.queued_bytes() as u64,
             slow_disconnects: p.slow_disconnects(),
@@ -273,6 +274,10 @@ fn ringcast_topics(prefix: &str, s: &Snapshot) -> Vec<(String, String)> {
         (
             format!("{prefix}/publishes/denied"),
             s.publishes_denied.to_string(),
+        ),
+        (
+            format!("{prefix}/cluster/rejected"),
+            s.cluster_rejected.to_string(),
         ),
     ];
     for (r, reason) in DropReason::ALL.iter().enumerate() {
