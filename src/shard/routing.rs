@@ -106,11 +106,15 @@ impl Shard {
         let is_acked = wait_for_replicas && message.publish.qos != QoS::AtMostOnce;
         let replicas_ack = is_acked && message.publish.retain && self.shards > 1;
         // With persistence, the PUBACK also waits for what the other shards store of it.
-        let durable = match is_acked && self.persist.is_some() {
-            true => interested & self.journaled_shards(),
+        let journaled = match is_acked && self.persist.is_some() {
+            true => self.journaled_shards(),
             false => 0,
         };
-        let acks = if replicas_ack { self.shards - 1 } else { 0 } + durable.count_ones() as usize;
+        let durable = interested & journaled;
+        let shares = to_members.iter().filter(|(to, _)| journaled & 1 << to != 0);
+        let acks = if replicas_ack { self.shards - 1 } else { 0 }
+            + durable.count_ones() as usize
+            + shares.count();
         let request = (acks > 0).then(|| self.requests.open(acks));
         let retain_ack = request.filter(|_| replicas_ack);
         for to in (0..self.shards).filter(|&s| s != self.id()) {
@@ -130,7 +134,11 @@ impl Shard {
                 self.mesh.send(to, msg).await;
             }
         }
-        for (to, msg) in to_members {
+        for (to, mut msg) in to_members {
+            if let (MeshMsg::ShareDeliver(deliver), Some(request)) = (&mut msg, request) {
+                // The member's shard answers once its records of the message are durable.
+                deliver.ack = (journaled & 1 << to != 0).then_some((self.id(), request));
+            }
             self.mesh.send(to, msg).await;
         }
         let cluster_ack = self
@@ -242,7 +250,12 @@ impl Shard {
     /// Answers `request` of shard `from` once every record appended since `before` is
     /// durable: at once when there is none, else from a task of its own (a ring receiver
     /// never waits).
-    fn ack_when_durable(self: &Rc<Self>, before: u64, from: ShardId, request: RequestId) {
+    pub(super) fn ack_when_durable(
+        self: &Rc<Self>,
+        before: u64,
+        from: ShardId,
+        request: RequestId,
+    ) {
         let at = self.persist.as_ref().map_or(0, |p| p.last());
         let ack = MeshMsg::InterestAck(InterestAck { request });
         let arriving = self.arrivals();
