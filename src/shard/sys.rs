@@ -275,18 +275,27 @@ fn ringcast_topics(prefix: &str, s: &Snapshot) -> Vec<(String, String)> {
             format!("{prefix}/publishes/denied"),
             s.publishes_denied.to_string(),
         ),
-        (
-            format!("{prefix}/cluster/rejected"),
-            s.cluster_rejected.to_string(),
-        ),
     ];
-    for (r, reason) in DropReason::ALL.iter().enumerate() {
-        for q in 0..3 {
-            out.push((
-                format!("{prefix}/dropped/{}/qos{q}", reason.name()),
-                s.dropped[r][q].to_string(),
-            ));
-        }
-    }
+    out.push((
+        format!("{prefix}/cluster/rejected"),
+        s.cluster_rejected.to_string(),
+    ));
+    out.extend(dropped_topics(prefix, s));
     out
+}
+
+/// The drop counters under `prefix`, per reason and QoS.
+fn dropped_topics<'a>(
+    prefix: &'a str,
+    s: &'a Snapshot,
+) -> impl Iterator<Item = (String, String)> + 'a {
+    DropReason::ALL
+        .iter()
+        .enumerate()
+        .flat_map(move |(r, reason)| {
+            (0..3).map(move |q| {
+                let topic = format!("{prefix}/dropped/{}/qos{q}", reason.name());
+                (topic, s.dropped[r][q].to_string())
+            })
+        })
 }
