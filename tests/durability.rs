@@ -673,3 +673,40 @@ fn kill_9_loses_no_acknowledged_message_of_a_shared_subscription_across_shards()
     child.kill();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A will whose Will Delay Interval was running when the broker was SIGKILLed is stored with
+/// its due time and published after the restart.
+#[test]
+fn a_will_waiting_for_its_delay_survives_a_kill_9() {
+    let dir = temp_dir("will-delay");
+    let (mut child, addr) = start(&dir, "interval");
+    let mut watcher = Raw::connect_with(addr, connect_packet("watcher", Version::V311, false)).0;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce);
+    watcher.disconnect();
+    let mut connect = connect_packet("device", Version::V5, false);
+    connect.properties.session_expiry_interval = Some(300);
+    let mut properties = ringcast::protocol::Props::default();
+    properties.will_delay_interval = Some(8);
+    connect.will = Some(ringcast::protocol::Will {
+        topic: ringcast::protocol::MqttString::from_str_checked("wills/device").unwrap(),
+        payload: bytes::Bytes::from_static(b"late"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties,
+    });
+    let (device, _) = Raw::connect_with(addr, connect);
+    // The connection ends without DISCONNECT: the will's delay starts.
+    device.close_without_disconnect();
+    // Records nobody waits for are written every `fsync_interval_ms` (1 s): past that, the
+    // store holds that the connection ended.
+    std::thread::sleep(Duration::from_millis(2000));
+    child.kill(); // SIGKILL during the delay
+    let (_child, addr) = start(&dir, "interval");
+    let (mut watcher, connack) =
+        Raw::connect_with(addr, connect_packet("watcher", Version::V311, false));
+    assert!(connack.session_present);
+    let will = watcher.recv_publish();
+    assert_eq!(will.topic.as_str(), "wills/device");
+    assert_eq!(&will.payload[..], b"late");
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -274,7 +274,10 @@ impl Conn {
             };
         match self.shard.disconnect(self.key, self.token, graceful) {
             Some((will, delay)) if delay.is_zero() => Box::pin(self.shard.publish_will(will)).await,
-            Some((will, delay)) => self.shard.publish_will_after(self.token, will, delay),
+            Some((will, delay)) => {
+                let (key, token) = (self.key, self.token);
+                self.shard.publish_will_after(key, token, will, delay)
+            }
             None => {}
         }
         end
