@@ -474,8 +474,19 @@ fn mqtt_qos1_acknowledged_locally_arrives_after_the_remote_is_killed_and_restart
     });
     mosquitto.restart();
     let (mut sub, _) = Raw::connect_with(mosquitto.addr(), persistent);
-    let deadline = Instant::now() + CROSS;
     let all: BTreeSet<String> = (0..60).map(|i| format!("data/{i}")).collect();
+    let missing = receive_topics(&mut sub, &all, &mut received);
+    assert!(missing.is_empty(), "never arrived: {missing:?}");
+}
+
+/// Receives (and acknowledges) until every topic of `all` is in `received`, or `CROSS` has
+/// passed; returns the topics still missing.
+fn receive_topics(
+    sub: &mut Raw,
+    all: &BTreeSet<String>,
+    received: &mut BTreeSet<String>,
+) -> Vec<String> {
+    let deadline = Instant::now() + CROSS;
     while received != all && Instant::now() < deadline {
         match sub.recv_within(Duration::from_millis(500)) {
             Ok(Packet::Publish(p)) => {
@@ -486,8 +497,7 @@ fn mqtt_qos1_acknowledged_locally_arrives_after_the_remote_is_killed_and_restart
             Err(NoPacket::Closed) => panic!("mosquitto closed the subscriber"),
         }
     }
-    let missing: Vec<_> = all.difference(&received).collect();
-    assert!(missing.is_empty(), "never arrived: {missing:?}");
+    all.difference(received).cloned().collect()
 }
 
 /// With the remote unreachable, the queue holds `queue_messages_max` messages and counts
@@ -832,19 +842,7 @@ fn mqtt_qos1_queued_for_a_down_remote_survives_a_kill_9_of_the_local_broker() {
     wait_connected(local.addr, "keep");
     let (mut sub, _) = Raw::connect_with(mosquitto.addr(), persistent);
     let all: BTreeSet<String> = (0..n).map(|i| format!("data/{i}")).collect();
-    let mut received = BTreeSet::new();
-    let deadline = Instant::now() + CROSS;
-    while received != all && Instant::now() < deadline {
-        match sub.recv_within(Duration::from_millis(500)) {
-            Ok(Packet::Publish(p)) => {
-                sub.ack(&p);
-                received.insert(p.topic.as_str().to_string());
-            }
-            Ok(_) | Err(NoPacket::Timeout) => {}
-            Err(NoPacket::Closed) => panic!("mosquitto closed the subscriber"),
-        }
-    }
-    let missing: Vec<_> = all.difference(&received).collect();
+    let missing = receive_topics(&mut sub, &all, &mut BTreeSet::new());
     assert!(
         missing.is_empty(),
         "acknowledged, never arrived: {missing:?}"

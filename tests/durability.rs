@@ -240,6 +240,27 @@ fn publish_until_killed(addr: SocketAddr, next: &mut u64, sent: &mut Sent) {
     }
 }
 
+/// Publishes (`publish_until_killed`) while the broker is SIGKILLed at a random moment;
+/// returns once it is dead.
+fn publish_until_random_kill(
+    child: &mut Running,
+    addr: SocketAddr,
+    rng: &mut Rng,
+    next: &mut u64,
+    sent: &mut Sent,
+) {
+    let pid = child.0.id() as libc::pid_t;
+    let after = Duration::from_millis(20 + rng.below(150));
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        // SAFETY: kill on our own child's pid, not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    publish_until_killed(addr, next, sent);
+    killer.join().unwrap();
+    child.0.wait().unwrap();
+}
+
 type Shared = Arc<Mutex<Received>>;
 
 fn crash_run(fsync: &str) {
@@ -275,16 +296,7 @@ fn crash_run(fsync: &str) {
                 })
             })
             .collect();
-        let pid = child.0.id() as libc::pid_t;
-        let after = Duration::from_millis(20 + rng.below(150));
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(after);
-            // SAFETY: kill on our own child's pid, not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        });
-        publish_until_killed(addr, &mut next, &mut sent);
-        killer.join().unwrap();
-        child.0.wait().unwrap();
+        publish_until_random_kill(&mut child, addr, &mut rng, &mut next, &mut sent);
         stop.store(true, Ordering::SeqCst);
         for t in online {
             t.join().unwrap();
@@ -565,13 +577,28 @@ fn a_full_disk_refuses_with_quota_exceeded_then_recovers_without_losing() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The watcher (`subscribe_watcher`) comes back and gets the device's will.
+fn expect_will(addr: SocketAddr, payload: &[u8]) {
+    let (mut watcher, connack) =
+        Raw::connect_with(addr, connect_packet("watcher", Version::V311, false));
+    assert!(connack.session_present);
+    let will = watcher.recv_publish();
+    assert_eq!(will.topic.as_str(), "wills/device");
+    assert_eq!(&will.payload[..], payload);
+}
+
+/// A persistent subscriber to `wills/#`, offline.
+fn subscribe_watcher(addr: SocketAddr) {
+    let mut watcher = Raw::connect_with(addr, connect_packet("watcher", Version::V311, false)).0;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce);
+    watcher.disconnect();
+}
+
 #[test]
 fn a_will_cut_off_by_a_crash_is_published_after_the_restart() {
     let dir = temp_dir("will");
     let (mut child, addr) = start(&dir, "interval");
-    let mut watcher = Raw::connect_with(addr, connect_packet("watcher", Version::V311, false)).0;
-    watcher.subscribe("wills/#", QoS::AtLeastOnce);
-    watcher.disconnect();
+    subscribe_watcher(addr);
     let mut connect = connect_packet("device", Version::V311, false);
     connect.will = Some(ringcast::protocol::Will {
         topic: ringcast::protocol::MqttString::from_str_checked("wills/device").unwrap(),
@@ -583,12 +610,7 @@ fn a_will_cut_off_by_a_crash_is_published_after_the_restart() {
     let (_device, _) = Raw::connect_with(addr, connect);
     child.kill(); // SIGKILL while the device is connected
     let (_child, addr) = start(&dir, "interval");
-    let (mut watcher, connack) =
-        Raw::connect_with(addr, connect_packet("watcher", Version::V311, false));
-    assert!(connack.session_present);
-    let will = watcher.recv_publish();
-    assert_eq!(will.topic.as_str(), "wills/device");
-    assert_eq!(&will.payload[..], b"gone");
+    expect_will(addr, b"gone");
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -620,16 +642,7 @@ fn kill_9_loses_no_acknowledged_message_of_a_shared_subscription_across_shards()
         raw.disconnect();
     }
     for _ in 0..KILLS {
-        let pid = child.0.id() as libc::pid_t;
-        let after = Duration::from_millis(20 + rng.below(150));
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(after);
-            // SAFETY: kill on our own child's pid, not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        });
-        publish_until_killed(addr, &mut next, &mut sent);
-        killer.join().unwrap();
-        child.0.wait().unwrap();
+        publish_until_random_kill(&mut child, addr, &mut rng, &mut next, &mut sent);
         (child, addr) = start(&dir, fsync);
     }
     // Every member reads what its session holds; together they hold every acknowledged one.
@@ -680,9 +693,7 @@ fn kill_9_loses_no_acknowledged_message_of_a_shared_subscription_across_shards()
 fn a_will_waiting_for_its_delay_survives_a_kill_9() {
     let dir = temp_dir("will-delay");
     let (mut child, addr) = start(&dir, "interval");
-    let mut watcher = Raw::connect_with(addr, connect_packet("watcher", Version::V311, false)).0;
-    watcher.subscribe("wills/#", QoS::AtLeastOnce);
-    watcher.disconnect();
+    subscribe_watcher(addr);
     let mut connect = connect_packet("device", Version::V5, false);
     connect.properties.session_expiry_interval = Some(300);
     let mut properties = ringcast::protocol::Props::default();
@@ -702,11 +713,6 @@ fn a_will_waiting_for_its_delay_survives_a_kill_9() {
     std::thread::sleep(Duration::from_millis(2000));
     child.kill(); // SIGKILL during the delay
     let (_child, addr) = start(&dir, "interval");
-    let (mut watcher, connack) =
-        Raw::connect_with(addr, connect_packet("watcher", Version::V311, false));
-    assert!(connack.session_present);
-    let will = watcher.recv_publish();
-    assert_eq!(will.topic.as_str(), "wills/device");
-    assert_eq!(&will.payload[..], b"late");
+    expect_will(addr, b"late");
     let _ = std::fs::remove_dir_all(dir);
 }
