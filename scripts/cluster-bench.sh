@@ -17,6 +17,11 @@ TARGET=${CARGO_TARGET_DIR:-target}
 BENCH=$TARGET/release/ringcast-bench
 BROKER=$TARGET/release/ringcast
 NATS=${NATS:-/usr/sbin/nats-server}
+# Loopback ports: the single node and node A on PORT_A, node B on PORT_B, nats-server on
+# NATS_PORT (override when another run holds them).
+PORT_A=${PORT_A:-18830}
+PORT_B=${PORT_B:-18832}
+NATS_PORT=${NATS_PORT:-14222}
 OUT=${OUT:-$(mktemp -d /tmp/cluster-bench.XXXXXX)}
 RESULTS=$OUT/results.jsonl
 LIMIT=$((DUR + 60))
@@ -26,7 +31,8 @@ cargo build --release -p ringcast -p ringcast-bench >&2
 mkdir -p "$OUT"
 : >"$RESULTS"
 for node in a b; do
-    printf '[cluster]\nnats = ["nats://127.0.0.1:14222"]\nnode = "%s"\n' "$node" >"$OUT/$node.toml"
+    printf '[cluster]\nnats = ["nats://127.0.0.1:%s"]\nnode = "%s"\n' "$NATS_PORT" "$node" \
+        >"$OUT/$node.toml"
 done
 
 # shellcheck source=scripts/lib.sh
@@ -39,29 +45,32 @@ run() {
     echo "{\"label\":\"$1\",\"result\":$json}" | tee -a "$RESULTS" >&2
 }
 
-# single LABEL ARGS...: a run against one node on port 18830.
+# single LABEL ARGS...: a run against one node on port $PORT_A. Each broker has a data
+# directory of its own (persistence is on by default, and a directory takes one broker).
 single() {
-    timeout "$LIMIT" taskset -c 0 "$BROKER" --listen 127.0.0.1:18830 --cpus 0 --shards 1 \
-        --log-level warn &
+    rm -rf "$OUT/data-single"
+    timeout "$LIMIT" taskset -c 0 "$BROKER" --listen "127.0.0.1:$PORT_A" --cpus 0 --shards 1 \
+        --log-level warn --data-dir "$OUT/data-single" &
     broker_pid=$!
-    wait_port 18830 && run "$@" --port 18830
+    wait_port "$PORT_A" && run "$@" --port "$PORT_A"
     stop_broker
 }
 
-# cluster LABEL ARGS...: a run with the publisher on node A (18830), subscribers on B (18832).
+# cluster LABEL ARGS...: a run with the publisher on node A ($PORT_A), subscribers on B
+# ($PORT_B).
 cluster() {
-    rm -rf "$OUT/js"
-    timeout "$LIMIT" taskset -c 0 "$NATS" -a 127.0.0.1 -p 14222 -js -sd "$OUT/js" \
+    rm -rf "$OUT/js" "$OUT/data-a" "$OUT/data-b"
+    timeout "$LIMIT" taskset -c 0 "$NATS" -a 127.0.0.1 -p "$NATS_PORT" -js -sd "$OUT/js" \
         >"$OUT/nats.log" 2>&1 &
     local nats_pid=$!
-    wait_port 14222
-    timeout "$LIMIT" taskset -c 0 "$BROKER" --listen 127.0.0.1:18830 --cpus 0 --shards 1 \
-        --log-level warn --config "$OUT/a.toml" &
+    wait_port "$NATS_PORT"
+    timeout "$LIMIT" taskset -c 0 "$BROKER" --listen "127.0.0.1:$PORT_A" --cpus 0 --shards 1 \
+        --log-level warn --config "$OUT/a.toml" --data-dir "$OUT/data-a" &
     local a_pid=$!
-    timeout "$LIMIT" taskset -c 0 "$BROKER" --listen 127.0.0.1:18832 --cpus 0 --shards 1 \
-        --log-level warn --config "$OUT/b.toml" &
+    timeout "$LIMIT" taskset -c 0 "$BROKER" --listen "127.0.0.1:$PORT_B" --cpus 0 --shards 1 \
+        --log-level warn --config "$OUT/b.toml" --data-dir "$OUT/data-b" &
     broker_pid=$!
-    wait_port 18830 && wait_port 18832 && run "$@" --port 18832 --publish-port 18830
+    wait_port "$PORT_A" && wait_port "$PORT_B" && run "$@" --port "$PORT_B" --publish-port "$PORT_A"
     stop_broker
     kill "$a_pid" "$nats_pid" 2>/dev/null || true
     wait "$a_pid" "$nats_pid" 2>/dev/null || true

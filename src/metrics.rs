@@ -21,6 +21,8 @@ pub struct Metrics {
     /// PUBLISH deliveries offered to sessions of this shard, by the QoS the subscriber gets.
     /// (Only per QoS: a delivery bumps one counter, and totals are summed when read.)
     pub sent_by_qos: [Cell<u64>; 3],
+    /// Messages from other cluster nodes this node could not read.
+    pub cluster_rejected: Cell<u64>,
 }
 
 impl Metrics {
@@ -33,6 +35,11 @@ impl Metrics {
     /// Counts a refused login.
     pub fn count_login_refused(&self) {
         self.logins_refused.set(self.logins_refused.get() + 1);
+    }
+
+    /// Counts a message from another node that could not be read.
+    pub fn count_cluster_rejected(&self) {
+        bump(&self.cluster_rejected);
     }
 
     /// Counts a PUBLISH denied by the ACL.
@@ -109,6 +116,8 @@ pub struct Snapshot {
     pub logins_refused: u64,
     /// PUBLISH packets denied by the ACL.
     pub publishes_denied: u64,
+    /// Messages from other cluster nodes that could not be read.
+    pub cluster_rejected: u64,
     /// Messages dropped, per reason and QoS.
     pub dropped: DropCounts,
     /// Messages waiting in write buffers and session queues.
@@ -155,6 +164,7 @@ impl Snapshot {
         self.handshake_failures += o.handshake_failures;
         self.logins_refused += o.logins_refused;
         self.publishes_denied += o.publishes_denied;
+        self.cluster_rejected += o.cluster_rejected;
         for (row, other) in self.dropped.iter_mut().zip(o.dropped.iter()) {
             for (cell, v) in row.iter_mut().zip(other.iter()) {
                 *cell += v;

@@ -474,8 +474,19 @@ fn mqtt_qos1_acknowledged_locally_arrives_after_the_remote_is_killed_and_restart
     });
     mosquitto.restart();
     let (mut sub, _) = Raw::connect_with(mosquitto.addr(), persistent);
-    let deadline = Instant::now() + CROSS;
     let all: BTreeSet<String> = (0..60).map(|i| format!("data/{i}")).collect();
+    let missing = receive_topics(&mut sub, &all, &mut received);
+    assert!(missing.is_empty(), "never arrived: {missing:?}");
+}
+
+/// Receives (and acknowledges) until every topic of `all` is in `received`, or `CROSS` has
+/// passed; returns the topics still missing.
+fn receive_topics(
+    sub: &mut Raw,
+    all: &BTreeSet<String>,
+    received: &mut BTreeSet<String>,
+) -> Vec<String> {
+    let deadline = Instant::now() + CROSS;
     while received != all && Instant::now() < deadline {
         match sub.recv_within(Duration::from_millis(500)) {
             Ok(Packet::Publish(p)) => {
@@ -486,8 +497,7 @@ fn mqtt_qos1_acknowledged_locally_arrives_after_the_remote_is_killed_and_restart
             Err(NoPacket::Closed) => panic!("mosquitto closed the subscriber"),
         }
     }
-    let missing: Vec<_> = all.difference(&received).collect();
-    assert!(missing.is_empty(), "never arrived: {missing:?}");
+    all.difference(received).cloned().collect()
 }
 
 /// With the remote unreachable, the queue holds `queue_messages_max` messages and counts
@@ -756,4 +766,87 @@ fn bridge_level_refused_falls_back_to_plain_3_1_1() {
     assert!(!second.codec.is_bridge(), "the next try is plain 3.1.1");
     second.connack(ringcast::protocol::ReasonCode::SUCCESS);
     wait_connected(broker.addr, "old");
+}
+
+/// A local ringcast in its own process with persistence on (so it can be killed with
+/// SIGKILL and started again on the same data directory), killed when dropped.
+struct StoringLocal {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl StoringLocal {
+    fn start(config: &std::path::Path, data: &std::path::Path) -> StoringLocal {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+            .arg("--config")
+            .arg(config)
+            .arg("--data-dir")
+            .arg(data)
+            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+            .args(["--log-level", "info"])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("ringcast starts");
+        let stdout = child.stdout.take().unwrap();
+        let addr = listening_addr(stdout, CROSS).expect("the local ringcast listens");
+        StoringLocal { child, addr }
+    }
+}
+
+impl Drop for StoringLocal {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = wait_exit(&mut self.child, CROSS);
+    }
+}
+
+/// The out queue is stored: QoS 1 messages the local broker acknowledged while the remote
+/// was down reach the remote although the local broker was SIGKILLed in between.
+#[test]
+fn mqtt_qos1_queued_for_a_down_remote_survives_a_kill_9_of_the_local_broker() {
+    let Some(program) = mosquitto_program() else {
+        return;
+    };
+    let mut mosquitto = Mosquitto::start(program, "stored", true);
+    let persistent = connect_packet("stored-sub", Version::V311, false);
+    let (mut sub, _) = Raw::connect_with(mosquitto.addr(), persistent.clone());
+    sub.subscribe("data/#", QoS::AtLeastOnce);
+    mosquitto.save();
+    sub.disconnect();
+    mosquitto.kill();
+
+    let dir = scratch("stored-local");
+    let config = dir.join("local.toml");
+    let text = format!(
+        "sys_interval_secs = 1\n\n[persistence]\nfsync = \"interval\"\n\n[[bridge]]\n\
+         name = \"keep\"\naddress = \"{}\"\nprotocol_version = \"3.1.1\"\n\
+         client_id = \"bridge-keep\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
+         topic = [\"data/# out 1\"]\n",
+        mosquitto.addr()
+    );
+    std::fs::write(&config, text).unwrap();
+    let local = StoringLocal::start(&config, &dir.join("data"));
+    // Its session is in place once the bridge reports its state.
+    wait_sys(local.addr, "keep", "connected", |v| v == "0");
+    let mut publisher = Raw::connect(local.addr, "stored-pub");
+    let n = 150; // past the local session's window of 100: some wait in its queue
+    for i in 0..n {
+        // Each one acknowledged (PUBACK) by the local broker while the remote is down.
+        publisher.publish(&format!("data/{i}"), b"x", QoS::AtLeastOnce, false);
+    }
+    drop(local); // SIGKILL
+    let local = StoringLocal::start(&config, &dir.join("data"));
+    mosquitto.restart();
+    wait_connected(local.addr, "keep");
+    let (mut sub, _) = Raw::connect_with(mosquitto.addr(), persistent);
+    let all: BTreeSet<String> = (0..n).map(|i| format!("data/{i}")).collect();
+    let missing = receive_topics(&mut sub, &all, &mut BTreeSet::new());
+    assert!(
+        missing.is_empty(),
+        "acknowledged, never arrived: {missing:?}"
+    );
+    wait_sys(local.addr, "keep", "queued", |v| v == "0");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -741,3 +741,251 @@ fn subject_mapping_matches_like_a_real_nats_server() {
     assert_eq!(received, expected);
     assert!(expected.len() > 20, "the sample has matches");
 }
+
+/// MQTT 5.0 properties across nodes, with rumqttc's v5 client on each node.
+mod properties {
+    use super::*;
+    use bytes::Bytes;
+    use rumqttc::v5::mqttbytes::v5::{Packet as P, Publish as P5, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS as Q;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    fn block_on<F: std::future::Future<Output = ()>>(body: F) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime")
+            .block_on(body)
+    }
+
+    /// A v5 client whose event loop runs in a task of its own, its events in a channel (so a
+    /// wait with a time limit never cuts a poll of the event loop in half).
+    struct V5 {
+        client: AsyncClient,
+        events: UnboundedReceiver<Event>,
+    }
+
+    impl V5 {
+        /// Connects to `addr`; `persistent`: Clean Start 0 and a session that outlives the
+        /// connection.
+        async fn connect(addr: SocketAddr, id: &str, persistent: bool) -> V5 {
+            let mut options = MqttOptions::new(id, "127.0.0.1", addr.port());
+            options.set_keep_alive(Duration::from_secs(30));
+            if persistent {
+                options.set_clean_start(false);
+                options.set_session_expiry_interval(Some(600));
+            }
+            let (client, mut event_loop) = AsyncClient::new(options, 64);
+            let (found, events) = tokio::sync::mpsc::unbounded_channel();
+            tokio::spawn(async move {
+                while let Ok(event) = event_loop.poll().await {
+                    if found.send(event).is_err() {
+                        return;
+                    }
+                }
+            });
+            let mut v5 = V5 { client, events };
+            v5.until(WAIT, |e| {
+                matches!(e, Event::Incoming(P::ConnAck(_))).then_some(())
+            })
+            .await
+            .expect("CONNACK");
+            v5
+        }
+
+        /// The first event `pick` finds within `limit`.
+        async fn until<T>(
+            &mut self,
+            limit: Duration,
+            mut pick: impl FnMut(&Event) -> Option<T>,
+        ) -> Option<T> {
+            let wait = async {
+                while let Some(event) = self.events.recv().await {
+                    if let Some(found) = pick(&event) {
+                        return Some(found);
+                    }
+                }
+                None
+            };
+            tokio::time::timeout(limit, wait).await.ok().flatten()
+        }
+
+        async fn subscribe(&mut self, filter: &str) {
+            self.client.subscribe(filter, Q::AtLeastOnce).await.unwrap();
+            let suback = |e: &Event| matches!(e, Event::Incoming(P::SubAck(_))).then_some(());
+            self.until(WAIT, suback).await.expect("SUBACK");
+        }
+
+        async fn publish(&mut self, topic: &str, payload: &str, properties: PublishProperties) {
+            let payload = payload.to_string();
+            self.client
+                .publish_with_properties(topic, Q::AtLeastOnce, false, payload, properties)
+                .await
+                .unwrap();
+            let puback = |e: &Event| matches!(e, Event::Incoming(P::PubAck(_))).then_some(());
+            self.until(WAIT, puback).await.expect("PUBACK");
+        }
+
+        async fn next_publish(&mut self, limit: Duration) -> Option<P5> {
+            self.until(limit, |e| match e {
+                Event::Incoming(P::Publish(p)) => Some(p.clone()),
+                _ => None,
+            })
+            .await
+        }
+
+        /// Publishes probes on `topic` until `to` got one (NATS spreads a subscription's
+        /// interest between its servers a moment after the SUBACK), then drains the rest.
+        async fn warm_route(&mut self, to: &mut V5, topic: &str) {
+            let deadline = Instant::now() + SETTLE;
+            loop {
+                assert!(Instant::now() < deadline, "no route on {topic}");
+                self.publish(topic, "probe", PublishProperties::default())
+                    .await;
+                if to.next_publish(Duration::from_millis(100)).await.is_some() {
+                    break;
+                }
+            }
+            while to.next_publish(QUIET).await.is_some() {}
+        }
+
+        async fn disconnect(mut self) {
+            self.client.disconnect().await.unwrap();
+            // The event loop ends once the connection is closed.
+            while self.until(WAIT, |_| None::<()>).await.is_some() {}
+        }
+    }
+
+    fn text(bytes: &Bytes) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn mqtt5_properties_cross_nodes_intact_and_request_response_works() {
+        let _serial = serial();
+        let Some(nats) = Nats::start() else { return };
+        let a = Node::start(&nats, "a", 0);
+        let b = Node::start(&nats, "b", 1);
+        let url = nats.urls[1].clone();
+        block_on(async move {
+            let mut requester = V5::connect(a.addr, "requester", false).await;
+            let mut responder = V5::connect(b.addr, "responder", false).await;
+            requester.subscribe("svc/replies/requester").await;
+            responder.subscribe("svc/requests").await;
+            requester.warm_route(&mut responder, "svc/requests").await;
+            responder
+                .warm_route(&mut requester, "svc/replies/requester")
+                .await;
+            let user_properties = vec![
+                ("b".to_string(), "1".to_string()),
+                ("a".to_string(), "2".to_string()),
+                ("b".to_string(), "3".to_string()),
+            ];
+            let sent = PublishProperties {
+                payload_format_indicator: Some(1),
+                message_expiry_interval: Some(3600),
+                content_type: Some("application/json".into()),
+                response_topic: Some("svc/replies/requester".into()),
+                correlation_data: Some(Bytes::from_static(b"\x00req-7\xff")),
+                user_properties: user_properties.clone(),
+                ..Default::default()
+            };
+            requester
+                .publish("svc/requests", "{\"op\":1}", sent.clone())
+                .await;
+            let request = responder.next_publish(WAIT).await.expect("the request");
+            assert_eq!(text(&request.payload), "{\"op\":1}");
+            let got = request.properties.expect("properties crossed");
+            assert_eq!(got.payload_format_indicator, Some(1));
+            assert_eq!(got.content_type, sent.content_type);
+            assert_eq!(got.response_topic, sent.response_topic);
+            assert_eq!(got.correlation_data, sent.correlation_data);
+            assert_eq!(got.user_properties, user_properties, "order kept");
+            assert!(got.message_expiry_interval.is_some_and(|s| s <= 3600));
+            assert_eq!(got.topic_alias, None);
+            assert!(got.subscription_identifiers.is_empty());
+
+            // The responder answers where the request says, with its correlation data.
+            let answer = PublishProperties {
+                correlation_data: got.correlation_data.clone(),
+                ..Default::default()
+            };
+            let reply_to = got.response_topic.clone().unwrap();
+            responder.publish(&reply_to, "done", answer).await;
+            let reply = requester.next_publish(WAIT).await.expect("the reply");
+            assert_eq!(text(&reply.topic), "svc/replies/requester");
+            assert_eq!(text(&reply.payload), "done");
+            let reply_props = reply.properties.expect("correlation data crossed back");
+            assert_eq!(reply_props.correlation_data, sent.correlation_data);
+
+            // A message node b cannot read is refused and counted; node b carries on.
+            let raw = async_nats::connect(url)
+                .await
+                .expect("connect to nats-server");
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Rc-Flags", "1-");
+            headers.insert("Rc-Props", "9:unknown-format");
+            let subject = ringcast::cluster::subject::topic_subject("svc/requests");
+            raw.publish_with_headers(subject, headers, "bad".into())
+                .await
+                .unwrap();
+            raw.flush().await.unwrap();
+            requester
+                .publish("svc/requests", "after", PublishProperties::default())
+                .await;
+            let next = responder.next_publish(WAIT).await.expect("node b delivers");
+            assert_eq!(
+                text(&next.payload),
+                "after",
+                "the bad message is not delivered"
+            );
+            responder
+                .subscribe("$SYS/broker/ringcast/cluster/rejected")
+                .await;
+            let counted = async {
+                loop {
+                    let p = responder.next_publish(SETTLE).await.expect("$SYS count");
+                    if text(&p.payload).parse::<u64>().is_ok_and(|n| n >= 1) {
+                        return;
+                    }
+                }
+            };
+            tokio::time::timeout(SETTLE, counted)
+                .await
+                .expect("the refused message is counted on $SYS");
+        });
+    }
+
+    #[test]
+    fn mqtt_3_3_2_6_expiry_keeps_counting_down_across_nodes_and_expired_is_dropped() {
+        let _serial = serial();
+        let Some(nats) = Nats::start() else { return };
+        let a = Node::start(&nats, "a", 0);
+        let b = Node::start(&nats, "b", 1);
+        block_on(async move {
+            let mut subscriber = V5::connect(b.addr, "late", true).await;
+            subscriber.subscribe("exp/t").await;
+            let mut publisher = V5::connect(a.addr, "pub", false).await;
+            publisher.warm_route(&mut subscriber, "exp/t").await;
+            subscriber.disconnect().await;
+            let expiring = |secs| PublishProperties {
+                message_expiry_interval: Some(secs),
+                ..Default::default()
+            };
+            publisher.publish("exp/t", "short", expiring(1)).await;
+            publisher.publish("exp/t", "long", expiring(10)).await;
+            // Both wait on node b in the offline session; the short one runs out meanwhile.
+            tokio::time::sleep(Duration::from_millis(2200)).await;
+            let mut subscriber = V5::connect(b.addr, "late", true).await;
+            let got = subscriber.next_publish(WAIT).await.expect("the long one");
+            assert_eq!(text(&got.payload), "long", "the expired one is not sent");
+            let left = got.properties.and_then(|p| p.message_expiry_interval);
+            assert!(
+                left.is_some_and(|s| (1..=8).contains(&s)),
+                "10 s less the 2.2 s it waited, rounded up: {left:?}"
+            );
+            assert!(subscriber.next_publish(QUIET).await.is_none());
+        });
+    }
+}

@@ -106,8 +106,13 @@ struct Received {
     marker: bool,
 }
 
-/// Connects subscriber `id` (persistent session) and subscribes.
+/// Connects subscriber `id` (persistent session) and subscribes to `crash/#`.
 fn connect_subscriber(addr: SocketAddr, id: &str, qos: QoS) -> Option<Raw> {
+    connect_to(addr, id, qos, "crash/#")
+}
+
+/// Connects subscriber `id` (persistent session) and subscribes to `filter`.
+fn connect_to(addr: SocketAddr, id: &str, qos: QoS, filter: &str) -> Option<Raw> {
     let mut raw = Raw::open(addr, Version::V311);
     raw.send(&Packet::Connect(connect_packet(id, Version::V311, false)));
     match raw.recv_within(Duration::from_secs(5)) {
@@ -117,7 +122,7 @@ fn connect_subscriber(addr: SocketAddr, id: &str, qos: QoS) -> Option<Raw> {
     raw.send(&Packet::Subscribe(ringcast::protocol::Subscribe {
         pkid: 1,
         filters: vec![ringcast::protocol::SubscribeFilter {
-            filter: ringcast::protocol::MqttString::from_str_checked("crash/#").unwrap(),
+            filter: ringcast::protocol::MqttString::from_str_checked(filter).unwrap(),
             options: ringcast::protocol::SubscriptionOptions {
                 qos,
                 ..Default::default()
@@ -235,6 +240,27 @@ fn publish_until_killed(addr: SocketAddr, next: &mut u64, sent: &mut Sent) {
     }
 }
 
+/// Publishes (`publish_until_killed`) while the broker is SIGKILLed at a random moment;
+/// returns once it is dead.
+fn publish_until_random_kill(
+    child: &mut Running,
+    addr: SocketAddr,
+    rng: &mut Rng,
+    next: &mut u64,
+    sent: &mut Sent,
+) {
+    let pid = child.0.id() as libc::pid_t;
+    let after = Duration::from_millis(20 + rng.below(150));
+    let killer = std::thread::spawn(move || {
+        std::thread::sleep(after);
+        // SAFETY: kill on our own child's pid, not reaped yet.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    publish_until_killed(addr, next, sent);
+    killer.join().unwrap();
+    child.0.wait().unwrap();
+}
+
 type Shared = Arc<Mutex<Received>>;
 
 fn crash_run(fsync: &str) {
@@ -270,16 +296,7 @@ fn crash_run(fsync: &str) {
                 })
             })
             .collect();
-        let pid = child.0.id() as libc::pid_t;
-        let after = Duration::from_millis(20 + rng.below(150));
-        let killer = std::thread::spawn(move || {
-            std::thread::sleep(after);
-            // SAFETY: kill on our own child's pid, not reaped yet.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        });
-        publish_until_killed(addr, &mut next, &mut sent);
-        killer.join().unwrap();
-        child.0.wait().unwrap();
+        publish_until_random_kill(&mut child, addr, &mut rng, &mut next, &mut sent);
         stop.store(true, Ordering::SeqCst);
         for t in online {
             t.join().unwrap();
@@ -560,13 +577,28 @@ fn a_full_disk_refuses_with_quota_exceeded_then_recovers_without_losing() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// The watcher (`subscribe_watcher`) comes back and gets the device's will.
+fn expect_will(addr: SocketAddr, payload: &[u8]) {
+    let (mut watcher, connack) =
+        Raw::connect_with(addr, connect_packet("watcher", Version::V311, false));
+    assert!(connack.session_present);
+    let will = watcher.recv_publish();
+    assert_eq!(will.topic.as_str(), "wills/device");
+    assert_eq!(&will.payload[..], payload);
+}
+
+/// A persistent subscriber to `wills/#`, offline.
+fn subscribe_watcher(addr: SocketAddr) {
+    let mut watcher = Raw::connect_with(addr, connect_packet("watcher", Version::V311, false)).0;
+    watcher.subscribe("wills/#", QoS::AtLeastOnce);
+    watcher.disconnect();
+}
+
 #[test]
 fn a_will_cut_off_by_a_crash_is_published_after_the_restart() {
     let dir = temp_dir("will");
     let (mut child, addr) = start(&dir, "interval");
-    let mut watcher = Raw::connect_with(addr, connect_packet("watcher", Version::V311, false)).0;
-    watcher.subscribe("wills/#", QoS::AtLeastOnce);
-    watcher.disconnect();
+    subscribe_watcher(addr);
     let mut connect = connect_packet("device", Version::V311, false);
     connect.will = Some(ringcast::protocol::Will {
         topic: ringcast::protocol::MqttString::from_str_checked("wills/device").unwrap(),
@@ -578,11 +610,109 @@ fn a_will_cut_off_by_a_crash_is_published_after_the_restart() {
     let (_device, _) = Raw::connect_with(addr, connect);
     child.kill(); // SIGKILL while the device is connected
     let (_child, addr) = start(&dir, "interval");
-    let (mut watcher, connack) =
-        Raw::connect_with(addr, connect_packet("watcher", Version::V311, false));
-    assert!(connack.session_present);
-    let will = watcher.recv_publish();
-    assert_eq!(will.topic.as_str(), "wills/device");
-    assert_eq!(&will.payload[..], b"gone");
+    expect_will(addr, b"gone");
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Members of one shared subscription, persistent and offline while the broker is killed;
+/// they connect round-robin over the 2 shards, so most messages are stored by a shard other
+/// than the publisher's.
+const MEMBERS: [&str; 4] = ["member-0", "member-1", "member-2", "member-3"];
+const SHARE: &str = "$share/workers/crash/#";
+
+/// A message delivered to a `$share` member on another shard is acknowledged to the
+/// publisher only once that shard stored it: after every kill, every acknowledged message
+/// reaches one member of the group.
+#[test]
+fn kill_9_loses_no_acknowledged_message_of_a_shared_subscription_across_shards() {
+    let fsync = "interval";
+    let dir = temp_dir("durability-share");
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("share: seed {seed}");
+    let mut rng = Rng(seed | 1);
+    let mut sent = Sent::default();
+    let mut next = 1u64;
+    let (mut child, mut addr) = start(&dir, fsync);
+    for id in MEMBERS {
+        let mut raw = connect_to(addr, id, QoS::AtLeastOnce, SHARE).expect("member connects");
+        assert!(matches!(raw.recv(), Packet::SubAck(_)));
+        raw.disconnect();
+    }
+    for _ in 0..KILLS {
+        publish_until_random_kill(&mut child, addr, &mut rng, &mut next, &mut sent);
+        (child, addr) = start(&dir, fsync);
+    }
+    // Every member reads what its session holds; together they hold every acknowledged one.
+    let stop = Arc::new(AtomicBool::new(false));
+    let received: Vec<Shared> = MEMBERS.iter().map(|_| Shared::default()).collect();
+    let readers: Vec<_> = MEMBERS
+        .iter()
+        .zip(&received)
+        .map(|(id, r)| {
+            let (r, stop, id) = (r.clone(), stop.clone(), *id);
+            std::thread::spawn(move || {
+                let mut raw = connect_to(addr, id, QoS::AtLeastOnce, SHARE).expect("reconnects");
+                consume(&mut raw, &r, &stop);
+            })
+        })
+        .collect();
+    let missing = |received: &[Shared]| -> Vec<u64> {
+        let got: HashSet<u64> = received
+            .iter()
+            .flat_map(|r| r.lock().unwrap().counts.keys().copied().collect::<Vec<_>>())
+            .collect();
+        sent.acked
+            .iter()
+            .map(|(n, _)| *n)
+            .filter(|n| !got.contains(n))
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !missing(&received).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::SeqCst);
+    readers.into_iter().for_each(|t| t.join().unwrap());
+    let lost = missing(&received);
+    assert!(lost.is_empty(), "acknowledged, reached no member: {lost:?}");
+    assert!(!sent.acked.is_empty(), "the publisher got acknowledgements");
+    eprintln!(
+        "share: {} acknowledged messages, {KILLS} kills, all delivered",
+        sent.acked.len()
+    );
+    child.kill();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A will whose Will Delay Interval was running when the broker was SIGKILLed is stored with
+/// its due time and published after the restart.
+#[test]
+fn a_will_waiting_for_its_delay_survives_a_kill_9() {
+    let dir = temp_dir("will-delay");
+    let (mut child, addr) = start(&dir, "interval");
+    subscribe_watcher(addr);
+    let mut connect = connect_packet("device", Version::V5, false);
+    connect.properties.session_expiry_interval = Some(300);
+    let mut properties = ringcast::protocol::Props::default();
+    properties.will_delay_interval = Some(8);
+    connect.will = Some(ringcast::protocol::Will {
+        topic: ringcast::protocol::MqttString::from_str_checked("wills/device").unwrap(),
+        payload: bytes::Bytes::from_static(b"late"),
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        properties,
+    });
+    let (device, _) = Raw::connect_with(addr, connect);
+    // The connection ends without DISCONNECT: the will's delay starts.
+    device.close_without_disconnect();
+    // Records nobody waits for are written every `fsync_interval_ms` (1 s): past that, the
+    // store holds that the connection ended.
+    std::thread::sleep(Duration::from_millis(2000));
+    child.kill(); // SIGKILL during the delay
+    let (_child, addr) = start(&dir, "interval");
+    expect_will(addr, b"late");
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -33,18 +33,23 @@ pub struct Drain {
 
 impl Local {
     /// Installs the session `client_id` (a name no client can send) subscribed to `filters`
-    /// at `qos`; None when a newer holder of the id took over meanwhile.
+    /// at `qos`; None when a newer holder of the id took over meanwhile. `is_persistent`: the
+    /// session is stored and never expires, and one the store kept from before a restart is
+    /// taken up again (its unacknowledged messages come out of it first).
     pub async fn install(
         shard: Rc<Shard>,
         client_id: String,
         filters: Vec<(String, QoS)>,
+        is_persistent: bool,
     ) -> Option<(Local, Drain)> {
         let token = shard.new_token();
-        shard.claim(&client_id, token, false).await.ok()?;
-        let mut session = Session::new(client_id, Version::V5, false);
+        let state = shard.claim(&client_id, token, is_persistent).await.ok()?;
+        let mut session = Session::new(client_id, Version::V5, is_persistent);
         session.conn_token = token;
-        let (key, _) = shard.install(session, None);
-        let mut new_filters = Vec::new();
+        if is_persistent {
+            session.expiry_secs = u32::MAX;
+        }
+        let (key, mut new_filters) = shard.install(session, state);
         for (filter, qos) in &filters {
             if shard.subscribe(key, filter, subscription(*qos)) {
                 new_filters.push(filter.clone());

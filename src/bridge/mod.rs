@@ -94,6 +94,9 @@ pub(crate) struct Bridge {
     pub(crate) is_connected: Cell<bool>,
     pub(crate) messages_in: Cell<u64>,
     pub(crate) messages_out: Cell<u64>,
+    /// Whether the local session is persistent (the broker stores): its messages are then
+    /// acknowledged to it only once settled in the queue (`settle`).
+    pub(crate) is_stored: bool,
 }
 
 impl Bridge {
@@ -104,6 +107,15 @@ impl Bridge {
     /// The session, once installed.
     pub(crate) fn local(&self) -> Option<Rc<Local>> {
         self.local.borrow().clone()
+    }
+
+    /// Acknowledges to the local session the messages the queue is done with, so their
+    /// records leave the store.
+    pub(crate) fn settle(&self) {
+        let settled = self.queue.borrow_mut().take_settled();
+        if let (Some(local), false) = (self.local(), settled.is_empty()) {
+            settled.into_iter().for_each(|pkid| local.acknowledge(pkid));
+        }
     }
 
     /// Publishes the bridge's `$SYS` topics (retained, QoS 0): mosquitto's connection state
@@ -167,6 +179,7 @@ async fn run(shard: Rc<Shard>, prepared: Prepared, sys_interval: Option<Duration
         is_connected: Cell::new(false),
         messages_in: Cell::new(0),
         messages_out: Cell::new(0),
+        is_stored: shard.persist.is_some(),
     });
     let filters = config
         .topic
@@ -176,7 +189,8 @@ async fn run(shard: Rc<Shard>, prepared: Prepared, sys_interval: Option<Duration
         .collect();
     // A NUL cannot appear in a client's id, so no client can take this session over.
     let session_id = format!("\0bridge/{}", config.name);
-    let Some((local, drain)) = Local::install(shard, session_id, filters).await else {
+    let is_stored = bridge.is_stored;
+    let Some((local, drain)) = Local::install(shard, session_id, filters, is_stored).await else {
         tracing::warn!("bridge {}: could not install its session", config.name);
         return;
     };
@@ -189,24 +203,29 @@ async fn run(shard: Rc<Shard>, prepared: Prepared, sys_interval: Option<Duration
 }
 
 /// Moves what the internal session receives into the queue toward the remote: each message
-/// gets its remote topic and the rule's QoS cap, and a QoS 1 one is acknowledged to the
-/// local broker once queued (from then on the queue answers for it). Messages the bound
-/// refuses are counted and acknowledged all the same, so the session does not stall.
+/// gets its remote topic and the rule's QoS cap. A QoS 1 one is acknowledged to the local
+/// session once queued (from then on the queue answers for it); when the broker stores, only
+/// once the remote has it (the session's records keep it across a crash until then).
+/// Messages the bound refuses are counted and acknowledged all the same, so the session does
+/// not stall.
 async fn pump_out(bridge: Rc<Bridge>, mut drain: local::Drain) {
     let Some(local) = bridge.local() else {
         return;
     };
     while let Some(batch) = drain.next_batch().await {
         for publish in batch {
-            let pkid = publish.pkid;
-            let qos = publish.qos;
-            if let Some(out) = to_remote(bridge.config(), publish) {
-                bridge.queue.borrow_mut().push(out);
-            }
-            if qos != QoS::AtMostOnce {
+            let pkid = (publish.qos != QoS::AtMostOnce).then_some(publish.pkid);
+            let held = pkid.filter(|_| bridge.is_stored);
+            let config = bridge.config();
+            let queued =
+                to_remote(config, publish).map(|out| bridge.queue.borrow_mut().push(out, held));
+            // Acknowledged now unless the queue holds it for the store (`settle` does then).
+            // A message no rule maps (a past configuration's subscription) is done with.
+            if let (Some(pkid), true) = (pkid, held.is_none() || queued.is_none()) {
                 local.acknowledge(pkid);
             }
         }
+        bridge.settle();
         bridge.wake.notify();
     }
 }

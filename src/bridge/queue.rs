@@ -3,8 +3,13 @@
 //!
 //! A QoS 1 message leaves the queue only when the remote's PUBACK names it; a reconnect makes
 //! every unacknowledged one due again (sent with DUP), so what the local broker acknowledged
-//! reaches the remote at least once. The queue lives in memory: it is the seam where the
-//! broker's storage will keep it across restarts.
+//! reaches the remote at least once.
+//!
+//! The queue lives in memory. With persistence on, each entry also names the packet id the
+//! bridge's local session gave it (`local`): that session is persistent then, so the message
+//! stays in the store until the entry is settled (the remote acknowledged it, it left at QoS
+//! 0, or the bound refused it) and the bridge acknowledges it to the session (`take_settled`).
+//! After a restart the session sends its unacknowledged messages again and they queue anew.
 
 use crate::protocol::{Publish, QoS};
 use std::collections::VecDeque;
@@ -19,6 +24,8 @@ struct Entry {
     publish: Publish,
     /// The packet id it was last sent with, while the remote has not acknowledged it.
     sent_as: Option<u16>,
+    /// The local session's packet id, to acknowledge once the entry is settled.
+    local: Option<u16>,
 }
 
 /// The bounded queue toward one remote.
@@ -31,6 +38,8 @@ pub struct OutQueue {
     in_flight: usize,
     dropped: u64,
     next_pkid: u16,
+    /// Local packet ids of entries settled since `take_settled`.
+    settled: Vec<u16>,
 }
 
 impl OutQueue {
@@ -44,23 +53,31 @@ impl OutQueue {
             in_flight: 0,
             dropped: 0,
             next_pkid: 1,
+            settled: Vec::new(),
         }
     }
 
-    /// Queues a message (its topic already the remote's); false when the bound refused it,
-    /// which is counted.
-    pub fn push(&mut self, publish: Publish) -> bool {
+    /// Queues a message (its topic already the remote's), held by the local session as
+    /// `local` if any; false when the bound refused it, which is counted (and settles it).
+    pub fn push(&mut self, publish: Publish, local: Option<u16>) -> bool {
         let len = publish.payload.len();
         if self.entries.len() >= self.messages_max || self.bytes + len > self.bytes_max {
             self.dropped += 1;
+            self.settled.extend(local);
             return false;
         }
         self.bytes += len;
         self.entries.push_back(Entry {
             publish,
             sent_as: None,
+            local,
         });
         true
+    }
+
+    /// The local packet ids of the entries settled since the last call.
+    pub fn take_settled(&mut self) -> Vec<u16> {
+        std::mem::take(&mut self.settled)
     }
 
     /// The next message to send while fewer than `window` QoS 1 messages await their PUBACK:
@@ -70,6 +87,7 @@ impl OutQueue {
         if self.entries[index].publish.qos == QoS::AtMostOnce {
             let entry = self.entries.remove(index)?;
             self.bytes -= entry.publish.payload.len();
+            self.settled.extend(entry.local);
             return Some(entry.publish);
         }
         if self.in_flight >= window {
@@ -92,6 +110,7 @@ impl OutQueue {
         if let Some(entry) = self.entries.remove(index) {
             self.bytes -= entry.publish.payload.len();
             self.in_flight -= 1;
+            self.settled.extend(entry.local);
         }
         true
     }
@@ -156,8 +175,8 @@ mod tests {
     #[test]
     fn qos1_stays_until_acknowledged_and_is_resent_after_a_reconnect() {
         let mut q = OutQueue::new(10, 1000);
-        assert!(q.push(publish("a", QoS::AtLeastOnce, b"1")));
-        assert!(q.push(publish("b", QoS::AtMostOnce, b"2")));
+        assert!(q.push(publish("a", QoS::AtLeastOnce, b"1"), None));
+        assert!(q.push(publish("b", QoS::AtMostOnce, b"2"), None));
         let first = q.next_to_send(5).unwrap();
         assert_eq!((first.topic.as_str(), first.dup), ("a", false));
         assert_eq!(q.next_to_send(5).unwrap().topic.as_str(), "b");
@@ -177,7 +196,7 @@ mod tests {
     fn window_bounds_messages_in_flight() {
         let mut q = OutQueue::new(10, 1000);
         for _ in 0..3 {
-            q.push(publish("a", QoS::AtLeastOnce, b"x"));
+            q.push(publish("a", QoS::AtLeastOnce, b"x"), None);
         }
         let one = q.next_to_send(2).unwrap();
         let two = q.next_to_send(2).unwrap();
@@ -192,17 +211,36 @@ mod tests {
     #[test]
     fn bound_in_messages_and_bytes_drops_and_counts() {
         let mut q = OutQueue::new(2, 5);
-        assert!(q.push(publish("a", QoS::AtLeastOnce, b"abc")));
+        assert!(q.push(publish("a", QoS::AtLeastOnce, b"abc"), None));
         assert!(
-            !q.push(publish("a", QoS::AtLeastOnce, b"abc")),
+            !q.push(publish("a", QoS::AtLeastOnce, b"abc"), None),
             "bytes bound"
         );
-        assert!(q.push(publish("a", QoS::AtLeastOnce, b"ab")));
+        assert!(q.push(publish("a", QoS::AtLeastOnce, b"ab"), None));
         assert!(
-            !q.push(publish("a", QoS::AtMostOnce, b"")),
+            !q.push(publish("a", QoS::AtMostOnce, b""), None),
             "messages bound"
         );
         assert_eq!((q.len(), q.bytes(), q.dropped()), (2, 5, 2));
+        q.invariants();
+    }
+
+    #[test]
+    fn local_ids_are_settled_when_acknowledged_sent_at_qos0_or_refused() {
+        let mut q = OutQueue::new(2, 1000);
+        assert!(q.push(publish("a", QoS::AtLeastOnce, b"1"), Some(7)));
+        assert!(q.push(publish("b", QoS::AtMostOnce, b"2"), Some(8)));
+        assert!(!q.push(publish("c", QoS::AtLeastOnce, b"3"), Some(9)));
+        assert_eq!(q.take_settled(), [9], "refused at the bound");
+        q.next_to_send(5).unwrap();
+        q.next_to_send(5).unwrap();
+        assert_eq!(q.take_settled(), [8], "left at QoS 0");
+        q.connection_lost();
+        let again = q.next_to_send(5).unwrap();
+        assert!(q.take_settled().is_empty(), "unacknowledged: still held");
+        assert!(q.acknowledged(again.pkid));
+        assert_eq!(q.take_settled(), [7]);
+        assert!(q.take_settled().is_empty());
         q.invariants();
     }
 }

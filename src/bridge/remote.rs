@@ -219,6 +219,7 @@ async fn handle(bridge: &Bridge, s: &mut Session, packet: Packet) -> Result<bool
         Packet::Publish(publish) => on_publish(bridge, s, publish).await?,
         Packet::PubAck(ack) if bridge.queue.borrow_mut().acknowledged(ack.pkid) => {
             bridge.messages_out.set(bridge.messages_out.get() + 1);
+            bridge.settle();
         }
         Packet::PubRel(ack) => send(s, &Packet::PubComp(plain_ack(ack.pkid))).await?,
         Packet::SubAck(suback) if suback.reason_codes.iter().any(|c| c.0 >= 0x80) => {
@@ -332,6 +333,7 @@ async fn send_queued(bridge: &Bridge, s: &mut Session) -> Result<(), Failure> {
         }
         let next = bridge.queue.borrow_mut().next_to_send(s.window);
         let Some(publish) = next else {
+            bridge.settle();
             return Ok(());
         };
         let is_qos0 = publish.qos == QoS::AtMostOnce;

@@ -12,6 +12,7 @@
 
 use super::bucket::open_bucket;
 use super::owners::Owners;
+use super::props;
 use super::subject::{
     filter_subjects, key_topic, queue_group, subject_topic, topic_key, topic_subject,
 };
@@ -25,6 +26,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::StreamExt;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
@@ -143,8 +145,12 @@ struct Link {
 impl Link {
     async fn handle(&mut self, command: Command, acks: &mut Vec<oneshot::Sender<bool>>) {
         match command {
-            Command::Publish { publish, done } => {
-                self.publish(&publish).await;
+            Command::Publish {
+                publish,
+                expires_at,
+                done,
+            } => {
+                self.publish(&publish, expires_at).await;
                 acks.extend(done);
             }
             Command::Subscribe { filters, done } => {
@@ -178,9 +184,15 @@ impl Link {
         }
     }
 
-    async fn publish(&mut self, publish: &Publish) {
+    async fn publish(&mut self, publish: &Publish, expires_at: Option<Instant>) {
+        let Ok(props) = props::encode(&publish.properties, expires_at, Instant::now()) else {
+            return; // expired on the way: not forwarded
+        };
         self.sequence += 1;
         let mut headers = HeaderMap::new();
+        if let Some(props) = props {
+            headers.insert(props::HEADER, props.as_str());
+        }
         headers.insert(
             ID_HEADER,
             format!("{}/{}", self.node, self.sequence).as_str(),
@@ -264,6 +276,7 @@ async fn forward(
 /// more per shared subscription that NATS picked this node for).
 async fn dispatch(mut arrivals: mpsc::Receiver<Arrival>, shards: Vec<mpsc::Sender<Inbound>>) {
     let mut seen = Seen::default();
+    let mut rejected = Rejected::default();
     while let Some((share, message)) = arrivals.recv().await {
         let id = message
             .headers
@@ -273,8 +286,15 @@ async fn dispatch(mut arrivals: mpsc::Receiver<Arrival>, shards: Vec<mpsc::Sende
         if id.is_some_and(|id| !seen.insert(id)) {
             continue;
         }
-        let Some(publish) = decode(&message) else {
-            continue;
+        let publish = match decode(&message) {
+            Ok(publish) => publish,
+            Err(why) => {
+                rejected.count(&message.subject, &why);
+                if shards[0].send(Inbound::Rejected).await.is_err() {
+                    return;
+                }
+                continue;
+            }
         };
         let shard = shard_of(publish.topic.as_str(), shards.len());
         let inbound = match share {
@@ -297,25 +317,53 @@ fn shard_of(topic: &str, shards: usize) -> usize {
     (hasher.hash_one(topic) % shards as u64) as usize
 }
 
-/// The MQTT PUBLISH a NATS message stands for; None for one ringcast did not write.
-fn decode(message: &async_nats::Message) -> Option<Publish> {
-    let topic = subject_topic(message.subject.as_str())?;
-    let flags = message
-        .headers
-        .as_ref()?
-        .get(FLAGS_HEADER)?
+/// The MQTT PUBLISH a NATS message stands for, or why it cannot be read (a message ringcast
+/// did not write, or a format this node does not know).
+fn decode(message: &async_nats::Message) -> Result<Publish, String> {
+    let topic = subject_topic(message.subject.as_str()).ok_or("subject is not a topic")?;
+    let headers = message.headers.as_ref().ok_or("no headers")?;
+    let flags = headers
+        .get(FLAGS_HEADER)
+        .ok_or("no flags header")?
         .as_str()
         .as_bytes();
-    let qos = QoS::from_bits(flags.first()?.checked_sub(b'0')?)?;
-    Some(Publish {
+    let qos = flags
+        .first()
+        .and_then(|f| f.checked_sub(b'0'))
+        .and_then(QoS::from_bits)
+        .ok_or("bad flags header")?;
+    let properties = match headers.get(props::HEADER) {
+        Some(value) => props::decode(value.as_str())?,
+        None => Default::default(),
+    };
+    Ok(Publish {
         dup: false,
         qos,
         retain: flags.get(1) == Some(&b'r'),
-        topic: MqttString::from_str_checked(&topic)?,
+        topic: MqttString::from_str_checked(&topic).ok_or("topic is not valid UTF-8")?,
         pkid: 0,
-        properties: Default::default(),
+        properties,
         payload: message.payload.clone(),
     })
+}
+
+/// Messages refused so far, for the log: the first of each power of two is logged, so a
+/// stream of bad messages does not flood it (every one is counted on `$SYS`).
+#[derive(Default)]
+struct Rejected {
+    count: u64,
+}
+
+impl Rejected {
+    fn count(&mut self, subject: &str, why: &str) {
+        self.count += 1;
+        if self.count.is_power_of_two() {
+            tracing::warn!(
+                "cluster: refused a message on {subject:?} ({why}); {} refused so far",
+                self.count
+            );
+        }
+    }
 }
 
 /// Opens the retained and client-id buckets, then writes the retained changes and claims

@@ -9,6 +9,7 @@
 //! Module map:
 //! - `subject`: MQTT topics and filters as NATS subjects and KV keys.
 //! - `link`: the NATS thread: subscriptions by interest, publishes, the retained bucket.
+//! - `props`: a message's MQTT 5.0 properties as a NATS header.
 //! - `bucket`: the shared JetStream KV buckets, opened or made.
 //! - `owners`: which node holds each client id (a KV bucket, written by compare-and-set).
 //! - `moves`: a session handed from the node that held it to the node its client came to.
@@ -17,6 +18,7 @@ mod bucket;
 mod link;
 mod moves;
 mod owners;
+pub mod props;
 pub mod subject;
 
 use crate::config::ClusterConfig;
@@ -32,6 +34,9 @@ pub enum Command {
     Publish {
         /// The message.
         publish: Arc<Publish>,
+        /// When its Message Expiry Interval runs out: it leaves with the time left then, or
+        /// not at all once expired.
+        expires_at: Option<std::time::Instant>,
         /// Told `true` when NATS has it, `false` when NATS could not be reached.
         done: Option<oneshot::Sender<bool>>,
     },
@@ -120,6 +125,8 @@ pub enum Inbound {
         /// The message, or None to clear.
         publish: Option<Publish>,
     },
+    /// A message arrived from NATS that this node could not read (to count).
+    Rejected,
 }
 
 /// A shard's way to the NATS thread (cheap to clone).

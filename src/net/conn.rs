@@ -274,7 +274,10 @@ impl Conn {
             };
         match self.shard.disconnect(self.key, self.token, graceful) {
             Some((will, delay)) if delay.is_zero() => Box::pin(self.shard.publish_will(will)).await,
-            Some((will, delay)) => self.shard.publish_will_after(self.token, will, delay),
+            Some((will, delay)) => {
+                let (key, token) = (self.key, self.token);
+                self.shard.publish_will_after(key, token, will, delay)
+            }
             None => {}
         }
         end
@@ -717,9 +720,26 @@ impl Conn {
     /// Routes a checked message, waiting as `Shard::publish` may, then acknowledges it.
     async fn route(&mut self, message: Message) {
         let (qos, pkid) = (message.publish.qos, message.publish.pkid);
-        let matched = self.shard.publish(message).await;
+        let matched = self.publish_held(message).await;
         let ack = self.machine.routed(qos, pkid, matched);
         self.send_some(ack);
+    }
+
+    /// Routes a message; what the acknowledgement must wait for from other shards (their
+    /// records, their retained replicas) holds this connection's outbox, not its reading: a
+    /// task releases the hold when the answers are in.
+    async fn publish_held(&mut self, message: Message) -> bool {
+        let (matched, pending) = self.shard.publish_held(message).await;
+        if let Some(request) = pending {
+            self.outbox.hold_for_shards();
+            let (shard, outbox) = (self.shard.clone(), self.outbox.clone());
+            glommio::spawn_local(async move {
+                shard.requests.wait(request).await;
+                outbox.release_for_shards();
+            })
+            .detach();
+        }
+        matched
     }
 
     /// A QoS 2 PUBLISH: the session records its packet id, the machine decides (route once
@@ -732,7 +752,7 @@ impl Conn {
         match self.machine.qos2_recorded(publish, is_new, pending) {
             Qos2::Route(publish) => {
                 let message = Message::received(publish, self.token);
-                let matched = self.shard.publish(message).await;
+                let matched = self.publish_held(message).await;
                 let pubrec = self.machine.routed(QoS::ExactlyOnce, pkid, matched);
                 self.send_some(pubrec);
                 None

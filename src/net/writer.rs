@@ -18,7 +18,9 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// close before reading stops too. An aborted outbox (a slow subscriber disconnected) shuts
 /// both sides at once.
 /// With persistence, nothing is written before the records the queued frames acknowledge
-/// (or depend on: a PUBLISH's packet id, a PUBREL) are durable (`Outbox::hold_until`).
+/// (or depend on: a PUBLISH's packet id, a PUBREL) are durable (`Outbox::hold_until`), nor
+/// before the other shards answered for what they stored or replicated of it
+/// (`Outbox::hold_for_shards`).
 pub async fn run(
     mut writer: Writer,
     outbox: Rc<Outbox>,
@@ -31,6 +33,10 @@ pub async fn run(
             if outbox.is_empty() && !writer.has_pending() {
                 break; // closing, and everything was flushed
             }
+        }
+        if outbox.is_held_for_shards() {
+            std::future::poll_fn(|cx| outbox.poll_shards_released(cx)).await;
+            continue;
         }
         if let Some(persist) = &persist {
             let at = outbox.held_until();

@@ -57,7 +57,7 @@ pub fn snapshots(reports: Vec<Report>) -> Vec<Snapshot> {
     let mut out: Vec<Snapshot> = reports
         .into_iter()
         .filter_map(|r| match r {
-            Report::Snapshot(s) => Some(s),
+            Report::Snapshot(s) => Some(*s),
             _ => None,
         })
         .collect();
@@ -186,10 +186,10 @@ mod tests {
     fn snapshots_come_back_in_shard_order() {
         let reports = [2, 0, 1]
             .map(|shard| {
-                Report::Snapshot(Snapshot {
+                Report::Snapshot(Box::new(Snapshot {
                     shard,
                     ..Snapshot::default()
-                })
+                }))
             })
             .to_vec();
         let order: Vec<usize> = snapshots(reports).iter().map(|s| s.shard).collect();

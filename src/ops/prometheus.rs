@@ -19,7 +19,7 @@ type Labels = Vec<(&'static str, String)>;
 /// the number.
 type PerShard = (&'static str, &'static str, fn(&Snapshot) -> u64);
 
-const COUNTERS: [PerShard; 8] = [
+const COUNTERS: [PerShard; 9] = [
     ("bytes_received", "Bytes read from client sockets", |s| {
         s.bytes_received
     }),
@@ -55,6 +55,11 @@ const COUNTERS: [PerShard; 8] = [
         "publishes_denied",
         "PUBLISH packets the ACL did not let their client write",
         |s| s.publishes_denied,
+    ),
+    (
+        "cluster_messages_rejected",
+        "Messages from other cluster nodes this node could not read",
+        |s| s.cluster_rejected,
     ),
 ];
 

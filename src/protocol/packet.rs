@@ -262,6 +262,14 @@ impl std::ops::Deref for Props {
     }
 }
 
+impl Props {
+    /// Whether no property was ever set: the one-branch check of the common case (a set that
+    /// was written and cleared again reads as empty too, but is not unset).
+    pub fn is_unset(&self) -> bool {
+        self.0.is_none()
+    }
+}
+
 impl std::ops::DerefMut for Props {
     fn deref_mut(&mut self) -> &mut Properties {
         self.0.get_or_insert_with(Box::default)

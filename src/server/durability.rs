@@ -170,8 +170,8 @@ impl Startup {
         self.restored.fetch_add(1, Ordering::SeqCst);
         let ok = self.all(&self.restored).await;
         // Every shard knows every subscription now: the wills reach them all.
-        for (token, will, delay) in wills {
-            shard.publish_will_after(token, will, delay);
+        for (key, token, will, delay) in wills {
+            shard.publish_will_after(key, token, will, delay);
         }
         if shard.id() == 0 && ok {
             if let Ok(mut parts) = self.parts.write() {

@@ -7,7 +7,6 @@ use super::msg::{MeshMsg, Retain};
 use super::Shard;
 use crate::cluster::{Claimed, Command, Inbound};
 use crate::protocol::{Publish, QoS};
-use std::sync::Arc;
 use tokio::sync::oneshot;
 
 /// `Message::origin` of a message that came from another node: no connection of this node
@@ -48,7 +47,13 @@ impl Shard {
             (None, None)
         };
         let publish = message.publish.clone();
-        uplink.send(Command::Publish { publish, done }).await;
+        let expires_at = message.expires_at;
+        let command = Command::Publish {
+            publish,
+            expires_at,
+            done,
+        };
+        uplink.send(command).await;
         answer
     }
 
@@ -81,6 +86,7 @@ impl Shard {
                 self.route(remote(publish)).await;
             }
             Inbound::Surrender(surrender) => self.surrender(surrender).await,
+            Inbound::Rejected => self.metrics.count_cluster_rejected(),
             Inbound::Share { share, publish } => {
                 self.wait_for_ring_room().await;
                 let next =
@@ -133,11 +139,8 @@ impl Shard {
     }
 }
 
-/// A message of another node as this node routes it.
+/// A message of another node as this node routes it: its Message Expiry Interval is the time
+/// it had left when it left its node, and counts down from its arrival here.
 fn remote(publish: Publish) -> Message {
-    Message {
-        publish: Arc::new(publish),
-        origin: CLUSTER_ORIGIN,
-        expires_at: None,
-    }
+    Message::received(publish, CLUSTER_ORIGIN)
 }

@@ -8,7 +8,6 @@ use super::query::{ClientInfo, Count, Query, Report, SubscriptionInfo, CLIENTS_P
 use super::requests::Answer;
 use super::session::Session;
 use super::{Shard, State, SHARE_PREFIX};
-use crate::metrics::Snapshot;
 use crate::protocol::{ReasonCode, Version};
 use std::rc::Rc;
 
@@ -50,12 +49,12 @@ impl Shard {
     /// This shard's answer to `query`.
     pub fn answer_query(&self, query: &Query) -> Report {
         if let Query::Snapshot = query {
-            return Report::Snapshot(self.snapshot());
+            return Report::Snapshot(Box::new(self.snapshot()));
         }
         let mut st = self.state.borrow_mut();
         let shard = self.id();
         match query {
-            Query::Snapshot => Report::Snapshot(Snapshot::default()),
+            Query::Snapshot => Report::Snapshot(Box::default()),
             Query::Clients { after, limit } => {
                 Report::Clients(clients_page(&st, shard, after, *limit))
             }

@@ -3,12 +3,17 @@
 
 use super::message::Message;
 use super::msg::{MeshMsg, Release};
+use super::persist::wall_ms;
 use super::subscriptions::remove_session;
 use super::takeover::home_shard;
 use super::{SessionKey, Shard};
 use crate::protocol::{Publish, ReasonCode, Version, Will};
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+fn secs_of(secs: u32) -> Duration {
+    Duration::from_secs(u64::from(secs))
+}
 
 impl Shard {
     /// Ends connection `token`'s hold on its session. A clean session is removed (and its
@@ -20,34 +25,40 @@ impl Shard {
         token: u64,
         graceful: bool,
     ) -> Option<(Will, Duration)> {
-        let (will, expiry) = {
+        let (will, expiry, delay) = {
             let mut st = self.state.borrow_mut();
             let session = st
                 .sessions
                 .get_mut(&key)
                 .filter(|s| s.conn_token == token)?;
-            session.note_will_gone();
-            let will = if graceful { None } else { session.will.take() };
-            session.will = None;
-            session.outbox = None;
             let expiry = match (session.is_persistent, session.version) {
                 (false, _) => Some(0),
                 (true, Version::V5) if session.expiry_secs != u32::MAX => Some(session.expiry_secs),
                 (true, _) => None,
             };
-            (will, expiry)
+            // The will waits for its Will Delay Interval, but never past the session's end
+            // [MQTT-3.1.3-9].
+            let will_delay = session
+                .will
+                .as_ref()
+                .map_or(0, |w| w.properties.will_delay_interval.unwrap_or(0));
+            let delay = expiry.map_or(will_delay, |secs| secs.min(will_delay));
+            match delay {
+                // Stored with its due time: a crash during the delay does not lose it.
+                1.. if !graceful => session.note_will_due(wall_ms(Instant::now() + secs_of(delay))),
+                _ => session.note_will_gone(),
+            }
+            let will = if graceful { None } else { session.will.take() };
+            session.will = None;
+            session.outbox = None;
+            (will, expiry, delay)
         };
         match expiry {
             Some(0) => self.retire(key, token),
-            Some(secs) => self.expire_after(key, token, Duration::from_secs(secs as u64)),
+            Some(secs) => self.expire_after(key, token, secs_of(secs)),
             None => {}
         }
-        let will = will?;
-        // The will waits for its Will Delay Interval, but never past the session's end
-        // [MQTT-3.1.3-9].
-        let will_delay = will.properties.will_delay_interval.unwrap_or(0);
-        let delay = expiry.map_or(will_delay, |secs| secs.min(will_delay));
-        Some((will, Duration::from_secs(delay as u64)))
+        Some((will?, secs_of(delay)))
     }
 
     /// Removes session `key` for good: its subscriptions leave this shard (other shards are
@@ -82,19 +93,36 @@ impl Shard {
         .detach();
     }
 
-    /// Publishes the will of connection `token` after `delay`, unless a new connection with
-    /// the same client id takes the session over first (`on_evict` cancels it).
-    pub fn publish_will_after(self: &Rc<Self>, token: u64, will: Will, delay: Duration) {
-        self.state.borrow_mut().pending_wills.insert(token, will);
+    /// Publishes the will of connection `token` (of session `key`) after `delay`, unless a
+    /// new connection with the same client id takes the session over first (`on_evict`
+    /// cancels it); once published, the session's stored will is gone.
+    pub fn publish_will_after(
+        self: &Rc<Self>,
+        key: SessionKey,
+        token: u64,
+        will: Will,
+        delay: Duration,
+    ) {
+        let due = Instant::now() + delay;
+        self.state
+            .borrow_mut()
+            .pending_wills
+            .insert(token, (will, due));
         let shard = self.clone();
         glommio::spawn_local(async move {
             glommio::timer::sleep(delay).await;
             let will = shard.state.borrow_mut().pending_wills.remove(&token);
-            if let Some(will) = will {
+            if let Some((will, _)) = will {
                 shard.publish_will(will).await;
+                shard.with_session(key, token, |s, _, _| s.note_will_published());
             }
         })
         .detach();
+    }
+
+    /// The will waiting for its delay of connection `token`, with when it is due.
+    pub(super) fn pending_will(&self, token: u64) -> Option<(Will, Instant)> {
+        self.state.borrow().pending_wills.get(&token).cloned()
     }
 
     /// Changes the Session Expiry Interval of connection `token`'s session, as a 5.0
@@ -139,7 +167,7 @@ impl Shard {
             }
         }
         // Sessions end with the server, so wills still waiting for their delay are due now.
-        wills.extend(st.pending_wills.drain().map(|(_, will)| will));
+        wills.extend(st.pending_wills.drain().map(|(_, (will, _))| will));
         wills
     }
 }

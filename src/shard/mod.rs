@@ -117,7 +117,7 @@ pub struct State {
     enc: Encoder,
     matches: Vec<(SessionKey, Subscription)>,
     /// Pending will publications (delayed by Will Delay Interval), by connection token.
-    pending_wills: HashMap<u64, Will>,
+    pending_wills: HashMap<u64, (Will, std::time::Instant)>,
     /// What the subscriptions of sessions moving between shards matched meanwhile: a stub's
     /// on the shard the session left, an arrival's on the shard it came to.
     held: HashMap<SessionKey, Held>,

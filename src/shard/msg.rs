@@ -114,6 +114,9 @@ pub struct ShareDeliver {
     pub message: Message,
     /// Times the message was passed on because its member had gone; bounds the passing.
     pub hops: u8,
+    /// The publishing shard's request to answer once this message's records are durable
+    /// (passed on with the message when its member had gone).
+    pub ack: Option<(ShardId, RequestId)>,
 }
 
 /// Shard `from` now has local subscribers on `filter`; answer `InterestAck`.

@@ -123,6 +123,11 @@ pub struct Outbox {
     /// Store position every frame queued so far acknowledges or depends on: the writer sends
     /// nothing until the shard's store has made it durable (see `shard::persist`); 0: none.
     hold: Cell<u64>,
+    /// Answers from other shards that the frames queued so far wait for (an acknowledgement
+    /// of a message other shards must store or replicate first): nothing is sent while any
+    /// is missing. Held here rather than awaited, so the connection reads on meanwhile.
+    shard_holds: Cell<usize>,
+    shard_waker: RefCell<Option<Waker>>,
 }
 
 impl Default for Outbox {
@@ -167,7 +172,40 @@ impl Outbox {
             room_notified: Cell::new(false),
             committed: Cell::new(0),
             hold: Cell::new(0),
+            shard_holds: Cell::new(0),
+            shard_waker: RefCell::default(),
         }
+    }
+
+    /// Frames queued from now on wait for one more answer from other shards
+    /// (`release_for_shards`).
+    pub fn hold_for_shards(&self) {
+        self.shard_holds.set(self.shard_holds.get() + 1);
+    }
+
+    /// One answer `hold_for_shards` waited for came; the writer goes on once all did.
+    pub fn release_for_shards(&self) {
+        let left = self.shard_holds.get().saturating_sub(1);
+        self.shard_holds.set(left);
+        if left == 0 {
+            if let Some(waker) = self.shard_waker.borrow_mut().take() {
+                waker.wake();
+            }
+        }
+    }
+
+    /// Whether an answer from other shards is awaited.
+    pub fn is_held_for_shards(&self) -> bool {
+        self.shard_holds.get() > 0
+    }
+
+    /// Ready once no answer from other shards is awaited.
+    pub fn poll_shards_released(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.shard_holds.get() == 0 {
+            return Poll::Ready(());
+        }
+        *self.shard_waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
     }
 
     /// Frames queued from now on wait until the store position `at` is durable.
@@ -511,6 +549,21 @@ impl Outbox {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn frames_wait_until_every_shard_answered() {
+        let outbox = Outbox::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(outbox.poll_shards_released(&mut cx).is_ready());
+        outbox.hold_for_shards();
+        outbox.hold_for_shards();
+        assert!(outbox.is_held_for_shards());
+        outbox.release_for_shards();
+        assert!(outbox.poll_shards_released(&mut cx).is_pending());
+        outbox.release_for_shards();
+        assert!(!outbox.is_held_for_shards());
+        assert!(outbox.poll_shards_released(&mut cx).is_ready());
+    }
     use super::*;
 
     fn frame(h: &'static [u8], p: &'static [u8]) -> Frame {

@@ -66,6 +66,14 @@ pub enum Record {
         /// Session id.
         sid: u64,
     },
+    /// The will's connection ended; the will waits for its delay, due at `at_ms` (Unix ms),
+    /// so a restart during the delay publishes it when it was due, not a whole delay later.
+    WillDue {
+        /// Session id.
+        sid: u64,
+        /// When it is due, Unix ms.
+        at_ms: u64,
+    },
     /// A new Session Expiry Interval (5.0 DISCONNECT).
     Expiry {
         /// Session id.

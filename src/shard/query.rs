@@ -34,8 +34,8 @@ pub enum Query {
 /// One shard's answer.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Report {
-    /// Counters and gauges.
-    Snapshot(Snapshot),
+    /// Counters and gauges (boxed: the other answers are a fraction of its size).
+    Snapshot(Box<Snapshot>),
     /// Clients in client-id order.
     Clients(Vec<ClientInfo>),
     /// The client asked for, if this shard holds its session.

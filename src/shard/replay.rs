@@ -18,6 +18,8 @@ struct Building {
     queue: VecDeque<Outgoing>,
     incoming: HashSet<u16>,
     next_pkid: u16,
+    /// When the will, waiting for its delay, is due (Unix ms); None: its connection was on.
+    will_due: Option<u64>,
 }
 
 /// Applies the records of shard file `file`; returns what they leave and how many records
@@ -116,6 +118,7 @@ fn open(opened: Opened, messages: &HashMap<u64, Arc<Publish>>, outgoing: &MakeOu
         subscriptions: opened.subscriptions.iter().cloned().collect(),
         incoming: opened.incoming_qos2.iter().copied().collect(),
         next_pkid: opened.next_pkid,
+        will_due: None,
         inflight,
         queue,
         opened,
@@ -128,6 +131,7 @@ fn sid_of(record: &Record) -> Option<u64> {
         | Record::Unsubscribe { sid, .. }
         | Record::Expiry { sid, .. }
         | Record::WillGone { sid }
+        | Record::WillDue { sid, .. }
         | Record::Enqueue { sid, .. }
         | Record::Assign { sid, .. }
         | Record::PubRec { sid, .. }
@@ -152,7 +156,11 @@ fn apply_to(
             b.subscriptions.remove(&filter);
         }
         Record::Expiry { secs, .. } => b.opened.expiry_secs = secs,
-        Record::WillGone { .. } => b.opened.will = None,
+        Record::WillGone { .. } => {
+            b.opened.will = None;
+            b.will_due = None;
+        }
+        Record::WillDue { at_ms, .. } => b.will_due = Some(at_ms),
         Record::Enqueue { mid, grant, .. } => b.queue.extend(outgoing(messages, mid, &grant)),
         Record::Assign { pkid: 0, .. } => {
             // Taken from the queue and dropped (expired).
@@ -194,6 +202,7 @@ fn image(b: Building, file: usize) -> Image {
         version: b.opened.version,
         expiry_secs: b.opened.expiry_secs,
         will: b.opened.will.as_ref().map(will_from_stored),
+        will_due_ms: b.will_due.filter(|_| b.opened.will.is_some()),
         state: SessionState {
             subscriptions: b.subscriptions.into_iter().collect(),
             inflight: b.inflight.into(),
@@ -221,6 +230,9 @@ pub struct Image {
     pub expiry_secs: u32,
     /// Will.
     pub will: Option<Will>,
+    /// When the will is due (Unix ms), when its connection had ended and it waited for its
+    /// delay; None when the crash (or stop) ended the connection.
+    pub will_due_ms: Option<u64>,
     /// The state to restore.
     pub state: SessionState,
     /// The shard file it came from.

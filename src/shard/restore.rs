@@ -13,10 +13,11 @@ use bytes::Bytes;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// A will to publish after a restart: the session's connection token, the will, its delay.
-pub type DueWill = (u64, Will, Duration);
+/// A will to publish after a restart: the session's key and connection token, the will, its
+/// delay.
+pub type DueWill = (super::SessionKey, u64, Will, Duration);
 
 /// What a shard keeps of everything replayed.
 pub struct Placed {
@@ -124,8 +125,9 @@ impl Shard {
             let after = Duration::from_secs(image.expiry_secs as u64);
             self.expire_after(key, token, after);
         }
-        // The crash (or stop) ended the will's connection: it is due after its delay, never
-        // past the session's end [MQTT-3.1.3-9].
+        // A will whose delay was running is due when it was; else the crash (or stop) ended
+        // the will's connection: it is due after its delay, never past the session's end
+        // [MQTT-3.1.3-9].
         let will = image.will.clone().map(|will| {
             let delay = will.properties.will_delay_interval.unwrap_or(0);
             let delay = if expires {
@@ -133,7 +135,11 @@ impl Shard {
             } else {
                 delay
             };
-            (token, will, Duration::from_secs(delay as u64))
+            let delay = match image.will_due_ms {
+                Some(due) => persist::instant_of(due).saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(delay as u64),
+            };
+            (key, token, will, delay)
         });
         ((key, filters), will)
     }
@@ -160,7 +166,7 @@ impl Shard {
                 continue;
             };
             let stamp = persist.open_ids().1;
-            let opened = session.opened(sid, stamp, |publish| {
+            let mut opened = session.opened(sid, stamp, |publish| {
                 let next = persist.fresh_mid();
                 *mids.entry(Arc::as_ptr(publish)).or_insert_with(|| {
                     let record = Record::Message {
@@ -171,9 +177,21 @@ impl Shard {
                     next
                 })
             });
+            // A will waiting for its delay is the session's until it is published.
+            let pending = self.pending_will(session.conn_token);
+            if let Some((will, _)) = &pending {
+                opened.will = Some(persist::will_to_stored(will));
+            }
             records.push(Bytes::from(persist::encode_record(&Record::Open(
                 Box::new(opened),
             ))));
+            if let Some((_, due)) = pending {
+                let at_ms = persist::wall_ms(due);
+                records.push(Bytes::from(persist::encode_record(&Record::WillDue {
+                    sid,
+                    at_ms,
+                })));
+            }
         }
         records
     }

@@ -26,11 +26,22 @@ impl Shard {
     /// subscription. Waits while the shard is over its memory share or a ring is full.
     /// Returns whether anyone subscribes to it.
     pub async fn publish(&self, message: Message) -> bool {
+        let (matched, pending) = self.publish_held(message).await;
+        if let Some(request) = pending {
+            self.requests.wait(request).await;
+        }
+        matched
+    }
+
+    /// `publish`, but the answers the acknowledgement must wait for from other shards (what
+    /// they store of it, their retained replicas) are left to the caller: the request to wait
+    /// for, if any. A connection holds its acknowledgement in its outbox meanwhile and reads on.
+    pub async fn publish_held(&self, message: Message) -> (bool, Option<RequestId>) {
         self.wait_for_room().await;
         self.count_received(message.publish.qos);
-        let matched = self.route_with(message, true).await;
+        let routed = self.route_with(message, true).await;
         self.wait_for_arrivals().await;
-        matched
+        routed
     }
 
     /// With persistence, a PUBACK waits for sessions arriving from other shards to settle:
@@ -76,7 +87,8 @@ impl Shard {
     /// `publish` without waiting for room or counting it as received (the broker's own `$SYS`
     /// messages, wills).
     pub async fn route(&self, message: Message) -> bool {
-        self.route_with(message, false).await
+        // Nothing is acknowledged: no answer to wait for.
+        self.route_with(message, false).await.0
     }
 
     /// Counts a PUBLISH received (from a client, or a will).
@@ -84,11 +96,16 @@ impl Shard {
         self.metrics.count_received(qos as usize);
     }
 
-    /// Routes a message. With `wait_for_replicas`, a QoS 1/2 retained message returns only once
-    /// every shard's replica holds it, so a subscriber anywhere that subscribes after the
-    /// publisher's PUBACK gets it. Only a connection's own task may wait so: a ring receiver
-    /// waiting for an answer that queues behind it on its own ring would never get it.
-    async fn route_with(&self, message: Message, wait_for_replicas: bool) -> bool {
+    /// Routes a message. With `wait_for_replicas`, a QoS 1/2 message is acknowledged only once
+    /// every shard's replica holds it (retained), so a subscriber anywhere that subscribes after
+    /// the publisher's PUBACK gets it, and once the other shards stored it (persistence): the
+    /// request those answers go to is returned. Only a connection may wait for it: a ring
+    /// receiver waiting for an answer that queues behind it on its own ring would never get it.
+    async fn route_with(
+        &self,
+        message: Message,
+        wait_for_replicas: bool,
+    ) -> (bool, Option<RequestId>) {
         let route = self.start_route();
         let stored = message.publish.retain.then(|| message.to_stored());
         let (interested, to_members, local) = {
@@ -106,11 +123,15 @@ impl Shard {
         let is_acked = wait_for_replicas && message.publish.qos != QoS::AtMostOnce;
         let replicas_ack = is_acked && message.publish.retain && self.shards > 1;
         // With persistence, the PUBACK also waits for what the other shards store of it.
-        let durable = match is_acked && self.persist.is_some() {
-            true => interested & self.journaled_shards(),
+        let journaled = match is_acked && self.persist.is_some() {
+            true => self.journaled_shards(),
             false => 0,
         };
-        let acks = if replicas_ack { self.shards - 1 } else { 0 } + durable.count_ones() as usize;
+        let durable = interested & journaled;
+        let shares = to_members.iter().filter(|(to, _)| journaled & 1 << to != 0);
+        let acks = if replicas_ack { self.shards - 1 } else { 0 }
+            + durable.count_ones() as usize
+            + shares.count();
         let request = (acks > 0).then(|| self.requests.open(acks));
         let retain_ack = request.filter(|_| replicas_ack);
         for to in (0..self.shards).filter(|&s| s != self.id()) {
@@ -130,23 +151,25 @@ impl Shard {
                 self.mesh.send(to, msg).await;
             }
         }
-        for (to, msg) in to_members {
+        for (to, mut msg) in to_members {
+            if let (MeshMsg::ShareDeliver(deliver), Some(request)) = (&mut msg, request) {
+                // The member's shard answers once its records of the message are durable.
+                deliver.ack = (journaled & 1 << to != 0).then_some((self.id(), request));
+            }
             self.mesh.send(to, msg).await;
         }
         let cluster_ack = self
             .to_cluster(&message, stored.as_ref(), wait_for_replicas)
             .await;
         drop(route); // everything is on its way; what follows only waits
-        if let Some(request) = request {
-            self.requests.wait(request).await;
-        }
         if let Some(answer) = cluster_ack {
             // The NATS thread answers once its server has the message; it stops only at
             // shutdown, when no PUBACK matters any more.
             let _ = answer.await;
         }
         // On a cluster node other nodes may subscribe: a PUBACK cannot say that nobody does.
-        local || interested != 0 || self.cluster.is_some()
+        let matched = local || interested != 0 || self.cluster.is_some();
+        (matched, request)
     }
 
     /// Delivers to this shard's subscribers: one copy per session at the highest QoS among
@@ -242,7 +265,12 @@ impl Shard {
     /// Answers `request` of shard `from` once every record appended since `before` is
     /// durable: at once when there is none, else from a task of its own (a ring receiver
     /// never waits).
-    fn ack_when_durable(self: &Rc<Self>, before: u64, from: ShardId, request: RequestId) {
+    pub(super) fn ack_when_durable(
+        self: &Rc<Self>,
+        before: u64,
+        from: ShardId,
+        request: RequestId,
+    ) {
         let at = self.persist.as_ref().map_or(0, |p| p.last());
         let ack = MeshMsg::InterestAck(InterestAck { request });
         let arriving = self.arrivals();

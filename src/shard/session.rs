@@ -403,6 +403,21 @@ impl Session {
         }
     }
 
+    /// Records that the connection ended with a will waiting for its delay, due at `at_ms`
+    /// (Unix ms).
+    pub fn note_will_due(&self, at_ms: u64) {
+        if let Some(sid) = self.sid() {
+            self.note(Record::WillDue { sid, at_ms });
+        }
+    }
+
+    /// Records that the will that waited for its delay was published.
+    pub fn note_will_published(&self) {
+        if let Some(sid) = self.sid() {
+            self.note(Record::WillGone { sid });
+        }
+    }
+
     /// Records that a stored session ended for good.
     pub fn note_end(&self) {
         if let Some(sid) = self.sid() {

@@ -9,6 +9,7 @@ use super::routing::grant;
 use super::session::Outgoing;
 use super::{SessionKey, Shard, State};
 use crate::mesh::ShardId;
+use std::rc::Rc;
 
 /// Prefix of a shared subscription's filter [MQTT-4.8.2].
 pub const SHARE_PREFIX: &str = "$share/";
@@ -120,6 +121,7 @@ impl Shard {
                     member,
                     message,
                     hops: hops + 1,
+                    ack: None,
                 });
                 return Some((shard, msg));
             }
@@ -199,14 +201,17 @@ impl Shard {
         leave_group(&mut self.state.borrow_mut(), &leave.share, member);
     }
 
-    /// A message for a member of this shard, picked by the publishing shard.
-    pub(super) fn on_share_deliver(&self, deliver: ShareDeliver) {
+    /// A message for a member of this shard, picked by the publishing shard. Its request
+    /// (`ack`) is answered once what this shard stored of it is durable, or passed on with it.
+    pub(super) fn on_share_deliver(self: &Rc<Self>, deliver: ShareDeliver) {
         let ShareDeliver {
             share,
             member,
             message,
             hops,
+            mut ack,
         } = deliver;
+        let before = self.persist.as_ref().map_or(0, |p| p.last());
         let remote = {
             let mut st = self.state.borrow_mut();
             if self.offer_to_member(&mut st, &share, member, &message) {
@@ -216,8 +221,14 @@ impl Shard {
                 self.dispatch_shared(&mut st, share, message, hops)
             }
         };
-        if let Some((to, msg)) = remote {
+        if let Some((to, mut msg)) = remote {
+            if let MeshMsg::ShareDeliver(next) = &mut msg {
+                next.ack = ack.take();
+            }
             self.mesh.post(to, msg);
+        }
+        if let Some((from, request)) = ack {
+            self.ack_when_durable(before, from, request);
         }
     }
 }

@@ -29,6 +29,7 @@ impl Shard {
             handshake_failures: self.metrics.handshake_failures.get(),
             logins_refused: self.metrics.logins_refused.get(),
             publishes_denied: self.metrics.publishes_denied.get(),
+            cluster_rejected: self.metrics.cluster_rejected.get(),
             bytes_sent: p.bytes_sent(),
             queued_bytes: p.queued_bytes() as u64,
             slow_disconnects: p.slow_disconnects(),
@@ -275,13 +276,26 @@ fn ringcast_topics(prefix: &str, s: &Snapshot) -> Vec<(String, String)> {
             s.publishes_denied.to_string(),
         ),
     ];
-    for (r, reason) in DropReason::ALL.iter().enumerate() {
-        for q in 0..3 {
-            out.push((
-                format!("{prefix}/dropped/{}/qos{q}", reason.name()),
-                s.dropped[r][q].to_string(),
-            ));
-        }
-    }
+    out.push((
+        format!("{prefix}/cluster/rejected"),
+        s.cluster_rejected.to_string(),
+    ));
+    out.extend(dropped_topics(prefix, s));
     out
+}
+
+/// The drop counters under `prefix`, per reason and QoS.
+fn dropped_topics<'a>(
+    prefix: &'a str,
+    s: &'a Snapshot,
+) -> impl Iterator<Item = (String, String)> + 'a {
+    DropReason::ALL
+        .iter()
+        .enumerate()
+        .flat_map(move |(r, reason)| {
+            (0..3).map(move |q| {
+                let topic = format!("{prefix}/dropped/{}/qos{q}", reason.name());
+                (topic, s.dropped[r][q].to_string())
+            })
+        })
 }

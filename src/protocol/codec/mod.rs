@@ -318,6 +318,26 @@ fn write_packet(packet: &Packet, version: Version, out: &mut BytesMut) -> Result
     }
 }
 
+/// Writes a PUBLISH property list (length prefix, then properties) on its own, for carrying a
+/// message's properties outside an MQTT packet (the cluster's `Rc-Props` header). Properties
+/// a PUBLISH may not carry are refused.
+pub fn write_publish_properties(
+    p: &crate::protocol::packet::Properties,
+    out: &mut BytesMut,
+) -> Result<(), EncodeError> {
+    properties::check(p, properties::context(PUBLISH))?;
+    properties::write(p, out)
+}
+
+/// Reads what `write_publish_properties` wrote: exactly one PUBLISH property list, checked as
+/// the codec checks a PUBLISH's (allowed identifiers, no repeats, valid values).
+pub fn read_publish_properties(bytes: Bytes) -> Result<crate::protocol::Props, DecodeError> {
+    let mut r = Reader::new(bytes, Version::V5);
+    let props = properties::read(&mut r, properties::context(PUBLISH))?;
+    r.finish()?;
+    Ok(props)
+}
+
 /// Where the packet id sits in the header `write_shaped_header` writes for `publish` sent
 /// with `shape` (None for QoS 0), so one encoded header can serve many subscribers with their
 /// own ids.

@@ -22,6 +22,7 @@ const DONE: u8 = 11;
 const INCOMING: u8 = 12;
 const RELEASED: u8 = 13;
 const WILL_GONE: u8 = 14;
+const WILL_DUE: u8 = 15;
 
 /// The bytes of a record.
 pub fn encode_record(record: &Record) -> Vec<u8> {
@@ -52,6 +53,11 @@ pub fn encode_record(record: &Record) -> Vec<u8> {
         Record::WillGone { sid } => {
             w.push(WILL_GONE);
             put_u64(&mut w, *sid);
+        }
+        Record::WillDue { sid, at_ms } => {
+            w.push(WILL_DUE);
+            put_u64(&mut w, *sid);
+            put_u64(&mut w, *at_ms);
         }
         Record::Subscribe { sid, filter, sub } => {
             w.push(SUBSCRIBE);
@@ -375,6 +381,10 @@ pub fn decode(bytes: &[u8]) -> Option<Record> {
         OPEN => Record::Open(Box::new(r.opened()?)),
         END => Record::End { sid: r.u64()? },
         WILL_GONE => Record::WillGone { sid: r.u64()? },
+        WILL_DUE => Record::WillDue {
+            sid: r.u64()?,
+            at_ms: r.u64()?,
+        },
         SUBSCRIBE => Record::Subscribe {
             sid: r.u64()?,
             filter: r.str()?,

@@ -82,6 +82,10 @@ fn every_kind() -> Vec<Record> {
         Record::Open(Box::new(opened)),
         Record::End { sid: 3 },
         Record::WillGone { sid: 3 },
+        Record::WillDue {
+            sid: 3,
+            at_ms: 1_700_000_000_123,
+        },
         Record::Subscribe {
             sid: 3,
             filter: "a/#".into(),
