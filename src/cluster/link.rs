@@ -25,6 +25,7 @@ use async_nats::{Client, HeaderMap};
 use bytes::{BufMut, Bytes, BytesMut};
 use futures_lite::StreamExt;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -109,8 +110,11 @@ async fn serve(
         subscriptions: HashMap::new(),
         arrivals,
         buckets,
+        unconfirmed: Vec::new(),
     };
+    let stats = link.client.statistics();
     while let Some(command) = commands.recv().await {
+        let connects = stats.connects.load(Ordering::Relaxed);
         let mut acks = Vec::new();
         link.handle(command, &mut acks).await;
         // Take what queued meanwhile, so one flush answers a batch of QoS 1/2 publishes.
@@ -118,7 +122,7 @@ async fn serve(
             link.handle(command, &mut acks).await;
         }
         if !acks.is_empty() {
-            link.flush_until_received().await;
+            link.flush_until_received(connects).await;
             for ack in acks {
                 let _ = ack.send(true);
             }
@@ -140,6 +144,18 @@ struct Link {
     arrivals: mpsc::Sender<Arrival>,
     /// Retained changes and client-id claims, for `keep_buckets`.
     buckets: mpsc::Sender<Command>,
+    /// QoS 1/2 publishes of the batch being confirmed, sent again if the connection to the
+    /// NATS server changed before it confirmed them (what was written to a server that died
+    /// is gone, and the new server's answer to a ping says nothing about it).
+    unconfirmed: Vec<Outgoing>,
+}
+
+/// One message as handed to NATS.
+#[derive(Clone)]
+struct Outgoing {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
 }
 
 impl Link {
@@ -150,7 +166,10 @@ impl Link {
                 expires_at,
                 done,
             } => {
-                self.publish(&publish, expires_at).await;
+                let outgoing = self.publish(&publish, expires_at).await;
+                if done.is_some() {
+                    self.unconfirmed.extend(outgoing);
+                }
                 acks.extend(done);
             }
             Command::Subscribe { filters, done } => {
@@ -176,17 +195,40 @@ impl Link {
 
     /// Waits until the NATS server has everything published so far. While no server is
     /// reachable the client keeps what was published and this waits (so do the publishers
-    /// behind it): a QoS 1/2 PUBACK is never sent for a message NATS did not take.
-    async fn flush_until_received(&self) {
-        while let Err(e) = self.client.flush().await {
-            tracing::warn!("cluster: NATS has not confirmed the last publishes, retrying: {e}");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    /// behind it); when the client reconnected meanwhile, the batch is published again (the
+    /// receivers drop what they already had by its id): a QoS 1/2 PUBACK is never sent for a
+    /// message NATS did not take.
+    async fn flush_until_received(&mut self, mut connects: u64) {
+        let stats = self.client.statistics();
+        loop {
+            let flushed = self.client.flush().await;
+            let now = stats.connects.load(Ordering::Relaxed);
+            match flushed {
+                Ok(()) if now == connects => break,
+                Ok(()) => tracing::warn!("cluster: NATS reconnected, publishing the batch again"),
+                Err(e) => {
+                    tracing::warn!(
+                        "cluster: NATS has not confirmed the last publishes, retrying: {e}"
+                    );
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
+            }
+            connects = now;
+            for outgoing in self.unconfirmed.clone() {
+                self.send(outgoing).await;
+            }
         }
+        self.unconfirmed.clear();
     }
 
-    async fn publish(&mut self, publish: &Publish, expires_at: Option<Instant>) {
+    /// Publishes `publish` to NATS: what was sent, or None when it expired on the way.
+    async fn publish(
+        &mut self,
+        publish: &Publish,
+        expires_at: Option<Instant>,
+    ) -> Option<Outgoing> {
         let Ok(props) = props::encode(&publish.properties, expires_at, Instant::now()) else {
-            return; // expired on the way: not forwarded
+            return None; // expired on the way: not forwarded
         };
         self.sequence += 1;
         let mut headers = HeaderMap::new();
@@ -203,8 +245,21 @@ impl Link {
             if publish.retain { 'r' } else { '-' }
         );
         headers.insert(FLAGS_HEADER, flags.as_str());
-        let subject = topic_subject(publish.topic.as_str());
-        let payload = publish.payload.clone();
+        let outgoing = Outgoing {
+            subject: topic_subject(publish.topic.as_str()),
+            headers,
+            payload: publish.payload.clone(),
+        };
+        self.send(outgoing.clone()).await;
+        Some(outgoing)
+    }
+
+    async fn send(&self, outgoing: Outgoing) {
+        let Outgoing {
+            subject,
+            headers,
+            payload,
+        } = outgoing;
         if let Err(e) = self
             .client
             .publish_with_headers(subject, headers, payload)
