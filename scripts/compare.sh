@@ -5,7 +5,7 @@
 # the generator to CPU 1. Each (round, scenario, broker) run starts a fresh broker, so its peak
 # resident memory (VmHWM) belongs to that scenario alone, and kills it afterwards. The
 # generator's own ceiling (--sink, an in-process forwarder on CPU 0) is measured in the same
-# rounds for the fan-out scenarios. After the closed-loop rounds, an open-loop run at half of
+# rounds for the fan-out and fan-in scenarios. After the closed-loop rounds, an open-loop run at half of
 # mosquitto's median fanout-100 rate compares latency below saturation.
 #
 # Bounded: every broker runs under `timeout`, every load stops by itself (--duration, then at
@@ -34,7 +34,7 @@ RESULTS=$OUT/results.jsonl
 BROKER_LIMIT=$((DUR + 90))
 COMMON=(--payload 16 --duration "$DUR" --drain 2 --cpus 1 --json --quiet)
 
-# name|generator arguments; fanout-* q0 also get a --sink ceiling run.
+# name|generator arguments; fanout-* q0 and fanin-* also get a --sink ceiling run.
 SCENARIOS=(
     "fanout-10-q0|fanout -n 10 --qos 0"
     "fanout-100-q0|fanout -n 100 --qos 0"
@@ -150,7 +150,7 @@ for round in $(seq "$RUNS"); do
         for broker in "${BROKERS[@]}"; do
             run_one "$broker" "$name" "${args[@]}"
         done
-        if [[ $name == fanout-*-q0 ]]; then
+        if [[ $name == fanout-*-q0 || $name == fanin-* ]]; then
             json=$("$BENCH" "${args[@]}" "${COMMON[@]}" --sink --sink-cpu 0 2>>"$OUT/bench.log" || true)
             record sink "$name" "$json" null
         fi
