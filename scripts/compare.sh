@@ -13,6 +13,7 @@
 #
 #   DUR=5 RUNS=3 scripts/compare.sh            # ~15 minutes on a 2-core machine
 #   ONLY="fanout-100-q0 pairs-100" DUR=2 RUNS=1 scripts/compare.sh   # a quick subset
+#   BENCH_LOCK=/work/bench.lock scripts/compare.sh   # each run waits for the lock (shared machine)
 #
 # rumqttd: `cargo install rumqttd` (0.20.0); set RUMQTTD=path if it is not on PATH. Its
 # outgoing queue is left at the shipped defaults (router.max_outgoing_packet_count = 200
@@ -118,8 +119,27 @@ record() {
     echo "{\"broker\":\"$1\",\"scenario\":\"$2\",\"hwm_kib\":${4:-null},\"result\":$json}" | tee -a "$RESULTS" >&2
 }
 
+# locked CMD...: runs CMD holding $BENCH_LOCK (when set), so that one timed run at a time
+# shares the machine with other measurements; the lock is taken per run, not for the whole set.
+locked() {
+    if [[ -z ${BENCH_LOCK:-} ]]; then
+        "$@"
+        return
+    fi
+    local fd status=0
+    exec {fd}>"$BENCH_LOCK"
+    flock "$fd"
+    "$@" || status=$?
+    exec {fd}>&-
+    return $status
+}
+
 # run_one BROKER NAME ARGS...: a fresh broker, one generator run, its peak memory.
 run_one() {
+    locked run_one_now "$@"
+}
+
+run_one_now() {
     local broker=$1 name=$2 json hwm child
     shift 2
     if ! start_broker "$broker"; then
@@ -151,7 +171,7 @@ for round in $(seq "$RUNS"); do
             run_one "$broker" "$name" "${args[@]}"
         done
         if [[ $name == fanout-*-q0 || $name == fanin-* ]]; then
-            json=$("$BENCH" "${args[@]}" "${COMMON[@]}" --sink --sink-cpu 0 2>>"$OUT/bench.log" || true)
+            json=$(locked "$BENCH" "${args[@]}" "${COMMON[@]}" --sink --sink-cpu 0 2>>"$OUT/bench.log" || true)
             record sink "$name" "$json" null
         fi
     done
