@@ -56,7 +56,8 @@ for s in scenarios:
     if s.startswith("conns"):
         continue
     d = {b: med(b, s, deliv) for b in brokers}
-    sink = med("sink", s.replace("-q1", "-q0"), deliv) if s.startswith("fanout") else None
+    has_sink = s.startswith("fanout") or s.startswith("fanin")
+    sink = med("sink", s.replace("-q1", "-q0"), deliv) if has_sink else None
     cells = [s] + [fmt(d[b]) for b in brokers]
     cells += [fmt(sink), f"{d['ringcast'] / sink * 100:.0f}%" if sink and d["ringcast"] else "–"]
     cells += [ratio(d["ringcast"], d[b]) for b in brokers[1:]]
@@ -70,6 +71,8 @@ for s in scenarios:
             checks.append((f"{s}: ringcast ≥ 70% of sink", rc >= 0.7 * sink, f"{rc / sink * 100:.0f}%"))
         if rq and rc:
             checks.append((f"{s}: ringcast ≥ 1.5× rumqttd", rc >= 1.5 * rq, ratio(rc, rq)))
+    if s.startswith("fanin") and sink and rc:
+        checks.append((f"{s}: ringcast ≥ 50% of sink", rc >= 0.5 * sink, f"{rc / sink * 100:.0f}%"))
     want = {"pairs-100": 6, "fanin-100": 5, "wildcard-10k": 20}.get(s)
     if want and rq and rc:
         checks.append((f"{s}: ringcast ≥ {want}× rumqttd", rc >= want * rq, ratio(rc, rq)))

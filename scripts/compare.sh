@@ -5,7 +5,7 @@
 # the generator to CPU 1. Each (round, scenario, broker) run starts a fresh broker, so its peak
 # resident memory (VmHWM) belongs to that scenario alone, and kills it afterwards. The
 # generator's own ceiling (--sink, an in-process forwarder on CPU 0) is measured in the same
-# rounds for the fan-out scenarios. After the closed-loop rounds, an open-loop run at half of
+# rounds for the fan-out and fan-in scenarios. After the closed-loop rounds, an open-loop run at half of
 # mosquitto's median fanout-100 rate compares latency below saturation.
 #
 # Bounded: every broker runs under `timeout`, every load stops by itself (--duration, then at
@@ -13,6 +13,7 @@
 #
 #   DUR=5 RUNS=3 scripts/compare.sh            # ~15 minutes on a 2-core machine
 #   ONLY="fanout-100-q0 pairs-100" DUR=2 RUNS=1 scripts/compare.sh   # a quick subset
+#   BENCH_LOCK=/work/bench.lock scripts/compare.sh   # each run waits for the lock (shared machine)
 #
 # rumqttd: `cargo install rumqttd` (0.20.0); set RUMQTTD=path if it is not on PATH. Its
 # outgoing queue is left at the shipped defaults (router.max_outgoing_packet_count = 200
@@ -34,7 +35,7 @@ RESULTS=$OUT/results.jsonl
 BROKER_LIMIT=$((DUR + 90))
 COMMON=(--payload 16 --duration "$DUR" --drain 2 --cpus 1 --json --quiet)
 
-# name|generator arguments; fanout-* q0 also get a --sink ceiling run.
+# name|generator arguments; fanout-* q0 and fanin-* also get a --sink ceiling run.
 SCENARIOS=(
     "fanout-10-q0|fanout -n 10 --qos 0"
     "fanout-100-q0|fanout -n 100 --qos 0"
@@ -118,8 +119,27 @@ record() {
     echo "{\"broker\":\"$1\",\"scenario\":\"$2\",\"hwm_kib\":${4:-null},\"result\":$json}" | tee -a "$RESULTS" >&2
 }
 
+# locked CMD...: runs CMD holding $BENCH_LOCK (when set), so that one timed run at a time
+# shares the machine with other measurements; the lock is taken per run, not for the whole set.
+locked() {
+    if [[ -z ${BENCH_LOCK:-} ]]; then
+        "$@"
+        return
+    fi
+    local fd status=0
+    exec {fd}>"$BENCH_LOCK"
+    flock "$fd"
+    "$@" || status=$?
+    exec {fd}>&-
+    return $status
+}
+
 # run_one BROKER NAME ARGS...: a fresh broker, one generator run, its peak memory.
 run_one() {
+    locked run_one_now "$@"
+}
+
+run_one_now() {
     local broker=$1 name=$2 json hwm child
     shift 2
     if ! start_broker "$broker"; then
@@ -150,8 +170,8 @@ for round in $(seq "$RUNS"); do
         for broker in "${BROKERS[@]}"; do
             run_one "$broker" "$name" "${args[@]}"
         done
-        if [[ $name == fanout-*-q0 ]]; then
-            json=$("$BENCH" "${args[@]}" "${COMMON[@]}" --sink --sink-cpu 0 2>>"$OUT/bench.log" || true)
+        if [[ $name == fanout-*-q0 || $name == fanin-* ]]; then
+            json=$(locked "$BENCH" "${args[@]}" "${COMMON[@]}" --sink --sink-cpu 0 2>>"$OUT/bench.log" || true)
             record sink "$name" "$json" null
         fi
     done

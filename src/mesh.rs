@@ -76,6 +76,26 @@ impl<M: Send + 'static> Mesh<M> {
         }
     }
 
+    /// Sends without waiting when the ring toward `to` has room and nothing posted earlier
+    /// waits for it; otherwise gives the message back, unsent.
+    pub fn try_send(&self, to: ShardId, msg: M) -> Result<(), M> {
+        if to == self.id {
+            let _ = self.local.try_send(msg);
+            return Ok(());
+        }
+        let Some(senders) = &self.senders else {
+            return Ok(());
+        };
+        if self.has_backlog(to) {
+            return Err(msg);
+        }
+        match senders.try_send_to(to, msg) {
+            Err(glommio::GlommioError::WouldBlock(ResourceType::Channel(msg))) => Err(msg),
+            // A closed ring means the peer stopped (shutdown): nothing is left to deliver to.
+            _ => Ok(()),
+        }
+    }
+
     /// Sends without waiting when there is room; otherwise queues the message behind the
     /// others posted to `to` and a background task sends them in order. For control messages
     /// produced where waiting is not possible.

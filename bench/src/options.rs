@@ -113,7 +113,7 @@ pub struct Options {
     /// Retained: QoS of the subscriptions; default --qos.
     #[arg(long = "sub-qos", value_parser = clap::value_parser!(u8).range(0..=2))]
     pub sub_qos: Option<u8>,
-    /// Run against an in-process forwarder instead of a broker (fanout, QoS 0 only).
+    /// Run against an in-process forwarder instead of a broker (fanout and fanin, QoS 0 only).
     #[arg(long)]
     pub sink: bool,
     /// CPU to pin the --sink forwarder to.
@@ -204,8 +204,9 @@ impl Options {
             return Err(format!("--retained must be 1..={RETAINED_MAX}"));
         }
         let is_plain = !self.tls && !self.websocket;
-        if self.sink && (self.scenario != Scenario::Fanout || self.qos != 0 || !is_plain) {
-            return Err("--sink supports fanout with QoS 0 over plain TCP only".into());
+        let is_sinkable = matches!(self.scenario, Scenario::Fanout | Scenario::Fanin);
+        if self.sink && (!is_sinkable || self.qos != 0 || !is_plain) {
+            return Err("--sink supports fanout and fanin with QoS 0 over plain TCP only".into());
         }
         self.validate_tls()
     }

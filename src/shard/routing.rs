@@ -55,11 +55,12 @@ impl Shard {
         }
     }
 
-    /// `publish` done at once, when it needs no other shard and nothing to wait for: no memory
-    /// pressure, no other shard subscribed, not retained on a broker of several shards, no
-    /// shared subscription (whose members may be elsewhere). Returns whether anyone
-    /// subscribes, or gives the message back untouched. The common case of a fan-out or a
-    /// pair then costs no async state machine.
+    /// `publish` done at once, when it has nothing to wait for: no memory pressure, at most
+    /// one other shard subscribed and room in the ring toward it, not retained on a broker of
+    /// several shards, no shared subscription (whose members may be elsewhere), no stored
+    /// record for another shard to wait on. Returns whether anyone subscribes, or gives the
+    /// message back untouched. The common case of a fan-out or a pair, within a shard or
+    /// across two, then costs no async state machine.
     pub fn publish_now(&self, message: Message) -> Result<bool, Message> {
         if self.pressure.must_wait()
             || (message.publish.retain && self.shards > 1)
@@ -72,7 +73,11 @@ impl Shard {
             return Err(message);
         }
         let topic = message.publish.topic.as_str();
-        if !st.group_trie.is_empty() || interested_shards(&st.interest, topic) != 0 {
+        if !st.group_trie.is_empty() {
+            return Err(message);
+        }
+        let interested = interested_shards(&st.interest, topic);
+        if interested != 0 && !self.send_to_one_shard(interested, &message) {
             return Err(message);
         }
         self.count_received(message.publish.qos);
@@ -81,7 +86,25 @@ impl Shard {
             self.persist_retained(topic, Some(&stored));
             st.retained.set(topic, Some(stored));
         }
-        Ok(self.deliver_local(&mut st, &message))
+        // The other shard's subscribers count as matching, as on the async path.
+        Ok(self.deliver_local(&mut st, &message) || interested != 0)
+    }
+
+    /// Sends `message` to the one other shard of `interested` when its ring has room; false,
+    /// with nothing sent, otherwise: when more shards are interested (a full ring toward
+    /// the second would leave the first with a message the others lack), when the ring is
+    /// full, or when a PUBACK would wait for the other shard's stored record. The async path
+    /// costs an async state machine and a wake-up per publish; with two shards on one CPU
+    /// it delivered 55-59% of one shard's fanout-100 rate.
+    fn send_to_one_shard(&self, interested: u64, message: &Message) -> bool {
+        let is_stored = self.persist.is_some() && message.publish.qos != QoS::AtMostOnce;
+        if interested.count_ones() != 1 || is_stored {
+            return false;
+        }
+        let to = interested.trailing_zeros() as ShardId;
+        self.mesh
+            .try_send(to, MeshMsg::Publish(message.clone()))
+            .is_ok()
     }
 
     /// `publish` without waiting for room or counting it as received (the broker's own `$SYS`
