@@ -201,7 +201,11 @@ fn remove_if_there(path: &Path) -> Result<(), StoreError> {
     }
 }
 
-async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+pub(crate) async fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    // glommio opens a directory relative to fd -1 (its files it resolves against the working
+    // directory itself): a relative `dir` such as the default ./ringcast-data failed with EBADF.
+    let dir =
+        &std::path::absolute(dir).map_err(|e| file::store_error("cannot resolve", dir, &e))?;
     let d = glommio::io::Directory::open(dir)
         .await
         .map_err(|e| glommio_error("cannot open", dir, e))?;

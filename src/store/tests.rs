@@ -963,3 +963,10 @@ fn records_acknowledged_before_a_kill_9_are_read_back_in_order() {
         }
     }
 }
+
+#[test]
+fn a_relative_directory_is_synced() {
+    // The broker's default directory is relative (./ringcast-data).
+    let result = run(|| async { super::sync_dir(Path::new(".")).await });
+    assert!(result.is_ok(), "{result:?}");
+}
