@@ -113,7 +113,8 @@ pub struct Options {
     /// Retained: QoS of the subscriptions; default --qos.
     #[arg(long = "sub-qos", value_parser = clap::value_parser!(u8).range(0..=2))]
     pub sub_qos: Option<u8>,
-    /// Run against an in-process forwarder instead of a broker (fanout, QoS 0 only).
+    /// Run against an in-process forwarder instead of a broker (fanout, fanin and pairs; QoS 0
+    /// or 1): the generator's own ceiling.
     #[arg(long)]
     pub sink: bool,
     /// CPU to pin the --sink forwarder to.
@@ -204,8 +205,14 @@ impl Options {
             return Err(format!("--retained must be 1..={RETAINED_MAX}"));
         }
         let is_plain = !self.tls && !self.websocket;
-        if self.sink && (self.scenario != Scenario::Fanout || self.qos != 0 || !is_plain) {
-            return Err("--sink supports fanout with QoS 0 over plain TCP only".into());
+        let is_routed = matches!(
+            self.scenario,
+            Scenario::Fanout | Scenario::Fanin | Scenario::Pairs
+        );
+        if self.sink && (!is_routed || self.qos > 1 || !is_plain) {
+            return Err(
+                "--sink supports fanout, fanin and pairs at QoS 0 or 1 over plain TCP".into(),
+            );
         }
         self.validate_tls()
     }
