@@ -8,7 +8,7 @@
 use super::gate::{Endpoint, Gate};
 use super::transport::{self, Reader, Shutdown, Writer};
 use super::{http, tls, writer};
-use crate::protocol::codec::{Codec, DecodeError, Decoded};
+use crate::protocol::codec::{self, Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
 use crate::protocol::{
     ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version,
@@ -18,7 +18,7 @@ use crate::shard::encoder::{push_packet, Encoder};
 use crate::shard::outbox::Outbox;
 use crate::shard::session::{Session, Subscription};
 use crate::shard::{Message, SessionKey, Shard};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 use std::net::IpAddr;
@@ -662,13 +662,21 @@ impl Conn {
 
     /// A PUBACK, and the PUBACKs right behind it in the buffer, handled as one batch: one
     /// session lookup and one pump of the queue for a whole read of a subscriber's acks.
+    /// Plain ones are read straight from the buffer (`codec::plain_pubacks`): the machine
+    /// would only note the time of input, which it did for the first.
     fn on_pubacks(&mut self, first: u16) {
         let mut pkids = [0u16; PUBACK_BATCH_MAX];
         pkids[0] = first;
         let mut len = 1;
-        // 0x40 is PUBACK with its only valid flags; a malformed one (which the codec leaves
-        // in the buffer) is left for the read loop to report.
-        while len < PUBACK_BATCH_MAX && self.buf.first() == Some(&0x40) {
+        while len < PUBACK_BATCH_MAX {
+            let (read, taken) = codec::plain_pubacks(&self.buf, &mut pkids[len..]);
+            self.buf.advance(taken);
+            len += read;
+            // 0x40 is PUBACK with its only valid flags; a malformed one (which the codec
+            // leaves in the buffer) is left for the read loop to report.
+            if len == PUBACK_BATCH_MAX || self.buf.first() != Some(&0x40) {
+                break;
+            }
             let Ok(Decoded::Packet(packet)) = self.codec.decode(&mut self.buf) else {
                 break;
             };
