@@ -8,7 +8,15 @@ use std::process::Command;
 fn sink_run(args: &str) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_ringcast-bench"))
         .args(args.split_whitespace())
-        .args(["--sink", "--json", "--quiet", "--duration", "20", "--drain", "5"])
+        .args([
+            "--sink",
+            "--json",
+            "--quiet",
+            "--duration",
+            "20",
+            "--drain",
+            "5",
+        ])
         .output()
         .expect("ringcast-bench runs");
     assert!(output.status.success(), "{args}: {output:?}");
@@ -18,7 +26,10 @@ fn sink_run(args: &str) -> String {
 /// The whole number after `"key":` in a flat JSON object.
 fn field(json: &str, key: &str) -> u64 {
     let at = json.find(&format!("\"{key}\":")).expect(key) + key.len() + 3;
-    let digits: String = json[at..].chars().take_while(char::is_ascii_digit).collect();
+    let digits: String = json[at..]
+        .chars()
+        .take_while(char::is_ascii_digit)
+        .collect();
     digits.parse().expect(key)
 }
 
