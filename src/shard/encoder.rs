@@ -26,7 +26,7 @@ pub struct Encoder {
     /// Where headers are written before they go to an outbox.
     pub scratch: BytesMut,
     /// Slots by a hash of the message's address, made on first use.
-    headers: Vec<Headers>,
+    headers: Option<Box<[Headers; CACHED_MESSAGES]>>,
 }
 
 /// The encoded headers of one message.
@@ -36,6 +36,8 @@ struct Headers {
     /// buffer its payload is a slice of) alive; it keeps only the allocation, so no other
     /// message can take its address while the slot names it.
     publish: Weak<Publish>,
+    /// Its address, compared on every lookup (0: none).
+    address: usize,
     shapes: Vec<Cached>,
     bytes: BytesMut,
 }
@@ -60,18 +62,16 @@ impl Encoder {
         version: Version,
         (qos, retain, pkid): (QoS, bool, u16),
     ) {
-        let Some((slot, index)) = self.shape(publish, version, qos, retain) else {
+        let Encoder { scratch, headers } = self;
+        let Some((header, pkid_at)) = cached(headers, publish, version, qos, retain) else {
             return;
         };
-        let headers = &self.headers[slot];
-        let shape = &headers.shapes[index];
-        reserve(&mut self.scratch);
-        self.scratch
-            .extend_from_slice(&headers.bytes[shape.range.clone()]);
-        if let Some(at) = shape.pkid_at {
-            self.scratch[at..at + 2].copy_from_slice(&pkid.to_be_bytes());
+        reserve(scratch);
+        scratch.extend_from_slice(header);
+        if let Some(at) = pkid_at {
+            scratch[at..at + 2].copy_from_slice(&pkid.to_be_bytes());
         }
-        queue_publish(outbox, &mut self.scratch, publish, qos);
+        queue_publish(outbox, scratch, publish, qos);
     }
 
     /// Length of the packet `push_shared` would queue.
@@ -82,8 +82,8 @@ impl Encoder {
         qos: QoS,
         retain: bool,
     ) -> Option<usize> {
-        let (slot, index) = self.shape(publish, version, qos, retain)?;
-        Some(self.headers[slot].shapes[index].range.len() + publish.payload.len())
+        let (header, _) = cached(&mut self.headers, publish, version, qos, retain)?;
+        Some(header.len() + publish.payload.len())
     }
 
     /// Queues a PUBLISH encoded from scratch.
@@ -95,50 +95,57 @@ impl Encoder {
     pub fn push_packet(&mut self, outbox: &Outbox, packet: &Packet, version: Version) {
         push_packet(outbox, packet, version, &mut self.scratch);
     }
+}
 
-    /// Slot and index of the cached header of `publish` for this shape, encoding it on
-    /// first use.
-    fn shape(
-        &mut self,
-        publish: &Arc<Publish>,
-        version: Version,
-        qos: QoS,
-        retain: bool,
-    ) -> Option<(usize, usize)> {
-        if self.headers.is_empty() {
-            self.headers.resize_with(CACHED_MESSAGES, Headers::default);
-        }
-        let slot = slot_of(publish);
-        let headers = &mut self.headers[slot];
-        if !std::ptr::eq(headers.publish.as_ptr(), Arc::as_ptr(publish)) {
-            headers.publish = Arc::downgrade(publish);
-            headers.shapes.clear();
-            headers.bytes.clear();
-        }
-        let found = headers
-            .shapes
-            .iter()
-            .position(|s| s.version == version && s.qos == qos && s.retain == retain);
-        if let Some(index) = found {
-            return Some((slot, index));
-        }
-        let shape = codec::Shape {
-            qos,
-            retain,
-            dup: false,
-            pkid: 0,
-        };
-        let start = headers.bytes.len();
-        codec::write_shaped_header(publish, shape, version, &mut headers.bytes).ok()?;
-        headers.shapes.push(Cached {
-            version,
-            qos,
-            retain,
-            range: start..headers.bytes.len(),
-            pkid_at: codec::publish_pkid_offset(publish, shape, version),
-        });
-        Some((slot, headers.shapes.len() - 1))
+/// The cached header of `publish` for this shape and where its packet id goes, encoded on
+/// first use.
+fn cached<'a>(
+    headers: &'a mut Option<Box<[Headers; CACHED_MESSAGES]>>,
+    publish: &Arc<Publish>,
+    version: Version,
+    qos: QoS,
+    retain: bool,
+) -> Option<(&'a [u8], Option<usize>)> {
+    let headers = headers.get_or_insert_with(|| {
+        let slots: Box<[Headers]> = (0..CACHED_MESSAGES).map(|_| Headers::default()).collect();
+        // The length is CACHED_MESSAGES by construction.
+        slots.try_into().unwrap_or_else(|_| unreachable!())
+    });
+    let headers = &mut headers[slot_of(publish)];
+    let address = Arc::as_ptr(publish) as usize;
+    if headers.address != address {
+        headers.publish = Arc::downgrade(publish);
+        headers.address = address;
+        headers.shapes.clear();
+        headers.bytes.clear();
     }
+    let found = headers
+        .shapes
+        .iter()
+        .position(|s| s.version == version && s.qos == qos && s.retain == retain);
+    let index = match found {
+        Some(index) => index,
+        None => {
+            let shape = codec::Shape {
+                qos,
+                retain,
+                dup: false,
+                pkid: 0,
+            };
+            let start = headers.bytes.len();
+            codec::write_shaped_header(publish, shape, version, &mut headers.bytes).ok()?;
+            headers.shapes.push(Cached {
+                version,
+                qos,
+                retain,
+                range: start..headers.bytes.len(),
+                pkid_at: codec::publish_pkid_offset(publish, shape, version),
+            });
+            headers.shapes.len() - 1
+        }
+    };
+    let shape = &headers.shapes[index];
+    Some((&headers.bytes[shape.range.clone()], shape.pkid_at))
 }
 
 /// The cache slot of a message: a Fibonacci hash of its address (allocations are aligned,
@@ -146,7 +153,8 @@ impl Encoder {
 fn slot_of(publish: &Arc<Publish>) -> usize {
     const BITS: u32 = CACHED_MESSAGES.trailing_zeros();
     let address = Arc::as_ptr(publish) as usize as u64;
-    ((address >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS)) as usize
+    let slot = (address >> 4).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - BITS);
+    slot as usize & (CACHED_MESSAGES - 1)
 }
 
 const _: () = assert!(CACHED_MESSAGES.is_power_of_two());
