@@ -203,3 +203,70 @@ fn reserve(scratch: &mut BytesMut) {
         scratch.reserve(16 << 10);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::codec::{Codec, Decoded};
+    use crate::protocol::{MqttString, Props};
+    use bytes::Bytes;
+
+    fn publish(topic: &'static str) -> Arc<Publish> {
+        Arc::new(Publish {
+            dup: false,
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            topic: MqttString::from(topic),
+            pkid: 0,
+            properties: Props::default(),
+            payload: Bytes::from_static(b"payload"),
+        })
+    }
+
+    /// (topic, packet id) of every PUBLISH in `outbox`, decoded as a 5.0 client would.
+    fn sent(outbox: &Outbox) -> Vec<(String, u16)> {
+        let mut wire = BytesMut::new();
+        outbox.peek_frames(usize::MAX, |f| {
+            wire.extend_from_slice(&f.header);
+            wire.extend_from_slice(&f.payload);
+        });
+        let mut codec = Codec::with_version(Version::V5, u32::MAX);
+        let mut out = Vec::new();
+        while let Ok(Decoded::Packet(Packet::Publish(p))) = codec.decode(&mut wire) {
+            out.push((p.topic.as_str().to_string(), p.pkid));
+        }
+        out
+    }
+
+    #[test]
+    fn headers_of_several_messages_are_kept_and_patched_per_packet_id() {
+        let (a, b) = (publish("a/1"), publish("b/22"));
+        let (mut enc, outbox) = (Encoder::default(), Outbox::default());
+        let shape = |pkid| (QoS::AtLeastOnce, false, pkid);
+        for (message, pkid) in [(&a, 1), (&b, 2), (&a, 3), (&b, 4), (&a, 5)] {
+            enc.push_shared(&outbox, message, Version::V5, shape(pkid));
+        }
+        let want = [("a/1", 1), ("b/22", 2), ("a/1", 3), ("b/22", 4), ("a/1", 5)];
+        let want: Vec<_> = want.iter().map(|(t, id)| (t.to_string(), *id)).collect();
+        assert_eq!(sent(&outbox), want);
+    }
+
+    #[test]
+    fn the_cache_keeps_no_message_alive() {
+        let message = publish("t");
+        let mut enc = Encoder::default();
+        enc.push_shared(
+            &Outbox::default(),
+            &message,
+            Version::V311,
+            (QoS::AtLeastOnce, false, 1),
+        );
+        assert_eq!(Arc::strong_count(&message), 1);
+        // A message freed and another at the same address get their own header.
+        drop(message);
+        let other = publish("another/topic");
+        let outbox = Outbox::default();
+        enc.push_shared(&outbox, &other, Version::V5, (QoS::AtLeastOnce, false, 9));
+        assert_eq!(sent(&outbox), vec![("another/topic".to_string(), 9)]);
+    }
+}
