@@ -757,7 +757,11 @@ impl Session {
             return false;
         };
         // The usual case, the id after the last one: free unless the run wraps around to it.
-        let after_last = if last.pkid == u16::MAX { 1 } else { last.pkid + 1 };
+        let after_last = if last.pkid == u16::MAX {
+            1
+        } else {
+            last.pkid + 1
+        };
         if pkid == after_last && pkid != first.pkid {
             return false;
         }
