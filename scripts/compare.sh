@@ -5,7 +5,7 @@
 # the generator to CPU 1. Each (round, scenario, broker) run starts a fresh broker, so its peak
 # resident memory (VmHWM) belongs to that scenario alone, and kills it afterwards. The
 # generator's own ceiling (--sink, an in-process forwarder on CPU 0) is measured in the same
-# rounds for the fan-out and fan-in scenarios. After the closed-loop rounds, an open-loop run at half of
+# rounds for the fan-out, pairs and fan-in scenarios, at their QoS. After the closed-loop rounds, an open-loop run at half of
 # mosquitto's median fanout-100 rate compares latency below saturation.
 #
 # Bounded: every broker runs under `timeout`, every load stops by itself (--duration, then at
@@ -35,7 +35,7 @@ RESULTS=$OUT/results.jsonl
 BROKER_LIMIT=$((DUR + 90))
 COMMON=(--payload 16 --duration "$DUR" --drain 2 --cpus 1 --json --quiet)
 
-# name|generator arguments; fanout-* q0 and fanin-* also get a --sink ceiling run.
+# name|generator arguments; fanout, pairs and fanin also get a --sink ceiling run (same QoS).
 SCENARIOS=(
     "fanout-10-q0|fanout -n 10 --qos 0"
     "fanout-100-q0|fanout -n 100 --qos 0"
@@ -44,6 +44,7 @@ SCENARIOS=(
     "fanout-100-q1|fanout -n 100 --qos 1"
     "fanout-1000-q1|fanout -n 1000 --qos 1"
     "pairs-100|pairs -n 100 --qos 0"
+    "pairs-100-q1|pairs -n 100 --qos 1"
     "fanin-100|fanin -n 100 --qos 0"
     "wildcard-10k|wildcard -n 100 --topics 10000 --publishers 10 --qos 0"
     "conns-$CONNS|conns -n $CONNS"
@@ -170,7 +171,7 @@ for round in $(seq "$RUNS"); do
         for broker in "${BROKERS[@]}"; do
             run_one "$broker" "$name" "${args[@]}"
         done
-        if [[ $name == fanout-*-q0 || $name == fanin-* ]]; then
+        if [[ $name == fanout-* || $name == pairs-* || $name == fanin-* ]]; then
             json=$(locked "$BENCH" "${args[@]}" "${COMMON[@]}" --sink --sink-cpu 0 2>>"$OUT/bench.log" || true)
             record sink "$name" "$json" null
         fi

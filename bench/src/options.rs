@@ -113,7 +113,8 @@ pub struct Options {
     /// Retained: QoS of the subscriptions; default --qos.
     #[arg(long = "sub-qos", value_parser = clap::value_parser!(u8).range(0..=2))]
     pub sub_qos: Option<u8>,
-    /// Run against an in-process forwarder instead of a broker (fanout and fanin, QoS 0 only).
+    /// Run against an in-process forwarder instead of a broker (fanout, fanin and pairs; QoS 0
+    /// or 1): the generator's own ceiling.
     #[arg(long)]
     pub sink: bool,
     /// CPU to pin the --sink forwarder to.
@@ -204,9 +205,14 @@ impl Options {
             return Err(format!("--retained must be 1..={RETAINED_MAX}"));
         }
         let is_plain = !self.tls && !self.websocket;
-        let is_sinkable = matches!(self.scenario, Scenario::Fanout | Scenario::Fanin);
-        if self.sink && (!is_sinkable || self.qos != 0 || !is_plain) {
-            return Err("--sink supports fanout and fanin with QoS 0 over plain TCP only".into());
+        let is_routed = matches!(
+            self.scenario,
+            Scenario::Fanout | Scenario::Fanin | Scenario::Pairs
+        );
+        if self.sink && (!is_routed || self.qos > 1 || !is_plain) {
+            return Err(
+                "--sink supports fanout, fanin and pairs at QoS 0 or 1 over plain TCP".into(),
+            );
         }
         self.validate_tls()
     }

@@ -1,20 +1,21 @@
-//! A trivial in-process "broker" for fanout and fanin at QoS 0: it answers CONNECT and SUBSCRIBE
-//! and copies each publisher's PUBLISH frames, unparsed, to every subscriber. Whatever the
-//! generator reaches against it is the generator's own ceiling on this machine.
-//!
-//! One thread forwards for every publisher (epoll over their sockets), and gathers what one
-//! round of ready publishers sent into one write per subscriber, as a broker's event loop does:
-//! a thread per publisher made fanin-100 a hundred threads taking turns on one CPU, which
-//! forwarded a third of what ringcast did (41 k deliveries/s against 116 k, same machine).
+//! A trivial in-process "broker", the generator's ceiling: it answers CONNECT and SUBSCRIBE
+//! and copies each publisher's PUBLISH frames, unparsed, to the subscribers whose filter
+//! matches the publisher's first topic (fanout: all of them; pairs: one each; fanin: the one
+//! on `+`). At QoS 1 it does the least a broker must: a PUBACK for every PUBLISH to its
+//! publisher, the frame forwarded as it came (the publisher's packet id serves the subscriber:
+//! the generator keeps its ids unique within its window) and the subscribers' PUBACKs read
+//! and dropped. Whatever the generator reaches against it is its own ceiling on this machine.
 
 use bytes::BytesMut;
 use ringcast::protocol::codec::{Codec, Decoded};
+use ringcast::protocol::topic::filter_matches;
 use ringcast::protocol::{Packet, Version};
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::sync::{mpsc, Arc, Mutex};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
 
 /// Packet type of PUBLISH in the fixed header's high nibble.
 const PUBLISH_TYPE: u8 = 3;
@@ -22,24 +23,52 @@ const PUBLISH_TYPE: u8 = 3;
 const LISTEN_BACKLOG: libc::c_int = 4096;
 /// Bytes read from the publisher at a time.
 const READ_CHUNK_BYTES: usize = 256 << 10;
+/// Readiness events taken per wait.
+const EVENTS_MAX: usize = 256;
+/// How long a poller waits for readiness before it looks for new connections, in ms.
+const TICK_MS: libc::c_int = 10;
+
+/// A subscriber's socket, shared by the publishers whose messages it gets.
+type Target = Arc<TcpStream>;
+
+/// The subscribers so far, with their filters.
+type Subscribers = Arc<Mutex<Vec<(String, Target)>>>;
+
+/// A publisher being forwarded: its socket, what was read of it and not yet forwarded, and
+/// the subscribers it goes to.
+struct Publisher {
+    stream: TcpStream,
+    buf: BytesMut,
+    targets: Vec<Target>,
+}
 
 /// Starts the sink on an ephemeral loopback port, its threads pinned to `cpu` if given.
 pub fn start(cpu: Option<usize>) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
-    // std listens with a backlog of 128; the generator opens every subscriber at once and the
-    // handshakes are served one by one, so 1000 subscribers overflowed it (connections reset).
+    // std listens with a backlog of 128; the generator opens every subscriber at once, so
+    // 1000 subscribers overflowed it (connections reset).
     // SAFETY: plain syscall on a socket this function owns; calling listen() again on a
     // listening socket only changes its backlog.
     if unsafe { libc::listen(listener.as_raw_fd(), LISTEN_BACKLOG) } != 0 {
         return Err(io::Error::last_os_error());
     }
     let addr = listener.local_addr()?;
-    let (feeds, new_feeds) = mpsc::channel();
+    let (to_drain, drained) = mpsc::channel();
+    let (to_forward, forwarded) = mpsc::channel();
+    std::thread::Builder::new()
+        .name("sink-drain".into())
+        .spawn(move || {
+            pin(cpu);
+            if let Err(e) = poll(drained, |s: &mut TcpStream| s.as_raw_fd(), drain_one) {
+                eprintln!("sink: {e}");
+            }
+        })?;
     std::thread::Builder::new()
         .name("sink-forward".into())
         .spawn(move || {
             pin(cpu);
-            if let Err(e) = forward(&new_feeds) {
+            let fd = |p: &mut Publisher| p.stream.as_raw_fd();
+            if let Err(e) = poll(forwarded, fd, forward_some) {
                 eprintln!("sink: {e}");
             }
         })?;
@@ -47,9 +76,22 @@ pub fn start(cpu: Option<usize>) -> io::Result<SocketAddr> {
         .name("sink".into())
         .spawn(move || {
             pin(cpu);
-            let subscribers = Arc::new(Mutex::new(Vec::new()));
+            let subscribers = Subscribers::default();
             for stream in listener.incoming().flatten() {
-                if let Err(e) = handshake(stream, &feeds, &subscribers) {
+                // A thread per handshake: a publisher that waits for every subscriber before
+                // its first PUBLISH must not hold up the subscribers behind it.
+                let to = (to_drain.clone(), to_forward.clone());
+                let subscribers = subscribers.clone();
+                let spawned =
+                    std::thread::Builder::new()
+                        .name("sink-conn".into())
+                        .spawn(move || {
+                            pin(cpu);
+                            if let Err(e) = serve(stream, &subscribers, &to) {
+                                eprintln!("sink: {e}");
+                            }
+                        });
+                if let Err(e) = spawned {
                     eprintln!("sink: {e}");
                 }
             }
@@ -63,11 +105,11 @@ fn pin(cpu: Option<usize>) {
     }
 }
 
-/// Answers CONNECT, then either registers a subscriber or starts forwarding for a publisher.
-fn handshake(
+/// Answers CONNECT, then hands a subscriber to the drain and a publisher to the forwarder.
+fn serve(
     mut stream: TcpStream,
-    feeds: &mpsc::Sender<Feed>,
-    subscribers: &Arc<Mutex<Vec<TcpStream>>>,
+    subscribers: &Subscribers,
+    (to_drain, to_forward): &(Sender<TcpStream>, Sender<Publisher>),
 ) -> io::Result<()> {
     stream.set_nodelay(true)?;
     let mut codec = Codec::new(1 << 20);
@@ -85,38 +127,63 @@ fn handshake(
         read_some(&mut stream, &mut buf)?;
     }
     if buf[0] >> 4 == PUBLISH_TYPE {
-        let targets = subscribers
+        let topic = first_topic(&mut stream, &mut codec, &mut buf)?;
+        let targets: Vec<Target> = subscribers
             .lock()
             .map_err(|_| io::Error::other("poisoned"))?
             .iter()
-            .map(TcpStream::try_clone)
-            .collect::<io::Result<Vec<_>>>()?;
-        stream.set_nonblocking(true)?;
-        let feed = Feed {
-            publisher: stream,
-            buf,
-            targets,
-        };
-        feeds
-            .send(feed)
-            .map_err(|_| io::Error::other("forwarder gone"))?;
-        return Ok(());
+            .filter(|(filter, _)| filter_matches(filter, &topic))
+            .map(|(_, target)| target.clone())
+            .collect();
+        return to_forward
+            .send(Publisher {
+                stream,
+                buf,
+                targets,
+            })
+            .map_err(|_| io::Error::other("forwarder gone"));
     }
     let Packet::Subscribe(sub) = next_packet(&mut stream, &mut codec, &mut buf)? else {
         return Err(io::Error::other("expected SUBSCRIBE or PUBLISH"));
     };
     let [hi, lo] = sub.pkid.to_be_bytes();
+    let filter = sub
+        .filters
+        .first()
+        .ok_or_else(|| io::Error::other("SUBSCRIBE without a filter"))?;
+    let granted = filter.options.qos as u8;
     let suback: Vec<u8> = if v5 {
-        vec![0x90, 4, hi, lo, 0, 0]
+        vec![0x90, 4, hi, lo, 0, granted]
     } else {
-        vec![0x90, 3, hi, lo, 0]
+        vec![0x90, 3, hi, lo, granted]
     };
     stream.write_all(&suback)?;
+    to_drain
+        .send(stream.try_clone()?)
+        .map_err(|_| io::Error::other("drain gone"))?;
     subscribers
         .lock()
         .map_err(|_| io::Error::other("poisoned"))?
-        .push(stream);
+        .push((filter.filter.as_str().to_string(), Arc::new(stream)));
     Ok(())
+}
+
+/// The topic of the PUBLISH at the front of `buf`, read whole from `stream` first; `buf`
+/// keeps it.
+fn first_topic(
+    stream: &mut TcpStream,
+    codec: &mut Codec,
+    buf: &mut BytesMut,
+) -> io::Result<String> {
+    while frame_len(buf).is_none() {
+        read_some(stream, buf)?;
+    }
+    match codec.decode(&mut buf.clone()) {
+        Ok(Decoded::Packet(Packet::Publish(p))) => Ok(p.topic.as_str().to_string()),
+        other => Err(io::Error::other(format!(
+            "expected a PUBLISH, got {other:?}"
+        ))),
+    }
 }
 
 fn read_some(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<()> {
@@ -144,162 +211,68 @@ fn next_packet(
     }
 }
 
-/// A publisher handed to the forwarder: its socket (non-blocking), what was read of it and not
-/// forwarded yet, and the subscribers it forwards to.
-struct Feed {
-    publisher: TcpStream,
-    buf: BytesMut,
-    targets: Vec<TcpStream>,
-}
-
-/// A subscriber's socket and what this round of publishers queued for it.
-struct Target {
-    stream: TcpStream,
-    out: Vec<u8>,
-}
-
-/// Most ready publishers served per round.
-const EVENTS_MAX: usize = 256;
-/// How long the forwarder waits for a ready publisher before it looks for new ones.
-const IDLE_WAIT_MS: libc::c_int = 1;
-
-/// Forwards for every publisher `new_feeds` brings, until the generator is done with the sink.
-/// Each round reads once from every ready publisher, then writes each subscriber what the
-/// round gathered for it, with blocking writes: a subscriber that cannot keep up holds every
-/// publisher back, as with a socket per publisher.
-fn forward(new_feeds: &mpsc::Receiver<Feed>) -> io::Result<()> {
-    // SAFETY: plain syscall; the fd is owned by `epoll` below.
-    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
-    if epoll < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd this function owns.
-    let epoll = unsafe { OwnedFd::from_raw_fd(epoll) };
-    let mut feeds: Vec<Feed> = Vec::new();
-    let mut route: Vec<Vec<usize>> = Vec::new();
-    let mut targets = Targets::default();
-    let mut chunk = vec![0u8; READ_CHUNK_BYTES];
-    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX];
-    loop {
-        loop {
-            match new_feeds.try_recv() {
-                Ok(mut feed) => {
-                    let index = feeds.len();
-                    watch(&epoll, &feed.publisher, index)?;
-                    route.push(targets.indexes(std::mem::take(&mut feed.targets))?);
-                    feeds.push(feed);
-                    gather(&mut feeds[index].buf, &route[index], &mut targets.all);
-                }
-                Err(mpsc::TryRecvError::Empty) => break,
-                Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
-            }
-        }
-        // SAFETY: `events` has room for EVENTS_MAX entries.
-        let ready = unsafe {
-            libc::epoll_wait(
-                epoll.as_raw_fd(),
-                events.as_mut_ptr(),
-                EVENTS_MAX as libc::c_int,
-                IDLE_WAIT_MS,
-            )
-        };
-        for event in &events[..ready.max(0) as usize] {
-            let index = event.u64 as usize;
-            let feed = &mut feeds[index];
-            match feed.publisher.read(&mut chunk) {
-                Ok(0) => unwatch(&epoll, &feed.publisher),
-                Ok(n) => {
-                    feed.buf.extend_from_slice(&chunk[..n]);
-                    gather(&mut feed.buf, &route[index], &mut targets.all);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(_) => unwatch(&epoll, &feed.publisher),
-            }
-        }
-        for target in &mut targets.all {
-            if !target.out.is_empty() && target.stream.write_all(&target.out).is_err() {
-                // A subscriber that went away gets nothing more.
-                target.out = Vec::new();
-                target.stream.shutdown(std::net::Shutdown::Both).ok();
-            }
-            target.out.clear();
-        }
-    }
-}
-
-/// The subscribers every publisher forwards to, by their address (each publisher brings its
-/// own handles to the same sockets).
-#[derive(Default)]
-struct Targets {
-    all: Vec<Target>,
-    by_peer: HashMap<SocketAddr, usize>,
-}
-
-impl Targets {
-    /// Indexes of the subscribers `streams` names, adding those not seen yet.
-    fn indexes(&mut self, streams: Vec<TcpStream>) -> io::Result<Vec<usize>> {
-        let mut indexes = Vec::with_capacity(streams.len());
-        for stream in streams {
-            let next = self.all.len();
-            let at = *self.by_peer.entry(stream.peer_addr()?).or_insert(next);
-            if at == next {
-                self.all.push(Target {
-                    stream,
-                    out: Vec::new(),
-                });
-            }
-            indexes.push(at);
-        }
-        Ok(indexes)
-    }
-}
-
-/// Moves the whole frames at the front of `buf` into the out buffers of `route`'s targets:
-/// PUBLISH frames are copied, anything else (DISCONNECT) is dropped.
-fn gather(buf: &mut BytesMut, route: &[usize], targets: &mut [Target]) {
+/// Reads what `publisher` sent, copies every whole PUBLISH frame to its targets and answers
+/// each QoS 1 one with a PUBACK; false once it closed.
+fn forward_some(publisher: &mut Publisher, scratch: &mut [u8]) -> bool {
+    let Some(n) = recv_now(publisher.stream.as_raw_fd(), scratch) else {
+        return false;
+    };
+    let Publisher {
+        stream,
+        buf,
+        targets,
+    } = publisher;
+    buf.extend_from_slice(&scratch[..n]);
+    let mut acks = Vec::new();
     let mut at = 0;
     while let Some(len) = frame_len(&buf[at..]) {
-        if buf[at] >> 4 == PUBLISH_TYPE {
-            for &t in route {
-                targets[t].out.extend_from_slice(&buf[at..at + len]);
-            }
+        let frame = &buf[at..at + len];
+        if frame[0] >> 4 != PUBLISH_TYPE {
+            send_all(targets, &buf[..at]);
+            let _ = buf.split_to(at + len);
+            at = 0;
+            continue;
+        }
+        if let Some(pkid) = qos1_pkid(frame) {
+            acks.extend_from_slice(&[0x40, 2]);
+            acks.extend_from_slice(&pkid.to_be_bytes());
         }
         at += len;
     }
+    send_all(targets, &buf[..at]);
     let _ = buf.split_to(at);
+    acks.is_empty() || stream.write_all(&acks).is_ok()
 }
 
-/// Adds a publisher's socket to `epoll`, reporting readiness with `index`.
-fn watch(epoll: &OwnedFd, publisher: &TcpStream, index: usize) -> io::Result<()> {
-    let mut event = libc::epoll_event {
-        events: libc::EPOLLIN as u32,
-        u64: index as u64,
-    };
-    // SAFETY: both fds are open; `event` outlives the call.
-    let rc = unsafe {
-        libc::epoll_ctl(
-            epoll.as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            publisher.as_raw_fd(),
-            &mut event,
+/// Reads and drops what a subscriber sent (its PUBACKs); false once it closed.
+fn drain_one(stream: &mut TcpStream, scratch: &mut [u8]) -> bool {
+    recv_now(stream.as_raw_fd(), scratch).is_some()
+}
+
+/// Reads what `fd` has without blocking: Some(0) when nothing, None once closed or failed.
+/// Non-blocking per call: the sockets stay blocking for the writes to them.
+fn recv_now(fd: RawFd, scratch: &mut [u8]) -> Option<usize> {
+    // SAFETY: `fd` is an open socket of the caller; `scratch` is writable for its length.
+    let got = unsafe {
+        libc::recv(
+            fd,
+            scratch.as_mut_ptr().cast(),
+            scratch.len(),
+            libc::MSG_DONTWAIT,
         )
     };
-    if rc != 0 {
-        return Err(io::Error::last_os_error());
+    match got {
+        0 => None,
+        n if n > 0 => Some(n as usize),
+        _ if io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock => Some(0),
+        _ => None,
     }
-    Ok(())
 }
 
-/// Stops watching a publisher that closed.
-fn unwatch(epoll: &OwnedFd, publisher: &TcpStream) {
-    // SAFETY: both fds are open; DEL ignores the event argument.
-    unsafe {
-        libc::epoll_ctl(
-            epoll.as_raw_fd(),
-            libc::EPOLL_CTL_DEL,
-            publisher.as_raw_fd(),
-            std::ptr::null_mut(),
-        );
+/// Writes `bytes` to every target, dropping those that fail.
+fn send_all(targets: &mut Vec<Target>, bytes: &[u8]) {
+    if !bytes.is_empty() {
+        targets.retain(|t| (&**t).write_all(bytes).is_ok());
     }
 }
 
@@ -317,6 +290,70 @@ fn frame_len(buf: &[u8]) -> Option<usize> {
     None
 }
 
+/// The packet id of a whole QoS 1 PUBLISH frame; None for other QoS or a short frame.
+fn qos1_pkid(frame: &[u8]) -> Option<u16> {
+    if (frame[0] >> 1) & 3 != 1 {
+        return None;
+    }
+    let varint = frame[1..].iter().position(|b| b & 0x80 == 0)? + 1;
+    let topic_at = 1 + varint;
+    let topic_len = u16::from_be_bytes([*frame.get(topic_at)?, *frame.get(topic_at + 1)?]);
+    let at = topic_at + 2 + topic_len as usize;
+    Some(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]))
+}
+
+/// Serves the connections `new` hands over from one thread waiting on epoll: `serve` is
+/// called for each that has something to read, and the connection dropped once it says false.
+fn poll<T>(
+    new: Receiver<T>,
+    fd_of: impl Fn(&mut T) -> RawFd,
+    mut serve: impl FnMut(&mut T, &mut [u8]) -> bool,
+) -> io::Result<()> {
+    // SAFETY: plain syscall; the result is checked, then owned (and closed) by `_owned`.
+    let epoll = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+    if epoll < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `epoll` is a fresh descriptor that nothing else owns.
+    let _owned = unsafe { <OwnedFd as FromRawFd>::from_raw_fd(epoll) };
+    let mut conns: HashMap<RawFd, T> = HashMap::new();
+    let mut events = vec![libc::epoll_event { events: 0, u64: 0 }; EVENTS_MAX];
+    let mut scratch = vec![0u8; READ_CHUNK_BYTES];
+    loop {
+        loop {
+            let mut conn = match new.try_recv() {
+                Ok(conn) => conn,
+                Err(mpsc::TryRecvError::Empty) => break,
+                Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
+            };
+            let fd = fd_of(&mut conn);
+            let mut event = libc::epoll_event {
+                events: libc::EPOLLIN as u32,
+                u64: fd as u64,
+            };
+            // SAFETY: `fd` is open (its owner goes into `conns`); `event` outlives the call.
+            let is_added = unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_ADD, fd, &mut event) };
+            // What was read during the handshake is served now: no readiness will announce it.
+            if is_added == 0 && serve(&mut conn, &mut scratch) {
+                conns.insert(fd, conn);
+            }
+        }
+        // SAFETY: `events` holds EVENTS_MAX entries the kernel may fill.
+        let n = unsafe { libc::epoll_wait(epoll, events.as_mut_ptr(), EVENTS_MAX as _, TICK_MS) };
+        for event in events.iter().take(n.max(0) as usize) {
+            let fd = event.u64 as RawFd;
+            let Some(conn) = conns.get_mut(&fd) else {
+                continue;
+            };
+            if !serve(conn, &mut scratch) {
+                // SAFETY: `fd` is still open; removing it from the set needs no event.
+                unsafe { libc::epoll_ctl(epoll, libc::EPOLL_CTL_DEL, fd, std::ptr::null_mut()) };
+                conns.remove(&fd);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -327,5 +364,16 @@ mod tests {
         assert_eq!(frame_len(&[0x30, 3, 0, 0]), None);
         assert_eq!(frame_len(&[0x30, 0x80, 1]), None);
         assert_eq!(frame_len(&[0x30]), None);
+    }
+
+    #[test]
+    fn packet_ids_of_qos1_publishes() {
+        // QoS 1, topic "ab", packet id 0x0102, payload "x".
+        assert_eq!(
+            qos1_pkid(&[0x32, 7, 0, 2, b'a', b'b', 1, 2, b'x']),
+            Some(0x0102)
+        );
+        assert_eq!(qos1_pkid(&[0x30, 5, 0, 2, b'a', b'b', b'x']), None);
+        assert_eq!(qos1_pkid(&[0x32, 4, 0, 2, b'a', b'b']), None);
     }
 }

@@ -8,7 +8,7 @@
 use super::gate::{Endpoint, Gate};
 use super::transport::{self, Reader, Shutdown, Writer};
 use super::{http, tls, writer};
-use crate::protocol::codec::{Codec, DecodeError, Decoded};
+use crate::protocol::codec::{self, Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
 use crate::protocol::{
     ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version,
@@ -18,7 +18,7 @@ use crate::shard::encoder::{push_packet, Encoder};
 use crate::shard::outbox::Outbox;
 use crate::shard::session::{Session, Subscription};
 use crate::shard::{Message, SessionKey, Shard};
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 use std::net::IpAddr;
@@ -36,8 +36,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a connection the broker closed may still read and discard, at most, while its client
 /// reads the DISCONNECT (so unread input does not turn the close into a reset).
 const LINGER_BYTES_MAX: usize = 1 << 20;
-/// PUBACKs handled in one batch, at most.
-const PUBACK_BATCH_MAX: usize = 64;
+/// PUBACKs handled in one batch, at most: more than the default window of 100
+/// (`limits.inflight_max`), so one read of a subscriber's acknowledgements refills its window
+/// with one session lookup and one pump of its queue.
+const PUBACK_BATCH_MAX: usize = 256;
 /// Most a packet counts toward `read_bytes_per_turn`: a turn then holds as many messages of
 /// 256 bytes as of 16 (each about this size on the wire), so a larger payload does not mean
 /// smaller writes to every subscriber (fanout-10 of 256-byte messages: 16 KiB turns took
@@ -665,13 +667,21 @@ impl Conn {
 
     /// A PUBACK, and the PUBACKs right behind it in the buffer, handled as one batch: one
     /// session lookup and one pump of the queue for a whole read of a subscriber's acks.
+    /// Plain ones are read straight from the buffer (`codec::plain_pubacks`): the machine
+    /// would only note the time of input, which it did for the first.
     fn on_pubacks(&mut self, first: u16) {
         let mut pkids = [0u16; PUBACK_BATCH_MAX];
         pkids[0] = first;
         let mut len = 1;
-        // 0x40 is PUBACK with its only valid flags; a malformed one (which the codec leaves
-        // in the buffer) is left for the read loop to report.
-        while len < PUBACK_BATCH_MAX && self.buf.first() == Some(&0x40) {
+        while len < PUBACK_BATCH_MAX {
+            let (read, taken) = codec::plain_pubacks(&self.buf, &mut pkids[len..]);
+            self.buf.advance(taken);
+            len += read;
+            // 0x40 is PUBACK with its only valid flags; a malformed one (which the codec
+            // leaves in the buffer) is left for the read loop to report.
+            if len == PUBACK_BATCH_MAX || self.buf.first() != Some(&0x40) {
+                break;
+            }
             let Ok(Decoded::Packet(packet)) = self.codec.decode(&mut self.buf) else {
                 break;
             };

@@ -569,20 +569,23 @@ impl Connection {
         kind(Ack {
             pkid,
             reason,
-            properties: self.problem(reason).into(),
+            properties: self.problem(reason),
         })
     }
 
     /// Properties of an acknowledgement that refuses something: a Reason String unless the
-    /// client asked for no problem information [MQTT-3.1.2-29].
-    fn problem(&self, reason: ReasonCode) -> Properties {
+    /// client asked for no problem information [MQTT-3.1.2-29]. Success has none, given as
+    /// such: building an empty `Properties` and comparing it with the empty one cost a QoS 1
+    /// PUBLISH 180 instructions (callgrind, pairs-100).
+    fn problem(&self, reason: ReasonCode) -> Props {
         if !self.has_problem_info || reason.0 < 0x80 || self.version != Version::V5 {
-            return Properties::default();
+            return Props::default();
         }
         Properties {
             reason_string: self.reason_string(reason),
             ..Properties::default()
         }
+        .into()
     }
 
     /// The Reason String for `reason`, if an acknowledgement carrying it stays within the

@@ -81,8 +81,6 @@ pub trait Sink {
     fn room(&self, qos: QoS) -> Option<Feed>;
     /// Sends retained `message` at `qos`, with the subscription's identifier `id`.
     fn send(&mut self, message: &Message, qos: QoS, id: Option<u32>);
-    /// A batch of distinct messages was sent (the encoder may forget the last one).
-    fn end_batch(&mut self);
 }
 
 impl Cursors {
@@ -171,7 +169,6 @@ impl Cursor {
                 }
                 self.after = Some(topic.clone());
             }
-            sink.end_batch();
             if is_last {
                 return Feed::Done;
             }

@@ -79,10 +79,6 @@ impl Sink for SessionSink<'_> {
         self.session
             .send_retained(publish, grant, self.limits, self.enc);
     }
-
-    fn end_batch(&mut self) {
-        self.enc.forget();
-    }
 }
 
 /// Sends what `session` can take now of the retained messages it is owed from `store`.

@@ -224,7 +224,6 @@ impl Shard {
                 session.deliver(&out.publish, out.grant, &self.limits, &mut st.enc);
             }
         }
-        st.enc.forget();
     }
 
     /// A new holder's `Settle`: passed on to the stub's shard behind every message this

@@ -238,7 +238,6 @@ impl Shard {
             self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);
         }
-        enc.forget();
         any
     }
 

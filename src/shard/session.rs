@@ -771,6 +771,15 @@ impl Session {
         let (Some(first), Some(last)) = (self.inflight.front(), self.inflight.back()) else {
             return false;
         };
+        // The usual case, the id after the last one: free unless the run wraps around to it.
+        let after_last = if last.pkid == u16::MAX {
+            1
+        } else {
+            last.pkid + 1
+        };
+        if pkid == after_last && pkid != first.pkid {
+            return false;
+        }
         let from_first = |id: u16| (id as u32 + 65_535 - first.pkid as u32) % 65_535;
         if from_first(pkid) > from_first(last.pkid) {
             return false;
@@ -890,11 +899,15 @@ impl Session {
 
     /// Ends the flow of `pkid` at `phase`; false when no such message is in flight.
     fn remove_inflight(&mut self, pkid: u16, phase: Phase, qos: QoS) -> bool {
-        let found = self
-            .inflight
-            .iter()
-            .position(|i| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos);
-        let done = found.is_some_and(|index| self.inflight.remove(index).is_some());
+        let is_it = |i: &Inflight| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos;
+        // Clients acknowledge in order, nearly always: the oldest goes without a search or a
+        // shift of the window (`remove` was 5% of a QoS 1 fan-out's instructions).
+        let done = if self.inflight.front().is_some_and(is_it) {
+            self.inflight.pop_front().is_some()
+        } else {
+            let found = self.inflight.iter().position(is_it);
+            found.is_some_and(|index| self.inflight.remove(index).is_some())
+        };
         if let (true, Some(sid)) = (done, self.sid()) {
             self.note_quietly(Record::Done { sid, pkid });
         }

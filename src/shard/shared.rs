@@ -156,7 +156,6 @@ impl Shard {
         grant.share = Some(share.to_string());
         self.metrics.count_sent(grant.qos as usize);
         session.deliver(&message.publish, grant, &self.limits, &mut st.enc);
-        st.enc.forget();
         true
     }
 

@@ -82,3 +82,25 @@ pub(crate) fn write(
     }
     Ok(())
 }
+
+/// A plain PUBACK: type 4 with no flags, Remaining Length 2, a packet id and nothing else
+/// (reason Success in 5.0, the only form in 3.1.1).
+const PLAIN_PUBACK: [u8; 2] = [PUBACK << 4, 2];
+
+/// Reads the run of plain PUBACKs at the front of `buf` into `pkids`, as many as fit; gives
+/// back how many were read and the bytes they took. A subscriber at QoS 1 sends nothing else,
+/// and decoding each of them into a `Packet` cost ten times the bytes it reads. What this
+/// does not take (another packet, a PUBACK with a reason code, packet id 0, a cut frame) is
+/// left for `Codec::decode`, which reads or refuses it.
+pub fn plain_pubacks(buf: &[u8], pkids: &mut [u16]) -> (usize, usize) {
+    let mut read = 0;
+    for (slot, frame) in pkids.iter_mut().zip(buf.chunks_exact(4)) {
+        let pkid = u16::from_be_bytes([frame[2], frame[3]]);
+        if frame[..2] != PLAIN_PUBACK || pkid == 0 {
+            break;
+        }
+        *slot = pkid;
+        read += 1;
+    }
+    (read, read * 4)
+}

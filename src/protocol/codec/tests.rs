@@ -346,6 +346,32 @@ fn packet_ids_are_non_zero_where_required() {
     }
 }
 
+#[test]
+fn plain_puback_runs_read_as_the_codec_reads_them() {
+    // Plain PUBACKs 1, 0x0102, 7; then a 5.0 PUBACK with a reason code, which is left.
+    let mut wire = vec![0x40, 2, 0, 1, 0x40, 2, 1, 2, 0x40, 2, 0, 7];
+    wire.extend_from_slice(&[0x40, 3, 0, 9, 0x10]);
+    let mut pkids = [0u16; 8];
+    assert_eq!(plain_pubacks(&wire, &mut pkids), (3, 12));
+    let mut buf = BytesMut::from(&wire[..]);
+    let mut codec = Codec::with_version(Version::V5, MAX);
+    for want in &pkids[..3] {
+        match codec.decode(&mut buf) {
+            Ok(Decoded::Packet(Packet::PubAck(ack))) => assert_eq!(ack.pkid, *want),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(buf.len(), wire.len() - 12);
+    // As many as fit; packet id 0, another packet and a cut frame stop the run.
+    assert_eq!(plain_pubacks(&wire, &mut pkids[..2]), (2, 8));
+    assert_eq!(plain_pubacks(&[0x40, 2, 0, 0], &mut pkids), (0, 0));
+    assert_eq!(plain_pubacks(&[0x50, 2, 0, 1], &mut pkids), (0, 0));
+    assert_eq!(
+        plain_pubacks(&[0x40, 2, 0, 1, 0x40, 2, 0], &mut pkids),
+        (1, 4)
+    );
+}
+
 // ---- SUBSCRIBE / UNSUBSCRIBE ----
 
 fn subscribe(filter: &[u8], options: u8) -> Vec<u8> {
