@@ -64,7 +64,14 @@ impl Drop for Running {
 /// Starts the binary on `dir` with `fsync`; returns it and its address.
 fn start(dir: &Path, fsync: &str) -> (Running, SocketAddr) {
     let config = dir.join("ringcast.toml");
-    std::fs::write(&config, format!("[persistence]\nfsync = \"{fsync}\"\n")).unwrap();
+    // The offline subscribers must be owed every message: a queue bound reached is a counted
+    // drop by policy, not a loss, and a fast run publishes more than the default 1,000.
+    let limits = "[limits]\nqueue_messages_max = 1000000\n";
+    std::fs::write(
+        &config,
+        format!("{limits}[persistence]\nfsync = \"{fsync}\"\n"),
+    )
+    .unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
         .args([
             "--listen",
