@@ -193,7 +193,6 @@ async fn serve_transport(
         outbox: outbox.clone(),
         key: 0,
         token: 0,
-        scratch: BytesMut::new(),
         now,
     };
     let end = conn.run().await;
@@ -230,7 +229,6 @@ struct Conn {
     outbox: Rc<Outbox>,
     key: SessionKey,
     token: u64,
-    scratch: BytesMut,
     /// When the last read completed: the time the machine is told packets arrived.
     now: Instant,
 }
@@ -689,12 +687,8 @@ impl Conn {
     }
 
     fn send(&mut self, packet: &Packet) {
-        push_packet(
-            &self.outbox,
-            packet,
-            self.machine.version(),
-            &mut self.scratch,
-        );
+        self.shard
+            .push_packet(&self.outbox, packet, self.machine.version());
     }
 
     fn send_some(&mut self, packet: Option<Packet>) {

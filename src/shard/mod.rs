@@ -67,7 +67,7 @@ use crate::config::reload::LiveLimits;
 use crate::config::Limits;
 use crate::mesh::{Mesh, ShardId};
 use crate::metrics::Metrics;
-use crate::protocol::Will;
+use crate::protocol::{Packet, Version, Will};
 use backpressure::Pressure;
 use encoder::Encoder;
 use handoff::{Held, Stub};
@@ -268,7 +268,16 @@ impl Shard {
         Some(f(session, &self.limits, &mut st.enc))
     }
 
-    /// Handles a message from another shard (or from this one).
+    /// Encodes a control packet into `outbox` through the shard's scratch buffer: one per
+    /// shard, so an idle connection holds no encoding buffer of its own.
+    pub fn push_packet(&self, outbox: &outbox::Outbox, packet: &Packet, version: Version) {
+        self.state
+            .borrow_mut()
+            .enc
+            .push_packet(outbox, packet, version);
+    }
+
+        /// Handles a message from another shard (or from this one).
     pub async fn on_message(self: &Rc<Self>, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish(message) => self.on_publish(message).await,
