@@ -7,7 +7,7 @@
 
 use super::gate::{Endpoint, Gate};
 use super::transport::{self, Reader, Shutdown, Writer};
-use super::{http, tls, writer};
+use super::{arena, http, tls, writer};
 use crate::protocol::codec::{Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
 use crate::protocol::{
@@ -188,6 +188,7 @@ async fn serve_transport(
         shard: shard.clone(),
         reader,
         buf: BytesMut::new(),
+        in_arena: false,
         read_chunk: READ_START_BYTES,
         codec: Codec::new(connection_limits.packet_size_max),
         outbox: outbox.clone(),
@@ -222,7 +223,10 @@ struct Conn {
     machine: Connection,
     shard: Rc<Shard>,
     reader: Reader,
+    /// What was read and not yet decoded: at most a partial packet between reads.
     buf: BytesMut,
+    /// Whether `buf` is a slice of the shard's read arena.
+    in_arena: bool,
     /// Bytes asked of the socket per read (see `READ_START_BYTES`).
     read_chunk: usize,
     codec: Codec,
@@ -469,14 +473,27 @@ impl Conn {
     /// Reads what the socket has into the buffer, within the time the machine allows.
     async fn fill(&mut self) -> Result<(), ReadError> {
         let chunk = self.read_chunk;
-        if self.buf.capacity() - self.buf.len() < chunk {
-            self.buf.reserve(chunk * 4);
-        }
-        let start = self.buf.len();
-        self.buf.resize(start + chunk, 0);
         let timeout = self.machine.read_timeout(self.now);
         self.reader.set_read_timeout(timeout);
-        let read = self.reader.read(&mut self.buf[start..]).await;
+        let start = self.buf.len();
+        let from_arena = start == 0 && matches!(self.reader, Reader::Tcp(_));
+        if !from_arena {
+            self.own_buffer(chunk);
+            self.buf.resize(start + chunk, 0);
+        }
+        let read = match &mut self.reader {
+            // Nothing held between packets: read into the shard's arena (see `arena`).
+            Reader::Tcp(stream) if from_arena => {
+                self.buf = BytesMut::new();
+                let read = std::future::poll_fn(|cx| arena::poll_read(stream, cx, chunk)).await;
+                read.map(|bytes| {
+                    self.buf = bytes;
+                    self.in_arena = true;
+                    self.buf.len()
+                })
+            }
+            reader => reader.read(&mut self.buf[start..]).await,
+        };
         self.now = Instant::now();
         let n = match read {
             Ok(n) => n,
@@ -499,6 +516,19 @@ impl Conn {
         }
         self.shard.metrics.add_bytes_received(n);
         Ok(())
+    }
+
+    /// Makes room for `chunk` more bytes after a partial packet in a buffer of the
+    /// connection's own: a partial packet read into the arena is copied out of it first, so
+    /// it does not keep the arena's allocation alive (nor grow into one of its size).
+    fn own_buffer(&mut self, chunk: usize) {
+        if std::mem::take(&mut self.in_arena) {
+            let mut own = BytesMut::with_capacity(self.buf.len() + chunk * 4);
+            own.extend_from_slice(&self.buf);
+            self.buf = own;
+        } else if self.buf.capacity() - self.buf.len() < chunk {
+            self.buf.reserve(chunk * 4);
+        }
     }
 
     /// Reads and drops what the client still sends, until it closes, `writer::LINGER` passes
