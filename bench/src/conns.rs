@@ -172,7 +172,11 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<ConnsOutcome, String> {
     let plan = Plan {
         broker: broker.clone(),
         version,
-        at_once: if opts.storm { per_thread } else { opts.parallel },
+        at_once: if opts.storm {
+            per_thread
+        } else {
+            opts.parallel
+        },
     };
     let rss_before_kib = opts.broker_pid.and_then(rss_kib);
     let started = Instant::now();

@@ -5,6 +5,7 @@ use super::transport::{Shutdown, Writer};
 use crate::shard::outbox::Outbox;
 use crate::shard::persist::Persist;
 use glommio::channels::local_channel::LocalReceiver;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -19,40 +20,44 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// both sides at once.
 /// With persistence, nothing is written before the records the queued frames acknowledge
 /// (or depend on: a PUBLISH's packet id, a PUBREL) are durable (`Outbox::hold_until`).
-pub async fn run(
+pub fn run(
     mut writer: Writer,
     outbox: Rc<Outbox>,
     reader_done: LocalReceiver<()>,
     persist: Option<Rc<Persist>>,
-) {
-    loop {
-        if !writer.has_pending() {
-            std::future::poll_fn(|cx| writer.poll_ready(&outbox, cx)).await;
-            if outbox.is_empty() && !writer.has_pending() {
-                break; // closing, and everything was flushed
+) -> impl Future<Output = ()> {
+    // An async block, not an async fn, whose arguments the task would keep twice; the rare
+    // waits are boxed while they last. The task lives as long as the connection.
+    async move {
+        loop {
+            if !writer.has_pending() {
+                std::future::poll_fn(|cx| writer.poll_ready(&outbox, cx)).await;
+                if outbox.is_empty() && !writer.has_pending() {
+                    break; // closing, and everything was flushed
+                }
+            }
+            if let Some(persist) = &persist {
+                let at = outbox.held_until();
+                if !persist.is_durable(at) {
+                    Box::pin(persist.wait_durable(at)).await;
+                    continue;
+                }
+            }
+            if writer.write_some(&outbox).await.is_err() {
+                break;
             }
         }
-        if let Some(persist) = &persist {
-            let at = outbox.held_until();
-            if !persist.is_durable(at) {
-                persist.wait_durable(at).await;
-                continue;
-            }
+        outbox.close();
+        if outbox.is_aborted() {
+            writer.shutdown(Shutdown::Both);
+            return;
         }
-        if writer.write_some(&outbox).await.is_err() {
-            break;
-        }
+        writer.shutdown(Shutdown::Write);
+        let _ = Box::pin(glommio::timer::timeout(LINGER, async {
+            reader_done.recv().await;
+            Ok(())
+        }))
+        .await;
+        writer.shutdown(Shutdown::Read);
     }
-    outbox.close();
-    if outbox.is_aborted() {
-        writer.shutdown(Shutdown::Both);
-        return;
-    }
-    writer.shutdown(Shutdown::Write);
-    let _ = glommio::timer::timeout(LINGER, async {
-        reader_done.recv().await;
-        Ok(())
-    })
-    .await;
-    writer.shutdown(Shutdown::Read);
 }

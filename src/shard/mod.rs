@@ -277,7 +277,7 @@ impl Shard {
             .push_packet(outbox, packet, version);
     }
 
-        /// Handles a message from another shard (or from this one).
+    /// Handles a message from another shard (or from this one).
     pub async fn on_message(self: &Rc<Self>, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish(message) => self.on_publish(message).await,
