@@ -95,7 +95,9 @@ pub type SessionKey = u64;
 /// The mutable state of a shard.
 #[derive(Default)]
 pub struct State {
-    sessions: HashMap<SessionKey, Session>,
+    /// Boxed: a hash table keeps about as many empty slots as full ones, each of the size of
+    /// its value.
+    sessions: HashMap<SessionKey, Box<Session>>,
     by_client: HashMap<String, SessionKey>,
     next_key: SessionKey,
     trie: Trie<SessionKey, Subscription>,
