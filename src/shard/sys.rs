@@ -219,6 +219,10 @@ pub fn topics(total: &Snapshot, shards: &[Snapshot], uptime: Duration) -> Vec<(S
 fn ringcast_topics(prefix: &str, s: &Snapshot) -> Vec<(String, String)> {
     let mut out = vec![
         (
+            format!("{prefix}/clients/connected"),
+            s.clients_connected.to_string(),
+        ),
+        (
             format!("{prefix}/messages/received"),
             s.messages_received.to_string(),
         ),
