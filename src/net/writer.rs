@@ -20,6 +20,8 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// both sides at once.
 /// With persistence, nothing is written before the records the queued frames acknowledge
 /// (or depend on: a PUBLISH's packet id, a PUBREL) are durable (`Outbox::hold_until`).
+// Deliberately not an `async fn`: see the comment on the block.
+#[allow(clippy::manual_async_fn)]
 pub fn run(
     mut writer: Writer,
     outbox: Rc<Outbox>,
