@@ -458,8 +458,7 @@ async fn dispatch(shard: &Rc<Shard>, gate: &Rc<Gate>, msg: MeshMsg) {
     match msg {
         MeshMsg::Accepted(stream, listener) => {
             let stream = stream.bind_to_executor();
-            let serve = net::conn::serve(shard.clone(), stream, gate.clone(), listener);
-            glommio::spawn_local(serve).detach();
+            net::conn::spawn(shard.clone(), stream, gate.clone(), listener);
         }
         msg => shard.on_message(msg).await,
     }

@@ -1,36 +1,74 @@
-//! The conns scenario: open N idle MQTT connections as fast as the broker accepts them, hold
-//! them, and read the broker's resident memory before and after (given its pid), which gives
-//! the connect rate and the memory one idle connection costs.
+//! The conns scenario: open N idle MQTT connections, each subscribed to a topic of its own,
+//! hold them, and read the broker's resident memory before and after (given its pid), which
+//! gives the connect rate and the memory one idle connection costs.
+//!
+//! With `--storm` every connection of a generator thread starts at once (a fleet coming back
+//! after an outage) instead of `--parallel` at a time; with `--reconnect` every client then
+//! closes and at once connects again with the same client id (a network blip), a second wave
+//! measured like the first. Failures are counted by kind: refused (reset, refused, a CONNACK or
+//! SUBACK that says no) and timed out (nothing within `SETUP_LIMIT`).
 
 use crate::client::{Conn, SETUP_LIMIT};
 use crate::options::{parse_cpus, Options};
 use crate::transport::Endpoint;
 use glommio::{LocalExecutorBuilder, Placement};
-use ringcast::protocol::Version;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use ringcast::protocol::{QoS, Version};
+use std::io;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Connections one generator thread opens at once.
-const CONCURRENT_CONNECTS: usize = 64;
-/// Read buffer of an idle connection: it only ever reads CONNACK.
+/// Read buffer of an idle connection: it only ever reads CONNACK and SUBACK.
 const IDLE_READ_BYTES: usize = 256;
 /// How long the connections are held before memory is read, so the broker settles.
 const SETTLE: Duration = Duration::from_millis(500);
+/// Errors kept for the report, at most.
+const ERRORS_KEPT: usize = 5;
+
+/// One wave of connections: how many got in, how long it took, how many failed and why.
+#[derive(Clone, Debug, Default)]
+pub struct Wave {
+    /// Connections that got a CONNACK (and a SUBACK, when subscribing).
+    pub opened: u64,
+    /// Seconds from the first connect to the last answer.
+    pub secs: f64,
+    /// Refused: connection refused or reset, or a CONNACK or SUBACK that says no.
+    pub refused: u64,
+    /// Nothing came within the setup limit (30 s).
+    pub timed_out: u64,
+}
+
+impl Wave {
+    /// Connections per second.
+    pub fn per_s(&self) -> f64 {
+        if self.secs > 0.0 {
+            self.opened as f64 / self.secs
+        } else {
+            0.0
+        }
+    }
+}
 
 /// What the conns scenario measured.
 #[derive(Clone, Debug, Default)]
 pub struct ConnsOutcome {
     /// Connections asked for.
     pub asked: u64,
-    /// Connections that got a CONNACK.
+    /// Connections that got a CONNACK (and SUBACK) in the first wave.
     pub opened: u64,
     /// Seconds from the first connect to the last CONNACK.
     pub connect_secs: f64,
+    /// The first wave's failures.
+    pub refused: u64,
+    pub timed_out: u64,
     /// The broker's resident memory before connecting, KiB (with --broker-pid).
     pub rss_before_kib: Option<u64>,
     /// The broker's resident memory with every connection open, KiB.
     pub rss_after_kib: Option<u64>,
+    /// With --reconnect: the wave of every client closing and connecting again.
+    pub reconnect: Option<Wave>,
+    /// The broker's resident memory after the reconnect wave, KiB.
+    pub rss_reconnected_kib: Option<u64>,
     /// Errors, at most a few.
     pub errors: Vec<String>,
 }
@@ -52,12 +90,68 @@ impl ConnsOutcome {
     }
 }
 
+/// Where the run stands; generator threads follow it.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[repr(u8)]
+enum Phase {
+    /// The first wave connects, then holds.
+    Connect,
+    /// Every client closes and connects again.
+    Reconnect,
+    /// Close and finish.
+    Release,
+}
+
+/// Counters of one wave, shared by the generator threads.
+#[derive(Default)]
+struct WaveCounters {
+    opened: AtomicU64,
+    refused: AtomicU64,
+    timed_out: AtomicU64,
+}
+
+impl WaveCounters {
+    fn done(&self) -> u64 {
+        self.opened.load(Relaxed) + self.refused.load(Relaxed) + self.timed_out.load(Relaxed)
+    }
+
+    fn wave(&self, secs: f64) -> Wave {
+        Wave {
+            opened: self.opened.load(Relaxed),
+            secs,
+            refused: self.refused.load(Relaxed),
+            timed_out: self.timed_out.load(Relaxed),
+        }
+    }
+}
+
 /// State the generator threads share.
 struct Progress {
-    opened: AtomicU64,
-    failed: AtomicU64,
-    release: AtomicBool,
+    waves: [WaveCounters; 2],
+    phase: AtomicU8,
     errors: Mutex<Vec<String>>,
+}
+
+impl Progress {
+    fn phase(&self) -> u8 {
+        self.phase.load(Relaxed)
+    }
+
+    fn note_error(&self, e: String) {
+        let mut errors = self.errors.lock().unwrap_or_else(|e| e.into_inner());
+        if errors.len() < ERRORS_KEPT {
+            errors.push(e);
+        }
+    }
+}
+
+/// How each generator thread opens its connections.
+#[derive(Clone)]
+struct Plan {
+    broker: Endpoint,
+    version: Version,
+    /// Connections a thread has in progress at once.
+    at_once: usize,
 }
 
 /// Runs the conns scenario of `opts` against `broker`.
@@ -70,11 +164,20 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<ConnsOutcome, String> {
     };
     let cpus = opts.cpus.as_deref().map(parse_cpus).transpose()?;
     let progress = Arc::new(Progress {
-        opened: AtomicU64::new(0),
-        failed: AtomicU64::new(0),
-        release: AtomicBool::new(false),
+        waves: Default::default(),
+        phase: AtomicU8::new(Phase::Connect as u8),
         errors: Mutex::new(Vec::new()),
     });
+    let per_thread = n.div_ceil(opts.threads);
+    let plan = Plan {
+        broker: broker.clone(),
+        version,
+        at_once: if opts.storm {
+            per_thread
+        } else {
+            opts.parallel
+        },
+    };
     let rss_before_kib = opts.broker_pid.and_then(rss_kib);
     let started = Instant::now();
     let mut handles = Vec::new();
@@ -83,26 +186,26 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<ConnsOutcome, String> {
         let placement = cpus
             .as_ref()
             .map_or(Placement::Unbound, |c| Placement::Fixed(c[t % c.len()]));
-        let (progress, broker) = (progress.clone(), broker.clone());
+        let (progress, plan) = (progress.clone(), plan.clone());
         let handle = LocalExecutorBuilder::new(placement)
             .name(&format!("conns-{t}"))
             .io_memory(64 << 10)
-            .spawn(move || hold(broker, version, ids, progress))
+            .spawn(move || hold(plan, ids, progress))
             .map_err(|e| format!("cannot start generator thread {t}: {e}"))?;
         handles.push(handle);
     }
-    let mut connect_secs = 0.0;
-    while started.elapsed() < SETUP_LIMIT {
-        let done = progress.opened.load(Relaxed) + progress.failed.load(Relaxed);
-        connect_secs = started.elapsed().as_secs_f64();
-        if done >= n as u64 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    let first = wait_wave(&progress.waves[0], n as u64, started);
     std::thread::sleep(SETTLE);
     let rss_after_kib = opts.broker_pid.and_then(rss_kib);
-    progress.release.store(true, Relaxed);
+    let (mut reconnect, mut rss_reconnected_kib) = (None, None);
+    if opts.reconnect {
+        let started = Instant::now();
+        progress.phase.store(Phase::Reconnect as u8, Relaxed);
+        reconnect = Some(wait_wave(&progress.waves[1], first.opened, started));
+        std::thread::sleep(SETTLE);
+        rss_reconnected_kib = opts.broker_pid.and_then(rss_kib);
+    }
+    progress.phase.store(Phase::Release as u8, Relaxed);
     for h in handles {
         h.join()
             .map_err(|e| format!("generator thread failed: {e}"))?;
@@ -114,52 +217,115 @@ pub fn run(opts: &Options, broker: &Endpoint) -> Result<ConnsOutcome, String> {
         .unwrap_or_default();
     Ok(ConnsOutcome {
         asked: n as u64,
-        opened: progress.opened.load(Relaxed),
-        connect_secs,
+        opened: first.opened,
+        connect_secs: first.secs,
+        refused: first.refused,
+        timed_out: first.timed_out,
         rss_before_kib,
         rss_after_kib,
+        reconnect,
+        rss_reconnected_kib,
         errors,
     })
 }
 
-/// One generator thread: opens its connections `CONCURRENT_CONNECTS` at a time, then holds
-/// them until released.
-async fn hold(broker: Endpoint, version: Version, ids: Vec<usize>, progress: Arc<Progress>) {
+/// Waits until `expected` connections of a wave got an answer (or the setup limit passed);
+/// the wave as measured.
+fn wait_wave(counters: &WaveCounters, expected: u64, started: Instant) -> Wave {
+    let mut secs = 0.0;
+    // A connection's own limit is SETUP_LIMIT; a second more lets its failure be counted.
+    while started.elapsed() < SETUP_LIMIT + Duration::from_secs(1) {
+        secs = started.elapsed().as_secs_f64();
+        if counters.done() >= expected {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    counters.wave(secs)
+}
+
+/// One generator thread: opens its connections (`plan.at_once` at a time), holds them, and on
+/// `Phase::Reconnect` closes them all and opens them again; closes them on release.
+async fn hold(plan: Plan, ids: Vec<usize>, progress: Arc<Progress>) {
     let pid = std::process::id();
-    let mut conns = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(CONCURRENT_CONNECTS) {
+    let names: Vec<String> = ids.iter().map(|i| format!("rcb{pid}-c{i}")).collect();
+    let mut conns = open_all(&plan, &names, &progress.waves[0], &progress).await;
+    while progress.phase() == Phase::Connect as u8 {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    if progress.phase() == Phase::Reconnect as u8 {
+        let (names, old): (Vec<String>, Vec<Conn>) = conns.into_iter().unzip();
+        for conn in old {
+            conn.disconnect().await;
+        }
+        conns = open_all(&plan, &names, &progress.waves[1], &progress).await;
+    }
+    while progress.phase() != Phase::Release as u8 {
+        glommio::timer::sleep(Duration::from_millis(10)).await;
+    }
+    for (_, conn) in conns {
+        conn.disconnect().await;
+    }
+}
+
+/// Opens a connection for each client id in `names`, `plan.at_once` in progress at a time,
+/// each subscribed to a topic named after it; counts each outcome in `counters`.
+async fn open_all(
+    plan: &Plan,
+    names: &[String],
+    counters: &WaveCounters,
+    progress: &Progress,
+) -> Vec<(String, Conn)> {
+    let mut conns = Vec::with_capacity(names.len());
+    for chunk in names.chunks(plan.at_once.max(1)) {
         let tasks: Vec<_> = chunk
             .iter()
-            .map(|i| {
-                let id = format!("rcb{pid}-c{i}");
-                let broker = broker.clone();
+            .map(|id| {
+                let (broker, version, id) = (plan.broker.clone(), plan.version, id.clone());
                 glommio::spawn_local(async move {
-                    Conn::open_with(&broker, version, &id, IDLE_READ_BYTES).await
+                    let opened = open_one(&broker, version, &id).await;
+                    (id, opened)
                 })
             })
             .collect();
         for task in tasks {
-            match task.await {
+            let (id, opened) = task.await;
+            match opened {
                 Ok(conn) => {
-                    progress.opened.fetch_add(1, Relaxed);
-                    conns.push(conn);
+                    counters.opened.fetch_add(1, Relaxed);
+                    conns.push((id, conn));
                 }
                 Err(e) => {
-                    progress.failed.fetch_add(1, Relaxed);
-                    let mut errors = progress.errors.lock().unwrap_or_else(|e| e.into_inner());
-                    if errors.len() < 5 {
-                        errors.push(format!("connect: {e}"));
-                    }
+                    let counter = match e.kind() {
+                        io::ErrorKind::TimedOut => &counters.timed_out,
+                        _ => &counters.refused,
+                    };
+                    counter.fetch_add(1, Relaxed);
+                    progress.note_error(format!("connect: {e}"));
                 }
             }
         }
     }
-    while !progress.release.load(Relaxed) {
-        glommio::timer::sleep(Duration::from_millis(10)).await;
-    }
-    for conn in conns {
-        conn.disconnect().await;
-    }
+    conns
+}
+
+/// Connects as `id` and subscribes to `id/state`, within `SETUP_LIMIT` (the kernel's own
+/// connect timeout is minutes).
+async fn open_one(broker: &Endpoint, version: Version, id: &str) -> io::Result<Conn> {
+    let open = async {
+        let mut conn = Conn::open_with(broker, version, id, IDLE_READ_BYTES).await?;
+        conn.subscribe(&format!("{id}/state"), QoS::AtMostOnce)
+            .await?;
+        Ok(conn)
+    };
+    let late = async {
+        glommio::timer::sleep(SETUP_LIMIT).await;
+        Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "no CONNACK and SUBACK within the setup limit",
+        ))
+    };
+    futures_lite::future::or(open, late).await
 }
 
 /// CPU time (user + system) `pid` has used, in seconds, from /proc/PID/stat.

@@ -150,10 +150,19 @@ pub struct Options {
     /// With --tls: the name the broker's certificate must carry (a DNS name or an IP address).
     #[arg(long, value_name = "NAME", default_value = "localhost")]
     pub tls_server_name: String,
-    /// Handshakes: connections being opened and closed at the same time, per generator thread:
-    /// enough that the rate measures the broker's work, not one connection's round trips.
+    /// Handshakes and conns: connections being opened (and in handshakes closed) at the same
+    /// time, per generator thread: enough that the rate measures the broker's work, not one
+    /// connection's round trips.
     #[arg(long, value_name = "N", default_value_t = 64)]
     pub parallel: usize,
+    /// Conns: every connection of a generator thread starts at once (a connection storm)
+    /// instead of --parallel at a time.
+    #[arg(long)]
+    pub storm: bool,
+    /// Conns: once all are connected, every client closes and connects again at once with the
+    /// same client id (a reconnect wave), measured like the first.
+    #[arg(long)]
+    pub reconnect: bool,
     /// Every connection speaks MQTT over WebSocket (ws://, or wss:// with --tls): masked
     /// binary frames out, the broker's frames unwrapped in.
     #[arg(long)]

@@ -224,12 +224,32 @@ impl Report {
                 c.connect_secs,
                 c.connect_per_s()
             );
+            let _ = writeln!(
+                t,
+                "failed        {} refused, {} timed out",
+                c.refused, c.timed_out
+            );
             if let (Some(a), Some(b)) = (c.rss_before_kib, c.rss_after_kib) {
                 let per = c.rss_per_connection_bytes().unwrap_or(0.0);
                 let _ = writeln!(
                     t,
                     "broker rss    {a} KiB → {b} KiB  = {per:.0} bytes per connection"
                 );
+            }
+            if let Some(w) = &c.reconnect {
+                let _ = writeln!(
+                    t,
+                    "reconnected   {} of {} in {:.2} s = {:.0} connections/s; {} refused, {} timed out",
+                    w.opened,
+                    c.opened,
+                    w.secs,
+                    w.per_s(),
+                    w.refused,
+                    w.timed_out
+                );
+            }
+            if let Some(kib) = c.rss_reconnected_kib {
+                let _ = writeln!(t, "broker rss    {kib} KiB after reconnecting");
             }
             for e in &self.errors {
                 let _ = writeln!(t, "error         {e}");
@@ -467,16 +487,30 @@ impl Report {
         let errors: Vec<String> = self.errors.iter().map(|e| json_string(e)).collect();
         let opt = |v: Option<f64>| v.map_or("null".to_string(), |v| format!("{v:.0}"));
         let c = self.conns.clone().unwrap_or_default();
+        let reconnect = c.reconnect.as_ref().map_or("null".to_string(), |w| {
+            format!(
+                "{{\"connections\":{},\"connect_per_s\":{:.0},\"refused\":{},\"timed_out\":{}}}",
+                w.opened,
+                w.per_s(),
+                w.refused,
+                w.timed_out
+            )
+        });
         let conns = format!(
             concat!(
-                "\"connections\":{},\"connect_per_s\":{:.0},\"broker_rss_before_kib\":{},",
-                "\"broker_rss_after_kib\":{},\"rss_per_connection_bytes\":{}"
+                "\"connections\":{},\"connect_per_s\":{:.0},\"refused\":{},\"timed_out\":{},",
+                "\"broker_rss_before_kib\":{},\"broker_rss_after_kib\":{},",
+                "\"rss_per_connection_bytes\":{},\"reconnect\":{},\"broker_rss_reconnected_kib\":{}"
             ),
             c.opened,
             c.connect_per_s(),
+            c.refused,
+            c.timed_out,
             opt(c.rss_before_kib.map(|v| v as f64)),
             opt(c.rss_after_kib.map(|v| v as f64)),
-            opt(c.rss_per_connection_bytes())
+            opt(c.rss_per_connection_bytes()),
+            reconnect,
+            opt(c.rss_reconnected_kib.map(|v| v as f64))
         );
         format!(
             concat!(

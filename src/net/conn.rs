@@ -7,7 +7,7 @@
 
 use super::gate::{Endpoint, Gate};
 use super::transport::{self, Reader, Shutdown, Writer};
-use super::{http, tls, writer};
+use super::{arena, http, tls, writer};
 use crate::protocol::codec::{self, Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
 use crate::protocol::{
@@ -19,9 +19,12 @@ use crate::shard::outbox::Outbox;
 use crate::shard::session::{Session, Subscription};
 use crate::shard::{Message, SessionKey, Shard};
 use bytes::{Buf, BytesMut};
+use futures_lite::AsyncRead;
 use glommio::channels::local_channel;
 use glommio::net::TcpStream;
+use std::future::Future;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +51,18 @@ const TURN_PACKET_COST_MAX: usize = 32;
 /// The bytes read in one turn stay below this many times `read_bytes_per_turn`.
 const TURN_BYTES_FACTOR: usize = 8;
 
+/// What is left of an action that has to wait.
+enum Wait {
+    /// A QoS 1/2 PUBLISH while the store cannot write (see `refused_for_disk`).
+    Disk(Action),
+    /// A message for other shards too.
+    Route(Message),
+    /// A QoS 2 PUBLISH, recorded and routed.
+    Qos2(Publish),
+    /// A SUBSCRIBE: other shards are told, then retained messages follow.
+    Subscribe(Subscribe),
+}
+
 /// Why the read loop stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum End {
@@ -62,22 +77,53 @@ enum End {
     Refused,
 }
 
+/// Starts serving a connection accepted on listener `listener`: its reader and writer tasks.
+/// A plain TCP connection's task holds no more than its state needs while the connection
+/// lives; TLS and WebSocket connections first go through their handshakes (`serve`).
+pub fn spawn(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: usize) {
+    let is_plain = gate
+        .endpoint(listener)
+        .is_some_and(|e| e.tls.is_none() && e.site.is_none());
+    if !is_plain {
+        glommio::spawn_local(serve(shard, stream, gate, listener)).detach();
+        return;
+    }
+    let now = Instant::now();
+    let peer = stream.peer_addr().ok().map(|a| a.ip());
+    let (reader, writer) = transport::tcp(stream);
+    let login = Login {
+        gate,
+        listener,
+        peer,
+        identity: Identity::Credentials,
+    };
+    glommio::spawn_local(serve_transport(shard, reader, writer, login, now)).detach();
+}
+
 /// Serves one connection accepted on listener `listener` until it closes: the TLS handshake
 /// first where the listener speaks TLS, within the CONNECT deadline, then on a WebSocket
 /// listener the HTTP requests up to the upgrade.
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: usize) {
+async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: usize) {
     let now = Instant::now();
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let Some(endpoint) = gate.endpoint(listener) else {
         return shard.connection_closed();
     };
-    let secured = secure(&shard, stream, (&gate, endpoint), peer, now).await;
+    // The handshakes are boxed: the task lives as long as the connection, and would
+    // otherwise carry their state all that time.
+    let secured = match endpoint.tls {
+        None => {
+            let (reader, writer) = transport::tcp(stream);
+            Some((reader, writer, Identity::Credentials))
+        }
+        Some(_) => Box::pin(secure(&shard, stream, (&gate, endpoint), peer, now)).await,
+    };
     let Some((reader, writer, identity)) = secured else {
         return shard.connection_closed();
     };
     let (reader, writer) = match &endpoint.site {
         None => (reader, writer),
-        Some(site) => match http::serve(reader, writer, site, &shard, &gate).await {
+        Some(site) => match Box::pin(http::serve(reader, writer, site, &shard, &gate)).await {
             Some(upgraded) => transport::ws::split(
                 upgraded.reader,
                 upgraded.writer,
@@ -93,19 +139,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener
         Some(_) => Instant::now(),
         None => now,
     };
-    serve_transport(
-        shard,
-        reader,
-        writer,
-        Login {
-            gate,
-            listener,
-            peer,
-            identity,
-        },
-        now,
-    )
-    .await;
+    let login = Login {
+        gate,
+        listener,
+        peer,
+        identity,
+    };
+    serve_transport(shard, reader, writer, login, now).await;
 }
 
 /// The connection's transport halves: plain TCP, or TLS after its handshake (None when the
@@ -159,14 +199,15 @@ enum Identity {
     Certificate(Option<String>),
 }
 
-/// Serves a connection over its transport until it closes.
-async fn serve_transport(
+/// Serves a connection over its transport until it closes: starts its writer task and
+/// returns the reader's future (the reader's task is the connection's).
+fn serve_transport(
     shard: Rc<Shard>,
     reader: Reader,
     writer: Writer,
     login: Login,
     now: Instant,
-) {
+) -> impl std::future::Future<Output = ()> {
     // Read once: a reload (SIGHUP) changes them for connections that start later.
     let connection_limits = shard.connection_limits();
     let limits = &shard.limits;
@@ -186,34 +227,41 @@ async fn serve_transport(
         login,
         username: None,
         client_id: String::new(),
-        machine: Connection::new((*connection_limits).clone(), now),
-        shard: shard.clone(),
+        machine: Connection::new(connection_limits.clone(), now),
+        shard,
         reader,
         buf: BytesMut::new(),
+        in_arena: false,
         read_chunk: READ_START_BYTES,
         codec: Codec::new(connection_limits.packet_size_max),
-        outbox: outbox.clone(),
+        outbox,
         key: 0,
         token: 0,
-        scratch: BytesMut::new(),
         now,
     };
-    let end = conn.run().await;
-    outbox.close();
-    drop(reader_done);
-    let flushed = glommio::timer::timeout(FLUSH_TIMEOUT, async {
-        writer.await;
-        Ok(())
-    })
-    .await;
-    if flushed.is_err() {
-        // The writer was dropped (cancelled) with the timeout; close the socket for good.
-        conn.reader.shutdown(Shutdown::Both);
-    } else if matches!(end, End::Closed | End::Refused) {
-        conn.discard_input().await;
+    // An async block, not an async fn: a fn's arguments would be kept twice in the task
+    // (as arguments and as the locals they are moved into), the `Conn` among them.
+    async move {
+        let outbox = conn.outbox.clone();
+        let shard = conn.shard.clone();
+        let end = conn.run().await;
+        outbox.close();
+        drop(reader_done);
+        // Boxed, like every wait that comes once: the task's state stays that of the loop.
+        let flushed = Box::pin(glommio::timer::timeout(FLUSH_TIMEOUT, async {
+            writer.await;
+            Ok(())
+        }))
+        .await;
+        if flushed.is_err() {
+            // The writer was dropped (cancelled) with the timeout; close the socket for good.
+            conn.reader.shutdown(Shutdown::Both);
+        } else if matches!(end, End::Closed | End::Refused) {
+            Box::pin(conn.discard_input()).await;
+        }
+        drop(conn);
+        shard.connection_closed();
     }
-    drop(conn);
-    shard.connection_closed();
 }
 
 struct Conn {
@@ -225,14 +273,16 @@ struct Conn {
     machine: Connection,
     shard: Rc<Shard>,
     reader: Reader,
+    /// What was read and not yet decoded: at most a partial packet between reads.
     buf: BytesMut,
+    /// Whether `buf` is a slice of the shard's read arena.
+    in_arena: bool,
     /// Bytes asked of the socket per read (see `READ_START_BYTES`).
     read_chunk: usize,
     codec: Codec,
     outbox: Rc<Outbox>,
     key: SessionKey,
     token: u64,
-    scratch: BytesMut,
     /// When the last read completed: the time the machine is told packets arrived.
     now: Instant,
 }
@@ -292,23 +342,21 @@ impl Conn {
         let mut sent_at_turn_start = self.shard.metrics.messages_sent();
         loop {
             let before = self.buf.len();
-            // A packet already in the buffer is taken without building the read future
-            // (moving it into place per packet showed as memmove in the profiles).
-            let read = match self.codec.decode(&mut self.buf) {
-                Ok(Decoded::Packet(packet)) => Ok(packet),
-                Ok(Decoded::Incomplete { .. }) => self.read_packet().await,
-                Err(e) => Err(ReadError::Decode(e)),
-            };
-            let action = match read {
-                // Taken over or shut down meanwhile: what the client still sends is not ours.
-                Ok(_) if self.outbox.is_closing() => return End::Closed,
-                Ok(packet) => self.machine.handle(packet, self.now),
-                Err(ReadError::Gone) => return End::Gone,
-                Err(ReadError::Decode(e)) => self.machine.handle_decode_error(&e),
-                Err(ReadError::Close(action)) => action,
+            // Nothing large may live across an await of this loop (a packet, an action): the
+            // task holds the loop's state for as long as the connection lives.
+            let read = self.read_packet().await;
+            let action = match self.action_for(read) {
+                Ok(action) => action,
+                Err(end) => return end,
             };
             let appended = self.appended();
-            let end = self.act(action).await;
+            let end = {
+                let acted = self.act(action).map_err(|wait| self.finish(wait));
+                match acted {
+                    Ok(end) => end,
+                    Err(waiting) => waiting.await,
+                }
+            };
             self.hold_since(appended);
             if let Some(end) = end {
                 return end;
@@ -331,6 +379,18 @@ impl Conn {
                 sent_at_turn_start = self.shard.metrics.messages_sent();
             }
         }
+    }
+
+    /// What the machine makes of a read: an action, or the end of the connection.
+    fn action_for(&mut self, read: Result<Packet, ReadError>) -> Result<Action, End> {
+        Ok(match read {
+            // Taken over or shut down meanwhile: what the client still sends is not ours.
+            Ok(_) if self.outbox.is_closing() => return Err(End::Closed),
+            Ok(packet) => self.machine.handle(packet, self.now),
+            Err(ReadError::Gone) => return Err(End::Gone),
+            Err(ReadError::Decode(e)) => self.machine.handle_decode_error(&e),
+            Err(ReadError::Close(action)) => action,
+        })
     }
 
     /// Position of the shard's last stored record (0 without persistence).
@@ -378,37 +438,77 @@ impl Conn {
         false
     }
 
-    /// Carries out one action of the machine; Some when the connection ends.
-    async fn act(&mut self, action: Action) -> Option<End> {
+    /// Carries out one action of the machine without waiting: Ok (Some when the connection
+    /// ends), or the part that has to wait, which `wait_for` finishes. Most packets never
+    /// build an async state machine (moving one into place for every PUBACK was 13% of a QoS 1
+    /// fan-out profile, memmove), and the connection's task, alive as long as the connection,
+    /// holds only the read loop's own state: the waits are boxed while they last.
+    // The large Err is moved into a box at once (`finish`); boxing it here would cost an
+    // allocation per wait for nothing.
+    #[allow(clippy::result_large_err)]
+    fn act(&mut self, action: Action) -> Result<Option<End>, Wait> {
         if let Action::Route(publish) | Action::Qos2(publish) = &action {
-            if self.shard.persist.is_some() && Box::pin(self.refused_for_disk(publish)).await {
-                return None;
+            let failing = self.shard.persist.as_ref().is_some_and(|p| p.is_failing());
+            if failing && publish.qos != QoS::AtMostOnce {
+                return Err(Wait::Disk(action));
             }
         }
-        // Only PUBLISH and SUBSCRIBE may wait; the rest is handled without building the
-        // async state machine, which is large enough that moving it into place for every
-        // PUBACK was 13% of a QoS 1 fan-out profile (memmove). The waits are boxed, like every
-        // rare wait of this loop, so that the connection's task (alive as long as the
-        // connection) holds only the loop's own state.
+        self.act_stored(action)
+    }
+
+    /// `act`, once the store takes writes (or the PUBLISH needs none).
+    #[allow(clippy::result_large_err)]
+    fn act_stored(&mut self, action: Action) -> Result<Option<End>, Wait> {
         match action {
             Action::Route(publish) | Action::Qos2(publish)
                 if !self.may_write(publish.topic.as_str()) =>
             {
                 self.deny(&publish);
-                None
+                Ok(None)
             }
-            Action::Route(publish) => {
-                if let Err(message) = self.publish_now(publish) {
-                    Box::pin(self.route(message)).await;
+            Action::Route(publish) => match self.publish_now(publish) {
+                Ok(()) => Ok(None),
+                Err(message) => Err(Wait::Route(message)),
+            },
+            Action::Qos2(publish) => Err(Wait::Qos2(publish)),
+            Action::Subscribe(subscribe) => Err(Wait::Subscribe(subscribe)),
+            action => Ok(self.act_now(action)),
+        }
+    }
+
+    /// `wait_for`, boxed: the wait lives on the heap while it lasts, and the read loop's
+    /// state holds a pointer to it, whatever the size of the action.
+    fn finish(&mut self, wait: Wait) -> Pin<Box<impl Future<Output = Option<End>> + '_>> {
+        Box::pin(self.wait_for(wait))
+    }
+
+    /// Finishes an action that has to wait; Some when the connection ends.
+    async fn wait_for(&mut self, wait: Wait) -> Option<End> {
+        match wait {
+            Wait::Disk(action) => {
+                let refused = match &action {
+                    Action::Route(publish) | Action::Qos2(publish) => {
+                        self.refused_for_disk(publish).await
+                    }
+                    _ => false,
+                };
+                if refused {
+                    return None;
                 }
+                match self.act_stored(action) {
+                    Ok(end) => end,
+                    Err(wait) => Box::pin(self.wait_for(wait)).await,
+                }
+            }
+            Wait::Route(message) => {
+                self.route(message).await;
                 None
             }
-            Action::Qos2(publish) => Box::pin(self.on_publish_qos2(publish)).await,
-            Action::Subscribe(subscribe) => {
-                Box::pin(self.on_subscribe(subscribe)).await;
+            Wait::Qos2(publish) => self.on_publish_qos2(publish).await,
+            Wait::Subscribe(subscribe) => {
+                self.on_subscribe(subscribe).await;
                 None
             }
-            action => self.act_now(action),
         }
     }
 
@@ -462,28 +562,50 @@ impl Conn {
         End::Closed
     }
 
-    /// Decodes the next packet, reading from the socket as needed.
+    /// Decodes the next packet, reading from the socket as needed. A decoded packet is never
+    /// held across the read's await, so the future stays small: a packet already in the
+    /// buffer costs no more than a call.
     async fn read_packet(&mut self) -> Result<Packet, ReadError> {
         loop {
             match self.codec.decode(&mut self.buf) {
                 Ok(Decoded::Packet(packet)) => return Ok(packet),
-                Ok(Decoded::Incomplete { .. }) => self.fill().await?,
+                Ok(Decoded::Incomplete { .. }) => {}
                 Err(e) => return Err(ReadError::Decode(e)),
             }
+            self.fill().await?;
         }
     }
 
     /// Reads what the socket has into the buffer, within the time the machine allows.
     async fn fill(&mut self) -> Result<(), ReadError> {
         let chunk = self.read_chunk;
-        if self.buf.capacity() - self.buf.len() < chunk {
-            self.buf.reserve(chunk * 4);
-        }
-        let start = self.buf.len();
-        self.buf.resize(start + chunk, 0);
         let timeout = self.machine.read_timeout(self.now);
         self.reader.set_read_timeout(timeout);
-        let read = self.reader.read(&mut self.buf[start..]).await;
+        let start = self.buf.len();
+        let from_arena = start == 0 && matches!(self.reader, Reader::Tcp(_));
+        if !from_arena {
+            self.own_buffer(chunk);
+            self.buf.resize(start + chunk, 0);
+        }
+        let read = match &mut self.reader {
+            // Nothing held between packets: read into the shard's arena (see `arena`).
+            Reader::Tcp(stream) if from_arena => {
+                self.buf = BytesMut::new();
+                let read = std::future::poll_fn(|cx| arena::poll_read(stream, cx, chunk)).await;
+                read.map(|bytes| {
+                    self.buf = bytes;
+                    self.in_arena = true;
+                    self.buf.len()
+                })
+            }
+            Reader::Tcp(stream) => {
+                let buf = &mut self.buf[start..];
+                std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, buf)).await
+            }
+            // TLS and WebSocket reads are larger state machines: boxed, so that a plain
+            // connection's task does not carry their size.
+            reader => Box::pin(reader.read(&mut self.buf[start..])).await,
+        };
         self.now = Instant::now();
         let n = match read {
             Ok(n) => n,
@@ -506,6 +628,19 @@ impl Conn {
         }
         self.shard.metrics.add_bytes_received(n);
         Ok(())
+    }
+
+    /// Makes room for `chunk` more bytes after a partial packet in a buffer of the
+    /// connection's own: a partial packet read into the arena is copied out of it first, so
+    /// it does not keep the arena's allocation alive (nor grow into one of its size).
+    fn own_buffer(&mut self, chunk: usize) {
+        if std::mem::take(&mut self.in_arena) {
+            let mut own = BytesMut::with_capacity(self.buf.len() + chunk * 4);
+            own.extend_from_slice(&self.buf);
+            self.buf = own;
+        } else if self.buf.capacity() - self.buf.len() < chunk {
+            self.buf.reserve(chunk * 4);
+        }
     }
 
     /// Reads and drops what the client still sends, until it closes, `writer::LINGER` passes
@@ -702,12 +837,8 @@ impl Conn {
     }
 
     fn send(&mut self, packet: &Packet) {
-        push_packet(
-            &self.outbox,
-            packet,
-            self.machine.version(),
-            &mut self.scratch,
-        );
+        self.shard
+            .push_packet(&self.outbox, packet, self.machine.version());
     }
 
     fn send_some(&mut self, packet: Option<Packet>) {

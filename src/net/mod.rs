@@ -1,6 +1,7 @@
 //! The only socket code: accepting and placing connections, reading packets into sessions,
 //! and writing outboxes to sockets, over plain TCP, TLS or WebSocket (with HTTP beside it).
 
+pub mod arena;
 pub mod conn;
 pub mod gate;
 pub mod http;

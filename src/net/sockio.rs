@@ -45,8 +45,9 @@ pub fn sendmsg(fd: RawFd, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 }
 
 /// The stream a writer waits on when the socket is full, made on first need from a dup of
-/// `fd` (the reader keeps `fd` open), so a connection costs one fd in the common case.
-pub fn dup_stream(slot: &mut Option<TcpStream>, fd: RawFd) -> io::Result<&mut TcpStream> {
+/// `fd` (the reader keeps `fd` open), so a connection costs one fd in the common case. Boxed:
+/// a writer that never waits carries a pointer, not a stream.
+pub fn dup_stream(slot: &mut Option<Box<TcpStream>>, fd: RawFd) -> io::Result<&mut TcpStream> {
     if let Some(stream) = slot {
         return Ok(stream);
     }
@@ -56,5 +57,5 @@ pub fn dup_stream(slot: &mut Option<TcpStream>, fd: RawFd) -> io::Result<&mut Tc
         return Err(io::Error::last_os_error());
     }
     // SAFETY: `copy` is a fresh fd for the same socket, owned from here on.
-    Ok(slot.insert(unsafe { TcpStream::from_raw_fd(copy) }))
+    Ok(slot.insert(Box::new(unsafe { TcpStream::from_raw_fd(copy) })))
 }

@@ -311,7 +311,7 @@ pub struct TlsWriter {
     conn: Rc<RefCell<ServerConnection>>,
     iov: Vec<libc::iovec>,
     /// The stream used to wait for a full socket, made from a dup of the fd on first need.
-    slow: Option<TcpStream>,
+    slow: Option<Box<TcpStream>>,
 }
 
 impl TlsWriter {

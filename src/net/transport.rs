@@ -14,7 +14,7 @@
 //!   a subscriber costs one copy (the cipher's) and no plaintext copy.
 //!
 //! The reader owns the socket; the writer works on its fd and must be done (or dropped) before
-//! the reader is dropped, which `conn::serve` ensures.
+//! the reader is dropped, which `conn::serve_transport` ensures.
 
 use super::sockio::{dup_stream, gather, sendmsg};
 use super::tls::{TlsReader, TlsWriter};
@@ -113,10 +113,12 @@ impl Writer {
     /// while the socket is full. Fails when the socket does, or the outbox is aborted while
     /// waiting.
     pub async fn write_some(&mut self, outbox: &Outbox) -> io::Result<()> {
+        // TLS and WebSocket writes are boxed, so a plain connection's writer task does not
+        // carry their state (the task lives as long as the connection).
         match self {
             Writer::Tcp(tcp) => tcp.write_some(outbox).await,
-            Writer::Tls(tls) => tls.write_some(outbox).await,
-            Writer::Ws(ws) => ws.write_some(outbox).await,
+            Writer::Tls(tls) => Box::pin(tls.write_some(outbox)).await,
+            Writer::Ws(ws) => Box::pin(ws.write_some(outbox)).await,
         }
     }
 
@@ -172,7 +174,7 @@ pub struct TcpWriter {
     iov: Vec<libc::iovec>,
     /// The stream used to wait for a full socket, made from a dup of the fd only while the
     /// socket stays full, so a connection costs one fd in the common case.
-    slow: Option<TcpStream>,
+    slow: Option<Box<TcpStream>>,
 }
 
 impl TcpWriter {
@@ -180,7 +182,10 @@ impl TcpWriter {
         let sent = sendmsg(self.fd, gather(outbox, &mut self.iov));
         match sent {
             Ok(n) => outbox.consume(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => self.wait_and_write(outbox).await?,
+            // Boxed while it lasts: the wait is rare, its state large.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                Box::pin(self.wait_and_write(outbox)).await?
+            }
             Err(e) => return Err(e),
         }
         if outbox.is_empty() {

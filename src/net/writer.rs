@@ -5,6 +5,7 @@ use super::transport::{Shutdown, Writer};
 use crate::shard::outbox::Outbox;
 use crate::shard::persist::Persist;
 use glommio::channels::local_channel::LocalReceiver;
+use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -21,44 +22,50 @@ pub const LINGER: Duration = Duration::from_secs(1);
 /// (or depend on: a PUBLISH's packet id, a PUBREL) are durable (`Outbox::hold_until`), nor
 /// before the other shards answered for what they stored or replicated of it
 /// (`Outbox::hold_for_shards`).
-pub async fn run(
+// Deliberately not an `async fn`: see the comment on the block.
+#[allow(clippy::manual_async_fn)]
+pub fn run(
     mut writer: Writer,
     outbox: Rc<Outbox>,
     reader_done: LocalReceiver<()>,
     persist: Option<Rc<Persist>>,
-) {
-    loop {
-        if !writer.has_pending() {
-            std::future::poll_fn(|cx| writer.poll_ready(&outbox, cx)).await;
-            if outbox.is_empty() && !writer.has_pending() {
-                break; // closing, and everything was flushed
+) -> impl Future<Output = ()> {
+    // An async block, not an async fn, whose arguments the task would keep twice; the rare
+    // waits are boxed while they last. The task lives as long as the connection.
+    async move {
+        loop {
+            if !writer.has_pending() {
+                std::future::poll_fn(|cx| writer.poll_ready(&outbox, cx)).await;
+                if outbox.is_empty() && !writer.has_pending() {
+                    break; // closing, and everything was flushed
+                }
             }
-        }
-        if outbox.is_held_for_shards() {
-            std::future::poll_fn(|cx| outbox.poll_shards_released(cx)).await;
-            continue;
-        }
-        if let Some(persist) = &persist {
-            let at = outbox.held_until();
-            if !persist.is_durable(at) {
-                persist.wait_durable(at).await;
+            if outbox.is_held_for_shards() {
+                std::future::poll_fn(|cx| outbox.poll_shards_released(cx)).await;
                 continue;
             }
+            if let Some(persist) = &persist {
+                let at = outbox.held_until();
+                if !persist.is_durable(at) {
+                    Box::pin(persist.wait_durable(at)).await;
+                    continue;
+                }
+            }
+            if writer.write_some(&outbox).await.is_err() {
+                break;
+            }
         }
-        if writer.write_some(&outbox).await.is_err() {
-            break;
+        outbox.close();
+        if outbox.is_aborted() {
+            writer.shutdown(Shutdown::Both);
+            return;
         }
+        writer.shutdown(Shutdown::Write);
+        let _ = Box::pin(glommio::timer::timeout(LINGER, async {
+            reader_done.recv().await;
+            Ok(())
+        }))
+        .await;
+        writer.shutdown(Shutdown::Read);
     }
-    outbox.close();
-    if outbox.is_aborted() {
-        writer.shutdown(Shutdown::Both);
-        return;
-    }
-    writer.shutdown(Shutdown::Write);
-    let _ = glommio::timer::timeout(LINGER, async {
-        reader_done.recv().await;
-        Ok(())
-    })
-    .await;
-    writer.shutdown(Shutdown::Read);
 }

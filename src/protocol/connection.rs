@@ -25,6 +25,7 @@ use super::{
 };
 use crate::config::Limits;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// What the client of a connection allows the broker to send it (5.0 CONNECT properties;
@@ -142,15 +143,17 @@ enum Phase {
 
 /// The protocol state of one client connection.
 pub struct Connection {
-    limits: Limits,
+    /// Shared with every connection that started under the same limits.
+    limits: Arc<Limits>,
     phase: Phase,
     version: Version,
     /// When the last packet was read (or the connection opened).
     last_input: Instant,
     /// 1.5 × the keep-alive in force; None when off [MQTT-3.1.2-24].
     keep_alive: Option<Duration>,
-    /// The CONNACK's properties, made when CONNECT is accepted.
-    server_properties: Properties,
+    /// The CONNACK's properties, made when CONNECT is accepted (boxed: a connection holds
+    /// them only until its CONNACK).
+    server_properties: Props,
     /// 5.0 inbound topic aliases of this connection.
     inbound_aliases: HashMap<u16, MqttString>,
     /// Whether the client accepts Reason Strings on acknowledgements (5.0 Request Problem
@@ -165,14 +168,14 @@ pub struct Connection {
 
 impl Connection {
     /// A connection opened at `now`, under `limits`.
-    pub fn new(limits: Limits, now: Instant) -> Connection {
+    pub fn new(limits: impl Into<Arc<Limits>>, now: Instant) -> Connection {
         Connection {
-            limits,
+            limits: limits.into(),
             phase: Phase::Connecting,
             version: Version::V311,
             last_input: now,
             keep_alive: None,
-            server_properties: Properties::default(),
+            server_properties: Props::default(),
             inbound_aliases: HashMap::new(),
             has_problem_info: true,
             session_expiry_secs: 0,
@@ -248,7 +251,7 @@ impl Connection {
         self.has_problem_info = wanted.request_problem_information != Some(0);
         self.session_expiry_secs = wanted.session_expiry_interval.unwrap_or(0);
         self.peer_packet_size_max = wanted.maximum_packet_size.unwrap_or(u32::MAX);
-        self.server_properties = self.server_properties();
+        self.server_properties = self.server_properties().into();
         let keep_alive = self.negotiate_keep_alive(connect.keep_alive_secs);
         self.keep_alive = (keep_alive > 0).then(|| Duration::from_millis(keep_alive as u64 * 1500));
         let peer = PeerLimits {
@@ -289,7 +292,7 @@ impl Connection {
         Packet::ConnAck(ConnAck {
             session_present,
             code: ReasonCode::SUCCESS,
-            properties: std::mem::take(&mut self.server_properties).into(),
+            properties: std::mem::take(&mut self.server_properties),
         })
     }
 

@@ -142,6 +142,9 @@ impl Cursors {
                 other => return other,
             }
         }
+        // Nothing owed: the queue's room is given back (a session made one subscription long
+        // ago holds none).
+        self.queue = VecDeque::new();
         Feed::Done
     }
 }

@@ -71,7 +71,7 @@ use crate::config::reload::LiveLimits;
 use crate::config::Limits;
 use crate::mesh::{Mesh, ShardId};
 use crate::metrics::Metrics;
-use crate::protocol::Will;
+use crate::protocol::{Packet, Version, Will};
 use backpressure::Pressure;
 use encoder::Encoder;
 use handoff::{Held, Stub};
@@ -99,7 +99,9 @@ pub type SessionKey = u64;
 /// The mutable state of a shard.
 #[derive(Default)]
 pub struct State {
-    sessions: HashMap<SessionKey, Session>,
+    /// Boxed: a hash table keeps about as many empty slots as full ones, each of the size of
+    /// its value.
+    sessions: HashMap<SessionKey, Box<Session>>,
     by_client: HashMap<String, SessionKey>,
     next_key: SessionKey,
     trie: Trie<SessionKey, Subscription>,
@@ -270,6 +272,15 @@ impl Shard {
             .get_mut(&key)
             .filter(|s| s.conn_token == token)?;
         Some(f(session, &self.limits, &mut st.enc))
+    }
+
+    /// Encodes a control packet into `outbox` through the shard's scratch buffer: one per
+    /// shard, so an idle connection holds no encoding buffer of its own.
+    pub fn push_packet(&self, outbox: &outbox::Outbox, packet: &Packet, version: Version) {
+        self.state
+            .borrow_mut()
+            .enc
+            .push_packet(outbox, packet, version);
     }
 
     /// Handles a message from another shard (or from this one).

@@ -211,7 +211,10 @@ pub fn topics(total: &Snapshot, shards: &[Snapshot], uptime: Duration) -> Vec<(S
     ];
     out.extend(ringcast_topics(&format!("{b}/ringcast"), total));
     for (i, s) in shards.iter().enumerate() {
-        out.extend(ringcast_topics(&format!("{b}/ringcast/shard/{i}"), s));
+        let prefix = format!("{b}/ringcast/shard/{i}");
+        let connected = s.clients_connected.to_string();
+        out.push((format!("{prefix}/clients/connected"), connected));
+        out.extend(ringcast_topics(&prefix, s));
     }
     out
 }

@@ -148,7 +148,7 @@ impl Shard {
             session.open_journal(persist);
         }
         st.by_client.insert(session.client_id.clone(), key);
-        st.sessions.insert(key, session);
+        st.sessions.insert(key, Box::new(session));
         (key, new_filters)
     }
 
