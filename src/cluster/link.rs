@@ -166,9 +166,12 @@ impl Link {
                 expires_at,
                 done,
             } => {
-                let outgoing = self.publish(&publish, expires_at).await;
-                if done.is_some() {
-                    self.unconfirmed.extend(outgoing);
+                if let Some(outgoing) = self.outgoing(&publish, expires_at) {
+                    // Only a QoS 1/2 publish may have to be sent again: QoS 0 keeps no copy.
+                    if done.is_some() {
+                        self.unconfirmed.push(outgoing.clone());
+                    }
+                    self.send(outgoing).await;
                 }
                 acks.extend(done);
             }
@@ -221,12 +224,8 @@ impl Link {
         self.unconfirmed.clear();
     }
 
-    /// Publishes `publish` to NATS: what was sent, or None when it expired on the way.
-    async fn publish(
-        &mut self,
-        publish: &Publish,
-        expires_at: Option<Instant>,
-    ) -> Option<Outgoing> {
+    /// `publish` as NATS message, or None when it expired on the way.
+    fn outgoing(&mut self, publish: &Publish, expires_at: Option<Instant>) -> Option<Outgoing> {
         let Ok(props) = props::encode(&publish.properties, expires_at, Instant::now()) else {
             return None; // expired on the way: not forwarded
         };
@@ -245,13 +244,11 @@ impl Link {
             if publish.retain { 'r' } else { '-' }
         );
         headers.insert(FLAGS_HEADER, flags.as_str());
-        let outgoing = Outgoing {
+        Some(Outgoing {
             subject: topic_subject(publish.topic.as_str()),
             headers,
             payload: publish.payload.clone(),
-        };
-        self.send(outgoing.clone()).await;
-        Some(outgoing)
+        })
     }
 
     async fn send(&self, outgoing: Outgoing) {
