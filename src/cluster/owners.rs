@@ -187,7 +187,16 @@ impl Owners {
 
     /// Has the shards give up the session `request` asks for, and answers with it.
     fn hand_over(&self, request: Request) -> impl std::future::Future<Output = ()> + 'static {
-        moves::hand_over(self.client.clone(), self.shards.clone(), request)
+        // The claimant replaced this node's own last write: the session this node claimed may
+        // still be on its way to a shard (its claim has ended, the connection not yet taken it).
+        let in_transit =
+            self.owned.borrow().get(&key_of(&request.client_id)) == Some(&request.replaced);
+        moves::hand_over(
+            self.client.clone(),
+            self.shards.clone(),
+            request,
+            in_transit,
+        )
     }
 
     /// Writes this node as the owner of `key` by compare-and-set; None when the bucket could
