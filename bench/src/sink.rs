@@ -157,15 +157,17 @@ fn serve(
     } else {
         vec![0x90, 3, hi, lo, granted]
     };
-    stream.write_all(&suback)?;
     to_drain
         .send(stream.try_clone()?)
         .map_err(|_| io::Error::other("drain gone"))?;
+    let target = Arc::new(stream);
+    // Listed before the SUBACK goes out: the generator starts publishing once it has every
+    // SUBACK, and a publisher's targets are taken from this list at its first PUBLISH.
     subscribers
         .lock()
         .map_err(|_| io::Error::other("poisoned"))?
-        .push((filter.filter.as_str().to_string(), Arc::new(stream)));
-    Ok(())
+        .push((filter.filter.as_str().to_string(), target.clone()));
+    (&*target).write_all(&suback)
 }
 
 /// The topic of the PUBLISH at the front of `buf`, read whole from `stream` first; `buf`
