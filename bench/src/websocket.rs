@@ -5,6 +5,7 @@
 
 use crate::transport::Stream;
 use futures_lite::{ready, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use ringcast::net::websocket;
 use std::io;
 use std::ops::Range;
 use std::pin::Pin;
@@ -152,21 +153,7 @@ impl WsStream {
         self.mask_state ^= self.mask_state >> 17;
         self.mask_state ^= self.mask_state << 5;
         let mask = self.mask_state.to_be_bytes();
-        self.out.push(0x80 | OP_BINARY);
-        match payload.len() {
-            n if n < 126 => self.out.push(0x80 | n as u8),
-            n if n <= 0xFFFF => {
-                self.out.push(0x80 | 126);
-                self.out.extend_from_slice(&(n as u16).to_be_bytes());
-            }
-            n => {
-                self.out.push(0x80 | 127);
-                self.out.extend_from_slice(&(n as u64).to_be_bytes());
-            }
-        }
-        self.out.extend_from_slice(&mask);
-        self.out
-            .extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        websocket::push_client_frame(&mut self.out, true, OP_BINARY, payload, Some(mask));
     }
 
     /// Hands the framed bytes to the inner stream until it has them all.

@@ -211,21 +211,49 @@ fn has_token(value: &str, token: &str) -> bool {
 /// The header of an unmasked, final server frame with `len` payload bytes: the bytes and how
 /// many of them are used.
 pub fn frame_header(opcode: u8, len: usize) -> ([u8; HEADER_BYTES_MAX], usize) {
+    header(true, opcode, len, false)
+}
+
+/// A frame header with the shortest length encoding; `masked` sets the mask bit (the four
+/// mask bytes follow the header).
+fn header(fin: bool, opcode: u8, len: usize, masked: bool) -> ([u8; HEADER_BYTES_MAX], usize) {
     let mut header = [0u8; HEADER_BYTES_MAX];
-    header[0] = 0x80 | opcode;
+    header[0] = (u8::from(fin) << 7) | opcode;
+    let mask_bit = if masked { 0x80 } else { 0 };
     let used = if len < 126 {
-        header[1] = len as u8;
+        header[1] = mask_bit | len as u8;
         2
     } else if len <= u16::MAX as usize {
-        header[1] = 126;
+        header[1] = mask_bit | 126;
         header[2..4].copy_from_slice(&(len as u16).to_be_bytes());
         4
     } else {
-        header[1] = 127;
+        header[1] = mask_bit | 127;
         header[2..10].copy_from_slice(&(len as u64).to_be_bytes());
         10
     };
     (header, used)
+}
+
+/// Appends a client's frame to `out`: `payload` masked with `mask`, or unmasked (which a
+/// server refuses) when `mask` is None. The broker never sends one: the load generator and
+/// the tests speak as WebSocket clients with it.
+pub fn push_client_frame(
+    out: &mut Vec<u8>,
+    fin: bool,
+    opcode: u8,
+    payload: &[u8],
+    mask: Option<[u8; 4]>,
+) {
+    let (header, used) = header(fin, opcode, payload.len(), mask.is_some());
+    out.extend_from_slice(&header[..used]);
+    match mask {
+        Some(mask) => {
+            out.extend_from_slice(&mask);
+            out.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        }
+        None => out.extend_from_slice(payload),
+    }
 }
 
 /// A whole control frame from the server (payload at most `CONTROL_PAYLOAD_MAX`).

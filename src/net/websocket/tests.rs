@@ -4,25 +4,8 @@ const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
 
 /// A client frame: FIN as given, masked with `MASK` unless `masked` is false.
 fn client_frame(fin: bool, opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
-    let mut frame = vec![(u8::from(fin) << 7) | opcode];
-    let mask_bit = if masked { 0x80 } else { 0 };
-    match payload.len() {
-        n if n < 126 => frame.push(mask_bit | n as u8),
-        n if n <= 0xFFFF => {
-            frame.push(mask_bit | 126);
-            frame.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            frame.push(mask_bit | 127);
-            frame.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    if masked {
-        frame.extend_from_slice(&MASK);
-        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ MASK[i % 4]));
-    } else {
-        frame.extend_from_slice(payload);
-    }
+    let mut frame = Vec::new();
+    push_client_frame(&mut frame, fin, opcode, payload, masked.then_some(MASK));
     frame
 }
 
