@@ -16,9 +16,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 /// How long any one subprocess may run.
-const PROC_LIMIT: Duration = Duration::from_secs(8);
+const PROC_LIMIT: Duration = Duration::from_secs(20);
 /// How long a subscriber may take to get its SUBACK.
-const READY_LIMIT: Duration = Duration::from_secs(5);
+const READY_LIMIT: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------------
 // Tools: present, or skip / fail as the environment asks.
@@ -337,7 +337,7 @@ fn paho(mode: &str, broker: &Broker, v: V, id: &str, topic: &str, qos: u8) -> Co
         "--qos",
         &qos.to_string(),
         "--timeout",
-        "6",
+        "15",
     ]);
     command
 }
