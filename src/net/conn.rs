@@ -793,7 +793,7 @@ impl Conn {
             accepted.is_persistent,
         );
         session.conn_token = self.token;
-        session.will = accepted.will;
+        session.will = accepted.will.map(Box::new);
         session.expiry_secs = accepted.session_expiry_secs;
         session.peer = accepted.peer;
         session.reader = self.login.gate.read_filter(self.username.clone());
