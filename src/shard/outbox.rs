@@ -98,10 +98,12 @@ pub struct Outbox {
     coalesced: Cell<usize>,
     coalesced_before: Cell<usize>,
     bytes: Cell<usize>,
-    waker: RefCell<Option<Waker>>,
+    waker: Cell<Option<Waker>>,
     closing: Cell<bool>,
+    /// The connection's reader finished: the writer's linger after closing ends.
+    reader_done: Cell<bool>,
     aborted: Cell<bool>,
-    abort_waker: RefCell<Option<Waker>>,
+    abort_waker: Cell<Option<Waker>>,
     pressure: Rc<Pressure>,
     /// Messages and payload bytes waiting in the session queue behind this connection.
     held_messages: Cell<usize>,
@@ -114,7 +116,7 @@ pub struct Outbox {
     progress_at: Cell<Instant>,
     /// A task waiting for room to send more (a retained-message feed), with the mark below
     /// which written bytes wake it (0: only `notify_room` or closing does).
-    room: RefCell<Option<Waker>>,
+    room: Cell<Option<Waker>>,
     room_mark: Cell<usize>,
     room_notified: Cell<bool>,
     /// Bytes at the front that the writer has announced on the wire (a WebSocket frame
@@ -127,7 +129,7 @@ pub struct Outbox {
     /// of a message other shards must store or replicate first): nothing is sent while any
     /// is missing. Held here rather than awaited, so the connection reads on meanwhile.
     shard_holds: Cell<usize>,
-    shard_waker: RefCell<Option<Waker>>,
+    shard_waker: Cell<Option<Waker>>,
 }
 
 impl Default for Outbox {
@@ -155,10 +157,11 @@ impl Outbox {
             coalesced: Cell::new(0),
             coalesced_before: Cell::new(0),
             bytes: Cell::new(0),
-            waker: RefCell::default(),
+            waker: Cell::default(),
             closing: Cell::new(false),
+            reader_done: Cell::new(false),
             aborted: Cell::new(false),
-            abort_waker: RefCell::default(),
+            abort_waker: Cell::default(),
             pressure,
             held_messages: Cell::new(0),
             held_bytes: Cell::new(0),
@@ -167,13 +170,13 @@ impl Outbox {
             coalesce_bytes: COALESCE_BYTES_MAX.min(pause_bytes / 4),
             lag: Cell::new(Lag::KeepsUp),
             progress_at: Cell::new(Instant::now()),
-            room: RefCell::default(),
+            room: Cell::default(),
             room_mark: Cell::new(0),
             room_notified: Cell::new(false),
             committed: Cell::new(0),
             hold: Cell::new(0),
             shard_holds: Cell::new(0),
-            shard_waker: RefCell::default(),
+            shard_waker: Cell::default(),
         }
     }
 
@@ -188,7 +191,7 @@ impl Outbox {
         let left = self.shard_holds.get().saturating_sub(1);
         self.shard_holds.set(left);
         if left == 0 {
-            if let Some(waker) = self.shard_waker.borrow_mut().take() {
+            if let Some(waker) = self.shard_waker.take() {
                 waker.wake();
             }
         }
@@ -204,7 +207,7 @@ impl Outbox {
         if self.shard_holds.get() == 0 {
             return Poll::Ready(());
         }
-        *self.shard_waker.borrow_mut() = Some(cx.waker().clone());
+        self.shard_waker.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
@@ -314,7 +317,7 @@ impl Outbox {
             return Poll::Ready(());
         }
         self.room_mark.set(below.unwrap_or(0));
-        *self.room.borrow_mut() = Some(cx.waker().clone());
+        self.room.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
@@ -326,7 +329,7 @@ impl Outbox {
     }
 
     fn wake_room(&self) {
-        if let Some(waker) = self.room.borrow_mut().take() {
+        if let Some(waker) = self.room.take() {
             waker.wake();
         }
     }
@@ -342,7 +345,7 @@ impl Outbox {
         self.pressure.sub(self.bytes.replace(0));
         self.update_lag();
         self.wake();
-        if let Some(waker) = self.abort_waker.borrow_mut().take() {
+        if let Some(waker) = self.abort_waker.take() {
             waker.wake();
         }
         self.wake_room();
@@ -353,7 +356,7 @@ impl Outbox {
         if self.aborted.get() {
             return Poll::Ready(());
         }
-        *self.abort_waker.borrow_mut() = Some(cx.waker().clone());
+        self.abort_waker.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
@@ -457,9 +460,26 @@ impl Outbox {
     }
 
     fn wake(&self) {
-        if let Some(waker) = self.waker.borrow_mut().take() {
+        if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+    }
+
+    /// The connection's reader is done: a writer lingering after the close stops waiting
+    /// (`poll_reader_done`).
+    pub fn reader_done(&self) {
+        self.reader_done.set(true);
+        self.wake();
+    }
+
+    /// Ready once `reader_done` was called. Shares the writer's waker: the writer waits here
+    /// only once it has stopped waiting for frames.
+    pub fn poll_reader_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.reader_done.get() {
+            return Poll::Ready(());
+        }
+        self.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
     }
 
     /// Ready when there is something to write or the connection is closing.
@@ -467,7 +487,7 @@ impl Outbox {
         if !self.is_empty() || self.closing.get() {
             return Poll::Ready(());
         }
-        *self.waker.borrow_mut() = Some(cx.waker().clone());
+        self.waker.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
@@ -636,6 +656,15 @@ mod tests {
             outbox.open.borrow().capacity() >= 40 * 260,
             "sized by the last spell"
         );
+    }
+
+    #[test]
+    fn the_writer_linger_ends_when_the_reader_is_done() {
+        let outbox = Outbox::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(outbox.poll_reader_done(&mut cx).is_pending());
+        outbox.reader_done();
+        assert!(outbox.poll_reader_done(&mut cx).is_ready());
     }
 
     /// An outbox that queues every packet as a frame of its own.
