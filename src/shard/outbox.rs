@@ -33,6 +33,15 @@ const COALESCE_BYTES_MAX: usize = 64 << 10;
 /// Smallest allocation for the open chunk.
 const CHUNK_BYTES_MIN: usize = 1 << 10;
 
+/// The open chunk of a connection that coalesced less than this in its current and its last
+/// busy spell: it sends a packet now and then (a CONNACK, a SUBACK, a PINGRESP, a sensor's
+/// command), and a 1 KiB chunk each time, freed once written, leaves holes between the
+/// long-lived allocations of a connection storm.
+const QUIET_SPELL_BYTES: usize = 64;
+
+/// The open chunk's allocation while the connection is quiet (see `QUIET_SPELL_BYTES`).
+const QUIET_CHUNK_BYTES: usize = 128;
+
 /// Largest allocation for the open chunk: an allocation per 60 packets of 256 bytes costs
 /// little, and a busy subscriber holds at most this much room it has not used yet.
 const CHUNK_BYTES_MAX: usize = 16 << 10;
@@ -266,16 +275,28 @@ impl Outbox {
     /// 256-byte messages to 10 subscribers (callgrind), against 3% with 16-byte ones.
     fn chunk_bytes(&self) -> usize {
         let spell = self.coalesced.get().max(self.coalesced_before.get());
+        if spell < QUIET_SPELL_BYTES {
+            return QUIET_CHUNK_BYTES;
+        }
         spell.clamp(CHUNK_BYTES_MIN, CHUNK_BYTES_MAX)
     }
 
     /// The outbox went empty: the busy spell is over. The open chunk's spare room is given
-    /// back, so an idle connection holds no buffer.
+    /// back, so an idle connection holds no buffer; after a quiet spell (see
+    /// `QUIET_SPELL_BYTES`) the frame queue's room too (288 bytes for its first four frames),
+    /// while a busy connection keeps it for the next spell.
     fn end_spell(&self) {
-        self.coalesced_before.set(self.coalesced.replace(0));
+        let spell = self.coalesced.replace(0);
+        self.coalesced_before.set(spell);
         let mut open = self.open.borrow_mut();
         if open.is_empty() && open.capacity() > 0 {
             *open = BytesMut::new();
+        }
+        if spell < QUIET_SPELL_BYTES {
+            let mut frames = self.frames.borrow_mut();
+            if frames.is_empty() && frames.capacity() > 0 {
+                *frames = VecDeque::new();
+            }
         }
     }
 
@@ -655,6 +676,25 @@ mod tests {
         assert!(
             outbox.open.borrow().capacity() >= 40 * 260,
             "sized by the last spell"
+        );
+    }
+
+    #[test]
+    fn a_quiet_connection_holds_no_queue_room_once_written() {
+        let outbox = Outbox::new(Rc::new(Pressure::default()), 1 << 20, 10);
+        outbox.push_parts(&[0x20, 2], &[0, 0]);
+        assert!(
+            outbox.open.borrow().capacity() < CHUNK_BYTES_MIN,
+            "a CONNACK takes a small chunk"
+        );
+        let mut sent = 0;
+        outbox.peek_frames(10, |f| sent += f.len());
+        outbox.consume(sent);
+        assert_eq!(outbox.open.borrow().capacity(), 0);
+        assert_eq!(
+            outbox.frames.borrow().capacity(),
+            0,
+            "the frame queue's room too"
         );
     }
 
