@@ -169,7 +169,7 @@ async fn secure(
             } else {
                 Identity::Credentials
             };
-            Some((Reader::Tls(reader), Writer::Tls(writer), identity))
+            Some((Reader::Tls(Box::new(reader)), Writer::Tls(writer), identity))
         }
         Err(e) => {
             let why = format!("TLS handshake failed: {e}");
