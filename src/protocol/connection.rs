@@ -156,6 +156,7 @@ pub struct Connection {
     server_properties: Props,
     /// 5.0 inbound topic aliases of this connection; boxed once the client sets one (an empty
     /// map is 48 bytes, and a connection's machine lives as long as it does).
+    #[allow(clippy::box_collection)]
     inbound_aliases: Option<Box<HashMap<u16, MqttString>>>,
     /// Whether the client accepts Reason Strings on acknowledgements (5.0 Request Problem
     /// Information, default 1) [MQTT-3.1.2-29].
