@@ -20,7 +20,6 @@ use crate::shard::session::{Session, Subscription};
 use crate::shard::{Message, SessionKey, Shard};
 use bytes::{Buf, BytesMut};
 use futures_lite::AsyncRead;
-use glommio::channels::local_channel;
 use glommio::net::TcpStream;
 use std::future::Future;
 use std::net::IpAddr;
@@ -170,7 +169,7 @@ async fn secure(
             } else {
                 Identity::Credentials
             };
-            Some((Reader::Tls(reader), Writer::Tls(writer), identity))
+            Some((Reader::Tls(Box::new(reader)), Writer::Tls(writer), identity))
         }
         Err(e) => {
             let why = format!("TLS handshake failed: {e}");
@@ -218,11 +217,10 @@ fn serve_transport(
         pause_messages,
     );
     let outbox = Rc::new(outbox);
-    let (reader_done, done) = local_channel::new_bounded(1);
     // Reading and writing are separate tasks so neither waits on the other. The writer works
     // on the socket the reader owns, which `conn` keeps open until the writer is done.
     let persist = shard.persist.clone();
-    let writer = glommio::spawn_local(writer::run(writer, outbox.clone(), done, persist));
+    let writer = glommio::spawn_local(writer::run(writer, outbox.clone(), persist));
     let mut conn = Conn {
         login,
         username: None,
@@ -246,7 +244,7 @@ fn serve_transport(
         let shard = conn.shard.clone();
         let end = conn.run().await;
         outbox.close();
-        drop(reader_done);
+        outbox.reader_done();
         // Boxed, like every wait that comes once: the task's state stays that of the loop.
         let flushed = Box::pin(glommio::timer::timeout(FLUSH_TIMEOUT, async {
             writer.await;
@@ -285,6 +283,13 @@ struct Conn {
     token: u64,
     /// When the last read completed: the time the machine is told packets arrived.
     now: Instant,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // A reader task dropped before it finished (shutdown) still ends its writer's linger.
+        self.outbox.reader_done();
+    }
 }
 
 /// A failed read.
@@ -793,7 +798,7 @@ impl Conn {
             accepted.is_persistent,
         );
         session.conn_token = self.token;
-        session.will = accepted.will;
+        session.will = accepted.will.map(Box::new);
         session.expiry_secs = accepted.session_expiry_secs;
         session.peer = accepted.peer;
         session.reader = self.login.gate.read_filter(self.username.clone());

@@ -45,8 +45,9 @@ pub enum Shutdown {
 pub enum Reader {
     /// Plain TCP.
     Tcp(TcpStream),
-    /// TLS over TCP.
-    Tls(TlsReader),
+    /// TLS over TCP (boxed: a plain connection's reader is then the size of its stream, and
+    /// every connection's task holds one for as long as it lives).
+    Tls(Box<TlsReader>),
     /// WebSocket over TCP or TLS.
     Ws(Box<WsReader>),
 }
@@ -66,7 +67,6 @@ pub fn tcp(stream: TcpStream) -> (Reader, Writer) {
     let _ = stream.set_nodelay(true);
     let writer = TcpWriter {
         fd: stream.as_raw_fd(),
-        iov: Vec::new(),
         slow: None,
     };
     (Reader::Tcp(stream), Writer::Tcp(writer))
@@ -167,11 +167,14 @@ impl Writer {
     }
 }
 
+thread_local! {
+    /// Plain TCP writers' iovecs, filled and written within one call (shards are threads).
+    static IOV: std::cell::RefCell<Vec<libc::iovec>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 /// Plain TCP's writer: `sendmsg` on the raw fd, payloads never copied.
 pub struct TcpWriter {
     pub(super) fd: RawFd,
-    /// Grows with the largest batch this connection writes, so idle connections stay small.
-    iov: Vec<libc::iovec>,
     /// The stream used to wait for a full socket, made from a dup of the fd only while the
     /// socket stays full, so a connection costs one fd in the common case.
     slow: Option<Box<TcpStream>>,
@@ -179,7 +182,8 @@ pub struct TcpWriter {
 
 impl TcpWriter {
     async fn write_some(&mut self, outbox: &Outbox) -> io::Result<()> {
-        let sent = sendmsg(self.fd, gather(outbox, &mut self.iov));
+        // The iovecs live only for the call: one vector per shard thread, none per connection.
+        let sent = IOV.with_borrow_mut(|iov| sendmsg(self.fd, gather(outbox, iov)));
         match sent {
             Ok(n) => outbox.consume(n),
             // Boxed while it lasts: the wait is rare, its state large.

@@ -4,7 +4,6 @@
 use super::transport::{Shutdown, Writer};
 use crate::shard::outbox::Outbox;
 use crate::shard::persist::Persist;
-use glommio::channels::local_channel::LocalReceiver;
 use std::future::Future;
 use std::rc::Rc;
 use std::time::Duration;
@@ -15,7 +14,7 @@ pub const LINGER: Duration = Duration::from_secs(1);
 
 /// Drains `outbox` into `writer` until the outbox closes (and is flushed) or the transport
 /// fails. Then shuts down the write side only, so what was sent is read before end of stream,
-/// and, unless the reader has finished (`reader_done` closes), gives the client `LINGER` to
+/// and, unless the reader has finished (`Outbox::reader_done`), gives the client `LINGER` to
 /// close before reading stops too. An aborted outbox (a slow subscriber disconnected) shuts
 /// both sides at once.
 /// With persistence, nothing is written before the records the queued frames acknowledge
@@ -27,7 +26,6 @@ pub const LINGER: Duration = Duration::from_secs(1);
 pub fn run(
     mut writer: Writer,
     outbox: Rc<Outbox>,
-    reader_done: LocalReceiver<()>,
     persist: Option<Rc<Persist>>,
 ) -> impl Future<Output = ()> {
     // An async block, not an async fn, whose arguments the task would keep twice; the rare
@@ -62,7 +60,7 @@ pub fn run(
         }
         writer.shutdown(Shutdown::Write);
         let _ = Box::pin(glommio::timer::timeout(LINGER, async {
-            reader_done.recv().await;
+            std::future::poll_fn(|cx| outbox.poll_reader_done(cx)).await;
             Ok(())
         }))
         .await;

@@ -154,8 +154,10 @@ pub struct Connection {
     /// The CONNACK's properties, made when CONNECT is accepted (boxed: a connection holds
     /// them only until its CONNACK).
     server_properties: Props,
-    /// 5.0 inbound topic aliases of this connection.
-    inbound_aliases: HashMap<u16, MqttString>,
+    /// 5.0 inbound topic aliases of this connection; boxed once the client sets one (an empty
+    /// map is 48 bytes, and a connection's machine lives as long as it does).
+    #[allow(clippy::box_collection)]
+    inbound_aliases: Option<Box<HashMap<u16, MqttString>>>,
     /// Whether the client accepts Reason Strings on acknowledgements (5.0 Request Problem
     /// Information, default 1) [MQTT-3.1.2-29].
     has_problem_info: bool,
@@ -176,7 +178,7 @@ impl Connection {
             last_input: now,
             keep_alive: None,
             server_properties: Props::default(),
-            inbound_aliases: HashMap::new(),
+            inbound_aliases: None,
             has_problem_info: true,
             session_expiry_secs: 0,
             peer_packet_size_max: u32::MAX,
@@ -611,10 +613,11 @@ impl Connection {
             return Err(ReasonCode::TOPIC_ALIAS_INVALID);
         }
         if publish.topic.is_empty() {
-            let topic = self.inbound_aliases.get(&alias);
+            let topic = self.inbound_aliases.as_ref().and_then(|a| a.get(&alias));
             publish.topic = topic.cloned().ok_or(ReasonCode::PROTOCOL_ERROR)?;
         } else {
-            self.inbound_aliases.insert(alias, publish.topic.clone());
+            let aliases = self.inbound_aliases.get_or_insert_with(Box::default);
+            aliases.insert(alias, publish.topic.clone());
         }
         Ok(())
     }

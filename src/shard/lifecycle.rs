@@ -48,7 +48,11 @@ impl Shard {
                 1.. if !graceful => session.note_will_due(wall_ms(Instant::now() + secs_of(delay))),
                 _ => session.note_will_gone(),
             }
-            let will = if graceful { None } else { session.will.take() };
+            let will = if graceful {
+                None
+            } else {
+                session.will.take().map(|w| *w)
+            };
             session.will = None;
             session.outbox = None;
             (will, expiry, delay)
@@ -163,7 +167,7 @@ impl Shard {
         for session in st.sessions.values_mut() {
             if session.close_connection(reason, &mut st.enc) {
                 session.note_will_gone();
-                wills.extend(session.will.take());
+                wills.extend(session.will.take().map(|w| *w));
             }
         }
         // Sessions end with the server, so wills still waiting for their delay are due now.

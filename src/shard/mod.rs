@@ -16,6 +16,7 @@
 //! - `moving`: a session given up to another cluster node, or dropped because it moved.
 //! - `carry`: a session written out for another node in the store's record schema.
 //! - `lifecycle`: disconnect, session expiry, wills, shutdown.
+//! - `lazy`: a collection allocated only while it holds something.
 //! - `session`: a client's session: subscriptions, the QoS 1/2 window, the queue behind it.
 //! - `subscription`: one subscription's options as sessions, the trie and the store keep them.
 //! - `persist`: what the store's records mean (the schema) and the journal that writes them.
@@ -42,6 +43,7 @@ pub mod encoder;
 mod feeder;
 mod handoff;
 mod inspect;
+mod lazy;
 mod lifecycle;
 pub mod message;
 mod moving;

@@ -33,6 +33,15 @@ const COALESCE_BYTES_MAX: usize = 64 << 10;
 /// Smallest allocation for the open chunk.
 const CHUNK_BYTES_MIN: usize = 1 << 10;
 
+/// The open chunk of a connection that coalesced less than this in its current and its last
+/// busy spell, the next packet included: it sends a small packet now and then (a CONNACK, a SUBACK, a PINGRESP, a sensor's
+/// command), and a 1 KiB chunk each time, freed once written, leaves holes between the
+/// long-lived allocations of a connection storm.
+const QUIET_SPELL_BYTES: usize = 64;
+
+/// The open chunk's allocation while the connection is quiet (see `QUIET_SPELL_BYTES`).
+const QUIET_CHUNK_BYTES: usize = 128;
+
 /// Largest allocation for the open chunk: an allocation per 60 packets of 256 bytes costs
 /// little, and a busy subscriber holds at most this much room it has not used yet.
 const CHUNK_BYTES_MAX: usize = 16 << 10;
@@ -98,10 +107,12 @@ pub struct Outbox {
     coalesced: Cell<usize>,
     coalesced_before: Cell<usize>,
     bytes: Cell<usize>,
-    waker: RefCell<Option<Waker>>,
+    waker: Cell<Option<Waker>>,
     closing: Cell<bool>,
+    /// The connection's reader finished: the writer's linger after closing ends.
+    reader_done: Cell<bool>,
     aborted: Cell<bool>,
-    abort_waker: RefCell<Option<Waker>>,
+    abort_waker: Cell<Option<Waker>>,
     pressure: Rc<Pressure>,
     /// Messages and payload bytes waiting in the session queue behind this connection.
     held_messages: Cell<usize>,
@@ -114,7 +125,7 @@ pub struct Outbox {
     progress_at: Cell<Instant>,
     /// A task waiting for room to send more (a retained-message feed), with the mark below
     /// which written bytes wake it (0: only `notify_room` or closing does).
-    room: RefCell<Option<Waker>>,
+    room: Cell<Option<Waker>>,
     room_mark: Cell<usize>,
     room_notified: Cell<bool>,
     /// Bytes at the front that the writer has announced on the wire (a WebSocket frame
@@ -127,7 +138,7 @@ pub struct Outbox {
     /// of a message other shards must store or replicate first): nothing is sent while any
     /// is missing. Held here rather than awaited, so the connection reads on meanwhile.
     shard_holds: Cell<usize>,
-    shard_waker: RefCell<Option<Waker>>,
+    shard_waker: Cell<Option<Waker>>,
 }
 
 impl Default for Outbox {
@@ -155,10 +166,11 @@ impl Outbox {
             coalesced: Cell::new(0),
             coalesced_before: Cell::new(0),
             bytes: Cell::new(0),
-            waker: RefCell::default(),
+            waker: Cell::default(),
             closing: Cell::new(false),
+            reader_done: Cell::new(false),
             aborted: Cell::new(false),
-            abort_waker: RefCell::default(),
+            abort_waker: Cell::default(),
             pressure,
             held_messages: Cell::new(0),
             held_bytes: Cell::new(0),
@@ -167,13 +179,13 @@ impl Outbox {
             coalesce_bytes: COALESCE_BYTES_MAX.min(pause_bytes / 4),
             lag: Cell::new(Lag::KeepsUp),
             progress_at: Cell::new(Instant::now()),
-            room: RefCell::default(),
+            room: Cell::default(),
             room_mark: Cell::new(0),
             room_notified: Cell::new(false),
             committed: Cell::new(0),
             hold: Cell::new(0),
             shard_holds: Cell::new(0),
-            shard_waker: RefCell::default(),
+            shard_waker: Cell::default(),
         }
     }
 
@@ -188,7 +200,7 @@ impl Outbox {
         let left = self.shard_holds.get().saturating_sub(1);
         self.shard_holds.set(left);
         if left == 0 {
-            if let Some(waker) = self.shard_waker.borrow_mut().take() {
+            if let Some(waker) = self.shard_waker.take() {
                 waker.wake();
             }
         }
@@ -204,7 +216,7 @@ impl Outbox {
         if self.shard_holds.get() == 0 {
             return Poll::Ready(());
         }
-        *self.shard_waker.borrow_mut() = Some(cx.waker().clone());
+        self.shard_waker.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
@@ -247,7 +259,7 @@ impl Outbox {
             drop(open);
             self.seal();
             open = self.open.borrow_mut();
-            open.reserve(len.max(self.chunk_bytes()));
+            open.reserve(len.max(self.chunk_bytes(len)));
         }
         open.extend_from_slice(header);
         open.extend_from_slice(payload);
@@ -257,22 +269,35 @@ impl Outbox {
         self.wake();
     }
 
-    /// Size of the next chunk: what this busy spell, or the one before, coalesced so far.
+    /// Size of the next chunk, for a packet of `len` bytes: what this busy spell, or the one
+    /// before, coalesced so far.
     /// Chunks of a fixed 1 KiB took an allocation for the buffer and one for its shared
     /// count every three 256-byte packets: 30% of the broker's instructions in a fan-out of
     /// 256-byte messages to 10 subscribers (callgrind), against 3% with 16-byte ones.
-    fn chunk_bytes(&self) -> usize {
+    fn chunk_bytes(&self, len: usize) -> usize {
         let spell = self.coalesced.get().max(self.coalesced_before.get());
+        if spell + len < QUIET_SPELL_BYTES {
+            return QUIET_CHUNK_BYTES;
+        }
         spell.clamp(CHUNK_BYTES_MIN, CHUNK_BYTES_MAX)
     }
 
     /// The outbox went empty: the busy spell is over. The open chunk's spare room is given
-    /// back, so an idle connection holds no buffer.
+    /// back, so an idle connection holds no buffer; after a quiet spell (see
+    /// `QUIET_SPELL_BYTES`) the frame queue's room too (288 bytes for its first four frames),
+    /// while a busy connection keeps it for the next spell.
     fn end_spell(&self) {
-        self.coalesced_before.set(self.coalesced.replace(0));
+        let spell = self.coalesced.replace(0);
+        self.coalesced_before.set(spell);
         let mut open = self.open.borrow_mut();
         if open.is_empty() && open.capacity() > 0 {
             *open = BytesMut::new();
+        }
+        if spell < QUIET_SPELL_BYTES {
+            let mut frames = self.frames.borrow_mut();
+            if frames.is_empty() && frames.capacity() > 0 {
+                *frames = VecDeque::new();
+            }
         }
     }
 
@@ -314,7 +339,7 @@ impl Outbox {
             return Poll::Ready(());
         }
         self.room_mark.set(below.unwrap_or(0));
-        *self.room.borrow_mut() = Some(cx.waker().clone());
+        self.room.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
@@ -326,7 +351,7 @@ impl Outbox {
     }
 
     fn wake_room(&self) {
-        if let Some(waker) = self.room.borrow_mut().take() {
+        if let Some(waker) = self.room.take() {
             waker.wake();
         }
     }
@@ -342,7 +367,7 @@ impl Outbox {
         self.pressure.sub(self.bytes.replace(0));
         self.update_lag();
         self.wake();
-        if let Some(waker) = self.abort_waker.borrow_mut().take() {
+        if let Some(waker) = self.abort_waker.take() {
             waker.wake();
         }
         self.wake_room();
@@ -353,7 +378,7 @@ impl Outbox {
         if self.aborted.get() {
             return Poll::Ready(());
         }
-        *self.abort_waker.borrow_mut() = Some(cx.waker().clone());
+        self.abort_waker.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
@@ -457,9 +482,26 @@ impl Outbox {
     }
 
     fn wake(&self) {
-        if let Some(waker) = self.waker.borrow_mut().take() {
+        if let Some(waker) = self.waker.take() {
             waker.wake();
         }
+    }
+
+    /// The connection's reader is done: a writer lingering after the close stops waiting
+    /// (`poll_reader_done`).
+    pub fn reader_done(&self) {
+        self.reader_done.set(true);
+        self.wake();
+    }
+
+    /// Ready once `reader_done` was called. Shares the writer's waker: the writer waits here
+    /// only once it has stopped waiting for frames.
+    pub fn poll_reader_done(&self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.reader_done.get() {
+            return Poll::Ready(());
+        }
+        self.waker.set(Some(cx.waker().clone()));
+        Poll::Pending
     }
 
     /// Ready when there is something to write or the connection is closing.
@@ -467,7 +509,7 @@ impl Outbox {
         if !self.is_empty() || self.closing.get() {
             return Poll::Ready(());
         }
-        *self.waker.borrow_mut() = Some(cx.waker().clone());
+        self.waker.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
@@ -636,6 +678,34 @@ mod tests {
             outbox.open.borrow().capacity() >= 40 * 260,
             "sized by the last spell"
         );
+    }
+
+    #[test]
+    fn a_quiet_connection_holds_no_queue_room_once_written() {
+        let outbox = Outbox::new(Rc::new(Pressure::default()), 1 << 20, 10);
+        outbox.push_parts(&[0x20, 2], &[0, 0]);
+        assert!(
+            outbox.open.borrow().capacity() < CHUNK_BYTES_MIN,
+            "a CONNACK takes a small chunk"
+        );
+        let mut sent = 0;
+        outbox.peek_frames(10, |f| sent += f.len());
+        outbox.consume(sent);
+        assert_eq!(outbox.open.borrow().capacity(), 0);
+        assert_eq!(
+            outbox.frames.borrow().capacity(),
+            0,
+            "the frame queue's room too"
+        );
+    }
+
+    #[test]
+    fn the_writer_linger_ends_when_the_reader_is_done() {
+        let outbox = Outbox::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(outbox.poll_reader_done(&mut cx).is_pending());
+        outbox.reader_done();
+        assert!(outbox.poll_reader_done(&mut cx).is_ready());
     }
 
     /// An outbox that queues every packet as a frame of its own.

@@ -21,6 +21,9 @@ pub struct Answer {
     pub reports: Vec<Report>,
 }
 
+/// Room the table of pending requests keeps once they are all answered.
+const SLOTS_KEPT: usize = 64;
+
 #[derive(Default)]
 struct Slot {
     remaining: usize,
@@ -76,6 +79,11 @@ impl Requests {
             };
             if slot.remaining == 0 {
                 let answer = slots.remove(&id).map(|s| s.answer).unwrap_or_default();
+                if slots.is_empty() && slots.capacity() > SLOTS_KEPT {
+                    // A connection storm opens a claim per client at once; the table would
+                    // keep that room for the life of the shard (120 bytes per client).
+                    *slots = HashMap::new();
+                }
                 return Poll::Ready(answer);
             }
             slot.waker = Some(cx.waker().clone());

@@ -4,6 +4,7 @@
 
 use super::cursor::{Cursor, Cursors, Feed};
 use super::encoder::{push_publish, Encoder};
+use super::lazy::Lazy;
 use super::overflow;
 use crate::config::{Limits, Qos12Overflow};
 use crate::protocol::codec;
@@ -225,8 +226,9 @@ pub struct Session {
     pub is_persistent: bool,
     /// Subscriptions by filter (a shared one keeps its `$share/group/` prefix).
     pub subscriptions: HashMap<String, Subscription>,
-    /// The will of the current connection.
-    pub will: Option<Will>,
+    /// The will of the current connection (boxed: most connections have none, and a session
+    /// lives as long as its client).
+    pub will: Option<Box<Will>>,
     /// The connection's outbox, while connected.
     pub outbox: Option<Rc<Outbox>>,
     /// Identifies the connection that owns the session now.
@@ -236,12 +238,13 @@ pub struct Session {
     pub expiry_secs: u32,
     /// What the current connection's client allows.
     pub peer: PeerLimits,
-    /// Outbound topic aliases of the current connection, by topic.
-    aliases: HashMap<String, u16>,
+    /// Outbound topic aliases of the current connection, by topic (allocated once used).
+    aliases: Lazy<HashMap<String, u16>>,
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Outgoing>,
     queued_bytes: usize,
-    incoming_qos2: HashSet<u16>,
+    /// Inbound QoS 2 packet ids not yet released (allocated while there are any).
+    incoming_qos2: Lazy<HashSet<u16>>,
     next_pkid: u16,
     /// Counters.
     pub counters: SessionCounters,
@@ -277,11 +280,11 @@ impl Session {
             conn_token: 0,
             expiry_secs: 0,
             peer: PeerLimits::default(),
-            aliases: HashMap::new(),
+            aliases: Lazy::default(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: Lazy::default(),
             next_pkid: 1,
             counters: SessionCounters::default(),
             pressure: Rc::new(Pressure::default()),
@@ -319,7 +322,10 @@ impl Session {
         self.queued_bytes = state.queue.iter().map(|o| o.publish.payload.len()).sum();
         self.pressure.add(self.queued_bytes);
         self.queue = state.queue.into();
-        self.incoming_qos2 = state.incoming_qos2.into_iter().collect();
+        self.incoming_qos2.clear();
+        if !state.incoming_qos2.is_empty() {
+            *self.incoming_qos2.get_mut() = state.incoming_qos2.into_iter().collect();
+        }
         self.next_pkid = state.next_pkid.max(1);
         self.cursors.restore(state.cursors);
     }
@@ -331,7 +337,7 @@ impl Session {
             subscriptions: self.subscriptions.drain().collect(),
             inflight: self.inflight.drain(..).collect(),
             queue: self.queue.drain(..).collect(),
-            incoming_qos2: self.incoming_qos2.drain().collect(),
+            incoming_qos2: self.incoming_qos2.take().into_iter().collect(),
             next_pkid: self.next_pkid,
             cursors: self.cursors.take(),
         }
@@ -371,13 +377,19 @@ impl Session {
             client_id: self.client_id.clone(),
             version: self.version,
             expiry_secs: self.expiry_secs,
-            will: self.will.as_ref().map(will_to_stored),
+            will: self.will.as_deref().map(will_to_stored),
             subscriptions: self
                 .subscriptions
                 .iter()
                 .map(|(f, s)| (f.clone(), *s))
                 .collect(),
-            incoming_qos2: self.incoming_qos2.iter().copied().collect(),
+            incoming_qos2: self
+                .incoming_qos2
+                .get()
+                .into_iter()
+                .flatten()
+                .copied()
+                .collect(),
             next_pkid: self.next_pkid,
             inflight,
             queue,
@@ -718,12 +730,13 @@ impl Session {
         let mut shaped = grant.to_publish(publish, pkid, false);
         if is_aliased {
             let topic = publish.topic.as_str();
-            if let Some(&alias) = self.aliases.get(topic) {
+            let aliases = self.aliases.get_mut();
+            if let Some(&alias) = aliases.get(topic) {
                 shaped.topic = Default::default();
                 shaped.properties.topic_alias = Some(alias);
-            } else if self.aliases.len() < self.peer.topic_alias_max as usize {
-                let alias = self.aliases.len() as u16 + 1;
-                self.aliases.insert(topic.to_string(), alias);
+            } else if aliases.len() < self.peer.topic_alias_max as usize {
+                let alias = aliases.len() as u16 + 1;
+                aliases.insert(topic.to_string(), alias);
                 shaped.properties.topic_alias = Some(alias);
             }
         }
@@ -935,7 +948,7 @@ impl Session {
     /// An inbound QoS 2 PUBLISH: returns whether it is new (to be forwarded) or a duplicate
     /// of one not yet released [MQTT-4.3.3-2].
     pub fn receive_qos2(&mut self, pkid: u16) -> bool {
-        let is_new = self.incoming_qos2.insert(pkid);
+        let is_new = self.incoming_qos2.get_mut().insert(pkid);
         if let (true, Some(sid)) = (is_new, self.sid()) {
             self.note(Record::Incoming { sid, pkid });
         }
@@ -945,7 +958,11 @@ impl Session {
     /// An inbound PUBREL: the packet id may be reused by the client.
     /// Returns whether the id was waiting for its PUBREL.
     pub fn release_qos2(&mut self, pkid: u16) -> bool {
-        let was = self.incoming_qos2.remove(&pkid);
+        let was = self
+            .incoming_qos2
+            .existing_mut()
+            .is_some_and(|ids| ids.remove(&pkid));
+        self.incoming_qos2.release_if(HashSet::is_empty);
         if let (true, Some(sid)) = (was, self.sid()) {
             self.note(Record::Released { sid, pkid });
         }
@@ -954,7 +971,7 @@ impl Session {
 
     /// Unacknowledged inbound QoS 2 PUBLISHes, counted against our Receive Maximum.
     pub fn incoming_qos2_len(&self) -> usize {
-        self.incoming_qos2.len()
+        self.incoming_qos2.get().map_or(0, HashSet::len)
     }
 
     /// Takes out the messages that came through shared subscriptions and that the client has

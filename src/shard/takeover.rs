@@ -254,6 +254,7 @@ impl Shard {
         session
             .will
             .take()
+            .map(|w| *w)
             .filter(|w| w.properties.will_delay_interval.unwrap_or(0) == 0)
     }
 

@@ -19,6 +19,12 @@ const FEW_CHILDREN_MAX: usize = 8;
 /// Subscribers of one filter are kept without a key index up to this many.
 const FEW_SUBSCRIBERS_MAX: usize = 16;
 
+/// Vectors of children and subscribers grow one slot at a time up to this length, then by
+/// doubling: most levels hold one child and most filters one subscriber (a device on a topic
+/// of its own), and the first push of a plain `Vec` makes room for four (a 448-byte
+/// allocation for one child, 96 bytes for one subscriber).
+const EXACT_GROWTH_MAX: usize = 4;
+
 /// Pending branches a match holds on the call stack before spilling to the heap; only
 /// topics that branch at more than this many levels ever allocate.
 const MATCH_STACK_INLINE: usize = 16;
@@ -372,6 +378,15 @@ impl<K, V> Drop for Node<K, V> {
     }
 }
 
+/// Pushes onto a vector that is usually short: room for exactly one more while it is shorter
+/// than `EXACT_GROWTH_MAX`, amortized doubling beyond.
+fn push_small<T>(vec: &mut Vec<T>, item: T) {
+    if vec.len() < EXACT_GROWTH_MAX {
+        vec.reserve_exact(1);
+    }
+    vec.push(item);
+}
+
 /// Literal children of a node: a vector while few, a map beyond.
 enum Children<K, V> {
     Few(Vec<(Box<str>, Node<K, V>)>),
@@ -406,7 +421,7 @@ impl<K, V> Children<K, V> {
                 let at = match few.iter().position(|(l, _)| **l == *level) {
                     Some(at) => at,
                     None => {
-                        few.push((level.into(), Node::new()));
+                        push_small(few, (level.into(), Node::new()));
                         few.len() - 1
                     }
                 };
@@ -485,7 +500,7 @@ impl<K: Eq + Hash + Clone, V> Subscribers<K, V> {
         if let Some(index) = &mut self.index {
             index.insert(key.clone(), self.entries.len());
         }
-        self.entries.push((key, value));
+        push_small(&mut self.entries, (key, value));
         if self.index.is_none() && self.entries.len() > FEW_SUBSCRIBERS_MAX {
             let index = self.entries.iter().enumerate();
             self.index = Some(Box::new(

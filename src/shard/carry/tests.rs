@@ -47,13 +47,13 @@ fn session() -> Session {
     session.expiry_secs = 3600;
     let mut properties = Props::default();
     properties.will_delay_interval = Some(30);
-    session.will = Some(Will {
+    session.will = Some(Box::new(Will {
         topic: MqttString::from_str_checked("dev/7/gone").unwrap(),
         payload: Bytes::from_static(b"bye"),
         qos: QoS::AtLeastOnce,
         retain: true,
         properties,
-    });
+    }));
     let shared = message("m/shared", QoS::ExactlyOnce, b"both");
     session.restore(SessionState {
         subscriptions: vec![

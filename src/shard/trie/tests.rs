@@ -329,3 +329,33 @@ fn randomized_cross_check_with_topic_filter_matches() {
     });
     assert_eq!(seen, subscriptions.len());
 }
+
+#[test]
+fn a_level_with_one_child_and_one_subscriber_holds_room_for_one() {
+    let mut trie: Trie<u64, u8> = Trie::new();
+    trie.insert("dev-1/state", 1, 0);
+    let Children::Few(top) = &trie.root.children else {
+        panic!("one child is few");
+    };
+    assert_eq!(top.capacity(), 1);
+    let Children::Few(below) = &top[0].1.children else {
+        panic!("one child is few");
+    };
+    assert_eq!(below.capacity(), 1);
+    assert_eq!(below[0].1.exact.entries.capacity(), 1);
+    for key in 2..100 {
+        trie.insert("dev-1/state", key, 0);
+    }
+    assert_eq!(
+        matched_len(&trie, "dev-1/state"),
+        99,
+        "grows past the exact room"
+    );
+    trie.assert_invariants();
+}
+
+fn matched_len(trie: &Trie<u64, u8>, topic: &str) -> usize {
+    let mut n = 0;
+    trie.for_each_match(topic, |_, _| n += 1);
+    n
+}
