@@ -226,6 +226,7 @@ pub fn instant_of(ms: u64) -> Instant {
 
 mod codec;
 pub use codec::{decode, encode_record};
+use codec::{encode_message, encode_record_into};
 
 /// A persistent session's handle on its shard's journal.
 #[derive(Clone)]
@@ -293,8 +294,12 @@ impl Persist {
 
     /// Appends a record; returns its position.
     pub fn append(&self, record: &Record) -> u64 {
-        let bytes = encode_record(record);
-        let at = self.store.append(&bytes).0;
+        self.append_with(|w| encode_record_into(record, w))
+    }
+
+    /// `append` of the record `write` encodes, in place in the store's queue.
+    fn append_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
+        let at = self.store.append_with(write).0;
         self.last.set(at);
         at
     }
@@ -347,10 +352,7 @@ impl Persist {
         }
         let mid = self.next_mid.get();
         self.next_mid.set(mid + 1);
-        self.append(&Record::Message {
-            mid,
-            publish: Publish::clone(publish),
-        });
+        self.append_with(|w| encode_message(mid, publish, w));
         *self.current.borrow_mut() = Some((publish.clone(), mid));
         mid
     }

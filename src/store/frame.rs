@@ -38,17 +38,24 @@ impl Kind {
 
 /// Appends one framed record to `out`.
 pub fn encode_record(record: &[u8], out: &mut Vec<u8>) {
-    assert!(
-        record.len() < RECORD_BYTES_MAX,
-        "a store record must be under 1 GiB"
-    );
-    let len = (record.len() as u32).to_le_bytes();
+    encode_record_with(out, |out| out.extend_from_slice(record));
+}
+
+/// Appends one framed record to `out` whose data `write` appends: no copy of the data is
+/// made, the header is filled in around it afterwards. Returns the data's length.
+pub fn encode_record_with(out: &mut Vec<u8>, write: impl FnOnce(&mut Vec<u8>)) -> usize {
+    let start = out.len();
+    out.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+    write(out);
+    let len = out.len() - start - RECORD_HEADER_BYTES;
+    assert!(len < RECORD_BYTES_MAX, "a store record must be under 1 GiB");
+    let len_bytes = (len as u32).to_le_bytes();
     let mut crc = crc32fast::Hasher::new();
-    crc.update(&len);
-    crc.update(record);
-    out.extend_from_slice(&len);
-    out.extend_from_slice(&crc.finalize().to_le_bytes());
-    out.extend_from_slice(record);
+    crc.update(&len_bytes);
+    crc.update(&out[start + RECORD_HEADER_BYTES..]);
+    out[start..start + 4].copy_from_slice(&len_bytes);
+    out[start + 4..start + RECORD_HEADER_BYTES].copy_from_slice(&crc.finalize().to_le_bytes());
+    len
 }
 
 /// Bytes `encode_record` adds for a record of `len` bytes.

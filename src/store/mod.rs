@@ -33,7 +33,9 @@ use bytes::Bytes;
 use glommio::sync::Semaphore;
 
 use file::{glommio_error, BlockFile};
-use frame::{encode_header, encode_record, framed_len, Kind, FILE_HEADER_BYTES};
+use frame::{
+    encode_header, encode_record_with, framed_len, Kind, FILE_HEADER_BYTES,
+};
 use recover::{read_shard, Found, Paths};
 use writer::{Shared, State, QUEUE_FLUSH_BYTES};
 
@@ -317,13 +319,21 @@ impl Store {
     /// Queues a record (any bytes, < 16 MiB) for the next write; returns its position. Never
     /// waits, never fails (a failing disk shows in `durable`).
     pub fn append(&self, record: &[u8]) -> Position {
+        self.append_with(|out| out.extend_from_slice(record))
+    }
+
+    /// `append` of the record `write` appends to the buffer it is given, encoded in place:
+    /// no buffer of its own per record, no copy of it. `write` must only append.
+    pub fn append_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> Position {
         let mut st = self.shared.state.borrow_mut();
-        encode_record(record, &mut st.pending);
+        let st = &mut *st;
+        let start = st.pending.len();
+        let len = encode_record_with(&mut st.pending, write);
         if let Some(carry) = st.carry.as_mut() {
-            encode_record(record, carry);
+            carry.extend_from_slice(&st.pending[start..]);
         }
         st.appended += 1;
-        st.log_bytes += framed_len(record.len());
+        st.log_bytes += framed_len(len);
         if st.pending.len() >= QUEUE_FLUSH_BYTES {
             st.wake_writer();
         }

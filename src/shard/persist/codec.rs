@@ -3,7 +3,7 @@
 //! broker's own codec, so every property survives).
 
 use super::{Opened, Record, StoredGrant};
-use crate::protocol::codec::{encode, Codec, Decoded};
+use crate::protocol::codec::{write_shaped_header, Codec, Decoded, Shape};
 use crate::protocol::{Packet, Publish, QoS, SubscriptionOptions, Version};
 use crate::shard::subscription::Subscription;
 use bytes::BytesMut;
@@ -27,67 +27,75 @@ const WILL_DUE: u8 = 15;
 /// The bytes of a record.
 pub fn encode_record(record: &Record) -> Vec<u8> {
     let mut w = Vec::with_capacity(32);
+    encode_record_into(record, &mut w);
+    w
+}
+
+/// Appends the bytes of a record to `w` (the store's queue: `Store::append_with`).
+pub fn encode_record_into(record: &Record, w: &mut Vec<u8>) {
     match record {
         Record::Retain { topic, message } => {
             w.push(RETAIN);
-            put_str(&mut w, topic);
+            put_str(w, topic);
             match message {
                 Some((publish, expires)) => {
                     w.push(1);
-                    put_opt_u64(&mut w, *expires);
-                    put_publish(&mut w, publish);
+                    put_opt_u64(w, *expires);
+                    put_publish(w, publish);
                 }
                 None => w.push(0),
             }
         }
-        Record::Message { mid, publish } => {
-            w.push(MESSAGE);
-            put_u64(&mut w, *mid);
-            put_publish(&mut w, publish);
-        }
-        Record::Open(opened) => put_opened(&mut w, opened),
+        Record::Message { mid, publish } => encode_message(*mid, publish, w),
+        Record::Open(opened) => put_opened(w, opened),
         Record::End { sid } => {
             w.push(END);
-            put_u64(&mut w, *sid);
+            put_u64(w, *sid);
         }
         Record::WillGone { sid } => {
             w.push(WILL_GONE);
-            put_u64(&mut w, *sid);
+            put_u64(w, *sid);
         }
         Record::WillDue { sid, at_ms } => {
             w.push(WILL_DUE);
-            put_u64(&mut w, *sid);
-            put_u64(&mut w, *at_ms);
+            put_u64(w, *sid);
+            put_u64(w, *at_ms);
         }
         Record::Subscribe { sid, filter, sub } => {
             w.push(SUBSCRIBE);
-            put_u64(&mut w, *sid);
-            put_str(&mut w, filter);
-            put_sub(&mut w, sub);
+            put_u64(w, *sid);
+            put_str(w, filter);
+            put_sub(w, sub);
         }
         Record::Unsubscribe { sid, filter } => {
             w.push(UNSUBSCRIBE);
-            put_u64(&mut w, *sid);
-            put_str(&mut w, filter);
+            put_u64(w, *sid);
+            put_str(w, filter);
         }
         Record::Expiry { sid, secs } => {
             w.push(EXPIRY);
-            put_u64(&mut w, *sid);
+            put_u64(w, *sid);
             w.extend_from_slice(&secs.to_le_bytes());
         }
         Record::Enqueue { sid, mid, grant } => {
             w.push(ENQUEUE);
-            put_u64(&mut w, *sid);
-            put_u64(&mut w, *mid);
-            put_grant(&mut w, grant);
+            put_u64(w, *sid);
+            put_u64(w, *mid);
+            put_grant(w, grant);
         }
-        Record::Assign { sid, pkid } => put_pkid(&mut w, ASSIGN, *sid, *pkid),
-        Record::PubRec { sid, pkid } => put_pkid(&mut w, PUBREC, *sid, *pkid),
-        Record::Done { sid, pkid } => put_pkid(&mut w, DONE, *sid, *pkid),
-        Record::Incoming { sid, pkid } => put_pkid(&mut w, INCOMING, *sid, *pkid),
-        Record::Released { sid, pkid } => put_pkid(&mut w, RELEASED, *sid, *pkid),
+        Record::Assign { sid, pkid } => put_pkid(w, ASSIGN, *sid, *pkid),
+        Record::PubRec { sid, pkid } => put_pkid(w, PUBREC, *sid, *pkid),
+        Record::Done { sid, pkid } => put_pkid(w, DONE, *sid, *pkid),
+        Record::Incoming { sid, pkid } => put_pkid(w, INCOMING, *sid, *pkid),
+        Record::Released { sid, pkid } => put_pkid(w, RELEASED, *sid, *pkid),
     }
-    w
+}
+
+/// Appends the bytes of `Record::Message` for `mid` and `publish`, without building the record.
+pub fn encode_message(mid: u64, publish: &Publish, w: &mut Vec<u8>) {
+    w.push(MESSAGE);
+    put_u64(w, mid);
+    put_publish(w, publish);
 }
 
 fn put_opened(w: &mut Vec<u8>, o: &Opened) {
@@ -195,17 +203,30 @@ fn put_grant(w: &mut Vec<u8>, g: &StoredGrant) {
 
 /// A PUBLISH as a 5.0 packet (packet id 1 for QoS 1/2: the id is not part of the message).
 fn put_publish(w: &mut Vec<u8>, publish: &Publish) {
-    let mut publish = publish.clone();
-    publish.pkid = u16::from(publish.qos != QoS::AtMostOnce);
-    publish.dup = false;
-    let mut out = BytesMut::new();
-    // A PUBLISH the broker decoded encodes again; should it not, an empty body is stored
-    // and replay drops the message rather than the broker failing.
-    if encode(&Packet::Publish(publish), Version::V5, &mut out).is_err() {
-        out.clear();
-    }
-    put_u32(w, out.len() as u32);
-    w.extend_from_slice(&out);
+    let shape = Shape {
+        qos: publish.qos,
+        retain: publish.retain,
+        dup: false,
+        pkid: u16::from(publish.qos != QoS::AtMostOnce),
+    };
+    HEADER.with_borrow_mut(|header| {
+        header.clear();
+        // A PUBLISH the broker decoded encodes again; should it not, an empty body is stored
+        // and replay drops the message rather than the broker failing.
+        if write_shaped_header(publish, shape, Version::V5, header).is_err() {
+            put_u32(w, 0);
+            return;
+        }
+        put_u32(w, (header.len() + publish.payload.len()) as u32);
+        w.extend_from_slice(header);
+        w.extend_from_slice(&publish.payload);
+    });
+}
+
+thread_local! {
+    /// The header `put_publish` encodes, kept between records so that writing a message
+    /// allocates nothing.
+    static HEADER: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// Reads fields off a record; None once anything is missing or malformed.
