@@ -259,6 +259,7 @@ impl Store {
             dir: options.dir.clone(),
             state: RefCell::new(State {
                 pending: Vec::new(),
+                spare: Vec::new(),
                 appended: 0,
                 written: 0,
                 synced: 0,

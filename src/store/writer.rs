@@ -43,6 +43,9 @@ pub(crate) struct Shared {
 pub(crate) struct State {
     /// Framed records not yet written.
     pub pending: Vec<u8>,
+    /// An empty buffer with room, to queue into while `pending` is being written (without it
+    /// the queue grew from nothing by reallocations during every write).
+    pub spare: Vec<u8>,
     /// Position of the last record appended, written, synced.
     pub appended: u64,
     pub written: u64,
@@ -129,7 +132,8 @@ impl Shared {
         }
         let (data, seq) = {
             let mut st = self.state.borrow_mut();
-            (std::mem::take(&mut st.pending), st.appended)
+            let spare = std::mem::take(&mut st.spare);
+            (std::mem::replace(&mut st.pending, spare), st.appended)
         };
         if !data.is_empty() {
             let mut taken = Taken { shared: self, data };
@@ -140,10 +144,14 @@ impl Shared {
             st.stats.writes += 1;
             st.stats.bytes_written += data.len() as u64;
             // Keep the queue's allocation for the next group, unless a burst made it large.
-            if st.pending.is_empty() && data.capacity() <= QUEUE_FLUSH_BYTES {
+            if data.capacity() <= QUEUE_FLUSH_BYTES {
                 let mut data = data;
                 data.clear();
-                st.pending = data;
+                if st.pending.is_empty() && st.pending.capacity() < data.capacity() {
+                    st.pending = data;
+                } else if st.spare.capacity() < data.capacity() {
+                    st.spare = data;
+                }
             }
         }
         let target = self.state.borrow().written;
