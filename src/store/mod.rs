@@ -34,7 +34,7 @@ use glommio::sync::Semaphore;
 
 use file::{glommio_error, BlockFile};
 use frame::{
-    encode_header, encode_record_with, framed_len, Kind, FILE_HEADER_BYTES,
+    encode_header, encode_record_with, framed_len, Kind, FILE_HEADER_BYTES, RECORD_HEADER_BYTES,
 };
 use recover::{read_shard, Found, Paths};
 use writer::{Shared, State, QUEUE_FLUSH_BYTES};
@@ -259,6 +259,7 @@ impl Store {
             dir: options.dir.clone(),
             state: RefCell::new(State {
                 pending: Vec::new(),
+                open: None,
                 spare: Vec::new(),
                 appended: 0,
                 written: 0,
@@ -328,6 +329,7 @@ impl Store {
     pub fn append_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> Position {
         let mut st = self.shared.state.borrow_mut();
         let st = &mut *st;
+        st.seal();
         let start = st.pending.len();
         let len = encode_record_with(&mut st.pending, write);
         if let Some(carry) = st.carry.as_mut() {
@@ -339,6 +341,40 @@ impl Store {
             st.wake_writer();
         }
         Position(st.appended)
+    }
+
+    /// `append_with`, leaving the record open: `extend` may add to it until it is sealed (by
+    /// the next record, a write, or a compaction). Many small records of one kind then cost
+    /// one header and one checksum.
+    pub fn append_open(&self, write: impl FnOnce(&mut Vec<u8>)) -> Position {
+        let mut st = self.shared.state.borrow_mut();
+        st.seal();
+        let start = st.pending.len();
+        st.pending.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+        write(&mut st.pending);
+        st.open = Some(start);
+        st.appended += 1;
+        st.log_bytes += (st.pending.len() - start) as u64;
+        if st.pending.len() >= QUEUE_FLUSH_BYTES {
+            st.wake_writer();
+        }
+        Position(st.appended)
+    }
+
+    /// Appends what `write` appends to the record at `at`, if it is still open: true. False,
+    /// with nothing written, once it was sealed.
+    pub fn extend(&self, at: Position, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let mut st = self.shared.state.borrow_mut();
+        if st.open.is_none() || st.appended != at.0 {
+            return false;
+        }
+        let before = st.pending.len();
+        write(&mut st.pending);
+        st.log_bytes += (st.pending.len() - before) as u64;
+        if st.pending.len() >= QUEUE_FLUSH_BYTES {
+            st.wake_writer();
+        }
+        true
     }
 
     /// Resolves when every record up to `at` is durable as the mode promises: written

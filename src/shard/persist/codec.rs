@@ -23,6 +23,12 @@ const INCOMING: u8 = 12;
 const RELEASED: u8 = 13;
 const WILL_GONE: u8 = 14;
 const WILL_DUE: u8 = 15;
+/// Records that stand for several: a message and the sessions it entered (`Message`, then an
+/// `Enqueue` per session); a session's packet ids given (`Assign` each) or finished (`Done`
+/// each), in order. Written by `Persist` while the store leaves its last record open.
+const MESSAGE_TO: u8 = 16;
+const ASSIGNS: u8 = 17;
+const DONES: u8 = 18;
 
 /// The bytes of a record.
 pub fn encode_record(record: &Record) -> Vec<u8> {
@@ -92,10 +98,32 @@ pub fn encode_record_into(record: &Record, w: &mut Vec<u8>) {
 }
 
 /// Appends the bytes of `Record::Message` for `mid` and `publish`, without building the record.
-pub fn encode_message(mid: u64, publish: &Publish, w: &mut Vec<u8>) {
+fn encode_message(mid: u64, publish: &Publish, w: &mut Vec<u8>) {
     w.push(MESSAGE);
     put_u64(w, mid);
     put_publish(w, publish);
+}
+
+/// Starts a `MESSAGE_TO` record: `Record::Message`, to which `encode_enqueue_entry` adds
+/// the sessions it enters.
+pub fn encode_message_to(mid: u64, publish: &Publish, w: &mut Vec<u8>) {
+    w.push(MESSAGE_TO);
+    put_u64(w, mid);
+    put_publish(w, publish);
+}
+
+/// One session of a `MESSAGE_TO` record: `Record::Enqueue` of its message.
+pub fn encode_enqueue_entry(sid: u64, grant: &StoredGrant, w: &mut Vec<u8>) {
+    put_u64(w, sid);
+    put_grant(w, grant);
+}
+
+/// Starts an `ASSIGNS` (`assign`) or `DONES` record of session `sid` with its first
+/// packet id; more follow as two bytes each.
+pub fn encode_pkid_run(assign: bool, sid: u64, pkid: u16, w: &mut Vec<u8>) {
+    w.push(if assign { ASSIGNS } else { DONES });
+    put_u64(w, sid);
+    w.extend_from_slice(&pkid.to_le_bytes());
 }
 
 fn put_opened(w: &mut Vec<u8>, o: &Opened) {
@@ -321,6 +349,35 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A `MESSAGE_TO` record after its tag.
+    fn message_to(&mut self) -> Option<Vec<Record>> {
+        let mid = self.u64()?;
+        let publish = self.publish()?;
+        let mut records = vec![Record::Message { mid, publish }];
+        while !self.bytes.is_empty() {
+            let sid = self.u64()?;
+            let grant = self.grant()?;
+            records.push(Record::Enqueue { sid, mid, grant });
+        }
+        Some(records)
+    }
+
+    /// An `ASSIGNS` or `DONES` record after its tag: a session id, then packet ids.
+    fn pkid_run(&mut self, assign: bool) -> Option<Vec<Record>> {
+        let sid = self.u64()?;
+        let mut records = Vec::new();
+        loop {
+            let pkid = self.u16()?;
+            records.push(match assign {
+                true => Record::Assign { sid, pkid },
+                false => Record::Done { sid, pkid },
+            });
+            if self.bytes.is_empty() {
+                return Some(records);
+            }
+        }
+    }
+
     fn publish(&mut self) -> Option<Publish> {
         let len = self.u32()? as usize;
         let mut buf = BytesMut::from(self.take(len)?);
@@ -381,6 +438,28 @@ impl<'a> Reader<'a> {
 }
 
 /// The record in `bytes`; None when it is not one this version writes.
+/// The records `bytes` stands for, in order, to `each`: one, or several for the records
+/// written as one (`MESSAGE_TO`, `ASSIGNS`, `DONES`). False, with nothing given, when the
+/// bytes are not a record.
+pub fn decode_each(bytes: &[u8], mut each: impl FnMut(Record)) -> bool {
+    let Some((&tag, rest)) = bytes.split_first() else {
+        return false;
+    };
+    if !matches!(tag, MESSAGE_TO | ASSIGNS | DONES) {
+        return decode(bytes).map(each).is_some();
+    }
+    let mut r = Reader { bytes: rest };
+    let Some(records) = (match tag {
+        MESSAGE_TO => r.message_to(),
+        _ => r.pkid_run(tag == ASSIGNS),
+    }) else {
+        return false;
+    };
+    records.into_iter().for_each(each);
+    true
+}
+
+/// The record `bytes` holds, when it holds exactly one.
 pub fn decode(bytes: &[u8]) -> Option<Record> {
     let mut r = Reader { bytes };
     let record = match r.u8()? {
