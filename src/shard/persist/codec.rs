@@ -441,7 +441,7 @@ impl<'a> Reader<'a> {
 /// The records `bytes` stands for, in order, to `each`: one, or several for the records
 /// written as one (`MESSAGE_TO`, `ASSIGNS`, `DONES`). False, with nothing given, when the
 /// bytes are not a record.
-pub fn decode_each(bytes: &[u8], mut each: impl FnMut(Record)) -> bool {
+pub fn decode_each(bytes: &[u8], each: impl FnMut(Record)) -> bool {
     let Some((&tag, rest)) = bytes.split_first() else {
         return false;
     };
