@@ -374,7 +374,7 @@ fn records_joined_while_open_replay_as_the_records_they_stand_for() {
         for r in &recovered.records {
             assert!(decode_each(r, |record| got.push(record)));
         }
-        let want = vec![
+        let want = [
             Record::Message {
                 mid,
                 publish: Publish::clone(&message),
