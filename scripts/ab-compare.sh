@@ -5,6 +5,10 @@
 #
 #   A=/tmp/ringcast-before B=target/release/ringcast RUNS=3 DUR=5 scripts/ab-compare.sh
 #   ONLY="pairs-100" RUNS=1 DUR=2 A=... B=... scripts/ab-compare.sh
+#   PERSIST=always ONLY="fanin-100-q1 pairs-100-q1" A=... B=... scripts/ab-compare.sh
+#
+# PERSIST=off|interval|always|never runs both brokers with `[persistence]` so (a fresh data
+# directory per run) and every generator client with a persistent session (--persistent).
 #
 # Build A from an older commit with a separate target dir, e.g.
 #   git worktree add /tmp/a REV && (cd /tmp/a && cargo build --release -p ringcast)
@@ -28,6 +32,16 @@ SCENARIOS=(
     "pairs-100|pairs -n 100 --qos 0"
     "wildcard-10k|wildcard -n 100 --topics 10000 --publishers 10 --qos 0"
 )
+BROKER_ARGS=()
+if [[ -n ${PERSIST:-} ]]; then
+    SCENARIOS+=("fanin-100-q1|fanin -n 100 --qos 1" "pairs-100-q1|pairs -n 100 --qos 1")
+    mkdir -p "$OUT"
+    printf '[persistence]\nenabled = %s\nfsync = "%s"\n' \
+        "$([[ $PERSIST == off ]] && echo false || echo true)" \
+        "$([[ $PERSIST == off ]] && echo interval || echo "$PERSIST")" >"$OUT/ringcast.toml"
+    BROKER_ARGS=(--config "$OUT/ringcast.toml" --data-dir "$OUT/data")
+    COMMON+=(--persistent)
+fi
 
 # shellcheck source=scripts/lib.sh
 source "$(dirname "$0")/lib.sh"
@@ -47,8 +61,9 @@ for round in $(seq "$RUNS"); do
         for side in A B; do
             binary=${!side}
             echo "== round $round: $name, $side" >&2
+            rm -rf "$OUT/data"
             timeout $((DUR + 60)) "$binary" --listen 127.0.0.1:$PORT --cpus 0 --shards 1 \
-                --log-level warn 2>>"$OUT/broker.log" &
+                "${BROKER_ARGS[@]}" --log-level warn 2>>"$OUT/broker.log" &
             broker_pid=$!
             wait_port $PORT
             json=$("$BENCH" "${args[@]}" "${COMMON[@]}" --port $PORT 2>>"$OUT/bench.log" || echo null)

@@ -354,7 +354,7 @@ impl Conn {
                 Ok(action) => action,
                 Err(end) => return end,
             };
-            let appended = self.appended();
+            let appended = self.hold_point(&action);
             let end = {
                 let acted = self.act(action).map_err(|wait| self.finish(wait));
                 match acted {
@@ -362,7 +362,9 @@ impl Conn {
                     Err(waiting) => waiting.await,
                 }
             };
-            self.hold_since(appended);
+            if let Some(appended) = appended {
+                self.hold_since(appended);
+            }
             if let Some(end) = end {
                 return end;
             }
@@ -401,6 +403,19 @@ impl Conn {
     /// Position of the shard's last stored record (0 without persistence).
     fn appended(&self) -> u64 {
         self.shard.persist.as_ref().map_or(0, |p| p.last())
+    }
+
+    /// Where the store stands before `action`, when what this connection sends next must
+    /// wait for the records `action` appends (`hold_since`). None for what a client sends about
+    /// messages it was given (PUBACK, PUBREC, PUBCOMP): nothing it is answered with
+    /// acknowledges their records, and what depends on one (a QoS 2 packet id, a PUBREC) holds
+    /// the outbox itself (`Session::note`). Holding for them made every message a subscriber
+    /// gets once its window is full wait for a write, or an fdatasync.
+    fn hold_point(&self, action: &Action) -> Option<u64> {
+        match action {
+            Action::PubAck(_) | Action::PubRec(_) | Action::PubComp(_) => None,
+            _ => Some(self.appended()),
+        }
     }
 
     /// What this connection sends from now on waits for the records appended since

@@ -225,7 +225,8 @@ pub fn instant_of(ms: u64) -> Instant {
 }
 
 mod codec;
-pub use codec::{decode, encode_record};
+pub use codec::{decode, decode_each, encode_record};
+use codec::{encode_enqueue_entry, encode_message_to, encode_pkid_run, encode_record_into};
 
 /// A persistent session's handle on its shard's journal.
 #[derive(Clone)]
@@ -250,11 +251,28 @@ pub struct Persist {
     last_stamp: Cell<u64>,
     /// The message last written, so a fan-out writes it once.
     current: RefCell<Option<(Arc<Publish>, u64)>>,
+    /// The store's open record (`Store::append_open`) as this journal wrote it, its position
+    /// and how many records joined it: the next record of the same kind joins it.
+    open: Cell<Option<(Joinable, u64, u32)>>,
     /// Stop compacting when the log is this size past the last compaction.
     compact_bytes: Cell<u64>,
     /// Every shard's "stores sessions" flag, and this shard's index in it.
     journaled: Option<(Arc<[AtomicBool]>, usize)>,
 }
+
+/// What a record left open may be joined by.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Joinable {
+    /// A message's sessions (`Enqueue`s of message `mid`).
+    Message(u64),
+    /// Packet ids given (`Assign`) or finished (`Done`) by session `sid`.
+    Assigns(u64),
+    Dones(u64),
+}
+
+/// Most records joined into one, so that a record stays small (~120 KiB of sessions of a
+/// fan-out at most) and start-up reads it whole.
+const JOINED_MAX: u32 = 4096;
 
 /// Log bytes past which a shard compacts (and twice the last snapshot).
 pub const COMPACT_BYTES_MIN: u64 = 64 << 20;
@@ -271,6 +289,7 @@ impl Persist {
             next_sid: Cell::new(next_sid.max(1)),
             last_stamp: Cell::new(0),
             current: RefCell::new(None),
+            open: Cell::new(None),
             compact_bytes: Cell::new(COMPACT_BYTES_MIN),
             journaled: None,
         }
@@ -293,9 +312,64 @@ impl Persist {
 
     /// Appends a record; returns its position.
     pub fn append(&self, record: &Record) -> u64 {
-        let bytes = encode_record(record);
-        let at = self.store.append(&bytes).0;
+        self.append_with(|w| encode_record_into(record, w))
+    }
+
+    /// `append` of the record `write` encodes, in place in the store's queue.
+    fn append_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> u64 {
+        let at = self.store.append_with(write).0;
         self.last.set(at);
+        at
+    }
+
+    /// `append` for the records a message's delivery writes one after another: a message
+    /// entering a session's queue, a QoS 1 packet id given, a flow finished. Each joins the
+    /// record before it when that is still open and of its kind (one header and one checksum
+    /// for many); replay reads them back as the records they stand for. A joined record
+    /// takes the position of the record it joins, so `last()` moves only when a record opens:
+    /// a routed message always starts with its `Message` record (`message_id`), which does.
+    pub fn append_joined(&self, record: &Record) -> u64 {
+        let joined = match record {
+            Record::Enqueue { sid, mid, grant } => self.join(Joinable::Message(*mid), |w| {
+                encode_enqueue_entry(*sid, grant, w)
+            }),
+            Record::Assign { sid, pkid } => self.join_run(true, *sid, *pkid),
+            Record::Done { sid, pkid } => self.join_run(false, *sid, *pkid),
+            _ => None,
+        };
+        joined.unwrap_or_else(|| self.append(record))
+    }
+
+    /// Adds to the open record when it is `kind`'s; its position, or None.
+    fn join(&self, kind: Joinable, write: impl FnOnce(&mut Vec<u8>)) -> Option<u64> {
+        let (open, at, joined) = self.open.get()?;
+        if open != kind || joined >= JOINED_MAX || !self.store.extend(Position(at), write) {
+            return None;
+        }
+        self.open.set(Some((open, at, joined + 1)));
+        Some(at)
+    }
+
+    /// Joins `pkid` to the open run of session `sid`, or opens one.
+    fn join_run(&self, assign: bool, sid: u64, pkid: u16) -> Option<u64> {
+        let kind = match assign {
+            true => Joinable::Assigns(sid),
+            false => Joinable::Dones(sid),
+        };
+        let joined = self.join(kind, |w| w.extend_from_slice(&pkid.to_le_bytes()));
+        Some(joined.unwrap_or_else(|| {
+            let at = self
+                .store
+                .append_open(|w| encode_pkid_run(assign, sid, pkid, w))
+                .0;
+            self.opened(kind, at)
+        }))
+    }
+
+    /// The store's last record, at `at`, is open and of `kind`.
+    fn opened(&self, kind: Joinable, at: u64) -> u64 {
+        self.last.set(at);
+        self.open.set(Some((kind, at, 1)));
         at
     }
 
@@ -347,10 +421,11 @@ impl Persist {
         }
         let mid = self.next_mid.get();
         self.next_mid.set(mid + 1);
-        self.append(&Record::Message {
-            mid,
-            publish: Publish::clone(publish),
-        });
+        let at = self
+            .store
+            .append_open(|w| encode_message_to(mid, publish, w))
+            .0;
+        self.opened(Joinable::Message(mid), at);
         *self.current.borrow_mut() = Some((publish.clone(), mid));
         mid
     }

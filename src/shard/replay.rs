@@ -1,7 +1,7 @@
 //! Replay: one store file's records (`persist`'s schema), applied in order, back into
 //! retained messages and sessions.
 
-use super::persist::{decode, instant_of, will_from_stored, Opened, Record, StoredGrant};
+use super::persist::{decode_each, instant_of, will_from_stored, Opened, Record, StoredGrant};
 use super::session::{Grant, Inflight, Outgoing, Phase, SessionState, Subscription};
 use super::HashMap;
 use crate::protocol::Publish;
@@ -31,17 +31,16 @@ pub fn replay(records: &[Bytes], file: usize) -> (Replayed, usize) {
     let mut out = Replayed::default();
     let mut skipped = 0;
     for bytes in records {
-        let Some(record) = decode(bytes) else {
-            skipped += 1;
-            continue;
-        };
-        if let Record::Retain { topic, message } = record {
-            // Replayed in order, the last record of a topic is what it holds.
-            let message = message.map(|(publish, expires)| (Arc::new(publish), expires));
-            retained.insert(topic, message);
-            continue;
-        }
-        apply(record, &mut messages, &mut sessions, &mut out);
+        let understood = decode_each(bytes, |record| {
+            if let Record::Retain { topic, message } = record {
+                // Replayed in order, the last record of a topic is what it holds.
+                let message = message.map(|(publish, expires)| (Arc::new(publish), expires));
+                retained.insert(topic, message);
+                return;
+            }
+            apply(record, &mut messages, &mut sessions, &mut out);
+        });
+        skipped += usize::from(!understood);
     }
     out.retained = retained
         .into_iter()

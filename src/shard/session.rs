@@ -536,7 +536,7 @@ impl Session {
     /// acknowledgement still waits for the record (its connection holds its own output).
     fn note_quietly(&self, record: Record) {
         if let Some(journal) = &self.journal {
-            journal.persist.append(&record);
+            journal.persist.append_joined(&record);
         }
     }
 

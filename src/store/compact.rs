@@ -28,7 +28,12 @@ impl Store {
         let Ok(_one_at_a_time) = shared.compacting.acquire_permit(1).await else {
             return Ok(()); // The semaphore is never closed.
         };
-        shared.state.borrow_mut().carry = Some(Vec::new());
+        {
+            // An open record is part of the owner's records, not of what follows them.
+            let mut st = shared.state.borrow_mut();
+            st.seal();
+            st.carry = Some(Vec::new());
+        }
         let running = Running { shared };
         let result = compact_steps(shared, &records).await;
         drop(running);
@@ -71,6 +76,7 @@ async fn compact_steps(shared: &Shared, records: &[Bytes]) -> Result<(), StoreEr
     // queue's records up to `appended` are either in the owner's records or in `carry`.
     let (carry, queued, appended) = {
         let mut st = shared.state.borrow_mut();
+        st.seal();
         let carry = st.carry.take().unwrap_or_default();
         (carry, st.pending.len(), st.appended)
     };
@@ -85,6 +91,7 @@ async fn compact_steps(shared: &Shared, records: &[Bytes]) -> Result<(), StoreEr
     let dir_synced = sync_dir(&shared.dir).await;
     {
         let mut st = shared.state.borrow_mut();
+        st.seal();
         st.pending.drain(..queued);
         st.written = st.written.max(appended);
         st.synced = st.synced.max(appended);

@@ -33,7 +33,9 @@ use bytes::Bytes;
 use glommio::sync::Semaphore;
 
 use file::{glommio_error, BlockFile};
-use frame::{encode_header, encode_record, framed_len, Kind, FILE_HEADER_BYTES};
+use frame::{
+    encode_header, encode_record_with, framed_len, Kind, FILE_HEADER_BYTES, RECORD_HEADER_BYTES,
+};
 use recover::{read_shard, Found, Paths};
 use writer::{Shared, State, QUEUE_FLUSH_BYTES};
 
@@ -257,6 +259,8 @@ impl Store {
             dir: options.dir.clone(),
             state: RefCell::new(State {
                 pending: Vec::new(),
+                open: None,
+                spare: Vec::new(),
                 appended: 0,
                 written: 0,
                 synced: 0,
@@ -317,17 +321,60 @@ impl Store {
     /// Queues a record (any bytes, < 16 MiB) for the next write; returns its position. Never
     /// waits, never fails (a failing disk shows in `durable`).
     pub fn append(&self, record: &[u8]) -> Position {
+        self.append_with(|out| out.extend_from_slice(record))
+    }
+
+    /// `append` of the record `write` appends to the buffer it is given, encoded in place:
+    /// no buffer of its own per record, no copy of it. `write` must only append.
+    pub fn append_with(&self, write: impl FnOnce(&mut Vec<u8>)) -> Position {
         let mut st = self.shared.state.borrow_mut();
-        encode_record(record, &mut st.pending);
+        let st = &mut *st;
+        st.seal();
+        let start = st.pending.len();
+        let len = encode_record_with(&mut st.pending, write);
         if let Some(carry) = st.carry.as_mut() {
-            encode_record(record, carry);
+            carry.extend_from_slice(&st.pending[start..]);
         }
         st.appended += 1;
-        st.log_bytes += framed_len(record.len());
+        st.log_bytes += framed_len(len);
         if st.pending.len() >= QUEUE_FLUSH_BYTES {
             st.wake_writer();
         }
         Position(st.appended)
+    }
+
+    /// `append_with`, leaving the record open: `extend` may add to it until it is sealed (by
+    /// the next record, a write, or a compaction). Many small records of one kind then cost
+    /// one header and one checksum.
+    pub fn append_open(&self, write: impl FnOnce(&mut Vec<u8>)) -> Position {
+        let mut st = self.shared.state.borrow_mut();
+        st.seal();
+        let start = st.pending.len();
+        st.pending.extend_from_slice(&[0; RECORD_HEADER_BYTES]);
+        write(&mut st.pending);
+        st.open = Some(start);
+        st.appended += 1;
+        st.log_bytes += (st.pending.len() - start) as u64;
+        if st.pending.len() >= QUEUE_FLUSH_BYTES {
+            st.wake_writer();
+        }
+        Position(st.appended)
+    }
+
+    /// Appends what `write` appends to the record at `at`, if it is still open: true. False,
+    /// with nothing written, once it was sealed.
+    pub fn extend(&self, at: Position, write: impl FnOnce(&mut Vec<u8>)) -> bool {
+        let mut st = self.shared.state.borrow_mut();
+        if st.open.is_none() || st.appended != at.0 {
+            return false;
+        }
+        let before = st.pending.len();
+        write(&mut st.pending);
+        st.log_bytes += (st.pending.len() - before) as u64;
+        if st.pending.len() >= QUEUE_FLUSH_BYTES {
+            st.wake_writer();
+        }
+        true
     }
 
     /// Resolves when every record up to `at` is durable as the mode promises: written

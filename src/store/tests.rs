@@ -970,3 +970,67 @@ fn a_relative_directory_is_synced() {
     let result = run(|| async { super::sync_dir(Path::new(".")).await });
     assert!(result.is_ok(), "{result:?}");
 }
+
+#[test]
+fn an_open_record_takes_what_is_added_until_the_next_record_or_write_seals_it() {
+    run(|| async {
+        let tmp = TempDir::new("open");
+        let opts = options(&tmp.0, Fsync::Always);
+        let (store, _) = Store::open(&opts, 0).await.expect("opens");
+        let first = store.append_open(|w| w.extend_from_slice(b"ab"));
+        assert!(store.extend(first, |w| w.extend_from_slice(b"cd")));
+        // Another record seals it: adding to it is refused, nothing is written.
+        let second = store.append(b"x");
+        assert!(!store.extend(first, |w| w.extend_from_slice(b"lost")));
+        let third = store.append_open(|w| w.extend_from_slice(b"ef"));
+        assert!(store.extend(third, |w| w.extend_from_slice(b"gh")));
+        assert!(second < third);
+        store.durable(third).await.expect("durable");
+        // Written: sealed.
+        assert!(!store.extend(third, |w| w.extend_from_slice(b"lost")));
+        let fourth = store.append_open(|w| w.extend_from_slice(b"ij"));
+        assert!(store.extend(fourth, |w| w.extend_from_slice(b"kl")));
+        store.close().await.expect("closes");
+        let want: Vec<u64> = vec![
+            frame::framed_len(4),
+            frame::framed_len(1),
+            frame::framed_len(4),
+            frame::framed_len(4),
+        ];
+        assert_eq!(store.log_bytes(), want.iter().sum::<u64>());
+        drop(store);
+        let (_, rec) = Store::open(&opts, 0).await.expect("reopens");
+        let got: Vec<&[u8]> = rec.records.iter().map(|r| &r[..]).collect();
+        assert_eq!(got, [&b"abcd"[..], b"x", b"efgh", b"ijkl"]);
+    });
+}
+
+#[test]
+fn a_record_open_when_compaction_starts_is_kept_once() {
+    run(|| async {
+        let tmp = TempDir::new("open-compact");
+        let opts = options(&tmp.0, Fsync::Always);
+        let (store, _) = Store::open(&opts, 0).await.expect("opens");
+        // Open when the compaction is called: the owner's records stand for it.
+        let before = store.append_open(|w| w.extend_from_slice(b"superseded"));
+        let live = vec![Bytes::from_static(b"live")];
+        let during;
+        {
+            let compaction = store.compact(live);
+            futures_lite::pin!(compaction);
+            assert!(futures_lite::future::poll_once(&mut compaction)
+                .await
+                .is_none());
+            assert!(!store.extend(before, |w| w.extend_from_slice(b"!")));
+            // Opened while it runs: it follows the live state, with what joined it.
+            during = store.append_open(|w| w.extend_from_slice(b"dur"));
+            assert!(store.extend(during, |w| w.extend_from_slice(b"ing")));
+            compaction.await.expect("compacts");
+        }
+        store.durable(during).await.expect("durable");
+        drop(store);
+        let (_, rec) = Store::open(&opts, 0).await.expect("reopens");
+        let got: Vec<&[u8]> = rec.records.iter().map(|r| &r[..]).collect();
+        assert_eq!(got, [&b"live"[..], b"during"]);
+    });
+}

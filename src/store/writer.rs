@@ -16,7 +16,7 @@ use std::time::Duration;
 use glommio::sync::Semaphore;
 
 use super::file::BlockFile;
-use super::frame::{encode_header, Kind};
+use super::frame::{encode_header, seal_record, Kind};
 use super::recover::Paths;
 use super::{Fsync, StoreError, StoreStats};
 
@@ -43,6 +43,12 @@ pub(crate) struct Shared {
 pub(crate) struct State {
     /// Framed records not yet written.
     pub pending: Vec<u8>,
+    /// Offset in `pending` of the last record while it may still grow (`Store::append_open`):
+    /// its header is filled in when it is sealed (`seal`).
+    pub open: Option<usize>,
+    /// An empty buffer with room, to queue into while `pending` is being written (without it
+    /// the queue grew from nothing by reallocations during every write).
+    pub spare: Vec<u8>,
     /// Position of the last record appended, written, synced.
     pub appended: u64,
     pub written: u64,
@@ -71,6 +77,19 @@ impl State {
         match fsync {
             Fsync::Always => self.synced,
             _ => self.written,
+        }
+    }
+
+    /// Closes the open record, if any: fills in its header and copies it to `carry` while a
+    /// compaction runs. Done before anything else is appended and before `pending` is
+    /// written, moved or cut.
+    pub(crate) fn seal(&mut self) {
+        let Some(start) = self.open.take() else {
+            return;
+        };
+        seal_record(&mut self.pending[start..]);
+        if let Some(carry) = self.carry.as_mut() {
+            carry.extend_from_slice(&self.pending[start..]);
         }
     }
 
@@ -129,7 +148,9 @@ impl Shared {
         }
         let (data, seq) = {
             let mut st = self.state.borrow_mut();
-            (std::mem::take(&mut st.pending), st.appended)
+            st.seal();
+            let spare = std::mem::take(&mut st.spare);
+            (std::mem::replace(&mut st.pending, spare), st.appended)
         };
         if !data.is_empty() {
             let mut taken = Taken { shared: self, data };
@@ -140,10 +161,14 @@ impl Shared {
             st.stats.writes += 1;
             st.stats.bytes_written += data.len() as u64;
             // Keep the queue's allocation for the next group, unless a burst made it large.
-            if st.pending.is_empty() && data.capacity() <= QUEUE_FLUSH_BYTES {
+            if data.capacity() <= QUEUE_FLUSH_BYTES {
                 let mut data = data;
                 data.clear();
-                st.pending = data;
+                if st.pending.is_empty() && st.pending.capacity() < data.capacity() {
+                    st.pending = data;
+                } else if st.spare.capacity() < data.capacity() {
+                    st.spare = data;
+                }
             }
         }
         let target = self.state.borrow().written;
@@ -204,6 +229,7 @@ impl Drop for Taken<'_> {
             return;
         }
         let mut st = self.shared.state.borrow_mut();
+        st.seal();
         let mut back = std::mem::take(&mut self.data);
         back.extend_from_slice(&st.pending);
         st.pending = back;

@@ -3,7 +3,7 @@
 //! broker's own codec, so every property survives).
 
 use super::{Opened, Record, StoredGrant};
-use crate::protocol::codec::{encode, Codec, Decoded};
+use crate::protocol::codec::{write_shaped_header, Codec, Decoded, Shape};
 use crate::protocol::{Packet, Publish, QoS, SubscriptionOptions, Version};
 use crate::shard::subscription::Subscription;
 use bytes::BytesMut;
@@ -23,71 +23,107 @@ const INCOMING: u8 = 12;
 const RELEASED: u8 = 13;
 const WILL_GONE: u8 = 14;
 const WILL_DUE: u8 = 15;
+/// Records that stand for several: a message and the sessions it entered (`Message`, then an
+/// `Enqueue` per session); a session's packet ids given (`Assign` each) or finished (`Done`
+/// each), in order. Written by `Persist` while the store leaves its last record open.
+const MESSAGE_TO: u8 = 16;
+const ASSIGNS: u8 = 17;
+const DONES: u8 = 18;
 
 /// The bytes of a record.
 pub fn encode_record(record: &Record) -> Vec<u8> {
     let mut w = Vec::with_capacity(32);
+    encode_record_into(record, &mut w);
+    w
+}
+
+/// Appends the bytes of a record to `w` (the store's queue: `Store::append_with`).
+pub fn encode_record_into(record: &Record, w: &mut Vec<u8>) {
     match record {
         Record::Retain { topic, message } => {
             w.push(RETAIN);
-            put_str(&mut w, topic);
+            put_str(w, topic);
             match message {
                 Some((publish, expires)) => {
                     w.push(1);
-                    put_opt_u64(&mut w, *expires);
-                    put_publish(&mut w, publish);
+                    put_opt_u64(w, *expires);
+                    put_publish(w, publish);
                 }
                 None => w.push(0),
             }
         }
-        Record::Message { mid, publish } => {
-            w.push(MESSAGE);
-            put_u64(&mut w, *mid);
-            put_publish(&mut w, publish);
-        }
-        Record::Open(opened) => put_opened(&mut w, opened),
+        Record::Message { mid, publish } => encode_message(*mid, publish, w),
+        Record::Open(opened) => put_opened(w, opened),
         Record::End { sid } => {
             w.push(END);
-            put_u64(&mut w, *sid);
+            put_u64(w, *sid);
         }
         Record::WillGone { sid } => {
             w.push(WILL_GONE);
-            put_u64(&mut w, *sid);
+            put_u64(w, *sid);
         }
         Record::WillDue { sid, at_ms } => {
             w.push(WILL_DUE);
-            put_u64(&mut w, *sid);
-            put_u64(&mut w, *at_ms);
+            put_u64(w, *sid);
+            put_u64(w, *at_ms);
         }
         Record::Subscribe { sid, filter, sub } => {
             w.push(SUBSCRIBE);
-            put_u64(&mut w, *sid);
-            put_str(&mut w, filter);
-            put_sub(&mut w, sub);
+            put_u64(w, *sid);
+            put_str(w, filter);
+            put_sub(w, sub);
         }
         Record::Unsubscribe { sid, filter } => {
             w.push(UNSUBSCRIBE);
-            put_u64(&mut w, *sid);
-            put_str(&mut w, filter);
+            put_u64(w, *sid);
+            put_str(w, filter);
         }
         Record::Expiry { sid, secs } => {
             w.push(EXPIRY);
-            put_u64(&mut w, *sid);
+            put_u64(w, *sid);
             w.extend_from_slice(&secs.to_le_bytes());
         }
         Record::Enqueue { sid, mid, grant } => {
             w.push(ENQUEUE);
-            put_u64(&mut w, *sid);
-            put_u64(&mut w, *mid);
-            put_grant(&mut w, grant);
+            put_u64(w, *sid);
+            put_u64(w, *mid);
+            put_grant(w, grant);
         }
-        Record::Assign { sid, pkid } => put_pkid(&mut w, ASSIGN, *sid, *pkid),
-        Record::PubRec { sid, pkid } => put_pkid(&mut w, PUBREC, *sid, *pkid),
-        Record::Done { sid, pkid } => put_pkid(&mut w, DONE, *sid, *pkid),
-        Record::Incoming { sid, pkid } => put_pkid(&mut w, INCOMING, *sid, *pkid),
-        Record::Released { sid, pkid } => put_pkid(&mut w, RELEASED, *sid, *pkid),
+        Record::Assign { sid, pkid } => put_pkid(w, ASSIGN, *sid, *pkid),
+        Record::PubRec { sid, pkid } => put_pkid(w, PUBREC, *sid, *pkid),
+        Record::Done { sid, pkid } => put_pkid(w, DONE, *sid, *pkid),
+        Record::Incoming { sid, pkid } => put_pkid(w, INCOMING, *sid, *pkid),
+        Record::Released { sid, pkid } => put_pkid(w, RELEASED, *sid, *pkid),
     }
-    w
+}
+
+/// Appends the bytes of `Record::Message` for `mid` and `publish`, without building the record.
+fn encode_message(mid: u64, publish: &Publish, w: &mut Vec<u8>) {
+    w.push(MESSAGE);
+    put_u64(w, mid);
+    put_publish(w, publish);
+}
+
+/// Starts a `MESSAGE_TO` record: `Record::Message`, to which `encode_enqueue_entry` adds
+/// the sessions it enters.
+pub fn encode_message_to(mid: u64, publish: &Publish, w: &mut Vec<u8>) {
+    w.push(MESSAGE_TO);
+    put_u64(w, mid);
+    put_publish(w, publish);
+}
+
+/// One session of a `MESSAGE_TO` record: `Record::Enqueue` of its message.
+pub fn encode_enqueue_entry(sid: u64, grant: &StoredGrant, w: &mut Vec<u8>) {
+    put_u64(w, sid);
+    put_grant(w, grant);
+}
+
+/// Starts an `ASSIGNS` (`assign`) or `DONES` record of session `sid` with its first
+/// packet id; more follow as two bytes each.
+pub fn encode_pkid_run(assign: bool, sid: u64, pkid: u16, w: &mut Vec<u8>) {
+    w.push(if assign { ASSIGNS } else { DONES });
+    put_u64(w, sid);
+    w.extend_from_slice(&pkid.to_le_bytes());
 }
 
 fn put_opened(w: &mut Vec<u8>, o: &Opened) {
@@ -195,17 +231,30 @@ fn put_grant(w: &mut Vec<u8>, g: &StoredGrant) {
 
 /// A PUBLISH as a 5.0 packet (packet id 1 for QoS 1/2: the id is not part of the message).
 fn put_publish(w: &mut Vec<u8>, publish: &Publish) {
-    let mut publish = publish.clone();
-    publish.pkid = u16::from(publish.qos != QoS::AtMostOnce);
-    publish.dup = false;
-    let mut out = BytesMut::new();
-    // A PUBLISH the broker decoded encodes again; should it not, an empty body is stored
-    // and replay drops the message rather than the broker failing.
-    if encode(&Packet::Publish(publish), Version::V5, &mut out).is_err() {
-        out.clear();
-    }
-    put_u32(w, out.len() as u32);
-    w.extend_from_slice(&out);
+    let shape = Shape {
+        qos: publish.qos,
+        retain: publish.retain,
+        dup: false,
+        pkid: u16::from(publish.qos != QoS::AtMostOnce),
+    };
+    HEADER.with_borrow_mut(|header| {
+        header.clear();
+        // A PUBLISH the broker decoded encodes again; should it not, an empty body is stored
+        // and replay drops the message rather than the broker failing.
+        if write_shaped_header(publish, shape, Version::V5, header).is_err() {
+            put_u32(w, 0);
+            return;
+        }
+        put_u32(w, (header.len() + publish.payload.len()) as u32);
+        w.extend_from_slice(header);
+        w.extend_from_slice(&publish.payload);
+    });
+}
+
+thread_local! {
+    /// The header `put_publish` encodes, kept between records so that writing a message
+    /// allocates nothing.
+    static HEADER: std::cell::RefCell<BytesMut> = std::cell::RefCell::new(BytesMut::new());
 }
 
 /// Reads fields off a record; None once anything is missing or malformed.
@@ -300,6 +349,35 @@ impl<'a> Reader<'a> {
         })
     }
 
+    /// A `MESSAGE_TO` record after its tag.
+    fn message_to(&mut self) -> Option<Vec<Record>> {
+        let mid = self.u64()?;
+        let publish = self.publish()?;
+        let mut records = vec![Record::Message { mid, publish }];
+        while !self.bytes.is_empty() {
+            let sid = self.u64()?;
+            let grant = self.grant()?;
+            records.push(Record::Enqueue { sid, mid, grant });
+        }
+        Some(records)
+    }
+
+    /// An `ASSIGNS` or `DONES` record after its tag: a session id, then packet ids.
+    fn pkid_run(&mut self, assign: bool) -> Option<Vec<Record>> {
+        let sid = self.u64()?;
+        let mut records = Vec::new();
+        loop {
+            let pkid = self.u16()?;
+            records.push(match assign {
+                true => Record::Assign { sid, pkid },
+                false => Record::Done { sid, pkid },
+            });
+            if self.bytes.is_empty() {
+                return Some(records);
+            }
+        }
+    }
+
     fn publish(&mut self) -> Option<Publish> {
         let len = self.u32()? as usize;
         let mut buf = BytesMut::from(self.take(len)?);
@@ -360,6 +438,28 @@ impl<'a> Reader<'a> {
 }
 
 /// The record in `bytes`; None when it is not one this version writes.
+/// The records `bytes` stands for, in order, to `each`: one, or several for the records
+/// written as one (`MESSAGE_TO`, `ASSIGNS`, `DONES`). False, with nothing given, when the
+/// bytes are not a record.
+pub fn decode_each(bytes: &[u8], each: impl FnMut(Record)) -> bool {
+    let Some((&tag, rest)) = bytes.split_first() else {
+        return false;
+    };
+    if !matches!(tag, MESSAGE_TO | ASSIGNS | DONES) {
+        return decode(bytes).map(each).is_some();
+    }
+    let mut r = Reader { bytes: rest };
+    let Some(records) = (match tag {
+        MESSAGE_TO => r.message_to(),
+        _ => r.pkid_run(tag == ASSIGNS),
+    }) else {
+        return false;
+    };
+    records.into_iter().for_each(each);
+    true
+}
+
+/// The record `bytes` holds, when it holds exactly one.
 pub fn decode(bytes: &[u8]) -> Option<Record> {
     let mut r = Reader { bytes };
     let record = match r.u8()? {
