@@ -575,7 +575,11 @@ impl Session {
             if is_fresh && self.journal.is_some() {
                 self.note_enqueued(publish, grant.to_stored());
             }
-            self.send_new(publish, grant, enc);
+            let out = Outgoing {
+                publish: publish.clone(),
+                grant,
+            };
+            self.send_new(out, enc);
             return Delivery::Sent;
         }
         let Some(outbox) = &self.outbox else {
@@ -730,22 +734,31 @@ impl Session {
         enc.push_publish(outbox, &shaped, self.version);
     }
 
+    /// A queued QoS 1/2 message whose turn came: moved into the window as it is (no second
+    /// reference to count, no copy of its grant), or dropped if its expiry ran out.
+    fn send_queued(&mut self, out: Outgoing, enc: &mut Encoder) {
+        if self.is_expired(&out.grant) {
+            if let Some(sid) = self.sid() {
+                // Taken from the queue and dropped: replay drops it too.
+                self.note_quietly(Record::Assign { sid, pkid: 0 });
+            }
+            return;
+        }
+        self.send_new(out, enc);
+    }
+
     /// Gives the message a packet id, records it in flight and sends it.
-    fn send_new(&mut self, publish: &Arc<Publish>, grant: Grant, enc: &mut Encoder) {
+    fn send_new(&mut self, out: Outgoing, enc: &mut Encoder) {
         let pkid = self.allocate_pkid();
         if let Some(sid) = self.sid() {
             // QoS 2 is sent under one packet id across a crash, or the client would take the
             // message twice: the PUBLISH waits for the record.
-            match grant.qos {
+            match out.grant.qos {
                 QoS::ExactlyOnce => self.note(Record::Assign { sid, pkid }),
                 _ => self.note_quietly(Record::Assign { sid, pkid }),
             }
         }
-        self.write_publish(publish, &grant, pkid, enc);
-        let out = Outgoing {
-            publish: publish.clone(),
-            grant,
-        };
+        self.write_publish(&out.publish, &out.grant, pkid, enc);
         self.inflight.push_back(Inflight {
             out,
             pkid,
@@ -787,21 +800,31 @@ impl Session {
         self.inflight.iter().any(|i| i.pkid == pkid)
     }
 
-    /// Moves queued messages into the window while there is room and a connection.
+    /// Moves queued messages into the window while there is room and a connection. The bytes
+    /// taken are given back to the shard's count once, after the run.
     pub fn pump(&mut self, limits: &Limits, enc: &mut Encoder) {
+        let mut taken = 0;
         while self.is_online() {
             let Some(front) = self.queue.front() else {
                 break;
             };
-            if front.grant.qos != QoS::AtMostOnce && !self.has_window(limits) {
+            let is_qos0 = front.grant.qos == QoS::AtMostOnce;
+            if !is_qos0 && !self.has_window(limits) {
                 break;
             }
             let Some(out) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= out.publish.payload.len();
-            self.pressure.sub(out.publish.payload.len());
-            self.send_now(&out.publish, out.grant, limits, enc, false);
+            taken += out.publish.payload.len();
+            if is_qos0 {
+                self.send_now(&out.publish, out.grant, limits, enc, false);
+            } else {
+                self.send_queued(out, enc);
+            }
+        }
+        if taken > 0 {
+            self.queued_bytes -= taken;
+            self.pressure.sub(taken);
         }
         if self.queue.len() < limits.queue_messages_max {
             self.over_bound_since = None;
