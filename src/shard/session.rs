@@ -25,6 +25,11 @@ use std::time::{Duration, Instant};
 /// they were sliced from, so queued bytes are what the ceiling counts.
 const OFFLINE_COPY_BYTES_MAX: usize = 4096;
 
+/// Slots of the window and the queue a session keeps once it owes nothing: a burst grows them
+/// to what it held (up to `inflight_max` and `queue_messages_max`, ~90 bytes a slot), and a
+/// session that caught up gives that back rather than holding its peak for good.
+const SLOTS_KEPT_IDLE: usize = 64;
+
 /// Where an outbound QoS 1/2 message stands in its acknowledgement flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -834,6 +839,22 @@ impl Session {
             // A retained feed waiting for the window or the queue may go on.
             outbox.notify_room();
         }
+        self.give_back_slots();
+    }
+
+    /// Frees the window's and the queue's slots once nothing is in flight or queued, when a
+    /// burst left more than `SLOTS_KEPT_IDLE` (only then: a session that keeps up and drains
+    /// to empty between messages does not reallocate each time).
+    fn give_back_slots(&mut self) {
+        if !self.inflight.is_empty() || !self.queue.is_empty() {
+            return;
+        }
+        if self.inflight.capacity() > SLOTS_KEPT_IDLE {
+            self.inflight = VecDeque::new();
+        }
+        if self.queue.capacity() > SLOTS_KEPT_IDLE {
+            self.queue = VecDeque::new();
+        }
     }
 
     /// Whether a retained message granted at `qos` can be sent now; what to wait for if not.
@@ -1214,5 +1235,36 @@ mod tests {
         assert_eq!(ids, [3, 4], "an unknown id is ignored");
         assert_eq!(s.queued_len(), 0);
         assert_eq!(sent(&outbox).len(), 4);
+    }
+
+    #[test]
+    fn a_session_that_caught_up_gives_back_what_a_burst_grew() {
+        let (mut s, _outbox) = online(PeerLimits::default());
+        let limits = Limits {
+            inflight_max: 100,
+            ..Limits::default()
+        };
+        let mut enc = Encoder::default();
+        for _ in 0..300 {
+            s.deliver_owned(
+                Outgoing::plain(message("t", QoS::AtLeastOnce)),
+                &limits,
+                &mut enc,
+            );
+        }
+        assert_eq!((s.inflight.len(), s.queued_len()), (100, 200));
+        let first: Vec<u16> = (1..=100).collect();
+        s.on_pubacks(&first, &limits, &mut enc);
+        assert!(
+            s.queue.capacity() >= 100,
+            "still queued: the queue keeps its slots"
+        );
+        for round in 1..3u16 {
+            let ids: Vec<u16> = (round * 100 + 1..=round * 100 + 100).collect();
+            s.on_pubacks(&ids, &limits, &mut enc);
+        }
+        assert_eq!((s.inflight.len(), s.queued_len()), (0, 0));
+        assert!(s.inflight.capacity() <= SLOTS_KEPT_IDLE);
+        assert!(s.queue.capacity() <= SLOTS_KEPT_IDLE);
     }
 }
