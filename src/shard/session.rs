@@ -1214,6 +1214,13 @@ mod tests {
         assert_eq!(s.allocate_pkid(), 65_534, "acknowledged, so free again");
     }
 
+    /// Offers `n` QoS 1 messages on one topic.
+    fn deliver_qos1(s: &mut Session, n: usize, limits: &Limits, enc: &mut Encoder) {
+        for _ in 0..n {
+            s.deliver_owned(Outgoing::plain(message("t", QoS::AtLeastOnce)), limits, enc);
+        }
+    }
+
     #[test]
     fn a_batch_of_pubacks_frees_the_window_and_pumps_the_queue_once() {
         let (mut s, outbox) = online(PeerLimits::default());
@@ -1222,13 +1229,7 @@ mod tests {
             ..Limits::default()
         };
         let mut enc = Encoder::default();
-        for _ in 0..4 {
-            s.deliver_owned(
-                Outgoing::plain(message("t", QoS::AtLeastOnce)),
-                &limits,
-                &mut enc,
-            );
-        }
+        deliver_qos1(&mut s, 4, &limits, &mut enc);
         assert_eq!((s.inflight.len(), s.queued_len()), (2, 2));
         s.on_pubacks(&[1, 2, 999], &limits, &mut enc);
         let ids: Vec<u16> = s.inflight.iter().map(|i| i.pkid).collect();
@@ -1245,13 +1246,7 @@ mod tests {
             ..Limits::default()
         };
         let mut enc = Encoder::default();
-        for _ in 0..300 {
-            s.deliver_owned(
-                Outgoing::plain(message("t", QoS::AtLeastOnce)),
-                &limits,
-                &mut enc,
-            );
-        }
+        deliver_qos1(&mut s, 300, &limits, &mut enc);
         assert_eq!((s.inflight.len(), s.queued_len()), (100, 200));
         let first: Vec<u16> = (1..=100).collect();
         s.on_pubacks(&first, &limits, &mut enc);
