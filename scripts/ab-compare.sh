@@ -28,7 +28,9 @@ PORT=18840
 COMMON=(--payload 16 --duration "$DUR" --drain 2 --cpus 1 --json --quiet)
 SCENARIOS=(
     "fanout-100-q0|fanout -n 100 --qos 0"
+    "fanout-100-q1|fanout -n 100 --qos 1"
     "fanout-1000-q1|fanout -n 1000 --qos 1"
+    "pairs-100-q1|pairs -n 100 --qos 1"
     "pairs-100|pairs -n 100 --qos 0"
     "wildcard-10k|wildcard -n 100 --topics 10000 --publishers 10 --qos 0"
 )

@@ -120,7 +120,9 @@ pub struct Limits {
     pub packet_size_max: u32,
     /// Most concurrent client connections per broker.
     pub connections_max: usize,
-    /// Outbound QoS 1/2 messages awaiting acknowledgement per session.
+    /// Outbound QoS 1/2 messages awaiting acknowledgement per session. It has to cover a round
+    /// trip at the rate a subscriber is served, or the broker waits for PUBACKs with nothing
+    /// to send; an MQTT 5 client narrows it with its Receive Maximum.
     pub inflight_max: u16,
     /// Messages queued per session beyond the inflight window (online or offline).
     pub queue_messages_max: usize,
@@ -245,7 +247,7 @@ impl Default for Limits {
         Limits {
             packet_size_max: 1 << 20,
             connections_max: 100_000,
-            inflight_max: 100,
+            inflight_max: 500,
             queue_messages_max: 1_000,
             queue_bytes_max: 16 << 20,
             subscriptions_max: 1_000,

@@ -820,7 +820,8 @@ fn mqtt_qos1_queued_for_a_down_remote_survives_a_kill_9_of_the_local_broker() {
     let dir = scratch("stored-local");
     let config = dir.join("local.toml");
     let text = format!(
-        "sys_interval_secs = 1\n\n[persistence]\nfsync = \"interval\"\n\n[[bridge]]\n\
+        "sys_interval_secs = 1\n\n[limits]\ninflight_max = 100\n\n\
+         [persistence]\nfsync = \"interval\"\n\n[[bridge]]\n\
          name = \"keep\"\naddress = \"{}\"\nprotocol_version = \"3.1.1\"\n\
          client_id = \"bridge-keep\"\nreconnect_min_ms = 200\nreconnect_max_ms = 1000\n\
          topic = [\"data/# out 1\"]\n",

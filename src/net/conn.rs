@@ -38,10 +38,10 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(5);
 /// What a connection the broker closed may still read and discard, at most, while its client
 /// reads the DISCONNECT (so unread input does not turn the close into a reset).
 const LINGER_BYTES_MAX: usize = 1 << 20;
-/// PUBACKs handled in one batch, at most: more than the default window of 100
+/// PUBACKs handled in one batch, at most: more than the default window of 500
 /// (`limits.inflight_max`), so one read of a subscriber's acknowledgements refills its window
 /// with one session lookup and one pump of its queue.
-const PUBACK_BATCH_MAX: usize = 256;
+const PUBACK_BATCH_MAX: usize = 512;
 /// Most a packet counts toward `read_bytes_per_turn`: a turn then holds as many messages of
 /// 256 bytes as of 16 (each about this size on the wire), so a larger payload does not mean
 /// smaller writes to every subscriber (fanout-10 of 256-byte messages: 16 KiB turns took

@@ -15,8 +15,8 @@ use bytes::BytesMut;
 use std::ops::Range;
 use std::sync::{Arc, Weak};
 
-/// Messages whose headers are kept, a power of two: more than a subscriber's window of
-/// 100 messages (`limits.inflight_max`) and the PUBACKs of one read, so that subscribers
+/// Messages whose headers are kept, a power of two: more than a subscriber's default window
+/// of 500 messages (`limits.inflight_max`) and the PUBACKs of one read, so that subscribers
 /// pumping the same messages one after another find them.
 const CACHED_MESSAGES: usize = 1024;
 

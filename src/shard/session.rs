@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 /// they were sliced from, so queued bytes are what the ceiling counts.
 const OFFLINE_COPY_BYTES_MAX: usize = 4096;
 
+/// Slots of the window and the queue a session keeps once it owes nothing: a burst grows them
+/// to what it held (up to `inflight_max` and `queue_messages_max`, ~90 bytes a slot), and a
+/// session that caught up gives that back rather than holding its peak for good.
+const SLOTS_KEPT_IDLE: usize = 64;
+
 /// Where an outbound QoS 1/2 message stands in its acknowledgement flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -587,7 +592,11 @@ impl Session {
             if is_fresh && self.journal.is_some() {
                 self.note_enqueued(publish, grant.to_stored());
             }
-            self.send_new(publish, grant, enc);
+            let out = Outgoing {
+                publish: publish.clone(),
+                grant,
+            };
+            self.send_new(out, enc);
             return Delivery::Sent;
         }
         let Some(outbox) = &self.outbox else {
@@ -743,22 +752,31 @@ impl Session {
         enc.push_publish(outbox, &shaped, self.version);
     }
 
+    /// A queued QoS 1/2 message whose turn came: moved into the window as it is (no second
+    /// reference to count, no copy of its grant), or dropped if its expiry ran out.
+    fn send_queued(&mut self, out: Outgoing, enc: &mut Encoder) {
+        if self.is_expired(&out.grant) {
+            if let Some(sid) = self.sid() {
+                // Taken from the queue and dropped: replay drops it too.
+                self.note_quietly(Record::Assign { sid, pkid: 0 });
+            }
+            return;
+        }
+        self.send_new(out, enc);
+    }
+
     /// Gives the message a packet id, records it in flight and sends it.
-    fn send_new(&mut self, publish: &Arc<Publish>, grant: Grant, enc: &mut Encoder) {
+    fn send_new(&mut self, out: Outgoing, enc: &mut Encoder) {
         let pkid = self.allocate_pkid();
         if let Some(sid) = self.sid() {
             // QoS 2 is sent under one packet id across a crash, or the client would take the
             // message twice: the PUBLISH waits for the record.
-            match grant.qos {
+            match out.grant.qos {
                 QoS::ExactlyOnce => self.note(Record::Assign { sid, pkid }),
                 _ => self.note_quietly(Record::Assign { sid, pkid }),
             }
         }
-        self.write_publish(publish, &grant, pkid, enc);
-        let out = Outgoing {
-            publish: publish.clone(),
-            grant,
-        };
+        self.write_publish(&out.publish, &out.grant, pkid, enc);
         self.inflight.push_back(Inflight {
             out,
             pkid,
@@ -800,21 +818,31 @@ impl Session {
         self.inflight.iter().any(|i| i.pkid == pkid)
     }
 
-    /// Moves queued messages into the window while there is room and a connection.
+    /// Moves queued messages into the window while there is room and a connection. The bytes
+    /// taken are given back to the shard's count once, after the run.
     pub fn pump(&mut self, limits: &Limits, enc: &mut Encoder) {
+        let mut taken = 0;
         while self.is_online() {
             let Some(front) = self.queue.front() else {
                 break;
             };
-            if front.grant.qos != QoS::AtMostOnce && !self.has_window(limits) {
+            let is_qos0 = front.grant.qos == QoS::AtMostOnce;
+            if !is_qos0 && !self.has_window(limits) {
                 break;
             }
             let Some(out) = self.queue.pop_front() else {
                 break;
             };
-            self.queued_bytes -= out.publish.payload.len();
-            self.pressure.sub(out.publish.payload.len());
-            self.send_now(&out.publish, out.grant, limits, enc, false);
+            taken += out.publish.payload.len();
+            if is_qos0 {
+                self.send_now(&out.publish, out.grant, limits, enc, false);
+            } else {
+                self.send_queued(out, enc);
+            }
+        }
+        if taken > 0 {
+            self.queued_bytes -= taken;
+            self.pressure.sub(taken);
         }
         if self.queue.len() < limits.queue_messages_max {
             self.over_bound_since = None;
@@ -823,6 +851,22 @@ impl Session {
         if let Some(outbox) = self.outbox.as_ref().filter(|_| !self.cursors.is_empty()) {
             // A retained feed waiting for the window or the queue may go on.
             outbox.notify_room();
+        }
+        self.give_back_slots();
+    }
+
+    /// Frees the window's and the queue's slots once nothing is in flight or queued, when a
+    /// burst left more than `SLOTS_KEPT_IDLE` (only then: a session that keeps up and drains
+    /// to empty between messages does not reallocate each time).
+    fn give_back_slots(&mut self) {
+        if !self.inflight.is_empty() || !self.queue.is_empty() {
+            return;
+        }
+        if self.inflight.capacity() > SLOTS_KEPT_IDLE {
+            self.inflight = VecDeque::new();
+        }
+        if self.queue.capacity() > SLOTS_KEPT_IDLE {
+            self.queue = VecDeque::new();
         }
     }
 
@@ -1187,6 +1231,13 @@ mod tests {
         assert_eq!(s.allocate_pkid(), 65_534, "acknowledged, so free again");
     }
 
+    /// Offers `n` QoS 1 messages on one topic.
+    fn deliver_qos1(s: &mut Session, n: usize, limits: &Limits, enc: &mut Encoder) {
+        for _ in 0..n {
+            s.deliver_owned(Outgoing::plain(message("t", QoS::AtLeastOnce)), limits, enc);
+        }
+    }
+
     #[test]
     fn a_batch_of_pubacks_frees_the_window_and_pumps_the_queue_once() {
         let (mut s, outbox) = online(PeerLimits::default());
@@ -1195,18 +1246,37 @@ mod tests {
             ..Limits::default()
         };
         let mut enc = Encoder::default();
-        for _ in 0..4 {
-            s.deliver_owned(
-                Outgoing::plain(message("t", QoS::AtLeastOnce)),
-                &limits,
-                &mut enc,
-            );
-        }
+        deliver_qos1(&mut s, 4, &limits, &mut enc);
         assert_eq!((s.inflight.len(), s.queued_len()), (2, 2));
         s.on_pubacks(&[1, 2, 999], &limits, &mut enc);
         let ids: Vec<u16> = s.inflight.iter().map(|i| i.pkid).collect();
         assert_eq!(ids, [3, 4], "an unknown id is ignored");
         assert_eq!(s.queued_len(), 0);
         assert_eq!(sent(&outbox).len(), 4);
+    }
+
+    #[test]
+    fn a_session_that_caught_up_gives_back_what_a_burst_grew() {
+        let (mut s, _outbox) = online(PeerLimits::default());
+        let limits = Limits {
+            inflight_max: 100,
+            ..Limits::default()
+        };
+        let mut enc = Encoder::default();
+        deliver_qos1(&mut s, 300, &limits, &mut enc);
+        assert_eq!((s.inflight.len(), s.queued_len()), (100, 200));
+        let first: Vec<u16> = (1..=100).collect();
+        s.on_pubacks(&first, &limits, &mut enc);
+        assert!(
+            s.queue.capacity() >= 100,
+            "still queued: the queue keeps its slots"
+        );
+        for round in 1..3u16 {
+            let ids: Vec<u16> = (round * 100 + 1..=round * 100 + 100).collect();
+            s.on_pubacks(&ids, &limits, &mut enc);
+        }
+        assert_eq!((s.inflight.len(), s.queued_len()), (0, 0));
+        assert!(s.inflight.capacity() <= SLOTS_KEPT_IDLE);
+        assert!(s.queue.capacity() <= SLOTS_KEPT_IDLE);
     }
 }
