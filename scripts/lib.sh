@@ -22,3 +22,19 @@ wait_port() {
     echo "port $1 never opened" >&2
     return 1
 }
+
+# launch PORT LOG COMMAND...: runs COMMAND in the background under `timeout $BROKER_LIMIT`,
+# its stderr appended to LOG, sets broker_pid (the `timeout` wrapper) and waits for PORT. A
+# port some other process holds fails the run (the generator would load that process
+# instead), and so does a broker that exited (ringcast does at once if the port is taken).
+launch() {
+    local port=$1 log=$2
+    shift 2
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "$(basename "$0"): port $port is in use by another process" >&2
+        return 1
+    fi
+    timeout "$BROKER_LIMIT" "$@" 2>>"$log" &
+    broker_pid=$!
+    wait_port "$port" && kill -0 "$broker_pid" 2>/dev/null
+}

@@ -106,37 +106,22 @@ max_queued_messages 1000
 user root
 CONF
 
-# start_broker BROKER TRANSPORT: starts it pinned to CPU 0, sets broker_pid (the `timeout`
-# wrapper) and PORT. A port some other process holds fails the run: the generator would load
-# that process instead.
+# start_broker BROKER TRANSPORT: starts it pinned to CPU 0, sets broker_pid and PORT.
 start_broker() {
-    case $1-$2 in
-    ringcast-tls) PORT=18883 ;;
-    mosquitto-tls) PORT=18884 ;;
-    ringcast-plain) PORT=18885 ;;
-    mosquitto-plain) PORT=18886 ;;
-    esac
-    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-        echo "tls-compare: port $PORT is in use by another process" >&2
-        return 1
-    fi
+    local ringcast=("$BROKER" --cpus 0 --shards 1 --log-level warn)
+    local mosquitto=(taskset -c 0 "$MOSQUITTO" -c "$OUT/mosquitto-$2.conf")
     case $1-$2 in
     ringcast-tls)
-        timeout "$BROKER_LIMIT" "$BROKER" --config "$OUT/ringcast-tls.toml" --cpus 0 --shards 1 \
-            --log-level warn 2>>"$OUT/ringcast.log" &
+        PORT=18883
+        launch $PORT "$OUT/ringcast.log" "${ringcast[@]}" --config "$OUT/ringcast-tls.toml"
         ;;
     ringcast-plain)
-        timeout "$BROKER_LIMIT" "$BROKER" --listen 127.0.0.1:$PORT --cpus 0 --shards 1 \
-            --log-level warn 2>>"$OUT/ringcast.log" &
+        PORT=18885
+        launch $PORT "$OUT/ringcast.log" "${ringcast[@]}" --listen 127.0.0.1:$PORT
         ;;
-    mosquitto-*)
-        timeout "$BROKER_LIMIT" taskset -c 0 "$MOSQUITTO" -c "$OUT/mosquitto-$2.conf" \
-            2>>"$OUT/mosquitto.log" &
-        ;;
+    mosquitto-tls) PORT=18884 && launch $PORT "$OUT/mosquitto.log" "${mosquitto[@]}" ;;
+    mosquitto-plain) PORT=18886 && launch $PORT "$OUT/mosquitto.log" "${mosquitto[@]}" ;;
     esac
-    broker_pid=$!
-    # The broker that answers must be ours: ringcast exits at once if the port is taken.
-    wait_port "$PORT" && kill -0 "$broker_pid" 2>/dev/null
 }
 
 # The host's count of connections dropped from full accept queues (TcpExt ListenOverflows).
@@ -192,8 +177,11 @@ done
 echo
 echo "$("$MOSQUITTO" -h 2>&1 | head -1 || true); $(openssl version); $KEY server key;" \
     "DUR=$DUR s, RUNS=$RUNS, handshakes N=$HANDSHAKES, $PARALLEL in flight"
-python3 - "$RESULTS" <<'PY' | tee "$OUT/table.md"
+python3 - "$RESULTS" "$(dirname "$0")" <<'PY' | tee "$OUT/table.md"
 import json, statistics, sys
+
+sys.path.insert(0, sys.argv[2])
+from tables import fmt, med, ratio  # noqa: E402
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 brokers = ["ringcast", "mosquitto"]
@@ -202,25 +190,6 @@ brokers = ["ringcast", "mosquitto"]
 def runs(broker, transport, scenario):
     return [r["result"] for r in rows
             if (r["broker"], r["transport"], r["scenario"]) == (broker, transport, scenario)]
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt(v):
-    if v is None:
-        return "–"
-    if v >= 1e6:
-        return f"{v / 1e6:.2f} M"
-    if v >= 1e4:
-        return f"{v / 1e3:.0f} k"
-    return f"{v:.0f}"
-
-
-def ratio(a, b):
-    return f"{a / b:.2f}×" if a and b else "–"
 
 
 def failures(results):

@@ -61,37 +61,22 @@ max_queued_messages 1000
 user root
 CONF
 
-# start_broker BROKER TRANSPORT: starts it pinned to CPU 0, sets broker_pid (the `timeout`
-# wrapper) and PORT. A port some other process holds fails the run: the generator would load
-# that process instead.
+# start_broker BROKER TRANSPORT: starts it pinned to CPU 0, sets broker_pid and PORT.
 start_broker() {
-    case $1-$2 in
-    ringcast-ws) PORT=18990 ;;
-    ringcast-plain) PORT=18991 ;;
-    mosquitto-ws) PORT=18993 ;;
-    mosquitto-plain) PORT=18994 ;;
-    esac
-    if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-        echo "ws-compare: port $PORT is in use by another process" >&2
-        return 1
-    fi
+    local ringcast=("$BROKER" --cpus 0 --shards 1 --log-level warn)
+    local mosquitto=(taskset -c 0 "$MOSQUITTO" -c "$OUT/mosquitto-$2.conf")
     case $1-$2 in
     ringcast-ws)
-        timeout "$BROKER_LIMIT" "$BROKER" --ws-listen 127.0.0.1:$PORT --cpus 0 --shards 1 \
-            --log-level warn 2>>"$OUT/ringcast.log" &
+        PORT=18990
+        launch $PORT "$OUT/ringcast.log" "${ringcast[@]}" --ws-listen 127.0.0.1:$PORT
         ;;
     ringcast-plain)
-        timeout "$BROKER_LIMIT" "$BROKER" --listen 127.0.0.1:$PORT --cpus 0 --shards 1 \
-            --log-level warn 2>>"$OUT/ringcast.log" &
+        PORT=18991
+        launch $PORT "$OUT/ringcast.log" "${ringcast[@]}" --listen 127.0.0.1:$PORT
         ;;
-    mosquitto-*)
-        timeout "$BROKER_LIMIT" taskset -c 0 "$MOSQUITTO" -c "$OUT/mosquitto-$2.conf" \
-            2>>"$OUT/mosquitto.log" &
-        ;;
+    mosquitto-ws) PORT=18993 && launch $PORT "$OUT/mosquitto.log" "${mosquitto[@]}" ;;
+    mosquitto-plain) PORT=18994 && launch $PORT "$OUT/mosquitto.log" "${mosquitto[@]}" ;;
     esac
-    broker_pid=$!
-    # The broker that answers must be ours: ringcast exits at once if the port is taken.
-    wait_port "$PORT" && kill -0 "$broker_pid" 2>/dev/null
 }
 
 # run_one BROKER TRANSPORT: a fresh broker, one generator run, one JSON line.
@@ -124,30 +109,14 @@ done
 echo
 echo "$("$MOSQUITTO" -h 2>&1 | head -1 || true); fanout-$SUBSCRIBERS QoS 0, 16 B;" \
     "DUR=$DUR s, RUNS=$RUNS"
-python3 - "$RESULTS" <<'PY' | tee "$OUT/table.md"
+python3 - "$RESULTS" "$(dirname "$0")" <<'PY' | tee "$OUT/table.md"
 import json, statistics, sys
+
+sys.path.insert(0, sys.argv[2])
+from tables import fmt, med, ratio  # noqa: E402
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 brokers = ["ringcast", "mosquitto"]
-
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-
-def fmt(v):
-    if v is None:
-        return "–"
-    if v >= 1e6:
-        return f"{v / 1e6:.2f} M"
-    if v >= 1e4:
-        return f"{v / 1e3:.0f} k"
-    return f"{v:.0f}"
-
-
-def ratio(a, b):
-    return f"{a / b:.2f}×" if a and b else "–"
 
 
 def ok(broker, transport):
