@@ -22,3 +22,18 @@ wait_port() {
     echo "port $1 never opened" >&2
     return 1
 }
+
+# locked CMD...: runs CMD holding $BENCH_LOCK (when set), so that one timed run at a time
+# shares the machine with other measurements; the lock is taken per run, not for the whole set.
+locked() {
+    if [[ -z ${BENCH_LOCK:-} ]]; then
+        "$@"
+        return
+    fi
+    local fd status=0
+    exec {fd}>"$BENCH_LOCK"
+    flock "$fd"
+    "$@" || status=$?
+    exec {fd}>&-
+    return $status
+}
