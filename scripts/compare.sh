@@ -120,21 +120,6 @@ record() {
     echo "{\"broker\":\"$1\",\"scenario\":\"$2\",\"hwm_kib\":${4:-null},\"result\":$json}" | tee -a "$RESULTS" >&2
 }
 
-# locked CMD...: runs CMD holding $BENCH_LOCK (when set), so that one timed run at a time
-# shares the machine with other measurements; the lock is taken per run, not for the whole set.
-locked() {
-    if [[ -z ${BENCH_LOCK:-} ]]; then
-        "$@"
-        return
-    fi
-    local fd status=0
-    exec {fd}>"$BENCH_LOCK"
-    flock "$fd"
-    "$@" || status=$?
-    exec {fd}>&-
-    return $status
-}
-
 # run_one BROKER NAME ARGS...: a fresh broker, one generator run, its peak memory.
 run_one() {
     locked run_one_now "$@"

@@ -9,6 +9,8 @@
 #
 #   N=19000 RUNS=3 scripts/conns-compare.sh         # about a minute per round and broker
 #   N=10000 RUNS=3 ARGS="--parallel 64" scripts/conns-compare.sh   # 64 at a time, no storm
+#   BASE=/tmp/ringcast-old scripts/conns-compare.sh  # adds that build as broker "base"
+#   SHARDS=2 BROKERS=ringcast scripts/conns-compare.sh  # two shards, both on CPU 0
 #
 # Bounded: every broker runs under `timeout`, every bench run too. Loopback only. The open-file
 # limit is raised to 20,000 (this machine's hard limit); N above ~19,500 leaves the broker no
@@ -24,6 +26,8 @@ BENCH=$TARGET/release/ringcast-bench
 BROKER=$TARGET/release/ringcast
 MOSQUITTO=${MOSQUITTO:-/usr/sbin/mosquitto}
 BROKERS=${BROKERS:-ringcast mosquitto}
+BASE=${BASE:-}
+[[ -z $BASE ]] || BROKERS="$BROKERS base"
 OUT=${OUT:-$(mktemp -d /tmp/conns-compare.XXXXXX)}
 mkdir -p "$OUT"
 RESULTS=$OUT/results.jsonl
@@ -54,9 +58,11 @@ trap stop_broker EXIT
 
 start_broker() {
     case $1 in
-    ringcast)
+    ringcast | base)
         PORT=18830
-        timeout 300 "$BROKER" --listen 127.0.0.1:$PORT --cpus 0 --shards "$SHARDS" \
+        local binary=$BROKER
+        [[ $1 == base ]] && binary=$BASE
+        timeout 300 "$binary" --listen 127.0.0.1:$PORT --cpus 0 --shards "$SHARDS" \
             --config "$OUT/ringcast.toml" --log-level warn 2>>"$OUT/ringcast.log" &
         ;;
     mosquitto)

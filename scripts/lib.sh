@@ -38,3 +38,18 @@ launch() {
     broker_pid=$!
     wait_port "$port" && kill -0 "$broker_pid" 2>/dev/null
 }
+
+# locked CMD...: runs CMD holding $BENCH_LOCK (when set), so that one timed run at a time
+# shares the machine with other measurements; the lock is taken per run, not for the whole set.
+locked() {
+    if [[ -z ${BENCH_LOCK:-} ]]; then
+        "$@"
+        return
+    fi
+    local fd status=0
+    exec {fd}>"$BENCH_LOCK"
+    flock "$fd"
+    "$@" || status=$?
+    exec {fd}>&-
+    return $status
+}

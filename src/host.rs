@@ -91,6 +91,38 @@ pub fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
     Ok(listener)
 }
 
+/// Binds `count` listening sockets on one address, one per shard: the kernel spreads incoming
+/// connections over them by a hash of each connection's addresses and ports, so every shard
+/// accepts its share without a hop through another shard.
+///
+/// The address is first bound alone, without SO_REUSEPORT, so a port held by any other
+/// process (even one that set SO_REUSEPORT, as glommio always does, or a stale broker) is
+/// reported instead of silently shared; that socket is then closed and the shards' sockets
+/// bound with SO_REUSEPORT on the port it got. One shard keeps that first socket.
+pub fn bind_group(addr: SocketAddr, count: usize) -> Result<Vec<TcpListener>, String> {
+    let probe = bind(addr)?;
+    if count <= 1 {
+        return Ok(vec![probe]);
+    }
+    let addr = probe.local_addr().map_err(|e| e.to_string())?;
+    drop(probe);
+    (0..count).map(|_| bind_reuse_port(addr)).collect()
+}
+
+/// One member of a SO_REUSEPORT group on `addr`.
+fn bind_reuse_port(addr: SocketAddr) -> Result<TcpListener, String> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let why = |e: std::io::Error| format!("cannot listen on {addr}: {e}");
+    let socket =
+        Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP)).map_err(why)?;
+    // As std does: a restarted broker binds while its old connections sit in TIME_WAIT.
+    socket.set_reuse_address(true).map_err(why)?;
+    socket.set_reuse_port(true).map_err(why)?;
+    socket.bind(&addr.into()).map_err(why)?;
+    socket.listen(LISTEN_BACKLOG).map_err(why)?;
+    Ok(socket.into())
+}
+
 /// Whether this host can listen on IPv6 loopback (containers often have IPv6 off).
 pub fn has_ipv6_loopback() -> bool {
     TcpListener::bind((std::net::Ipv6Addr::LOCALHOST, 0)).is_ok()

@@ -8,6 +8,8 @@ use std::sync::Mutex;
 /// Counters of one shard.
 #[derive(Default, Debug)]
 pub struct Metrics {
+    /// Connections this shard's listeners accepted.
+    pub connections_accepted: Cell<u64>,
     /// Bytes read from client sockets.
     pub bytes_received: Cell<u64>,
     /// TLS handshakes that failed or did not finish in time.
@@ -26,6 +28,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Counts a connection accepted by this shard.
+    pub fn count_accepted(&self) {
+        bump(&self.connections_accepted);
+    }
+
     /// Counts a failed TLS handshake.
     pub fn count_handshake_failure(&self) {
         self.handshake_failures
@@ -106,6 +113,8 @@ pub struct Snapshot {
     pub sent_by_qos: [u64; 3],
     /// Retained messages in this shard's replica (every shard holds all of them).
     pub retained: u64,
+    /// Connections accepted by this shard's listeners.
+    pub connections_accepted: u64,
     /// Bytes read from client sockets.
     pub bytes_received: u64,
     /// Bytes written to client sockets.
@@ -159,6 +168,7 @@ impl Snapshot {
         }
         // Every shard holds a replica of the same retained messages: not a sum.
         self.retained = self.retained.max(o.retained);
+        self.connections_accepted += o.connections_accepted;
         self.bytes_received += o.bytes_received;
         self.bytes_sent += o.bytes_sent;
         self.handshake_failures += o.handshake_failures;

@@ -60,17 +60,18 @@ impl Server {
         host::check()?;
         host::raise_open_files();
         let security = Arc::new(Shared::load(security::Files::of(config))?);
+        let cpus = cpu_list(config)?;
+        let shards = shard_count(config, &cpus)?;
         let Bound {
             addrs,
             mut fds,
             endpoints,
-        } = bind_listeners(config)?;
+        } = bind_listeners(config, shards)?;
         let certificates = endpoints.iter().filter_map(|e| e.tls.clone()).collect();
         let bridges = bridge::prepare(&config.bridge)?;
-        let cpus = cpu_list(config)?;
-        let shards = shard_count(config, &cpus)?;
         let stop = Arc::new(AtomicBool::new(false));
         let open = Arc::new(AtomicUsize::new(0));
+        let turn = Arc::new(AtomicUsize::new(0));
         let board = Arc::new(Board::new(shards));
         let live = Arc::new(LiveLimits::new(config.limits.clone()));
         let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
@@ -86,13 +87,10 @@ impl Server {
                 shards,
                 config: config.clone(),
                 mesh: mesh.clone(),
-                fds: if id == 0 {
-                    std::mem::take(&mut fds)
-                } else {
-                    Vec::new()
-                },
+                fds: std::mem::take(&mut fds[id]),
                 stop: stop.clone(),
                 open: open.clone(),
+                turn: turn.clone(),
                 board: board.clone(),
                 endpoints: endpoints.clone(),
                 security: security.clone(),
@@ -192,16 +190,16 @@ fn wait_until_ready(
 struct Bound {
     /// The addresses actually bound.
     addrs: Vec<SocketAddr>,
-    /// Each listening socket with its listener's index.
-    fds: Vec<(RawFd, usize)>,
+    /// Each shard's listening sockets, each with its listener's index.
+    fds: Vec<Vec<(RawFd, usize)>>,
     /// What connections need to know of each listener (its TLS certificates loaded).
     endpoints: Vec<Endpoint>,
 }
 
-/// Binds every listener.
-fn bind_listeners(config: &Config) -> Result<Bound, String> {
+/// Binds every listener, a socket per shard on each address (`host::bind_group`).
+fn bind_listeners(config: &Config, shards: usize) -> Result<Bound, String> {
     let mut addrs = Vec::new();
-    let mut fds = Vec::new();
+    let mut fds = vec![Vec::new(); shards];
     let mut endpoints = Vec::new();
     for listener in config.listeners() {
         // A host without IPv6 serves the default loopback on 127.0.0.1 alone.
@@ -209,9 +207,12 @@ fn bind_listeners(config: &Config) -> Result<Bound, String> {
             continue;
         }
         let tls = listener.tls.as_ref().map(Certificates::load).transpose()?;
-        let bound = host::bind(listener.address)?;
-        addrs.push(bound.local_addr().map_err(|e| e.to_string())?);
-        fds.push((bound.into_raw_fd(), endpoints.len()));
+        let group = host::bind_group(listener.address, shards)?;
+        let first = group.first().ok_or("no shards to listen with")?;
+        addrs.push(first.local_addr().map_err(|e| e.to_string())?);
+        for (shard, socket) in group.into_iter().enumerate() {
+            fds[shard].push((socket.into_raw_fd(), endpoints.len()));
+        }
         let site = (listener.protocol == Protocol::Websocket).then(|| Site {
             path: listener.path.clone(),
             has_api: listener.http_api,
@@ -248,6 +249,8 @@ struct ShardStart {
     fds: Vec<(RawFd, usize)>,
     stop: Arc<AtomicBool>,
     open: Arc<AtomicUsize>,
+    /// Connections accepted by the whole broker, for placing them in turn.
+    turn: Arc<AtomicUsize>,
     board: Arc<Board>,
     endpoints: Vec<Endpoint>,
     security: Arc<Shared>,
@@ -306,9 +309,14 @@ async fn run_shard(mut ctx: ShardStart) {
         .fds
         .iter()
         .map(|&fd| {
-            let live = ctx.live.clone();
-            let accept = net::accept_loop(fd, mesh.clone(), ctx.shards, ctx.open.clone(), live);
-            glommio::spawn_local(accept)
+            let to = net::Placing {
+                shard: shard.clone(),
+                gate: gate.clone(),
+                open: ctx.open.clone(),
+                live: ctx.live.clone(),
+                turn: ctx.turn.clone(),
+            };
+            glommio::spawn_local(net::accept_loop(fd, to))
         })
         .collect();
     while !ctx.stop.load(Ordering::SeqCst) {

@@ -1,5 +1,6 @@
-//! Connection storms: many clients connecting at once all get in, spread over the shards, and
-//! a wave of all of them reconnecting with the same client ids completes the same way. Also
+//! Connection storms: many clients connecting at once all get in, accepted by every shard and
+//! spread over the shards, and a wave of all of them reconnecting with the same client ids
+//! completes the same way. Also
 //! the read path that keeps no buffer between packets: a packet that arrives in pieces.
 //!
 //! Bounded: 2,000 connections, every phase under a time limit that names it; loopback only.
@@ -118,10 +119,8 @@ fn sys_values(
 ) -> HashMap<String, u64> {
     let deadline = Instant::now() + SYS_LIMIT;
     let mut reader = Raw::connect(addr, "sys-reader");
-    reader.subscribe(
-        "$SYS/broker/ringcast/shard/+/clients/connected",
-        QoS::AtMostOnce,
-    );
+    // One filter: retained values of a second one could arrive before its SUBACK.
+    reader.subscribe("$SYS/broker/ringcast/shard/#", QoS::AtMostOnce);
     let mut values = HashMap::new();
     loop {
         assert!(
@@ -143,34 +142,55 @@ fn connected_on(values: &HashMap<String, u64>, shard: usize) -> u64 {
     values.get(&topic).copied().unwrap_or(0)
 }
 
-/// Both shards report their share, and together every client (and the `$SYS` reader).
-fn all_in(values: &HashMap<String, u64>) -> bool {
-    connected_on(values, 0) + connected_on(values, 1) == CLIENTS as u64 + 1
+/// Connections the listening sockets of `shard` accepted so far.
+fn accepted_by(values: &HashMap<String, u64>, shard: usize) -> u64 {
+    let topic = format!("$SYS/broker/ringcast/shard/{shard}/connections/accepted");
+    values.get(&topic).copied().unwrap_or(0)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_storm_of_clients_all_get_in_spread_over_the_shards_and_all_reconnect() {
-    let broker = Broker::start_with(2, |c| c.sys_interval_secs = 1);
-    let addr = broker.addr;
-    let clients = wave(addr, "storm").await;
-    let values = tokio::task::spawn_blocking(move || sys_values(addr, all_in))
-        .await
-        .unwrap();
-    // Connections are placed on the shards in turn.
+/// Both shards report their share, and together every client (and the `$SYS` reader), all
+/// of whose connections (`waves` of clients and the reader) both shards' listeners accepted.
+fn all_in(values: &HashMap<String, u64>, waves: u64) -> bool {
+    connected_on(values, 0) + connected_on(values, 1) == CLIENTS as u64 + 1
+        // Each wave's clients and the reader (the reader once: `>` rather than `>= ... + 1`).
+        && accepted_by(values, 0) + accepted_by(values, 1) > waves * CLIENTS as u64
+}
+
+/// Each shard holds and accepted at least a quarter of the clients: every shard's socket
+/// accepts (the kernel spreads connections over them), and connections are placed in turn.
+fn assert_spread(values: &HashMap<String, u64>, waves: u64) {
     for shard in 0..2 {
-        let on = connected_on(&values, shard);
+        let on = connected_on(values, shard);
         assert!(
             on >= CLIENTS as u64 / 4,
             "shard {shard} holds {on} of {CLIENTS}: {values:?}"
         );
+        let accepted = accepted_by(values, shard);
+        assert!(
+            accepted >= waves * CLIENTS as u64 / 4,
+            "shard {shard} accepted {accepted} of {}: {values:?}",
+            waves * CLIENTS as u64
+        );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_storm_of_clients_all_get_in_accepted_by_both_shards_and_all_reconnect() {
+    let broker = Broker::start_with(2, |c| c.sys_interval_secs = 1);
+    let addr = broker.addr;
+    let clients = wave(addr, "storm").await;
+    let values = tokio::task::spawn_blocking(move || sys_values(addr, |v| all_in(v, 1)))
+        .await
+        .unwrap();
+    assert_spread(&values, 1);
     // Every client drops its connection (no DISCONNECT, as after a network blip) and all
     // come back at once with the same client ids.
     drop(clients);
     let clients = wave(addr, "reconnect").await;
-    tokio::task::spawn_blocking(move || sys_values(addr, all_in))
+    let values = tokio::task::spawn_blocking(move || sys_values(addr, |v| all_in(v, 2)))
         .await
         .unwrap();
+    assert_spread(&values, 2);
     drop(clients);
     broker.stop();
 }

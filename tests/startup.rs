@@ -45,17 +45,18 @@ fn address_in_use_is_reported_in_one_sentence() {
 
 #[test]
 fn address_held_with_so_reuseport_is_reported_too() {
-    // A second broker (glommio sets SO_REUSEPORT) must not silently share the port.
+    // A second broker must not silently share the port: the first one's shards each listen
+    // with SO_REUSEPORT, and so would the second's with several shards.
     let first = start_broker();
-    let mut command = ringcast();
-    command.args(["--listen", &first.addr, "--shards", "1"]);
-    let output = run(command);
-    assert!(!output.status.success());
-    assert!(
-        stderr(&output).contains("address is in use"),
-        "{}",
-        stderr(&output)
-    );
+    for shards in ["1", "2"] {
+        let mut command = ringcast();
+        command.args(["--listen", &first.addr, "--shards", shards]);
+        let output = run(command);
+        assert!(!output.status.success());
+        let text = stderr(&output);
+        assert!(text.contains("address is in use"), "{text}");
+        assert_eq!(text.trim().lines().count(), 1, "{text}");
+    }
 }
 
 #[test]

@@ -3,6 +3,7 @@
 //! publisher loop (closed loop: a bounded window ahead of the slowest subscriber) and the
 //! subscriber loop (latency, loss, duplicates, reordering).
 
+use crate::frames::{Frame, Frames};
 use crate::payload;
 use crate::plan::{topic_index, SubscriberPlan};
 use crate::shared::Shared;
@@ -65,26 +66,19 @@ async fn wait_until(is_open: impl Fn() -> bool, poll_other_threads: bool) {
 
 /// What one read gave.
 enum Fill {
-    /// Bytes were appended to the buffer.
-    Data,
+    /// This many bytes were read.
+    Data(usize),
     /// Nothing within the read timeout (`transport::READ_TICK`).
     Idle,
     /// The broker closed the connection.
     Closed,
 }
 
-/// Reads once from `reader`, appending to `buf`.
-async fn fill<R: AsyncRead + Unpin>(
-    reader: &mut R,
-    scratch: &mut [u8],
-    buf: &mut BytesMut,
-) -> io::Result<Fill> {
-    match reader.read(scratch).await {
+/// Reads once from `reader` into `room`.
+async fn fill<R: AsyncRead + Unpin>(reader: &mut R, room: &mut [u8]) -> io::Result<Fill> {
+    match reader.read(room).await {
         Ok(0) => Ok(Fill::Closed),
-        Ok(n) => {
-            buf.extend_from_slice(&scratch[..n]);
-            Ok(Fill::Data)
-        }
+        Ok(n) => Ok(Fill::Data(n)),
         Err(e)
             if matches!(
                 e.kind(),
@@ -95,6 +89,18 @@ async fn fill<R: AsyncRead + Unpin>(
         }
         Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(Fill::Idle),
         Err(e) => Err(e),
+    }
+}
+
+/// Whether a read gave bytes; an error if the broker closed the connection.
+fn is_data(read: Fill) -> io::Result<bool> {
+    match read {
+        Fill::Data(_) => Ok(true),
+        Fill::Idle => Ok(false),
+        Fill::Closed => Err(io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "broker closed the connection",
+        )),
     }
 }
 
@@ -233,14 +239,33 @@ impl Conn {
     /// Reads once; false if nothing came within the read timeout, an error if the broker
     /// closed the connection.
     pub async fn fill(&mut self) -> io::Result<bool> {
-        match fill(&mut self.stream, &mut self.scratch, &mut self.buf).await? {
-            Fill::Data => Ok(true),
-            Fill::Idle => Ok(false),
-            Fill::Closed => Err(io::Error::new(
-                io::ErrorKind::ConnectionAborted,
-                "broker closed the connection",
-            )),
+        let read = fill(&mut self.stream, &mut self.scratch).await?;
+        if let Fill::Data(n) = read {
+            self.buf.extend_from_slice(&self.scratch[..n]);
         }
+        is_data(read)
+    }
+
+    /// Reads once straight into `frames` (no copy); like `fill` otherwise.
+    pub async fn fill_frames(&mut self, frames: &mut Frames) -> io::Result<bool> {
+        let read = fill(&mut self.stream, frames.room()).await?;
+        if let Fill::Data(n) = read {
+            frames.filled(n);
+        }
+        is_data(read)
+    }
+
+    /// A subscriber's read buffer, holding what was read after the last packet decoded.
+    pub fn frames(&mut self) -> Frames {
+        let already = self.buf.split();
+        // The scratch buffer is not read into any more.
+        self.scratch = Box::default();
+        Frames::new(
+            READ_CHUNK_BYTES,
+            &already,
+            self.version,
+            PACKET_MAX_BYTES as usize,
+        )
     }
 
     /// The next whole packet already read, if any.
@@ -597,8 +622,8 @@ async fn read_acks<R: AsyncRead + Unpin>(
 ) {
     let mut scratch = vec![0u8; READ_CHUNK_BYTES];
     while !acks.done.get() {
-        match fill(reader, &mut scratch, &mut buf).await {
-            Ok(Fill::Data) => {}
+        match fill(reader, &mut scratch).await {
+            Ok(Fill::Data(n)) => buf.extend_from_slice(&scratch[..n]),
             Ok(Fill::Idle) => continue,
             Ok(Fill::Closed) | Err(_) => return,
         }
@@ -688,13 +713,18 @@ async fn receive_loop(
     histogram: &RefCell<Histogram<u64>>,
     result: &mut SubscriberResult,
 ) -> io::Result<()> {
+    let mut frames = conn.frames();
     while !is_subscriber_done(shared, result, drain) {
-        if !conn.fill().await? {
+        if !conn.fill_frames(&mut frames).await? {
             continue;
         }
         // One clock read per chunk: everything in it arrived together.
         let now = shared.now_ns();
-        let got = decode_chunk(&mut conn, plan, now, &mut histogram.borrow_mut(), result)?;
+        let got = {
+            // Released before the flush awaits: the thread's other subscribers share it.
+            let mut hist = histogram.borrow_mut();
+            decode_chunk(&mut conn, &mut frames, plan, now, &mut hist, result)?
+        };
         if got > 0 {
             publish_progress(shared, result, got, now);
         }
@@ -704,34 +734,40 @@ async fn receive_loop(
     Ok(())
 }
 
-/// Decodes every whole packet already read, accounting PUBLISHes and queueing their
+/// Scans every whole packet already read, accounting PUBLISHes and queueing their
 /// acknowledgements (PUBACK at QoS 1; PUBREC, then PUBCOMP for the PUBREL, at QoS 2).
 /// Returns the number of PUBLISHes.
 fn decode_chunk(
     conn: &mut Conn,
+    frames: &mut Frames,
     plan: &SubscriberPlan,
     now: u64,
     hist: &mut Histogram<u64>,
     result: &mut SubscriberResult,
 ) -> io::Result<u64> {
     let mut got = 0;
-    while let Some(packet) = conn.next_packet()? {
+    while let Some(frame) = frames.next_frame().map_err(|e| invalid(&e))? {
         let ack = |pkid| Ack {
             pkid,
             ..Ack::default()
         };
-        let answer = match packet {
-            Packet::Publish(publish) => {
+        let answer = match frame {
+            Frame::Publish {
+                qos,
+                pkid,
+                topic,
+                payload,
+            } => {
                 got += 1;
-                account(plan, &publish, now, hist, result);
-                match publish.qos {
-                    QoS::AtMostOnce => None,
-                    QoS::AtLeastOnce => Some(Packet::PubAck(ack(publish.pkid))),
-                    QoS::ExactlyOnce => Some(Packet::PubRec(ack(publish.pkid))),
+                account(plan, topic, payload, now, hist, result);
+                match qos {
+                    0 => None,
+                    1 => Some(Packet::PubAck(ack(pkid))),
+                    _ => Some(Packet::PubRec(ack(pkid))),
                 }
             }
-            Packet::PubRel(rel) => Some(Packet::PubComp(ack(rel.pkid))),
-            _ => None,
+            Frame::PubRel(pkid) => Some(Packet::PubComp(ack(pkid))),
+            Frame::Other => None,
         };
         if let Some(answer) = answer {
             conn.queue(&answer)?;
@@ -743,18 +779,19 @@ fn decode_chunk(
 /// Records one PUBLISH: its stream's sequence accounting and its latency.
 fn account(
     plan: &SubscriberPlan,
-    publish: &Publish,
+    topic: &[u8],
+    payload: &[u8],
     now: u64,
     hist: &mut Histogram<u64>,
     result: &mut SubscriberResult,
 ) {
-    let Some(topic) = topic_index(publish.topic.as_bytes()) else {
+    let Some(topic) = topic_index(topic) else {
         return;
     };
     let Some(slot) = plan.slot_of_topic(topic) else {
         return;
     };
-    let Some((seq, sent)) = payload::read(&publish.payload) else {
+    let Some((seq, sent)) = payload::read(payload) else {
         return;
     };
     result.streams[slot].1.record(seq);

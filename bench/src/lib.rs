@@ -20,6 +20,8 @@
 //! - `client`: the MQTT connections: `Conn` (handshake, queued writes, one packet at a time
 //!   out of each read; the conns and retained scenarios use it too), the publisher (closed or
 //!   open loop, QoS 0/1/2) and subscriber loops.
+//! - `frames`: a subscriber's packets scanned in place in its read buffer (no copy of the
+//!   payload, the same cost per message at any payload size).
 //! - `conns`: the conns scenario: connect rate and the broker's memory per idle connection.
 //! - `handshakes`: the handshakes scenario: TLS connections opened and closed as fast as the
 //!   broker allows, full or resumed handshakes per second.
@@ -32,6 +34,7 @@
 
 pub mod client;
 pub mod conns;
+pub mod frames;
 pub mod handshakes;
 pub mod html;
 pub mod options;

@@ -13,8 +13,9 @@ pub mod websocket;
 pub mod writer;
 
 use crate::config::reload::LiveLimits;
-use crate::mesh::Mesh;
 use crate::shard::msg::MeshMsg;
+use crate::shard::Shard;
+use gate::Gate;
 use glommio::net::TcpListener;
 use std::os::unix::io::FromRawFd;
 use std::rc::Rc;
@@ -24,19 +25,21 @@ use std::sync::Arc;
 /// Connections beyond `connections_max` that still get a CONNACK saying why.
 const REFUSAL_MARGIN: usize = 1024;
 
-/// Accepts connections on listener `index` (a bound std socket handed over as an fd) and
-/// places them on shards in turn, so shards get an even share whatever the kernel's hash
-/// would do.
-pub async fn accept_loop(
-    (fd, index): (std::os::unix::io::RawFd, usize),
-    mesh: Rc<Mesh<MeshMsg>>,
-    shards: usize,
-    open: Arc<AtomicUsize>,
-    live: Arc<LiveLimits>,
-) {
+/// Accepts connections on this shard's socket of listener `index` (a bound std socket handed
+/// over as an fd) and serves them here. Every shard has a socket of its own on each listener
+/// address (SO_REUSEPORT, see `host::bind_group`), so a storm of connections is accepted by all
+/// shards at once, and a connection never crosses a ring before its first read; where its
+/// session must live elsewhere, the CONNECT's claim goes through the mesh as for any takeover.
+pub async fn accept_loop((fd, index): (std::os::unix::io::RawFd, usize), to: Placing) {
+    let Placing {
+        shard,
+        gate,
+        open,
+        live,
+        turn,
+    } = to;
     // SAFETY: fd is a bound, listening TCP socket that this loop alone owns from now on.
     let listener = unsafe { TcpListener::from_raw_fd(fd) };
-    let mut next = 0;
     let refusals = refusals::RefusalLog::default();
     let (mut limits, mut seen) = (live.current(), 0);
     loop {
@@ -48,7 +51,7 @@ pub async fn accept_loop(
                 continue;
             }
         };
-        // Up to the limit plus a margin, connections are placed and refused with a CONNACK
+        // Up to the limit plus a margin, connections are served and refused with a CONNACK
         // (return code 3) by their shard; past the margin they are closed at once so a flood
         // cannot exhaust file descriptors.
         seen = live.refresh(seen, &mut limits);
@@ -61,7 +64,34 @@ pub async fn accept_loop(
             continue;
         }
         open.fetch_add(1, Ordering::Relaxed);
-        mesh.send(next, MeshMsg::Accepted(stream, index)).await;
-        next = (next + 1) % shards;
+        shard.metrics.count_accepted();
+        // One turn counter for the whole broker: shards get connections in turn whichever
+        // shard's socket the kernel picked, so even a handful of busy connections is spread
+        // evenly (the kernel's hash can put 4 of 4 on one shard).
+        let to = turn.fetch_add(1, Ordering::Relaxed) % shard.shards;
+        if to == shard.id() {
+            conn::spawn(
+                shard.clone(),
+                stream.bind_to_executor(),
+                gate.clone(),
+                index,
+            );
+        } else {
+            shard.mesh.send(to, MeshMsg::Accepted(stream, index)).await;
+        }
     }
+}
+
+/// Where an accept loop places what it accepts, and what it counts.
+pub struct Placing {
+    /// This shard.
+    pub shard: Rc<Shard>,
+    /// This shard's view of the listeners.
+    pub gate: Rc<Gate>,
+    /// Connections open in the whole broker (for `connections_max`).
+    pub open: Arc<AtomicUsize>,
+    /// The limits of new connections.
+    pub live: Arc<LiveLimits>,
+    /// Connections accepted by the whole broker: whose turn the next one is.
+    pub turn: Arc<AtomicUsize>,
 }

@@ -19,7 +19,12 @@ type Labels = Vec<(&'static str, String)>;
 /// the number.
 type PerShard = (&'static str, &'static str, fn(&Snapshot) -> u64);
 
-const COUNTERS: [PerShard; 9] = [
+const COUNTERS: [PerShard; 10] = [
+    (
+        "connections_accepted",
+        "Connections accepted by the shard's listeners",
+        |s| s.connections_accepted,
+    ),
     ("bytes_received", "Bytes read from client sockets", |s| {
         s.bytes_received
     }),

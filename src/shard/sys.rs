@@ -25,6 +25,7 @@ impl Shard {
             received_by_qos: self.metrics.received_by_qos.each_ref().map(|c| c.get()),
             sent_by_qos: self.metrics.sent_by_qos.each_ref().map(|c| c.get()),
             retained: st.retained.len() as u64,
+            connections_accepted: self.metrics.connections_accepted.get(),
             bytes_received: self.metrics.bytes_received.get(),
             handshake_failures: self.metrics.handshake_failures.get(),
             logins_refused: self.metrics.logins_refused.get(),
@@ -235,6 +236,10 @@ fn ringcast_topics(prefix: &str, s: &Snapshot) -> Vec<(String, String)> {
             s.bytes_received.to_string(),
         ),
         (format!("{prefix}/bytes/sent"), s.bytes_sent.to_string()),
+        (
+            format!("{prefix}/connections/accepted"),
+            s.connections_accepted.to_string(),
+        ),
         (format!("{prefix}/dropped"), s.dropped_total().to_string()),
         (
             format!("{prefix}/queued/messages"),
