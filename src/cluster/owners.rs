@@ -4,8 +4,8 @@
 //! A node takes a client id with a compare-and-set on the key's revision (create when the key
 //! is new, update at the revision it read otherwise), so of two nodes claiming one id at the
 //! same moment one writes first and the other retries against it: the writes are ordered, and
-//! each claimant knows whom it took the id from. It then asks that node for the session
-//! (`moves`). A node holds the requests of claimants that replaced its own write until its
+//! each claimant learns whom it took the id from (from the bucket's order as the watch
+//! delivers it, `claims`). It then asks that node for the session (`moves`). A node holds the requests of claimants that replaced its own write until its
 //! claim has ended, the session installed on its shard (`claims`). The owner record also
 //! decides at start-up: a restored session whose id another node owns moved while this node
 //! was down, and is dropped.
@@ -157,7 +157,7 @@ impl Owners {
             }
         };
         if tokio::time::timeout(WRITE_WAIT, reached).await.is_err() {
-            tracing::warn!("cluster: the watch of the client bucket did not show the owner write of {key:?} in time");
+            tracing::warn!("cluster: the owner write of {key:?} did not come back in time");
             return written;
         }
         let claims = self.claims.borrow();
