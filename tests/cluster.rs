@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use ringcast::protocol::{Packet, QoS, ReasonCode, Version};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,14 +38,9 @@ fn free_port() -> u16 {
     listener.local_addr().unwrap().port()
 }
 
-/// Waits until something accepts on `port`.
-fn wait_listening(port: u16) {
-    let deadline = Instant::now() + SETTLE;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
+/// Tries at starting the NATS cluster: a port `free_port` picked can be taken by another
+/// process before the server binds it, and that server then exits.
+const NATS_TRIES: usize = 3;
 
 /// A 3-server NATS cluster with JetStream.
 struct Nats {
@@ -64,6 +59,13 @@ impl Nats {
             tool_missing("nats-server is not installed (apt-get install nats-server)");
             return None;
         };
+        let started = (0..NATS_TRIES).find_map(|_| Nats::try_start(binary));
+        Some(started.expect("the NATS cluster starts (the log of a server that did not is above)"))
+    }
+
+    /// Starts three servers on ports free a moment ago; None, with the log of a server that
+    /// exited or did not get ready, when one did not come up.
+    fn try_start(binary: &str) -> Option<Nats> {
         let dir = std::env::temp_dir().join(format!(
             "ringcast-nats-{}-{}",
             std::process::id(),
@@ -91,18 +93,42 @@ impl Nats {
             let child = Command::new(binary)
                 .arg("-c")
                 .arg(&path)
+                .arg("-l")
+                .arg(dir.join(format!("s{i}.log")))
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
                 .spawn()
                 .expect("start nats-server");
             servers.push(Some(Proc(child)));
         }
-        clients.iter().for_each(|&p| wait_listening(p));
         let urls = clients
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
-        Some(Nats { servers, urls, dir })
+        let mut nats = Nats { servers, urls, dir };
+        let deadline = Instant::now() + SETTLE;
+        (0..3).all(|i| nats.ready(i, deadline)).then_some(nats)
+    }
+
+    /// Waits until server `i` logged that it is ready (it listens on all its ports); false,
+    /// after showing its log, when it exited or `deadline` passed first.
+    fn ready(&mut self, i: usize, deadline: Instant) -> bool {
+        let path = self.dir.join(format!("s{i}.log"));
+        loop {
+            let log = std::fs::read_to_string(&path).unwrap_or_default();
+            if log.contains("Server is ready") {
+                return true;
+            }
+            let server = self.servers[i].as_mut().map(|p| &mut p.0);
+            let exited = server.is_some_and(|s| !matches!(s.try_wait(), Ok(None)));
+            if exited || Instant::now() >= deadline {
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                eprintln!("nats-server s{i} did not get ready:\n{}", tail.join("\n"));
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Kills server `i` with SIGKILL.

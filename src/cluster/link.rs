@@ -442,10 +442,13 @@ async fn keep_buckets(
                 client_id,
                 wants_state,
                 done,
+                installed,
             } => match &owners {
                 // A claim may wait seconds for another node's answer: others go on meanwhile.
                 Some(owners) => {
-                    let claim = owners.clone().claim(client_id, wants_state, done);
+                    let claim = owners
+                        .clone()
+                        .claim(client_id, wants_state, done, installed);
                     tokio::task::spawn_local(claim);
                 }
                 None => {

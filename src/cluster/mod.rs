@@ -12,9 +12,11 @@
 //! - `props`: a message's MQTT 5.0 properties as a NATS header.
 //! - `bucket`: the shared JetStream KV buckets, opened or made.
 //! - `owners`: which node holds each client id (a KV bucket, written by compare-and-set).
+//! - `claims`: this node's claims of client ids under way, and the requests they hold.
 //! - `moves`: a session handed from the node that held it to the node its client came to.
 
 mod bucket;
+mod claims;
 mod link;
 mod moves;
 mod owners;
@@ -63,6 +65,10 @@ pub enum Command {
         wants_state: bool,
         /// Answered once the claim is written and the session fetched (or neither could be).
         done: oneshot::Sender<Claimed>,
+        /// Sent or dropped by the shard once it installed what `done` answered (or the
+        /// connection went away): until then another node's newer claim waits for the
+        /// session, which may be between two shards of this node.
+        installed: oneshot::Receiver<()>,
     },
     /// Persistent sessions this shard restored from its store at start-up: those whose
     /// client id another node owns now moved while this node was down, and are dropped.

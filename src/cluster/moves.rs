@@ -41,11 +41,6 @@ pub(super) struct Request {
     pub(super) replaced: u64,
 }
 
-/// How often, and how far apart, a hand-over asks the shards again for a session still in
-/// transit to one of them.
-const IN_TRANSIT_TRIES: usize = 10;
-const IN_TRANSIT_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
-
 /// The subject node `node` answers hand-over requests on.
 pub(super) fn node_subject(node: &str) -> String {
     // Node names are letters, digits, `_` and `-` (checked by the config): a valid token.
@@ -73,18 +68,8 @@ pub(super) async fn hand_over(
     client: Client,
     shards: Vec<mpsc::Sender<Inbound>>,
     request: Request,
-    in_transit: bool,
 ) {
-    let mut session = surrender(&shards, &request.client_id, request.wants_state).await;
-    // A session still in transit to a shard is not there yet: ask again for a short while
-    // (well inside the claimant's wait) before answering that there is none.
-    for _ in 0..IN_TRANSIT_TRIES {
-        if session.is_some() || !in_transit || !request.wants_state {
-            break;
-        }
-        tokio::time::sleep(IN_TRANSIT_PAUSE).await;
-        session = surrender(&shards, &request.client_id, request.wants_state).await;
-    }
+    let session = surrender(&shards, &request.client_id, request.wants_state).await;
     respond(client, request.reply, session).await;
 }
 

@@ -4,14 +4,17 @@
 //! A node takes a client id with a compare-and-set on the key's revision (create when the key
 //! is new, update at the revision it read otherwise), so of two nodes claiming one id at the
 //! same moment one writes first and the other retries against it: the writes are ordered, and
-//! each claimant knows whom it took the id from. It then asks that node for the session
-//! (`moves`). The owner record also decides at start-up: a restored session whose id another
-//! node owns moved while this node was down, and is dropped.
+//! each claimant learns whom it took the id from (from the bucket's order as the watch
+//! delivers it, `claims`). It then asks that node for the session (`moves`). A node holds the requests of claimants that replaced its own write until its
+//! claim has ended, the session installed on its shard (`claims`). The owner record also
+//! decides at start-up: a restored session whose id another node owns moved while this node
+//! was down, and is dropped.
 //!
 //! Every node watches the bucket too, as a backstop for a hand-over that did not happen (the
 //! old node was cut off from NATS when asked): a while after another node took an id this node
 //! held, and unless this node took it back meanwhile, it drops what it still has of it.
 
+use super::claims::{ClaimId, Claims};
 use super::moves::{self, Request};
 use super::subject::{escape_level, unescape_level};
 use super::{Claimed, Inbound};
@@ -46,28 +49,10 @@ pub(super) struct Owners {
     /// Client ids (as keys) this node took, with the revision of its latest write, until
     /// another node takes them: a write of another node older than ours is ignored.
     owned: RefCell<HashMap<String, u64>>,
-    /// Client ids (as keys) with a claim of this node under way: its write's revision once
-    /// written, and the hand-over requests of claimants that replaced that write (answered
-    /// when the claim ends, with what it fetched), or that came before it was written.
-    claiming: RefCell<HashMap<String, Claiming>>,
-}
-
-/// A claim of this node under way.
-#[derive(Default)]
-pub(super) struct Claiming {
-    /// The revision this node wrote, once written.
-    revision: Option<u64>,
-    /// Requests of newer claimants waiting for the claim's end.
-    waiting: Vec<Request>,
-}
-
-impl Claiming {
-    /// Whether `request` waits for this claim (it replaced this claim's write, or may have:
-    /// the write's revision is not known yet) rather than being answered now.
-    fn holds(&self, request: &Request) -> bool {
-        self.revision
-            .is_none_or(|revision| request.replaced == revision)
-    }
+    /// This node's claims under way, with the hand-over requests of newer claimants they hold.
+    claims: RefCell<Claims>,
+    /// Woken when the watch delivered a put of a key with a claim under way.
+    put_seen: tokio::sync::Notify,
 }
 
 /// A claim's write: the owner it replaced (node and revision), and its own revision.
@@ -102,7 +87,8 @@ impl Owners {
             node: config.node.clone(),
             shards,
             owned: RefCell::default(),
-            claiming: RefCell::default(),
+            claims: RefCell::default(),
+            put_seen: tokio::sync::Notify::new(),
         });
         serve(owners.clone()).await?;
         tokio::task::spawn_local(follow(watch, owners.clone()));
@@ -110,18 +96,21 @@ impl Owners {
     }
 
     /// Takes `client_id` for this node and fetches its session from the node that held it;
-    /// answers `done` (unless the shard stopped waiting, in which case nothing is taken).
+    /// answers `done` (unless the shard stopped waiting, in which case nothing is taken). The
+    /// claim lasts until `installed` resolves (the shard sends or drops it once the session is
+    /// installed, or the connection went away): a newer claimant's request waits until then.
     pub(super) async fn claim(
         self: Rc<Self>,
         client_id: String,
         wants_state: bool,
         done: oneshot::Sender<Claimed>,
+        installed: oneshot::Receiver<()>,
     ) {
         if done.is_closed() {
             return;
         }
         let key = key_of(&client_id);
-        self.claiming.borrow_mut().entry(key.clone()).or_default();
+        let id = self.claims.borrow_mut().begin(&key);
         let written = tokio::time::timeout(WRITE_WAIT, self.write(&key))
             .await
             .unwrap_or_else(|_| {
@@ -130,7 +119,13 @@ impl Owners {
                 );
                 None
             });
-        self.written(&key, written.as_ref().map(|w| w.revision));
+        let written = match written {
+            Some(written) => Some(self.in_stream_order(&key, id, written).await),
+            None => None,
+        };
+        let revision = written.as_ref().map(|w| w.revision);
+        let older = self.claims.borrow_mut().written(&key, id, revision);
+        older.into_iter().for_each(|r| self.answer_now(r));
         let claimed = match written {
             Some(Written {
                 previous: Some((node, replaced)),
@@ -140,30 +135,58 @@ impl Owners {
             ),
             _ => Claimed::Kept,
         };
-        let newer = self.claiming.borrow_mut().remove(&key).unwrap_or_default();
-        let _ = done.send(self.pass_on(newer.waiting, claimed));
+        let newer = self.claims.borrow_mut().fetched(&key, id);
+        if !newer.is_empty() {
+            let _ = done.send(self.pass_on(newer, claimed));
+            return;
+        }
+        self.settle(&key, id, done, claimed, installed).await;
     }
 
-    /// The claim of `key` wrote `revision` (None: could not write): requests that did not
-    /// replace that write are older than this claim and are answered now.
-    fn written(self: &Rc<Self>, key: &str, revision: Option<u64>) {
-        let mut claiming = self.claiming.borrow_mut();
-        let Some(claim) = claiming.get_mut(key) else {
-            return;
+    /// `written` with the write it replaced as the bucket's order has it (`Claims::predecessor`),
+    /// once the watch has delivered it; as the compare-and-set read it when the watch does
+    /// not within `WRITE_WAIT`.
+    async fn in_stream_order(&self, key: &str, id: ClaimId, written: Written) -> Written {
+        let reached = async {
+            loop {
+                let seen = self.put_seen.notified();
+                if self.claims.borrow().reached(key, id, written.revision) {
+                    return;
+                }
+                seen.await;
+            }
         };
-        claim.revision = Some(revision.unwrap_or(0));
-        let waiting = std::mem::take(&mut claim.waiting);
-        let (held, now): (Vec<_>, Vec<_>) = waiting
-            .into_iter()
-            .partition(|r| revision.is_some() && claim.holds(r));
-        claim.waiting = held;
-        drop(claiming);
-        for request in now {
-            tokio::task::spawn_local(self.hand_over(request));
+        if tokio::time::timeout(WRITE_WAIT, reached).await.is_err() {
+            tracing::warn!("cluster: the owner write of {key:?} did not come back in time");
+            return written;
+        }
+        let claims = self.claims.borrow();
+        let previous = claims.predecessor(key, id, written.revision, written.previous);
+        Written {
+            previous,
+            ..written
         }
     }
 
-    /// A claim ended: with newer claimants waiting, the newest gets what it fetched (or, when
+    /// Answers the shard with what the claim got, and ends the claim once the shard has
+    /// installed it: a newer claimant's request held meanwhile then finds the session on the
+    /// shard that holds it now (`hand_over`).
+    async fn settle(
+        self: &Rc<Self>,
+        key: &str,
+        id: ClaimId,
+        done: oneshot::Sender<Claimed>,
+        claimed: Claimed,
+        installed: oneshot::Receiver<()>,
+    ) {
+        if done.send(claimed).is_ok() {
+            let _ = installed.await;
+        }
+        let newer = self.claims.borrow_mut().end(key, id);
+        self.pass_on(newer, Claimed::Kept);
+    }
+
+    /// A claim ended with newer claimants waiting: the newest gets what it fetched (or, when
     /// it fetched nothing, what this node's shards hold) and this claim is superseded.
     fn pass_on(self: &Rc<Self>, mut newer: Vec<Request>, claimed: Claimed) -> Claimed {
         let Some(newest) = newer.pop() else {
@@ -178,25 +201,15 @@ impl Owners {
                 let reply = moves::respond(self.client.clone(), newest.reply, session);
                 tokio::task::spawn_local(reply);
             }
-            _ => {
-                tokio::task::spawn_local(self.hand_over(newest));
-            }
+            _ => self.answer_now(newest),
         }
         Claimed::Superseded
     }
 
     /// Has the shards give up the session `request` asks for, and answers with it.
-    fn hand_over(&self, request: Request) -> impl std::future::Future<Output = ()> + 'static {
-        // The claimant replaced this node's own last write: the session this node claimed may
-        // still be on its way to a shard (its claim has ended, the connection not yet taken it).
-        let in_transit =
-            self.owned.borrow().get(&key_of(&request.client_id)) == Some(&request.replaced);
-        moves::hand_over(
-            self.client.clone(),
-            self.shards.clone(),
-            request,
-            in_transit,
-        )
+    fn answer_now(&self, request: Request) {
+        let client = self.client.clone();
+        tokio::task::spawn_local(moves::hand_over(client, self.shards.clone(), request));
     }
 
     /// Writes this node as the owner of `key` by compare-and-set; None when the bucket could
@@ -235,7 +248,7 @@ impl Owners {
 
     /// Whether this node took `key` (or is taking it) since: what it holds of it is current.
     fn is_claimed(&self, key: &str) -> bool {
-        self.owned.borrow().contains_key(key) || self.claiming.borrow().contains_key(key)
+        self.owned.borrow().contains_key(key) || self.claims.borrow().contains(key)
     }
 
     /// Drops the restored sessions whose client id another node owns now (unless its client
@@ -286,15 +299,12 @@ async fn answer_requests(owners: Rc<Owners>, mut requests: async_nats::Subscribe
             continue;
         };
         // The claimant replaced a claim of this node still under way: the request waits for
-        // its end, and gets what it fetched (`Owners::pass_on`).
+        // its end (`Owners::pass_on`).
         let key = key_of(&request.client_id);
-        if let Some(claim) = owners.claiming.borrow_mut().get_mut(&key) {
-            if claim.holds(&request) {
-                claim.waiting.push(request);
-                continue;
-            }
+        let now = owners.claims.borrow_mut().arrive(&key, request);
+        if let Some(request) = now {
+            owners.answer_now(request);
         }
-        tokio::task::spawn_local(owners.hand_over(request));
     }
 }
 
@@ -305,7 +315,18 @@ async fn follow(mut watch: kv::Watch, owners: Rc<Owners>) {
         let Ok(entry) = entry else {
             continue;
         };
-        if entry.operation != kv::Operation::Put || entry.value == owners.node.as_bytes() {
+        if entry.operation != kv::Operation::Put {
+            continue;
+        }
+        let node = String::from_utf8_lossy(&entry.value);
+        if owners
+            .claims
+            .borrow_mut()
+            .put_seen(&entry.key, entry.revision, &node)
+        {
+            owners.put_seen.notify_waiters();
+        }
+        if entry.value == owners.node.as_bytes() {
             continue;
         }
         let mine = owners.owned.borrow().get(&entry.key).copied();
@@ -329,31 +350,6 @@ async fn follow(mut watch: kv::Watch, owners: Rc<Owners>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn request(replaced: u64) -> Request {
-        Request {
-            reply: async_nats::Subject::from("_INBOX.x"),
-            client_id: "c".into(),
-            wants_state: true,
-            replaced,
-        }
-    }
-
-    #[test]
-    fn a_claim_holds_only_requests_of_claimants_that_replaced_its_write() {
-        let unwritten = Claiming::default();
-        assert!(unwritten.holds(&request(3)), "undecided until written");
-        let written = Claiming {
-            revision: Some(7),
-            waiting: Vec::new(),
-        };
-        assert!(written.holds(&request(7)), "replaced this claim: newer");
-        assert!(
-            !written.holds(&request(6)),
-            "replaced an older write: older"
-        );
-        assert!(!written.holds(&request(0)), "found no owner: older");
-    }
 
     #[test]
     fn client_ids_become_keys_a_kv_bucket_accepts() {

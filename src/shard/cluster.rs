@@ -116,8 +116,13 @@ impl Shard {
     /// Takes `client_id` for this node in the cluster: the node that held it closes its
     /// connection and hands its session over (`wants_state`) or drops it. Waits until the
     /// owner is written, so of two connections with one client id on two nodes, the one with
-    /// the later CONNACK stays.
-    pub(super) async fn cluster_claim(&self, client_id: &str, wants_state: bool) -> Claimed {
+    /// the later CONNACK stays. `installed` is dropped once the session is installed.
+    pub(super) async fn cluster_claim(
+        &self,
+        client_id: &str,
+        wants_state: bool,
+        installed: oneshot::Receiver<()>,
+    ) -> Claimed {
         let Some(uplink) = &self.cluster else {
             return Claimed::Kept;
         };
@@ -127,6 +132,7 @@ impl Shard {
             client_id,
             wants_state,
             done,
+            installed,
         };
         uplink.send(claim).await;
         // A connection does not wait long for an unavailable JetStream (a node that just

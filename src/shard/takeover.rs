@@ -42,13 +42,19 @@ impl Shard {
     /// session's state when it was persistent and `wants_state` is set; any other holder is
     /// closed. Of the cluster and this node, the owner record decides whose copy counts: a
     /// session that another node held replaces whatever this node still had for the id.
+    ///
+    /// The caller installs what this returns before its next await (`install`): the cluster
+    /// holds another node's newer claim of the id until this returns, so that claim finds the
+    /// session on the shard that holds it then, not between two shards.
     pub async fn claim(
         &self,
         client_id: &str,
         token: u64,
         wants_state: bool,
     ) -> Result<Option<Box<SessionState>>, Superseded> {
-        let moved = match self.cluster_claim(client_id, wants_state).await {
+        // Dropped when this returns, on every path (the connection gone included).
+        let (_installing, installed) = tokio::sync::oneshot::channel();
+        let moved = match self.cluster_claim(client_id, wants_state, installed).await {
             Claimed::Kept => None,
             Claimed::Moved(session) => Some(session),
             Claimed::Superseded => return Err(Superseded),
