@@ -225,11 +225,7 @@ mod tests {
 
     /// (topic, packet id) of every PUBLISH in `outbox`, decoded as a 5.0 client would.
     fn sent(outbox: &Outbox) -> Vec<(String, u16)> {
-        let mut wire = BytesMut::new();
-        outbox.peek_frames(usize::MAX, |f| {
-            wire.extend_from_slice(&f.header);
-            wire.extend_from_slice(&f.payload);
-        });
+        let mut wire = outbox.pending_wire();
         let mut codec = Codec::with_version(Version::V5, u32::MAX);
         let mut out = Vec::new();
         while let Ok(Decoded::Packet(Packet::Publish(p))) = codec.decode(&mut wire) {

@@ -523,6 +523,18 @@ impl Outbox {
         self.frames.borrow().is_empty() && self.open.borrow().is_empty()
     }
 
+    /// Every byte queued, in order: what the writer would send, for tests to decode as the
+    /// client would.
+    #[cfg(test)]
+    pub fn pending_wire(&self) -> BytesMut {
+        let mut wire = BytesMut::new();
+        self.peek_frames(usize::MAX, |f| {
+            wire.extend_from_slice(&f.header);
+            wire.extend_from_slice(&f.payload);
+        });
+        wire
+    }
+
     /// Calls `visit` with the first `max` frames, for building one vectored write.
     pub fn peek_frames(&self, max: usize, mut visit: impl FnMut(&Frame)) {
         self.seal();

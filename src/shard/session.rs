@@ -1074,7 +1074,6 @@ mod tests {
     use crate::protocol::codec::{Codec, Decoded};
     use crate::protocol::{MqttString, Props};
     use crate::shard::backpressure::Pressure;
-    use bytes::BytesMut;
     use std::time::Duration;
 
     fn online(peer: PeerLimits) -> (Session, Rc<Outbox>) {
@@ -1099,11 +1098,7 @@ mod tests {
 
     /// The PUBLISHes written to `outbox`, decoded as the client would.
     fn sent(outbox: &Outbox) -> Vec<Publish> {
-        let mut wire = BytesMut::new();
-        outbox.peek_frames(usize::MAX, |f| {
-            wire.extend_from_slice(&f.header);
-            wire.extend_from_slice(&f.payload);
-        });
+        let mut wire = outbox.pending_wire();
         let mut codec = Codec::with_version(Version::V5, u32::MAX);
         let mut out = Vec::new();
         while let Ok(Decoded::Packet(Packet::Publish(p))) = codec.decode(&mut wire) {

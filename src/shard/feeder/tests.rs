@@ -6,7 +6,7 @@ use crate::protocol::codec::{Codec, Decoded};
 use crate::protocol::{MqttString, Packet, Publish, Version};
 use crate::shard::backpressure::Pressure;
 use crate::shard::retained::topic_order;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use std::cmp::Ordering;
 use std::sync::Arc;
 
@@ -75,11 +75,7 @@ impl Fixture {
 
     /// What the writer would send: every packet in the outbox, taken out.
     fn written(&mut self) -> Vec<Publish> {
-        let mut bytes = BytesMut::new();
-        self.outbox.peek_frames(usize::MAX, |f| {
-            bytes.extend_from_slice(&f.header);
-            bytes.extend_from_slice(&f.payload);
-        });
+        let mut bytes = self.outbox.pending_wire();
         self.outbox.consume(bytes.len());
         let mut out = Vec::new();
         while let Ok(Decoded::Packet(packet)) = self.codec.decode(&mut bytes) {
