@@ -3,8 +3,10 @@
 ratios against mosquitto, rumqttd and the generator's --sink ceiling, then checks the targets
 of issue 6."""
 import json
-import statistics
 import sys
+
+from tables import fmt
+from tables import med as median
 
 rows = [json.loads(line) for line in open(sys.argv[1]) if line.strip()]
 brokers = [b for b in ["ringcast", "mosquitto", "rumqttd"] if any(r["broker"] == b for r in rows)]
@@ -22,19 +24,7 @@ def runs(broker, scenario):
 
 
 def med(broker, scenario, get):
-    vals = [get(r) for r in runs(broker, scenario)]
-    vals = [v for v in vals if v is not None]
-    return statistics.median(vals) if vals else None
-
-
-def fmt(v, unit=""):
-    if v is None:
-        return "–"
-    if v >= 1e6:
-        return f"{v / 1e6:.2f} M{unit}"
-    if v >= 1e4:
-        return f"{v / 1e3:.0f} k{unit}"
-    return f"{v:.0f}{unit}"
+    return median(get(r) for r in runs(broker, scenario))
 
 
 def ratio(a, b):

@@ -100,23 +100,13 @@ done
 
 echo
 echo "$("$MOSQUITTO" -h 2>&1 | head -1 || true); DUR=$DUR s, RUNS=$RUNS, 64 B payloads"
-python3 - "$RESULTS" <<'PY' | tee "$OUT/table.md"
-import json, statistics, sys
+python3 - "$RESULTS" "$(dirname "$0")" <<'PY' | tee "$OUT/table.md"
+import json, sys
+
+sys.path.insert(0, sys.argv[2])
+from tables import fmt, med  # noqa: E402
 
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-
-def med(values):
-    values = [v for v in values if v is not None]
-    return statistics.median(values) if values else None
-
-def fmt(v, unit=""):
-    if v is None:
-        return "–"
-    if v >= 1e6:
-        return f"{v / 1e6:.2f} M{unit}"
-    if v >= 1e4:
-        return f"{v / 1e3:.0f} k{unit}"
-    return f"{v:.0f}{unit}"
 
 print("| scenario | broker | deliveries/s | p99 µs | broker CPU ns/delivery | runs |")
 print("| --- | --- | --- | --- | --- | --- |")

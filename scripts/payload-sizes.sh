@@ -58,8 +58,10 @@ for round in $(seq "$RUNS"); do
     done
 done
 
-python3 - "$RESULTS" "$N" "$QOS" <<'PYEOF'
+python3 - "$RESULTS" "$N" "$QOS" "$(dirname "$0")" <<'PYEOF'
 import json, statistics, sys
+sys.path.insert(0, sys.argv[4])
+from tables import fmt  # noqa: E402
 rows = [json.loads(l) for l in open(sys.argv[1])]
 def med(who, size):
     v = [r["result"]["deliveries_per_s"] for r in rows
@@ -67,10 +69,6 @@ def med(who, size):
     return statistics.median(v) if v else None
 sizes = sorted({r["size"] for r in rows})
 base = {w: med(w, sizes[0]) for w in ("ringcast", "sink")}
-def fmt(v):
-    if v is None:
-        return "–"
-    return f"{v / 1e6:.2f} M" if v >= 1e6 else f"{v / 1e3:.0f} k"
 def pct(a, b):
     return "–" if a is None or not b else f"{100 * a / b:.0f}%"
 def mb(v, size):
