@@ -5,7 +5,8 @@
 //! (`writer::run`) drains the outbox through the transport. Every protocol rule is the
 //! machine's; this file only moves bytes and carries the machine's actions to the shard.
 
-use super::gate::{Endpoint, Gate};
+use super::gate::Gate;
+use super::tls::Certificates;
 use super::transport::{self, Reader, Shutdown, Writer};
 use super::{arena, http, tls, writer};
 use crate::protocol::codec::{self, Codec, DecodeError, Decoded};
@@ -110,12 +111,14 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: us
     };
     // The handshakes are boxed: the task lives as long as the connection, and would
     // otherwise carry their state all that time.
-    let secured = match endpoint.tls {
+    let secured = match &endpoint.tls {
         None => {
             let (reader, writer) = transport::tcp(stream);
             Some((reader, writer, Identity::Credentials))
         }
-        Some(_) => Box::pin(secure(&shard, stream, (&gate, endpoint), peer, now)).await,
+        Some(certificates) => {
+            Box::pin(secure(&shard, stream, (&gate, certificates), peer, now)).await
+        }
     };
     let Some((reader, writer, identity)) = secured else {
         return shard.connection_closed();
@@ -147,19 +150,15 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: us
     serve_transport(shard, reader, writer, login, now).await;
 }
 
-/// The connection's transport halves: plain TCP, or TLS after its handshake (None when the
-/// handshake failed).
+/// The connection's TLS transport halves after its handshake (None when the handshake
+/// failed).
 async fn secure(
     shard: &Shard,
     stream: TcpStream,
-    (gate, endpoint): (&Gate, &Endpoint),
+    (gate, certificates): (&Gate, &Certificates),
     peer: Option<IpAddr>,
     now: Instant,
 ) -> Option<(Reader, Writer, Identity)> {
-    let Some(certificates) = &endpoint.tls else {
-        let (reader, writer) = transport::tcp(stream);
-        return Some((reader, writer, Identity::Credentials));
-    };
     let timeout = shard.connection_limits().connect_timeout_secs;
     let deadline = now + Duration::from_secs(timeout);
     match tls::accept(stream, certificates.current(), deadline).await {
