@@ -159,9 +159,13 @@ impl Node {
 
     /// `start`, with more top-level config lines.
     fn start_with(nats: &Nats, name: &str, first: usize, extra: &str) -> Node {
-        let urls: Vec<String> = (0..3)
-            .map(|i| format!("{:?}", nats.urls[(first + i) % 3]))
-            .collect();
+        let urls: Vec<String> = (0..3).map(|i| nats.urls[(first + i) % 3].clone()).collect();
+        Node::start_on(nats, name, &urls, extra)
+    }
+
+    /// Starts node `name` with 2 shards and NATS server URLs `urls`.
+    fn start_on(nats: &Nats, name: &str, urls: &[String], extra: &str) -> Node {
+        let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
         let conf = format!(
             "{extra}\n[cluster]\nnats = [{}]\nnode = \"{name}\"\nkv_replicas = 3\n",
             urls.join(", ")
@@ -397,6 +401,115 @@ fn killed_node_and_killed_nats_server_leave_the_others_delivering() {
     let got = receive(&mut on_b, 50);
     assert_eq!(got, second);
     drop(a);
+}
+
+/// A TCP proxy in front of a NATS server that can stop passing what its clients send while
+/// still taking it (as a server that died with a full socket buffer would), and cut its
+/// connections.
+struct NatsProxy {
+    url: String,
+    swallowing: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    open: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl NatsProxy {
+    fn start(server: &str) -> NatsProxy {
+        use std::sync::atomic::AtomicBool;
+        use std::sync::{Arc, Mutex};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("nats://{}", listener.local_addr().unwrap());
+        let server = server.trim_start_matches("nats://").to_string();
+        let swallowing = Arc::new(AtomicBool::new(false));
+        let open = Arc::new(Mutex::new(Vec::new()));
+        let (flag, conns) = (swallowing.clone(), open.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { return };
+                let Ok(upstream) = std::net::TcpStream::connect(&server) else {
+                    continue;
+                };
+                conns.lock().unwrap().push(client.try_clone().unwrap());
+                pass(
+                    upstream.try_clone().unwrap(),
+                    client.try_clone().unwrap(),
+                    None,
+                );
+                pass(client, upstream, Some(flag.clone()));
+            }
+        });
+        NatsProxy {
+            url,
+            swallowing,
+            open,
+        }
+    }
+
+    /// From now on what clients send is read and dropped.
+    fn swallow(&self) {
+        self.swallowing
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Closes every connection so far and passes traffic again.
+    fn cut(&self) {
+        for conn in self.open.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(std::net::Shutdown::Both);
+        }
+        self.swallowing
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies `from` to `to` on a thread of its own until either closes; while `swallowing` is
+/// set, drops what it reads instead.
+fn pass(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    swallowing: Option<std::sync::Arc<std::sync::atomic::AtomicBool>>,
+) {
+    use std::io::{Read, Write};
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 << 10];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            let drop_it = swallowing
+                .as_ref()
+                .is_some_and(|s| s.load(std::sync::atomic::Ordering::SeqCst));
+            if !drop_it && to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(std::net::Shutdown::Both);
+        let _ = from.shutdown(std::net::Shutdown::Both);
+    });
+}
+
+/// The NATS client's flush only means the bytes left for the socket: a QoS 1 PUBACK waits for
+/// the server's answer to a request sent after the message, and what a server took into its
+/// socket and never handled is published again on the next connection.
+#[test]
+fn qos_1_puback_waits_until_the_nats_server_answered_and_nothing_acknowledged_is_lost() {
+    let _serial = serial();
+    let Some(nats) = Nats::start() else { return };
+    let proxy = NatsProxy::start(&nats.urls[0]);
+    let a = Node::start_on(&nats, "a", &[proxy.url.clone(), nats.urls[1].clone()], "");
+    let b = Node::start(&nats, "b", 1);
+    let mut on_b = Raw::connect(b.addr, "on-b");
+    on_b.subscribe("k/t", QoS::AtLeastOnce);
+    let mut publisher = Raw::connect(a.addr, "pub");
+    wait_for_route(&mut publisher, &mut [&mut on_b], "k/t");
+    proxy.swallow();
+    publisher.send(&publish_packet("k/t", b"kept", QoS::AtLeastOnce, false, 7));
+    // Twice `QUIET`: long enough for a PUBACK sent on the socket write alone.
+    publisher.expect_nothing();
+    publisher.expect_nothing();
+    proxy.cut();
+    assert!(matches!(publisher.recv(), Packet::PubAck(ack) if ack.pkid == 7));
+    assert_eq!(receive(&mut on_b, 1), ["kept"]);
+    on_b.expect_nothing();
 }
 
 /// A 5.0 CONNECT that keeps its session for an hour after the connection.

@@ -41,6 +41,9 @@ const RETAINED_BUCKET: &str = "ringcast_retained";
 /// matching subscription, so a short memory suffices.
 const SEEN_MAX: usize = 4096;
 
+/// How long `round_trip` waits for the server's answer before asking again.
+const ROUND_TRIP_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the thread until every shard's uplink is gone.
 pub(super) fn run(
     config: ClusterConfig,
@@ -106,6 +109,7 @@ async fn serve(
         client,
         queues,
         node: config.node.clone(),
+        sync_subject: format!("rc.n.{}.sync", config.node),
         sequence: 0,
         subscriptions: HashMap::new(),
         arrivals,
@@ -136,6 +140,8 @@ struct Link {
     /// The connection of the queue groups (`$share`), which echoes.
     queues: Client,
     node: String,
+    /// Where `round_trip` asks (no one answers there).
+    sync_subject: String,
     sequence: u64,
     /// Per filter: how many shards subscribe, and the tasks reading its NATS subscriptions.
     subscriptions: HashMap<String, (usize, Vec<JoinHandle<()>>)>,
@@ -179,8 +185,10 @@ impl Link {
                 for filter in filters {
                     self.subscribe(filter).await;
                 }
-                // The server has the subscriptions once it answered a ping sent after them.
-                let _ = self.client.flush().await;
+                // The server has the subscriptions once it answered a request sent after them.
+                if let Err(e) = round_trip(&self.client, &self.sync_subject).await {
+                    tracing::warn!("cluster: NATS has not confirmed new subscriptions yet: {e}");
+                }
                 let _ = done.send(());
             }
             Command::Unsubscribe { filters } => {
@@ -204,9 +212,9 @@ impl Link {
     async fn flush_until_received(&mut self, mut connects: u64) {
         let stats = self.client.statistics();
         loop {
-            let flushed = self.client.flush().await;
+            let confirmed = round_trip(&self.client, &self.sync_subject).await;
             let now = stats.connects.load(Ordering::Relaxed);
-            match flushed {
+            match confirmed {
                 Ok(()) if now == connects => break,
                 Ok(()) => tracing::warn!("cluster: NATS reconnected, publishing the batch again"),
                 Err(e) => {
@@ -311,6 +319,20 @@ impl Link {
 type Arrival = (Option<Arc<str>>, async_nats::Message);
 
 /// Hands what one NATS subscription receives to `dispatch`.
+/// Waits for the NATS server to answer a request sent on `client` after everything written
+/// so far. A server handles one connection's messages in order, so once it answered it has
+/// taken them (`Client::flush` only writes the client's buffer into the socket: what sits in
+/// the socket of a server that just died is lost). Nobody subscribes to `subject`, so the
+/// server itself answers "no responders".
+async fn round_trip(client: &Client, subject: &str) -> Result<(), async_nats::RequestError> {
+    let request = async_nats::Request::new().timeout(Some(ROUND_TRIP_WAIT));
+    match client.send_request(subject.to_string(), request).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
 async fn forward(
     mut subscriber: async_nats::Subscriber,
     share: Option<Arc<str>>,
