@@ -13,7 +13,7 @@ use std::fs::File;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -162,15 +162,11 @@ impl BrokerProcess {
         let dir = std::env::temp_dir().join(format!("ringcast-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("config.toml"), config).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
+        let mut child = common::ringcast_command(2)
             .arg("--data-dir")
             .arg(common::fresh_data_dir())
-            .args(["--log-level", "info", "--config"])
+            .arg("--config")
             .arg(dir.join("config.toml"))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(File::create(dir.join("stderr")).unwrap())
             .spawn()
             .expect("spawn the ringcast binary");

@@ -156,21 +156,11 @@ impl Remote {
         let dir = scratch("remote");
         let config = dir.join("remote.toml");
         std::fs::write(&config, "sys_interval_secs = 1\n").unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        let mut child = common::ringcast_command(1)
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
             .arg(dir.join("data"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                "1",
-                "--log-level",
-                "info",
-            ])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("ringcast starts");
@@ -777,15 +767,11 @@ struct StoringLocal {
 
 impl StoringLocal {
     fn start(config: &std::path::Path, data: &std::path::Path) -> StoringLocal {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+        let mut child = common::ringcast_command(2)
             .arg("--config")
             .arg(config)
             .arg("--data-dir")
             .arg(data)
-            .args(["--listen", "127.0.0.1:0", "--shards", "2"])
-            .args(["--log-level", "info"])
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("ringcast starts");

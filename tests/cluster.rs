@@ -172,21 +172,11 @@ impl Node {
         );
         let path = nats.dir.join(format!("{name}.toml"));
         std::fs::write(&path, conf).unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args([
-                "--listen",
-                "127.0.0.1:0",
-                "--shards",
-                "2",
-                "--log-level",
-                "info",
-            ])
+        let mut child = ringcast_command(2)
             .arg("--config")
             .arg(&path)
             .arg("--data-dir")
             .arg(nats.dir.join(format!("{name}-data")))
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start ringcast");

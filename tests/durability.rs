@@ -72,21 +72,11 @@ fn start(dir: &Path, fsync: &str) -> (Running, SocketAddr) {
         format!("{limits}[persistence]\nfsync = \"{fsync}\"\n"),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "2",
-            "--log-level",
-            "info",
-        ])
+    let mut child = common::ringcast_command(2)
         .arg("--config")
         .arg(&config)
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .expect("ringcast starts");
@@ -450,20 +440,10 @@ fn set_file_size_limit(pid: libc::pid_t, bytes: u64) {
 fn a_full_disk_refuses_with_quota_exceeded_then_recovers_without_losing() {
     use std::os::unix::process::CommandExt;
     let dir = temp_dir("full");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    let mut command = common::ringcast_command(1);
     command
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--log-level",
-            "info",
-        ])
         .arg("--data-dir")
         .arg(dir.join("data"))
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
     // SAFETY: only async-signal-safe calls between fork and exec: a file size limit, as a
     // small disk would set one, and SIGXFSZ ignored so a write past it fails with EFBIG.

@@ -22,7 +22,7 @@ use std::fs::File;
 use std::io::Read;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -97,14 +97,9 @@ impl BrokerProcess {
         let stderr_path =
             std::env::temp_dir().join(format!("ringcast-scale-10k-{}.stderr", std::process::id()));
         let stderr = File::create(&stderr_path).expect("create broker stderr file");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
-            .args(["--listen", "127.0.0.1:0"])
+        let mut child = common::ringcast_command(2)
             .arg("--data-dir")
             .arg(common::fresh_data_dir())
-            .args(["--shards", "2", "--log-level", "info"])
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(stderr)
             .spawn()
             .expect("spawn the ringcast binary");

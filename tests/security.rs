@@ -258,22 +258,11 @@ fn start_mosquitto(dir: &TempDir, password_file: &Path) -> (Process, SocketAddr)
 /// The `ringcast` binary with `config` (TOML) on a loopback port the OS picks, logging at info.
 fn start_ringcast(dir: &TempDir, config: &str) -> (Process, SocketAddr) {
     let path = dir.write("ringcast.toml", config);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_ringcast"))
+    let mut child = common::ringcast_command(1)
         .arg("--data-dir")
         .arg(common::fresh_data_dir())
         .arg("--config")
         .arg(&path)
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--shards",
-            "1",
-            "--log-level",
-            "info",
-        ])
-        .env_remove("RUST_LOG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .expect("start ringcast");

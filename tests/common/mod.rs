@@ -396,6 +396,21 @@ pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
     }
 }
 
+/// The `ringcast` binary cargo built for this test, started on a loopback port the OS picks
+/// (`--listen 127.0.0.1:0`) with `shards` shards, logging at info whatever `RUST_LOG` says,
+/// its stdout piped for `listening_addr` and nothing on its stdin. Callers add the config,
+/// the data folder and where stderr goes.
+pub fn ringcast_command(shards: usize) -> std::process::Command {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_ringcast"));
+    command
+        .args(["--listen", "127.0.0.1:0", "--shards", &shards.to_string()])
+        .args(["--log-level", "info"])
+        .env_remove("RUST_LOG")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped());
+    command
+}
+
 /// The address that a `ringcast` binary started with `--log-level info` (and no `RUST_LOG`)
 /// reports on `stdout` in its "ringcast listening on ADDR" line, so a test can start it on port
 /// 0 and wait for that line instead of probing the port. None when its stdout closed first (it
