@@ -143,7 +143,12 @@ impl Shard {
     /// and queues it, then what the session held here. A newer connection that claimed the
     /// client id meanwhile takes the session over now.
     pub(super) async fn settle_arrival(&self, key: SessionKey) {
-        let arrival = self.state.borrow_mut().arrivals.remove(&key);
+        let (arrival, waiters) = {
+            let mut st = self.state.borrow_mut();
+            let arrival = st.arrivals.remove(&key);
+            (arrival, std::mem::take(&mut st.settle_waiters))
+        };
+        waiters.into_iter().for_each(std::task::Waker::wake);
         let Some((stub, token)) = arrival else {
             return;
         };
@@ -179,12 +184,15 @@ impl Shard {
 
     /// Waits until none of `keys` is still arriving.
     pub async fn arrivals_settled(&self, keys: &[SessionKey]) {
-        while keys
-            .iter()
-            .any(|k| self.state.borrow().arrivals.contains_key(k))
-        {
-            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        std::future::poll_fn(|cx| {
+            let mut st = self.state.borrow_mut();
+            if keys.iter().any(|k| st.arrivals.contains_key(k)) {
+                st.settle_waiters.push(cx.waker().clone());
+                return std::task::Poll::Pending;
+            }
+            std::task::Poll::Ready(())
+        })
+        .await
     }
 
     /// Asks every shard to pass `Settle` on to the stub's shard; returns what the stub held.

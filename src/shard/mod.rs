@@ -129,6 +129,8 @@ pub struct State {
     stubs: HashMap<SessionKey, Stub>,
     /// Sessions installed here from another shard's stub, until settled, with their token.
     arrivals: HashMap<SessionKey, (StubRef, u64)>,
+    /// Tasks waiting for arrivals to settle (`arrivals_settled`), woken at each settle.
+    settle_waiters: Vec<std::task::Waker>,
     /// Claims answered with a stub, by connection token, until the session is installed.
     arriving: HashMap<u64, StubRef>,
 }
