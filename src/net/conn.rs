@@ -6,6 +6,7 @@
 //! machine's; this file only moves bytes and carries the machine's actions to the shard.
 
 use super::gate::Gate;
+use super::keepalive::{self, Deadline};
 use super::tls::Certificates;
 use super::transport::{self, Reader, Shutdown, Writer};
 use super::{arena, http, tls, writer};
@@ -26,6 +27,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// Bytes asked of the socket per read.
@@ -235,6 +237,7 @@ fn serve_transport(
         key: 0,
         token: 0,
         now,
+        deadline: Deadline::default(),
     };
     // An async block, not an async fn: a fn's arguments would be kept twice in the task
     // (as arguments and as the locals they are moved into), the `Conn` among them.
@@ -282,6 +285,9 @@ struct Conn {
     token: u64,
     /// When the last read completed: the time the machine is told packets arrived.
     now: Instant,
+    /// A plain TCP connection's place in the shard's sweep of read deadlines (see
+    /// `keepalive`); other transports time their reads out themselves.
+    deadline: Deadline,
 }
 
 impl Drop for Conn {
@@ -599,7 +605,11 @@ impl Conn {
     async fn fill(&mut self) -> Result<(), ReadError> {
         let chunk = self.read_chunk;
         let timeout = self.machine.read_timeout(self.now);
-        self.reader.set_read_timeout(timeout);
+        if matches!(self.reader, Reader::Tcp(_)) {
+            self.deadline.set(timeout.map(|t| self.now + t));
+        } else {
+            self.reader.set_read_timeout(timeout);
+        }
         let start = self.buf.len();
         let from_arena = start == 0 && matches!(self.reader, Reader::Tcp(_));
         if !from_arena {
@@ -610,7 +620,12 @@ impl Conn {
             // Nothing held between packets: read into the shard's arena (see `arena`).
             Reader::Tcp(stream) if from_arena => {
                 self.buf = BytesMut::new();
-                let read = std::future::poll_fn(|cx| arena::poll_read(stream, cx, chunk)).await;
+                let entry = &mut self.deadline;
+                let read = std::future::poll_fn(|cx| match arena::poll_read(stream, cx, chunk) {
+                    Poll::Pending => keepalive::poll_expired(entry, cx),
+                    ready => ready,
+                })
+                .await;
                 read.map(|bytes| {
                     self.buf = bytes;
                     self.in_arena = true;
@@ -619,7 +634,12 @@ impl Conn {
             }
             Reader::Tcp(stream) => {
                 let buf = &mut self.buf[start..];
-                std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, buf)).await
+                let entry = &mut self.deadline;
+                std::future::poll_fn(|cx| match Pin::new(&mut *stream).poll_read(cx, buf) {
+                    Poll::Pending => keepalive::poll_expired(entry, cx),
+                    ready => ready,
+                })
+                .await
             }
             // TLS and WebSocket reads are larger state machines: boxed, so that a plain
             // connection's task does not carry their size.
