@@ -242,23 +242,25 @@ fn serve_transport(
     // An async block, not an async fn: a fn's arguments would be kept twice in the task
     // (as arguments and as the locals they are moved into), the `Conn` among them.
     async move {
-        let outbox = conn.outbox.clone();
-        let shard = conn.shard.clone();
+        // Nothing but the `Conn` is kept across the read loop's await: the outbox and the
+        // shard are the connection's own, and the flush's outcome is a bool.
         let end = conn.run().await;
-        outbox.close();
-        outbox.reader_done();
+        conn.outbox.close();
+        conn.outbox.reader_done();
         // Boxed, like every wait that comes once: the task's state stays that of the loop.
         let flushed = Box::pin(glommio::timer::timeout(FLUSH_TIMEOUT, async {
             writer.await;
             Ok(())
         }))
-        .await;
-        if flushed.is_err() {
+        .await
+        .is_ok();
+        if !flushed {
             // The writer was dropped (cancelled) with the timeout; close the socket for good.
             conn.reader.shutdown(Shutdown::Both);
         } else if matches!(end, End::Closed | End::Refused) {
             Box::pin(conn.discard_input()).await;
         }
+        let shard = conn.shard.clone();
         drop(conn);
         shard.connection_closed();
     }
@@ -355,17 +357,21 @@ impl Conn {
             // Nothing large may live across an await of this loop (a packet, an action): the
             // task holds the loop's state for as long as the connection lives.
             let read = self.read_packet().await;
-            let action = match self.action_for(read) {
-                Ok(action) => action,
-                Err(end) => return end,
+            // The action's scope ends before the next await: a local that was borrowed
+            // (`hold_point`) keeps its room in the task until its scope ends, moved or not,
+            // and the task would carry an action (200 bytes) for the life of the connection.
+            let (appended, acted) = {
+                let action = match self.action_for(read) {
+                    Ok(action) => action,
+                    Err(end) => return end,
+                };
+                let appended = self.hold_point(&action);
+                (appended, self.act(action).map_err(|wait| self.finish(wait)))
             };
-            let appended = self.hold_point(&action);
-            let end = {
-                let acted = self.act(action).map_err(|wait| self.finish(wait));
-                match acted {
-                    Ok(end) => end,
-                    Err(waiting) => waiting.await,
-                }
+            // Moved into the match (braces), so its borrow of `self` ends with it.
+            let end = match { acted } {
+                Ok(end) => end,
+                Err(waiting) => waiting.await,
             };
             if let Some(appended) = appended {
                 self.hold_since(appended);
