@@ -93,12 +93,7 @@ pub fn spawn(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: usiz
     let now = Instant::now();
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let (reader, writer) = transport::tcp(stream);
-    let login = Login {
-        gate,
-        listener,
-        peer,
-        identity: Identity::Credentials,
-    };
+    let login = Login::new(gate, listener, peer, Identity::Credentials);
     glommio::spawn_local(serve_transport(shard, reader, writer, login, now)).detach();
 }
 
@@ -143,12 +138,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: us
         Some(_) => Instant::now(),
         None => now,
     };
-    let login = Login {
-        gate,
-        listener,
-        peer,
-        identity,
-    };
+    let login = Login::new(gate, listener, peer, identity);
     serve_transport(shard, reader, writer, login, now).await;
 }
 
@@ -184,10 +174,36 @@ async fn secure(
 /// Who a connection is, as far as the gate is concerned.
 struct Login {
     gate: Rc<Gate>,
+    /// What only logging in needs, boxed and dropped once the CONNECT is answered: every
+    /// connection's task holds its `Conn` for as long as it lives.
+    arrival: Option<Box<Arrival>>,
+}
+
+/// Where a connection came from and how it proves who it is.
+struct Arrival {
     listener: usize,
     peer: Option<IpAddr>,
     /// What the username comes from.
     identity: Identity,
+}
+
+impl Login {
+    fn new(gate: Rc<Gate>, listener: usize, peer: Option<IpAddr>, identity: Identity) -> Login {
+        let arrival = Arrival {
+            listener,
+            peer,
+            identity,
+        };
+        Login {
+            gate,
+            arrival: Some(Box::new(arrival)),
+        }
+    }
+
+    /// The client's address, while it logs in.
+    fn peer(&self) -> Option<IpAddr> {
+        self.arrival.as_ref().and_then(|a| a.peer)
+    }
 }
 
 /// Where a connection's username comes from.
@@ -225,7 +241,7 @@ fn serve_transport(
     let mut conn = Conn {
         login,
         username: None,
-        client_id: String::new(),
+        client_id: Box::default(),
         machine: Connection::new(connection_limits.clone(), now),
         shard,
         reader,
@@ -269,9 +285,9 @@ fn serve_transport(
 struct Conn {
     login: Login,
     /// The username the client logged in with (or its certificate's), for the ACL.
-    username: Option<String>,
+    username: Option<Box<str>>,
     /// The client id, for the ACL's `%c`.
-    client_id: String,
+    client_id: Box<str>,
     machine: Connection,
     shard: Rc<Shard>,
     reader: Reader,
@@ -318,7 +334,7 @@ impl Conn {
                 self.login
                     .gate
                     .refusals
-                    .refused(self.login.peer, why, self.now);
+                    .refused(self.login.peer(), why, self.now);
                 let v5 = self.codec.version() == Some(Version::V5);
                 if let Some(connack) = self.machine.refuse_undecodable(&e, v5) {
                     self.send(&connack);
@@ -328,7 +344,9 @@ impl Conn {
             // The codec yields nothing but CONNECT first.
             Ok(_) | Err(ReadError::Gone | ReadError::Close(_)) => return End::Gone,
         };
-        if !Box::pin(self.accept_connect(connect)).await {
+        let accepted = Box::pin(self.accept_connect(connect)).await;
+        self.login.arrival = None;
+        if !accepted {
             return End::Refused;
         }
         let end = self.read_loop().await;
@@ -722,13 +740,13 @@ impl Conn {
                 self.login
                     .gate
                     .refusals
-                    .refused(self.login.peer, why, self.now);
+                    .refused(self.login.peer(), why, self.now);
                 if admission.refusal.is_some() {
                     self.shard.metrics.count_login_refused();
                     let delay = self
                         .login
                         .gate
-                        .note_refusal(self.login.peer, Instant::now());
+                        .note_refusal(self.login.peer(), Instant::now());
                     glommio::timer::sleep(delay).await;
                 }
                 self.send(&Packet::ConnAck(connack));
@@ -736,12 +754,12 @@ impl Conn {
                 return false;
             }
         };
-        self.login.gate.note_success(self.login.peer);
+        self.login.gate.note_success(self.login.peer());
         if accepted.client_id.is_empty() {
             let id = format!("ringcast-{:x}", self.shard.new_token());
             self.machine.assign_client_id(&mut accepted, id);
         }
-        self.client_id = accepted.client_id.clone();
+        self.client_id = accepted.client_id.as_str().into();
         self.token = self.shard.new_token();
         let claim = self
             .shard
@@ -781,12 +799,15 @@ impl Conn {
     /// password file; records the username. A will the ACL does not let the client write is
     /// dropped (the connection stays, as the will is only a last PUBLISH).
     async fn log_in(&mut self, connect: &mut Connect) -> Option<Refusal> {
-        let endpoint = self.login.gate.endpoint(self.login.listener);
+        let Some(arrival) = self.login.arrival.as_deref() else {
+            return Some(Refusal::NotAuthorized); // logged in already (not reached)
+        };
+        let endpoint = self.login.gate.endpoint(arrival.listener);
         let allow_anonymous = endpoint.is_some_and(|e| e.allow_anonymous);
-        let given = connect.username.as_ref().map(|u| u.as_str().to_string());
-        let refusal = match &self.login.identity {
+        let given = connect.username.as_ref().map(|u| u.as_str().into());
+        let refusal = match &arrival.identity {
             Identity::Certificate(Some(name)) => {
-                self.username = Some(name.clone());
+                self.username = Some(name.as_str().into());
                 None
             }
             // No name to log in as: refused, as mosquitto does, rather than falling back to
@@ -824,7 +845,7 @@ impl Conn {
     /// Whether the ACL lets this client publish to `topic`.
     fn may_write(&self, topic: &str) -> bool {
         let user = self.username.as_deref();
-        let client_id = self.client_id.as_str();
+        let client_id = &*self.client_id;
         self.login
             .gate
             .with_tables(|t| t.can_write(user, client_id, topic))
@@ -841,7 +862,10 @@ impl Conn {
         session.will = accepted.will.map(Box::new);
         session.expiry_secs = accepted.session_expiry_secs;
         session.peer = accepted.peer;
-        session.reader = self.login.gate.read_filter(self.username.clone());
+        session.reader = self
+            .login
+            .gate
+            .read_filter(self.username.as_deref().map(str::to_string));
         session
     }
 
@@ -1007,7 +1031,7 @@ impl Conn {
     /// per message; All (or no ACL) costs nothing per delivery.
     fn read_scope(&self, filter: &str) -> ReadScope {
         let user = self.username.as_deref();
-        let client_id = self.client_id.as_str();
+        let client_id = &*self.client_id;
         let filter = crate::protocol::topic::filter_part(filter);
         self.login.gate.with_tables(|t| {
             t.acl.as_ref().map_or(ReadScope::All, |acl| {
