@@ -386,7 +386,9 @@ impl Conn {
                 let appended = self.hold_point(&action);
                 (appended, self.act(action).map_err(|wait| self.finish(wait)))
             };
-            // Moved into the match (braces), so its borrow of `self` ends with it.
+            // Moved into the match (the braces), so its borrow of `self` ends with it; matched
+            // in place, it would be dropped only at the end of the loop body.
+            #[allow(clippy::blocks_in_conditions)]
             let end = match { acted } {
                 Ok(end) => end,
                 Err(waiting) => waiting.await,
