@@ -615,84 +615,93 @@ impl Conn {
 
     /// Decodes the next packet, reading from the socket as needed. A decoded packet is never
     /// held across the read's await, so the future stays small: a packet already in the
-    /// buffer costs no more than a call.
-    async fn read_packet(&mut self) -> Result<Packet, ReadError> {
-        loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Decoded::Packet(packet)) => return Ok(packet),
-                Ok(Decoded::Incomplete { .. }) => {}
-                Err(e) => return Err(ReadError::Decode(e)),
+    /// buffer costs no more than a call. An async block, not an async fn, like `fill`: a fn
+    /// keeps `self` twice in its state, and the read loop holds both for the life of the
+    /// connection.
+    #[allow(clippy::manual_async_fn)]
+    fn read_packet(&mut self) -> impl Future<Output = Result<Packet, ReadError>> + '_ {
+        async move {
+            loop {
+                match self.codec.decode(&mut self.buf) {
+                    Ok(Decoded::Packet(packet)) => return Ok(packet),
+                    Ok(Decoded::Incomplete { .. }) => {}
+                    Err(e) => return Err(ReadError::Decode(e)),
+                }
+                self.fill().await?;
             }
-            self.fill().await?;
         }
     }
 
     /// Reads what the socket has into the buffer, within the time the machine allows.
-    async fn fill(&mut self) -> Result<(), ReadError> {
-        let chunk = self.read_chunk;
-        let timeout = self.machine.read_timeout(self.now);
-        if matches!(self.reader, Reader::Tcp(_)) {
-            self.deadline.set(timeout.map(|t| self.now + t));
-        } else {
-            self.reader.set_read_timeout(timeout);
-        }
-        let start = self.buf.len();
-        let from_arena = start == 0 && matches!(self.reader, Reader::Tcp(_));
-        if !from_arena {
-            self.own_buffer(chunk);
-            self.buf.resize(start + chunk, 0);
-        }
-        let read = match &mut self.reader {
-            // Nothing held between packets: read into the shard's arena (see `arena`).
-            Reader::Tcp(stream) if from_arena => {
-                self.buf = BytesMut::new();
-                let entry = &mut self.deadline;
-                let read = std::future::poll_fn(|cx| match arena::poll_read(stream, cx, chunk) {
-                    Poll::Pending => keepalive::poll_expired(entry, cx),
-                    ready => ready,
-                })
-                .await;
-                read.map(|bytes| {
-                    self.buf = bytes;
-                    self.in_arena = true;
-                    self.buf.len()
-                })
+    #[allow(clippy::manual_async_fn)]
+    fn fill(&mut self) -> impl Future<Output = Result<(), ReadError>> + '_ {
+        async move {
+            let chunk = self.read_chunk;
+            let timeout = self.machine.read_timeout(self.now);
+            if matches!(self.reader, Reader::Tcp(_)) {
+                self.deadline.set(timeout.map(|t| self.now + t));
+            } else {
+                self.reader.set_read_timeout(timeout);
             }
-            Reader::Tcp(stream) => {
-                let buf = &mut self.buf[start..];
-                let entry = &mut self.deadline;
-                std::future::poll_fn(|cx| match Pin::new(&mut *stream).poll_read(cx, buf) {
-                    Poll::Pending => keepalive::poll_expired(entry, cx),
-                    ready => ready,
-                })
-                .await
+            let start = self.buf.len();
+            let from_arena = start == 0 && matches!(self.reader, Reader::Tcp(_));
+            if !from_arena {
+                self.own_buffer(chunk);
+                self.buf.resize(start + chunk, 0);
             }
-            // TLS and WebSocket reads are larger state machines: boxed, so that a plain
-            // connection's task does not carry their size.
-            reader => Box::pin(reader.read(&mut self.buf[start..])).await,
-        };
-        self.now = Instant::now();
-        let n = match read {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                self.buf.truncate(start);
-                // Nothing came in time: the machine decides whether that ends the connection.
-                return match self.machine.handle_timeout(self.now) {
-                    Some(action) => Err(ReadError::Close(action)),
-                    None => Ok(()),
-                };
+            let read = match &mut self.reader {
+                // Nothing held between packets: read into the shard's arena (see `arena`).
+                Reader::Tcp(stream) if from_arena => {
+                    self.buf = BytesMut::new();
+                    let entry = &mut self.deadline;
+                    let read =
+                        std::future::poll_fn(|cx| match arena::poll_read(stream, cx, chunk) {
+                            Poll::Pending => keepalive::poll_expired(entry, cx),
+                            ready => ready,
+                        })
+                        .await;
+                    read.map(|bytes| {
+                        self.buf = bytes;
+                        self.in_arena = true;
+                        self.buf.len()
+                    })
+                }
+                Reader::Tcp(stream) => {
+                    let buf = &mut self.buf[start..];
+                    let entry = &mut self.deadline;
+                    std::future::poll_fn(|cx| match Pin::new(&mut *stream).poll_read(cx, buf) {
+                        Poll::Pending => keepalive::poll_expired(entry, cx),
+                        ready => ready,
+                    })
+                    .await
+                }
+                // TLS and WebSocket reads are larger state machines: boxed, so that a plain
+                // connection's task does not carry their size.
+                reader => Box::pin(reader.read(&mut self.buf[start..])).await,
+            };
+            self.now = Instant::now();
+            let n = match read {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    self.buf.truncate(start);
+                    // Nothing came in time: the machine decides whether that ends the connection.
+                    return match self.machine.handle_timeout(self.now) {
+                        Some(action) => Err(ReadError::Close(action)),
+                        None => Ok(()),
+                    };
+                }
+                Err(_) => 0,
+            };
+            self.buf.truncate(start + n);
+            if n == 0 {
+                return Err(ReadError::Gone);
             }
-            Err(_) => 0,
-        };
-        self.buf.truncate(start + n);
-        if n == 0 {
-            return Err(ReadError::Gone);
+            if n == chunk {
+                self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES);
+            }
+            self.shard.metrics.add_bytes_received(n);
+            Ok(())
         }
-        if n == chunk {
-            self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES);
-        }
-        self.shard.metrics.add_bytes_received(n);
-        Ok(())
     }
 
     /// Makes room for `chunk` more bytes after a partial packet in a buffer of the
