@@ -6,6 +6,7 @@
 //! machine's; this file only moves bytes and carries the machine's actions to the shard.
 
 use super::gate::Gate;
+use super::keepalive::{self, Deadline};
 use super::tls::Certificates;
 use super::transport::{self, Reader, Shutdown, Writer};
 use super::{arena, http, tls, writer};
@@ -26,6 +27,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 /// Bytes asked of the socket per read.
@@ -91,12 +93,7 @@ pub fn spawn(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: usiz
     let now = Instant::now();
     let peer = stream.peer_addr().ok().map(|a| a.ip());
     let (reader, writer) = transport::tcp(stream);
-    let login = Login {
-        gate,
-        listener,
-        peer,
-        identity: Identity::Credentials,
-    };
+    let login = Login::new(gate, listener, peer, Identity::Credentials);
     glommio::spawn_local(serve_transport(shard, reader, writer, login, now)).detach();
 }
 
@@ -141,12 +138,7 @@ async fn serve(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: us
         Some(_) => Instant::now(),
         None => now,
     };
-    let login = Login {
-        gate,
-        listener,
-        peer,
-        identity,
-    };
+    let login = Login::new(gate, listener, peer, identity);
     serve_transport(shard, reader, writer, login, now).await;
 }
 
@@ -182,10 +174,36 @@ async fn secure(
 /// Who a connection is, as far as the gate is concerned.
 struct Login {
     gate: Rc<Gate>,
+    /// What only logging in needs, boxed and dropped once the CONNECT is answered: every
+    /// connection's task holds its `Conn` for as long as it lives.
+    arrival: Option<Box<Arrival>>,
+}
+
+/// Where a connection came from and how it proves who it is.
+struct Arrival {
     listener: usize,
     peer: Option<IpAddr>,
     /// What the username comes from.
     identity: Identity,
+}
+
+impl Login {
+    fn new(gate: Rc<Gate>, listener: usize, peer: Option<IpAddr>, identity: Identity) -> Login {
+        let arrival = Arrival {
+            listener,
+            peer,
+            identity,
+        };
+        Login {
+            gate,
+            arrival: Some(Box::new(arrival)),
+        }
+    }
+
+    /// The client's address, while it logs in.
+    fn peer(&self) -> Option<IpAddr> {
+        self.arrival.as_ref().and_then(|a| a.peer)
+    }
 }
 
 /// Where a connection's username comes from.
@@ -223,7 +241,7 @@ fn serve_transport(
     let mut conn = Conn {
         login,
         username: None,
-        client_id: String::new(),
+        client_id: Box::default(),
         machine: Connection::new(connection_limits.clone(), now),
         shard,
         reader,
@@ -235,27 +253,30 @@ fn serve_transport(
         key: 0,
         token: 0,
         now,
+        deadline: Deadline::default(),
     };
     // An async block, not an async fn: a fn's arguments would be kept twice in the task
     // (as arguments and as the locals they are moved into), the `Conn` among them.
     async move {
-        let outbox = conn.outbox.clone();
-        let shard = conn.shard.clone();
+        // Nothing but the `Conn` is kept across the read loop's await: the outbox and the
+        // shard are the connection's own, and the flush's outcome is a bool.
         let end = conn.run().await;
-        outbox.close();
-        outbox.reader_done();
+        conn.outbox.close();
+        conn.outbox.reader_done();
         // Boxed, like every wait that comes once: the task's state stays that of the loop.
         let flushed = Box::pin(glommio::timer::timeout(FLUSH_TIMEOUT, async {
             writer.await;
             Ok(())
         }))
-        .await;
-        if flushed.is_err() {
+        .await
+        .is_ok();
+        if !flushed {
             // The writer was dropped (cancelled) with the timeout; close the socket for good.
             conn.reader.shutdown(Shutdown::Both);
         } else if matches!(end, End::Closed | End::Refused) {
             Box::pin(conn.discard_input()).await;
         }
+        let shard = conn.shard.clone();
         drop(conn);
         shard.connection_closed();
     }
@@ -264,9 +285,9 @@ fn serve_transport(
 struct Conn {
     login: Login,
     /// The username the client logged in with (or its certificate's), for the ACL.
-    username: Option<String>,
+    username: Option<Box<str>>,
     /// The client id, for the ACL's `%c`.
-    client_id: String,
+    client_id: Box<str>,
     machine: Connection,
     shard: Rc<Shard>,
     reader: Reader,
@@ -282,6 +303,9 @@ struct Conn {
     token: u64,
     /// When the last read completed: the time the machine is told packets arrived.
     now: Instant,
+    /// A plain TCP connection's place in the shard's sweep of read deadlines (see
+    /// `keepalive`); other transports time their reads out themselves.
+    deadline: Deadline,
 }
 
 impl Drop for Conn {
@@ -310,7 +334,7 @@ impl Conn {
                 self.login
                     .gate
                     .refusals
-                    .refused(self.login.peer, why, self.now);
+                    .refused(self.login.peer(), why, self.now);
                 let v5 = self.codec.version() == Some(Version::V5);
                 if let Some(connack) = self.machine.refuse_undecodable(&e, v5) {
                     self.send(&connack);
@@ -320,7 +344,9 @@ impl Conn {
             // The codec yields nothing but CONNECT first.
             Ok(_) | Err(ReadError::Gone | ReadError::Close(_)) => return End::Gone,
         };
-        if !Box::pin(self.accept_connect(connect)).await {
+        let accepted = Box::pin(self.accept_connect(connect)).await;
+        self.login.arrival = None;
+        if !accepted {
             return End::Refused;
         }
         let end = self.read_loop().await;
@@ -349,17 +375,23 @@ impl Conn {
             // Nothing large may live across an await of this loop (a packet, an action): the
             // task holds the loop's state for as long as the connection lives.
             let read = self.read_packet().await;
-            let action = match self.action_for(read) {
-                Ok(action) => action,
-                Err(end) => return end,
+            // The action's scope ends before the next await: a local that was borrowed
+            // (`hold_point`) keeps its room in the task until its scope ends, moved or not,
+            // and the task would carry an action (200 bytes) for the life of the connection.
+            let (appended, acted) = {
+                let action = match self.action_for(read) {
+                    Ok(action) => action,
+                    Err(end) => return end,
+                };
+                let appended = self.hold_point(&action);
+                (appended, self.act(action).map_err(|wait| self.finish(wait)))
             };
-            let appended = self.hold_point(&action);
-            let end = {
-                let acted = self.act(action).map_err(|wait| self.finish(wait));
-                match acted {
-                    Ok(end) => end,
-                    Err(waiting) => waiting.await,
-                }
+            // Moved into the match (the braces), so its borrow of `self` ends with it; matched
+            // in place, it would be dropped only at the end of the loop body.
+            #[allow(clippy::blocks_in_conditions)]
+            let end = match { acted } {
+                Ok(end) => end,
+                Err(waiting) => waiting.await,
             };
             if let Some(appended) = appended {
                 self.hold_since(appended);
@@ -583,70 +615,93 @@ impl Conn {
 
     /// Decodes the next packet, reading from the socket as needed. A decoded packet is never
     /// held across the read's await, so the future stays small: a packet already in the
-    /// buffer costs no more than a call.
-    async fn read_packet(&mut self) -> Result<Packet, ReadError> {
-        loop {
-            match self.codec.decode(&mut self.buf) {
-                Ok(Decoded::Packet(packet)) => return Ok(packet),
-                Ok(Decoded::Incomplete { .. }) => {}
-                Err(e) => return Err(ReadError::Decode(e)),
+    /// buffer costs no more than a call. An async block, not an async fn, like `fill`: a fn
+    /// keeps `self` twice in its state, and the read loop holds both for the life of the
+    /// connection.
+    #[allow(clippy::manual_async_fn)]
+    fn read_packet(&mut self) -> impl Future<Output = Result<Packet, ReadError>> + '_ {
+        async move {
+            loop {
+                match self.codec.decode(&mut self.buf) {
+                    Ok(Decoded::Packet(packet)) => return Ok(packet),
+                    Ok(Decoded::Incomplete { .. }) => {}
+                    Err(e) => return Err(ReadError::Decode(e)),
+                }
+                self.fill().await?;
             }
-            self.fill().await?;
         }
     }
 
     /// Reads what the socket has into the buffer, within the time the machine allows.
-    async fn fill(&mut self) -> Result<(), ReadError> {
-        let chunk = self.read_chunk;
-        let timeout = self.machine.read_timeout(self.now);
-        self.reader.set_read_timeout(timeout);
-        let start = self.buf.len();
-        let from_arena = start == 0 && matches!(self.reader, Reader::Tcp(_));
-        if !from_arena {
-            self.own_buffer(chunk);
-            self.buf.resize(start + chunk, 0);
-        }
-        let read = match &mut self.reader {
-            // Nothing held between packets: read into the shard's arena (see `arena`).
-            Reader::Tcp(stream) if from_arena => {
-                self.buf = BytesMut::new();
-                let read = std::future::poll_fn(|cx| arena::poll_read(stream, cx, chunk)).await;
-                read.map(|bytes| {
-                    self.buf = bytes;
-                    self.in_arena = true;
-                    self.buf.len()
-                })
+    #[allow(clippy::manual_async_fn)]
+    fn fill(&mut self) -> impl Future<Output = Result<(), ReadError>> + '_ {
+        async move {
+            let chunk = self.read_chunk;
+            let timeout = self.machine.read_timeout(self.now);
+            if matches!(self.reader, Reader::Tcp(_)) {
+                self.deadline.set(timeout.map(|t| self.now + t));
+            } else {
+                self.reader.set_read_timeout(timeout);
             }
-            Reader::Tcp(stream) => {
-                let buf = &mut self.buf[start..];
-                std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_read(cx, buf)).await
+            let start = self.buf.len();
+            let from_arena = start == 0 && matches!(self.reader, Reader::Tcp(_));
+            if !from_arena {
+                self.own_buffer(chunk);
+                self.buf.resize(start + chunk, 0);
             }
-            // TLS and WebSocket reads are larger state machines: boxed, so that a plain
-            // connection's task does not carry their size.
-            reader => Box::pin(reader.read(&mut self.buf[start..])).await,
-        };
-        self.now = Instant::now();
-        let n = match read {
-            Ok(n) => n,
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
-                self.buf.truncate(start);
-                // Nothing came in time: the machine decides whether that ends the connection.
-                return match self.machine.handle_timeout(self.now) {
-                    Some(action) => Err(ReadError::Close(action)),
-                    None => Ok(()),
-                };
+            let read = match &mut self.reader {
+                // Nothing held between packets: read into the shard's arena (see `arena`).
+                Reader::Tcp(stream) if from_arena => {
+                    self.buf = BytesMut::new();
+                    let entry = &mut self.deadline;
+                    let read =
+                        std::future::poll_fn(|cx| match arena::poll_read(stream, cx, chunk) {
+                            Poll::Pending => keepalive::poll_expired(entry, cx),
+                            ready => ready,
+                        })
+                        .await;
+                    read.map(|bytes| {
+                        self.buf = bytes;
+                        self.in_arena = true;
+                        self.buf.len()
+                    })
+                }
+                Reader::Tcp(stream) => {
+                    let buf = &mut self.buf[start..];
+                    let entry = &mut self.deadline;
+                    std::future::poll_fn(|cx| match Pin::new(&mut *stream).poll_read(cx, buf) {
+                        Poll::Pending => keepalive::poll_expired(entry, cx),
+                        ready => ready,
+                    })
+                    .await
+                }
+                // TLS and WebSocket reads are larger state machines: boxed, so that a plain
+                // connection's task does not carry their size.
+                reader => Box::pin(reader.read(&mut self.buf[start..])).await,
+            };
+            self.now = Instant::now();
+            let n = match read {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                    self.buf.truncate(start);
+                    // Nothing came in time: the machine decides whether that ends the connection.
+                    return match self.machine.handle_timeout(self.now) {
+                        Some(action) => Err(ReadError::Close(action)),
+                        None => Ok(()),
+                    };
+                }
+                Err(_) => 0,
+            };
+            self.buf.truncate(start + n);
+            if n == 0 {
+                return Err(ReadError::Gone);
             }
-            Err(_) => 0,
-        };
-        self.buf.truncate(start + n);
-        if n == 0 {
-            return Err(ReadError::Gone);
+            if n == chunk {
+                self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES);
+            }
+            self.shard.metrics.add_bytes_received(n);
+            Ok(())
         }
-        if n == chunk {
-            self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES);
-        }
-        self.shard.metrics.add_bytes_received(n);
-        Ok(())
     }
 
     /// Makes room for `chunk` more bytes after a partial packet in a buffer of the
@@ -696,13 +751,13 @@ impl Conn {
                 self.login
                     .gate
                     .refusals
-                    .refused(self.login.peer, why, self.now);
+                    .refused(self.login.peer(), why, self.now);
                 if admission.refusal.is_some() {
                     self.shard.metrics.count_login_refused();
                     let delay = self
                         .login
                         .gate
-                        .note_refusal(self.login.peer, Instant::now());
+                        .note_refusal(self.login.peer(), Instant::now());
                     glommio::timer::sleep(delay).await;
                 }
                 self.send(&Packet::ConnAck(connack));
@@ -710,12 +765,12 @@ impl Conn {
                 return false;
             }
         };
-        self.login.gate.note_success(self.login.peer);
+        self.login.gate.note_success(self.login.peer());
         if accepted.client_id.is_empty() {
             let id = format!("ringcast-{:x}", self.shard.new_token());
             self.machine.assign_client_id(&mut accepted, id);
         }
-        self.client_id = accepted.client_id.clone();
+        self.client_id = accepted.client_id.as_str().into();
         self.token = self.shard.new_token();
         let claim = self
             .shard
@@ -755,12 +810,15 @@ impl Conn {
     /// password file; records the username. A will the ACL does not let the client write is
     /// dropped (the connection stays, as the will is only a last PUBLISH).
     async fn log_in(&mut self, connect: &mut Connect) -> Option<Refusal> {
-        let endpoint = self.login.gate.endpoint(self.login.listener);
+        let Some(arrival) = self.login.arrival.as_deref() else {
+            return Some(Refusal::NotAuthorized); // logged in already (not reached)
+        };
+        let endpoint = self.login.gate.endpoint(arrival.listener);
         let allow_anonymous = endpoint.is_some_and(|e| e.allow_anonymous);
-        let given = connect.username.as_ref().map(|u| u.as_str().to_string());
-        let refusal = match &self.login.identity {
+        let given = connect.username.as_ref().map(|u| u.as_str().into());
+        let refusal = match &arrival.identity {
             Identity::Certificate(Some(name)) => {
-                self.username = Some(name.clone());
+                self.username = Some(name.as_str().into());
                 None
             }
             // No name to log in as: refused, as mosquitto does, rather than falling back to
@@ -798,7 +856,7 @@ impl Conn {
     /// Whether the ACL lets this client publish to `topic`.
     fn may_write(&self, topic: &str) -> bool {
         let user = self.username.as_deref();
-        let client_id = self.client_id.as_str();
+        let client_id = &*self.client_id;
         self.login
             .gate
             .with_tables(|t| t.can_write(user, client_id, topic))
@@ -815,7 +873,10 @@ impl Conn {
         session.will = accepted.will.map(Box::new);
         session.expiry_secs = accepted.session_expiry_secs;
         session.peer = accepted.peer;
-        session.reader = self.login.gate.read_filter(self.username.clone());
+        session.reader = self
+            .login
+            .gate
+            .read_filter(self.username.as_deref().map(str::to_string));
         session
     }
 
@@ -981,7 +1042,7 @@ impl Conn {
     /// per message; All (or no ACL) costs nothing per delivery.
     fn read_scope(&self, filter: &str) -> ReadScope {
         let user = self.username.as_deref();
-        let client_id = self.client_id.as_str();
+        let client_id = &*self.client_id;
         let filter = crate::protocol::topic::filter_part(filter);
         self.login.gate.with_tables(|t| {
             t.acl.as_ref().map_or(ReadScope::All, |acl| {

@@ -5,6 +5,7 @@ pub mod arena;
 pub mod conn;
 pub mod gate;
 pub mod http;
+pub mod keepalive;
 pub mod refusals;
 pub mod sockio;
 pub mod tls;

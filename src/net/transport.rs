@@ -22,8 +22,10 @@ use super::tls::{TlsReader, TlsWriter};
 use crate::shard::outbox::Outbox;
 use futures_lite::{AsyncReadExt, AsyncWriteExt};
 use glommio::net::TcpStream;
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::os::unix::io::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 pub use ws::{WsReader, WsWriter};
@@ -112,13 +114,13 @@ impl Writer {
     /// Writes what it can of the outbox's first frames and takes it out of the outbox; waits
     /// while the socket is full. Fails when the socket does, or the outbox is aborted while
     /// waiting.
-    pub async fn write_some(&mut self, outbox: &Outbox) -> io::Result<()> {
+    pub fn write_some<'a>(&'a mut self, outbox: &'a Outbox) -> WriteSome<'a> {
         // TLS and WebSocket writes are boxed, so a plain connection's writer task does not
         // carry their state (the task lives as long as the connection).
         match self {
-            Writer::Tcp(tcp) => tcp.write_some(outbox).await,
-            Writer::Tls(tls) => Box::pin(tls.write_some(outbox)).await,
-            Writer::Ws(ws) => Box::pin(ws.write_some(outbox)).await,
+            Writer::Tcp(tcp) => tcp.write_some(outbox),
+            Writer::Tls(tls) => WriteSome::Waiting(Box::pin(tls.write_some(outbox))),
+            Writer::Ws(ws) => WriteSome::Waiting(Box::pin(ws.write_some(outbox))),
         }
     }
 
@@ -167,6 +169,25 @@ impl Writer {
     }
 }
 
+/// A write of the outbox: done at once where the socket took the bytes (plain TCP's usual
+/// case, no future built), or waiting, boxed while it lasts, so the writer task, which holds
+/// it for as long as the connection lives, carries a pointer rather than the wait's state.
+pub enum WriteSome<'a> {
+    Done(Option<io::Result<()>>),
+    Waiting(Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>),
+}
+
+impl Future for WriteSome<'_> {
+    type Output = io::Result<()>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            WriteSome::Done(done) => Poll::Ready(done.take().unwrap_or(Ok(()))),
+            WriteSome::Waiting(waiting) => waiting.as_mut().poll(cx),
+        }
+    }
+}
+
 thread_local! {
     /// Plain TCP writers' iovecs, filled and written within one call (shards are threads).
     static IOV: std::cell::RefCell<Vec<libc::iovec>> = const { std::cell::RefCell::new(Vec::new()) };
@@ -181,21 +202,30 @@ pub struct TcpWriter {
 }
 
 impl TcpWriter {
-    async fn write_some(&mut self, outbox: &Outbox) -> io::Result<()> {
+    fn write_some<'a>(&'a mut self, outbox: &'a Outbox) -> WriteSome<'a> {
         // The iovecs live only for the call: one vector per shard thread, none per connection.
         let sent = IOV.with_borrow_mut(|iov| sendmsg(self.fd, gather(outbox, iov)));
         match sent {
             Ok(n) => outbox.consume(n),
             // Boxed while it lasts: the wait is rare, its state large.
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                Box::pin(self.wait_and_write(outbox)).await?
+                return WriteSome::Waiting(Box::pin(async move {
+                    self.wait_and_write(outbox).await?;
+                    self.drained(outbox);
+                    Ok(())
+                }));
             }
-            Err(e) => return Err(e),
+            Err(e) => return WriteSome::Done(Some(Err(e))),
         }
+        self.drained(outbox);
+        WriteSome::Done(Some(Ok(())))
+    }
+
+    /// Once the socket drained, gives the extra fd back.
+    fn drained(&mut self, outbox: &Outbox) {
         if outbox.is_empty() {
-            self.slow = None; // the socket drained: give the extra fd back
+            self.slow = None;
         }
-        Ok(())
     }
 
     /// The socket is full: hands the first queued slice (a reference-counted clone, still no
