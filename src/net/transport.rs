@@ -16,7 +16,7 @@
 //! The reader owns the socket; the writer works on its fd and must be done (or dropped) before
 //! the reader is dropped, which `conn::serve_transport` ensures.
 
-use super::sockio::{dup_stream, gather, sendmsg};
+use super::sockio::{dup_stream, gather_flat, sendmsg};
 use super::tls::{TlsReader, TlsWriter};
 
 use crate::shard::outbox::Outbox;
@@ -191,6 +191,8 @@ impl Future for WriteSome<'_> {
 thread_local! {
     /// Plain TCP writers' iovecs, filled and written within one call (shards are threads).
     static IOV: std::cell::RefCell<Vec<libc::iovec>> = const { std::cell::RefCell::new(Vec::new()) };
+    /// Their copy of small frames (`gather_flat`), one per shard thread.
+    static FLAT: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Plain TCP's writer: `sendmsg` on the raw fd, payloads never copied.
@@ -204,7 +206,9 @@ pub struct TcpWriter {
 impl TcpWriter {
     fn write_some<'a>(&'a mut self, outbox: &'a Outbox) -> WriteSome<'a> {
         // The iovecs live only for the call: one vector per shard thread, none per connection.
-        let sent = IOV.with_borrow_mut(|iov| sendmsg(self.fd, gather(outbox, iov)));
+        let sent = IOV.with_borrow_mut(|iov| {
+            FLAT.with_borrow_mut(|flat| sendmsg(self.fd, gather_flat(outbox, iov, flat)))
+        });
         match sent {
             Ok(n) => outbox.consume(n),
             // Boxed while it lasts: the wait is rare, its state large.
