@@ -298,6 +298,26 @@ fn topic_names_hold_no_wildcards() {
 }
 
 #[test]
+fn topic_names_in_ascii_and_beyond_are_checked_alike() {
+    // Plain ASCII names pass a one-pass check, others the full one: same verdicts.
+    for version in both() {
+        for topic in ["a/b", "\u{1}/\u{7f}", " ", "/", "é/ü", "温度/1"] {
+            let bytes = publish_with_topic_in(version, topic.as_bytes());
+            let Ok(Decoded::Packet(Packet::Publish(p))) = decode_as(version, &bytes) else {
+                panic!("{topic:?} refused");
+            };
+            assert_eq!(p.topic.as_str(), topic);
+        }
+        for topic in ["é/+", "温度/#", "+/é", "a+", "#"] {
+            let error = error_of(version, &publish_with_topic_in(version, topic.as_bytes()));
+            assert_eq!(error, DecodeError::InvalidTopicName, "{topic:?}");
+        }
+        let nul = publish_with_topic_in(version, "é\0".as_bytes());
+        assert_eq!(error_of(version, &nul), DecodeError::NullCharacter);
+    }
+}
+
+#[test]
 fn empty_topic_name_is_refused_unless_a_5_0_alias_stands_in() {
     // 3.1.1 [MQTT-4.7.3-1]
     let empty = publish_with_topic(b"");
