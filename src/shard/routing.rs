@@ -201,17 +201,13 @@ impl Shard {
     pub(super) fn deliver_local(&self, st: &mut State, message: &Message) -> bool {
         let State {
             trie,
-            matches,
+            matched,
             sessions,
             enc,
             held,
             ..
         } = st;
-        matches.clear();
-        trie.for_each_match(message.publish.topic.as_str(), |key, sub| {
-            matches.push((*key, *sub));
-        });
-        matches.sort_unstable_by_key(|(key, _)| *key);
+        let matches = matched.of(trie, message.publish.topic.as_str());
         let mut any = false;
         let is_holding = !held.is_empty();
         for run in matches.chunk_by(|a, b| a.0 == b.0) {
