@@ -186,6 +186,10 @@ fn queue_publish(outbox: &Outbox, scratch: &mut BytesMut, publish: &Publish, qos
 
 /// Encodes a control packet into `scratch` and queues it.
 pub fn push_packet(outbox: &Outbox, packet: &Packet, version: Version, scratch: &mut BytesMut) {
+    if let Some(short) = codec::short_ack(packet, version).filter(|_| outbox.is_coalescing(4)) {
+        outbox.push_parts(&short, &[]);
+        return;
+    }
     reserve(scratch);
     if encode(packet, version, scratch).is_err() {
         scratch.clear();

@@ -632,6 +632,50 @@ fn reason_codes_must_belong_to_the_packet() {
 }
 
 #[test]
+fn short_acks_are_the_bytes_encode_writes() {
+    let acks = |reason: ReasonCode, properties: Props| {
+        let a = Ack {
+            pkid: 0x1234,
+            reason,
+            properties,
+        };
+        [
+            Packet::PubAck(a.clone()),
+            Packet::PubRec(a.clone()),
+            Packet::PubRel(a.clone()),
+            Packet::PubComp(a),
+        ]
+    };
+    let mut with_reason_string = Props::default();
+    with_reason_string.reason_string = MqttString::from_str_checked("why");
+    for version in both() {
+        for reason in [ReasonCode::SUCCESS, ReasonCode::NO_MATCHING_SUBSCRIBERS] {
+            for props in [Props::default(), with_reason_string.clone()] {
+                for packet in acks(reason, props) {
+                    let short = short_ack(&packet, version);
+                    let is_short = version == Version::V311
+                        || (reason == ReasonCode::SUCCESS && packet_props_unset(&packet));
+                    assert_eq!(short.is_some(), is_short, "{packet:?} {version:?}");
+                    if let Some(short) = short {
+                        assert_eq!(&short[..], &encoded(&packet, version)[..], "{packet:?}");
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(short_ack(&Packet::PingReq, Version::V311), None);
+}
+
+fn packet_props_unset(packet: &Packet) -> bool {
+    match packet {
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            a.properties.is_unset()
+        }
+        _ => true,
+    }
+}
+
+#[test]
 fn short_forms_of_5_0_acks_disconnect_and_auth() {
     let ack = |reason| {
         Packet::PubAck(Ack {
