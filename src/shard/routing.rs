@@ -208,6 +208,8 @@ impl Shard {
             ..
         } = st;
         let matches = matched.of(trie, message.publish.topic.as_str());
+        // Sorted by session: one session when the first and the last are the same.
+        enc.set_sole(matches.first().map(|m| m.0) == matches.last().map(|m| m.0));
         let mut any = false;
         let is_holding = !held.is_empty();
         for run in matches.chunk_by(|a, b| a.0 == b.0) {
@@ -234,6 +236,7 @@ impl Shard {
             self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);
         }
+        enc.set_sole(false);
         any
     }
 
