@@ -629,9 +629,11 @@ impl Connection {
             // Only a PUBLISH with a Topic Alias may have an empty topic, resolved before this.
             return Some(ReasonCode::PROTOCOL_ERROR);
         }
-        let levels = topic.bytes().filter(|&b| b == b'/').count() + 1;
-        let too_long =
-            topic.len() > self.limits.topic_bytes_max || levels > self.limits.topic_levels_max;
+        // A topic has at most one level more than it has bytes: a short one needs no count.
+        let levels_max = self.limits.topic_levels_max;
+        let too_deep = topic.len() >= levels_max
+            && topic.bytes().filter(|&b| b == b'/').count() + 1 > levels_max;
+        let too_long = topic.len() > self.limits.topic_bytes_max || too_deep;
         match (too_long, is_filter) {
             (false, _) => None,
             (true, true) => Some(ReasonCode::TOPIC_FILTER_INVALID),

@@ -119,7 +119,7 @@ pub struct State {
     /// Home-shard role: where each client id homed here is held.
     registry: HashMap<String, Owner>,
     enc: Encoder,
-    matches: Vec<(SessionKey, Subscription)>,
+    matched: trie::Matched<SessionKey, Subscription>,
     /// Pending will publications (delayed by Will Delay Interval), by connection token.
     pending_wills: HashMap<u64, (Will, std::time::Instant)>,
     /// What the subscriptions of sessions moving between shards matched meanwhile: a stub's

@@ -201,17 +201,15 @@ impl Shard {
     pub(super) fn deliver_local(&self, st: &mut State, message: &Message) -> bool {
         let State {
             trie,
-            matches,
+            matched,
             sessions,
             enc,
             held,
             ..
         } = st;
-        matches.clear();
-        trie.for_each_match(message.publish.topic.as_str(), |key, sub| {
-            matches.push((*key, *sub));
-        });
-        matches.sort_unstable_by_key(|(key, _)| *key);
+        let matches = matched.of(trie, message.publish.topic.as_str());
+        // Sorted by session: one session when the first and the last are the same.
+        enc.set_sole(matches.first().map(|m| m.0) == matches.last().map(|m| m.0));
         let mut any = false;
         let is_holding = !held.is_empty();
         for run in matches.chunk_by(|a, b| a.0 == b.0) {
@@ -238,6 +236,7 @@ impl Shard {
             self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);
         }
+        enc.set_sole(false);
         any
     }
 

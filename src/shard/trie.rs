@@ -39,6 +39,9 @@ pub struct Trie<K, V> {
     root: Node<K, V>,
     /// Number of (filter, key) subscriptions.
     len: usize,
+    /// Counts the changes (inserts and removals): a result kept from a match is good while
+    /// this is unchanged (see `Matched`).
+    generation: u64,
 }
 
 impl<K: Eq + Hash + Clone, V> Default for Trie<K, V> {
@@ -53,12 +56,14 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         Trie {
             root: Node::new(),
             len: 0,
+            generation: 0,
         }
     }
 
     /// Adds or replaces K's subscription on `filter` (the filter part, without any `$share`
     /// prefix). Returns the old value.
     pub fn insert(&mut self, filter: &str, key: K, value: V) -> Option<V> {
+        self.generation += 1;
         let (path, is_hash) = split_hash(filter);
         let mut node = &mut self.root;
         for level in path_levels(path) {
@@ -73,6 +78,7 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
 
     /// Removes K's subscription on `filter`, pruning nodes left empty. Returns its value.
     pub fn remove(&mut self, filter: &str, key: &K) -> Option<V> {
+        self.generation += 1;
         let (path, is_hash) = split_hash(filter);
         let prune_at = self.prune_depth(path, is_hash, key)?;
         let mut node = &mut self.root;
@@ -208,6 +214,45 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         if let Some(level) = levels.next() {
             node.remove_child(level);
         }
+    }
+}
+
+/// The subscriptions that a topic matched, sorted by key, kept while the trie is unchanged: a
+/// publisher repeats its topic, and the PUBLISHes of one read turn are routed one after
+/// another, so the walk and the sort are paid once per run of a topic, not per message (the
+/// walk was a fifth of a pairs-100 delivery).
+pub struct Matched<K, V> {
+    topic: String,
+    /// The trie's generation when `list` was made; `None`: no list yet.
+    generation: Option<u64>,
+    list: Vec<(K, V)>,
+}
+
+impl<K, V> Default for Matched<K, V> {
+    fn default() -> Self {
+        Matched {
+            topic: String::new(),
+            generation: None,
+            list: Vec::new(),
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone + Ord + Copy, V: Copy> Matched<K, V> {
+    /// What `trie.for_each_match(topic, ..)` visits, sorted by key; walked again only when
+    /// the topic or the trie changed since the last call.
+    pub fn of(&mut self, trie: &Trie<K, V>, topic: &str) -> &[(K, V)] {
+        let generation = Some(trie.generation);
+        if self.generation != generation || self.topic != topic {
+            let list = &mut self.list;
+            list.clear();
+            trie.for_each_match(topic, |key, value| list.push((*key, *value)));
+            list.sort_unstable_by_key(|(key, _)| *key);
+            self.topic.clear();
+            self.topic.push_str(topic);
+            self.generation = generation;
+        }
+        &self.list
     }
 }
 

@@ -5,10 +5,10 @@ use bytes::{BufMut, BytesMut};
 
 use super::check_reason;
 use super::error::{DecodeError, EncodeError};
-use super::fixed_header::packet_type::{PUBACK, PUBREC};
+use super::fixed_header::packet_type::{PUBACK, PUBCOMP, PUBREC, PUBREL};
 use super::properties;
 use super::reader::Reader;
-use crate::protocol::packet::{Ack, Properties, ReasonCode, Version};
+use crate::protocol::packet::{Ack, Packet, Properties, ReasonCode, Version};
 
 /// PUBACK and PUBREC reason codes (3.4.2.1, 3.5.2.1).
 const CODES_PUBACK: &[u8] = &[0x00, 0x10, 0x80, 0x83, 0x87, 0x90, 0x91, 0x97, 0x99];
@@ -86,6 +86,24 @@ pub(crate) fn write(
 /// A plain PUBACK: type 4 with no flags, Remaining Length 2, a packet id and nothing else
 /// (reason Success in 5.0, the only form in 3.1.1).
 const PLAIN_PUBACK: [u8; 2] = [PUBACK << 4, 2];
+
+/// The four bytes `encode` writes for `packet` when it is an acknowledgement in its shortest
+/// form, a packet id alone (3.4.2): in 3.1.1 always, in 5.0 with reason Success and no
+/// properties. A publisher at QoS 1 gets one per PUBLISH, and the general encoder cost more
+/// than the rest of its acknowledgement's way. `None`: encode it the general way.
+pub fn short_ack(packet: &Packet, version: Version) -> Option<[u8; 4]> {
+    let (first, a) = match packet {
+        Packet::PubAck(a) => (PUBACK << 4, a),
+        Packet::PubRec(a) => (PUBREC << 4, a),
+        Packet::PubRel(a) => (PUBREL << 4 | 0b0010, a),
+        Packet::PubComp(a) => (PUBCOMP << 4, a),
+        _ => return None,
+    };
+    let is_short =
+        version == Version::V311 || (a.reason == ReasonCode::SUCCESS && a.properties.is_unset());
+    let [high, low] = a.pkid.to_be_bytes();
+    is_short.then_some([first, 2, high, low])
+}
 
 /// Reads the run of plain PUBACKs at the front of `buf` into `pkids`, as many as fit; gives
 /// back how many were read and the bytes they took. A subscriber at QoS 1 sends nothing else,

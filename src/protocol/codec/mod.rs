@@ -35,7 +35,7 @@ mod tests;
 
 use bytes::{Bytes, BytesMut};
 
-pub use ack::plain_pubacks;
+pub use ack::{plain_pubacks, short_ack};
 pub use error::{DecodeError, EncodeError};
 use fixed_header::{packet_type::*, FixedHeader};
 pub use publish::Shape;

@@ -46,7 +46,7 @@ pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, DecodeError> {
     if dup && qos == QoS::AtMostOnce {
         return Err(DecodeError::DupWithQoS0);
     }
-    let topic = r.string()?;
+    let (topic, is_valid_name) = r.topic_name()?;
     let pkid = match qos {
         QoS::AtMostOnce => 0,
         _ => r.packet_id()?,
@@ -59,7 +59,7 @@ pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, DecodeError> {
             Version::V5 => return Err(DecodeError::EmptyTopicWithoutAlias),
             Version::V311 => return Err(DecodeError::InvalidTopicName),
         }
-    } else if !validate_topic_name(topic.as_str()) {
+    } else if !is_valid_name && !validate_topic_name(topic.as_str()) {
         return Err(DecodeError::InvalidTopicName);
     }
     Ok(Publish {

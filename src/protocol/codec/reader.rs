@@ -128,16 +128,25 @@ impl Reader {
     /// A UTF-8 Encoded String, checked [MQTT-1.5.4-1], [MQTT-1.5.4-2].
     #[inline]
     pub(crate) fn string(&mut self) -> Result<MqttString, DecodeError> {
+        checked_string(self.binary()?)
+    }
+
+    /// A PUBLISH topic name read as `string` reads, and whether one pass over its bytes
+    /// already found it a valid name: ASCII, none of U+0000, `+`, `#` [MQTT-3.3.2-2]. Device
+    /// topics nearly always are, and `string` then the name check scan them three times
+    /// (UTF-8, U+0000, wildcards: ~400 instructions for a 15-byte topic). When false, the
+    /// caller checks the name as before.
+    #[inline]
+    pub(crate) fn topic_name(&mut self) -> Result<(MqttString, bool), DecodeError> {
         let bytes = self.binary()?;
-        // `from_utf8` rejects ill-formed sequences and encoded surrogates (U+D800..U+DFFF).
-        // Checked once here; `from_validated` does not scan the bytes again.
-        if std::str::from_utf8(&bytes).is_err() {
-            return Err(DecodeError::InvalidUtf8);
+        // Not short-circuiting: a branch-free fold over short topics.
+        let is_plain = bytes
+            .iter()
+            .fold(!bytes.is_empty(), |ok, &b| ok & is_plain_name_byte(b));
+        if is_plain {
+            return Ok((MqttString::from_validated(bytes), true));
         }
-        if bytes.contains(&0) {
-            return Err(DecodeError::NullCharacter);
-        }
-        Ok(MqttString::from_validated(bytes))
+        Ok((checked_string(bytes)?, false))
     }
 
     #[inline]
@@ -148,4 +157,25 @@ impl Reader {
             Ok(())
         }
     }
+}
+
+/// A byte that, when every byte of a topic is one, makes it a valid UTF-8 topic name: ASCII
+/// other than U+0000 and the wildcards.
+#[inline]
+fn is_plain_name_byte(b: u8) -> bool {
+    b.wrapping_sub(1) < 0x7f && b != b'+' && b != b'#'
+}
+
+/// Checks bytes as a UTF-8 Encoded String [MQTT-1.5.4-1], [MQTT-1.5.4-2].
+#[inline]
+fn checked_string(bytes: Bytes) -> Result<MqttString, DecodeError> {
+    // `from_utf8` rejects ill-formed sequences and encoded surrogates (U+D800..U+DFFF).
+    // Checked once here; `from_validated` does not scan the bytes again.
+    if std::str::from_utf8(&bytes).is_err() {
+        return Err(DecodeError::InvalidUtf8);
+    }
+    if bytes.contains(&0) {
+        return Err(DecodeError::NullCharacter);
+    }
+    Ok(MqttString::from_validated(bytes))
 }

@@ -298,6 +298,26 @@ fn topic_names_hold_no_wildcards() {
 }
 
 #[test]
+fn topic_names_in_ascii_and_beyond_are_checked_alike() {
+    // Plain ASCII names pass a one-pass check, others the full one: same verdicts.
+    for version in both() {
+        for topic in ["a/b", "\u{1}/\u{7f}", " ", "/", "é/ü", "温度/1"] {
+            let bytes = publish_with_topic_in(version, topic.as_bytes());
+            let Ok(Decoded::Packet(Packet::Publish(p))) = decode_as(version, &bytes) else {
+                panic!("{topic:?} refused");
+            };
+            assert_eq!(p.topic.as_str(), topic);
+        }
+        for topic in ["é/+", "温度/#", "+/é", "a+", "#"] {
+            let error = error_of(version, &publish_with_topic_in(version, topic.as_bytes()));
+            assert_eq!(error, DecodeError::InvalidTopicName, "{topic:?}");
+        }
+        let nul = publish_with_topic_in(version, "é\0".as_bytes());
+        assert_eq!(error_of(version, &nul), DecodeError::NullCharacter);
+    }
+}
+
+#[test]
 fn empty_topic_name_is_refused_unless_a_5_0_alias_stands_in() {
     // 3.1.1 [MQTT-4.7.3-1]
     let empty = publish_with_topic(b"");
@@ -609,6 +629,50 @@ fn reason_codes_must_belong_to_the_packet() {
             code: 3
         }
     );
+}
+
+#[test]
+fn short_acks_are_the_bytes_encode_writes() {
+    let acks = |reason: ReasonCode, properties: Props| {
+        let a = Ack {
+            pkid: 0x1234,
+            reason,
+            properties,
+        };
+        [
+            Packet::PubAck(a.clone()),
+            Packet::PubRec(a.clone()),
+            Packet::PubRel(a.clone()),
+            Packet::PubComp(a),
+        ]
+    };
+    let mut with_reason_string = Props::default();
+    with_reason_string.reason_string = MqttString::from_str_checked("why");
+    for version in both() {
+        for reason in [ReasonCode::SUCCESS, ReasonCode::NO_MATCHING_SUBSCRIBERS] {
+            for props in [Props::default(), with_reason_string.clone()] {
+                for packet in acks(reason, props) {
+                    let short = short_ack(&packet, version);
+                    let is_short = version == Version::V311
+                        || (reason == ReasonCode::SUCCESS && packet_props_unset(&packet));
+                    assert_eq!(short.is_some(), is_short, "{packet:?} {version:?}");
+                    if let Some(short) = short {
+                        assert_eq!(&short[..], &encoded(&packet, version)[..], "{packet:?}");
+                    }
+                }
+            }
+        }
+    }
+    assert_eq!(short_ack(&Packet::PingReq, Version::V311), None);
+}
+
+fn packet_props_unset(packet: &Packet) -> bool {
+    match packet {
+        Packet::PubAck(a) | Packet::PubRec(a) | Packet::PubRel(a) | Packet::PubComp(a) => {
+            a.properties.is_unset()
+        }
+        _ => true,
+    }
 }
 
 #[test]

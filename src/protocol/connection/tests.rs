@@ -374,10 +374,15 @@ fn topics_over_the_configured_length_or_depth_close_the_connection() {
         topic_levels_max: 3,
         ..Limits::default()
     };
-    for topic in ["123456789", "a/b/c/d"] {
+    for topic in ["123456789", "a/b/c/d", "///"] {
         let mut machine = connected(Version::V5, limits.clone(), now);
         let action = machine.handle(Packet::Publish(publish(topic, QoS::AtLeastOnce, 1)), now);
         assert_eq!(closed_with(action), Some(ReasonCode::TOPIC_NAME_INVALID));
+    }
+    for topic in ["12345678", "a/b/c", "//", "ab/cd/ef"] {
+        let mut machine = connected(Version::V5, limits.clone(), now);
+        let action = machine.handle(Packet::Publish(publish(topic, QoS::AtLeastOnce, 1)), now);
+        assert!(matches!(action, Action::Route(_)), "{topic}");
     }
     let mut machine = connected(Version::V311, limits, now);
     let action = machine.handle(Packet::Publish(publish("a/b/c/d", QoS::AtMostOnce, 0)), now);

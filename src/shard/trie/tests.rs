@@ -359,3 +359,21 @@ fn matched_len(trie: &Trie<u64, u8>, topic: &str) -> usize {
     trie.for_each_match(topic, |_, _| n += 1);
     n
 }
+
+#[test]
+fn matched_list_follows_every_insert_and_removal() {
+    let mut trie = trie_of(&["a/b", "a/+"]);
+    let mut kept = Matched::default();
+    assert_eq!(kept.of(&trie, "a/b"), matched(&trie, "a/b"));
+    // A new subscription, a changed one and a removal each show at once.
+    trie.insert("#", 7, 1);
+    assert_eq!(kept.of(&trie, "a/b"), matched(&trie, "a/b"));
+    trie.insert("a/b", 0, 9);
+    assert_eq!(kept.of(&trie, "a/b"), matched(&trie, "a/b"));
+    trie.remove("a/+", &1);
+    assert_eq!(kept.of(&trie, "a/b"), matched(&trie, "a/b"));
+    // Another topic, then back: each gets its own list.
+    assert_eq!(kept.of(&trie, "a/c"), matched(&trie, "a/c"));
+    assert_eq!(kept.of(&trie, "a/b"), matched(&trie, "a/b"));
+    assert_eq!(kept.of(&trie, "x"), matched(&trie, "x"));
+}
