@@ -100,7 +100,7 @@ impl Server {
                 uplink: uplink.clone(),
                 inbound: inbound.get_mut(id).and_then(Option::take),
                 startup: startup.clone(),
-                ready: ready_tx.clone(),
+                ready: Ready::new(ready_tx.clone()),
             };
             let handle = LocalExecutorBuilder::new(Placement::Fixed(cpus[id % cpus.len()]))
                 .name(&format!("shard-{id}"))
@@ -109,6 +109,8 @@ impl Server {
                 .map_err(|e| format!("cannot start shard {id}: {e}"))?;
             handles.push(handle);
         }
+        // Only the shards hold senders now: one that ends without a word is seen as a failure.
+        drop(ready_tx);
         let handles = wait_until_ready(handles, &ready, &stop, startup.as_deref())?;
         Ok(Server {
             addrs,
@@ -262,20 +264,47 @@ struct ShardStart {
     /// The stores' start-up, when persistence is on.
     startup: Option<Arc<Startup>>,
     /// Told once this shard is ready (false: it cannot start).
-    ready: std::sync::mpsc::Sender<bool>,
+    ready: Ready,
+}
+
+/// A shard's one word to `Server::start`: whether it is ready. A shard that ends without
+/// saying (an early return, a panic) says "cannot start" as it is dropped, so the start-up
+/// never waits for a word that will not come.
+struct Ready {
+    tx: std::sync::mpsc::Sender<bool>,
+    said: bool,
+}
+
+impl Ready {
+    fn new(tx: std::sync::mpsc::Sender<bool>) -> Self {
+        Ready { tx, said: false }
+    }
+
+    fn say(&mut self, ready: bool) {
+        if !self.said {
+            self.said = true;
+            let _ = self.tx.send(ready);
+        }
+    }
+}
+
+impl Drop for Ready {
+    fn drop(&mut self) {
+        self.say(false);
+    }
 }
 
 /// The life of one shard.
 async fn run_shard(mut ctx: ShardStart) {
-    let Some((mesh, receivers, local)) = join_mesh(ctx.mesh.take()).await else {
-        let _ = ctx.ready.send(false);
+    let Some((mesh, receivers, local)) = join_mesh(ctx.mesh.take(), &ctx.stop).await else {
+        ctx.ready.say(false);
         return;
     };
     let persist = match &ctx.startup {
         Some(startup) => match startup.open(mesh.id()).await {
             Some(persist) => Some(Rc::new(persist)),
             None => {
-                let _ = ctx.ready.send(false);
+                ctx.ready.say(false);
                 return;
             }
         },
@@ -289,12 +318,12 @@ async fn run_shard(mut ctx: ShardStart) {
     receive(&shard, &gate, receivers, local);
     if let Some(startup) = ctx.startup.take() {
         if !startup.restore(&shard).await {
-            let _ = ctx.ready.send(false);
+            ctx.ready.say(false);
             return;
         }
         glommio::spawn_local(durability::compact_when_grown(shard.clone())).detach();
     }
-    let _ = ctx.ready.send(true);
+    ctx.ready.say(true);
     let sys_interval = (ctx.config.sys_interval_secs > 0)
         .then(|| Duration::from_secs(ctx.config.sys_interval_secs));
     let sys = sys_interval.map(|interval| {
@@ -392,6 +421,7 @@ fn shard_count(config: &Config, cpus: &[usize]) -> Result<usize, String> {
 /// (None with one shard) and the receiver of messages to itself.
 async fn join_mesh(
     builder: Option<MeshBuilder<MeshMsg, Full>>,
+    stop: &AtomicBool,
 ) -> Option<(
     Rc<Mesh<MeshMsg>>,
     Option<Receivers<MeshMsg>>,
@@ -399,7 +429,14 @@ async fn join_mesh(
 )> {
     let (senders, receivers) = match builder {
         Some(builder) => {
-            let (senders, receivers) = builder.join().await.ok()?;
+            // A shard that failed before joining never will: give up once the start-up stops.
+            let joined = futures_lite::future::or(async { builder.join().await.ok() }, async {
+                while !stop.load(Ordering::SeqCst) {
+                    glommio::timer::sleep(STOP_POLL).await;
+                }
+                None
+            });
+            let (senders, receivers) = joined.await?;
             (Some(senders), Some(receivers))
         }
         None => (None, None),
@@ -482,5 +519,27 @@ async fn from_cluster(shard: Rc<Shard>, mut inbound: tokio::sync::mpsc::Receiver
         if handled % RING_MESSAGES_PER_TURN == 0 {
             futures_lite::future::yield_now().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ready;
+
+    #[test]
+    fn a_shard_that_ends_without_a_word_says_it_cannot_start() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        drop(Ready::new(tx));
+        assert_eq!(rx.recv(), Ok(false));
+    }
+
+    #[test]
+    fn a_ready_shard_says_so_once() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut ready = Ready::new(tx);
+        ready.say(true);
+        drop(ready);
+        assert_eq!(rx.recv(), Ok(true));
+        assert!(rx.recv().is_err(), "nothing more after the first word");
     }
 }
