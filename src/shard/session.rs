@@ -277,8 +277,9 @@ pub struct Session {
     /// Retained messages still owed to new subscriptions, streamed as the connection makes
     /// room (see `cursor`).
     pub cursors: Cursors,
-    /// The ACL deliveries are checked against, when one is configured.
-    pub reader: Option<ReadFilter>,
+    /// The ACL deliveries are checked against, when one is configured (boxed: most brokers
+    /// have none, and every session would carry its 32 bytes).
+    pub reader: Option<Box<ReadFilter>>,
     /// Where a persistent session's changes are recorded (None: not stored).
     pub journal: Option<Journal>,
 }

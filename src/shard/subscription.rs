@@ -26,8 +26,10 @@ const FEW_FILTERS_MAX: usize = 8;
 pub enum SubscriptionMap {
     /// Up to `FEW_FILTERS_MAX` filters, unordered.
     Few(Vec<(String, Subscription)>),
-    /// More.
-    Many(super::HashMap<String, Subscription>),
+    /// More (boxed: a hash map with its hasher's keys is 64 bytes, and every session holds
+    /// this enum).
+    #[allow(clippy::box_collection)]
+    Many(Box<super::HashMap<String, Subscription>>),
 }
 
 impl Default for SubscriptionMap {
@@ -79,7 +81,7 @@ impl SubscriptionMap {
             SubscriptionMap::Few(few) => {
                 let mut map: super::HashMap<_, _> = std::mem::take(few).into_iter().collect();
                 map.insert(filter, sub);
-                *self = SubscriptionMap::Many(map);
+                *self = SubscriptionMap::Many(Box::new(map));
             }
             SubscriptionMap::Many(map) => {
                 map.insert(filter, sub);
@@ -134,7 +136,7 @@ impl SubscriptionMap {
     pub fn drain(&mut self) -> impl Iterator<Item = (String, Subscription)> {
         match std::mem::take(self) {
             SubscriptionMap::Few(few) => few.into_iter().collect::<Vec<_>>().into_iter(),
-            SubscriptionMap::Many(map) => map.into_iter().collect::<Vec<_>>().into_iter(),
+            SubscriptionMap::Many(map) => (*map).into_iter().collect::<Vec<_>>().into_iter(),
         }
     }
 }
@@ -186,6 +188,15 @@ mod tests {
             id: Some(id),
             ..Subscription::default()
         }
+    }
+
+    #[test]
+    fn the_map_is_a_vector_wide() {
+        // Every session holds one.
+        assert_eq!(
+            std::mem::size_of::<SubscriptionMap>(),
+            std::mem::size_of::<Vec<(String, Subscription)>>()
+        );
     }
 
     #[test]
