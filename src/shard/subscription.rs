@@ -55,9 +55,7 @@ impl SubscriptionMap {
     /// The subscription on `filter`, to change.
     pub fn get_mut(&mut self, filter: &str) -> Option<&mut Subscription> {
         match self {
-            SubscriptionMap::Few(few) => {
-                few.iter_mut().find(|(f, _)| f == filter).map(|(_, s)| s)
-            }
+            SubscriptionMap::Few(few) => few.iter_mut().find(|(f, _)| f == filter).map(|(_, s)| s),
             SubscriptionMap::Many(map) => map.get_mut(filter),
         }
     }

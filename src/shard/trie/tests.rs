@@ -349,7 +349,10 @@ fn a_level_with_one_child_and_one_subscriber_holds_room_for_one() {
     };
     assert_eq!(below.capacity(), 1);
     assert_eq!(below[0].1.exact.entries.capacity(), 1);
-    assert!(below[0].1.wild.is_none(), "no wildcard box without wildcards");
+    assert!(
+        below[0].1.wild.is_none(),
+        "no wildcard box without wildcards"
+    );
     for key in 2..100 {
         trie.insert("dev-1/state", key, 0);
     }
