@@ -130,3 +130,17 @@ pub fn has_ipv6_loopback() -> bool {
 
 /// Pending connections the kernel may hold per listener.
 const LISTEN_BACKLOG: i32 = 4096;
+
+/// Gives the pages of the heap that are wholly free back to the kernel (glibc's
+/// `malloc_trim`, which also releases free pages inside the heap, not only at its top);
+/// does nothing with other C libraries. A connection storm leaves such pages behind: its
+/// short-lived allocations (CONNECT packets, login state, requests to other shards) sit
+/// between the long-lived ones of the connections that stay.
+pub fn give_back_free_heap() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns memory that no allocation holds; it changes nothing
+    // any live allocation can see.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

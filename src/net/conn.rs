@@ -876,7 +876,8 @@ impl Conn {
         session.reader = self
             .login
             .gate
-            .read_filter(self.username.as_deref().map(str::to_string));
+            .read_filter(self.username.as_deref().map(str::to_string))
+            .map(Box::new);
         session
     }
 

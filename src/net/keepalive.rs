@@ -25,6 +25,13 @@ const SWEEP_INTERVAL: Duration = Duration::from_secs(1);
 /// No slot, or no second: slots and seconds are numbered from 0 and 1.
 const NONE: u32 = u32::MAX;
 
+/// Connections opened or closed since the heap was last trimmed that make a storm worth
+/// trimming after (see `Churn`).
+const TRIM_CHURN_MIN: u32 = 4096;
+
+/// A second with fewer connections opened or closed than this is calm: a storm is over.
+const TRIM_CALM_MAX: u32 = 64;
+
 /// A connection's read deadline, to the second, and its place in the sweep: its slot and
 /// the second it is listed under. Kept in the connection (12 bytes), so the read's future
 /// holds a pointer to it, not an `Instant`.
@@ -79,6 +86,37 @@ pub struct Sweep {
     /// Every second up to this one has been swept.
     swept: u32,
     sweeping: bool,
+    churn: Churn,
+}
+
+/// Connections opened and closed, to tell when a storm of them is over: then the heap's free
+/// pages go back to the kernel (`host::give_back_free_heap`). 19,000 connections made at once
+/// leave ~500 bytes each of free but resident heap between the long-lived allocations of those
+/// that stay (RSS growth per idle connection 3.5 -> 3.0 KB, `malloc_trim` by hand after a
+/// storm). A steady trickle never trims: a trim walks the whole heap.
+#[derive(Debug, Default)]
+struct Churn {
+    since_trim: u32,
+    this_second: u32,
+}
+
+impl Churn {
+    fn note(&mut self) {
+        self.since_trim = self.since_trim.saturating_add(1);
+        self.this_second = self.this_second.saturating_add(1);
+    }
+
+    /// A second has passed: whether the heap is to be trimmed now (a storm of connections
+    /// since the last trim, and a calm second, or no connection left to sweep).
+    fn second_passed(&mut self, is_idle: bool) -> bool {
+        let calm = is_idle || self.this_second < TRIM_CALM_MAX;
+        self.this_second = 0;
+        let trim = calm && self.since_trim >= TRIM_CHURN_MIN;
+        if trim {
+            self.since_trim = 0;
+        }
+        trim
+    }
 }
 
 impl Sweep {
@@ -90,6 +128,7 @@ impl Sweep {
             seconds: BTreeMap::new(),
             swept: 0,
             sweeping: false,
+            churn: Churn::default(),
         }
     }
 
@@ -126,6 +165,7 @@ impl Sweep {
     }
 
     fn take_slot(&mut self) -> u32 {
+        self.churn.note();
         if let Some(slot) = self.free.pop() {
             return slot;
         }
@@ -139,6 +179,7 @@ impl Sweep {
         if let Some(waker) = self.wakers.get_mut(slot as usize) {
             *waker = None;
             self.free.push(slot);
+            self.churn.note();
         }
     }
 
@@ -195,14 +236,22 @@ pub fn poll_expired<T>(entry: &mut Deadline, cx: &Context<'_>) -> Poll<io::Resul
 async fn run() {
     loop {
         glommio::timer::sleep(SWEEP_INTERVAL).await;
-        let (due, done) = SWEEP.with_borrow_mut(|s| {
+        let (due, done, trim) = SWEEP.with_borrow_mut(|s| {
             let due = s.sweep(Instant::now());
             let done = s.is_empty();
             if done {
                 s.sweeping = false; // the next connection listed starts a new sweep
             }
-            (due, done)
+            (due, done, s.churn.second_passed(done))
         });
+        if trim {
+            let started = Instant::now();
+            crate::host::give_back_free_heap();
+            tracing::debug!(
+                "heap trimmed after a connection storm in {:?}",
+                started.elapsed()
+            );
+        }
         // Woken outside the borrow: a woken connection lists itself again when it is polled.
         for waker in due {
             waker.wake();
@@ -296,5 +345,32 @@ mod tests {
         assert!(!expired(&mut sweep, t0 + secs(8), &mut second));
         assert_eq!(second.slot, slot);
         second.slot = NONE;
+    }
+
+    #[test]
+    fn the_heap_is_trimmed_once_a_storm_of_connections_is_over() {
+        let mut churn = Churn::default();
+        for _ in 0..TRIM_CHURN_MIN {
+            churn.note();
+        }
+        assert!(!churn.second_passed(false), "not while the storm goes on");
+        for _ in 0..TRIM_CALM_MAX - 1 {
+            churn.note();
+        }
+        assert!(churn.second_passed(false), "the first calm second after it");
+        assert!(!churn.second_passed(false), "once");
+    }
+
+    #[test]
+    fn a_trickle_of_connections_never_trims_and_a_storm_ending_in_silence_does() {
+        let mut churn = Churn::default();
+        for _ in 0..200 {
+            for _ in 0..TRIM_CALM_MAX {
+                churn.note();
+            }
+            assert!(!churn.second_passed(false));
+        }
+        assert!(churn.second_passed(true), "no connection left to sweep");
+        assert!(!churn.second_passed(true));
     }
 }

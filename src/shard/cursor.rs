@@ -24,6 +24,7 @@
 //! This module is plain data and the walk over the index; what a feed sends to goes through
 //! `Sink`, which `feeder` implements over a session.
 
+use super::lazy::Lazy;
 use super::message::Message;
 use super::retained::{topic_order, Retained};
 use crate::protocol::topic::filter_matches;
@@ -56,7 +57,9 @@ pub struct Cursor {
 /// The retained deliveries a session still owes, oldest subscription first.
 #[derive(Debug, Default)]
 pub struct Cursors {
-    queue: VecDeque<Cursor>,
+    /// Allocated while anything is owed: every session holds a `Cursors` for as long as it
+    /// lives, and an empty queue is 32 bytes.
+    queue: Lazy<VecDeque<Cursor>>,
     /// The connection token whose feeder task runs for this session, if one does.
     pub feeder: Option<u64>,
 }
@@ -88,7 +91,7 @@ impl Cursors {
     /// `id`); a subscription made again starts over.
     pub fn add(&mut self, filter: &str, qos: QoS, id: Option<u32>) {
         self.remove(filter);
-        self.queue.push_back(Cursor {
+        self.queue.get_mut().push_back(Cursor {
             filter: filter.to_string(),
             qos,
             id,
@@ -99,29 +102,35 @@ impl Cursors {
 
     /// Stops the retained delivery of `filter` (unsubscribed).
     pub fn remove(&mut self, filter: &str) {
-        self.queue.retain(|c| c.filter != filter);
+        if let Some(queue) = self.queue.existing_mut() {
+            queue.retain(|c| c.filter != filter);
+        }
+        self.queue.release_if(VecDeque::is_empty);
     }
 
     /// Whether nothing is owed.
     pub fn is_empty(&self) -> bool {
-        self.queue.is_empty()
+        self.queue.get().is_none_or(VecDeque::is_empty)
     }
 
     /// Takes the cursors out (a persistent session moving to another shard).
     pub fn take(&mut self) -> Vec<Cursor> {
         self.feeder = None;
-        self.queue.drain(..).collect()
+        self.queue.take().into()
     }
 
     /// Puts moved cursors back.
     pub fn restore(&mut self, cursors: Vec<Cursor>) {
-        self.queue = cursors.into();
+        self.queue.clear();
+        if !cursors.is_empty() {
+            *self.queue.get_mut() = cursors.into();
+        }
     }
 
     /// A retained message on `topic` reached the client live: a cursor that has not passed
     /// its topic yet will skip it.
     pub fn note_live(&mut self, topic: &MqttString) {
-        for cursor in &mut self.queue {
+        for cursor in self.queue.existing_mut().into_iter().flatten() {
             let is_ahead = cursor.after.as_ref().is_none_or(|after| {
                 topic_order(topic.as_str(), after.as_str()) == Ordering::Greater
             });
@@ -134,17 +143,17 @@ impl Cursors {
     /// Sends what `sink` can take of the retained deliveries owed, from `store`.
     pub fn feed(&mut self, store: &Retained, sink: &mut impl Sink) -> Feed {
         let mut budget = FEED_TURN_MAX;
-        while let Some(cursor) = self.queue.front_mut() {
+        while let Some(cursor) = self.queue.existing_mut().and_then(VecDeque::front_mut) {
             match cursor.feed(store, sink, &mut budget) {
                 Feed::Done => {
-                    self.queue.pop_front();
+                    self.queue.existing_mut().and_then(VecDeque::pop_front);
                 }
                 other => return other,
             }
         }
-        // Nothing owed: the queue's room is given back (a session made one subscription long
-        // ago holds none).
-        self.queue = VecDeque::new();
+        // Nothing owed: the queue is given back (a session made one subscription long ago
+        // holds none).
+        self.queue.clear();
         Feed::Done
     }
 }

@@ -5,6 +5,7 @@
 //! here, an empty one costs one null pointer.
 
 /// `T` on the heap while it holds something, nothing otherwise.
+#[derive(Debug)]
 pub struct Lazy<T>(Option<Box<T>>);
 
 impl<T> Default for Lazy<T> {

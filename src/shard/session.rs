@@ -15,7 +15,7 @@ use crate::shard::outbox::Outbox;
 use crate::shard::persist::{
     instant_of, wall_ms, will_to_stored, Journal, Opened, Persist, Record, StoredGrant,
 };
-pub use crate::shard::subscription::Subscription;
+pub use crate::shard::subscription::{Subscription, SubscriptionMap};
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::rc::Rc;
@@ -244,7 +244,7 @@ pub struct Session {
     /// Whether the session outlives the connection (3.1.1 Clean Session = 0).
     pub is_persistent: bool,
     /// Subscriptions by filter (a shared one keeps its `$share/group/` prefix).
-    pub subscriptions: HashMap<String, Subscription>,
+    pub subscriptions: SubscriptionMap,
     /// The will of the current connection (boxed: most connections have none, and a session
     /// lives as long as its client).
     pub will: Option<Box<Will>>,
@@ -277,8 +277,9 @@ pub struct Session {
     /// Retained messages still owed to new subscriptions, streamed as the connection makes
     /// room (see `cursor`).
     pub cursors: Cursors,
-    /// The ACL deliveries are checked against, when one is configured.
-    pub reader: Option<ReadFilter>,
+    /// The ACL deliveries are checked against, when one is configured (boxed: most brokers
+    /// have none, and every session would carry its 32 bytes).
+    pub reader: Option<Box<ReadFilter>>,
     /// Where a persistent session's changes are recorded (None: not stored).
     pub journal: Option<Journal>,
 }
@@ -296,7 +297,7 @@ impl Session {
             client_id,
             version,
             is_persistent,
-            subscriptions: HashMap::new(),
+            subscriptions: SubscriptionMap::new(),
             will: None,
             outbox: None,
             conn_token: 0,

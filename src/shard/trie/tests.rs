@@ -14,7 +14,13 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         let mut pending = vec![(&self.root, true)];
         while let Some((node, is_root)) = pending.pop() {
             assert!(is_root || !node.is_empty(), "empty node left behind");
-            for subscribers in [&node.exact, &node.hash] {
+            assert!(
+                node.wild
+                    .as_ref()
+                    .is_none_or(|w| w.plus.is_some() || !w.hash.entries.is_empty()),
+                "empty wildcard box left behind"
+            );
+            for subscribers in [Some(&node.exact), node.hash()].into_iter().flatten() {
                 count += subscribers.entries.len();
                 subscribers.assert_index();
             }
@@ -343,6 +349,10 @@ fn a_level_with_one_child_and_one_subscriber_holds_room_for_one() {
     };
     assert_eq!(below.capacity(), 1);
     assert_eq!(below[0].1.exact.entries.capacity(), 1);
+    assert!(
+        below[0].1.wild.is_none(),
+        "no wildcard box without wildcards"
+    );
     for key in 2..100 {
         trie.insert("dev-1/state", key, 0);
     }
@@ -376,4 +386,10 @@ fn matched_list_follows_every_insert_and_removal() {
     assert_eq!(kept.of(&trie, "a/c"), matched(&trie, "a/c"));
     assert_eq!(kept.of(&trie, "a/b"), matched(&trie, "a/b"));
     assert_eq!(kept.of(&trie, "x"), matched(&trie, "x"));
+}
+
+#[test]
+fn a_node_without_wildcards_is_two_vectors_and_a_pointer() {
+    // Every node sits in its parent's vector or map: its size is paid per device topic.
+    assert!(std::mem::size_of::<Node<u64, [u8; 12]>>() <= 64);
 }
