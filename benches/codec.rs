@@ -105,7 +105,7 @@ fn encode_publish_header(c: &mut Criterion) {
 
 fn decode_connect(c: &mut Criterion) {
     let input = bytes_of(
-        &Packet::Connect(samples::connect(Version::V311)),
+        &Packet::Connect(Box::new(samples::connect(Version::V311))),
         Version::V311,
     );
     let mut group = c.benchmark_group("decode_connect_v311");

@@ -80,7 +80,7 @@ fn mqtt_4_13_1_a_protocol_error_is_read_before_end_of_stream() {
     let mut raw = Raw::connect_with(broker.addr, connect_packet("bad", Version::V5, true)).0;
     // A second CONNECT is a protocol error [MQTT-3.1.0-2], with more bytes behind it.
     let mut out = BytesMut::new();
-    let again = Packet::Connect(connect_packet("bad", Version::V5, true));
+    let again = Packet::Connect(Box::new(connect_packet("bad", Version::V5, true)));
     encode(&again, Version::V5, &mut out).unwrap();
     out.extend_from_slice(&[0xc0, 0x00].repeat(20_000));
     raw.send_bytes(&out);

@@ -513,7 +513,7 @@ fn lasting_v5(client_id: &str, clean: bool) -> ringcast::protocol::Connect {
 /// newer connection with the client id took over while this one was being accepted).
 fn try_connect(addr: SocketAddr, connect: ringcast::protocol::Connect) -> Option<(Raw, bool)> {
     let mut raw = Raw::open(addr, connect.version);
-    raw.send(&Packet::Connect(connect));
+    raw.send(&Packet::Connect(Box::new(connect)));
     match raw.recv_within(WAIT) {
         Ok(Packet::ConnAck(ack)) if ack.code == ReasonCode::SUCCESS => {
             Some((raw, ack.session_present))

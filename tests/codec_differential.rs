@@ -10,7 +10,7 @@ use ringcast::protocol::*;
 /// Our packet, as `mqttbytes` would represent it.
 fn from_mqttbytes(packet: v4::Packet) -> Packet {
     match packet {
-        v4::Packet::Connect(c) => Packet::Connect(connect(c)),
+        v4::Packet::Connect(c) => Packet::Connect(Box::new(connect(c))),
         v4::Packet::ConnAck(c) => Packet::ConnAck(ConnAck {
             session_present: c.session_present,
             code: ReasonCode(c.code as u8),

@@ -40,7 +40,7 @@ impl Client {
             buf: BytesMut::new(),
         };
         let connect = common::connect_packet(&format!("storm-{id}"), Version::V311, true);
-        client.send(&Packet::Connect(connect)).await?;
+        client.send(&Packet::Connect(Box::new(connect))).await?;
         match client.recv().await? {
             Packet::ConnAck(ack) if ack.code == ReasonCode::SUCCESS => {}
             other => return Err(format!("client {id}: expected CONNACK 0, got {other:?}")),

@@ -111,7 +111,11 @@ fn connect_subscriber(addr: SocketAddr, id: &str, qos: QoS) -> Option<Raw> {
 /// Connects subscriber `id` (persistent session) and subscribes to `filter`.
 fn connect_to(addr: SocketAddr, id: &str, qos: QoS, filter: &str) -> Option<Raw> {
     let mut raw = Raw::open(addr, Version::V311);
-    raw.send(&Packet::Connect(connect_packet(id, Version::V311, false)));
+    raw.send(&Packet::Connect(Box::new(connect_packet(
+        id,
+        Version::V311,
+        false,
+    ))));
     match raw.recv_within(Duration::from_secs(5)) {
         Ok(Packet::ConnAck(_)) => {}
         _ => return None,

@@ -55,7 +55,11 @@ on_1_and_4_shards!(
     |shards| {
         let broker = Broker::start(shards);
         let mut c = Raw::open(broker.addr, Version::V311);
-        c.send(&Packet::Connect(connect_packet("", Version::V311, false)));
+        c.send(&Packet::Connect(Box::new(connect_packet(
+            "",
+            Version::V311,
+            false,
+        ))));
         let packets = c.expect_closed();
         assert!(
             matches!(&packets[..], [Packet::ConnAck(a)] if a.code == ReasonCode(2)),
@@ -85,11 +89,11 @@ on_1_and_4_shards!(
     |shards| {
         let broker = Broker::start(shards);
         let (mut c, _) = v3(broker.addr, "twice", true);
-        c.send(&Packet::Connect(connect_packet(
+        c.send(&Packet::Connect(Box::new(connect_packet(
             "twice",
             Version::V311,
             true,
-        )));
+        ))));
         c.expect_closed();
     }
 );
@@ -441,11 +445,11 @@ on_1_and_4_shards!(
                 .map(|_| {
                     scope.spawn(move || {
                         let mut raw = Raw::open(addr, Version::V311);
-                        raw.send(&Packet::Connect(connect_packet(
+                        raw.send(&Packet::Connect(Box::new(connect_packet(
                             "racer",
                             Version::V311,
                             true,
-                        )));
+                        ))));
                         raw
                     })
                 })
@@ -478,7 +482,11 @@ on_1_and_4_shards!(
         let _a = Raw::connect(broker.addr, "a");
         let _b = Raw::connect(broker.addr, "b");
         let mut c = Raw::open(broker.addr, Version::V311);
-        c.send(&Packet::Connect(connect_packet("c", Version::V311, true)));
+        c.send(&Packet::Connect(Box::new(connect_packet(
+            "c",
+            Version::V311,
+            true,
+        ))));
         let packets = c.expect_closed();
         assert!(
             matches!(&packets[..], [Packet::ConnAck(a)] if a.code == ReasonCode(3)),
@@ -502,11 +510,11 @@ on_1_and_4_shards!(
                 .map(|_| {
                     scope.spawn(move || {
                         let mut raw = Raw::open(addr, Version::V311);
-                        raw.send(&Packet::Connect(connect_packet(
+                        raw.send(&Packet::Connect(Box::new(connect_packet(
                             "keeper",
                             Version::V311,
                             false,
-                        )));
+                        ))));
                         raw
                     })
                 })

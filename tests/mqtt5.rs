@@ -148,7 +148,9 @@ on_1_and_4_shards!(
             authentication_method: Some(text("SCRAM-SHA-256")),
             ..Properties::default()
         };
-        c.send(&Packet::Connect(connect5("auth", true, properties)));
+        c.send(&Packet::Connect(Box::new(connect5(
+            "auth", true, properties,
+        ))));
         let packets = c.expect_closed();
         assert!(
             matches!(&packets[..], [Packet::ConnAck(a)] if a.code == ReasonCode::BAD_AUTHENTICATION_METHOD),

@@ -168,7 +168,7 @@ fn refused_connections_are_logged_with_their_reason_once_per_address_per_interva
         connect.username = MqttString::from_str_checked("admin");
         connect.password = Some(Bytes::from_static(b"wrong"));
         let mut raw = Raw::open(broker.addr, Version::V311);
-        raw.send(&Packet::Connect(connect));
+        raw.send(&Packet::Connect(Box::new(connect)));
         let answer = raw.expect_closed();
         assert!(matches!(answer.first(), Some(Packet::ConnAck(a)) if a.code.0 == 5));
     }

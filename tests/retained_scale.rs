@@ -51,7 +51,7 @@ impl Pipe {
         if !clean {
             connect.properties.session_expiry_interval = Some(600);
         }
-        pipe.push(&Packet::Connect(connect));
+        pipe.push(&Packet::Connect(Box::new(connect)));
         pipe.flush();
         match pipe.next() {
             Packet::ConnAck(ack) => assert_eq!(ack.code, ReasonCode::SUCCESS),

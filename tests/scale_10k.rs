@@ -181,7 +181,7 @@ impl Client {
             buf: BytesMut::with_capacity(1024),
         };
         client
-            .send(&Packet::Connect(Connect {
+            .send(&Packet::Connect(Box::new(Connect {
                 version: Version::V311,
                 client_id: MqttString::from_str_checked(&format!("tenk-{id}")).unwrap(),
                 clean_start: true,
@@ -190,7 +190,7 @@ impl Client {
                 password: None,
                 will: None,
                 properties: Props::default(),
-            }))
+            })))
             .await?;
         match client.recv().await? {
             Packet::ConnAck(ack) if ack.code == ReasonCode::SUCCESS => Ok(client),

@@ -299,7 +299,7 @@ fn login(client_id: &str, v: Version, username: Option<&str>, password: Option<&
 /// when it was accepted.
 fn connack(addr: SocketAddr, connect: Connect) -> (ReasonCode, Option<Raw>) {
     let mut raw = Raw::open(addr, connect.version);
-    raw.send(&Packet::Connect(connect));
+    raw.send(&Packet::Connect(Box::new(connect)));
     match raw.recv() {
         Packet::ConnAck(ack) if ack.code == ReasonCode::SUCCESS => (ack.code, Some(raw)),
         Packet::ConnAck(ack) => {
@@ -745,7 +745,7 @@ fn a_connect_dripped_byte_by_byte_is_cut_off_by_the_connect_deadline() {
     let broker = Broker::start_with(1, |config| config.limits.connect_timeout_secs = 2);
     let mut bytes = bytes::BytesMut::new();
     let connect = connect_packet("a-client-that-takes-its-time", Version::V311, true);
-    codec_encode(&Packet::Connect(connect), &mut bytes);
+    codec_encode(&Packet::Connect(Box::new(connect)), &mut bytes);
     let started = Instant::now();
     let mut stream = TcpStream::connect(broker.addr).expect("connect");
     stream.set_nodelay(true).unwrap();

@@ -392,7 +392,7 @@ impl TlsClient {
         let mut client = TlsClient::handshake(addr, config)?;
         client.version = connect.version;
         client.codec = Codec::with_version(connect.version, 1 << 24);
-        client.try_send(&Packet::Connect(connect))?;
+        client.try_send(&Packet::Connect(Box::new(connect)))?;
         match client.next(WAIT)? {
             Packet::ConnAck(ack) => Ok((client, ack)),
             other => Err(format!("expected CONNACK, got {other:?}")),
@@ -1196,11 +1196,11 @@ fn plain_mqtt_on_the_tls_port_and_tls_on_the_plain_port_are_closed_and_others_st
     let broker = Broker::with_tls(1, pki.settings());
 
     let mut plain = Raw::open(broker.tls[0], Version::V311);
-    plain.send(&Packet::Connect(connect_packet(
+    plain.send(&Packet::Connect(Box::new(connect_packet(
         "plain",
         Version::V311,
         true,
-    )));
+    ))));
     let answer = read_until_closed(&mut plain.stream, WAIT).expect("the TLS port closes");
     // At most a TLS alert record (content type 21) comes back, never a CONNACK (0x20).
     assert!(

@@ -81,7 +81,7 @@ fn bad_upgrades_are_refused_wrong_path_404_missing_key_or_no_mqtt_subprotocol_40
 fn several_mqtt_packets_in_one_frame_are_all_handled() {
     let (_broker, _, addr) = broker();
     let mut client = WsClient::open(addr);
-    let connect = Packet::Connect(connect_packet("several", Version::V311, true));
+    let connect = Packet::Connect(Box::new(connect_packet("several", Version::V311, true)));
     let mut frame = client.encode(&connect);
     frame.extend(client.encode(&Packet::PingReq));
     frame.extend(client.encode(&Packet::PingReq));
@@ -95,11 +95,11 @@ fn several_mqtt_packets_in_one_frame_are_all_handled() {
 fn one_mqtt_packet_over_three_frames_is_reassembled() {
     let (_broker, _, addr) = broker();
     let mut client = WsClient::open(addr);
-    let connect = client.encode(&Packet::Connect(connect_packet(
+    let connect = client.encode(&Packet::Connect(Box::new(connect_packet(
         "fragmented",
         Version::V311,
         true,
-    )));
+    ))));
     client.send_frame(false, BINARY, &connect[..3]);
     client.send_frame(false, CONTINUATION, &connect[3..9]);
     client.send_frame(true, CONTINUATION, &connect[9..]);
@@ -248,11 +248,11 @@ fn a_client_disconnect_or_a_protocol_error_ends_with_close_1000() {
     client.send(&Packet::Disconnect(Disconnect::default()));
     client.expect_close(1000);
     let mut client = WsClient::connect_with(addr, connect_packet("errs", Version::V311, true));
-    client.send(&Packet::Connect(connect_packet(
+    client.send(&Packet::Connect(Box::new(connect_packet(
         "again",
         Version::V311,
         true,
-    )));
+    ))));
     client.expect_close(1000);
 }
 

@@ -189,7 +189,7 @@ impl Conn {
         if broker.persistent && version == Version::V5 {
             properties.session_expiry_interval = Some(u32::MAX);
         }
-        conn.queue(&Packet::Connect(Connect {
+        conn.queue(&Packet::Connect(Box::new(Connect {
             version,
             client_id: MqttString::from_str_checked(client_id)
                 .ok_or_else(|| invalid("client id"))?,
@@ -199,7 +199,7 @@ impl Conn {
             password: None,
             will: None,
             properties,
-        }))?;
+        })))?;
         conn.flush().await?;
         match conn.recv(deadline).await? {
             Packet::ConnAck(ack) if ack.code.0 == 0 => {

@@ -246,7 +246,7 @@ mod tests {
     #[test]
     fn bridge_bit_goes_on_the_protocol_level_byte() {
         let mut out = BytesMut::new();
-        let connect = Packet::Connect(samples::connect(Version::V311));
+        let connect = Packet::Connect(Box::new(samples::connect(Version::V311)));
         encode(&connect, Version::V311, &mut out).unwrap();
         let at = connect_level_offset(&out).unwrap();
         assert_eq!(out[at], 4);

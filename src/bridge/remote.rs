@@ -107,7 +107,8 @@ async fn connect(bridge: &Bridge, try_private: bool) -> Result<(Link, usize, boo
         will: None,
         properties,
     };
-    link.send(&Packet::Connect(connect), try_private).await?;
+    link.send(&Packet::Connect(Box::new(connect)), try_private)
+        .await?;
     let answer = within(CONNECT_TIMEOUT, link.recv())
         .await
         .map_err(|e| Failure::Other(format!("no CONNACK: {e}")))?;

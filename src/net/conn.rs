@@ -328,7 +328,7 @@ enum ReadError {
 impl Conn {
     async fn run(&mut self) -> End {
         let connect = match self.read_packet().await {
-            Ok(Packet::Connect(connect)) => connect,
+            Ok(Packet::Connect(connect)) => *connect,
             Err(ReadError::Decode(e)) => {
                 let why = format!("its CONNECT does not decode: {e}");
                 self.login

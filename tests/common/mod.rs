@@ -161,7 +161,7 @@ impl Raw {
     /// Sends `connect` and returns the CONNACK, which must accept.
     pub fn connect_with(addr: SocketAddr, connect: Connect) -> (Raw, ConnAck) {
         let mut raw = Raw::open(addr, connect.version);
-        raw.send(&Packet::Connect(connect));
+        raw.send(&Packet::Connect(Box::new(connect)));
         match raw.recv() {
             Packet::ConnAck(ack) => {
                 assert_eq!(ack.code, ReasonCode::SUCCESS, "CONNACK refused: {ack:?}");

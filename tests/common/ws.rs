@@ -191,7 +191,7 @@ impl WsClient {
     pub fn handshake(&mut self, connect: Connect) {
         self.version = connect.version;
         self.codec = Codec::with_version(connect.version, 1 << 24);
-        self.send(&Packet::Connect(connect));
+        self.send(&Packet::Connect(Box::new(connect)));
         match self.recv() {
             Packet::ConnAck(ack) => assert_eq!(ack.code, ReasonCode::SUCCESS, "{ack:?}"),
             other => panic!("expected CONNACK, got {other:?}"),

@@ -165,7 +165,7 @@ impl Codec {
             }
             self.version = Some(connect.version);
             self.is_bridge = is_bridge;
-            return Ok(Packet::Connect(connect));
+            return Ok(Packet::Connect(Box::new(connect)));
         };
         read_packet(header, &mut Reader::new(body, version))
     }
@@ -187,7 +187,7 @@ fn restore(buf: &mut BytesMut, frame: Bytes) {
 fn read_packet(header: &FixedHeader, r: &mut Reader) -> Result<Packet, DecodeError> {
     let packet_type = header.packet_type;
     Ok(match packet_type {
-        CONNECT => Packet::Connect(connect::read(r)?),
+        CONNECT => Packet::Connect(Box::new(connect::read(r)?)),
         CONNACK => Packet::ConnAck(connack::read(r)?),
         PUBLISH => Packet::Publish(publish::read(header.flags, r)?),
         PUBACK => Packet::PubAck(ack::read(packet_type, r)?),

@@ -151,8 +151,8 @@ pub fn all(version: Version) -> Vec<Packet> {
         properties: props(p).into(),
     };
     let mut packets = vec![
-        Packet::Connect(connect(version)),
-        Packet::Connect(minimal_connect),
+        Packet::Connect(Box::new(connect(version))),
+        Packet::Connect(Box::new(minimal_connect)),
         Packet::ConnAck(ConnAck {
             session_present: true,
             code: ReasonCode::SUCCESS,

@@ -649,7 +649,7 @@ fn mqtt_3_14_2_2_a_session_that_ends_with_the_connection_cannot_be_revived() {
 #[test]
 fn mqtt_3_1_0_2_a_second_connect_is_a_protocol_error() {
     let now = t0();
-    let again = Packet::Connect(connect(Version::V5, "c", true, 10));
+    let again = Packet::Connect(Box::new(connect(Version::V5, "c", true, 10)));
     assert_eq!(
         closed_with(v5(now).handle(again, now)),
         Some(ReasonCode::PROTOCOL_ERROR)
