@@ -53,6 +53,13 @@ const TURN_PACKET_COST_MAX: usize = 32;
 /// The bytes read in one turn stay below this many times `read_bytes_per_turn`.
 const TURN_BYTES_FACTOR: usize = 8;
 
+/// PUBLISHes routed as one run at most (`Conn::publish_run`). Each subscriber gets a run
+/// at once, so a run goes past the shard's backpressure checks (made once per run) by at most
+/// this many messages.
+const RUN_MAX: usize = 32;
+/// The DUP flag of a PUBLISH's fixed header, which may differ within a run.
+const DUP_FLAG: u8 = 0x08;
+
 /// What is left of an action that has to wait.
 enum Wait {
     /// A QoS 1/2 PUBLISH while the store cannot write (see `refused_for_disk`).
@@ -378,6 +385,7 @@ impl Conn {
             // The action's scope ends before the next await: a local that was borrowed
             // (`hold_point`) keeps its room in the task until its scope ends, moved or not,
             // and the task would carry an action (200 bytes) for the life of the connection.
+            let received = self.shard.metrics.messages_received();
             let (appended, acted) = {
                 let action = match self.action_for(read) {
                     Ok(action) => action,
@@ -403,8 +411,10 @@ impl Conn {
             // messages fanned out) so a fast publisher cannot starve the other connections of
             // its shard, and the writers get to send what it fanned out while it goes on.
             let read = before.saturating_sub(self.buf.len()).max(1);
+            // A run of PUBLISHes (`publish_run`) counts as many packets as it held.
+            let packets = self.shard.metrics.messages_received().wrapping_sub(received);
             bytes_this_turn += read;
-            cost_this_turn += read.min(TURN_PACKET_COST_MAX);
+            cost_this_turn += read.min(TURN_PACKET_COST_MAX * packets.max(1) as usize);
             let sent = self.shard.metrics.messages_sent();
             let limits = &self.shard.limits;
             if cost_this_turn >= limits.read_bytes_per_turn
@@ -517,6 +527,7 @@ impl Conn {
                 self.deny(&publish);
                 Ok(None)
             }
+            Action::Route(publish) if self.is_run_ahead(&publish) => self.publish_run(publish),
             Action::Route(publish) => match self.publish_now(publish) {
                 Ok(()) => Ok(None),
                 Err(message) => Err(Wait::Route(message)),
@@ -939,6 +950,60 @@ impl Conn {
         Ok(())
     }
 
+    /// Whether the packet behind `publish` in the buffer may continue a run of it
+    /// (`publish_run`): a PUBLISH of the same QoS without RETAIN (its fixed header's first
+    /// byte, DUP aside), with a shard that can route the run at once.
+    fn is_run_ahead(&self, publish: &Publish) -> bool {
+        let header = run_header(publish);
+        !publish.retain
+            && self.buf.first().is_some_and(|&b| b & !DUP_FLAG == header)
+            && self.shard.can_publish_run(publish.topic.as_str())
+    }
+
+    /// Routes `publish` with the PUBLISHes right behind it in the buffer that continue it
+    /// (same topic, QoS, no RETAIN; `RUN_MAX` at most) as one run, each subscriber getting
+    /// the whole run at once (`Shard::publish_run`), then acknowledges each in order. The
+    /// first packet that does not continue the run is acted on after it.
+    #[allow(clippy::result_large_err)]
+    fn publish_run(&mut self, publish: Publish) -> Result<Option<End>, Wait> {
+        let mut run = Vec::with_capacity(RUN_MAX);
+        run.push(Message::received(publish, self.token));
+        let next = self.read_run(&mut run);
+        let matched = self.shard.publish_run(&run);
+        for message in &run {
+            let ack = self
+                .machine
+                .routed(message.publish.qos, message.publish.pkid, matched);
+            self.send_some(ack);
+        }
+        match next {
+            None => Ok(None),
+            Some(Ok(action)) => self.act(action),
+            Some(Err(end)) => Ok(Some(end)),
+        }
+    }
+
+    /// Decodes the PUBLISHes behind the first of `run` that continue it, while they are
+    /// whole in the buffer; gives back what the machine made of the first packet that does
+    /// not (another topic, a refused one), if it read one.
+    fn read_run(&mut self, run: &mut Vec<Message>) -> Option<Result<Action, End>> {
+        let header = run_header(&run[0].publish);
+        while run.len() < RUN_MAX && self.buf.first().is_some_and(|&b| b & !DUP_FLAG == header) {
+            let read = match self.codec.decode(&mut self.buf) {
+                Ok(Decoded::Packet(packet)) => Ok(packet),
+                Ok(Decoded::Incomplete { .. }) => return None,
+                Err(e) => Err(ReadError::Decode(e)),
+            };
+            match self.action_for(read) {
+                Ok(Action::Route(publish)) if publish.topic == run[0].publish.topic => {
+                    run.push(Message::received(publish, self.token));
+                }
+                other => return Some(other),
+            }
+        }
+        None
+    }
+
     /// Routes a checked message, waiting as `Shard::publish` may, then acknowledges it.
     async fn route(&mut self, message: Message) {
         let (qos, pkid) = (message.publish.qos, message.publish.pkid);
@@ -1083,4 +1148,10 @@ fn refusal_reason(admission: &Admission, connack: &ConnAck) -> String {
         }
         None => format!("CONNACK 0x{code:02X} (see the MQTT reason code)"),
     }
+}
+
+/// The first byte of the fixed header of the PUBLISHes that may continue a run of `publish`
+/// (DUP clear): its QoS, no RETAIN.
+fn run_header(publish: &Publish) -> u8 {
+    0x30 | (publish.qos as u8) << 1
 }
