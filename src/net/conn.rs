@@ -412,7 +412,11 @@ impl Conn {
             // its shard, and the writers get to send what it fanned out while it goes on.
             let read = before.saturating_sub(self.buf.len()).max(1);
             // A run of PUBLISHes (`publish_run`) counts as many packets as it held.
-            let packets = self.shard.metrics.messages_received().wrapping_sub(received);
+            let packets = self
+                .shard
+                .metrics
+                .messages_received()
+                .wrapping_sub(received);
             bytes_this_turn += read;
             cost_this_turn += read.min(TURN_PACKET_COST_MAX * packets.max(1) as usize);
             let sent = self.shard.metrics.messages_sent();

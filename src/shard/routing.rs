@@ -3,10 +3,10 @@
 //! `MeshMsg::Publish` each, sharing the `Arc`), to one member of each matching shared
 //! subscription (`shared`), and to every retained replica.
 
+use super::encoder::Encoder;
 use super::message::Message;
 use super::msg::{InterestAck, MeshMsg, Retain};
 use super::persist::{wall_ms, Record};
-use super::encoder::Encoder;
 use super::session::{Grant, Session, Subscription};
 use super::trie::Trie;
 use super::{Shard, State};
@@ -301,7 +301,13 @@ impl Shard {
 
     /// Gives `session` each message of `run` in order, as `grant` (made for the first)
     /// says, with each message's own expiry.
-    fn deliver_each(&self, session: &mut Session, run: &[Message], grant: Grant, enc: &mut Encoder) {
+    fn deliver_each(
+        &self,
+        session: &mut Session,
+        run: &[Message],
+        grant: Grant,
+        enc: &mut Encoder,
+    ) {
         let Some((last, rest)) = run.split_last() else {
             return;
         };
@@ -540,4 +546,38 @@ fn interested_shards(interest: &Trie<ShardId, ()>, topic: &str) -> u64 {
     }
     interest.for_each_match(topic, |shard, _| shards |= 1 << shard);
     shards
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{MqttString, Props};
+    use bytes::Bytes;
+
+    fn message(topic: &'static str, qos: QoS, retain: bool, origin: u64) -> Message {
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: MqttString::from(topic),
+            pkid: 0,
+            properties: Props::default(),
+            payload: Bytes::from_static(b"payload"),
+        };
+        Message::received(publish, origin)
+    }
+
+    #[test]
+    fn a_run_is_one_publisher_topic_qos_and_retain_flag() {
+        let first = message("a/b", QoS::AtLeastOnce, false, 1);
+        assert!(is_run(&first, &message("a/b", QoS::AtLeastOnce, false, 1)));
+        for other in [
+            message("a/c", QoS::AtLeastOnce, false, 1),
+            message("a/b", QoS::AtMostOnce, false, 1),
+            message("a/b", QoS::AtLeastOnce, true, 1),
+            message("a/b", QoS::AtLeastOnce, false, 2),
+        ] {
+            assert!(!is_run(&first, &other), "{other:?}");
+        }
+    }
 }
