@@ -57,8 +57,6 @@ const TURN_BYTES_FACTOR: usize = 8;
 /// at once, so a run goes past the shard's backpressure checks (made once per run) by at most
 /// this many messages.
 const RUN_MAX: usize = 32;
-/// The DUP flag of a PUBLISH's fixed header, which may differ within a run.
-const DUP_FLAG: u8 = 0x08;
 
 /// What is left of an action that has to wait.
 enum Wait {
@@ -512,18 +510,24 @@ impl Conn {
     // allocation per wait for nothing.
     #[allow(clippy::result_large_err)]
     fn act(&mut self, action: Action) -> Result<Option<End>, Wait> {
+        self.act_with(action, true)
+    }
+
+    /// `act`; a PUBLISH starts a run (`publish_run`) only if `may_run`.
+    #[allow(clippy::result_large_err)]
+    fn act_with(&mut self, action: Action, may_run: bool) -> Result<Option<End>, Wait> {
         if let Action::Route(publish) | Action::Qos2(publish) = &action {
             let failing = self.shard.persist.as_ref().is_some_and(|p| p.is_failing());
             if failing && publish.qos != QoS::AtMostOnce {
                 return Err(Wait::Disk(action));
             }
         }
-        self.act_stored(action)
+        self.act_stored(action, may_run)
     }
 
-    /// `act`, once the store takes writes (or the PUBLISH needs none).
+    /// `act_with`, once the store takes writes (or the PUBLISH needs none).
     #[allow(clippy::result_large_err)]
-    fn act_stored(&mut self, action: Action) -> Result<Option<End>, Wait> {
+    fn act_stored(&mut self, action: Action, may_run: bool) -> Result<Option<End>, Wait> {
         match action {
             Action::Route(publish) | Action::Qos2(publish)
                 if !self.may_write(publish.topic.as_str()) =>
@@ -531,7 +535,9 @@ impl Conn {
                 self.deny(&publish);
                 Ok(None)
             }
-            Action::Route(publish) if self.is_run_ahead(&publish) => self.publish_run(publish),
+            Action::Route(publish) if may_run && self.is_run_ahead(&publish) => {
+                self.publish_run(publish)
+            }
             Action::Route(publish) => match self.publish_now(publish) {
                 Ok(()) => Ok(None),
                 Err(message) => Err(Wait::Route(message)),
@@ -561,7 +567,7 @@ impl Conn {
                 if refused {
                     return None;
                 }
-                match self.act_stored(action) {
+                match self.act_stored(action, true) {
                     Ok(end) => end,
                     Err(wait) => Box::pin(self.wait_for(wait)).await,
                 }
@@ -954,13 +960,13 @@ impl Conn {
         Ok(())
     }
 
-    /// Whether the packet behind `publish` in the buffer may continue a run of it
-    /// (`publish_run`): a PUBLISH of the same QoS without RETAIN (its fixed header's first
-    /// byte, DUP aside), with a shard that can route the run at once.
+    /// Whether the packet behind `publish` in the buffer continues a run of it
+    /// (`publish_run`): a whole PUBLISH on the same topic, of the same QoS, without RETAIN,
+    /// with a shard that can route the run at once.
     fn is_run_ahead(&self, publish: &Publish) -> bool {
-        let header = run_header(publish);
+        let topic = publish.topic.as_bytes();
         !publish.retain
-            && self.buf.first().is_some_and(|&b| b & !DUP_FLAG == header)
+            && codec::publish_continues(&self.buf, run_header(publish), topic)
             && self.shard.can_publish_run(publish.topic.as_str())
     }
 
@@ -982,24 +988,26 @@ impl Conn {
         }
         match next {
             None => Ok(None),
-            Some(Ok(action)) => self.act(action),
+            // Not as a run: acting on what follows could start another, and another, deeper
+            // with each, for as long as the buffer lasts.
+            Some(Ok(action)) => self.act_with(action, false),
             Some(Err(end)) => Ok(Some(end)),
         }
     }
 
-    /// Decodes the PUBLISHes behind the first of `run` that continue it, while they are
-    /// whole in the buffer; gives back what the machine made of the first packet that does
-    /// not (another topic, a refused one), if it read one.
+    /// Decodes the PUBLISHes behind the first of `run` that continue it; gives back what
+    /// the machine made of one that turned out not to (a refused one), if any.
     fn read_run(&mut self, run: &mut Vec<Message>) -> Option<Result<Action, End>> {
         let header = run_header(&run[0].publish);
-        while run.len() < RUN_MAX && self.buf.first().is_some_and(|&b| b & !DUP_FLAG == header) {
+        let topic = run[0].publish.topic.clone();
+        while run.len() < RUN_MAX && codec::publish_continues(&self.buf, header, topic.as_bytes()) {
             let read = match self.codec.decode(&mut self.buf) {
                 Ok(Decoded::Packet(packet)) => Ok(packet),
                 Ok(Decoded::Incomplete { .. }) => return None,
                 Err(e) => Err(ReadError::Decode(e)),
             };
             match self.action_for(read) {
-                Ok(Action::Route(publish)) if publish.topic == run[0].publish.topic => {
+                Ok(Action::Route(publish)) if publish.topic == topic => {
                     run.push(Message::received(publish, self.token));
                 }
                 other => return Some(other),
@@ -1155,7 +1163,7 @@ fn refusal_reason(admission: &Admission, connack: &ConnAck) -> String {
 }
 
 /// The first byte of the fixed header of the PUBLISHes that may continue a run of `publish`
-/// (DUP clear): its QoS, no RETAIN.
+/// (DUP aside): its QoS, no RETAIN.
 fn run_header(publish: &Publish) -> u8 {
     0x30 | (publish.qos as u8) << 1
 }
