@@ -290,7 +290,10 @@ impl Shard {
         for message in run {
             for (key, grant) in &stored {
                 if let Some(session) = sessions.get_mut(key) {
-                    let grant = grant.clone();
+                    let grant = Grant {
+                        expires_at: message.expires_at,
+                        ..grant.clone()
+                    };
                     self.deliver_each(session, std::slice::from_ref(message), grant, enc);
                 }
             }
@@ -308,10 +311,13 @@ impl Shard {
         grant: Grant,
         enc: &mut Encoder,
     ) {
-        let Some((last, rest)) = run.split_last() else {
+        if let [message] = run {
+            // One message, the grant made for it: nothing to copy (most routes).
+            self.metrics.count_sent(grant.qos as usize);
+            session.deliver(&message.publish, grant, &self.limits, enc);
             return;
-        };
-        for message in rest {
+        }
+        for message in run {
             let grant = Grant {
                 expires_at: message.expires_at,
                 ..grant.clone()
@@ -319,12 +325,6 @@ impl Shard {
             self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);
         }
-        let grant = Grant {
-            expires_at: last.expires_at,
-            ..grant
-        };
-        self.metrics.count_sent(grant.qos as usize);
-        session.deliver(&last.publish, grant, &self.limits, enc);
     }
 
     /// Counts a route under way until the returned guard is dropped.
