@@ -165,7 +165,11 @@ async fn secure(
             } else {
                 Identity::Credentials
             };
-            Some((Reader::Tls(Box::new(reader)), Writer::Tls(writer), identity))
+            Some((
+                Reader::Tls(Box::new(reader)),
+                Writer::Tls(Box::new(writer)),
+                identity,
+            ))
         }
         Err(e) => {
             let why = format!("TLS handshake failed: {e}");

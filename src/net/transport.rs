@@ -62,8 +62,9 @@ pub enum Reader {
 pub enum Writer {
     /// Plain TCP.
     Tcp(TcpWriter),
-    /// TLS over TCP.
-    Tls(TlsWriter),
+    /// TLS over TCP (boxed: a plain connection's writer is then the size of its own, and
+    /// every connection holds one for as long as it lives).
+    Tls(Box<TlsWriter>),
     /// WebSocket over TCP or TLS.
     Ws(Box<WsWriter>),
 }
