@@ -429,13 +429,12 @@ pub(super) fn grant<'a>(
         retain |= sub.options.retain_as_published && publish.retain;
         ids.extend(sub.id);
     }
-    Some(Grant {
-        qos: publish.qos.min(qos?),
+    Some(Grant::new(
+        publish.qos.min(qos?),
         retain,
         ids,
-        expires_at: message.expires_at,
-        share: None,
-    })
+        message.expires_at,
+    ))
 }
 
 /// The shard whose store file keeps the retained records of `topic`, so that one file holds
