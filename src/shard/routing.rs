@@ -3,6 +3,7 @@
 //! `MeshMsg::Publish` each, sharing the `Arc`), to one member of each matching shared
 //! subscription (`shared`), and to every retained replica.
 
+use super::encoder::HeaderSlot;
 use super::message::Message;
 use super::msg::{InterestAck, MeshMsg, Retain};
 use super::persist::{wall_ms, Record};
@@ -209,7 +210,12 @@ impl Shard {
         } = st;
         let matches = matched.of(trie, message.publish.topic.as_str());
         // Sorted by session: one session when the first and the last are the same.
-        enc.set_sole(matches.first().map(|m| m.0) == matches.last().map(|m| m.0));
+        let is_sole = matches.first().map(|m| m.0) == matches.last().map(|m| m.0);
+        enc.set_sole(is_sole);
+        let header = match is_sole {
+            true => HeaderSlot::default(),
+            false => enc.place(&message.publish),
+        };
         let mut any = false;
         let is_holding = !held.is_empty();
         for run in matches.chunk_by(|a, b| a.0 == b.0) {
@@ -232,11 +238,16 @@ impl Shard {
                 [(_, sub)] if sub.id.is_none() && !sub.is_filtered => {
                     plain_grant(message, sub, is_own)
                 }
-                _ => grant(message, subs.filter(|sub| session.may_read(sub, topic)), is_own),
+                _ => grant(
+                    message,
+                    subs.filter(|sub| session.may_read(sub, topic)),
+                    is_own,
+                ),
             };
-            let Some(grant) = grant else {
+            let Some(mut grant) = grant else {
                 continue;
             };
+            grant.header = header;
             any = true;
             self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);
@@ -506,10 +517,10 @@ mod tests {
     #[test]
     fn one_plain_subscription_is_granted_as_by_the_general_rule() {
         let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
-        for (publish_qos, sub_qos, bits) in qos
-            .iter()
-            .flat_map(|p| qos.iter().flat_map(move |s| (0..16u8).map(move |b| (*p, *s, b))))
-        {
+        for (publish_qos, sub_qos, bits) in qos.iter().flat_map(|p| {
+            qos.iter()
+                .flat_map(move |s| (0..16u8).map(move |b| (*p, *s, b)))
+        }) {
             let message = message(publish_qos, bits & 1 != 0);
             let sub = Subscription {
                 options: SubscriptionOptions {

@@ -3,7 +3,7 @@
 //! connection's outbox but does no I/O itself.
 
 use super::cursor::{Cursor, Cursors, Feed};
-use super::encoder::{push_publish, Encoder};
+use super::encoder::{push_publish, Encoder, HeaderSlot};
 use super::lazy::Lazy;
 use super::overflow;
 use crate::config::{Limits, Qos12Overflow};
@@ -94,6 +94,9 @@ pub struct Grant {
     /// When its Message Expiry Interval runs out; an expired message is never sent
     /// [MQTT-3.3.2-5].
     pub expires_at: Option<Instant>,
+    /// Where the shard's encoder keeps the message's headers, when routing placed it there
+    /// (a fan-out within the shard).
+    pub header: HeaderSlot,
     /// Its Subscription Identifiers and shared subscription, boxed: most deliveries have
     /// neither, and every message in a window or a queue carries a grant (48 bytes a slot
     /// instead of 88; a fanout-1000 QoS 1 broker holds up to 500 in each window and as many
@@ -121,6 +124,7 @@ impl Grant {
             qos,
             retain,
             expires_at,
+            header: HeaderSlot::default(),
             extra,
         }
     }
@@ -619,7 +623,13 @@ impl Session {
             return false;
         }
         let shared = (grant.ids().is_empty())
-            .then(|| enc.shared_len(publish, self.version, grant.qos, grant.retain))
+            .then(|| {
+                enc.shared_len(
+                    publish,
+                    grant.header,
+                    (self.version, grant.qos, grant.retain),
+                )
+            })
             .flatten();
         let len = shared.unwrap_or_else(|| {
             codec::publish_len(&grant.to_publish(publish, 0, false), self.version)
@@ -789,6 +799,7 @@ impl Session {
                 publish,
                 self.version,
                 (grant.qos, grant.retain, pkid),
+                grant.header,
             );
             return;
         }
@@ -1091,8 +1102,10 @@ impl Session {
             }
             out.push(inflight.out);
         }
-        let (shared, rest): (Vec<_>, Vec<_>) =
-            self.queue.drain(..).partition(|o| o.grant.share().is_some());
+        let (shared, rest): (Vec<_>, Vec<_>) = self
+            .queue
+            .drain(..)
+            .partition(|o| o.grant.share().is_some());
         self.queue = rest.into();
         self.pressure.sub(self.queued_bytes);
         self.queued_bytes = self.queue.iter().map(|o| o.publish.payload.len()).sum();
@@ -1299,9 +1312,15 @@ mod tests {
         let mut grant = Grant::new(QoS::AtLeastOnce, false, vec![3, 7], None);
         assert!(!grant.is_plain());
         grant.set_share("$share/g/t".into());
-        assert_eq!((grant.ids(), grant.share()), (&[3, 7][..], Some("$share/g/t")));
+        assert_eq!(
+            (grant.ids(), grant.share()),
+            (&[3, 7][..], Some("$share/g/t"))
+        );
         let stored = Grant::from_stored(&grant.to_stored());
-        assert_eq!((stored.ids(), stored.share()), (&[3, 7][..], Some("$share/g/t")));
+        assert_eq!(
+            (stored.ids(), stored.share()),
+            (&[3, 7][..], Some("$share/g/t"))
+        );
         assert_eq!(grant.take_share().as_deref(), Some("$share/g/t"));
         let plain = Grant::new(QoS::AtLeastOnce, false, Vec::new(), None);
         assert!(plain.is_plain() && plain.ids().is_empty() && plain.share().is_none());
