@@ -36,22 +36,21 @@ pub fn poll_read(
     ARENA.with(|arena| {
         let mut arena = arena.borrow_mut();
         if arena.capacity() < max {
+            // What is left of the old allocation is not worth copying (`reserve` would).
+            arena.clear();
             arena.reserve(ARENA_BYTES.max(max));
         }
-        arena.resize(max, 0);
-        let read = socket.poll_read(cx, &mut arena[..]);
-        let n = match read {
-            Poll::Ready(Ok(n)) => n,
-            Poll::Ready(Err(e)) => {
-                arena.clear();
-                return Poll::Ready(Err(e));
-            }
-            Poll::Pending => {
-                arena.clear();
-                return Poll::Pending;
-            }
-        };
-        arena.truncate(n);
-        Poll::Ready(Ok(arena.split()))
+        // The arena's length is room already zeroed (or read into) and not given out: what a
+        // read did not fill stays for the next one, so a read zeroes only what the last one
+        // took, not the whole chunk (pairs-100 QoS 1 in a steady state, callgrind: memset 47
+        // -> 36 broker instructions per delivery).
+        if arena.len() < max {
+            arena.resize(max, 0);
+        }
+        match socket.poll_read(cx, &mut arena[..max]) {
+            Poll::Ready(Ok(n)) => Poll::Ready(Ok(arena.split_to(n))),
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
+        }
     })
 }

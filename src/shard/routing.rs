@@ -3,6 +3,7 @@
 //! `MeshMsg::Publish` each, sharing the `Arc`), to one member of each matching shared
 //! subscription (`shared`), and to every retained replica.
 
+use super::encoder::HeaderSlot;
 use super::message::Message;
 use super::msg::{InterestAck, MeshMsg, Retain};
 use super::persist::{wall_ms, Record};
@@ -209,7 +210,12 @@ impl Shard {
         } = st;
         let matches = matched.of(trie, message.publish.topic.as_str());
         // Sorted by session: one session when the first and the last are the same.
-        enc.set_sole(matches.first().map(|m| m.0) == matches.last().map(|m| m.0));
+        let is_sole = matches.first().map(|m| m.0) == matches.last().map(|m| m.0);
+        enc.set_sole(is_sole);
+        let header = match is_sole {
+            true => HeaderSlot::default(),
+            false => enc.place(&message.publish),
+        };
         let mut any = false;
         let is_holding = !held.is_empty();
         for run in matches.chunk_by(|a, b| a.0 == b.0) {
@@ -228,10 +234,20 @@ impl Shard {
             let is_own = message.origin != 0 && session.conn_token == message.origin;
             // Only subscriptions the ACL cuts into pay a check here (see `Session::may_read`).
             let topic = message.publish.topic.as_str();
-            let subs = subs.filter(|sub| session.may_read(sub, topic));
-            let Some(grant) = grant(message, subs, is_own) else {
+            let grant = match run {
+                [(_, sub)] if sub.id.is_none() && !sub.is_filtered => {
+                    plain_grant(message, sub, is_own)
+                }
+                _ => grant(
+                    message,
+                    subs.filter(|sub| session.may_read(sub, topic)),
+                    is_own,
+                ),
+            };
+            let Some(mut grant) = grant else {
                 continue;
             };
+            grant.header = header;
             any = true;
             self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);
@@ -421,21 +437,41 @@ pub(super) fn grant<'a>(
     is_own: bool,
 ) -> Option<Grant> {
     let publish = &message.publish;
-    let mut qos = None;
+    let mut qos: Option<QoS> = None;
     let mut retain = false;
     let mut ids = Vec::new();
-    for sub in subs.filter(|s| !(is_own && s.options.no_local)) {
-        qos = qos.max(Some(sub.options.qos));
+    // A plain loop rather than `filter`, `Option::max` and `Vec::extend` from the
+    // identifier's Option: fewer instructions per delivery (callgrind, fanout-100: 93 -> 85).
+    for sub in subs {
+        if is_own && sub.options.no_local {
+            continue;
+        }
+        let granted = sub.options.qos;
+        qos = Some(qos.map_or(granted, |q| q.max(granted)));
         retain |= sub.options.retain_as_published && publish.retain;
-        ids.extend(sub.id);
+        if let Some(id) = sub.id {
+            ids.push(id);
+        }
     }
-    Some(Grant {
-        qos: publish.qos.min(qos?),
+    Some(Grant::new(
+        publish.qos.min(qos?),
         retain,
         ids,
-        expires_at: message.expires_at,
-        share: None,
-    })
+        message.expires_at,
+    ))
+}
+
+/// `grant` through one subscription without a Subscription Identifier, the common case: no
+/// iterator and no identifier list to build (`grant` was ~85 instructions per delivery at
+/// fanout-100, callgrind).
+fn plain_grant(message: &Message, sub: &Subscription, is_own: bool) -> Option<Grant> {
+    if is_own && sub.options.no_local {
+        return None;
+    }
+    let publish = &message.publish;
+    let retain = sub.options.retain_as_published && publish.retain;
+    let qos = publish.qos.min(sub.options.qos);
+    Some(Grant::new(qos, retain, Vec::new(), message.expires_at))
 }
 
 /// The shard whose store file keeps the retained records of `topic`, so that one file holds
@@ -452,4 +488,54 @@ fn interested_shards(interest: &Trie<ShardId, ()>, topic: &str) -> u64 {
     }
     interest.for_each_match(topic, |shard, _| shards |= 1 << shard);
     shards
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{MqttString, Props, SubscriptionOptions};
+    use bytes::Bytes;
+    use std::sync::Arc;
+
+    fn message(qos: QoS, retain: bool) -> Message {
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: MqttString::from("t"),
+            pkid: 1,
+            properties: Props::default(),
+            payload: Bytes::from_static(b"p"),
+        };
+        Message {
+            publish: Arc::new(publish),
+            origin: 1,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn one_plain_subscription_is_granted_as_by_the_general_rule() {
+        let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+        for (publish_qos, sub_qos, bits) in qos.iter().flat_map(|p| {
+            qos.iter()
+                .flat_map(move |s| (0..16u8).map(move |b| (*p, *s, b)))
+        }) {
+            let message = message(publish_qos, bits & 1 != 0);
+            let sub = Subscription {
+                options: SubscriptionOptions {
+                    qos: sub_qos,
+                    no_local: bits & 2 != 0,
+                    retain_as_published: bits & 4 != 0,
+                    retain_handling: 0,
+                },
+                id: None,
+                is_filtered: false,
+            };
+            let is_own = bits & 8 != 0;
+            let fast = plain_grant(&message, &sub, is_own).map(|g| (g.qos, g.retain));
+            let general = grant(&message, std::iter::once(&sub), is_own).map(|g| (g.qos, g.retain));
+            assert_eq!(fast, general, "{publish_qos:?} {sub_qos:?} {bits:04b}");
+        }
+    }
 }
