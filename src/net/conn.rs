@@ -21,7 +21,6 @@ use crate::shard::outbox::Outbox;
 use crate::shard::session::{Session, Subscription};
 use crate::shard::{Message, SessionKey, Shard};
 use bytes::{Buf, BytesMut};
-use futures_lite::AsyncRead;
 use glommio::net::TcpStream;
 use std::future::Future;
 use std::net::IpAddr;
@@ -97,7 +96,13 @@ pub fn spawn(shard: Rc<Shard>, stream: TcpStream, gate: Rc<Gate>, listener: usiz
     }
     let now = Instant::now();
     let peer = stream.peer_addr().ok().map(|a| a.ip());
-    let (reader, writer) = transport::tcp(stream);
+    let (reader, writer) = match transport::plain(stream) {
+        Ok(halves) => halves,
+        Err(e) => {
+            tracing::warn!("connection closed at once: its socket could not be watched: {e}");
+            return shard.connection_closed();
+        }
+    };
     let login = Login::new(gate, listener, peer, Identity::Credentials);
     glommio::spawn_local(serve_transport(shard, reader, writer, login, now)).detach();
 }
@@ -165,7 +170,11 @@ async fn secure(
             } else {
                 Identity::Credentials
             };
-            Some((Reader::Tls(Box::new(reader)), Writer::Tls(writer), identity))
+            Some((
+                Reader::Tls(Box::new(reader)),
+                Writer::Tls(Box::new(writer)),
+                identity,
+            ))
         }
         Err(e) => {
             let why = format!("TLS handshake failed: {e}");
@@ -659,24 +668,24 @@ impl Conn {
         async move {
             let chunk = self.read_chunk;
             let timeout = self.machine.read_timeout(self.now);
-            if matches!(self.reader, Reader::Tcp(_)) {
+            if matches!(self.reader, Reader::Plain(_)) {
                 self.deadline.set(timeout.map(|t| self.now + t));
             } else {
                 self.reader.set_read_timeout(timeout);
             }
             let start = self.buf.len();
-            let from_arena = start == 0 && matches!(self.reader, Reader::Tcp(_));
+            let from_arena = start == 0 && matches!(self.reader, Reader::Plain(_));
             if !from_arena {
                 self.own_buffer(chunk);
                 self.buf.resize(start + chunk, 0);
             }
             let read = match &mut self.reader {
                 // Nothing held between packets: read into the shard's arena (see `arena`).
-                Reader::Tcp(stream) if from_arena => {
+                Reader::Plain(socket) if from_arena => {
                     self.buf = BytesMut::new();
                     let entry = &mut self.deadline;
                     let read =
-                        std::future::poll_fn(|cx| match arena::poll_read(stream, cx, chunk) {
+                        std::future::poll_fn(|cx| match arena::poll_read(socket, cx, chunk) {
                             Poll::Pending => keepalive::poll_expired(entry, cx),
                             ready => ready,
                         })
@@ -687,10 +696,10 @@ impl Conn {
                         self.buf.len()
                     })
                 }
-                Reader::Tcp(stream) => {
+                Reader::Plain(socket) => {
                     let buf = &mut self.buf[start..];
                     let entry = &mut self.deadline;
-                    std::future::poll_fn(|cx| match Pin::new(&mut *stream).poll_read(cx, buf) {
+                    std::future::poll_fn(|cx| match socket.poll_read(cx, buf) {
                         Poll::Pending => keepalive::poll_expired(entry, cx),
                         ready => ready,
                     })
@@ -749,9 +758,13 @@ impl Conn {
             if left.is_zero() {
                 break;
             }
-            self.reader.set_read_timeout(Some(left));
-            match self.reader.read(&mut scratch).await {
-                Ok(n) if n > 0 => discarded += n,
+            // Timed here for every transport: a plain connection's reads have no timeout of
+            // their own (the shard's sweep times them while the machine runs).
+            let reader = &mut self.reader;
+            let scratch = &mut scratch;
+            let read = glommio::timer::timeout(left, async { Ok(reader.read(scratch).await) });
+            match read.await {
+                Ok(Ok(n)) if n > 0 => discarded += n,
                 _ => break,
             }
         }

@@ -7,6 +7,7 @@ pub mod gate;
 pub mod http;
 pub mod keepalive;
 pub mod refusals;
+pub mod socket;
 pub mod sockio;
 pub mod tls;
 pub mod transport;

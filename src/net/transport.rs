@@ -16,6 +16,7 @@
 //! The reader owns the socket; the writer works on its fd and must be done (or dropped) before
 //! the reader is dropped, which `conn::serve_transport` ensures.
 
+use super::socket::Socket;
 use super::sockio::{dup_stream, gather_flat, sendmsg};
 use super::tls::{TlsReader, TlsWriter};
 
@@ -45,8 +46,11 @@ pub enum Shutdown {
 
 /// The reading half of a connection's transport.
 pub enum Reader {
-    /// Plain TCP.
-    Tcp(TcpStream),
+    /// Plain TCP carrying MQTT: waits for input through the shard's epoll set (see `socket`),
+    /// so an idle connection holds no readiness request of glommio's.
+    Plain(Socket),
+    /// Plain TCP under WebSocket or HTTP (boxed, like the other transports).
+    Tcp(Box<TcpStream>),
     /// TLS over TCP (boxed: a plain connection's reader is then the size of its stream, and
     /// every connection's task holds one for as long as it lives).
     Tls(Box<TlsReader>),
@@ -58,20 +62,32 @@ pub enum Reader {
 pub enum Writer {
     /// Plain TCP.
     Tcp(TcpWriter),
-    /// TLS over TCP.
-    Tls(TlsWriter),
+    /// TLS over TCP (boxed: a plain connection's writer is then the size of its own, and
+    /// every connection holds one for as long as it lives).
+    Tls(Box<TlsWriter>),
     /// WebSocket over TCP or TLS.
     Ws(Box<WsWriter>),
 }
 
-/// Splits an accepted TCP connection into its halves.
+/// Splits an accepted TCP connection into its halves, for WebSocket or HTTP over it.
 pub fn tcp(stream: TcpStream) -> (Reader, Writer) {
     let _ = stream.set_nodelay(true);
     let writer = TcpWriter {
         fd: stream.as_raw_fd(),
         slow: None,
     };
-    (Reader::Tcp(stream), Writer::Tcp(writer))
+    (Reader::Tcp(Box::new(stream)), Writer::Tcp(writer))
+}
+
+/// Splits an accepted TCP connection that carries MQTT itself into its halves.
+pub fn plain(stream: TcpStream) -> io::Result<(Reader, Writer)> {
+    let _ = stream.set_nodelay(true);
+    let socket = Socket::new(stream)?;
+    let writer = TcpWriter {
+        fd: socket.fd(),
+        slow: None,
+    };
+    Ok((Reader::Plain(socket), Writer::Tcp(writer)))
 }
 
 impl Reader {
@@ -79,15 +95,18 @@ impl Reader {
     /// when nothing came within the read timeout.
     pub async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
+            Reader::Plain(socket) => socket.read(buf).await,
             Reader::Tcp(stream) => stream.read(buf).await,
             Reader::Tls(tls) => tls.read(buf).await,
             Reader::Ws(ws) => ws.read(buf).await,
         }
     }
 
-    /// How long `read` waits for the client; None for ever.
+    /// How long `read` waits for the client; None for ever. Plain MQTT connections are timed
+    /// by the shard's sweep instead (see `keepalive`).
     pub fn set_read_timeout(&mut self, timeout: Option<Duration>) {
         match self {
+            Reader::Plain(_) => {}
             // A zero timeout is refused by the socket: the deadline passed, so time out at
             // once (a microsecond).
             Reader::Tcp(stream) => {
@@ -103,6 +122,7 @@ impl Reader {
     /// Shuts the connection down in direction `how`.
     pub fn shutdown(&self, how: Shutdown) {
         match self {
+            Reader::Plain(socket) => shutdown_fd(socket.fd(), how),
             Reader::Tcp(stream) => shutdown_fd(stream.as_raw_fd(), how),
             Reader::Tls(tls) => shutdown_fd(tls.fd(), how),
             Reader::Ws(ws) => ws.inner().shutdown(how),

@@ -16,9 +16,16 @@ use std::ops::Range;
 use std::sync::{Arc, Weak};
 
 /// Messages whose headers are kept, a power of two: more than a subscriber's default window
-/// of 500 messages (`limits.inflight_max`) and the PUBACKs of one read, so that subscribers
-/// pumping the same messages one after another find them.
-const CACHED_MESSAGES: usize = 1024;
+/// of 500 messages (`limits.inflight_max`) and its queue of 1,000 (`queue_messages_max`)
+/// behind it, so that subscribers pumping the same messages one after another find them.
+const CACHED_MESSAGES: usize = 2048;
+
+/// Where a fanned-out message's headers are kept (`Encoder::place`); the default names none,
+/// and the message is looked up by its address.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeaderSlot(u16);
+
+const _: () = assert!(CACHED_MESSAGES < u16::MAX as usize);
 
 /// Encoding state of one shard: a scratch buffer and the cached headers of recent messages.
 #[derive(Default)]
@@ -32,6 +39,8 @@ pub struct Encoder {
     /// it cost a slot's upkeep and, in a table larger than the CPU's caches, a cache miss per
     /// message (`cached` was 9% of a pairs-100 QoS 1 broker's cycles, perf).
     sole: bool,
+    /// The slot the next message fanned out takes (`place`).
+    next_slot: usize,
 }
 
 /// The encoded headers of one message.
@@ -66,17 +75,20 @@ impl Encoder {
         publish: &Arc<Publish>,
         version: Version,
         (qos, retain, pkid): (QoS, bool, u16),
+        slot: HeaderSlot,
     ) {
         let Encoder {
             scratch,
             headers,
             sole,
+            ..
         } = self;
         if *sole {
             push_shaped(outbox, scratch, publish, version, (qos, retain, pkid));
             return;
         }
-        let Some((header, pkid_at)) = cached(headers, publish, version, qos, retain) else {
+        let shape = (version, qos, retain);
+        let Some((header, pkid_at)) = cached(headers, publish, slot, shape) else {
             return;
         };
         reserve(scratch);
@@ -93,15 +105,27 @@ impl Encoder {
         self.sole = sole;
     }
 
+    /// Gives `publish`, about to be fanned out to several sessions of this shard, the next
+    /// slot in turn: its headers are encoded there once and stay until `CACHED_MESSAGES`
+    /// later messages took the slots after it, however long its subscribers' queues. Slots
+    /// chosen by a hash of the address instead (as messages without one still are) let
+    /// messages a queue apart evict each other: at fanout-100 QoS 1 a header was encoded
+    /// once per 3 deliveries (callgrind), where once per message is enough.
+    pub fn place(&mut self, publish: &Arc<Publish>) -> HeaderSlot {
+        let index = self.next_slot;
+        self.next_slot = (index + 1) % CACHED_MESSAGES;
+        table(&mut self.headers)[index].hold(publish);
+        HeaderSlot(index as u16 + 1)
+    }
+
     /// Length of the packet `push_shared` would queue.
     pub fn shared_len(
         &mut self,
         publish: &Arc<Publish>,
-        version: Version,
-        qos: QoS,
-        retain: bool,
+        slot: HeaderSlot,
+        (version, qos, retain): (Version, QoS, bool),
     ) -> Option<usize> {
-        let (header, _) = cached(&mut self.headers, publish, version, qos, retain)?;
+        let (header, _) = cached(&mut self.headers, publish, slot, (version, qos, retain))?;
         Some(header.len() + publish.payload.len())
     }
 
@@ -116,27 +140,44 @@ impl Encoder {
     }
 }
 
-/// The cached header of `publish` for this shape and where its packet id goes, encoded on
-/// first use.
-fn cached<'a>(
-    headers: &'a mut Option<Box<[Headers; CACHED_MESSAGES]>>,
-    publish: &Arc<Publish>,
-    version: Version,
-    qos: QoS,
-    retain: bool,
-) -> Option<(&'a [u8], Option<usize>)> {
-    let headers = headers.get_or_insert_with(|| {
+/// The table of kept headers, made on first use.
+fn table(headers: &mut Option<Box<[Headers; CACHED_MESSAGES]>>) -> &mut [Headers; CACHED_MESSAGES] {
+    headers.get_or_insert_with(|| {
         let slots: Box<[Headers]> = (0..CACHED_MESSAGES).map(|_| Headers::default()).collect();
         // The length is CACHED_MESSAGES by construction.
         slots.try_into().unwrap_or_else(|_| unreachable!())
-    });
-    let headers = &mut headers[slot_of(publish)];
+    })
+}
+
+impl Headers {
+    /// Makes the slot `publish`'s, forgetting the message it held.
+    fn hold(&mut self, publish: &Arc<Publish>) {
+        self.publish = Arc::downgrade(publish);
+        self.address = Arc::as_ptr(publish) as usize;
+        self.shapes.clear();
+        self.bytes.clear();
+    }
+}
+
+/// The cached header of `publish` for this shape (version, QoS, retain) and where its packet
+/// id goes, encoded on first use: in the slot the message was placed in, if it still holds
+/// it, else in the slot of its address.
+fn cached<'a>(
+    headers: &'a mut Option<Box<[Headers; CACHED_MESSAGES]>>,
+    publish: &Arc<Publish>,
+    slot: HeaderSlot,
+    (version, qos, retain): (Version, QoS, bool),
+) -> Option<(&'a [u8], Option<usize>)> {
+    let headers = table(headers);
     let address = Arc::as_ptr(publish) as usize;
+    let placed = usize::from(slot.0).wrapping_sub(1);
+    let index = match headers.get(placed) {
+        Some(placed) if placed.address == address => usize::from(slot.0) - 1,
+        _ => slot_of(publish),
+    };
+    let headers = &mut headers[index];
     if headers.address != address {
-        headers.publish = Arc::downgrade(publish);
-        headers.address = address;
-        headers.shapes.clear();
-        headers.bytes.clear();
+        headers.hold(publish);
     }
     let found = headers
         .shapes
@@ -286,7 +327,13 @@ mod tests {
         let (mut enc, outbox) = (Encoder::default(), Outbox::default());
         let shape = |pkid| (QoS::AtLeastOnce, false, pkid);
         for (message, pkid) in [(&a, 1), (&b, 2), (&a, 3), (&b, 4), (&a, 5)] {
-            enc.push_shared(&outbox, message, Version::V5, shape(pkid));
+            enc.push_shared(
+                &outbox,
+                message,
+                Version::V5,
+                shape(pkid),
+                HeaderSlot::default(),
+            );
         }
         let want = [("a/1", 1), ("b/22", 2), ("a/1", 3), ("b/22", 4), ("a/1", 5)];
         let want: Vec<_> = want.iter().map(|(t, id)| (t.to_string(), *id)).collect();
@@ -305,13 +352,46 @@ mod tests {
             let (kept, sole) = (Outbox::default(), Outbox::default());
             let mut enc = Encoder::default();
             for shape in shapes {
-                enc.push_shared(&kept, &message, version, shape);
+                enc.push_shared(&kept, &message, version, shape, HeaderSlot::default());
                 enc.set_sole(true);
-                enc.push_shared(&sole, &message, version, shape);
+                enc.push_shared(&sole, &message, version, shape, HeaderSlot::default());
                 enc.set_sole(false);
             }
             assert_eq!(sole.pending_wire(), kept.pending_wire(), "{version:?}");
         }
+    }
+
+    #[test]
+    fn a_placed_message_keeps_its_header_while_later_messages_take_the_other_slots() {
+        let mut enc = Encoder::default();
+        let first = publish("first");
+        let slot = enc.place(&first);
+        let later: Vec<_> = (1..CACHED_MESSAGES).map(|_| publish("later")).collect();
+        for message in &later {
+            assert_ne!(enc.place(message), slot);
+        }
+        let placed = &table(&mut enc.headers)[usize::from(slot.0) - 1];
+        assert_eq!(placed.address, Arc::as_ptr(&first) as usize);
+        let outbox = Outbox::default();
+        enc.push_shared(
+            &outbox,
+            &first,
+            Version::V5,
+            (QoS::AtLeastOnce, false, 7),
+            slot,
+        );
+        assert_eq!(sent(&outbox), vec![("first".to_string(), 7)]);
+        // One more message takes the slot; the first is still found by its address.
+        enc.place(&publish("next"));
+        let outbox = Outbox::default();
+        enc.push_shared(
+            &outbox,
+            &first,
+            Version::V5,
+            (QoS::AtLeastOnce, false, 8),
+            slot,
+        );
+        assert_eq!(sent(&outbox), vec![("first".to_string(), 8)]);
     }
 
     #[test]
@@ -323,13 +403,15 @@ mod tests {
             &message,
             Version::V311,
             (QoS::AtLeastOnce, false, 1),
+            HeaderSlot::default(),
         );
         assert_eq!(Arc::strong_count(&message), 1);
         // A message freed and another at the same address get their own header.
         drop(message);
         let other = publish("another/topic");
         let outbox = Outbox::default();
-        enc.push_shared(&outbox, &other, Version::V5, (QoS::AtLeastOnce, false, 9));
+        let shape = (QoS::AtLeastOnce, false, 9);
+        enc.push_shared(&outbox, &other, Version::V5, shape, HeaderSlot::default());
         assert_eq!(sent(&outbox), vec![("another/topic".to_string(), 9)]);
     }
 }

@@ -63,13 +63,7 @@ impl Sink for SessionSink<'_> {
 
     /// RETAIN set [MQTT-3.3.1-8], the subscription's identifier.
     fn send(&mut self, message: &Message, qos: QoS, id: Option<u32>) {
-        let grant = Grant {
-            qos,
-            retain: true,
-            ids: id.into_iter().collect(),
-            expires_at: message.expires_at,
-            share: None,
-        };
+        let grant = Grant::new(qos, true, id.into_iter().collect(), message.expires_at);
         let publish = &message.publish;
         // Retained messages are not the fan-out's hot path: each is checked against the ACL
         // whatever the subscription's read scope (a topic it may read all of passes anyway).

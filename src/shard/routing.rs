@@ -3,7 +3,7 @@
 //! `MeshMsg::Publish` each, sharing the `Arc`), to one member of each matching shared
 //! subscription (`shared`), and to every retained replica.
 
-use super::encoder::Encoder;
+use super::encoder::{Encoder, HeaderSlot};
 use super::message::Message;
 use super::msg::{InterestAck, MeshMsg, Retain};
 use super::persist::{wall_ms, Record};
@@ -17,6 +17,10 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::rc::Rc;
 use std::task::{Poll, Waker};
+
+/// Messages of a run given header slots of their own (`Encoder::place`); a connection's runs
+/// are no longer (`RUN_MAX` in `net::conn`), and a message past them is looked up by address.
+const PLACED_MAX: usize = 32;
 
 /// Shard ids are bits of a `u64` (`interested_shards`).
 const _: () = assert!(crate::config::SHARDS_MAX <= u64::BITS as usize);
@@ -252,7 +256,14 @@ impl Shard {
         let topic = first.publish.topic.as_str();
         let matches = matched.of(trie, topic);
         // Sorted by session: one session when the first and the last are the same.
-        enc.set_sole(matches.first().map(|m| m.0) == matches.last().map(|m| m.0));
+        let is_sole = matches.first().map(|m| m.0) == matches.last().map(|m| m.0);
+        enc.set_sole(is_sole);
+        let mut headers = [HeaderSlot::default(); PLACED_MAX];
+        if !is_sole {
+            for (header, message) in headers.iter_mut().zip(run) {
+                *header = enc.place(&message.publish);
+            }
+        }
         let mut any = false;
         let is_holding = !held.is_empty();
         // Stored sessions get a run message by message, after the others: their records of a
@@ -274,10 +285,19 @@ impl Shard {
                 continue;
             };
             let is_own = first.origin != 0 && session.conn_token == first.origin;
-            // Only subscriptions the ACL cuts into pay a check here (see `Session::may_read`).
-            let subs = subs.filter(|sub| session.may_read(sub, topic));
             // The same for every message of the run but its expiry.
-            let Some(grant) = grant(first, subs, is_own) else {
+            let grant = match same {
+                [(_, sub)] if sub.id.is_none() && !sub.is_filtered => {
+                    plain_grant(first, sub, is_own)
+                }
+                // Only subscriptions the ACL cuts into pay a check (see `Session::may_read`).
+                _ => grant(
+                    first,
+                    subs.filter(|sub| session.may_read(sub, topic)),
+                    is_own,
+                ),
+            };
+            let Some(grant) = grant else {
                 continue;
             };
             any = true;
@@ -285,16 +305,15 @@ impl Shard {
                 stored.push((key, grant));
                 continue;
             }
-            self.deliver_each(session, run, grant, enc);
+            self.deliver_each(session, run, &headers, grant, enc);
         }
-        for message in run {
+        for (i, message) in run.iter().enumerate() {
+            let header = headers.get(i..).unwrap_or_default();
             for (key, grant) in &stored {
                 if let Some(session) = sessions.get_mut(key) {
-                    let grant = Grant {
-                        expires_at: message.expires_at,
-                        ..grant.clone()
-                    };
-                    self.deliver_each(session, std::slice::from_ref(message), grant, enc);
+                    let mut grant = grant.clone();
+                    grant.expires_at = message.expires_at;
+                    self.deliver_each(session, std::slice::from_ref(message), header, grant, enc);
                 }
             }
         }
@@ -303,25 +322,27 @@ impl Shard {
     }
 
     /// Gives `session` each message of `run` in order, as `grant` (made for the first)
-    /// says, with each message's own expiry.
+    /// says, with each message's own expiry and header slot (`headers`, in step with `run`;
+    /// a message past them is looked up by its address).
     fn deliver_each(
         &self,
         session: &mut Session,
         run: &[Message],
-        grant: Grant,
+        headers: &[HeaderSlot],
+        mut grant: Grant,
         enc: &mut Encoder,
     ) {
         if let [message] = run {
             // One message, the grant made for it: nothing to copy (most routes).
+            grant.header = headers.first().copied().unwrap_or_default();
             self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);
             return;
         }
-        for message in run {
-            let grant = Grant {
-                expires_at: message.expires_at,
-                ..grant.clone()
-            };
+        for (i, message) in run.iter().enumerate() {
+            let mut grant = grant.clone();
+            grant.expires_at = message.expires_at;
+            grant.header = headers.get(i).copied().unwrap_or_default();
             self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);
         }
@@ -508,21 +529,41 @@ pub(super) fn grant<'a>(
     is_own: bool,
 ) -> Option<Grant> {
     let publish = &message.publish;
-    let mut qos = None;
+    let mut qos: Option<QoS> = None;
     let mut retain = false;
     let mut ids = Vec::new();
-    for sub in subs.filter(|s| !(is_own && s.options.no_local)) {
-        qos = qos.max(Some(sub.options.qos));
+    // A plain loop rather than `filter`, `Option::max` and `Vec::extend` from the
+    // identifier's Option: fewer instructions per delivery (callgrind, fanout-100: 93 -> 85).
+    for sub in subs {
+        if is_own && sub.options.no_local {
+            continue;
+        }
+        let granted = sub.options.qos;
+        qos = Some(qos.map_or(granted, |q| q.max(granted)));
         retain |= sub.options.retain_as_published && publish.retain;
-        ids.extend(sub.id);
+        if let Some(id) = sub.id {
+            ids.push(id);
+        }
     }
-    Some(Grant {
-        qos: publish.qos.min(qos?),
+    Some(Grant::new(
+        publish.qos.min(qos?),
         retain,
         ids,
-        expires_at: message.expires_at,
-        share: None,
-    })
+        message.expires_at,
+    ))
+}
+
+/// `grant` through one subscription without a Subscription Identifier, the common case: no
+/// iterator and no identifier list to build (`grant` was ~85 instructions per delivery at
+/// fanout-100, callgrind).
+fn plain_grant(message: &Message, sub: &Subscription, is_own: bool) -> Option<Grant> {
+    if is_own && sub.options.no_local {
+        return None;
+    }
+    let publish = &message.publish;
+    let retain = sub.options.retain_as_published && publish.retain;
+    let qos = publish.qos.min(sub.options.qos);
+    Some(Grant::new(qos, retain, Vec::new(), message.expires_at))
 }
 
 /// Whether `next` may follow `message` in one run (`Shard::deliver_run`): the same
@@ -551,10 +592,28 @@ fn interested_shards(interest: &Trie<ShardId, ()>, topic: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{MqttString, Props};
+    use crate::protocol::{MqttString, Props, SubscriptionOptions};
     use bytes::Bytes;
+    use std::sync::Arc;
 
-    fn message(topic: &'static str, qos: QoS, retain: bool, origin: u64) -> Message {
+    fn message(qos: QoS, retain: bool) -> Message {
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain,
+            topic: MqttString::from("t"),
+            pkid: 1,
+            properties: Props::default(),
+            payload: Bytes::from_static(b"p"),
+        };
+        Message {
+            publish: Arc::new(publish),
+            origin: 1,
+            expires_at: None,
+        }
+    }
+
+    fn message_on(topic: &'static str, qos: QoS, retain: bool, origin: u64) -> Message {
         let publish = Publish {
             dup: false,
             qos,
@@ -569,15 +628,43 @@ mod tests {
 
     #[test]
     fn a_run_is_one_publisher_topic_qos_and_retain_flag() {
-        let first = message("a/b", QoS::AtLeastOnce, false, 1);
-        assert!(is_run(&first, &message("a/b", QoS::AtLeastOnce, false, 1)));
+        let first = message_on("a/b", QoS::AtLeastOnce, false, 1);
+        assert!(is_run(
+            &first,
+            &message_on("a/b", QoS::AtLeastOnce, false, 1)
+        ));
         for other in [
-            message("a/c", QoS::AtLeastOnce, false, 1),
-            message("a/b", QoS::AtMostOnce, false, 1),
-            message("a/b", QoS::AtLeastOnce, true, 1),
-            message("a/b", QoS::AtLeastOnce, false, 2),
+            message_on("a/c", QoS::AtLeastOnce, false, 1),
+            message_on("a/b", QoS::AtMostOnce, false, 1),
+            message_on("a/b", QoS::AtLeastOnce, true, 1),
+            message_on("a/b", QoS::AtLeastOnce, false, 2),
         ] {
             assert!(!is_run(&first, &other), "{other:?}");
+        }
+    }
+
+    #[test]
+    fn one_plain_subscription_is_granted_as_by_the_general_rule() {
+        let qos = [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce];
+        for (publish_qos, sub_qos, bits) in qos.iter().flat_map(|p| {
+            qos.iter()
+                .flat_map(move |s| (0..16u8).map(move |b| (*p, *s, b)))
+        }) {
+            let message = message(publish_qos, bits & 1 != 0);
+            let sub = Subscription {
+                options: SubscriptionOptions {
+                    qos: sub_qos,
+                    no_local: bits & 2 != 0,
+                    retain_as_published: bits & 4 != 0,
+                    retain_handling: 0,
+                },
+                id: None,
+                is_filtered: false,
+            };
+            let is_own = bits & 8 != 0;
+            let fast = plain_grant(&message, &sub, is_own).map(|g| (g.qos, g.retain));
+            let general = grant(&message, std::iter::once(&sub), is_own).map(|g| (g.qos, g.retain));
+            assert_eq!(fast, general, "{publish_qos:?} {sub_qos:?} {bits:04b}");
         }
     }
 }

@@ -153,7 +153,7 @@ impl Shard {
         let Some(mut grant) = grant(message, std::iter::once(sub), false) else {
             return false;
         };
-        grant.share = Some(share.to_string());
+        grant.set_share(share.to_string());
         self.metrics.count_sent(grant.qos as usize);
         session.deliver(&message.publish, grant, &self.limits, &mut st.enc);
         true
@@ -164,8 +164,8 @@ impl Shard {
         let mut remote = Vec::new();
         {
             let mut st = self.state.borrow_mut();
-            for out in unfinished {
-                let Some(share) = out.grant.share else {
+            for mut out in unfinished {
+                let Some(share) = out.grant.take_share() else {
                     continue;
                 };
                 let message = Message {

@@ -138,7 +138,8 @@ impl WsReader {
         // recursive (and boxed per read).
         let raw = &mut self.raw[start..];
         let read = match &mut self.inner {
-            Reader::Tcp(stream) => futures_lite::AsyncReadExt::read(stream, raw).await,
+            Reader::Plain(socket) => socket.read(raw).await,
+            Reader::Tcp(stream) => futures_lite::AsyncReadExt::read(&mut **stream, raw).await,
             Reader::Tls(tls) => tls.read(raw).await,
             Reader::Ws(_) => Err(io::Error::other("WebSocket inside WebSocket")),
         };

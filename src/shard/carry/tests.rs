@@ -19,13 +19,7 @@ fn message(topic: &str, qos: QoS, payload: &'static [u8]) -> Arc<Publish> {
 }
 
 fn grant(qos: QoS, ids: Vec<u32>) -> Grant {
-    Grant {
-        qos,
-        retain: false,
-        ids,
-        expires_at: None,
-        share: None,
-    }
+    Grant::new(qos, false, ids, None)
 }
 
 fn subscription(qos: QoS, id: Option<u32>) -> Subscription {
@@ -103,7 +97,7 @@ fn session() -> Session {
 fn payloads<'a>(outs: impl Iterator<Item = &'a Outgoing>) -> Vec<(String, QoS, Vec<u32>)> {
     outs.map(|o| {
         let payload = String::from_utf8_lossy(&o.publish.payload).into_owned();
-        (payload, o.grant.qos, o.grant.ids.clone())
+        (payload, o.grant.qos, o.grant.ids().to_vec())
     })
     .collect()
 }
