@@ -9,7 +9,7 @@ use super::msg::{InterestAck, MeshMsg, Retain};
 use super::persist::{wall_ms, Record};
 use super::session::{Grant, Session, Subscription};
 use super::trie::Trie;
-use super::{Shard, State};
+use super::{SessionKey, Shard, State};
 use crate::mesh::{RequestId, ShardId};
 use crate::protocol::{Publish, QoS};
 use std::cell::RefCell;
@@ -284,20 +284,8 @@ impl Shard {
             let Some(session) = sessions.get_mut(&key) else {
                 continue;
             };
-            let is_own = first.origin != 0 && session.conn_token == first.origin;
             // The same for every message of the run but its expiry.
-            let grant = match same {
-                [(_, sub)] if sub.id.is_none() && !sub.is_filtered => {
-                    plain_grant(first, sub, is_own)
-                }
-                // Only subscriptions the ACL cuts into pay a check (see `Session::may_read`).
-                _ => grant(
-                    first,
-                    subs.filter(|sub| session.may_read(sub, topic)),
-                    is_own,
-                ),
-            };
-            let Some(grant) = grant else {
+            let Some(grant) = session_grant(session, first, same) else {
                 continue;
             };
             any = true;
@@ -571,6 +559,29 @@ fn plain_grant(message: &Message, sub: &Subscription, is_own: bool) -> Option<Gr
 pub fn is_run(message: &Message, next: &Message) -> bool {
     let (a, b) = (&message.publish, &next.publish);
     message.origin == next.origin && a.qos == b.qos && a.retain == b.retain && a.topic == b.topic
+}
+
+/// The message as `session` gets it through its matching subscriptions `same` (`grant`),
+/// without an iterator or an identifier list for one plain subscription.
+fn session_grant(
+    session: &Session,
+    message: &Message,
+    same: &[(SessionKey, Subscription)],
+) -> Option<Grant> {
+    let is_own = message.origin != 0 && session.conn_token == message.origin;
+    match same {
+        [(_, sub)] if sub.id.is_none() && !sub.is_filtered => plain_grant(message, sub, is_own),
+        // Only subscriptions the ACL cuts into pay a check here (see `Session::may_read`).
+        _ => {
+            let topic = message.publish.topic.as_str();
+            let subs = same.iter().map(|(_, sub)| sub);
+            grant(
+                message,
+                subs.filter(|sub| session.may_read(sub, topic)),
+                is_own,
+            )
+        }
+    }
 }
 
 /// The shard whose store file keeps the retained records of `topic`, so that one file holds
