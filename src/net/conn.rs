@@ -52,6 +52,11 @@ const TURN_PACKET_COST_MAX: usize = 32;
 /// The bytes read in one turn stay below this many times `read_bytes_per_turn`.
 const TURN_BYTES_FACTOR: usize = 8;
 
+/// PUBLISHes routed as one run at most (`Conn::publish_run`). Each subscriber gets a run
+/// at once, so a run goes past the shard's backpressure checks (made once per run) by at most
+/// this many messages.
+const RUN_MAX: usize = 32;
+
 /// What is left of an action that has to wait.
 enum Wait {
     /// A QoS 1/2 PUBLISH while the store cannot write (see `refused_for_disk`).
@@ -387,6 +392,7 @@ impl Conn {
             // The action's scope ends before the next await: a local that was borrowed
             // (`hold_point`) keeps its room in the task until its scope ends, moved or not,
             // and the task would carry an action (200 bytes) for the life of the connection.
+            let received = self.shard.metrics.messages_received();
             let (appended, acted) = {
                 let action = match self.action_for(read) {
                     Ok(action) => action,
@@ -412,8 +418,14 @@ impl Conn {
             // messages fanned out) so a fast publisher cannot starve the other connections of
             // its shard, and the writers get to send what it fanned out while it goes on.
             let read = before.saturating_sub(self.buf.len()).max(1);
+            // A run of PUBLISHes (`publish_run`) counts as many packets as it held.
+            let packets = self
+                .shard
+                .metrics
+                .messages_received()
+                .wrapping_sub(received);
             bytes_this_turn += read;
-            cost_this_turn += read.min(TURN_PACKET_COST_MAX);
+            cost_this_turn += read.min(TURN_PACKET_COST_MAX * packets.max(1) as usize);
             let sent = self.shard.metrics.messages_sent();
             let limits = &self.shard.limits;
             if cost_this_turn >= limits.read_bytes_per_turn
@@ -507,24 +519,33 @@ impl Conn {
     // allocation per wait for nothing.
     #[allow(clippy::result_large_err)]
     fn act(&mut self, action: Action) -> Result<Option<End>, Wait> {
+        self.act_with(action, true)
+    }
+
+    /// `act`; a PUBLISH starts a run (`publish_run`) only if `may_run`.
+    #[allow(clippy::result_large_err)]
+    fn act_with(&mut self, action: Action, may_run: bool) -> Result<Option<End>, Wait> {
         if let Action::Route(publish) | Action::Qos2(publish) = &action {
             let failing = self.shard.persist.as_ref().is_some_and(|p| p.is_failing());
             if failing && publish.qos != QoS::AtMostOnce {
                 return Err(Wait::Disk(action));
             }
         }
-        self.act_stored(action)
+        self.act_stored(action, may_run)
     }
 
-    /// `act`, once the store takes writes (or the PUBLISH needs none).
+    /// `act_with`, once the store takes writes (or the PUBLISH needs none).
     #[allow(clippy::result_large_err)]
-    fn act_stored(&mut self, action: Action) -> Result<Option<End>, Wait> {
+    fn act_stored(&mut self, action: Action, may_run: bool) -> Result<Option<End>, Wait> {
         match action {
             Action::Route(publish) | Action::Qos2(publish)
                 if !self.may_write(publish.topic.as_str()) =>
             {
                 self.deny(&publish);
                 Ok(None)
+            }
+            Action::Route(publish) if may_run && self.is_run_ahead(&publish) => {
+                self.publish_run(publish)
             }
             Action::Route(publish) => match self.publish_now(publish) {
                 Ok(()) => Ok(None),
@@ -555,7 +576,7 @@ impl Conn {
                 if refused {
                     return None;
                 }
-                match self.act_stored(action) {
+                match self.act_stored(action, true) {
                     Ok(end) => end,
                     Err(wait) => Box::pin(self.wait_for(wait)).await,
                 }
@@ -952,6 +973,62 @@ impl Conn {
         Ok(())
     }
 
+    /// Whether the packet behind `publish` in the buffer continues a run of it
+    /// (`publish_run`): a whole PUBLISH on the same topic, of the same QoS, without RETAIN,
+    /// with a shard that can route the run at once.
+    fn is_run_ahead(&self, publish: &Publish) -> bool {
+        let topic = publish.topic.as_bytes();
+        !publish.retain
+            && codec::publish_continues(&self.buf, run_header(publish), topic)
+            && self.shard.can_publish_run(publish.topic.as_str())
+    }
+
+    /// Routes `publish` with the PUBLISHes right behind it in the buffer that continue it
+    /// (same topic, QoS, no RETAIN; `RUN_MAX` at most) as one run, each subscriber getting
+    /// the whole run at once (`Shard::publish_run`), then acknowledges each in order. The
+    /// first packet that does not continue the run is acted on after it.
+    #[allow(clippy::result_large_err)]
+    fn publish_run(&mut self, publish: Publish) -> Result<Option<End>, Wait> {
+        let mut run = Vec::with_capacity(RUN_MAX);
+        run.push(Message::received(publish, self.token));
+        let next = self.read_run(&mut run);
+        let matched = self.shard.publish_run(&run);
+        for message in &run {
+            let ack = self
+                .machine
+                .routed(message.publish.qos, message.publish.pkid, matched);
+            self.send_some(ack);
+        }
+        match next {
+            None => Ok(None),
+            // Not as a run: acting on what follows could start another, and another, deeper
+            // with each, for as long as the buffer lasts.
+            Some(Ok(action)) => self.act_with(action, false),
+            Some(Err(end)) => Ok(Some(end)),
+        }
+    }
+
+    /// Decodes the PUBLISHes behind the first of `run` that continue it; gives back what
+    /// the machine made of one that turned out not to (a refused one), if any.
+    fn read_run(&mut self, run: &mut Vec<Message>) -> Option<Result<Action, End>> {
+        let header = run_header(&run[0].publish);
+        let topic = run[0].publish.topic.clone();
+        while run.len() < RUN_MAX && codec::publish_continues(&self.buf, header, topic.as_bytes()) {
+            let read = match self.codec.decode(&mut self.buf) {
+                Ok(Decoded::Packet(packet)) => Ok(packet),
+                Ok(Decoded::Incomplete { .. }) => return None,
+                Err(e) => Err(ReadError::Decode(e)),
+            };
+            match self.action_for(read) {
+                Ok(Action::Route(publish)) if publish.topic == topic => {
+                    run.push(Message::received(publish, self.token));
+                }
+                other => return Some(other),
+            }
+        }
+        None
+    }
+
     /// Routes a checked message, waiting as `Shard::publish` may, then acknowledges it.
     async fn route(&mut self, message: Message) {
         let (qos, pkid) = (message.publish.qos, message.publish.pkid);
@@ -1096,4 +1173,10 @@ fn refusal_reason(admission: &Admission, connack: &ConnAck) -> String {
         }
         None => format!("CONNACK 0x{code:02X} (see the MQTT reason code)"),
     }
+}
+
+/// The first byte of the fixed header of the PUBLISHes that may continue a run of `publish`
+/// (DUP aside): its QoS, no RETAIN.
+fn run_header(publish: &Publish) -> u8 {
+    0x30 | (publish.qos as u8) << 1
 }

@@ -38,7 +38,7 @@ use bytes::{Bytes, BytesMut};
 pub use ack::{plain_pubacks, short_ack};
 pub use error::{DecodeError, EncodeError};
 use fixed_header::{packet_type::*, FixedHeader};
-pub use publish::Shape;
+pub use publish::{publish_continues, Shape};
 use reader::Reader;
 pub use topic_syntax::{validate_topic_filter, validate_topic_name};
 pub use varint::VARINT_MAX;

@@ -73,6 +73,25 @@ pub(crate) fn read(flags: u8, r: &mut Reader) -> Result<Publish, DecodeError> {
     })
 }
 
+/// Whether the packet at the front of `buf` is a whole PUBLISH on `topic` whose fixed
+/// header begins with `first` (DUP aside), told without decoding it: a connection routes
+/// the PUBLISHes on one topic that follow each other in its buffer as one run, and looks
+/// ahead with this so that a packet that would not continue the run stays undecoded. The
+/// codec still decodes and checks every packet of the run.
+pub fn publish_continues(buf: &[u8], first: u8, topic: &[u8]) -> bool {
+    const DUP: u8 = 0b1000;
+    let Ok(Ok(header)) = fixed_header::parse(buf) else {
+        return false;
+    };
+    let start = header.header_len;
+    let end = start + 2 + topic.len();
+    buf[0] & !DUP == first & !DUP
+        && buf.len() >= header.frame_len()
+        && end <= header.frame_len()
+        && buf[start..start + 2] == (topic.len() as u16).to_be_bytes()
+        && buf[start + 2..end] == *topic
+}
+
 /// The first byte of the fixed header.
 fn first_byte(s: Shape) -> u8 {
     (PUBLISH << 4) | u8::from(s.dup) << 3 | (s.qos as u8) << 1 | u8::from(s.retain)

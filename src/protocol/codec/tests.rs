@@ -760,3 +760,26 @@ fn a_packet_is_no_larger_than_a_publish_and_its_tag() {
     let publish = std::mem::size_of::<Publish>();
     assert!(std::mem::size_of::<Packet>() <= publish + 8);
 }
+
+#[test]
+fn a_publish_continues_a_run_only_whole_and_on_the_same_topic_qos_and_retain() {
+    // QoS 1 PUBLISH on "a/b", packet id 5, payload "xy".
+    let wire = [0x32, 9, 0, 3, b'a', b'/', b'b', 0, 5, b'x', b'y'];
+    assert!(publish_continues(&wire, 0x32, b"a/b"));
+    // DUP set on a resend still continues it.
+    let mut dup = wire;
+    dup[0] |= 0x08;
+    assert!(publish_continues(&dup, 0x32, b"a/b"));
+    // Another topic (longer, shorter, other bytes), QoS, RETAIN or packet type does not.
+    for topic in [&b"a/bc"[..], b"a/", b"a/c", b""] {
+        assert!(!publish_continues(&wire, 0x32, topic), "{topic:?}");
+    }
+    for first in [0x30, 0x33, 0x34, 0x40] {
+        assert!(!publish_continues(&wire, first, b"a/b"), "{first:#x}");
+    }
+    // Nor a packet cut short, nor a topic length past the frame.
+    for len in 0..wire.len() {
+        assert!(!publish_continues(&wire[..len], 0x32, b"a/b"), "{len}");
+    }
+    assert!(!publish_continues(&[0x32, 3, 0, 3, b'a'], 0x32, b"a"));
+}
