@@ -103,6 +103,7 @@ impl Shard {
                         topic,
                         publish,
                         ack: None,
+                        is_delivered_too: false,
                     };
                     self.mesh.send(to, MeshMsg::Retain(retain)).await;
                 }

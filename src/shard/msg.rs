@@ -79,6 +79,9 @@ pub struct Retain {
     /// retained publishes are acknowledged to their publisher only after every replica has
     /// them).
     pub ack: Option<(ShardId, RequestId)>,
+    /// Whether the same message follows on this ring as a publish for this shard's
+    /// subscribers: their retained feeds skip its topic from now on (see `on_retain`).
+    pub is_delivered_too: bool,
 }
 
 /// Session `member` of shard `from` joined shared subscription `share`

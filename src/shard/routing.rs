@@ -11,7 +11,7 @@ use super::session::{Grant, Session, Subscription};
 use super::trie::Trie;
 use super::{SessionKey, Shard, State};
 use crate::mesh::{RequestId, ShardId};
-use crate::protocol::{Publish, QoS};
+use crate::protocol::{MqttString, Publish, QoS};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::future::poll_fn;
@@ -193,12 +193,9 @@ impl Shard {
         let retain_ack = request.filter(|_| replicas_ack);
         for to in (0..self.shards).filter(|&s| s != self.id()) {
             if let Some(stored) = &stored {
-                let retain = Retain {
-                    topic: message.publish.topic.as_str().to_string(),
-                    publish: Some(stored.clone()),
-                    ack: retain_ack.map(|request| (self.id(), request)),
-                };
-                self.mesh.send(to, MeshMsg::Retain(retain)).await;
+                let is_delivered_too = interested & (1 << to) != 0;
+                let replica = self.replica(stored, retain_ack, is_delivered_too);
+                self.mesh.send(to, replica).await;
             }
             if interested & (1 << to) != 0 {
                 let msg = match request.filter(|_| durable & (1 << to) != 0) {
@@ -227,6 +224,22 @@ impl Shard {
         // On a cluster node other nodes may subscribe: a PUBACK cannot say that nobody does.
         let matched = local || interested != 0 || self.cluster.is_some();
         (matched, request)
+    }
+
+    /// What sets `stored` in another shard's retained replica, answering `request` once
+    /// applied when given; `is_delivered_too` when a publish of it follows on the same ring.
+    fn replica(
+        &self,
+        stored: &Message,
+        request: Option<RequestId>,
+        is_delivered_too: bool,
+    ) -> MeshMsg {
+        MeshMsg::Retain(Retain {
+            topic: stored.publish.topic.as_str().to_string(),
+            publish: Some(stored.clone()),
+            ack: request.map(|request| (self.id(), request)),
+            is_delivered_too,
+        })
     }
 
     /// Delivers to this shard's subscribers: one copy per session at the highest QoS among
@@ -438,12 +451,39 @@ impl Shard {
             topic,
             publish,
             ack,
+            is_delivered_too,
         } = retain;
         let before = self.persist.as_ref().map_or(0, |p| p.last());
         self.persist_retained(&topic, publish.as_ref());
-        self.state.borrow_mut().retained.set(&topic, publish);
+        let mut st = self.state.borrow_mut();
+        if let (true, Some(message)) = (is_delivered_too, &publish) {
+            note_coming_live(&mut st, &message.publish.topic);
+        }
+        st.retained.set(&topic, publish);
+        drop(st);
         if let Some((from, request)) = ack {
             self.ack_when_durable(before, from, request);
+        }
+    }
+}
+
+/// The retained message on `topic` that this shard's replica just took follows on the same
+/// ring as a publish for this shard's subscribers: the retained feeds of the sessions it
+/// matches skip the topic from now on (`Cursors::note_live`), as they would once it is
+/// delivered. The delivery may wait behind backpressure (`wait_for_ring_room`) while the
+/// feeds run on, and a cursor that reached the topic meanwhile sent the replica as well: the
+/// client got the message twice, retained and live (tests/retained_scale.rs, whose
+/// subscriber then waited for ever for a count that had overshot).
+pub(super) fn note_coming_live(st: &mut State, topic: &MqttString) {
+    let State {
+        trie,
+        matched,
+        sessions,
+        ..
+    } = st;
+    for run in matched.of(trie, topic.as_str()).chunk_by(|a, b| a.0 == b.0) {
+        if let Some(session) = sessions.get_mut(&run[0].0) {
+            session.cursors.note_live(topic);
         }
     }
 }

@@ -6,6 +6,10 @@ use crate::protocol::codec::{Codec, Decoded};
 use crate::protocol::{MqttString, Packet, Publish, Version};
 use crate::shard::backpressure::Pressure;
 use crate::shard::retained::topic_order;
+use crate::shard::routing::note_coming_live;
+use crate::shard::session::Subscription;
+use crate::shard::subscriptions::add_subscription;
+use crate::shard::State;
 use bytes::Bytes;
 use std::cmp::Ordering;
 use std::sync::Arc;
@@ -243,4 +247,52 @@ fn unsubscribing_ends_the_feed() {
     f.session.cursors.remove("s/#");
     assert_eq!(f.feed(), Feed::Done);
     assert!(f.written().is_empty());
+}
+
+/// Runs `note_coming_live` for `topic` over a shard state where `f`'s session is subscribed
+/// to `s/#`, as `on_retain` does for a replica whose live copy follows on the ring.
+fn note_coming_live_in_state(f: &mut Fixture, topic: &MqttString) {
+    let mut st = State::default();
+    let key = 1;
+    add_subscription(&mut st, 0, key, "s/#", Subscription::default());
+    let session = std::mem::replace(
+        &mut f.session,
+        Session::new("-".into(), Version::V311, false),
+    );
+    st.sessions.insert(key, Box::new(session));
+    note_coming_live(&mut st, topic);
+    f.session = *st.sessions.remove(&key).expect("inserted above");
+}
+
+#[test]
+fn a_replica_whose_live_copy_is_still_on_the_ring_is_not_streamed_as_well() {
+    let mut f = Fixture::new(QoS::AtMostOnce, small_limits());
+    f.feed();
+    let first = f.written();
+    // Two new values ahead of the cursor reach this shard's replica. One was published after
+    // the subscription reached its shard: its live copy follows on the ring, held back by
+    // backpressure while the feed goes on. The other was published before: only the feed
+    // sends it.
+    let (coming, stored_only) = (topic(TOPICS - 1), topic(TOPICS - 2));
+    let update = retained(&coming, b"new", QoS::AtMostOnce);
+    f.store.set(&coming, Some(update.clone()));
+    note_coming_live_in_state(&mut f, &update.publish.topic);
+    f.store.set(
+        &stored_only,
+        Some(retained(&stored_only, b"new", QoS::AtMostOnce)),
+    );
+    let rest = f.run_to_end();
+    assert!(!rest.contains(&coming), "left to its live copy");
+    assert!(rest.contains(&stored_only));
+    let grant = Grant::as_published(&update.publish);
+    f.session
+        .deliver(&update.publish, grant, &f.limits, &mut f.enc);
+    let live = f.written();
+    assert_eq!(live.len(), 1);
+    assert_eq!(live[0].topic.as_str(), coming);
+    assert_eq!(
+        first.len() + rest.len() + live.len(),
+        TOPICS,
+        "every topic once"
+    );
 }
