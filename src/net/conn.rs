@@ -341,7 +341,7 @@ enum ReadError {
 
 impl Conn {
     async fn run(&mut self) -> End {
-        let connect = match self.read_packet().await {
+        let connect = match self.read_packet().await.map(|(packet, _)| packet) {
             Ok(Packet::Connect(connect)) => *connect,
             Err(ReadError::Decode(e)) => {
                 let why = format!("its CONNECT does not decode: {e}");
@@ -385,10 +385,15 @@ impl Conn {
         let mut cost_this_turn = 0;
         let mut sent_at_turn_start = self.shard.metrics.messages_sent();
         loop {
-            let before = self.buf.len();
             // Nothing large may live across an await of this loop (a packet, an action): the
             // task holds the loop's state for as long as the connection lives.
             let read = self.read_packet().await;
+            // The bytes this turn decodes, counted from the first packet's start: a read that
+            // filled the buffer on the way is counted by what was decoded of it, not lost
+            // (measured from the buffer before the read, a run that followed one counted as
+            // 1 byte, and fanout-10 turns of 256-byte runs held twice the messages meant).
+            let before = self.buf.len() + read.as_ref().map_or(0, |(_, len)| *len);
+            let read = read.map(|(packet, _)| packet);
             // The action's scope ends before the next await: a local that was borrowed
             // (`hold_point`) keeps its room in the task until its scope ends, moved or not,
             // and the task would carry an action (200 bytes) for the life of the connection.
@@ -643,17 +648,19 @@ impl Conn {
         End::Closed
     }
 
-    /// Decodes the next packet, reading from the socket as needed. A decoded packet is never
+    /// Decodes the next packet, reading from the socket as needed; gives it with its length
+    /// on the wire. A decoded packet is never
     /// held across the read's await, so the future stays small: a packet already in the
     /// buffer costs no more than a call. An async block, not an async fn, like `fill`: a fn
     /// keeps `self` twice in its state, and the read loop holds both for the life of the
     /// connection.
     #[allow(clippy::manual_async_fn)]
-    fn read_packet(&mut self) -> impl Future<Output = Result<Packet, ReadError>> + '_ {
+    fn read_packet(&mut self) -> impl Future<Output = Result<(Packet, usize), ReadError>> + '_ {
         async move {
             loop {
+                let len = self.buf.len();
                 match self.codec.decode(&mut self.buf) {
-                    Ok(Decoded::Packet(packet)) => return Ok(packet),
+                    Ok(Decoded::Packet(packet)) => return Ok((packet, len - self.buf.len())),
                     Ok(Decoded::Incomplete { .. }) => {}
                     Err(e) => return Err(ReadError::Decode(e)),
                 }
