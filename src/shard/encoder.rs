@@ -118,17 +118,6 @@ impl Encoder {
         HeaderSlot(index as u16 + 1)
     }
 
-    /// Length of the packet `push_shared` would queue.
-    pub fn shared_len(
-        &mut self,
-        publish: &Arc<Publish>,
-        slot: HeaderSlot,
-        (version, qos, retain): (Version, QoS, bool),
-    ) -> Option<usize> {
-        let (header, _) = cached(&mut self.headers, publish, slot, (version, qos, retain))?;
-        Some(header.len() + publish.payload.len())
-    }
-
     /// Queues a PUBLISH encoded from scratch.
     pub fn push_publish(&mut self, outbox: &Outbox, publish: &Publish, version: Version) {
         push_publish(outbox, publish, version, &mut self.scratch);

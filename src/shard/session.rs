@@ -5,6 +5,7 @@
 use super::cursor::{Cursor, Cursors, Feed};
 use super::encoder::{push_publish, Encoder, HeaderSlot};
 use super::lazy::Lazy;
+use super::message;
 use super::overflow;
 use crate::config::{Limits, Qos12Overflow};
 use crate::protocol::codec;
@@ -553,7 +554,7 @@ impl Session {
             return self.drop_message(DropReason::Offline, grant.qos);
         }
         // The client will never accept it, so it is not worth a place in the queue.
-        if self.is_too_large(publish, &grant, enc) {
+        if self.is_too_large(publish, &grant) {
             return self.drop_message(DropReason::TooLarge, grant.qos);
         }
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
@@ -616,24 +617,26 @@ impl Session {
         self.deliver(&out.publish, out.grant, limits, enc)
     }
 
-    /// Whether the PUBLISH this client gets is over its Maximum Packet Size.
-    fn is_too_large(&self, publish: &Arc<Publish>, grant: &Grant, enc: &mut Encoder) -> bool {
+    /// Whether the PUBLISH this client gets is over its Maximum Packet Size. Measured, not
+    /// encoded: a header encoded into the encoder's cache here was encoded a second time
+    /// for a message going to one session (`Encoder::set_sole`), and the cache's weak
+    /// reference kept the message's allocation from being reused (`message::recycle`).
+    fn is_too_large(&self, publish: &Publish, grant: &Grant) -> bool {
         let max = self.peer.packet_size_max as usize;
         if max == u32::MAX as usize {
             return false;
         }
-        let shared = (grant.ids().is_empty())
-            .then(|| {
-                enc.shared_len(
-                    publish,
-                    grant.header,
-                    (self.version, grant.qos, grant.retain),
-                )
-            })
-            .flatten();
-        let len = shared.unwrap_or_else(|| {
+        let len = if grant.ids().is_empty() && grant.expires_at.is_none() {
+            let shape = codec::Shape {
+                qos: grant.qos,
+                retain: grant.retain,
+                dup: false,
+                pkid: 0,
+            };
+            codec::shaped_len(publish, shape, self.version)
+        } else {
             codec::publish_len(&grant.to_publish(publish, 0, false), self.version)
-        });
+        };
         len > max
     }
 
@@ -967,7 +970,7 @@ impl Session {
         limits: &Limits,
         enc: &mut Encoder,
     ) {
-        if self.is_too_large(publish, &grant, enc) {
+        if self.is_too_large(publish, &grant) {
             self.drop_message(DropReason::TooLarge, grant.qos);
             return;
         }
@@ -1032,11 +1035,15 @@ impl Session {
         // Clients acknowledge in order, nearly always: the oldest goes without a search or a
         // shift of the window (`remove` was 5% of a QoS 1 fan-out's instructions).
         let done = if self.inflight.front().is_some_and(is_it) {
-            self.inflight.pop_front().is_some()
+            self.inflight.pop_front()
         } else {
             let found = self.inflight.iter().position(is_it);
-            found.is_some_and(|index| self.inflight.remove(index).is_some())
+            found.and_then(|index| self.inflight.remove(index))
         };
+        // The window is usually a message's last holder: its allocation goes to the next one.
+        let done = done
+            .map(|inflight| message::recycle(inflight.out.publish))
+            .is_some();
         if let (true, Some(sid)) = (done, self.sid()) {
             self.note_quietly(Record::Done { sid, pkid });
         }

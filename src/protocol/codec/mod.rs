@@ -273,6 +273,13 @@ pub fn publish_len(publish: &Publish, version: Version) -> usize {
     fixed_header::len(remaining) + remaining
 }
 
+/// Length of the whole PUBLISH `write_shaped_header` and the payload make: `publish` sent with
+/// `shape`'s QoS, retain, DUP and packet id, without a copy of it.
+pub fn shaped_len(publish: &Publish, shape: Shape, version: Version) -> usize {
+    let remaining = publish::len(publish, shape, version);
+    fixed_header::len(remaining) + remaining
+}
+
 /// Encodes any packet for `version` (PUBLISH: header then a copy of the payload — for
 /// clients/tests). On error `out` is left as it was.
 pub fn encode(packet: &Packet, version: Version, out: &mut BytesMut) -> Result<(), EncodeError> {
