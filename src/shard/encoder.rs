@@ -91,6 +91,10 @@ impl Encoder {
         let Some((header, pkid_at)) = cached(headers, publish, slot, shape) else {
             return;
         };
+        if outbox.is_coalescing(header.len() + publish.payload.len()) {
+            outbox.push_publish_parts(header, pkid_at.map(|at| (at, pkid)), &publish.payload);
+            return;
+        }
         reserve(scratch);
         scratch.extend_from_slice(header);
         if let Some(at) = pkid_at {
