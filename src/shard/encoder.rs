@@ -221,13 +221,20 @@ fn push_shaped(
     version: Version,
     (qos, retain, pkid): (QoS, bool, u16),
 ) {
-    reserve(scratch);
     let shape = codec::Shape {
         qos,
         retain,
         dup: false,
         pkid,
     };
+    let mut short = [0; codec::SHORT_HEADER_MAX];
+    if let Some(len) = codec::short_header(publish, shape, version, &mut short)
+        .filter(|len| outbox.is_coalescing(len + publish.payload.len()))
+    {
+        outbox.push_parts(&short[..len], &publish.payload);
+        return;
+    }
+    reserve(scratch);
     if codec::write_shaped_header(publish, shape, version, scratch).is_err() {
         scratch.clear();
         return;

@@ -38,7 +38,7 @@ use bytes::{Bytes, BytesMut};
 pub use ack::{plain_pubacks, short_ack};
 pub use error::{DecodeError, EncodeError};
 use fixed_header::{packet_type::*, FixedHeader};
-pub use publish::{publish_continues, Shape};
+pub use publish::{publish_continues, short_header, Shape, SHORT_HEADER_MAX};
 use reader::Reader;
 pub use topic_syntax::{validate_topic_filter, validate_topic_name};
 pub use varint::VARINT_MAX;
