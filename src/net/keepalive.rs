@@ -244,7 +244,6 @@ async fn run() {
             }
             (due, done, s.churn.second_passed(done))
         });
-        crate::shard::message::sweep_spares();
         if trim {
             let started = Instant::now();
             crate::host::give_back_free_heap();

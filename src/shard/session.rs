@@ -5,7 +5,6 @@
 use super::cursor::{Cursor, Cursors, Feed};
 use super::encoder::{push_publish, Encoder, HeaderSlot};
 use super::lazy::Lazy;
-use super::message;
 use super::overflow;
 use crate::config::{Limits, Qos12Overflow};
 use crate::protocol::codec;
@@ -619,8 +618,7 @@ impl Session {
 
     /// Whether the PUBLISH this client gets is over its Maximum Packet Size. Measured, not
     /// encoded: a header encoded into the encoder's cache here was encoded a second time
-    /// for a message going to one session (`Encoder::set_sole`), and the cache's weak
-    /// reference kept the message's allocation from being reused (`message::recycle`).
+    /// for a message going to one session (`Encoder::set_sole`).
     fn is_too_large(&self, publish: &Publish, grant: &Grant) -> bool {
         let max = self.peer.packet_size_max as usize;
         if max == u32::MAX as usize {
@@ -1035,15 +1033,11 @@ impl Session {
         // Clients acknowledge in order, nearly always: the oldest goes without a search or a
         // shift of the window (`remove` was 5% of a QoS 1 fan-out's instructions).
         let done = if self.inflight.front().is_some_and(is_it) {
-            self.inflight.pop_front()
+            self.inflight.pop_front().is_some()
         } else {
             let found = self.inflight.iter().position(is_it);
-            found.and_then(|index| self.inflight.remove(index))
+            found.is_some_and(|index| self.inflight.remove(index).is_some())
         };
-        // The window is usually a message's last holder: its allocation goes to the next one.
-        let done = done
-            .map(|inflight| message::recycle(inflight.out.publish))
-            .is_some();
         if let (true, Some(sid)) = (done, self.sid()) {
             self.note_quietly(Record::Done { sid, pkid });
         }
