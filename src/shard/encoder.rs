@@ -91,6 +91,10 @@ impl Encoder {
         let Some((header, pkid_at)) = cached(headers, publish, slot, shape) else {
             return;
         };
+        if outbox.is_coalescing(header.len() + publish.payload.len()) {
+            outbox.push_publish_parts(header, pkid_at.map(|at| (at, pkid)), &publish.payload);
+            return;
+        }
         reserve(scratch);
         scratch.extend_from_slice(header);
         if let Some(at) = pkid_at {
@@ -116,17 +120,6 @@ impl Encoder {
         self.next_slot = (index + 1) % CACHED_MESSAGES;
         table(&mut self.headers)[index].hold(publish);
         HeaderSlot(index as u16 + 1)
-    }
-
-    /// Length of the packet `push_shared` would queue.
-    pub fn shared_len(
-        &mut self,
-        publish: &Arc<Publish>,
-        slot: HeaderSlot,
-        (version, qos, retain): (Version, QoS, bool),
-    ) -> Option<usize> {
-        let (header, _) = cached(&mut self.headers, publish, slot, (version, qos, retain))?;
-        Some(header.len() + publish.payload.len())
     }
 
     /// Queues a PUBLISH encoded from scratch.
@@ -228,13 +221,20 @@ fn push_shaped(
     version: Version,
     (qos, retain, pkid): (QoS, bool, u16),
 ) {
-    reserve(scratch);
     let shape = codec::Shape {
         qos,
         retain,
         dup: false,
         pkid,
     };
+    let mut short = [0; codec::SHORT_HEADER_MAX];
+    if let Some(len) = codec::short_header(publish, shape, version, &mut short)
+        .filter(|len| outbox.is_coalescing(len + publish.payload.len()))
+    {
+        outbox.push_parts(&short[..len], &publish.payload);
+        return;
+    }
+    reserve(scratch);
     if codec::write_shaped_header(publish, shape, version, scratch).is_err() {
         scratch.clear();
         return;

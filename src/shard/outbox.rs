@@ -255,6 +255,13 @@ impl Outbox {
     /// Queues a small packet given as `header` and `payload` slices (see `is_coalescing`),
     /// copying both into the open chunk.
     pub fn push_parts(&self, header: &[u8], payload: &[u8]) {
+        self.push_publish_parts(header, None, payload);
+    }
+
+    /// `push_parts` for a PUBLISH header kept for many subscribers, with its packet id
+    /// (`pkid`: the id and its offset in `header`) written into the copy in the chunk: the
+    /// header is copied once, not first into a scratch buffer to be patched there.
+    pub fn push_publish_parts(&self, header: &[u8], pkid: Option<(usize, u16)>, payload: &[u8]) {
         if self.closing.get() {
             return;
         }
@@ -266,7 +273,13 @@ impl Outbox {
             open = self.open.borrow_mut();
             open.reserve(len.max(self.chunk_bytes(len)));
         }
+        let start = open.len();
         open.extend_from_slice(header);
+        if let Some((at, id)) = pkid {
+            if let Some(field) = open.get_mut(start + at..start + at + 2) {
+                field.copy_from_slice(&id.to_be_bytes());
+            }
+        }
         open.extend_from_slice(payload);
         drop(open);
         self.coalesced.set(self.coalesced.get() + len);

@@ -553,7 +553,7 @@ impl Session {
             return self.drop_message(DropReason::Offline, grant.qos);
         }
         // The client will never accept it, so it is not worth a place in the queue.
-        if self.is_too_large(publish, &grant, enc) {
+        if self.is_too_large(publish, &grant) {
             return self.drop_message(DropReason::TooLarge, grant.qos);
         }
         if self.is_online() && self.queue.is_empty() && (is_qos0 || self.has_window(limits)) {
@@ -616,24 +616,25 @@ impl Session {
         self.deliver(&out.publish, out.grant, limits, enc)
     }
 
-    /// Whether the PUBLISH this client gets is over its Maximum Packet Size.
-    fn is_too_large(&self, publish: &Arc<Publish>, grant: &Grant, enc: &mut Encoder) -> bool {
+    /// Whether the PUBLISH this client gets is over its Maximum Packet Size. Measured, not
+    /// encoded: a header encoded into the encoder's cache here was encoded a second time
+    /// for a message going to one session (`Encoder::set_sole`).
+    fn is_too_large(&self, publish: &Publish, grant: &Grant) -> bool {
         let max = self.peer.packet_size_max as usize;
         if max == u32::MAX as usize {
             return false;
         }
-        let shared = (grant.ids().is_empty())
-            .then(|| {
-                enc.shared_len(
-                    publish,
-                    grant.header,
-                    (self.version, grant.qos, grant.retain),
-                )
-            })
-            .flatten();
-        let len = shared.unwrap_or_else(|| {
+        let len = if grant.ids().is_empty() && grant.expires_at.is_none() {
+            let shape = codec::Shape {
+                qos: grant.qos,
+                retain: grant.retain,
+                dup: false,
+                pkid: 0,
+            };
+            codec::shaped_len(publish, shape, self.version)
+        } else {
             codec::publish_len(&grant.to_publish(publish, 0, false), self.version)
-        });
+        };
         len > max
     }
 
@@ -967,7 +968,7 @@ impl Session {
         limits: &Limits,
         enc: &mut Encoder,
     ) {
-        if self.is_too_large(publish, &grant, enc) {
+        if self.is_too_large(publish, &grant) {
             self.drop_message(DropReason::TooLarge, grant.qos);
             return;
         }

@@ -38,7 +38,7 @@ use bytes::{Bytes, BytesMut};
 pub use ack::{plain_pubacks, short_ack};
 pub use error::{DecodeError, EncodeError};
 use fixed_header::{packet_type::*, FixedHeader};
-pub use publish::{publish_continues, Shape};
+pub use publish::{publish_continues, short_header, Shape, SHORT_HEADER_MAX};
 use reader::Reader;
 pub use topic_syntax::{validate_topic_filter, validate_topic_name};
 pub use varint::VARINT_MAX;
@@ -270,6 +270,13 @@ pub fn encoded_len(packet: &Packet, version: Version) -> usize {
 /// `Packet` around it (checked against a client's Maximum Packet Size before queueing).
 pub fn publish_len(publish: &Publish, version: Version) -> usize {
     let remaining = publish::len(publish, Shape::of(publish), version);
+    fixed_header::len(remaining) + remaining
+}
+
+/// Length of the whole PUBLISH `write_shaped_header` and the payload make: `publish` sent with
+/// `shape`'s QoS, retain, DUP and packet id, without a copy of it.
+pub fn shaped_len(publish: &Publish, shape: Shape, version: Version) -> usize {
+    let remaining = publish::len(publish, shape, version);
     fixed_header::len(remaining) + remaining
 }
 

@@ -108,6 +108,55 @@ pub(crate) fn len(p: &Publish, s: Shape, version: Version) -> usize {
     variable_header_len(p, s, version) + p.payload.len()
 }
 
+/// Room for the header `short_header` writes: topic names of up to 118 bytes.
+pub const SHORT_HEADER_MAX: usize = 128;
+
+/// The bytes `write_header` writes for `p` sent with `s`, written into `out` when `p` has no
+/// properties and a topic name short enough for `out`; their length. A message going to one
+/// session has its header written once: through `BytesMut` into a scratch buffer and copied
+/// on from there, that took ~250 instructions a message at pairs-100 QoS 1 (callgrind).
+/// `None`: write it the general way.
+pub fn short_header(
+    p: &Publish,
+    s: Shape,
+    version: Version,
+    out: &mut [u8; SHORT_HEADER_MAX],
+) -> Option<usize> {
+    let topic = p.topic.as_bytes();
+    // Fixed header (at most 5 bytes), topic length, packet id, property length.
+    if !p.properties.is_unset() || topic.len() + 10 > SHORT_HEADER_MAX {
+        return None;
+    }
+    let remaining = len(p, s, version);
+    if remaining > super::VARINT_MAX as usize {
+        return None;
+    }
+    out[0] = first_byte(s);
+    let mut at = 1;
+    let mut value = remaining;
+    loop {
+        let more = value >= 0x80;
+        out[at] = (value & 0x7F) as u8 | u8::from(more) << 7;
+        at += 1;
+        value >>= 7;
+        if !more {
+            break;
+        }
+    }
+    out[at..at + 2].copy_from_slice(&(topic.len() as u16).to_be_bytes());
+    out[at + 2..at + 2 + topic.len()].copy_from_slice(topic);
+    at += 2 + topic.len();
+    if s.qos != QoS::AtMostOnce {
+        out[at..at + 2].copy_from_slice(&s.pkid.to_be_bytes());
+        at += 2;
+    }
+    if version == Version::V5 {
+        out[at] = 0; // no properties
+        at += 1;
+    }
+    Some(at)
+}
+
 /// Writes the fixed header, topic, packet id and properties of `p` sent with `s`; the
 /// Remaining Length counts the payload, which the caller sends after these bytes.
 pub(crate) fn write_header(

@@ -112,6 +112,59 @@ fn publish_header_plus_payload_equals_encode() {
 }
 
 #[test]
+fn a_short_header_is_the_header_the_general_writer_writes() {
+    let topics = [
+        &b"t"[..],
+        &b"sensors/floor-3/room-12/temperature"[..],
+        &[b'x'; 118][..],
+    ];
+    let payloads = [0, 16, 100, 200, 20_000];
+    for (version, topic, size) in both().into_iter().flat_map(|v| {
+        topics
+            .iter()
+            .flat_map(move |t| payloads.map(|n| (v, *t, n)))
+    }) {
+        for (qos, retain, pkid) in [
+            (QoS::AtMostOnce, false, 0),
+            (QoS::AtLeastOnce, true, 7),
+            (QoS::ExactlyOnce, false, 65_535),
+        ] {
+            let mut p = samples::publish("a", QoS::AtLeastOnce, b"x");
+            p.topic = MqttString::from_bytes(Bytes::copy_from_slice(topic)).unwrap();
+            p.payload = Bytes::from(vec![1; size]);
+            let shape = Shape {
+                qos,
+                retain,
+                dup: false,
+                pkid,
+            };
+            let mut general = BytesMut::new();
+            write_shaped_header(&p, shape, version, &mut general).unwrap();
+            let mut short = [0; SHORT_HEADER_MAX];
+            let len = short_header(&p, shape, version, &mut short).unwrap();
+            assert_eq!(&short[..len], &general[..], "{version:?} {size} {qos:?}");
+        }
+    }
+}
+
+#[test]
+fn a_header_with_properties_or_a_long_topic_is_left_to_the_general_writer() {
+    let shape = Shape {
+        qos: QoS::AtLeastOnce,
+        retain: false,
+        dup: false,
+        pkid: 1,
+    };
+    let mut out = [0; SHORT_HEADER_MAX];
+    let mut p = samples::publish("a", QoS::AtLeastOnce, b"x");
+    p.properties = samples::publish_properties().into();
+    assert_eq!(short_header(&p, shape, Version::V5, &mut out), None);
+    let mut long = samples::publish("a", QoS::AtLeastOnce, b"x");
+    long.topic = MqttString::from_bytes(Bytes::from(vec![b'x'; 119])).unwrap();
+    assert_eq!(short_header(&long, shape, Version::V311, &mut out), None);
+}
+
+#[test]
 fn a_5_0_publish_goes_to_a_3_1_1_subscriber_without_properties() {
     let mut p = samples::publish("a", QoS::AtLeastOnce, b"x");
     p.properties = samples::publish_properties().into();
