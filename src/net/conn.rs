@@ -26,7 +26,7 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Bytes asked of the socket per read.
@@ -644,94 +644,113 @@ impl Conn {
     }
 
     /// Decodes the next packet, reading from the socket as needed. A decoded packet is never
-    /// held across the read's await, so the future stays small: a packet already in the
-    /// buffer costs no more than a call. An async block, not an async fn, like `fill`: a fn
-    /// keeps `self` twice in its state, and the read loop holds both for the life of the
-    /// connection.
+    /// held across the read's await. A plain TCP read is a poll over the `Conn`'s own fields
+    /// (`poll_packet`), so the read loop's await keeps nothing but a pointer: the connection's
+    /// task holds the state of that await for as long as the connection lives, most of it
+    /// idle. TLS and WebSocket reads are async and boxed while they wait (`fill_other`). An
+    /// async block, not an async fn: a fn keeps `self` twice in its state.
     #[allow(clippy::manual_async_fn)]
     fn read_packet(&mut self) -> impl Future<Output = Result<Packet, ReadError>> + '_ {
         async move {
             loop {
-                match self.codec.decode(&mut self.buf) {
-                    Ok(Decoded::Packet(packet)) => return Ok(packet),
-                    Ok(Decoded::Incomplete { .. }) => {}
-                    Err(e) => return Err(ReadError::Decode(e)),
+                // Not a match: its scrutinee (a packet's room) would live across the fill.
+                if let Some(packet) = std::future::poll_fn(|cx| self.poll_packet(cx)).await? {
+                    return Ok(packet);
                 }
-                self.fill().await?;
+                Box::pin(self.fill_other()).await?;
             }
         }
     }
 
-    /// Reads what the socket has into the buffer, within the time the machine allows.
-    #[allow(clippy::manual_async_fn)]
-    fn fill(&mut self) -> impl Future<Output = Result<(), ReadError>> + '_ {
-        async move {
+    /// The next packet once decoded, reading a plain TCP socket as needed; Ready(Ok(None))
+    /// when the buffer holds no whole packet and the transport is not plain TCP.
+    fn poll_packet(&mut self, cx: &mut Context<'_>) -> Poll<Result<Option<Packet>, ReadError>> {
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Decoded::Packet(packet)) => return Poll::Ready(Ok(Some(packet))),
+                Ok(Decoded::Incomplete { .. }) => {}
+                Err(e) => return Poll::Ready(Err(ReadError::Decode(e))),
+            }
+            if !matches!(self.reader, Reader::Plain(_)) {
+                return Poll::Ready(Ok(None));
+            }
             let chunk = self.read_chunk;
             let timeout = self.machine.read_timeout(self.now);
-            if matches!(self.reader, Reader::Plain(_)) {
-                self.deadline.set(timeout.map(|t| self.now + t));
-            } else {
-                self.reader.set_read_timeout(timeout);
-            }
+            self.deadline.set(timeout.map(|t| self.now + t));
             let start = self.buf.len();
-            let from_arena = start == 0 && matches!(self.reader, Reader::Plain(_));
-            if !from_arena {
+            if start > 0 {
                 self.own_buffer(chunk);
                 self.buf.resize(start + chunk, 0);
+            } else {
+                // An empty slice of the arena would keep its allocation from being reused.
+                self.buf = BytesMut::new();
             }
-            let read = match &mut self.reader {
+            let Reader::Plain(socket) = &mut self.reader else {
+                return Poll::Ready(Ok(None)); // matched above
+            };
+            let read = match start {
                 // Nothing held between packets: read into the shard's arena (see `arena`).
-                Reader::Plain(socket) if from_arena => {
-                    self.buf = BytesMut::new();
-                    let entry = &mut self.deadline;
-                    let read =
-                        std::future::poll_fn(|cx| match arena::poll_read(socket, cx, chunk) {
-                            Poll::Pending => keepalive::poll_expired(entry, cx),
-                            ready => ready,
-                        })
-                        .await;
-                    read.map(|bytes| {
-                        self.buf = bytes;
-                        self.in_arena = true;
-                        self.buf.len()
-                    })
-                }
-                Reader::Plain(socket) => {
-                    let buf = &mut self.buf[start..];
-                    let entry = &mut self.deadline;
-                    std::future::poll_fn(|cx| match socket.poll_read(cx, buf) {
-                        Poll::Pending => keepalive::poll_expired(entry, cx),
-                        ready => ready,
-                    })
-                    .await
-                }
-                // TLS and WebSocket reads are larger state machines: boxed, so that a plain
-                // connection's task does not carry their size.
-                reader => Box::pin(reader.read(&mut self.buf[start..])).await,
+                0 => arena::poll_read(socket, cx, chunk).map_ok(|bytes| {
+                    self.buf = bytes;
+                    self.in_arena = true;
+                    self.buf.len()
+                }),
+                _ => socket.poll_read(cx, &mut self.buf[start..]),
             };
-            self.now = Instant::now();
-            let n = match read {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            let read = match read {
+                Poll::Ready(read) => read,
+                Poll::Pending => {
                     self.buf.truncate(start);
-                    // Nothing came in time: the machine decides whether that ends the connection.
-                    return match self.machine.handle_timeout(self.now) {
-                        Some(action) => Err(ReadError::Close(action)),
-                        None => Ok(()),
-                    };
+                    std::task::ready!(keepalive::poll_expired(&mut self.deadline, cx))
                 }
-                Err(_) => 0,
             };
-            self.buf.truncate(start + n);
-            if n == 0 {
-                return Err(ReadError::Gone);
-            }
-            if n == chunk {
-                self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES);
-            }
-            self.shard.metrics.add_bytes_received(n);
-            Ok(())
+            self.read_done(read, start, chunk)?;
         }
+    }
+
+    /// Reads what a TLS or WebSocket transport has into the buffer, within the time the
+    /// machine allows.
+    async fn fill_other(&mut self) -> Result<(), ReadError> {
+        let chunk = self.read_chunk;
+        let timeout = self.machine.read_timeout(self.now);
+        self.reader.set_read_timeout(timeout);
+        let start = self.buf.len();
+        self.own_buffer(chunk);
+        self.buf.resize(start + chunk, 0);
+        let read = self.reader.read(&mut self.buf[start..]).await;
+        self.read_done(read, start, chunk)
+    }
+
+    /// Takes in the outcome of a read of at most `chunk` bytes after the `start` bytes the
+    /// buffer held: the connection's time, the end of stream, the read size.
+    fn read_done(
+        &mut self,
+        read: std::io::Result<usize>,
+        start: usize,
+        chunk: usize,
+    ) -> Result<(), ReadError> {
+        self.now = Instant::now();
+        let n = match read {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.buf.truncate(start);
+                // Nothing came in time: the machine decides whether that ends the connection.
+                return match self.machine.handle_timeout(self.now) {
+                    Some(action) => Err(ReadError::Close(action)),
+                    None => Ok(()),
+                };
+            }
+            Err(_) => 0,
+        };
+        self.buf.truncate(start + n);
+        if n == 0 {
+            return Err(ReadError::Gone);
+        }
+        if n == chunk {
+            self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES);
+        }
+        self.shard.metrics.add_bytes_received(n);
+        Ok(())
     }
 
     /// Makes room for `chunk` more bytes after a partial packet in a buffer of the
