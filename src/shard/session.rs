@@ -331,6 +331,13 @@ impl Drop for Session {
     }
 }
 
+thread_local! {
+    /// The pressure a session counts toward until a shard installs it and gives it the
+    /// shard's own (`Shard::install`): one per thread, so that making a session (one per
+    /// connection) allocates no ~200-byte `Pressure` only to drop it.
+    static DETACHED: Rc<Pressure> = Rc::new(Pressure::default());
+}
+
 impl Session {
     /// A new, empty session.
     pub fn new(client_id: String, version: Version, is_persistent: bool) -> Session {
@@ -352,7 +359,7 @@ impl Session {
             next_pkid: 1,
             burst_slots: (0, 0),
             counters: SessionCounters::default(),
-            pressure: Rc::new(Pressure::default()),
+            pressure: DETACHED.with(Rc::clone),
             over_bound_since: None,
             cursors: Cursors::default(),
             reader: None,
