@@ -118,7 +118,7 @@ impl Shard {
         self.state
             .borrow_mut()
             .registry
-            .insert(image.client_id.clone(), owner);
+            .insert(image.client_id.as_str().into(), owner);
         let expires =
             image.version == crate::protocol::Version::V5 && image.expiry_secs != u32::MAX;
         if expires {
