@@ -131,7 +131,7 @@ fn client_info(session: &Session, shard: usize, with_subscriptions: bool) -> Cli
     };
     subscriptions.sort_unstable_by(|a, b| a.filter.cmp(&b.filter));
     ClientInfo {
-        client_id: session.client_id.clone(),
+        client_id: session.client_id.to_string(),
         shard,
         connected: session.is_online(),
         protocol: match session.version {

@@ -178,8 +178,8 @@ pub(super) fn remove_session(
 /// Removes a session, leaving its subscriptions indexed.
 pub(super) fn forget_session(st: &mut State, key: SessionKey) -> Option<Session> {
     let session = *st.sessions.remove(&key)?;
-    if st.by_client.get(session.client_id.as_str()) == Some(&key) {
-        st.by_client.remove(session.client_id.as_str());
+    if st.by_client.get(&*session.client_id) == Some(&key) {
+        st.by_client.remove(&*session.client_id);
     }
     Some(session)
 }

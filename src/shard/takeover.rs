@@ -153,7 +153,7 @@ impl Shard {
         if let Some(persist) = self.persist.as_ref().filter(|_| is_unstored) {
             session.open_journal(persist);
         }
-        st.by_client.insert(session.client_id.as_str().into(), key);
+        st.by_client.insert(session.client_id.clone(), key);
         st.sessions.insert(key, Box::new(session));
         (key, new_filters)
     }
