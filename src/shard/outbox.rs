@@ -121,9 +121,11 @@ pub struct Outbox {
     /// Messages and payload bytes waiting in the session queue behind this connection.
     held_messages: Cell<usize>,
     held_bytes: Cell<usize>,
-    pause_bytes: usize,
-    pause_messages: usize,
-    coalesce_bytes: usize,
+    /// The marks, 32 bits each (larger ones saturate): with them, an outbox and its
+    /// reference counts fit a 224-byte heap chunk, and every connection holds one.
+    pause_bytes: u32,
+    pause_messages: u32,
+    coalesce_bytes: u32,
     lag: Cell<Lag>,
     /// Last time the socket took bytes (or the subscriber started to lag).
     progress_at: Cell<Instant>,
@@ -153,6 +155,11 @@ struct Rare {
     /// is missing. Held here rather than awaited, so the connection reads on meanwhile.
     shard_holds: Cell<usize>,
     shard_waker: Cell<Option<Waker>>,
+}
+
+/// `n`, or `u32::MAX` when larger.
+fn saturated(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl Default for Outbox {
@@ -187,9 +194,9 @@ impl Outbox {
             pressure,
             held_messages: Cell::new(0),
             held_bytes: Cell::new(0),
-            pause_bytes,
-            pause_messages,
-            coalesce_bytes: COALESCE_BYTES_MAX.min(pause_bytes / 2),
+            pause_bytes: saturated(pause_bytes),
+            pause_messages: saturated(pause_messages),
+            coalesce_bytes: saturated(COALESCE_BYTES_MAX.min(pause_bytes / 2)),
             lag: Cell::new(Lag::KeepsUp),
             progress_at: Cell::new(Instant::now()),
             committed: Cell::new(0),
@@ -321,7 +328,7 @@ impl Outbox {
     /// Whether a packet of `len` bytes would be copied into the open chunk rather than
     /// queued as a frame of its own.
     pub fn is_coalescing(&self, len: usize) -> bool {
-        len <= SMALL_PACKET_BYTES_MAX && self.bytes.get() < self.coalesce_bytes
+        len <= SMALL_PACKET_BYTES_MAX && self.bytes.get() < self.coalesce_bytes as usize
     }
 
     fn count_pushed(&self, len: usize) {
@@ -430,7 +437,9 @@ impl Outbox {
         let held = self.held_messages.get();
         match self.lag.get() {
             Lag::KeepsUp if self.closing.get() => {}
-            Lag::KeepsUp if waiting >= self.pause_bytes || held >= self.pause_messages => {
+            Lag::KeepsUp
+                if waiting >= self.pause_bytes as usize || held >= self.pause_messages as usize =>
+            {
                 self.lag.set(Lag::Lagging);
                 self.progress_at.set(Instant::now());
                 self.pressure.lag_started();
@@ -450,7 +459,7 @@ impl Outbox {
     /// each pause mark, so that a subscriber let go has that much still to write while its
     /// publishers refill its buffer.
     fn is_under_resume_mark(&self, waiting: usize, held: usize) -> bool {
-        waiting < self.pause_bytes / 2 && held < self.pause_messages.div_ceil(2)
+        waiting < self.pause_bytes as usize / 2 && held < self.pause_messages.div_ceil(2) as usize
     }
 
     /// A lagging subscriber whose socket took nothing for `stall` is stuck: it stops holding
