@@ -13,7 +13,7 @@ use super::{arena, http, tls, writer};
 use crate::protocol::codec::{self, Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
 use crate::protocol::{
-    ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version,
+    ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version, Will,
 };
 use crate::security::acl::ReadScope;
 use crate::shard::encoder::{push_packet, Encoder};
@@ -31,6 +31,8 @@ use std::time::{Duration, Instant};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 16 << 10;
+// `Conn::read_chunk` holds it in 16 bits.
+const _: () = assert!(READ_CHUNK_BYTES <= u16::MAX as usize);
 /// Bytes asked of the socket per read on a new connection; doubled (up to
 /// `READ_CHUNK_BYTES`) whenever a read fills it, so idle connections stay small and busy
 /// publishers soon read in large chunks.
@@ -56,6 +58,10 @@ const TURN_BYTES_FACTOR: usize = 8;
 /// at once, so a run goes past the shard's backpressure checks (made once per run) by at most
 /// this many messages.
 const RUN_MAX: usize = 32;
+
+/// `Conn::hold_point` of an action that holds nothing (not an `Option`: the read loop keeps
+/// it across an await, in the task that lives as long as the connection).
+const NO_HOLD: u64 = u64::MAX;
 
 /// What is left of an action that has to wait.
 enum Wait {
@@ -261,7 +267,7 @@ fn serve_transport(
         reader,
         buf: BytesMut::new(),
         in_arena: false,
-        read_chunk: READ_START_BYTES,
+        read_chunk: READ_START_BYTES as u16,
         codec: Codec::new(connection_limits.packet_size_max),
         outbox,
         key: 0,
@@ -309,8 +315,9 @@ struct Conn {
     buf: BytesMut,
     /// Whether `buf` is a slice of the shard's read arena.
     in_arena: bool,
-    /// Bytes asked of the socket per read (see `READ_START_BYTES`).
-    read_chunk: usize,
+    /// Bytes asked of the socket per read (see `READ_START_BYTES`); 16 bits, so that it
+    /// shares a word with `in_arena` and `deadline`.
+    read_chunk: u16,
     codec: Codec,
     outbox: Rc<Outbox>,
     key: SessionKey,
@@ -364,19 +371,28 @@ impl Conn {
             return End::Refused;
         }
         let end = self.read_loop().await;
+        if let Some(will) = self.disconnect(end) {
+            Box::pin(self.shard.publish_will(will)).await;
+        }
+        end
+    }
+
+    /// Ends the session's connection: the will to publish now, if any (a delayed one is left
+    /// with the shard). Not matched in `run`, whose task would keep the scrutinee, a will
+    /// and its delay, in its state for the life of the connection.
+    fn disconnect(&mut self, end: End) -> Option<Will> {
         let graceful = end
             == End::Disconnected {
                 publish_will: false,
             };
-        match self.shard.disconnect(self.key, self.token, graceful) {
-            Some((will, delay)) if delay.is_zero() => Box::pin(self.shard.publish_will(will)).await,
-            Some((will, delay)) => {
+        match self.shard.disconnect(self.key, self.token, graceful)? {
+            (will, delay) if delay.is_zero() => Some(will),
+            (will, delay) => {
                 let (key, token) = (self.key, self.token);
-                self.shard.publish_will_after(key, token, will, delay)
+                self.shard.publish_will_after(key, token, will, delay);
+                None
             }
-            None => {}
         }
-        end
     }
 
     /// Reads and handles packets until the connection ends.
@@ -408,7 +424,7 @@ impl Conn {
                 Ok(end) => end,
                 Err(waiting) => waiting.await,
             };
-            if let Some(appended) = appended {
+            if appended != NO_HOLD {
                 self.hold_since(appended);
             }
             if let Some(end) = end {
@@ -458,15 +474,15 @@ impl Conn {
     }
 
     /// Where the store stands before `action`, when what this connection sends next must
-    /// wait for the records `action` appends (`hold_since`). None for what a client sends about
+    /// wait for the records `action` appends (`hold_since`). `NO_HOLD` for what a client sends about
     /// messages it was given (PUBACK, PUBREC, PUBCOMP): nothing it is answered with
     /// acknowledges their records, and what depends on one (a QoS 2 packet id, a PUBREC) holds
     /// the outbox itself (`Session::note`). Holding for them made every message a subscriber
     /// gets once its window is full wait for a write, or an fdatasync.
-    fn hold_point(&self, action: &Action) -> Option<u64> {
+    fn hold_point(&self, action: &Action) -> u64 {
         match action {
-            Action::PubAck(_) | Action::PubRec(_) | Action::PubComp(_) => None,
-            _ => Some(self.appended()),
+            Action::PubAck(_) | Action::PubRec(_) | Action::PubComp(_) => NO_HOLD,
+            _ => self.appended(),
         }
     }
 
@@ -674,7 +690,7 @@ impl Conn {
             if !matches!(self.reader, Reader::Plain(_)) {
                 return Poll::Ready(Ok(None));
             }
-            let chunk = self.read_chunk;
+            let chunk = self.read_chunk as usize;
             let timeout = self.machine.read_timeout(self.now);
             self.deadline.set(timeout.map(|t| self.now + t));
             let start = self.buf.len();
@@ -711,7 +727,7 @@ impl Conn {
     /// Reads what a TLS or WebSocket transport has into the buffer, within the time the
     /// machine allows.
     async fn fill_other(&mut self) -> Result<(), ReadError> {
-        let chunk = self.read_chunk;
+        let chunk = self.read_chunk as usize;
         let timeout = self.machine.read_timeout(self.now);
         self.reader.set_read_timeout(timeout);
         let start = self.buf.len();
@@ -747,7 +763,7 @@ impl Conn {
             return Err(ReadError::Gone);
         }
         if n == chunk {
-            self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES);
+            self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES) as u16;
         }
         self.shard.metrics.add_bytes_received(n);
         Ok(())
