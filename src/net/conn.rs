@@ -261,7 +261,7 @@ fn serve_transport(
     let mut conn = Conn {
         login,
         username: None,
-        client_id: Box::default(),
+        client_id: None,
         machine: Connection::new(connection_limits.clone(), now),
         shard,
         reader,
@@ -306,8 +306,9 @@ struct Conn {
     login: Login,
     /// The username the client logged in with (or its certificate's), for the ACL.
     username: Option<Box<str>>,
-    /// The client id, for the ACL's `%c`.
-    client_id: Box<str>,
+    /// The client id, for the ACL's `%c` (None until the CONNECT is accepted); shared with
+    /// the session.
+    client_id: Option<Rc<str>>,
     machine: Connection,
     shard: Rc<Shard>,
     reader: Reader,
@@ -839,7 +840,7 @@ impl Conn {
             let id = format!("ringcast-{:x}", self.shard.new_token());
             self.machine.assign_client_id(&mut accepted, id);
         }
-        self.client_id = accepted.client_id.as_str().into();
+        self.client_id = Some(accepted.client_id.as_str().into());
         self.token = self.shard.new_token();
         let claim = self
             .shard
@@ -925,7 +926,7 @@ impl Conn {
     /// Whether the ACL lets this client publish to `topic`.
     fn may_write(&self, topic: &str) -> bool {
         let user = self.username.as_deref();
-        let client_id = &*self.client_id;
+        let client_id = self.client_id.as_deref().unwrap_or_default();
         self.login
             .gate
             .with_tables(|t| t.can_write(user, client_id, topic))
@@ -933,8 +934,9 @@ impl Conn {
 
     /// The session an accepted CONNECT asks for, owned by this connection.
     fn new_session(&self, accepted: Accepted) -> Session {
-        let mut session = Session::new(
-            accepted.client_id,
+        let client_id = self.client_id.clone();
+        let mut session = Session::with_id(
+            client_id.unwrap_or_else(|| accepted.client_id.as_str().into()),
             self.machine.version(),
             accepted.is_persistent,
         );
@@ -1168,7 +1170,7 @@ impl Conn {
     /// per message; All (or no ACL) costs nothing per delivery.
     fn read_scope(&self, filter: &str) -> ReadScope {
         let user = self.username.as_deref();
-        let client_id = &*self.client_id;
+        let client_id = self.client_id.as_deref().unwrap_or_default();
         let filter = crate::protocol::topic::filter_part(filter);
         self.login.gate.with_tables(|t| {
             t.acl.as_ref().map_or(ReadScope::All, |acl| {

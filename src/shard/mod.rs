@@ -104,7 +104,7 @@ pub struct State {
     /// Boxed: a hash table keeps about as many empty slots as full ones, each of the size of
     /// its value.
     sessions: HashMap<SessionKey, Box<Session>>,
-    by_client: HashMap<Box<str>, SessionKey>,
+    by_client: HashMap<Rc<str>, SessionKey>,
     next_key: SessionKey,
     trie: Trie<SessionKey, Subscription>,
     /// Shared subscriptions by `$share/group/filter`, with every member on every shard.

@@ -278,8 +278,9 @@ pub struct SessionCounters {
 
 /// A client's session.
 pub struct Session {
-    /// The client identifier.
-    pub client_id: Box<str>,
+    /// The client identifier, shared with the shard's table by client id and the
+    /// connection (one allocation for the three).
+    pub client_id: Rc<str>,
     /// Protocol version of the current (or last) connection.
     pub version: Version,
     /// Whether the session outlives the connection (3.1.1 Clean Session = 0).
@@ -355,8 +356,13 @@ thread_local! {
 impl Session {
     /// A new, empty session.
     pub fn new(client_id: String, version: Version, is_persistent: bool) -> Session {
+        Session::with_id(client_id.into(), version, is_persistent)
+    }
+
+    /// A new, empty session whose client id is shared with its connection.
+    pub fn with_id(client_id: Rc<str>, version: Version, is_persistent: bool) -> Session {
         Session {
-            client_id: client_id.into(),
+            client_id,
             version,
             is_persistent,
             subscriptions: SubscriptionMap::new(),
