@@ -13,7 +13,7 @@ use super::{arena, http, tls, writer};
 use crate::protocol::codec::{self, Codec, DecodeError, Decoded};
 use crate::protocol::connection::{Accepted, Action, Admission, Connection, Qos2, Refusal};
 use crate::protocol::{
-    ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version,
+    ConnAck, Connect, Packet, Publish, QoS, ReasonCode, Subscribe, Unsubscribe, Version, Will,
 };
 use crate::security::acl::ReadScope;
 use crate::shard::encoder::{push_packet, Encoder};
@@ -26,11 +26,13 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 /// Bytes asked of the socket per read.
 const READ_CHUNK_BYTES: usize = 16 << 10;
+// `Conn::read_chunk` holds it in 16 bits.
+const _: () = assert!(READ_CHUNK_BYTES <= u16::MAX as usize);
 /// Bytes asked of the socket per read on a new connection; doubled (up to
 /// `READ_CHUNK_BYTES`) whenever a read fills it, so idle connections stay small and busy
 /// publishers soon read in large chunks.
@@ -56,6 +58,10 @@ const TURN_BYTES_FACTOR: usize = 8;
 /// at once, so a run goes past the shard's backpressure checks (made once per run) by at most
 /// this many messages.
 const RUN_MAX: usize = 32;
+
+/// `Conn::hold_point` of an action that holds nothing (not an `Option`: the read loop keeps
+/// it across an await, in the task that lives as long as the connection).
+const NO_HOLD: u64 = u64::MAX;
 
 /// What is left of an action that has to wait.
 enum Wait {
@@ -255,13 +261,13 @@ fn serve_transport(
     let mut conn = Conn {
         login,
         username: None,
-        client_id: Box::default(),
+        client_id: None,
         machine: Connection::new(connection_limits.clone(), now),
         shard,
         reader,
         buf: BytesMut::new(),
         in_arena: false,
-        read_chunk: READ_START_BYTES,
+        read_chunk: READ_START_BYTES as u16,
         codec: Codec::new(connection_limits.packet_size_max),
         outbox,
         key: 0,
@@ -300,8 +306,9 @@ struct Conn {
     login: Login,
     /// The username the client logged in with (or its certificate's), for the ACL.
     username: Option<Box<str>>,
-    /// The client id, for the ACL's `%c`.
-    client_id: Box<str>,
+    /// The client id, for the ACL's `%c` (None until the CONNECT is accepted); shared with
+    /// the session.
+    client_id: Option<Rc<str>>,
     machine: Connection,
     shard: Rc<Shard>,
     reader: Reader,
@@ -309,8 +316,9 @@ struct Conn {
     buf: BytesMut,
     /// Whether `buf` is a slice of the shard's read arena.
     in_arena: bool,
-    /// Bytes asked of the socket per read (see `READ_START_BYTES`).
-    read_chunk: usize,
+    /// Bytes asked of the socket per read (see `READ_START_BYTES`); 16 bits, so that it
+    /// shares a word with `in_arena` and `deadline`.
+    read_chunk: u16,
     codec: Codec,
     outbox: Rc<Outbox>,
     key: SessionKey,
@@ -364,19 +372,28 @@ impl Conn {
             return End::Refused;
         }
         let end = self.read_loop().await;
+        if let Some(will) = self.disconnect(end) {
+            Box::pin(self.shard.publish_will(will)).await;
+        }
+        end
+    }
+
+    /// Ends the session's connection: the will to publish now, if any (a delayed one is left
+    /// with the shard). Not matched in `run`, whose task would keep the scrutinee, a will
+    /// and its delay, in its state for the life of the connection.
+    fn disconnect(&mut self, end: End) -> Option<Will> {
         let graceful = end
             == End::Disconnected {
                 publish_will: false,
             };
-        match self.shard.disconnect(self.key, self.token, graceful) {
-            Some((will, delay)) if delay.is_zero() => Box::pin(self.shard.publish_will(will)).await,
-            Some((will, delay)) => {
+        match self.shard.disconnect(self.key, self.token, graceful)? {
+            (will, delay) if delay.is_zero() => Some(will),
+            (will, delay) => {
                 let (key, token) = (self.key, self.token);
-                self.shard.publish_will_after(key, token, will, delay)
+                self.shard.publish_will_after(key, token, will, delay);
+                None
             }
-            None => {}
         }
-        end
     }
 
     /// Reads and handles packets until the connection ends.
@@ -413,7 +430,7 @@ impl Conn {
                 Ok(end) => end,
                 Err(waiting) => waiting.await,
             };
-            if let Some(appended) = appended {
+            if appended != NO_HOLD {
                 self.hold_since(appended);
             }
             if let Some(end) = end {
@@ -463,15 +480,15 @@ impl Conn {
     }
 
     /// Where the store stands before `action`, when what this connection sends next must
-    /// wait for the records `action` appends (`hold_since`). None for what a client sends about
+    /// wait for the records `action` appends (`hold_since`). `NO_HOLD` for what a client sends about
     /// messages it was given (PUBACK, PUBREC, PUBCOMP): nothing it is answered with
     /// acknowledges their records, and what depends on one (a QoS 2 packet id, a PUBREC) holds
     /// the outbox itself (`Session::note`). Holding for them made every message a subscriber
     /// gets once its window is full wait for a write, or an fdatasync.
-    fn hold_point(&self, action: &Action) -> Option<u64> {
+    fn hold_point(&self, action: &Action) -> u64 {
         match action {
-            Action::PubAck(_) | Action::PubRec(_) | Action::PubComp(_) => None,
-            _ => Some(self.appended()),
+            Action::PubAck(_) | Action::PubRec(_) | Action::PubComp(_) => NO_HOLD,
+            _ => self.appended(),
         }
     }
 
@@ -649,96 +666,120 @@ impl Conn {
     }
 
     /// Decodes the next packet, reading from the socket as needed; gives it with its length
-    /// on the wire. A decoded packet is never
-    /// held across the read's await, so the future stays small: a packet already in the
-    /// buffer costs no more than a call. An async block, not an async fn, like `fill`: a fn
-    /// keeps `self` twice in its state, and the read loop holds both for the life of the
-    /// connection.
+    /// on the wire. A decoded packet is never held across the read's await. A plain TCP read
+    /// is a poll over the `Conn`'s own fields (`poll_packet`), so the read loop's await keeps
+    /// nothing but a pointer: the connection's task holds the state of that await for as
+    /// long as the connection lives, most of it idle. TLS and WebSocket reads are async and
+    /// boxed while they wait (`fill_other`). An async block, not an async fn: a fn keeps
+    /// `self` twice in its state.
     #[allow(clippy::manual_async_fn)]
     fn read_packet(&mut self) -> impl Future<Output = Result<(Packet, usize), ReadError>> + '_ {
         async move {
             loop {
-                let len = self.buf.len();
-                match self.codec.decode(&mut self.buf) {
-                    Ok(Decoded::Packet(packet)) => return Ok((packet, len - self.buf.len())),
-                    Ok(Decoded::Incomplete { .. }) => {}
-                    Err(e) => return Err(ReadError::Decode(e)),
+                // Not a match: its scrutinee (a packet's room) would live across the fill.
+                if let Some(packet) = std::future::poll_fn(|cx| self.poll_packet(cx)).await? {
+                    return Ok(packet);
                 }
-                self.fill().await?;
+                Box::pin(self.fill_other()).await?;
             }
         }
     }
 
-    /// Reads what the socket has into the buffer, within the time the machine allows.
-    #[allow(clippy::manual_async_fn)]
-    fn fill(&mut self) -> impl Future<Output = Result<(), ReadError>> + '_ {
-        async move {
-            let chunk = self.read_chunk;
-            let timeout = self.machine.read_timeout(self.now);
-            if matches!(self.reader, Reader::Plain(_)) {
-                self.deadline.set(timeout.map(|t| self.now + t));
-            } else {
-                self.reader.set_read_timeout(timeout);
+    /// The next packet once decoded, reading a plain TCP socket as needed; Ready(Ok(None))
+    /// when the buffer holds no whole packet and the transport is not plain TCP.
+    fn poll_packet(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Option<(Packet, usize)>, ReadError>> {
+        loop {
+            let len = self.buf.len();
+            match self.codec.decode(&mut self.buf) {
+                Ok(Decoded::Packet(packet)) => {
+                    return Poll::Ready(Ok(Some((packet, len - self.buf.len()))))
+                }
+                Ok(Decoded::Incomplete { .. }) => {}
+                Err(e) => return Poll::Ready(Err(ReadError::Decode(e))),
             }
+            if !matches!(self.reader, Reader::Plain(_)) {
+                return Poll::Ready(Ok(None));
+            }
+            let chunk = self.read_chunk as usize;
+            let timeout = self.machine.read_timeout(self.now);
+            self.deadline.set(timeout.map(|t| self.now + t));
             let start = self.buf.len();
-            let from_arena = start == 0 && matches!(self.reader, Reader::Plain(_));
-            if !from_arena {
+            if start > 0 {
                 self.own_buffer(chunk);
                 self.buf.resize(start + chunk, 0);
+            } else {
+                // An empty slice of the arena would keep its allocation from being reused.
+                self.buf = BytesMut::new();
             }
-            let read = match &mut self.reader {
+            let Reader::Plain(socket) = &mut self.reader else {
+                return Poll::Ready(Ok(None)); // matched above
+            };
+            let read = match start {
                 // Nothing held between packets: read into the shard's arena (see `arena`).
-                Reader::Plain(socket) if from_arena => {
-                    self.buf = BytesMut::new();
-                    let entry = &mut self.deadline;
-                    let read =
-                        std::future::poll_fn(|cx| match arena::poll_read(socket, cx, chunk) {
-                            Poll::Pending => keepalive::poll_expired(entry, cx),
-                            ready => ready,
-                        })
-                        .await;
-                    read.map(|bytes| {
-                        self.buf = bytes;
-                        self.in_arena = true;
-                        self.buf.len()
-                    })
-                }
-                Reader::Plain(socket) => {
-                    let buf = &mut self.buf[start..];
-                    let entry = &mut self.deadline;
-                    std::future::poll_fn(|cx| match socket.poll_read(cx, buf) {
-                        Poll::Pending => keepalive::poll_expired(entry, cx),
-                        ready => ready,
-                    })
-                    .await
-                }
-                // TLS and WebSocket reads are larger state machines: boxed, so that a plain
-                // connection's task does not carry their size.
-                reader => Box::pin(reader.read(&mut self.buf[start..])).await,
+                0 => arena::poll_read(socket, cx, chunk).map_ok(|bytes| {
+                    self.buf = bytes;
+                    self.in_arena = true;
+                    self.buf.len()
+                }),
+                _ => socket.poll_read(cx, &mut self.buf[start..]),
             };
-            self.now = Instant::now();
-            let n = match read {
-                Ok(n) => n,
-                Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+            let read = match read {
+                Poll::Ready(read) => read,
+                Poll::Pending => {
                     self.buf.truncate(start);
-                    // Nothing came in time: the machine decides whether that ends the connection.
-                    return match self.machine.handle_timeout(self.now) {
-                        Some(action) => Err(ReadError::Close(action)),
-                        None => Ok(()),
-                    };
+                    std::task::ready!(keepalive::poll_expired(&mut self.deadline, cx))
                 }
-                Err(_) => 0,
             };
-            self.buf.truncate(start + n);
-            if n == 0 {
-                return Err(ReadError::Gone);
-            }
-            if n == chunk {
-                self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES);
-            }
-            self.shard.metrics.add_bytes_received(n);
-            Ok(())
+            self.read_done(read, start, chunk)?;
         }
+    }
+
+    /// Reads what a TLS or WebSocket transport has into the buffer, within the time the
+    /// machine allows.
+    async fn fill_other(&mut self) -> Result<(), ReadError> {
+        let chunk = self.read_chunk as usize;
+        let timeout = self.machine.read_timeout(self.now);
+        self.reader.set_read_timeout(timeout);
+        let start = self.buf.len();
+        self.own_buffer(chunk);
+        self.buf.resize(start + chunk, 0);
+        let read = self.reader.read(&mut self.buf[start..]).await;
+        self.read_done(read, start, chunk)
+    }
+
+    /// Takes in the outcome of a read of at most `chunk` bytes after the `start` bytes the
+    /// buffer held: the connection's time, the end of stream, the read size.
+    fn read_done(
+        &mut self,
+        read: std::io::Result<usize>,
+        start: usize,
+        chunk: usize,
+    ) -> Result<(), ReadError> {
+        self.now = Instant::now();
+        let n = match read {
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                self.buf.truncate(start);
+                // Nothing came in time: the machine decides whether that ends the connection.
+                return match self.machine.handle_timeout(self.now) {
+                    Some(action) => Err(ReadError::Close(action)),
+                    None => Ok(()),
+                };
+            }
+            Err(_) => 0,
+        };
+        self.buf.truncate(start + n);
+        if n == 0 {
+            return Err(ReadError::Gone);
+        }
+        if n == chunk {
+            self.read_chunk = (chunk * 2).min(READ_CHUNK_BYTES) as u16;
+        }
+        self.shard.metrics.add_bytes_received(n);
+        Ok(())
     }
 
     /// Makes room for `chunk` more bytes after a partial packet in a buffer of the
@@ -811,7 +852,7 @@ impl Conn {
             let id = format!("ringcast-{:x}", self.shard.new_token());
             self.machine.assign_client_id(&mut accepted, id);
         }
-        self.client_id = accepted.client_id.as_str().into();
+        self.client_id = Some(accepted.client_id.as_str().into());
         self.token = self.shard.new_token();
         let claim = self
             .shard
@@ -897,7 +938,7 @@ impl Conn {
     /// Whether the ACL lets this client publish to `topic`.
     fn may_write(&self, topic: &str) -> bool {
         let user = self.username.as_deref();
-        let client_id = &*self.client_id;
+        let client_id = self.client_id.as_deref().unwrap_or_default();
         self.login
             .gate
             .with_tables(|t| t.can_write(user, client_id, topic))
@@ -905,8 +946,9 @@ impl Conn {
 
     /// The session an accepted CONNECT asks for, owned by this connection.
     fn new_session(&self, accepted: Accepted) -> Session {
-        let mut session = Session::new(
-            accepted.client_id,
+        let client_id = self.client_id.clone();
+        let mut session = Session::with_id(
+            client_id.unwrap_or_else(|| accepted.client_id.as_str().into()),
             self.machine.version(),
             accepted.is_persistent,
         );
@@ -1140,7 +1182,7 @@ impl Conn {
     /// per message; All (or no ACL) costs nothing per delivery.
     fn read_scope(&self, filter: &str) -> ReadScope {
         let user = self.username.as_deref();
-        let client_id = &*self.client_id;
+        let client_id = self.client_id.as_deref().unwrap_or_default();
         let filter = crate::protocol::topic::filter_part(filter);
         self.login.gate.with_tables(|t| {
             t.acl.as_ref().map_or(ReadScope::All, |acl| {

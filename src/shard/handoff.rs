@@ -107,7 +107,7 @@ impl Shard {
             token: session.conn_token,
             messages: Vec::new(),
             known: Vec::new(),
-            journal: session.journal.clone(),
+            journal: session.journal.as_deref().cloned(),
         };
         st.held.insert(key, held);
         let stub = StubRef {

@@ -58,7 +58,7 @@ impl Shard {
             Query::Clients { after, limit } => {
                 Report::Clients(clients_page(&st, shard, after, *limit))
             }
-            Query::Client(id) => Report::Client(st.by_client.get(id).and_then(|key| {
+            Query::Client(id) => Report::Client(st.by_client.get(id.as_str()).and_then(|key| {
                 let session = st.sessions.get(key)?;
                 Some(client_info(session, shard, true))
             })),
@@ -89,10 +89,11 @@ fn disconnect(st: &mut State, id: &str) -> bool {
 /// Up to `limit` clients of this shard whose id sorts after `after`, in id order.
 fn clients_page(st: &State, shard: usize, after: &str, limit: usize) -> Vec<ClientInfo> {
     let limit = limit.min(CLIENTS_PER_PAGE_MAX);
-    let mut ids: Vec<&String> = st
+    let mut ids: Vec<&str> = st
         .by_client
         .keys()
-        .filter(|id| id.as_str() > after)
+        .map(|id| &**id)
+        .filter(|id| *id > after)
         .collect();
     // Only the first `limit` need sorting, whatever the number of sessions.
     if ids.len() > limit {
@@ -130,7 +131,7 @@ fn client_info(session: &Session, shard: usize, with_subscriptions: bool) -> Cli
     };
     subscriptions.sort_unstable_by(|a, b| a.filter.cmp(&b.filter));
     ClientInfo {
-        client_id: session.client_id.clone(),
+        client_id: session.client_id.to_string(),
         shard,
         connected: session.is_online(),
         protocol: match session.version {
@@ -177,8 +178,8 @@ fn count_filter(st: &State, shard: usize, filter: &str) -> Count {
 
 /// The `n` filters of this shard with the most subscriptions, most first.
 fn top_filters(st: &State, n: usize) -> Vec<(String, u64)> {
-    let mut all: Vec<(&String, usize)> = st.filter_refs.iter().map(|(f, c)| (f, *c)).collect();
-    let by_count = |a: &(&String, usize), b: &(&String, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+    let mut all: Vec<(&str, usize)> = st.filter_refs.iter().map(|(f, c)| (&**f, *c)).collect();
+    let by_count = |a: &(&str, usize), b: &(&str, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
     if all.len() > n && n > 0 {
         all.select_nth_unstable_by(n, by_count);
         all.truncate(n);
@@ -186,6 +187,6 @@ fn top_filters(st: &State, n: usize) -> Vec<(String, u64)> {
     all.truncate(n);
     all.sort_unstable_by(by_count);
     all.into_iter()
-        .map(|(f, c)| (f.clone(), c as u64))
+        .map(|(f, c)| (f.to_string(), c as u64))
         .collect()
 }

@@ -76,7 +76,7 @@ impl Shard {
         self.withdraw(key, gone);
         session.note_end();
         let home = home_shard(&session.client_id, self.shards);
-        let client_id = std::mem::take(&mut session.client_id);
+        let client_id = session.client_id.to_string();
         self.mesh
             .post(home, MeshMsg::Release(Release { client_id, token }));
         self.requeue_shared(session.take_unfinished_shared());

@@ -104,7 +104,7 @@ pub struct State {
     /// Boxed: a hash table keeps about as many empty slots as full ones, each of the size of
     /// its value.
     sessions: HashMap<SessionKey, Box<Session>>,
-    by_client: HashMap<String, SessionKey>,
+    by_client: HashMap<Rc<str>, SessionKey>,
     next_key: SessionKey,
     trie: Trie<SessionKey, Subscription>,
     /// Shared subscriptions by `$share/group/filter`, with every member on every shard.
@@ -112,12 +112,12 @@ pub struct State {
     /// Filter part of each shared subscription → its `$share/group/filter` name.
     group_trie: Trie<String, ()>,
     /// Local subscriptions per filter, to know when to tell other shards.
-    filter_refs: HashMap<String, usize>,
+    filter_refs: HashMap<Box<str>, usize>,
     /// Filters other shards subscribe to.
     interest: Trie<ShardId, ()>,
     retained: Retained,
     /// Home-shard role: where each client id homed here is held.
-    registry: HashMap<String, Owner>,
+    registry: HashMap<Box<str>, Owner>,
     enc: Encoder,
     matched: trie::Matched<SessionKey, Subscription>,
     /// Pending will publications (delayed by Will Delay Interval), by connection token.

@@ -16,7 +16,7 @@
 
 use super::backpressure::Pressure;
 use bytes::{Buf, Bytes, BytesMut};
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -117,25 +117,36 @@ pub struct Outbox {
     /// The connection's reader finished: the writer's linger after closing ends.
     reader_done: Cell<bool>,
     aborted: Cell<bool>,
-    abort_waker: Cell<Option<Waker>>,
     pressure: Rc<Pressure>,
     /// Messages and payload bytes waiting in the session queue behind this connection.
     held_messages: Cell<usize>,
     held_bytes: Cell<usize>,
-    pause_bytes: usize,
-    pause_messages: usize,
-    coalesce_bytes: usize,
+    /// The marks, 32 bits each (larger ones saturate): with them, an outbox and its
+    /// reference counts fit a 224-byte heap chunk, and every connection holds one.
+    pause_bytes: u32,
+    pause_messages: u32,
+    coalesce_bytes: u32,
     lag: Cell<Lag>,
     /// Last time the socket took bytes (or the subscriber started to lag).
     progress_at: Cell<Instant>,
+    /// Bytes at the front that the writer has announced on the wire (a WebSocket frame
+    /// header counts them), so none of their frames may be dropped.
+    committed: Cell<usize>,
+    /// What only some connections use, allocated by the first that does: every connection
+    /// holds its outbox for as long as it lives.
+    rare: OnceCell<Box<Rare>>,
+}
+
+/// The waits and holds of an outbox that an idle connection never uses.
+#[derive(Default)]
+struct Rare {
+    /// The writer waiting for `abort` (while the socket is full).
+    abort_waker: Cell<Option<Waker>>,
     /// A task waiting for room to send more (a retained-message feed), with the mark below
     /// which written bytes wake it (0: only `notify_room` or closing does).
     room: Cell<Option<Waker>>,
     room_mark: Cell<usize>,
     room_notified: Cell<bool>,
-    /// Bytes at the front that the writer has announced on the wire (a WebSocket frame
-    /// header counts them), so none of their frames may be dropped.
-    committed: Cell<usize>,
     /// Store position every frame queued so far acknowledges or depends on: the writer sends
     /// nothing until the shard's store has made it durable (see `shard::persist`); 0: none.
     hold: Cell<u64>,
@@ -144,6 +155,11 @@ pub struct Outbox {
     /// is missing. Held here rather than awaited, so the connection reads on meanwhile.
     shard_holds: Cell<usize>,
     shard_waker: Cell<Option<Waker>>,
+}
+
+/// `n`, or `u32::MAX` when larger.
+fn saturated(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 impl Default for Outbox {
@@ -175,37 +191,40 @@ impl Outbox {
             closing: Cell::new(false),
             reader_done: Cell::new(false),
             aborted: Cell::new(false),
-            abort_waker: Cell::default(),
             pressure,
             held_messages: Cell::new(0),
             held_bytes: Cell::new(0),
-            pause_bytes,
-            pause_messages,
-            coalesce_bytes: COALESCE_BYTES_MAX.min(pause_bytes / 2),
+            pause_bytes: saturated(pause_bytes),
+            pause_messages: saturated(pause_messages),
+            coalesce_bytes: saturated(COALESCE_BYTES_MAX.min(pause_bytes / 2)),
             lag: Cell::new(Lag::KeepsUp),
             progress_at: Cell::new(Instant::now()),
-            room: Cell::default(),
-            room_mark: Cell::new(0),
-            room_notified: Cell::new(false),
             committed: Cell::new(0),
-            hold: Cell::new(0),
-            shard_holds: Cell::new(0),
-            shard_waker: Cell::default(),
+            rare: OnceCell::new(),
         }
+    }
+
+    /// The rare part, allocated on first use.
+    fn rare(&self) -> &Rare {
+        self.rare.get_or_init(Box::default)
     }
 
     /// Frames queued from now on wait for one more answer from other shards
     /// (`release_for_shards`).
     pub fn hold_for_shards(&self) {
-        self.shard_holds.set(self.shard_holds.get() + 1);
+        let rare = self.rare();
+        rare.shard_holds.set(rare.shard_holds.get() + 1);
     }
 
     /// One answer `hold_for_shards` waited for came; the writer goes on once all did.
     pub fn release_for_shards(&self) {
-        let left = self.shard_holds.get().saturating_sub(1);
-        self.shard_holds.set(left);
+        let Some(rare) = self.rare.get() else {
+            return;
+        };
+        let left = rare.shard_holds.get().saturating_sub(1);
+        rare.shard_holds.set(left);
         if left == 0 {
-            if let Some(waker) = self.shard_waker.take() {
+            if let Some(waker) = rare.shard_waker.take() {
                 waker.wake();
             }
         }
@@ -213,28 +232,28 @@ impl Outbox {
 
     /// Whether an answer from other shards is awaited.
     pub fn is_held_for_shards(&self) -> bool {
-        self.shard_holds.get() > 0
+        self.rare.get().is_some_and(|r| r.shard_holds.get() > 0)
     }
 
     /// Ready once no answer from other shards is awaited.
     pub fn poll_shards_released(&self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.shard_holds.get() == 0 {
+        if !self.is_held_for_shards() {
             return Poll::Ready(());
         }
-        self.shard_waker.set(Some(cx.waker().clone()));
+        self.rare().shard_waker.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
     /// Frames queued from now on wait until the store position `at` is durable.
     pub fn hold_until(&self, at: u64) {
-        if at > self.hold.get() {
-            self.hold.set(at);
+        if at > self.held_until() {
+            self.rare().hold.set(at);
         }
     }
 
     /// The store position the queued frames wait for (0: none).
     pub fn held_until(&self) -> u64 {
-        self.hold.get()
+        self.rare.get().map_or(0, |r| r.hold.get())
     }
 
     /// Queues a frame and wakes the writer.
@@ -322,7 +341,7 @@ impl Outbox {
     /// Whether a packet of `len` bytes would be copied into the open chunk rather than
     /// queued as a frame of its own.
     pub fn is_coalescing(&self, len: usize) -> bool {
-        len <= SMALL_PACKET_BYTES_MAX && self.bytes.get() < self.coalesce_bytes
+        len <= SMALL_PACKET_BYTES_MAX && self.bytes.get() < self.coalesce_bytes as usize
     }
 
     fn count_pushed(&self, len: usize) {
@@ -352,24 +371,25 @@ impl Outbox {
     /// since the last Ready, or the connection is closing. One task may wait at a time.
     pub fn poll_room(&self, cx: &mut Context<'_>, below: Option<usize>) -> Poll<()> {
         let has_room = below.is_some_and(|mark| self.bytes.get() < mark);
-        if self.room_notified.replace(false) || has_room || self.closing.get() {
-            self.room_mark.set(0);
+        let rare = self.rare();
+        if rare.room_notified.replace(false) || has_room || self.closing.get() {
+            rare.room_mark.set(0);
             return Poll::Ready(());
         }
-        self.room_mark.set(below.unwrap_or(0));
-        self.room.set(Some(cx.waker().clone()));
+        rare.room_mark.set(below.unwrap_or(0));
+        rare.room.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
     /// Wakes the task waiting in `poll_room`: something other than written bytes made room
     /// (an acknowledgement opened the window).
     pub fn notify_room(&self) {
-        self.room_notified.set(true);
+        self.rare().room_notified.set(true);
         self.wake_room();
     }
 
     fn wake_room(&self) {
-        if let Some(waker) = self.room.take() {
+        if let Some(waker) = self.rare.get().and_then(|r| r.room.take()) {
             waker.wake();
         }
     }
@@ -385,7 +405,7 @@ impl Outbox {
         self.pressure.sub(self.bytes.replace(0));
         self.update_lag();
         self.wake();
-        if let Some(waker) = self.abort_waker.take() {
+        if let Some(waker) = self.rare.get().and_then(|r| r.abort_waker.take()) {
             waker.wake();
         }
         self.wake_room();
@@ -396,7 +416,7 @@ impl Outbox {
         if self.aborted.get() {
             return Poll::Ready(());
         }
-        self.abort_waker.set(Some(cx.waker().clone()));
+        self.rare().abort_waker.set(Some(cx.waker().clone()));
         Poll::Pending
     }
 
@@ -430,7 +450,9 @@ impl Outbox {
         let held = self.held_messages.get();
         match self.lag.get() {
             Lag::KeepsUp if self.closing.get() => {}
-            Lag::KeepsUp if waiting >= self.pause_bytes || held >= self.pause_messages => {
+            Lag::KeepsUp
+                if waiting >= self.pause_bytes as usize || held >= self.pause_messages as usize =>
+            {
                 self.lag.set(Lag::Lagging);
                 self.progress_at.set(Instant::now());
                 self.pressure.lag_started();
@@ -450,7 +472,7 @@ impl Outbox {
     /// each pause mark, so that a subscriber let go has that much still to write while its
     /// publishers refill its buffer.
     fn is_under_resume_mark(&self, waiting: usize, held: usize) -> bool {
-        waiting < self.pause_bytes / 2 && held < self.pause_messages.div_ceil(2)
+        waiting < self.pause_bytes as usize / 2 && held < self.pause_messages.div_ceil(2) as usize
     }
 
     /// A lagging subscriber whose socket took nothing for `stall` is stuck: it stops holding
@@ -578,7 +600,11 @@ impl Outbox {
             self.progress_at.set(Instant::now());
         }
         self.update_lag();
-        if self.bytes.get() < self.room_mark.get() {
+        if self
+            .rare
+            .get()
+            .is_some_and(|r| self.bytes.get() < r.room_mark.get())
+        {
             self.wake_room();
         }
         let mut frames = self.frames.borrow_mut();

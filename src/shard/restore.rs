@@ -104,10 +104,10 @@ impl Shard {
         session.conn_token = token;
         session.expiry_secs = image.expiry_secs;
         if let (true, Some(persist)) = (reuse_own && image.file == self.id(), &self.persist) {
-            session.journal = Some(Journal {
+            session.journal = Some(Box::new(Journal {
                 persist: persist.clone(),
                 sid: image.sid,
-            });
+            }));
         }
         let state = image.state.clone_plain();
         let (key, filters) = self.install(session, Some(Box::new(state)));
@@ -118,7 +118,7 @@ impl Shard {
         self.state
             .borrow_mut()
             .registry
-            .insert(image.client_id.clone(), owner);
+            .insert(image.client_id.as_str().into(), owner);
         let expires =
             image.version == crate::protocol::Version::V5 && image.expiry_secs != u32::MAX;
         if expires {

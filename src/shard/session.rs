@@ -278,8 +278,9 @@ pub struct SessionCounters {
 
 /// A client's session.
 pub struct Session {
-    /// The client identifier.
-    pub client_id: String,
+    /// The client identifier, shared with the shard's table by client id and the
+    /// connection (one allocation for the three).
+    pub client_id: Rc<str>,
     /// Protocol version of the current (or last) connection.
     pub version: Version,
     /// Whether the session outlives the connection (3.1.1 Clean Session = 0).
@@ -298,13 +299,12 @@ pub struct Session {
     pub expiry_secs: u32,
     /// What the current connection's client allows.
     pub peer: PeerLimits,
-    /// Outbound topic aliases of the current connection, by topic (allocated once used).
-    aliases: Lazy<HashMap<String, u16>>,
+    /// Outbound topic aliases and inbound QoS 2 ids, allocated while either holds any: one
+    /// pointer for both keeps an idle device's session within 248 bytes.
+    tables: Lazy<Tables>,
     inflight: VecDeque<Inflight>,
     queue: VecDeque<Outgoing>,
     queued_bytes: usize,
-    /// Inbound QoS 2 packet ids not yet released (allocated while there are any).
-    incoming_qos2: Lazy<HashSet<u16>>,
     next_pkid: u16,
     /// The slots the window and the queue had when a burst was over (see `give_back_slots`):
     /// the next burst that outgrows the slots kept idle takes them in one step.
@@ -322,7 +322,22 @@ pub struct Session {
     /// have none, and every session would carry its 32 bytes).
     pub reader: Option<Box<ReadFilter>>,
     /// Where a persistent session's changes are recorded (None: not stored).
-    pub journal: Option<Journal>,
+    pub journal: Option<Box<Journal>>,
+}
+
+/// What a session holds for topic aliases and QoS 2 input, which most devices never use.
+#[derive(Default)]
+struct Tables {
+    /// Outbound topic aliases of the current connection, by topic.
+    aliases: HashMap<String, u16>,
+    /// Inbound QoS 2 packet ids not yet released.
+    incoming_qos2: HashSet<u16>,
+}
+
+impl Tables {
+    fn is_empty(&self) -> bool {
+        self.aliases.is_empty() && self.incoming_qos2.is_empty()
+    }
 }
 
 impl Drop for Session {
@@ -331,9 +346,21 @@ impl Drop for Session {
     }
 }
 
+thread_local! {
+    /// The pressure a session counts toward until a shard installs it and gives it the
+    /// shard's own (`Shard::install`): one per thread, so that making a session (one per
+    /// connection) allocates no ~200-byte `Pressure` only to drop it.
+    static DETACHED: Rc<Pressure> = Rc::new(Pressure::default());
+}
+
 impl Session {
     /// A new, empty session.
     pub fn new(client_id: String, version: Version, is_persistent: bool) -> Session {
+        Session::with_id(client_id.into(), version, is_persistent)
+    }
+
+    /// A new, empty session whose client id is shared with its connection.
+    pub fn with_id(client_id: Rc<str>, version: Version, is_persistent: bool) -> Session {
         Session {
             client_id,
             version,
@@ -344,15 +371,14 @@ impl Session {
             conn_token: 0,
             expiry_secs: 0,
             peer: PeerLimits::default(),
-            aliases: Lazy::default(),
+            tables: Lazy::default(),
             inflight: VecDeque::new(),
             queue: VecDeque::new(),
             queued_bytes: 0,
-            incoming_qos2: Lazy::default(),
             next_pkid: 1,
             burst_slots: (0, 0),
             counters: SessionCounters::default(),
-            pressure: Rc::new(Pressure::default()),
+            pressure: DETACHED.with(Rc::clone),
             over_bound_since: None,
             cursors: Cursors::default(),
             reader: None,
@@ -387,10 +413,13 @@ impl Session {
         self.queued_bytes = state.queue.iter().map(|o| o.publish.payload.len()).sum();
         self.pressure.add(self.queued_bytes);
         self.queue = state.queue.into();
-        self.incoming_qos2.clear();
-        if !state.incoming_qos2.is_empty() {
-            *self.incoming_qos2.get_mut() = state.incoming_qos2.into_iter().collect();
+        if let Some(tables) = self.tables.existing_mut() {
+            tables.incoming_qos2 = HashSet::new();
         }
+        if !state.incoming_qos2.is_empty() {
+            self.tables.get_mut().incoming_qos2 = state.incoming_qos2.into_iter().collect();
+        }
+        self.tables.release_if(Tables::is_empty);
         self.next_pkid = state.next_pkid.max(1);
         self.cursors.restore(state.cursors);
     }
@@ -402,7 +431,7 @@ impl Session {
             subscriptions: self.subscriptions.drain().collect(),
             inflight: self.inflight.drain(..).collect(),
             queue: self.queue.drain(..).collect(),
-            incoming_qos2: self.incoming_qos2.take().into_iter().collect(),
+            incoming_qos2: self.take_incoming_qos2().into_iter().collect(),
             next_pkid: self.next_pkid,
             cursors: self.cursors.take(),
         }
@@ -439,7 +468,7 @@ impl Session {
         Opened {
             sid,
             stamp,
-            client_id: self.client_id.clone(),
+            client_id: self.client_id.to_string(),
             version: self.version,
             expiry_secs: self.expiry_secs,
             will: self.will.as_deref().map(will_to_stored),
@@ -449,10 +478,10 @@ impl Session {
                 .map(|(f, s)| (f.clone(), *s))
                 .collect(),
             incoming_qos2: self
-                .incoming_qos2
+                .tables
                 .get()
                 .into_iter()
-                .flatten()
+                .flat_map(|t| &t.incoming_qos2)
                 .copied()
                 .collect(),
             next_pkid: self.next_pkid,
@@ -467,10 +496,10 @@ impl Session {
         let (sid, stamp) = persist.open_ids();
         let opened = self.opened(sid, stamp, |publish| persist.message_id(publish));
         persist.append(&Record::Open(Box::new(opened)));
-        self.journal = Some(Journal {
+        self.journal = Some(Box::new(Journal {
             persist: persist.clone(),
             sid,
-        });
+        }));
     }
 
     /// Records that the connection's will is gone (disconnected, or published).
@@ -807,7 +836,7 @@ impl Session {
         let mut shaped = grant.to_publish(publish, pkid, false);
         if is_aliased {
             let topic = publish.topic.as_str();
-            let aliases = self.aliases.get_mut();
+            let aliases = &mut self.tables.get_mut().aliases;
             if let Some(&alias) = aliases.get(topic) {
                 shaped.topic = Default::default();
                 shaped.properties.topic_alias = Some(alias);
@@ -979,7 +1008,10 @@ impl Session {
     /// for PUBLISH [MQTT-4.4.0-1].
     pub fn resume(&mut self, outbox: Rc<Outbox>, limits: &Limits, enc: &mut Encoder) {
         // Topic aliases belong to one connection [MQTT-3.3.2-7].
-        self.aliases.clear();
+        if let Some(tables) = self.tables.existing_mut() {
+            tables.aliases = HashMap::new();
+        }
+        self.tables.release_if(Tables::is_empty);
         for inflight in &self.inflight {
             match inflight.phase {
                 Phase::Publish => {
@@ -1065,7 +1097,7 @@ impl Session {
     /// An inbound QoS 2 PUBLISH: returns whether it is new (to be forwarded) or a duplicate
     /// of one not yet released [MQTT-4.3.3-2].
     pub fn receive_qos2(&mut self, pkid: u16) -> bool {
-        let is_new = self.incoming_qos2.get_mut().insert(pkid);
+        let is_new = self.tables.get_mut().incoming_qos2.insert(pkid);
         if let (true, Some(sid)) = (is_new, self.sid()) {
             self.note(Record::Incoming { sid, pkid });
         }
@@ -1076,10 +1108,10 @@ impl Session {
     /// Returns whether the id was waiting for its PUBREL.
     pub fn release_qos2(&mut self, pkid: u16) -> bool {
         let was = self
-            .incoming_qos2
+            .tables
             .existing_mut()
-            .is_some_and(|ids| ids.remove(&pkid));
-        self.incoming_qos2.release_if(HashSet::is_empty);
+            .is_some_and(|t| t.incoming_qos2.remove(&pkid));
+        self.tables.release_if(Tables::is_empty);
         if let (true, Some(sid)) = (was, self.sid()) {
             self.note(Record::Released { sid, pkid });
         }
@@ -1088,7 +1120,18 @@ impl Session {
 
     /// Unacknowledged inbound QoS 2 PUBLISHes, counted against our Receive Maximum.
     pub fn incoming_qos2_len(&self) -> usize {
-        self.incoming_qos2.get().map_or(0, HashSet::len)
+        self.tables.get().map_or(0, |t| t.incoming_qos2.len())
+    }
+
+    /// Takes the inbound QoS 2 ids out, giving the tables back if nothing else is held.
+    fn take_incoming_qos2(&mut self) -> HashSet<u16> {
+        let ids = self
+            .tables
+            .existing_mut()
+            .map(|t| std::mem::take(&mut t.incoming_qos2))
+            .unwrap_or_default();
+        self.tables.release_if(Tables::is_empty);
+        ids
     }
 
     /// Takes out the messages that came through shared subscriptions and that the client has

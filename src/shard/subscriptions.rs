@@ -178,8 +178,8 @@ pub(super) fn remove_session(
 /// Removes a session, leaving its subscriptions indexed.
 pub(super) fn forget_session(st: &mut State, key: SessionKey) -> Option<Session> {
     let session = *st.sessions.remove(&key)?;
-    if st.by_client.get(&session.client_id) == Some(&key) {
-        st.by_client.remove(&session.client_id);
+    if st.by_client.get(&*session.client_id) == Some(&key) {
+        st.by_client.remove(&*session.client_id);
     }
     Some(session)
 }
@@ -232,14 +232,14 @@ pub(super) fn drop_subscription(
 }
 
 /// Counts one more local subscription on `filter`; true when it is the first.
-fn add_filter_ref(refs: &mut HashMap<String, usize>, filter: &str) -> bool {
-    let count = refs.entry(filter.to_string()).or_insert(0);
+fn add_filter_ref(refs: &mut HashMap<Box<str>, usize>, filter: &str) -> bool {
+    let count = refs.entry(filter.into()).or_insert(0);
     *count += 1;
     *count == 1
 }
 
 /// Counts one less local subscription on `filter`; true when it was the last.
-fn drop_filter_ref(refs: &mut HashMap<String, usize>, filter: &str) -> bool {
+fn drop_filter_ref(refs: &mut HashMap<Box<str>, usize>, filter: &str) -> bool {
     let Some(count) = refs.get_mut(filter) else {
         return false;
     };

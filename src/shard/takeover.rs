@@ -169,7 +169,7 @@ impl Shard {
         } = claim;
         let owner = Owner { shard: from, token };
         let mut st = self.state.borrow_mut();
-        let Some(old) = st.registry.insert(client_id.clone(), owner) else {
+        let Some(old) = st.registry.insert(client_id.as_str().into(), owner) else {
             let handoff = Handoff {
                 request,
                 state: None,
@@ -222,7 +222,7 @@ impl Shard {
         let token = evict.token;
         // A will waiting for its delay is cancelled by the reconnect [MQTT-3.1.3-9].
         st.pending_wills.remove(&token);
-        let key = st.by_client.get(&evict.client_id).copied();
+        let key = st.by_client.get(evict.client_id.as_str()).copied();
         let key = key.filter(|k| st.sessions.get(k).is_some_and(|s| s.conn_token == token));
         let Some(key) = key else {
             return (None, None, None);
@@ -270,10 +270,10 @@ impl Shard {
         let mut st = self.state.borrow_mut();
         let registry = &mut st.registry;
         if registry
-            .get(&release.client_id)
+            .get(release.client_id.as_str())
             .is_some_and(|o| o.token == release.token)
         {
-            registry.remove(&release.client_id);
+            registry.remove(release.client_id.as_str());
         }
     }
 }
