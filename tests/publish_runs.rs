@@ -227,3 +227,54 @@ fn subscribe_id(c: &mut Raw, filter: &str, id: u32) {
     }));
     assert!(matches!(c.recv(), Packet::SubAck(a) if a.pkid == 9));
 }
+
+#[test]
+fn a_run_reaches_the_subscribers_of_another_shard_complete_and_in_order() {
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        // Connections are placed on the shards in turn: each shard has subscribers, and
+        // the publisher's shard sends each run to the other as one ring message.
+        let broker = Broker::start(2);
+        let mut subscribers: Vec<Raw> = (0..4)
+            .map(|i| {
+                let mut c = Raw::connect(broker.addr, &format!("sub{i}"));
+                c.subscribe("xs/t", QoS::AtLeastOnce);
+                c
+            })
+            .collect();
+        let mut publisher = Raw::connect(broker.addr, "pub");
+        let packets: Vec<Packet> = (0..RUN)
+            .map(|seq| numbered("xs/t", seq, qos, false))
+            .collect();
+        send_together(&mut publisher, &packets);
+        if qos == QoS::AtLeastOnce {
+            expect_pubacks(&mut publisher, RUN);
+        }
+        let all: Vec<u32> = (0..RUN).collect();
+        for c in &mut subscribers {
+            assert_eq!(receive(c, RUN as usize, qos, &[]), all);
+            c.expect_nothing();
+        }
+    }
+}
+
+#[test]
+fn runs_the_ring_to_another_shard_has_no_room_for_are_routed_one_by_one_in_order() {
+    // A subscriber that reads nothing for a while makes its shard stop taking from the ring
+    // (backpressure), so the smallest ring fills and the publisher's runs find no room.
+    let broker = Broker::start_with(2, |config| config.mesh.ring_capacity = 16);
+    let mut slow = Raw::connect(broker.addr, "slow");
+    slow.subscribe("full/t", QoS::AtLeastOnce);
+    let mut publisher = Raw::connect(broker.addr, "pub");
+    const WRITES: u32 = 30;
+    for write in 0..WRITES {
+        let packets: Vec<Packet> = (write * RUN..(write + 1) * RUN)
+            .map(|seq| numbered("full/t", seq, QoS::AtLeastOnce, false))
+            .collect();
+        send_together(&mut publisher, &packets);
+    }
+    let n = WRITES * RUN;
+    let all: Vec<u32> = (0..n).collect();
+    assert_eq!(receive(&mut slow, n as usize, QoS::AtLeastOnce, &[]), all);
+    expect_pubacks(&mut publisher, n);
+    slow.expect_nothing();
+}

@@ -73,7 +73,13 @@ enum Wait {
     Qos2(Publish),
     /// A SUBSCRIBE: other shards are told, then retained messages follow.
     Subscribe(Subscribe),
+    /// A run of PUBLISHes (`publish_run`) the ring toward another shard had no room for,
+    /// routed message by message, and what followed it in the buffer.
+    Run(Box<RunLeft>),
 }
+
+/// A run of messages not yet routed, and what followed it (`read_run`).
+type RunLeft = (Vec<Message>, Option<Result<Action, End>>);
 
 /// Why the read loop stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -608,6 +614,16 @@ impl Conn {
                 None
             }
             Wait::Qos2(publish) => self.on_publish_qos2(publish).await,
+            Wait::Run(left) => {
+                let (run, next) = *left;
+                for message in run {
+                    self.route(message).await;
+                }
+                match self.act_after_run(next) {
+                    Ok(end) => end,
+                    Err(wait) => Box::pin(self.wait_for(wait)).await,
+                }
+            }
             Wait::Subscribe(subscribe) => {
                 self.on_subscribe(subscribe).await;
                 None
@@ -1029,7 +1045,9 @@ impl Conn {
         let topic = publish.topic.as_bytes();
         !publish.retain
             && codec::publish_continues(&self.buf, run_header(publish), topic)
-            && self.shard.can_publish_run(publish.topic.as_str())
+            && self
+                .shard
+                .can_publish_run(publish.topic.as_str(), publish.qos)
     }
 
     /// Routes `publish` with the PUBLISHes right behind it in the buffer that continue it
@@ -1041,13 +1059,21 @@ impl Conn {
         let mut run = Vec::with_capacity(RUN_MAX);
         run.push(Message::received(publish, self.token));
         let next = self.read_run(&mut run);
-        let matched = self.shard.publish_run(&run);
+        let Some(matched) = self.shard.publish_run(&run) else {
+            return Err(Wait::Run(Box::new((run, next))));
+        };
         for message in &run {
             let ack = self
                 .machine
                 .routed(message.publish.qos, message.publish.pkid, matched);
             self.send_some(ack);
         }
+        self.act_after_run(next)
+    }
+
+    /// Acts on what followed a run (`read_run`): nothing, a packet, or the end.
+    #[allow(clippy::result_large_err)]
+    fn act_after_run(&mut self, next: Option<Result<Action, End>>) -> Result<Option<End>, Wait> {
         match next {
             None => Ok(None),
             // Not as a run: acting on what follows could start another, and another, deeper

@@ -291,6 +291,7 @@ impl Shard {
     pub async fn on_message(self: &Rc<Self>, msg: MeshMsg) {
         match msg {
             MeshMsg::Publish(message) => self.on_publish(message).await,
+            MeshMsg::PublishRun(run) => self.on_publish_run(run).await,
             MeshMsg::PublishDurable(message, from, request) => {
                 self.on_publish_durable(message, from, request).await
             }

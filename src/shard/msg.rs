@@ -16,6 +16,9 @@ pub enum MeshMsg {
     /// A publish for this shard's local subscribers (shared subscriptions excepted: the
     /// publishing shard picks their member). Handled in `routing`.
     Publish(Message),
+    /// A run of publishes from one client on one topic (`routing::is_run`), for this shard's
+    /// local subscribers: each gets the whole run at once (`Shard::deliver_run`).
+    PublishRun(Vec<Message>),
     /// A QoS 1/2 publish whose publisher's acknowledgement waits until what this shard
     /// stores of it is durable: answer `InterestAck` to the shard and request then.
     PublishDurable(Message, ShardId, RequestId),

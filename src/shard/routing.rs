@@ -112,33 +112,47 @@ impl Shard {
             .is_ok()
     }
 
-    /// Whether a run of publishes on `topic` (`is_run`) can go to `publish_run`: each would
-    /// be routed at once (`publish_now`), to this shard's subscribers only. Not while a
-    /// session moves between shards: what it holds is stored message by message (a record
-    /// names the message written last, `Persist::message_id`). Nothing it checks changes
-    /// until the run is routed: the caller decodes the run without waiting.
-    pub fn can_publish_run(&self, topic: &str) -> bool {
+    /// Whether a run of publishes on `topic` at `qos` (`is_run`) can go to `publish_run`:
+    /// each would be routed at once (`publish_now`), to this shard's subscribers and those
+    /// of at most one other shard. Not while a session moves between shards: what it holds
+    /// is stored message by message (a record names the message written last,
+    /// `Persist::message_id`). Nothing it checks changes until the run is routed: the caller
+    /// decodes the run without waiting.
+    pub fn can_publish_run(&self, topic: &str, qos: QoS) -> bool {
         if self.pressure.must_wait() || self.cluster.is_some() {
             return false;
         }
         let st = self.state.borrow();
+        let interested = interested_shards(&st.interest, topic);
+        // A PUBACK that waits for another shard's record takes the async path.
+        let is_stored = self.persist.is_some() && qos != QoS::AtMostOnce;
         (self.persist.is_none() || st.arrivals.is_empty())
             && st.group_trie.is_empty()
             && st.held.is_empty()
-            && interested_shards(&st.interest, topic) == 0
+            && (interested == 0 || (interested.count_ones() == 1 && !is_stored))
     }
 
     /// Routes a run of publishes from one client on one topic (`is_run`, none retained) as
     /// `publish_now` routes each, with `can_publish_run` checked: each subscriber gets them
-    /// in order, the whole run at a time (`deliver_run`). Returns whether anyone subscribes,
-    /// the same for every message of the run.
-    pub fn publish_run(&self, run: &[Message]) -> bool {
+    /// in order, the whole run at a time (`deliver_run`), and the one other shard
+    /// subscribed gets the run as one ring message. Returns whether anyone subscribes, the
+    /// same for every message of the run; None, with nothing routed, when the ring toward
+    /// that shard is full (the caller then routes each message on its own).
+    pub fn publish_run(&self, run: &[Message]) -> Option<bool> {
         debug_assert!(run.iter().all(|m| !m.publish.retain));
+        let mut st = self.state.borrow_mut();
+        let interested = interested_shards(&st.interest, run[0].publish.topic.as_str());
+        if interested != 0 {
+            let to = interested.trailing_zeros() as ShardId;
+            self.mesh
+                .try_send(to, MeshMsg::PublishRun(run.to_vec()))
+                .ok()?;
+        }
         for message in run {
             self.count_received(message.publish.qos);
         }
-        let mut st = self.state.borrow_mut();
-        self.deliver_run(&mut st, run)
+        // The other shard's subscribers count as matching, as on the async path.
+        Some(self.deliver_run(&mut st, run) || interested != 0)
     }
 
     /// `publish` without waiting for room or counting it as received (the broker's own `$SYS`
@@ -378,6 +392,21 @@ impl Shard {
         self.wait_for_ring_room().await;
         let mut st = self.state.borrow_mut();
         self.deliver_local(&mut st, &message);
+    }
+
+    /// A run of publishes routed here by another shard (`publish_run`).
+    pub(super) async fn on_publish_run(&self, run: Vec<Message>) {
+        if self.pressure.must_wait() {
+            // A paused shard takes `RING_CREDIT` publishes at a time, not runs: a run each
+            // would queue 32 times as many for a subscriber that cannot keep up, past its
+            // queue's bound.
+            for message in run {
+                self.on_publish(message).await;
+            }
+            return;
+        }
+        let mut st = self.state.borrow_mut();
+        self.deliver_run(&mut st, &run);
     }
 
     /// A QoS 1/2 publish from another shard whose PUBACK waits for this shard's records.
