@@ -6,6 +6,8 @@
 #   A=/tmp/ringcast-before B=target/release/ringcast RUNS=3 DUR=5 scripts/ab-compare.sh
 #   ONLY="pairs-100" RUNS=1 DUR=2 A=... B=... scripts/ab-compare.sh
 #   PERSIST=always ONLY="fanin-100-q1 pairs-100-q1" A=... B=... scripts/ab-compare.sh
+#   A=target/release/ringcast B=target/release/ringcast SHARDS_B=2 ONLY="fanout-100-q0 pairs-100" \
+#       scripts/ab-compare.sh   # the cost of crossing shards: one shard against two on CPU 0
 #
 # PERSIST=off|interval|always|never runs both brokers with `[persistence]` so (a fresh data
 # directory per run) and every generator client with a persistent session (--persistent).
@@ -62,10 +64,11 @@ for round in $(seq "$RUNS"); do
         selected "$name" || continue
         for side in A B; do
             binary=${!side}
+            shards_of=SHARDS_$side
             echo "== round $round: $name, $side" >&2
             rm -rf "$OUT/data"
-            timeout $((DUR + 60)) "$binary" --listen 127.0.0.1:$PORT --cpus 0 --shards 1 \
-                "${BROKER_ARGS[@]}" --log-level warn 2>>"$OUT/broker.log" &
+            timeout $((DUR + 60)) "$binary" --listen 127.0.0.1:$PORT --cpus 0 \
+                --shards "${!shards_of:-1}" "${BROKER_ARGS[@]}" --log-level warn 2>>"$OUT/broker.log" &
             broker_pid=$!
             wait_port $PORT
             json=$("$BENCH" "${args[@]}" "${COMMON[@]}" --port $PORT 2>>"$OUT/bench.log" || echo null)
