@@ -411,10 +411,9 @@ impl Conn {
             // Nothing large may live across an await of this loop (a packet, an action): the
             // task holds the loop's state for as long as the connection lives.
             let read = self.read_packet().await;
-            // The bytes this turn decodes, counted from the first packet's start: a read that
-            // filled the buffer on the way is counted by what was decoded of it, not lost
-            // (measured from the buffer before the read, a run that followed one counted as
-            // 1 byte, and fanout-10 turns of 256-byte runs held twice the messages meant).
+            // The bytes this turn decodes, counted from the first packet's start: what a read
+            // on the way brought in counts by what was decoded of it (a whole run included),
+            // so the turn's byte limit holds for runs too.
             let before = self.buf.len() + read.as_ref().map_or(0, |(_, len)| *len);
             let read = read.map(|(packet, _)| packet);
             // The action's scope ends before the next await: a local that was borrowed

@@ -165,7 +165,7 @@ fn cached<'a>(
     let address = Arc::as_ptr(publish) as usize;
     let placed = usize::from(slot.0).wrapping_sub(1);
     let index = match headers.get(placed) {
-        Some(placed) if placed.address == address => usize::from(slot.0) - 1,
+        Some(kept) if kept.address == address => placed,
         _ => slot_of(publish),
     };
     let headers = &mut headers[index];
