@@ -2,7 +2,7 @@
 //! PEM files, the handshake, and the two halves of a TLS transport.
 //!
 //! One rustls `ServerConnection` serves both halves of a connection (an `Rc<RefCell<..>>`
-//! shared by its reader and writer tasks, on one shard). The writer hands rustls the outbox's
+//! shared by its reader and writer, in the connection's task). The writer hands rustls the outbox's
 //! frames as one vectored write: rustls encrypts from the shared payloads straight into its
 //! record buffer, so a subscriber costs the cipher's copy and no plaintext copy; the records
 //! then go to the socket with one `writev`. Only when the socket is full is a record copied

@@ -1,6 +1,6 @@
-//! Transports: how a connection's bytes reach its client. The reader task reads through a
-//! `Reader`, the writer task drains the outbox through a `Writer`; the rest of the broker
-//! never sees which transport a connection uses.
+//! Transports: how a connection's bytes reach its client. The reader reads through a
+//! `Reader`, the writer drains the outbox through a `Writer` (both in the connection's task,
+//! `conn::ReadAndWrite`); the rest of the broker never sees which transport a connection uses.
 //!
 //! Plain TCP keeps the copy-free path: the writer hands the kernel one `sendmsg` whose iovecs
 //! point at each frame's header and its shared payload (glommio's own vectored write only
@@ -135,8 +135,8 @@ impl Writer {
     /// while the socket is full. Fails when the socket does, or the outbox is aborted while
     /// waiting.
     pub fn write_some<'a>(&'a mut self, outbox: &'a Outbox) -> WriteSome<'a> {
-        // TLS and WebSocket writes are boxed, so a plain connection's writer task does not
-        // carry their state (the task lives as long as the connection).
+        // TLS and WebSocket writes are boxed, so a plain connection's task does not carry
+        // their state (the task lives as long as the connection).
         match self {
             Writer::Tcp(tcp) => tcp.write_some(outbox),
             Writer::Tls(tls) => WriteSome::Waiting(Box::pin(tls.write_some(outbox))),
@@ -190,8 +190,9 @@ impl Writer {
 }
 
 /// A write of the outbox: done at once where the socket took the bytes (plain TCP's usual
-/// case, no future built), or waiting, boxed while it lasts, so the writer task, which holds
-/// it for as long as the connection lives, carries a pointer rather than the wait's state.
+/// case, no future built), or waiting, boxed while it lasts, so the connection's task, which
+/// holds it for as long as the connection lives, carries a pointer rather than the wait's
+/// state.
 pub enum WriteSome<'a> {
     Done(Option<io::Result<()>>),
     Waiting(Pin<Box<dyn Future<Output = io::Result<()>> + 'a>>),

@@ -24,12 +24,12 @@ pub const LINGER: Duration = Duration::from_secs(1);
 // Deliberately not an `async fn`: see the comment on the block.
 #[allow(clippy::manual_async_fn)]
 pub fn run(
-    mut writer: Writer,
+    writer: &mut Writer,
     outbox: Rc<Outbox>,
     persist: Option<Rc<Persist>>,
-) -> impl Future<Output = ()> {
+) -> impl Future<Output = ()> + '_ {
     // An async block, not an async fn, whose arguments the task would keep twice; the rare
-    // waits are boxed while they last. The task lives as long as the connection.
+    // waits are boxed while they last. It lives as long as the connection.
     async move {
         loop {
             if !writer.has_pending() {

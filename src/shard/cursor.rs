@@ -31,6 +31,7 @@ use crate::protocol::topic::filter_matches;
 use crate::protocol::{MqttString, QoS};
 use std::cmp::Ordering;
 use std::collections::{HashSet, VecDeque};
+use std::num::NonZeroU64;
 
 /// Retained messages taken from the index per walk.
 const BATCH: usize = 64;
@@ -60,8 +61,9 @@ pub struct Cursors {
     /// Allocated while anything is owed: every session holds a `Cursors` for as long as it
     /// lives, and an empty queue is 32 bytes.
     queue: Lazy<VecDeque<Cursor>>,
-    /// The connection token whose feeder task runs for this session, if one does.
-    pub feeder: Option<u64>,
+    /// The connection token whose feeder task runs for this session, if one does (tokens
+    /// start at 1: 8 bytes in every session where an `Option<u64>` takes 16).
+    pub feeder: Option<NonZeroU64>,
 }
 
 /// What a feed ended with.
@@ -106,6 +108,11 @@ impl Cursors {
             queue.retain(|c| c.filter != filter);
         }
         self.queue.release_if(VecDeque::is_empty);
+    }
+
+    /// Whether the feeder task of connection `token` runs for this session.
+    pub fn is_fed_by(&self, token: u64) -> bool {
+        self.feeder.is_some_and(|f| f.get() == token)
     }
 
     /// Whether nothing is owed.

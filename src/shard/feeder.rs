@@ -11,6 +11,7 @@ use super::{SessionKey, Shard};
 use crate::config::Limits;
 use crate::protocol::QoS;
 use crate::shard::outbox::Outbox;
+use std::num::NonZeroU64;
 use std::rc::Rc;
 
 /// Bytes a feed leaves in the write buffer at most: half the mark at which a subscriber
@@ -28,8 +29,8 @@ impl Shard {
             return;
         }
         let outbox = self.with_session(key, token, |session, _, _| {
-            let is_running = session.cursors.feeder == Some(token);
-            session.cursors.feeder = Some(token);
+            let is_running = session.cursors.is_fed_by(token);
+            session.cursors.feeder = NonZeroU64::new(token);
             session.outbox.clone().filter(|_| !is_running)
         });
         if let Some(Some(outbox)) = outbox {
@@ -108,7 +109,7 @@ async fn run_feeder(shard: Rc<Shard>, key: SessionKey, token: u64, outbox: Rc<Ou
         }
     }
     shard.with_session(key, token, |session, _, _| {
-        if session.cursors.feeder == Some(token) {
+        if session.cursors.is_fed_by(token) {
             session.cursors.feeder = None;
         }
     });

@@ -171,22 +171,21 @@ fn count_filter(st: &State, shard: usize, filter: &str) -> Count {
         };
     }
     Count {
-        subscriptions: st.filter_refs.get(filter).copied().unwrap_or(0) as u64,
+        subscriptions: st.trie.count(filter) as u64,
         ..Count::default()
     }
 }
 
 /// The `n` filters of this shard with the most subscriptions, most first.
 fn top_filters(st: &State, n: usize) -> Vec<(String, u64)> {
-    let mut all: Vec<(&str, usize)> = st.filter_refs.iter().map(|(f, c)| (&**f, *c)).collect();
-    let by_count = |a: &(&str, usize), b: &(&str, usize)| b.1.cmp(&a.1).then(a.0.cmp(b.0));
+    let mut all: Vec<(String, usize)> = Vec::new();
+    st.trie.for_each_filter(|f, c| all.push((f.to_owned(), c)));
+    let by_count = |a: &(String, usize), b: &(String, usize)| b.1.cmp(&a.1).then(a.0.cmp(&b.0));
     if all.len() > n && n > 0 {
         all.select_nth_unstable_by(n, by_count);
         all.truncate(n);
     }
     all.truncate(n);
     all.sort_unstable_by(by_count);
-    all.into_iter()
-        .map(|(f, c)| (f.to_string(), c as u64))
-        .collect()
+    all.into_iter().map(|(f, c)| (f, c as u64)).collect()
 }

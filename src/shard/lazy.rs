@@ -1,4 +1,5 @@
-//! A collection allocated only while it holds something.
+//! A collection allocated only while it holds something, and a boxed slice grown one entry at
+//! a time.
 //!
 //! Most sessions never use their QoS 2 or topic-alias tables; a hash map with the shard's
 //! hasher is 64 bytes even when empty, and a session lives as long as its client. Kept
@@ -46,6 +47,17 @@ impl<T: Default> Lazy<T> {
     pub fn clear(&mut self) {
         self.0 = None;
     }
+}
+
+/// `slice` with `item` added at its end. For the many short lists a connection keeps for as
+/// long as it lives (its filters, a trie level's children and subscribers): a boxed slice is
+/// exactly as long as what it holds, and a pointer and a length where a vector adds its
+/// capacity. Each push reallocates the slice, so keep them short.
+pub fn pushed<T>(slice: &mut Box<[T]>, item: T) {
+    let mut vec = std::mem::take(slice).into_vec();
+    vec.reserve_exact(1);
+    vec.push(item);
+    *slice = vec.into_boxed_slice();
 }
 
 #[cfg(test)]

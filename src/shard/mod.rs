@@ -16,7 +16,7 @@
 //! - `moving`: a session given up to another cluster node, or dropped because it moved.
 //! - `carry`: a session written out for another node in the store's record schema.
 //! - `lifecycle`: disconnect, session expiry, wills, shutdown.
-//! - `lazy`: a collection allocated only while it holds something.
+//! - `lazy`: a collection allocated only while it holds something; a boxed slice grown by one.
 //! - `session`: a client's session: subscriptions, the QoS 1/2 window, the queue behind it.
 //! - `subscription`: one subscription's options as sessions, the trie and the store keep them.
 //! - `persist`: what the store's records mean (the schema) and the journal that writes them.
@@ -111,8 +111,6 @@ pub struct State {
     groups: HashMap<String, Group>,
     /// Filter part of each shared subscription → its `$share/group/filter` name.
     group_trie: Trie<String, ()>,
-    /// Local subscriptions per filter, to know when to tell other shards.
-    filter_refs: HashMap<Box<str>, usize>,
     /// Filters other shards subscribe to.
     interest: Trie<ShardId, ()>,
     retained: Retained,

@@ -7,7 +7,7 @@
 use super::msg::{InterestAck, InterestAdd, InterestRemove, MeshMsg, ShareJoin, ShareLeave};
 use super::session::{Session, Subscription};
 use super::shared::{join_group, leave_group, SHARE_PREFIX};
-use super::{HashMap, SessionKey, Shard, State};
+use super::{SessionKey, Shard, State};
 use crate::mesh::ShardId;
 
 impl Shard {
@@ -135,9 +135,8 @@ impl Shard {
     /// shared subscription's filter). A bridge asks its remote only for what someone wants.
     pub fn for_each_filter(&self, mut visit: impl FnMut(&str, Option<usize>)) {
         let st = self.state.borrow();
-        for (filter, count) in &st.filter_refs {
-            visit(filter, Some(*count));
-        }
+        st.trie
+            .for_each_filter(|filter, count| visit(filter, Some(count)));
         st.interest.for_each(|filter, _, _| visit(filter, None));
         for share in st.groups.keys() {
             visit(crate::protocol::topic::filter_part(share), None);
@@ -212,8 +211,9 @@ pub(super) fn add_subscription(
         join_group(st, filter, (shard, key));
         return true;
     }
-    st.trie.insert(filter, key, sub);
-    add_filter_ref(&mut st.filter_refs, filter)
+    // The trie counts a filter's subscriptions: a map of counts by filter beside it held
+    // ~75 bytes per idle device (its key and its slot).
+    st.trie.insert(filter, key, sub).is_none() && st.trie.count(filter) == 1
 }
 
 /// Undoes `add_subscription`; true when other shards must be told.
@@ -227,26 +227,5 @@ pub(super) fn drop_subscription(
         leave_group(st, filter, (shard, key));
         return true;
     }
-    st.trie.remove(filter, &key);
-    drop_filter_ref(&mut st.filter_refs, filter)
-}
-
-/// Counts one more local subscription on `filter`; true when it is the first.
-fn add_filter_ref(refs: &mut HashMap<Box<str>, usize>, filter: &str) -> bool {
-    let count = refs.entry(filter.into()).or_insert(0);
-    *count += 1;
-    *count == 1
-}
-
-/// Counts one less local subscription on `filter`; true when it was the last.
-fn drop_filter_ref(refs: &mut HashMap<Box<str>, usize>, filter: &str) -> bool {
-    let Some(count) = refs.get_mut(filter) else {
-        return false;
-    };
-    *count -= 1;
-    if *count == 0 {
-        refs.remove(filter);
-        return true;
-    }
-    false
+    st.trie.remove(filter, &key).is_some() && st.trie.count(filter) == 0
 }

@@ -8,22 +8,18 @@
 //! Filter depth is chosen by peers, so nothing here recurses over the depth of the trie:
 //! matching, pruning and dropping walk with explicit stacks.
 
+use super::lazy::pushed;
 use super::HashMap;
 use std::hash::Hash;
 use std::ops::ControlFlow;
 
-/// Literal children are kept in a vector up to this many: a linear scan over a few short
+/// Literal children are kept in a slice up to this many: a linear scan over a few short
 /// levels beats hashing them.
 const FEW_CHILDREN_MAX: usize = 8;
 
-/// Subscribers of one filter are kept without a key index up to this many.
+/// Subscribers of one filter are kept in a slice without a key index up to this many (the
+/// slice is copied to grow by one, so a subscribe copies at most this many entries).
 const FEW_SUBSCRIBERS_MAX: usize = 16;
-
-/// Vectors of children and subscribers grow one slot at a time up to this length, then by
-/// doubling: most levels hold one child and most filters one subscriber (a device on a topic
-/// of its own), and the first push of a plain `Vec` makes room for four (a 448-byte
-/// allocation for one child, 96 bytes for one subscriber).
-const EXACT_GROWTH_MAX: usize = 4;
 
 /// Pending branches a match holds on the call stack before spilling to the heap; only
 /// topics that branch at more than this many levels ever allocate.
@@ -99,7 +95,7 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
     /// call per (filter, key)); no allocation per call.
     pub fn for_each_match(&self, topic: &str, mut visit: impl FnMut(&K, &V)) {
         let _ = self.walk(topic, |subscribers| {
-            for (key, value) in &subscribers.entries {
+            for (key, value) in subscribers.entries() {
                 visit(key, value);
             }
             ControlFlow::Continue(())
@@ -109,7 +105,7 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
     /// Whether any filter in the trie matches the topic (stops at the first one).
     pub fn has_match(&self, topic: &str) -> bool {
         let found = self.walk(topic, |subscribers| {
-            if subscribers.entries.is_empty() {
+            if subscribers.is_empty() {
                 ControlFlow::Continue(())
             } else {
                 ControlFlow::Break(())
@@ -134,9 +130,32 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         self.len == 0
     }
 
+    /// Number of subscriptions on exactly `filter` (the filter part, without any `$share`
+    /// prefix).
+    pub fn count(&self, filter: &str) -> usize {
+        let (path, is_hash) = split_hash(filter);
+        let subscribers = self.root.find(path).and_then(|n| n.subscribers(is_hash));
+        subscribers.map_or(0, Subscribers::len)
+    }
+
     /// Calls `visit(filter, key, value)` for every subscription, e.g. to move a session's
     /// subscriptions to another shard or to sync interest. Allocates the filter texts.
     pub fn for_each(&self, mut visit: impl FnMut(&str, &K, &V)) {
+        self.for_each_set(|filter, subscribers| {
+            for (key, value) in subscribers.entries() {
+                visit(filter, key, value);
+            }
+        });
+    }
+
+    /// Calls `visit(filter, count)` for every filter with subscriptions, with their number.
+    /// Allocates the filter texts.
+    pub fn for_each_filter(&self, mut visit: impl FnMut(&str, usize)) {
+        self.for_each_set(|filter, subscribers| visit(filter, subscribers.len()));
+    }
+
+    /// Calls `visit(filter, subscribers)` for every filter with subscribers.
+    fn for_each_set(&self, mut visit: impl FnMut(&str, &Subscribers<K, V>)) {
         // The root has no level of its own, hence `None` rather than an empty path.
         let mut pending: Vec<(&Node<K, V>, Option<String>)> = vec![(&self.root, None)];
         while let Some((node, path)) = pending.pop() {
@@ -201,9 +220,8 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
         }
         let subscribers = node.subscribers(is_hash)?;
         subscribers.get(key)?;
-        let emptied = subscribers.entries.len() == 1
-            && !node.has_subscribers(!is_hash)
-            && node.child_count() == 0;
+        let emptied =
+            subscribers.len() == 1 && !node.has_subscribers(!is_hash) && node.child_count() == 0;
         Some((emptied && depth > 0).then_some(keep))
     }
 
@@ -297,7 +315,7 @@ struct Node<K, V> {
     /// Subscribers of the filters that end at this node.
     exact: Subscribers<K, V>,
     /// The `+` child and the `#` subscribers, boxed while any: most nodes have neither (a
-    /// device's own topic), and every node is as large as its fields, in its parent's vector
+    /// device's own topic), and every node is as large as its fields, in its parent's slice
     /// or map (a node of 96 bytes took ~190 bytes of its parent's map at 19,000 devices).
     wild: Option<Box<Wild<K, V>>>,
 }
@@ -313,7 +331,7 @@ struct Wild<K, V> {
 impl<K, V> Node<K, V> {
     fn new() -> Self {
         Node {
-            children: Children::Few(Vec::new()),
+            children: Children::Few(Box::default()),
             exact: Subscribers::new(),
             wild: None,
         }
@@ -342,7 +360,7 @@ impl<K, V> Node<K, V> {
         if self
             .wild
             .as_ref()
-            .is_some_and(|w| w.plus.is_none() && w.hash.entries.is_empty())
+            .is_some_and(|w| w.plus.is_none() && w.hash.is_empty())
         {
             self.wild = None;
         }
@@ -411,8 +429,7 @@ impl<K, V> Node<K, V> {
 
     /// Whether any filter ends at this node (`is_hash`: `{this node}/#`).
     fn has_subscribers(&self, is_hash: bool) -> bool {
-        self.subscribers(is_hash)
-            .is_some_and(|s| !s.entries.is_empty())
+        self.subscribers(is_hash).is_some_and(|s| !s.is_empty())
     }
 
     fn child_count(&self) -> usize {
@@ -436,23 +453,20 @@ impl<K, V> Node<K, V> {
         }
     }
 
-    /// Reports the subscriptions held at this node; `path` is `None` for the root.
-    fn visit_own(&self, path: Option<&str>, visit: &mut impl FnMut(&str, &K, &V)) {
-        if let Some(path) = path {
-            for (key, value) in &self.exact.entries {
-                visit(path, key, value);
-            }
+    /// Reports the subscriber sets held at this node, empty ones left out; `path` is `None`
+    /// for the root.
+    fn visit_own(&self, path: Option<&str>, visit: &mut impl FnMut(&str, &Subscribers<K, V>)) {
+        if let Some(path) = path.filter(|_| !self.exact.is_empty()) {
+            visit(path, &self.exact);
         }
-        let Some(hash) = self.hash().filter(|h| !h.entries.is_empty()) else {
+        let Some(hash) = self.hash().filter(|h| !h.is_empty()) else {
             return;
         };
         let filter = match path {
             Some(path) => format!("{path}/#"),
             None => "#".to_owned(),
         };
-        for (key, value) in &hash.entries {
-            visit(&filter, key, value);
-        }
+        visit(&filter, hash);
     }
 
     /// Moves this node's children into `out`.
@@ -479,18 +493,13 @@ impl<K, V> Drop for Node<K, V> {
     }
 }
 
-/// Pushes onto a vector that is usually short: room for exactly one more while it is shorter
-/// than `EXACT_GROWTH_MAX`, amortized doubling beyond.
-fn push_small<T>(vec: &mut Vec<T>, item: T) {
-    if vec.len() < EXACT_GROWTH_MAX {
-        vec.reserve_exact(1);
-    }
-    vec.push(item);
-}
+/// A literal child: its level and its node.
+type Child<K, V> = (Box<str>, Node<K, V>);
 
-/// Literal children of a node: a vector while few, a map beyond.
+/// Literal children of a node: a boxed slice while few, a map beyond. Both variants are one
+/// slice wide (16 bytes), and every node holds one.
 enum Children<K, V> {
-    Few(Vec<(Box<str>, Node<K, V>)>),
+    Few(Box<[Child<K, V>]>),
     // Boxed so that the common small node stays small (nodes are most of a trie's memory).
     #[allow(clippy::box_collection)]
     Many(Box<HashMap<Box<str>, Node<K, V>>>),
@@ -514,7 +523,8 @@ impl<K, V> Children<K, V> {
     fn get_or_insert(&mut self, level: &str) -> &mut Node<K, V> {
         if let Children::Few(few) = self {
             if few.len() >= FEW_CHILDREN_MAX && !few.iter().any(|(l, _)| **l == *level) {
-                *self = Children::Many(Box::new(std::mem::take(few).into_iter().collect()));
+                let few = std::mem::take(few).into_vec();
+                *self = Children::Many(Box::new(few.into_iter().collect()));
             }
         }
         match self {
@@ -522,7 +532,7 @@ impl<K, V> Children<K, V> {
                 let at = match few.iter().position(|(l, _)| **l == *level) {
                     Some(at) => at,
                     None => {
-                        push_small(few, (level.into(), Node::new()));
+                        pushed(few, (level.into(), Node::new()));
                         few.len() - 1
                     }
                 };
@@ -534,7 +544,11 @@ impl<K, V> Children<K, V> {
 
     fn remove(&mut self, level: &str) {
         match self {
-            Children::Few(few) => few.retain(|(l, _)| **l != *level),
+            Children::Few(few) => {
+                let mut kept = std::mem::take(few).into_vec();
+                kept.retain(|(l, _)| **l != *level);
+                *few = kept.into_boxed_slice();
+            }
             Children::Many(map) => {
                 map.remove(level);
             }
@@ -557,71 +571,106 @@ impl<K, V> Children<K, V> {
 
     fn drain_into(&mut self, out: &mut Vec<Node<K, V>>) {
         match self {
-            Children::Few(few) => out.extend(few.drain(..).map(|(_, n)| n)),
+            Children::Few(few) => {
+                out.extend(std::mem::take(few).into_vec().into_iter().map(|(_, n)| n))
+            }
             Children::Many(map) => out.extend(map.drain().map(|(_, n)| n)),
         }
     }
 }
 
-/// The subscribers of one filter: a vector to fan out from, indexed by key once large so
-/// that subscribing thousands of sessions to one filter stays linear.
-struct Subscribers<K, V> {
+/// The subscribers of one filter: a boxed slice while few (most filters have one subscriber,
+/// a device on a topic of its own), a vector indexed by key beyond, so that subscribing
+/// thousands of sessions to one filter stays linear. Both variants are one slice wide, and
+/// every node holds one.
+enum Subscribers<K, V> {
+    Few(Box<[(K, V)]>),
+    Many(Box<Indexed<K, V>>),
+}
+
+/// Many subscribers of one filter, with the position of each key.
+struct Indexed<K, V> {
     entries: Vec<(K, V)>,
-    /// Position of each key in `entries`; built past `FEW_SUBSCRIBERS_MAX`. Boxed so that
-    /// the many small sets stay one pointer wide.
-    #[allow(clippy::box_collection)]
-    index: Option<Box<HashMap<K, usize>>>,
+    index: HashMap<K, usize>,
 }
 
 impl<K, V> Subscribers<K, V> {
     fn new() -> Self {
-        Subscribers {
-            entries: Vec::new(),
-            index: None,
+        Subscribers::Few(Box::default())
+    }
+
+    fn entries(&self) -> &[(K, V)] {
+        match self {
+            Subscribers::Few(few) => few,
+            Subscribers::Many(many) => &many.entries,
         }
+    }
+
+    fn len(&self) -> usize {
+        self.entries().len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries().is_empty()
     }
 }
 
 impl<K: Eq + Hash + Clone, V> Subscribers<K, V> {
     fn position(&self, key: &K) -> Option<usize> {
-        match &self.index {
-            Some(index) => index.get(key).copied(),
-            None => self.entries.iter().position(|(k, _)| k == key),
+        match self {
+            Subscribers::Few(few) => few.iter().position(|(k, _)| k == key),
+            Subscribers::Many(many) => many.index.get(key).copied(),
         }
     }
 
     fn get(&self, key: &K) -> Option<&V> {
-        self.position(key).map(|at| &self.entries[at].1)
+        self.position(key).map(|at| &self.entries()[at].1)
     }
 
     fn insert(&mut self, key: K, value: V) -> Option<V> {
         if let Some(at) = self.position(&key) {
-            return Some(std::mem::replace(&mut self.entries[at].1, value));
+            let entry = match self {
+                Subscribers::Few(few) => &mut few[at],
+                Subscribers::Many(many) => &mut many.entries[at],
+            };
+            return Some(std::mem::replace(&mut entry.1, value));
         }
-        if let Some(index) = &mut self.index {
-            index.insert(key.clone(), self.entries.len());
-        }
-        push_small(&mut self.entries, (key, value));
-        if self.index.is_none() && self.entries.len() > FEW_SUBSCRIBERS_MAX {
-            let index = self.entries.iter().enumerate();
-            self.index = Some(Box::new(
-                index.map(|(at, (k, _))| (k.clone(), at)).collect(),
-            ));
+        match self {
+            Subscribers::Few(few) if few.len() < FEW_SUBSCRIBERS_MAX => pushed(few, (key, value)),
+            Subscribers::Few(few) => {
+                let mut entries = std::mem::take(few).into_vec();
+                entries.push((key, value));
+                let index = entries.iter().enumerate();
+                let index = index.map(|(at, (k, _))| (k.clone(), at)).collect();
+                *self = Subscribers::Many(Box::new(Indexed { entries, index }));
+            }
+            Subscribers::Many(many) => {
+                many.index.insert(key.clone(), many.entries.len());
+                many.entries.push((key, value));
+            }
         }
         None
     }
 
     fn remove(&mut self, key: &K) -> Option<V> {
         let at = self.position(key)?;
-        let (_, value) = self.entries.swap_remove(at);
-        if let Some(index) = &mut self.index {
-            index.remove(key);
-            // The last entry moved into the hole.
-            if let Some((moved, _)) = self.entries.get(at) {
-                index.insert(moved.clone(), at);
+        match self {
+            Subscribers::Few(few) => {
+                let mut entries = std::mem::take(few).into_vec();
+                let (_, value) = entries.swap_remove(at);
+                *few = entries.into_boxed_slice();
+                Some(value)
+            }
+            Subscribers::Many(many) => {
+                let (_, value) = many.entries.swap_remove(at);
+                many.index.remove(key);
+                // The last entry moved into the hole.
+                if let Some((moved, _)) = many.entries.get(at) {
+                    many.index.insert(moved.clone(), at);
+                }
+                Some(value)
             }
         }
-        Some(value)
     }
 }
 

@@ -17,11 +17,11 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
             assert!(
                 node.wild
                     .as_ref()
-                    .is_none_or(|w| w.plus.is_some() || !w.hash.entries.is_empty()),
+                    .is_none_or(|w| w.plus.is_some() || !w.hash.is_empty()),
                 "empty wildcard box left behind"
             );
             for subscribers in [Some(&node.exact), node.hash()].into_iter().flatten() {
-                count += subscribers.entries.len();
+                count += subscribers.len();
                 subscribers.assert_index();
             }
             node.for_each_child(|_, child| pending.push((child, false)));
@@ -35,10 +35,12 @@ impl<K: Eq + Hash + Clone, V> Trie<K, V> {
 
 impl<K: Eq + Hash + Clone, V> Subscribers<K, V> {
     fn assert_index(&self) {
-        let Some(index) = &self.index else { return };
-        assert_eq!(index.len(), self.entries.len());
-        for (at, (key, _)) in self.entries.iter().enumerate() {
-            assert_eq!(index.get(key), Some(&at));
+        let Subscribers::Many(many) = self else {
+            return;
+        };
+        assert_eq!(many.index.len(), many.entries.len());
+        for (at, (key, _)) in many.entries.iter().enumerate() {
+            assert_eq!(many.index.get(key), Some(&at));
         }
     }
 }
@@ -300,6 +302,17 @@ fn check_against_reference(
 ) {
     trie.assert_invariants();
     assert_eq!(trie.len(), subscriptions.len());
+    let mut counts: HashMap<String, usize> = HashMap::new();
+    for (filter, _) in subscriptions.keys() {
+        *counts.entry(filter.clone()).or_default() += 1;
+    }
+    let mut seen = HashMap::new();
+    trie.for_each_filter(|filter, count| assert!(seen.insert(filter.to_owned(), count).is_none()));
+    assert_eq!(seen, counts);
+    for (filter, count) in &counts {
+        assert_eq!(trie.count(filter), *count, "{filter:?}");
+    }
+    assert_eq!(trie.count("not/subscribed/#"), 0);
     for _ in 0..600 {
         let topic = random_topic(rng);
         let want = expected(subscriptions, &topic);
@@ -337,18 +350,21 @@ fn randomized_cross_check_with_topic_filter_matches() {
 }
 
 #[test]
-fn a_level_with_one_child_and_one_subscriber_holds_room_for_one() {
+fn a_level_with_one_child_and_one_subscriber_holds_just_those() {
     let mut trie: Trie<u64, u8> = Trie::new();
     trie.insert("dev-1/state", 1, 0);
     let Children::Few(top) = &trie.root.children else {
         panic!("one child is few");
     };
-    assert_eq!(top.capacity(), 1);
+    assert_eq!(top.len(), 1);
     let Children::Few(below) = &top[0].1.children else {
         panic!("one child is few");
     };
-    assert_eq!(below.capacity(), 1);
-    assert_eq!(below[0].1.exact.entries.capacity(), 1);
+    assert_eq!(below.len(), 1);
+    let Subscribers::Few(subscribers) = &below[0].1.exact else {
+        panic!("one subscriber is few");
+    };
+    assert_eq!(subscribers.len(), 1);
     assert!(
         below[0].1.wild.is_none(),
         "no wildcard box without wildcards"
@@ -389,7 +405,7 @@ fn matched_list_follows_every_insert_and_removal() {
 }
 
 #[test]
-fn a_node_without_wildcards_is_two_vectors_and_a_pointer() {
-    // Every node sits in its parent's vector or map: its size is paid per device topic.
-    assert!(std::mem::size_of::<Node<u64, [u8; 12]>>() <= 64);
+fn a_node_without_wildcards_is_two_slices_and_a_pointer() {
+    // Every node sits in its parent's slice or map: its size is paid per device topic.
+    assert!(std::mem::size_of::<Node<u64, [u8; 12]>>() <= 40);
 }
