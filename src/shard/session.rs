@@ -700,6 +700,7 @@ impl Session {
 
     /// Sends at once: QoS 0 unless the connection's write buffer is over its bound, QoS 1/2
     /// into the window. A message whose expiry ran out is dropped instead.
+    #[inline]
     fn send_now(
         &mut self,
         publish: &Arc<Publish>,
@@ -843,6 +844,7 @@ impl Session {
     /// Writes a PUBLISH to the connection, replacing its topic by an outbound topic alias
     /// where the client allows them: a topic's first PUBLISH sets the alias, later ones send
     /// an empty topic. Aliases are given first come, first served until the client's maximum.
+    #[inline]
     fn write_publish(
         &mut self,
         publish: &Arc<Publish>,
@@ -894,6 +896,7 @@ impl Session {
     }
 
     /// Gives the message a packet id, records it in flight and sends it.
+    #[inline]
     fn send_new(&mut self, out: Outgoing, enc: &mut Encoder) {
         let pkid = self.allocate_pkid();
         if let Some(sid) = self.sid() {
@@ -1091,6 +1094,7 @@ impl Session {
     }
 
     /// Ends the flow of `pkid` at `phase`; false when no such message is in flight.
+    #[inline]
     fn remove_inflight(&mut self, pkid: u16, phase: Phase, qos: QoS) -> bool {
         let is_it = |i: &Inflight| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos;
         // Clients acknowledge in order, nearly always: the oldest goes without a search or a
