@@ -700,7 +700,10 @@ impl Session {
 
     /// Sends at once: QoS 0 unless the connection's write buffer is over its bound, QoS 1/2
     /// into the window. A message whose expiry ran out is dropped instead.
-    #[inline]
+    // `inline(always)`, as `send_new` and `remove_inflight`: LLVM kept each a call of its
+    // own, and their entries and exits (registers saved, a 32-byte message moved) were ~60
+    // of a fanout-1000 QoS 1 delivery's ~665 instructions (callgrind: 665 -> 600).
+    #[inline(always)]
     fn send_now(
         &mut self,
         publish: &Arc<Publish>,
@@ -896,7 +899,7 @@ impl Session {
     }
 
     /// Gives the message a packet id, records it in flight and sends it.
-    #[inline]
+    #[inline(always)]
     fn send_new(&mut self, out: Outgoing, enc: &mut Encoder) {
         let pkid = self.allocate_pkid();
         if let Some(sid) = self.sid() {
@@ -1094,7 +1097,7 @@ impl Session {
     }
 
     /// Ends the flow of `pkid` at `phase`; false when no such message is in flight.
-    #[inline]
+    #[inline(always)]
     fn remove_inflight(&mut self, pkid: u16, phase: Phase, qos: QoS) -> bool {
         let is_it = |i: &Inflight| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos;
         // Clients acknowledge in order, nearly always: the oldest goes without a search or a
