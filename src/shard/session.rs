@@ -847,7 +847,7 @@ impl Session {
     /// Writes a PUBLISH to the connection, replacing its topic by an outbound topic alias
     /// where the client allows them: a topic's first PUBLISH sets the alias, later ones send
     /// an empty topic. Aliases are given first come, first served until the client's maximum.
-    #[inline]
+    #[inline(always)]
     fn write_publish(
         &mut self,
         publish: &Arc<Publish>,
