@@ -327,7 +327,7 @@ impl Shard {
             for (key, grant) in &stored {
                 if let Some(session) = sessions.get_mut(key) {
                     let mut grant = grant.clone();
-                    grant.expires_at = message.expires_at;
+                    grant.set_expires_at(message.expires_at);
                     self.deliver_each(session, std::slice::from_ref(message), header, grant, enc);
                 }
             }
@@ -356,7 +356,7 @@ impl Shard {
         }
         for (i, message) in run.iter().enumerate() {
             let mut grant = grant.clone();
-            grant.expires_at = message.expires_at;
+            grant.set_expires_at(message.expires_at);
             grant.header = headers.get(i).copied().unwrap_or_default();
             self.metrics.count_sent(grant.qos as usize);
             session.deliver(&message.publish, grant, &self.limits, enc);

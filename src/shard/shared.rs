@@ -171,7 +171,7 @@ impl Shard {
                 let message = Message {
                     publish: out.publish,
                     origin: 0,
-                    expires_at: out.grant.expires_at,
+                    expires_at: out.grant.expires_at(),
                 };
                 remote.extend(self.dispatch_shared(&mut st, share, message, 0));
             }
