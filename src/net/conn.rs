@@ -60,6 +60,14 @@ const TURN_BYTES_FACTOR: usize = 8;
 /// this many messages.
 const RUN_MAX: usize = 32;
 
+thread_local! {
+    /// The buffer a run is gathered in (`Conn::publish_run`), kept for the next run: a new
+    /// one per run, `RUN_MAX` messages of 32 bytes, is an allocation of 1 KiB, the size from
+    /// which glibc merges its fast bins first (`malloc_consolidate`), so the small allocations
+    /// after it (a message each) would take its slow path.
+    static RUN_BUFFER: std::cell::Cell<Vec<Message>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
 /// `Conn::hold_point` of an action that holds nothing (not an `Option`: the read loop keeps
 /// it across an await, in the task that lives as long as the connection).
 const NO_HOLD: u64 = u64::MAX;
@@ -1102,18 +1110,20 @@ impl Conn {
     /// first packet that does not continue the run is acted on after it.
     #[allow(clippy::result_large_err)]
     fn publish_run(&mut self, publish: Publish) -> Result<Option<End>, Wait> {
-        let mut run = Vec::with_capacity(RUN_MAX);
+        let mut run = RUN_BUFFER.take();
+        run.reserve(RUN_MAX);
         run.push(Message::received(publish, self.token));
         let next = self.read_run(&mut run);
         let Some(matched) = self.shard.publish_run(&run) else {
             return Err(Wait::Run(Box::new((run, next))));
         };
-        for message in &run {
+        for message in run.drain(..) {
             let ack = self
                 .machine
                 .routed(message.publish.qos, message.publish.pkid, matched);
             self.send_some(ack);
         }
+        RUN_BUFFER.set(run);
         self.act_after_run(next)
     }
 
