@@ -12,6 +12,10 @@ use std::time::{Duration, Instant};
 
 /// How long a test waits for the NATS cluster or a node to come up, or for a route to form.
 const SETTLE: Duration = Duration::from_secs(30);
+/// How long a node may take to listen and open its buckets: longer than the node's own wait
+/// for JetStream (60 s), which a new NATS cluster on a busy host can need before it places a
+/// bucket's replicas.
+const JOIN_WAIT: Duration = Duration::from_secs(75);
 
 /// One test at a time: each starts three nats-servers and two or three nodes, which on a
 /// small machine would starve each other's timeouts if the test harness ran them together.
@@ -226,7 +230,7 @@ fn ready_addr(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
             }
         }
     });
-    addr.recv_timeout(SETTLE).ok()
+    addr.recv_timeout(JOIN_WAIT).ok()
 }
 
 /// Publishes probes on `topic` from `publisher` until each of `subscribers` got one (NATS

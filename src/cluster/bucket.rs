@@ -6,8 +6,9 @@ use async_nats::jetstream::kv;
 use async_nats::Client;
 
 /// How long a node waits for JetStream at start-up (a new NATS cluster elects its JetStream
-/// leader a few seconds after its servers start).
-const JETSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+/// leader a few seconds after its servers start, and on a busy host it took over 30 s before
+/// it could place a bucket's replicas: "no suitable peers for placement").
+const JETSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The JetStream stream of KV bucket `bucket`, as the KV layer of NATS' clients makes it
 /// (one value per key, rollups allowed, direct gets).
