@@ -60,6 +60,15 @@ pub fn pushed<T>(slice: &mut Box<[T]>, item: T) {
     *slice = vec.into_boxed_slice();
 }
 
+/// Takes entry `at` out of `slice`, the last entry moving into its place (`pushed`'s
+/// counterpart: the slice stays exactly as long as what it holds).
+pub fn swap_removed<T>(slice: &mut Box<[T]>, at: usize) -> T {
+    let mut vec = std::mem::take(slice).into_vec();
+    let item = vec.swap_remove(at);
+    *slice = vec.into_boxed_slice();
+    item
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -77,5 +86,15 @@ mod tests {
         set.get_mut().insert(9);
         assert_eq!(set.take(), HashSet::from([9]));
         assert!(set.get().is_none());
+    }
+
+    #[test]
+    fn a_grown_or_shrunk_slice_is_exactly_as_long_as_what_it_holds() {
+        let mut slice: Box<[u8]> = Box::default();
+        pushed(&mut slice, 1);
+        pushed(&mut slice, 2);
+        pushed(&mut slice, 3);
+        assert_eq!(swap_removed(&mut slice, 0), 1);
+        assert_eq!(&*slice, &[3, 2]);
     }
 }

@@ -453,23 +453,18 @@ impl Outbox {
         // The usual case, inlined into every push: a subscriber that keeps up and stays under
         // both pause marks, nothing to change.
         let waiting = self.bytes.get() + self.held_bytes.get();
-        let is_over = waiting >= self.pause_bytes as usize
-            || self.held_messages.get() >= self.pause_messages as usize;
-        if self.lag.get() == Lag::KeepsUp && !is_over {
+        let held = self.held_messages.get();
+        if self.lag.get() == Lag::KeepsUp && !self.is_over_pause_mark(waiting, held) {
             return;
         }
-        self.change_lag();
+        self.change_lag(waiting, held);
     }
 
-    /// `update_lag` past its usual case.
-    fn change_lag(&self) {
-        let waiting = self.bytes.get() + self.held_bytes.get();
-        let held = self.held_messages.get();
+    /// `update_lag` past its usual case, with what is waiting in bytes and held in messages.
+    fn change_lag(&self, waiting: usize, held: usize) {
         match self.lag.get() {
             Lag::KeepsUp if self.closing.get() => {}
-            Lag::KeepsUp
-                if waiting >= self.pause_bytes as usize || held >= self.pause_messages as usize =>
-            {
+            Lag::KeepsUp if self.is_over_pause_mark(waiting, held) => {
                 self.lag.set(Lag::Lagging);
                 self.progress_at.set(Instant::now());
                 self.pressure.lag_started();
@@ -483,6 +478,12 @@ impl Outbox {
             }
             _ => {}
         }
+    }
+
+    /// Whether `waiting` bytes or `held` queued messages reached a pause mark.
+    #[inline]
+    fn is_over_pause_mark(&self, waiting: usize, held: usize) -> bool {
+        waiting >= self.pause_bytes as usize || held >= self.pause_messages as usize
     }
 
     /// Whether `waiting` bytes and `held` queued messages are below the resume mark: half of

@@ -1,6 +1,6 @@
 //! One subscription as a session, the trie and the store keep it.
 
-use super::lazy::pushed;
+use super::lazy::{pushed, swap_removed};
 use crate::protocol::SubscriptionOptions;
 
 /// One subscription as a session and the trie keep it.
@@ -92,10 +92,7 @@ impl SubscriptionMap {
         match self {
             SubscriptionMap::Few(few) => {
                 let at = few.iter().position(|(f, _)| f == filter)?;
-                let mut kept = std::mem::take(few).into_vec();
-                let (_, sub) = kept.swap_remove(at);
-                *few = kept.into_boxed_slice();
-                Some(sub)
+                Some(swap_removed(few, at).1)
             }
             SubscriptionMap::Many(map) => map.remove(filter),
         }

@@ -8,7 +8,7 @@
 //! Filter depth is chosen by peers, so nothing here recurses over the depth of the trie:
 //! matching, pruning and dropping walk with explicit stacks.
 
-use super::lazy::pushed;
+use super::lazy::{pushed, swap_removed};
 use super::HashMap;
 use std::hash::Hash;
 use std::ops::ControlFlow;
@@ -655,12 +655,7 @@ impl<K: Eq + Hash + Clone, V> Subscribers<K, V> {
     fn remove(&mut self, key: &K) -> Option<V> {
         let at = self.position(key)?;
         match self {
-            Subscribers::Few(few) => {
-                let mut entries = std::mem::take(few).into_vec();
-                let (_, value) = entries.swap_remove(at);
-                *few = entries.into_boxed_slice();
-                Some(value)
-            }
+            Subscribers::Few(few) => Some(swap_removed(few, at).1),
             Subscribers::Many(many) => {
                 let (_, value) = many.entries.swap_remove(at);
                 many.index.remove(key);
