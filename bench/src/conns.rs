@@ -14,6 +14,7 @@ use crate::transport::Endpoint;
 use glommio::{LocalExecutorBuilder, Placement};
 use ringcast::protocol::{QoS, Version};
 use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,6 +25,13 @@ const IDLE_READ_BYTES: usize = 256;
 /// gives the heap a storm left free back to the kernel within two seconds of its end (its
 /// once-a-second sweep waits for a calm second).
 const SETTLE: Duration = Duration::from_millis(2500);
+/// Loopback addresses a wave's connections come from (IPv4 brokers on loopback). From one
+/// address, 19,000 connections to one port fill two thirds of the ephemeral port range, and the
+/// kernel's search for a free port in `connect` then walks the used ones: the generator spent
+/// its CPU there (perf: `__inet_hash_connect`, `__inet_check_established`) and sent its
+/// CONNECTs so late that brokers with a CONNECT timeout closed the connections. A fleet comes
+/// from many addresses.
+const SOURCES: usize = 64;
 /// Errors kept for the report, at most.
 const ERRORS_KEPT: usize = 5;
 
@@ -251,7 +259,7 @@ fn wait_wave(counters: &WaveCounters, expected: u64, started: Instant) -> Wave {
 async fn hold(plan: Plan, ids: Vec<usize>, progress: Arc<Progress>) {
     let pid = std::process::id();
     let names: Vec<String> = ids.iter().map(|i| format!("rcb{pid}-c{i}")).collect();
-    let mut conns = open_all(&plan, &names, &progress.waves[0], &progress).await;
+    let mut conns = open_all(&plan, &names, 0, &progress).await;
     while progress.phase() == Phase::Connect as u8 {
         glommio::timer::sleep(Duration::from_millis(10)).await;
     }
@@ -260,7 +268,7 @@ async fn hold(plan: Plan, ids: Vec<usize>, progress: Arc<Progress>) {
         for conn in old {
             conn.disconnect().await;
         }
-        conns = open_all(&plan, &names, &progress.waves[1], &progress).await;
+        conns = open_all(&plan, &names, 1, &progress).await;
     }
     while progress.phase() != Phase::Release as u8 {
         glommio::timer::sleep(Duration::from_millis(10)).await;
@@ -271,19 +279,24 @@ async fn hold(plan: Plan, ids: Vec<usize>, progress: Arc<Progress>) {
 }
 
 /// Opens a connection for each client id in `names`, `plan.at_once` in progress at a time,
-/// each subscribed to a topic named after it; counts each outcome in `counters`.
+/// each subscribed to a topic named after it; counts each outcome in the counters of `wave`.
 async fn open_all(
     plan: &Plan,
     names: &[String],
-    counters: &WaveCounters,
+    wave: usize,
     progress: &Progress,
 ) -> Vec<(String, Conn)> {
+    let counters = &progress.waves[wave];
     let mut conns = Vec::with_capacity(names.len());
-    for chunk in names.chunks(plan.at_once.max(1)) {
+    for (at, chunk) in names.chunks(plan.at_once.max(1)).enumerate() {
+        let first = at * plan.at_once.max(1);
         let tasks: Vec<_> = chunk
             .iter()
-            .map(|id| {
-                let (broker, version, id) = (plan.broker.clone(), plan.version, id.clone());
+            .enumerate()
+            .map(|(i, id)| {
+                let source = source_for(plan.broker.addr, first + i, wave);
+                let broker = plan.broker.from_source(source);
+                let (version, id) = (plan.version, id.clone());
                 glommio::spawn_local(async move {
                     let opened = open_one(&broker, version, &id).await;
                     (id, opened)
@@ -309,6 +322,18 @@ async fn open_all(
         }
     }
     conns
+}
+
+/// The address connection `i` of `wave` comes from: one of `SOURCES` loopback addresses, a
+/// different set in each wave (a client that reconnects comes from a new address, so its old
+/// connection's TIME_WAIT never stands in the way). None (the kernel's choice) for a broker
+/// not on IPv4 loopback.
+fn source_for(broker: SocketAddr, i: usize, wave: usize) -> Option<IpAddr> {
+    if !broker.ip().is_loopback() || !broker.is_ipv4() {
+        return None;
+    }
+    let host = 1 + (i % SOURCES) as u8;
+    Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1 + wave as u8, host)))
 }
 
 /// Connects as `id` and subscribes to `id/state`, within `SETUP_LIMIT` (the kernel's own

@@ -53,6 +53,7 @@ fn bench(opts: &Options) -> Result<Report, String> {
         tls: Tls::from_options(opts)?,
         websocket: opts.websocket.then(|| opts.ws_path.clone()),
         persistent: opts.persistent,
+        source: None,
     };
     match opts.scenario {
         Scenario::Conns => {

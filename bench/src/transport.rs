@@ -8,7 +8,8 @@ use futures_lite::{AsyncRead, AsyncWrite};
 use glommio::net::TcpStream;
 use rustls::HandshakeKind;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::os::unix::io::{AsRawFd, FromRawFd, IntoRawFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub struct Endpoint {
     /// Clean Start 0 and a session that never expires), so a broker that stores sessions
     /// stores what they get.
     pub persistent: bool,
+    /// The loopback address connections start from; None: the kernel's choice (127.0.0.1).
+    pub source: Option<IpAddr>,
 }
 
 impl Endpoint {
@@ -41,6 +44,15 @@ impl Endpoint {
             tls: None,
             websocket: None,
             persistent: false,
+            source: None,
+        }
+    }
+
+    /// The same broker, reached from `source`.
+    pub fn from_source(&self, source: Option<IpAddr>) -> Endpoint {
+        Endpoint {
+            source,
+            ..self.clone()
         }
     }
 
@@ -48,7 +60,10 @@ impl Endpoint {
     /// `READ_TICK`, so a reader can check whether the run is over; a write blocked for
     /// `WRITE_LIMIT` fails, so a broker that stops reading fails the run instead of hanging it.
     pub async fn connect(&self, read_bytes: usize, deadline: Instant) -> io::Result<Stream> {
-        let tcp = TcpStream::connect(self.addr).await?;
+        let tcp = match self.source {
+            None => TcpStream::connect(self.addr).await?,
+            Some(source) => connect_from(source, self.addr, deadline).await?,
+        };
         tcp.set_nodelay(true)?;
         tcp.set_read_timeout(Some(READ_TICK))?;
         tcp.set_write_timeout(Some(WRITE_LIMIT))?;
@@ -62,6 +77,74 @@ impl Endpoint {
                 WsStream::upgrade(stream, path, read_bytes, deadline).await?,
             )),
         })
+    }
+}
+
+/// Connects to `addr` from the address `source`, the port chosen at connect for the whole
+/// address pair (IP_BIND_ADDRESS_NO_PORT), so ports in use from other sources stay free for
+/// this one. Waits for the handshake until `deadline`.
+async fn connect_from(
+    source: IpAddr,
+    addr: SocketAddr,
+    deadline: Instant,
+) -> io::Result<TcpStream> {
+    let domain = socket2::Domain::for_address(addr);
+    let socket = socket2::Socket::new(domain, socket2::Type::STREAM, None)?;
+    socket.set_nonblocking(true)?;
+    let on: libc::c_int = 1;
+    // SAFETY: a valid int option on an open socket.
+    let set = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if set < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    socket.bind(&SocketAddr::new(source, 0).into())?;
+    match socket.connect(&addr.into()) {
+        Ok(()) => {}
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {
+            wait_connected(&socket, deadline).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    // glommio's own streams are blocking sockets driven through io_uring.
+    socket.set_nonblocking(false)?;
+    // SAFETY: the fd is a connected TCP socket, owned by the stream from here on.
+    Ok(unsafe { TcpStream::from_raw_fd(socket.into_raw_fd()) })
+}
+
+/// Waits until a non-blocking connect of `socket` has finished, polling: glommio has no wait
+/// for writability. On loopback the handshake is usually done before the first look; it
+/// waits only while the broker's accept queue is full (the kernel then resends the SYN).
+async fn wait_connected(socket: &socket2::Socket, deadline: Instant) -> io::Result<()> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        let mut poll = libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd; a zero timeout never blocks the generator's thread.
+        if unsafe { libc::poll(&mut poll, 1, 0) } > 0 {
+            return match socket.take_error()? {
+                Some(e) => Err(e),
+                None => Ok(()),
+            };
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the TCP handshake did not finish within the setup limit",
+            ));
+        }
+        glommio::timer::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(50));
     }
 }
 

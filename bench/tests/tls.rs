@@ -228,6 +228,7 @@ fn bytes_both_ways_over_tls() {
         tls: Some(pki.client(false)),
         websocket: None,
         persistent: false,
+        source: None,
     };
     let received = on_glommio(move || async move {
         let mut conn = Conn::open(&broker, Version::V311, "tls-test")
@@ -289,6 +290,7 @@ fn handshakes(
         tls: Some(pki.client(resume)),
         websocket: None,
         persistent: false,
+        source: None,
     };
     let kinds = on_glommio(move || async move {
         let mut kinds = Vec::new();
@@ -348,6 +350,7 @@ fn a_closing_broker_ends_the_stream() {
             tls: Some(pki.client(false)),
             websocket: None,
             persistent: false,
+            source: None,
         };
         let error = on_glommio(move || async move {
             let mut conn = Conn::open(&broker, Version::V311, "tls-close")
