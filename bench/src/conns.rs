@@ -374,3 +374,24 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     line.split_whitespace().nth(1)?.parse().ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_wave_comes_from_loopback_addresses_of_its_own_and_ipv6_from_the_kernels_choice() {
+        let broker: SocketAddr = "127.0.0.1:1883".parse().unwrap();
+        let first: Vec<_> = (0..SOURCES * 2).map(|i| source_for(broker, i, 0)).collect();
+        let again: Vec<_> = (0..SOURCES * 2).map(|i| source_for(broker, i, 1)).collect();
+        assert_eq!(first[0], Some(IpAddr::V4(Ipv4Addr::new(127, 0, 1, 1))));
+        assert_eq!(first[SOURCES], first[0], "addresses are taken in turn");
+        assert!(
+            first.iter().all(|a| !again.contains(a)),
+            "a reconnect comes from a new address"
+        );
+        assert!(first.iter().flatten().all(|a| a.is_loopback()));
+        assert_eq!(source_for("[::1]:1883".parse().unwrap(), 0, 0), None);
+        assert_eq!(source_for("10.0.0.1:1883".parse().unwrap(), 0, 0), None);
+    }
+}
