@@ -61,7 +61,12 @@ impl<M: Send + 'static> Mesh<M> {
         while self.has_backlog(to) {
             futures_lite::future::yield_now().await;
         }
-        self.send_direct(to, msg).await;
+        let Err(msg) = self.try_send(to, msg) else {
+            return;
+        };
+        // Only a full ring waits, boxed: the futures of every caller (each CONNECT's claim,
+        // each SUBSCRIBE's announcement) would otherwise carry glommio's send state.
+        Box::pin(self.send_direct(to, msg)).await;
     }
 
     /// Whether messages posted to `to` are still waiting to be sent.

@@ -152,6 +152,13 @@ impl Shard {
         let Some((stub, token)) = arrival else {
             return;
         };
+        // Boxed: every CONNECT and SUBSCRIBE awaits this, and only an arrival waits here;
+        // inline, its state would sit in every one of their futures.
+        Box::pin(self.settle_arrived(key, stub, token)).await;
+    }
+
+    /// The rest of `settle_arrival` for a session that did arrive.
+    async fn settle_arrived(&self, key: SessionKey, stub: StubRef, token: u64) {
         let upstream = self.settle(stub).await;
         self.merge_held(key, upstream);
         self.open_journal(key);

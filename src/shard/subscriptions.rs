@@ -77,7 +77,10 @@ impl Shard {
 
     /// `announce` without settling.
     async fn announce_filters(&self, key: SessionKey, filters: Vec<String>) {
-        self.cluster_subscribe(&filters).await;
+        if self.cluster.is_some() {
+            // Boxed: every CONNECT's and SUBSCRIBE's future would otherwise hold its state.
+            Box::pin(self.cluster_subscribe(&filters)).await;
+        }
         if self.shards == 1 || filters.is_empty() {
             return;
         }

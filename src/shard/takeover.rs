@@ -54,7 +54,12 @@ impl Shard {
     ) -> Result<Option<Box<SessionState>>, Superseded> {
         // Dropped when this returns, on every path (the connection gone included).
         let (_installing, installed) = tokio::sync::oneshot::channel();
-        let moved = match self.cluster_claim(client_id, wants_state, installed).await {
+        // Boxed, as the rare wait below: every CONNECT's future holds this one's state.
+        let claimed = match self.cluster {
+            None => Claimed::Kept,
+            Some(_) => Box::pin(self.cluster_claim(client_id, wants_state, installed)).await,
+        };
+        let moved = match claimed {
             Claimed::Kept => None,
             Claimed::Moved(session) => Some(session),
             Claimed::Superseded => return Err(Superseded),
@@ -80,7 +85,7 @@ impl Shard {
         }
         let newer = self.claims.borrow_mut().remove(&token).flatten();
         if let Some(newer) = newer {
-            self.hand_on(newer, answer).await;
+            Box::pin(self.hand_on(newer, answer)).await;
             return Err(Superseded);
         }
         if let Some(stub) = answer.stub {
