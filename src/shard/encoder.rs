@@ -103,6 +103,23 @@ impl Encoder {
         queue_publish(outbox, scratch, publish, qos);
     }
 
+    /// The kept header of `publish` for a client of `version` that gets it with `qos` and
+    /// `retain`, and where its packet id goes (see `push_shared`); None while the message
+    /// goes to one session only (`set_sole`), or if it cannot be encoded.
+    #[inline]
+    pub fn shared_header(
+        &mut self,
+        publish: &Arc<Publish>,
+        version: Version,
+        (qos, retain): (QoS, bool),
+        slot: HeaderSlot,
+    ) -> Option<(&[u8], Option<usize>)> {
+        if self.sole {
+            return None;
+        }
+        cached(&mut self.headers, publish, slot, (version, qos, retain))
+    }
+
     /// Says whether the messages delivered until the next call go to one session of this
     /// shard only (see `sole`); either way `push_shared` queues the same bytes.
     pub fn set_sole(&mut self, sole: bool) {

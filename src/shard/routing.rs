@@ -354,7 +354,11 @@ impl Shard {
             session.deliver(&message.publish, grant, &self.limits, enc);
             return;
         }
-        for (i, message) in run.iter().enumerate() {
+        let sent = session.send_run(run, headers, &grant, &self.limits, enc);
+        for _ in 0..sent {
+            self.metrics.count_sent(grant.qos as usize);
+        }
+        for (i, message) in run.iter().enumerate().skip(sent) {
             let mut grant = grant.clone();
             grant.set_expires_at(message.expires_at);
             grant.header = headers.get(i).copied().unwrap_or_default();
