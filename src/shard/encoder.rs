@@ -56,6 +56,28 @@ struct Headers {
     bytes: BytesMut,
 }
 
+/// The headers of a run of messages (`Shard::deliver_run`) as clients of one version get
+/// them with one QoS and retain flag, copied out of the cache once per run: each session the
+/// run goes to takes them without a lookup per message (`Session::send_run`; the lookup was
+/// ~80 of a fanout-1000 QoS 1 delivery's ~480 instructions, callgrind).
+pub struct RunHeaders {
+    /// The version, QoS and retain flag they were encoded for.
+    pub shape: (Version, QoS, bool),
+    bytes: Vec<u8>,
+    /// Each message's header in `bytes`, and where its packet id goes.
+    parts: Vec<(Range<usize>, Option<usize>)>,
+}
+
+impl RunHeaders {
+    /// The header of the run's `i`th message and where its packet id goes; None past those
+    /// encoded.
+    #[inline]
+    pub fn get(&self, i: usize) -> Option<(&[u8], Option<usize>)> {
+        let (range, pkid_at) = self.parts.get(i)?;
+        Some((self.bytes.get(range.clone())?, *pkid_at))
+    }
+}
+
 /// One encoded header of the cached message.
 struct Cached {
     version: Version,
@@ -103,21 +125,31 @@ impl Encoder {
         queue_publish(outbox, scratch, publish, qos);
     }
 
-    /// The kept header of `publish` for a client of `version` that gets it with `qos` and
-    /// `retain`, and where its packet id goes (see `push_shared`); None while the message
-    /// goes to one session only (`set_sole`), or if it cannot be encoded.
-    #[inline]
-    pub fn shared_header(
+    /// The headers of the messages of a run (each with its slot) for clients of one
+    /// `shape`, up to the first that cannot be encoded; none while the run goes to one
+    /// session only (`set_sole`).
+    pub fn run_headers<'a>(
         &mut self,
-        publish: &Arc<Publish>,
-        version: Version,
-        (qos, retain): (QoS, bool),
-        slot: HeaderSlot,
-    ) -> Option<(&[u8], Option<usize>)> {
+        run: impl Iterator<Item = (&'a Arc<Publish>, HeaderSlot)>,
+        shape: (Version, QoS, bool),
+    ) -> RunHeaders {
+        let mut headers = RunHeaders {
+            shape,
+            bytes: Vec::new(),
+            parts: Vec::new(),
+        };
         if self.sole {
-            return None;
+            return headers;
         }
-        cached(&mut self.headers, publish, slot, (version, qos, retain))
+        for (publish, slot) in run {
+            let Some((header, pkid_at)) = cached(&mut self.headers, publish, slot, shape) else {
+                break;
+            };
+            let start = headers.bytes.len();
+            headers.bytes.extend_from_slice(header);
+            headers.parts.push((start..headers.bytes.len(), pkid_at));
+        }
+        headers
     }
 
     /// Says whether the messages delivered until the next call go to one session of this

@@ -3,7 +3,7 @@
 //! connection's outbox but does no I/O itself.
 
 use super::cursor::{Cursor, Cursors, Feed};
-use super::encoder::{push_publish, Encoder, HeaderSlot};
+use super::encoder::{push_publish, Encoder, HeaderSlot, RunHeaders};
 use super::lazy::Lazy;
 use super::message::Message;
 use super::overflow;
@@ -901,57 +901,62 @@ impl Session {
         self.peer.topic_alias_max != 0 && self.version == Version::V5
     }
 
-    /// Sends the first messages of `run` (one publisher's, each granted as `grant`, which
-    /// was made for the first; `headers` in step with it) as `deliver` would, and returns how
-    /// many: those that go straight into the window and coalesce into the outbox, for a
-    /// plain QoS 1/2 grant and a client that needs nothing of its own (no topic alias, no
-    /// Maximum Packet Size, no store). The rest, from the first that needs more, is the
-    /// caller's to `deliver`. What `deliver` checks per message is checked once per run here,
-    /// and the outbox counts its bytes once (`Outbox::end_run`).
-    pub fn send_run(
-        &mut self,
-        run: &[Message],
-        headers: &[HeaderSlot],
-        grant: &Grant,
-        limits: &Limits,
-        enc: &mut Encoder,
-    ) -> usize {
-        let is_retained = run.first().is_some_and(|m| m.publish.retain);
+    /// How many of the first messages of a run (one publisher's, each granted as `grant`,
+    /// made for the `first`) `send_run` can take: as many as the window has room for, given
+    /// a plain QoS 1/2 grant and a client that needs nothing of its own (no topic alias, no
+    /// Maximum Packet Size, no store, nothing queued); 0 otherwise.
+    pub fn run_room(&self, first: &Message, grant: &Grant, limits: &Limits) -> usize {
         let is_plain = grant.qos != QoS::AtMostOnce
             && grant.is_plain()
             && self.queue.is_empty()
             && self.journal.is_none()
             && self.peer.packet_size_max == u32::MAX
             && !self.is_aliased()
-            && !(is_retained && !self.cursors.is_empty());
-        let Some(outbox) = self.outbox.clone().filter(|o| is_plain && !o.is_closing()) else {
+            && !(first.publish.retain && !self.cursors.is_empty())
+            && self.outbox.as_ref().is_some_and(|o| !o.is_closing());
+        if !is_plain {
+            return 0;
+        }
+        let window = usize::from(limits.inflight_max.min(self.peer.receive_max));
+        window.saturating_sub(self.inflight.len())
+    }
+
+    /// Sends the first messages of `run` (at most `run_room`) as `deliver` would, with their
+    /// headers from `headers` (encoded for this client's shape) and their slots in the
+    /// encoder (`slots`, in step), and returns how many: those that coalesce into the
+    /// outbox, up to the first message with an expiry. The rest is the caller's to `deliver`.
+    /// What `deliver` checks per message is checked once per run (`run_room`), and the
+    /// outbox counts its bytes once (`Outbox::end_run`).
+    pub fn send_run(
+        &mut self,
+        run: &[Message],
+        headers: &RunHeaders,
+        slots: &[HeaderSlot],
+        grant: &Grant,
+    ) -> usize {
+        debug_assert_eq!(headers.shape, (self.version, grant.qos, grant.retain));
+        let Some(outbox) = self.outbox.clone() else {
             return 0;
         };
-        let window = usize::from(limits.inflight_max.min(self.peer.receive_max));
-        let room = window.saturating_sub(self.inflight.len());
         let (mut sent, mut copied) = (0, 0);
-        for (i, message) in run.iter().enumerate().take(room) {
+        for (i, message) in run.iter().enumerate() {
             let publish = &message.publish;
-            let slot = headers.get(i).copied().unwrap_or_default();
-            if message.expires_at.is_some() {
-                break;
-            }
-            let shape = (grant.qos, grant.retain);
-            let Some((header, pkid_at)) = enc.shared_header(publish, self.version, shape, slot)
-            else {
+            let Some((header, pkid_at)) = headers.get(i) else {
                 break;
             };
-            if !outbox.is_coalescing(header.len() + publish.payload.len()) {
+            let is_coalescing = outbox.is_coalescing(header.len() + publish.payload.len());
+            if message.expires_at.is_some() || !is_coalescing {
                 break;
             }
             let pkid = self.allocate_pkid();
             copied += outbox.push_run_parts(header, pkid_at.map(|at| (at, pkid)), &publish.payload);
+            let header = slots.get(i).copied().unwrap_or_default();
             let out = Outgoing {
                 publish: publish.clone(),
                 grant: Grant {
                     qos: grant.qos,
                     retain: grant.retain,
-                    header: slot,
+                    header,
                     extra: None,
                 },
             };
