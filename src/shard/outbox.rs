@@ -315,7 +315,7 @@ impl Outbox {
     }
 
     /// Copies a packet into the open chunk (see `push_publish_parts`); returns its length.
-    #[inline]
+    #[inline(always)]
     fn coalesce(&self, header: &[u8], pkid: Option<(usize, u16)>, payload: &[u8]) -> usize {
         let len = header.len() + payload.len();
         let mut open = self.open.borrow_mut();

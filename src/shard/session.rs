@@ -56,6 +56,15 @@ fn grow_to_burst<T>(deque: &mut VecDeque<T>, burst: u16) {
     }
 }
 
+/// The packet id given after `pkid`: ids run from 1 to 65,535, then wrap.
+fn after(pkid: u16) -> u16 {
+    if pkid == u16::MAX {
+        1
+    } else {
+        pkid + 1
+    }
+}
+
 /// Where an outbound QoS 1/2 message stands in its acknowledgement flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Phase {
@@ -939,6 +948,9 @@ impl Session {
             return 0;
         };
         let (mut sent, mut copied) = (0, 0);
+        // The ids of the window's first and last messages, kept here as the run goes on.
+        let mut first = self.inflight.front().map(|i| i.pkid);
+        let mut last = self.inflight.back().map(|i| i.pkid);
         for (i, message) in run.iter().enumerate() {
             let publish = &message.publish;
             let Some((header, pkid_at)) = headers.get(i) else {
@@ -948,7 +960,9 @@ impl Session {
             if message.expires_at.is_some() || !is_coalescing {
                 break;
             }
-            let pkid = self.allocate_pkid();
+            let pkid = self.allocate_pkid_after(first, last);
+            first = first.or(Some(pkid));
+            last = Some(pkid);
             copied += outbox.push_run_parts(header, pkid_at.map(|at| (at, pkid)), &publish.payload);
             let header = slots.get(i).copied().unwrap_or_default();
             let out = Outgoing {
@@ -1010,11 +1024,29 @@ impl Session {
     fn allocate_pkid(&mut self) -> u16 {
         loop {
             let pkid = self.next_pkid;
-            self.next_pkid = if pkid == u16::MAX { 1 } else { pkid + 1 };
+            self.next_pkid = after(pkid);
             if !self.is_pkid_in_flight(pkid) {
                 return pkid;
             }
         }
+    }
+
+    /// `allocate_pkid` for a caller that knows the ids of the window's `first` and `last`
+    /// messages (`send_run`): the usual next id, the one after the last, is free unless the
+    /// ids in flight wrap around to it, without a look at the window (finding its ends in
+    /// the ring took ~40 of a fanout-1000 QoS 1 delivery's ~400 instructions, callgrind).
+    #[inline]
+    fn allocate_pkid_after(&mut self, first: Option<u16>, last: Option<u16>) -> u16 {
+        let pkid = self.next_pkid;
+        let is_free = match (first, last) {
+            (Some(first), Some(last)) => pkid == after(last) && pkid != first,
+            _ => self.inflight.is_empty(),
+        };
+        if !is_free {
+            return self.allocate_pkid();
+        }
+        self.next_pkid = after(pkid);
+        pkid
     }
 
     /// Whether `pkid` is in flight. Ids are given in turn and the window keeps send order, so
@@ -1025,12 +1057,7 @@ impl Session {
             return false;
         };
         // The usual case, the id after the last one: free unless the run wraps around to it.
-        let after_last = if last.pkid == u16::MAX {
-            1
-        } else {
-            last.pkid + 1
-        };
-        if pkid == after_last && pkid != first.pkid {
+        if pkid == after(last.pkid) && pkid != first.pkid {
             return false;
         }
         let from_first = |id: u16| (id as u32 + 65_535 - first.pkid as u32) % 65_535;
@@ -1163,8 +1190,25 @@ impl Session {
 
     /// Several PUBACKs from the client, with one pump of the queue after them all.
     pub fn on_pubacks(&mut self, pkids: &[u16], limits: &Limits, enc: &mut Encoder) {
-        let mut any = false;
-        for &pkid in pkids {
+        // Clients acknowledge in order, nearly always: the front of the window that the batch
+        // acknowledges in turn goes in one step, its messages dropped in place rather than
+        // each taken out first (`remove_inflight` per id was ~60 of a fanout-1000 QoS 1
+        // delivery's ~400 instructions, callgrind).
+        let in_order = pkids
+            .iter()
+            .zip(&self.inflight)
+            .take_while(|&(&pkid, i)| {
+                i.pkid == pkid && i.phase == Phase::Publish && i.out.grant.qos == QoS::AtLeastOnce
+            })
+            .count();
+        self.inflight.drain(..in_order);
+        if let Some(sid) = self.sid() {
+            for &pkid in &pkids[..in_order] {
+                self.note_quietly(Record::Done { sid, pkid });
+            }
+        }
+        let mut any = in_order > 0;
+        for &pkid in &pkids[in_order..] {
             any |= self.remove_inflight(pkid, Phase::Publish, QoS::AtLeastOnce);
         }
         if any {
