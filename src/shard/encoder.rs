@@ -203,7 +203,9 @@ impl Headers {
 
 /// The cached header of `publish` for this shape (version, QoS, retain) and where its packet
 /// id goes, encoded on first use: in the slot the message was placed in, if it still holds
-/// it, else in the slot of its address.
+/// it, else in the slot of its address. Inlined into `push_shared`: as a call of its own it
+/// was ~35 more instructions per delivery of a fanout-100 QoS 0 broker (callgrind).
+#[inline(always)]
 fn cached<'a>(
     headers: &'a mut Option<Box<[Headers; CACHED_MESSAGES]>>,
     publish: &Arc<Publish>,

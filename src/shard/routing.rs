@@ -649,7 +649,7 @@ fn send_run(
             shaped.len() - 1
         }
     };
-    session.send_run(&run[..room], &shaped[index], slots, grant)
+    session.send_run(&run[..room], &shaped[index], slots, grant, limits)
 }
 
 /// `grant` through one subscription without a Subscription Identifier, the common case: no

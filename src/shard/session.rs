@@ -911,12 +911,11 @@ impl Session {
     }
 
     /// How many of the first messages of a run (one publisher's, each granted as `grant`,
-    /// made for the `first`) `send_run` can take: as many as the window has room for, given
-    /// a plain QoS 1/2 grant and a client that needs nothing of its own (no topic alias, no
-    /// Maximum Packet Size, no store, nothing queued); 0 otherwise.
+    /// made for the `first`) `send_run` can take, given a plain grant and a client that needs
+    /// nothing of its own (no topic alias, no Maximum Packet Size, no store, nothing
+    /// queued): at QoS 1/2 as many as the window has room for; 0 for any other.
     pub fn run_room(&self, first: &Message, grant: &Grant, limits: &Limits) -> usize {
-        let is_plain = grant.qos != QoS::AtMostOnce
-            && grant.is_plain()
+        let is_plain = grant.is_plain()
             && self.queue.is_empty()
             && self.journal.is_none()
             && self.peer.packet_size_max == u32::MAX
@@ -926,6 +925,9 @@ impl Session {
         if !is_plain {
             return 0;
         }
+        if grant.qos == QoS::AtMostOnce {
+            return usize::MAX;
+        }
         let window = usize::from(limits.inflight_max.min(self.peer.receive_max));
         window.saturating_sub(self.inflight.len())
     }
@@ -933,7 +935,8 @@ impl Session {
     /// Sends the first messages of `run` (at most `run_room`) as `deliver` would, with their
     /// headers from `headers` (encoded for this client's shape) and their slots in the
     /// encoder (`slots`, in step), and returns how many: those that coalesce into the
-    /// outbox, up to the first message with an expiry. The rest is the caller's to `deliver`.
+    /// outbox, up to the first message with an expiry, or at QoS 0 the first to find the
+    /// outbox over `limits.write_buffer_bytes_max`. The rest is the caller's to `deliver`.
     /// What `deliver` checks per message is checked once per run (`run_room`), and the
     /// outbox counts its bytes once (`Outbox::end_run`).
     pub fn send_run(
@@ -942,6 +945,7 @@ impl Session {
         headers: &RunHeaders,
         slots: &[HeaderSlot],
         grant: &Grant,
+        limits: &Limits,
     ) -> usize {
         debug_assert_eq!(headers.shape, (self.version, grant.qos, grant.retain));
         let Some(outbox) = self.outbox.clone() else {
@@ -959,6 +963,14 @@ impl Session {
             let is_coalescing = outbox.is_coalescing(header.len() + publish.payload.len());
             if message.expires_at.is_some() || !is_coalescing {
                 break;
+            }
+            if grant.qos == QoS::AtMostOnce {
+                if outbox.is_over(limits.write_buffer_bytes_max) {
+                    break;
+                }
+                copied += outbox.push_run_parts(header, None, &publish.payload);
+                sent += 1;
+                continue;
             }
             let pkid = self.allocate_pkid_after(first, last);
             first = first.or(Some(pkid));
