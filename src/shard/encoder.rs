@@ -125,6 +125,22 @@ impl Encoder {
         queue_publish(outbox, scratch, publish, qos);
     }
 
+    /// The kept header of `publish` for a client of `version` that gets it with `qos` and
+    /// `retain`, and where its packet id goes (see `push_shared`); None while a message goes
+    /// to one session only (`set_sole`), or if it cannot be encoded.
+    pub fn shared_header(
+        &mut self,
+        publish: &Arc<Publish>,
+        version: Version,
+        (qos, retain): (QoS, bool),
+        slot: HeaderSlot,
+    ) -> Option<(&[u8], Option<usize>)> {
+        if self.sole {
+            return None;
+        }
+        cached(&mut self.headers, publish, slot, (version, qos, retain))
+    }
+
     /// The headers of the messages of a run (each with its slot) for clients of one
     /// `shape`, up to the first that cannot be encoded; none while the run goes to one
     /// session only (`set_sole`).

@@ -917,11 +917,8 @@ impl Session {
     pub fn run_room(&self, first: &Message, grant: &Grant, limits: &Limits) -> usize {
         let is_plain = grant.is_plain()
             && self.queue.is_empty()
-            && self.journal.is_none()
-            && self.peer.packet_size_max == u32::MAX
-            && !self.is_aliased()
-            && !(first.publish.retain && !self.cursors.is_empty())
-            && self.outbox.as_ref().is_some_and(|o| !o.is_closing());
+            && self.is_plain_client()
+            && !(first.publish.retain && !self.cursors.is_empty());
         if !is_plain {
             return 0;
         }
@@ -930,6 +927,15 @@ impl Session {
         }
         let window = usize::from(limits.inflight_max.min(self.peer.receive_max));
         window.saturating_sub(self.inflight.len())
+    }
+
+    /// Whether the client needs nothing of its own in what it is sent (no topic alias, no
+    /// Maximum Packet Size, no store) and is connected.
+    fn is_plain_client(&self) -> bool {
+        self.journal.is_none()
+            && self.peer.packet_size_max == u32::MAX
+            && !self.is_aliased()
+            && self.outbox.as_ref().is_some_and(|o| !o.is_closing())
     }
 
     /// Sends the first messages of `run` (at most `run_room`) as `deliver` would, with their
@@ -952,9 +958,7 @@ impl Session {
             return 0;
         };
         let (mut sent, mut copied) = (0, 0);
-        // The ids of the window's first and last messages, kept here as the run goes on.
-        let mut first = self.inflight.front().map(|i| i.pkid);
-        let mut last = self.inflight.back().map(|i| i.pkid);
+        let mut ends = self.window_ends();
         for (i, message) in run.iter().enumerate() {
             let publish = &message.publish;
             let Some((header, pkid_at)) = headers.get(i) else {
@@ -972,30 +976,89 @@ impl Session {
                 sent += 1;
                 continue;
             }
-            let pkid = self.allocate_pkid_after(first, last);
-            first = first.or(Some(pkid));
-            last = Some(pkid);
-            copied += outbox.push_run_parts(header, pkid_at.map(|at| (at, pkid)), &publish.payload);
-            let header = slots.get(i).copied().unwrap_or_default();
             let out = Outgoing {
                 publish: publish.clone(),
                 grant: Grant {
                     qos: grant.qos,
                     retain: grant.retain,
-                    header,
+                    header: slots.get(i).copied().unwrap_or_default(),
                     extra: None,
                 },
             };
-            let inflight = Inflight {
-                out,
-                pkid,
-                phase: Phase::Publish,
-            };
-            push_slot(&mut self.inflight, inflight, self.burst_slots.0);
+            copied += self.send_plain(&outbox, out, (header, pkid_at), &mut ends);
             sent += 1;
         }
         outbox.end_run(copied);
         sent
+    }
+
+    /// The ids of the window's first and last messages, for `send_plain`.
+    fn window_ends(&self) -> (Option<u16>, Option<u16>) {
+        let first = self.inflight.front().map(|i| i.pkid);
+        (first, self.inflight.back().map(|i| i.pkid))
+    }
+
+    /// Sends a QoS 1/2 message with a plain grant to a plain client (`is_plain_client`) into
+    /// the window, its `header` (and where the packet id goes in it) copied into `outbox` by
+    /// `Outbox::push_run_parts`; returns the bytes copied. `ends` are the window's first and
+    /// last ids (`window_ends`), kept up to date here.
+    #[inline(always)]
+    fn send_plain(
+        &mut self,
+        outbox: &Outbox,
+        out: Outgoing,
+        (header, pkid_at): (&[u8], Option<usize>),
+        ends: &mut (Option<u16>, Option<u16>),
+    ) -> usize {
+        let pkid = self.allocate_pkid_after(ends.0, ends.1);
+        *ends = (ends.0.or(Some(pkid)), Some(pkid));
+        let copied = outbox.push_run_parts(header, pkid_at.map(|at| (at, pkid)), &out.publish.payload);
+        let inflight = Inflight {
+            out,
+            pkid,
+            phase: Phase::Publish,
+        };
+        push_slot(&mut self.inflight, inflight, self.burst_slots.0);
+        copied
+    }
+
+    /// Moves queued QoS 1/2 messages with a plain grant into the window while it has room and
+    /// they coalesce into the outbox, for a plain client (`is_plain_client`), as `pump` would
+    /// one by one: each moved as it is, its header from the encoder's cache, the outbox
+    /// counting its bytes once (`Outbox::end_run`). Returns the payload bytes taken from the
+    /// queue.
+    fn pump_plain(&mut self, limits: &Limits, enc: &mut Encoder) -> usize {
+        let Some(outbox) = self.outbox.clone().filter(|_| self.is_plain_client()) else {
+            return 0;
+        };
+        let window = usize::from(limits.inflight_max.min(self.peer.receive_max));
+        let (mut taken, mut copied) = (0, 0);
+        let mut ends = self.window_ends();
+        while self.inflight.len() < window {
+            let Some(front) = self.queue.front() else {
+                break;
+            };
+            let grant = &front.grant;
+            if grant.qos == QoS::AtMostOnce || !grant.is_plain() {
+                break;
+            }
+            let shape = (grant.qos, grant.retain);
+            let publish = &front.publish;
+            let Some(header) = enc.shared_header(publish, self.version, shape, grant.header)
+            else {
+                break;
+            };
+            if !outbox.is_coalescing(header.0.len() + publish.payload.len()) {
+                break;
+            }
+            let Some(out) = self.queue.pop_front() else {
+                break;
+            };
+            taken += out.publish.payload.len();
+            copied += self.send_plain(&outbox, out, header, &mut ends);
+        }
+        outbox.end_run(copied);
+        taken
     }
 
     /// A queued QoS 1/2 message whose turn came: moved into the window as it is (no second
@@ -1082,7 +1145,7 @@ impl Session {
     /// Moves queued messages into the window while there is room and a connection. The bytes
     /// taken are given back to the shard's count once, after the run.
     pub fn pump(&mut self, limits: &Limits, enc: &mut Encoder) {
-        let mut taken = 0;
+        let mut taken = self.pump_plain(limits, enc);
         while self.is_online() {
             let Some(front) = self.queue.front() else {
                 break;
@@ -1566,6 +1629,51 @@ mod tests {
         for _ in 0..n {
             s.deliver_owned(Outgoing::plain(message("t", QoS::AtLeastOnce)), limits, enc);
         }
+    }
+
+    #[test]
+    fn a_run_sent_at_once_goes_out_as_delivered_message_by_message() {
+        let limits = Limits {
+            inflight_max: 3,
+            ..Limits::default()
+        };
+        let mut enc = Encoder::default();
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let (mut at_once, run_outbox) = online(PeerLimits::default());
+            let (mut each, each_outbox) = online(PeerLimits::default());
+            let run: Vec<Message> = (0..4)
+                .map(|_| Message::received(message("t", qos), 0))
+                .collect();
+            let slots: Vec<HeaderSlot> = run.iter().map(|m| enc.place(&m.publish)).collect();
+            let grant = Grant::new(qos, false, Vec::new(), None);
+            let shape = (Version::V5, qos, false);
+            let publishes = run.iter().map(|m| &m.publish);
+            let headers = enc.run_headers(publishes.zip(slots.iter().copied()), shape);
+            let room = at_once.run_room(&run[0], &grant, &limits).min(run.len());
+            let taken = at_once.send_run(&run[..room], &headers, &slots, &grant, &limits);
+            assert_eq!(taken, if qos == QoS::AtMostOnce { 4 } else { 3 });
+            for (message, &slot) in run.iter().zip(&slots) {
+                let mut grant = grant.clone();
+                grant.header = slot;
+                each.deliver(&message.publish, grant, &limits, &mut enc);
+            }
+            // One by one, the fourth QoS 1 message waits in the queue.
+            assert_eq!(sent(&run_outbox).len(), taken);
+            assert_eq!(run_outbox.pending_wire(), each_outbox.pending_wire(), "{qos:?}");
+            assert_eq!(at_once.inflight_len(), each.inflight_len());
+            assert_eq!(run_outbox.queued_bytes(), each_outbox.queued_bytes());
+        }
+    }
+
+    #[test]
+    fn acknowledgements_out_of_order_free_their_own_messages() {
+        let (mut s, _outbox) = online(PeerLimits::default());
+        let limits = Limits::default();
+        let mut enc = Encoder::default();
+        deliver_qos1(&mut s, 4, &limits, &mut enc);
+        s.on_pubacks(&[1, 3, 2], &limits, &mut enc);
+        let ids: Vec<u16> = s.inflight.iter().map(|i| i.pkid).collect();
+        assert_eq!(ids, [4]);
     }
 
     #[test]
