@@ -296,7 +296,12 @@ impl Outbox {
     /// (per PUBLISH they were ~25 of a fanout-1000 QoS 1 delivery's ~580 instructions).
     /// Returns the bytes copied: none into a closing outbox.
     #[inline]
-    pub fn push_run_parts(&self, header: &[u8], pkid: Option<(usize, u16)>, payload: &[u8]) -> usize {
+    pub fn push_run_parts(
+        &self,
+        header: &[u8],
+        pkid: Option<(usize, u16)>,
+        payload: &[u8],
+    ) -> usize {
         if self.closing.get() {
             return 0;
         }

@@ -643,7 +643,10 @@ fn send_run(
     let index = match shaped.iter().position(|h| h.shape == shape) {
         Some(index) => index,
         None => {
-            let slots = slots.iter().copied().chain(std::iter::repeat(HeaderSlot::default()));
+            let slots = slots
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(HeaderSlot::default()));
             let publishes = run.iter().map(|m| &m.publish);
             shaped.push(enc.run_headers(publishes.zip(slots), shape));
             shaped.len() - 1

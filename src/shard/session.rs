@@ -913,12 +913,13 @@ impl Session {
     /// How many of the first messages of a run (one publisher's, each granted as `grant`,
     /// made for the `first`) `send_run` can take, given a plain grant and a client that needs
     /// nothing of its own (no topic alias, no Maximum Packet Size, no store, nothing
-    /// queued): at QoS 1/2 as many as the window has room for; 0 for any other.
+    /// queued): at QoS 0 any number, at QoS 1/2 as many as the window has room for; 0 for
+    /// any other grant or client.
     pub fn run_room(&self, first: &Message, grant: &Grant, limits: &Limits) -> usize {
         let is_plain = grant.is_plain()
             && self.queue.is_empty()
             && self.is_plain_client()
-            && !(first.publish.retain && !self.cursors.is_empty());
+            && (!first.publish.retain || self.cursors.is_empty());
         if !is_plain {
             return 0;
         }
@@ -1012,7 +1013,8 @@ impl Session {
     ) -> usize {
         let pkid = self.allocate_pkid_after(ends.0, ends.1);
         *ends = (ends.0.or(Some(pkid)), Some(pkid));
-        let copied = outbox.push_run_parts(header, pkid_at.map(|at| (at, pkid)), &out.publish.payload);
+        let copied =
+            outbox.push_run_parts(header, pkid_at.map(|at| (at, pkid)), &out.publish.payload);
         let inflight = Inflight {
             out,
             pkid,
@@ -1044,8 +1046,7 @@ impl Session {
             }
             let shape = (grant.qos, grant.retain);
             let publish = &front.publish;
-            let Some(header) = enc.shared_header(publish, self.version, shape, grant.header)
-            else {
+            let Some(header) = enc.shared_header(publish, self.version, shape, grant.header) else {
                 break;
             };
             if !outbox.is_coalescing(header.0.len() + publish.payload.len()) {
@@ -1659,7 +1660,11 @@ mod tests {
             }
             // One by one, the fourth QoS 1 message waits in the queue.
             assert_eq!(sent(&run_outbox).len(), taken);
-            assert_eq!(run_outbox.pending_wire(), each_outbox.pending_wire(), "{qos:?}");
+            assert_eq!(
+                run_outbox.pending_wire(),
+                each_outbox.pending_wire(),
+                "{qos:?}"
+            );
             assert_eq!(at_once.inflight_len(), each.inflight_len());
             assert_eq!(run_outbox.queued_bytes(), each_outbox.queued_bytes());
         }
