@@ -285,6 +285,43 @@ impl Outbox {
         if self.closing.get() {
             return;
         }
+        let len = self.coalesce(header, pkid, payload);
+        self.count_pushed(len);
+        self.wake();
+    }
+
+    /// `push_publish_parts` for each PUBLISH of a run to one subscriber (`Session::send_run`),
+    /// as long as `is_coalescing` says so for the next: the caller then calls `end_run` once
+    /// with the bytes copied, for the shard's pressure, the lag and the writer's wake-up
+    /// (per PUBLISH they were ~25 of a fanout-1000 QoS 1 delivery's ~580 instructions).
+    /// Returns the bytes copied: none into a closing outbox.
+    #[inline]
+    pub fn push_run_parts(
+        &self,
+        header: &[u8],
+        pkid: Option<(usize, u16)>,
+        payload: &[u8],
+    ) -> usize {
+        if self.closing.get() {
+            return 0;
+        }
+        let len = self.coalesce(header, pkid, payload);
+        self.bytes.set(self.bytes.get() + len);
+        len
+    }
+
+    /// Ends a run of `push_run_parts` that copied `len` bytes.
+    pub fn end_run(&self, len: usize) {
+        if len > 0 {
+            self.pressure.add(len);
+            self.update_lag();
+            self.wake();
+        }
+    }
+
+    /// Copies a packet into the open chunk (see `push_publish_parts`); returns its length.
+    #[inline(always)]
+    fn coalesce(&self, header: &[u8], pkid: Option<(usize, u16)>, payload: &[u8]) -> usize {
         let len = header.len() + payload.len();
         let mut open = self.open.borrow_mut();
         if open.capacity() - open.len() < len {
@@ -304,8 +341,7 @@ impl Outbox {
         drop(open);
         let coalesced = self.coalesced.get().saturating_add(saturated(len));
         self.coalesced.set(coalesced);
-        self.count_pushed(len);
-        self.wake();
+        len
     }
 
     /// Size of the next chunk, for a packet of `len` bytes: what this busy spell, or the one

@@ -3,13 +3,14 @@
 //! `MeshMsg::Publish` each, sharing the `Arc`), to one member of each matching shared
 //! subscription (`shared`), and to every retained replica.
 
-use super::encoder::{Encoder, HeaderSlot};
+use super::encoder::{Encoder, HeaderSlot, RunHeaders};
 use super::message::Message;
 use super::msg::{InterestAck, MeshMsg, Retain};
 use super::persist::{wall_ms, Record};
 use super::session::{Grant, Session, Subscription};
 use super::trie::Trie;
 use super::{SessionKey, Shard, State};
+use crate::config::Limits;
 use crate::mesh::{RequestId, ShardId};
 use crate::protocol::{MqttString, Publish, QoS};
 use std::cell::RefCell;
@@ -296,6 +297,8 @@ impl Shard {
         // Stored sessions get a run message by message, after the others: their records of a
         // message then follow its body, joined into one (`Persist::append_joined`).
         let mut stored = Vec::new();
+        // The run's headers for each shape of client met so far (see `RunHeaders`).
+        let mut shaped = Vec::new();
         for same in matches.chunk_by(|a, b| a.0 == b.0) {
             let key = same[0].0;
             let subs = same.iter().map(|(_, sub)| sub);
@@ -320,7 +323,7 @@ impl Shard {
                 stored.push((key, grant));
                 continue;
             }
-            self.deliver_each(session, run, &headers, grant, enc);
+            self.deliver_each(session, run, &headers, grant, enc, &mut shaped);
         }
         for (i, message) in run.iter().enumerate() {
             let header = headers.get(i..).unwrap_or_default();
@@ -328,7 +331,8 @@ impl Shard {
                 if let Some(session) = sessions.get_mut(key) {
                     let mut grant = grant.clone();
                     grant.set_expires_at(message.expires_at);
-                    self.deliver_each(session, std::slice::from_ref(message), header, grant, enc);
+                    let message = std::slice::from_ref(message);
+                    self.deliver_each(session, message, header, grant, enc, &mut Vec::new());
                 }
             }
         }
@@ -338,7 +342,8 @@ impl Shard {
 
     /// Gives `session` each message of `run` in order, as `grant` (made for the first)
     /// says, with each message's own expiry and header slot (`headers`, in step with `run`;
-    /// a message past them is looked up by its address).
+    /// a message past them is looked up by its address). Several go the fast way where
+    /// the session allows (`send_run`), their headers encoded once per shape (`shaped`).
     fn deliver_each(
         &self,
         session: &mut Session,
@@ -346,6 +351,7 @@ impl Shard {
         headers: &[HeaderSlot],
         mut grant: Grant,
         enc: &mut Encoder,
+        shaped: &mut Vec<RunHeaders>,
     ) {
         if let [message] = run {
             // One message, the grant made for it: nothing to copy (most routes).
@@ -354,7 +360,11 @@ impl Shard {
             session.deliver(&message.publish, grant, &self.limits, enc);
             return;
         }
-        for (i, message) in run.iter().enumerate() {
+        let sent = send_run(session, run, headers, &grant, (&self.limits, enc), shaped);
+        for _ in 0..sent {
+            self.metrics.count_sent(grant.qos as usize);
+        }
+        for (i, message) in run.iter().enumerate().skip(sent) {
             let mut grant = grant.clone();
             grant.set_expires_at(message.expires_at);
             grant.header = headers.get(i).copied().unwrap_or_default();
@@ -608,6 +618,41 @@ pub(super) fn grant<'a>(
         ids,
         message.expires_at,
     ))
+}
+
+/// Sends `session` the first messages of `run` the fast way (`Session::send_run`), where
+/// its client and its window allow, with the run's headers for its shape from `shaped`
+/// (encoded there for the first session of that shape); returns how many. `slots` are the
+/// messages' places in the encoder, in step with `run`.
+fn send_run(
+    session: &mut Session,
+    run: &[Message],
+    slots: &[HeaderSlot],
+    grant: &Grant,
+    (limits, enc): (&Limits, &mut Encoder),
+    shaped: &mut Vec<RunHeaders>,
+) -> usize {
+    let Some(first) = run.first() else {
+        return 0;
+    };
+    let room = session.run_room(first, grant, limits).min(run.len());
+    if room == 0 {
+        return 0;
+    }
+    let shape = (session.version, grant.qos, grant.retain);
+    let index = match shaped.iter().position(|h| h.shape == shape) {
+        Some(index) => index,
+        None => {
+            let slots = slots
+                .iter()
+                .copied()
+                .chain(std::iter::repeat(HeaderSlot::default()));
+            let publishes = run.iter().map(|m| &m.publish);
+            shaped.push(enc.run_headers(publishes.zip(slots), shape));
+            shaped.len() - 1
+        }
+    };
+    session.send_run(&run[..room], &shaped[index], slots, grant, limits)
 }
 
 /// `grant` through one subscription without a Subscription Identifier, the common case: no
