@@ -282,12 +282,8 @@ impl Outbox {
     /// (`pkid`: the id and its offset in `header`) written into the copy in the chunk: the
     /// header is copied once, not first into a scratch buffer to be patched there.
     pub fn push_publish_parts(&self, header: &[u8], pkid: Option<(usize, u16)>, payload: &[u8]) {
-        if self.closing.get() {
-            return;
-        }
-        let len = self.coalesce(header, pkid, payload);
-        self.count_pushed(len);
-        self.wake();
+        let len = self.push_run_parts(header, pkid, payload);
+        self.end_run(len);
     }
 
     /// `push_publish_parts` for each PUBLISH of a run to one subscriber (`Session::send_run`),
@@ -311,6 +307,7 @@ impl Outbox {
     }
 
     /// Ends a run of `push_run_parts` that copied `len` bytes.
+    #[inline]
     pub fn end_run(&self, len: usize) {
         if len > 0 {
             self.pressure.add(len);

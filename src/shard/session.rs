@@ -85,6 +85,14 @@ pub struct Inflight {
     pub phase: Phase,
 }
 
+impl Inflight {
+    /// Whether it is the message `pkid` at `phase`, sent with `qos`.
+    #[inline]
+    fn is(&self, pkid: u16, phase: Phase, qos: QoS) -> bool {
+        self.pkid == pkid && self.phase == phase && self.out.grant.qos == qos
+    }
+}
+
 /// What a session's deliveries are checked against when the ACL cuts into its
 /// subscriptions: the ACL as it was when the client connected, and who the client is.
 #[derive(Clone)]
@@ -860,8 +868,12 @@ impl Session {
     /// Room in the outbound window: ours, narrowed by the client's Receive Maximum
     /// [MQTT-3.3.4-9].
     fn has_window(&self, limits: &Limits) -> bool {
-        let window = limits.inflight_max.min(self.peer.receive_max);
-        self.inflight.len() < window as usize
+        self.inflight.len() < self.window_size(limits)
+    }
+
+    /// The outbound window's size: ours, narrowed by the client's Receive Maximum.
+    fn window_size(&self, limits: &Limits) -> usize {
+        usize::from(limits.inflight_max.min(self.peer.receive_max))
     }
 
     /// Writes a PUBLISH to the connection, replacing its topic by an outbound topic alias
@@ -926,8 +938,7 @@ impl Session {
         if grant.qos == QoS::AtMostOnce {
             return usize::MAX;
         }
-        let window = usize::from(limits.inflight_max.min(self.peer.receive_max));
-        window.saturating_sub(self.inflight.len())
+        self.window_size(limits).saturating_sub(self.inflight.len())
     }
 
     /// Whether the client needs nothing of its own in what it is sent (no topic alias, no
@@ -1033,7 +1044,7 @@ impl Session {
         let Some(outbox) = self.outbox.clone().filter(|_| self.is_plain_client()) else {
             return 0;
         };
-        let window = usize::from(limits.inflight_max.min(self.peer.receive_max));
+        let window = self.window_size(limits);
         let (mut taken, mut copied) = (0, 0);
         let mut ends = self.window_ends();
         while self.inflight.len() < window {
@@ -1273,9 +1284,7 @@ impl Session {
         let in_order = pkids
             .iter()
             .zip(&self.inflight)
-            .take_while(|&(&pkid, i)| {
-                i.pkid == pkid && i.phase == Phase::Publish && i.out.grant.qos == QoS::AtLeastOnce
-            })
+            .take_while(|&(&pkid, i)| i.is(pkid, Phase::Publish, QoS::AtLeastOnce))
             .count();
         self.inflight.drain(..in_order);
         if let Some(sid) = self.sid() {
@@ -1306,7 +1315,7 @@ impl Session {
     /// Ends the flow of `pkid` at `phase`; false when no such message is in flight.
     #[inline(always)]
     fn remove_inflight(&mut self, pkid: u16, phase: Phase, qos: QoS) -> bool {
-        let is_it = |i: &Inflight| i.pkid == pkid && i.phase == phase && i.out.grant.qos == qos;
+        let is_it = |i: &Inflight| i.is(pkid, phase, qos);
         // Clients acknowledge in order, nearly always: the oldest goes without a search or a
         // shift of the window (`remove` was 5% of a QoS 1 fan-out's instructions).
         let done = if self.inflight.front().is_some_and(is_it) {
