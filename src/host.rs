@@ -131,12 +131,18 @@ pub fn has_ipv6_loopback() -> bool {
 /// Pending connections the kernel may hold per listener.
 const LISTEN_BACKLOG: i32 = 4096;
 
-/// Gives the pages of the heap that are wholly free back to the kernel (glibc's
-/// `malloc_trim`, which also releases free pages inside the heap, not only at its top);
-/// does nothing with other C libraries. A connection storm leaves such pages behind: its
+/// Gives the pages of the heap that are wholly free back to the kernel: those of this
+/// thread's mimalloc heap (the broker's allocator, `mi_collect`), and those of glibc's heap
+/// (`malloc_trim`, which also releases free pages inside the heap, not only at its top; it
+/// does nothing with other C libraries). A connection storm leaves such pages behind: its
 /// short-lived allocations (CONNECT packets, login state, requests to other shards) sit
 /// between the long-lived ones of the connections that stay.
 pub fn give_back_free_heap() {
+    // SAFETY: mi_collect frees only memory that no allocation holds, of this thread's heap
+    // (an unused heap when mimalloc is not the global allocator).
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns memory that no allocation holds; it changes nothing
     // any live allocation can see.
