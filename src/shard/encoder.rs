@@ -20,8 +20,8 @@ use std::sync::{Arc, Weak};
 /// behind it, so that subscribers pumping the same messages one after another find them.
 const CACHED_MESSAGES: usize = 2048;
 
-/// Where a fanned-out message's headers are kept (`Encoder::place`); the default names none,
-/// and the message is looked up by its address.
+/// Where a fanned-out message's headers are kept (`Encoder::place`); the default names none:
+/// the message went to one session, and its header is written when it is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeaderSlot(u16);
 
@@ -446,15 +446,35 @@ mod tests {
             (QoS::ExactlyOnce, false, 65_535),
         ];
         for version in [Version::V311, Version::V5] {
-            let (kept, sole) = (Outbox::default(), Outbox::default());
+            let (kept, sole, unplaced) = (Outbox::default(), Outbox::default(), Outbox::default());
             let mut enc = Encoder::default();
+            let slot = enc.place(&message);
             for shape in shapes {
-                enc.push_shared(&kept, &message, version, shape, HeaderSlot::default());
+                enc.push_shared(&kept, &message, version, shape, slot);
+                enc.push_shared(&unplaced, &message, version, shape, HeaderSlot::default());
                 enc.set_sole(true);
                 enc.push_shared(&sole, &message, version, shape, HeaderSlot::default());
                 enc.set_sole(false);
             }
             assert_eq!(sole.pending_wire(), kept.pending_wire(), "{version:?}");
+            assert_eq!(unplaced.pending_wire(), kept.pending_wire(), "{version:?}");
+        }
+    }
+
+    #[test]
+    fn a_queued_message_that_was_not_placed_gets_the_header_a_placed_one_keeps() {
+        let message = publish("a/1");
+        for version in [Version::V311, Version::V5] {
+            for shape in [(QoS::AtLeastOnce, false), (QoS::ExactlyOnce, true)] {
+                let mut enc = Encoder::default();
+                let slot = enc.place(&message);
+                let kept = enc.shared_header(&message, version, shape, slot);
+                let kept = kept.map(|(header, at)| (header.to_vec(), at));
+                let unplaced = enc.shared_header(&message, version, shape, HeaderSlot::default());
+                let unplaced = unplaced.map(|(header, at)| (header.to_vec(), at));
+                assert!(kept.is_some());
+                assert_eq!(unplaced, kept, "{version:?} {shape:?}");
+            }
         }
     }
 
