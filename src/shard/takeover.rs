@@ -52,12 +52,17 @@ impl Shard {
         token: u64,
         wants_state: bool,
     ) -> Result<Option<Box<SessionState>>, Superseded> {
-        // Dropped when this returns, on every path (the connection gone included).
-        let (_installing, installed) = tokio::sync::oneshot::channel();
+        // Tells the cluster the session is installed: dropped when this returns, on every path
+        // (the connection gone included). Made only with a cluster: a channel per CONNECT.
+        let mut _installing = None;
         // Boxed, as the rare wait below: every CONNECT's future holds this one's state.
         let claimed = match self.cluster {
             None => Claimed::Kept,
-            Some(_) => Box::pin(self.cluster_claim(client_id, wants_state, installed)).await,
+            Some(_) => {
+                let (installing, installed) = tokio::sync::oneshot::channel();
+                _installing = Some(installing);
+                Box::pin(self.cluster_claim(client_id, wants_state, installed)).await
+            }
         };
         let moved = match claimed {
             Claimed::Kept => None,
