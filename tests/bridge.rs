@@ -687,7 +687,11 @@ impl FakeRemote {
                 return packet;
             }
             let mut chunk = [0u8; 4096];
-            let n = self.stream.read(&mut chunk).expect("the bridge sends");
+            let n = match self.stream.read(&mut chunk) {
+                // The broker's threads share this process; their signals interrupt reads.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                result => result.expect("the bridge sends"),
+            };
             assert!(n > 0, "the bridge closed the connection");
             self.buf.extend_from_slice(&chunk[..n]);
         }

@@ -466,6 +466,8 @@ fn pass(
         let mut buf = [0u8; 16 << 10];
         loop {
             let n = match from.read(&mut buf) {
+                // The broker's threads share this process; their signals interrupt reads.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Ok(0) | Err(_) => break,
                 Ok(n) => n,
             };
