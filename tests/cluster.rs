@@ -111,7 +111,47 @@ impl Nats {
             .collect();
         let mut nats = Nats { servers, urls, dir };
         let deadline = Instant::now() + SETTLE;
-        (0..3).all(|i| nats.ready(i, deadline)).then_some(nats)
+        let ready = (0..3).all(|i| nats.ready(i, deadline)) && nats.places_replicas(deadline);
+        ready.then_some(nats)
+    }
+
+    /// Whether JetStream places a stream of 3 replicas (as the nodes' buckets are) before
+    /// `deadline`, tried with a probe stream made and deleted; false, after showing the
+    /// servers' logs, when it did not. A new cluster elects its JetStream leader and then
+    /// learns its peers; until it knows all three, placing 3 replicas fails ("no suitable
+    /// peers for placement").
+    fn places_replicas(&self, deadline: Instant) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = self.urls[0].clone();
+        let result = runtime.block_on(async move {
+            let client = async_nats::connect(url).await.map_err(|e| e.to_string())?;
+            let js = async_nats::jetstream::new(client);
+            let probe = async_nats::jetstream::stream::Config {
+                name: "probe".into(),
+                subjects: vec!["probe".into()],
+                num_replicas: 3,
+                ..Default::default()
+            };
+            loop {
+                match js.create_stream(probe.clone()).await {
+                    Ok(_) => break,
+                    Err(e) if Instant::now() >= deadline => return Err(e.to_string()),
+                    Err(_) => tokio::time::sleep(Duration::from_millis(250)).await,
+                }
+            }
+            js.delete_stream("probe")
+                .await
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        if let Err(e) = &result {
+            eprintln!("JetStream did not place a stream of 3 replicas: {e}");
+            self.show_logs();
+        }
+        result.is_ok()
     }
 
     /// Waits until server `i` logged that it is ready (it listens on all its ports); false,
@@ -132,6 +172,17 @@ impl Nats {
                 return false;
             }
             std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Shows the end of every server's log (with a failing test's output).
+    fn show_logs(&self) {
+        for i in 0..3 {
+            let log =
+                std::fs::read_to_string(self.dir.join(format!("s{i}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            eprintln!("nats-server s{i}, the end of its log:\n{}", tail.join("\n"));
         }
     }
 
@@ -187,7 +238,10 @@ impl Node {
         let stdout = child.stdout.take().unwrap();
         // Killed even when it never gets ready.
         let proc = Proc(child);
-        let addr = ready_addr(stdout).expect("node listens and joins the cluster");
+        let Some(addr) = ready_addr(stdout) else {
+            nats.show_logs();
+            panic!("node {name} did not listen and join the cluster in {JOIN_WAIT:?}");
+        };
         Node {
             proc: Some(proc),
             addr,
