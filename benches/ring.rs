@@ -11,7 +11,7 @@ use glommio::{LocalExecutorBuilder, Placement, ResourceType};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-/// Slots in the ring, as `mesh.ring_capacity` in hw-profiles/default.toml.
+/// Slots in the ring: the fewest a ring between shards holds by default (`config::MeshConfig`).
 const RING_CAPACITY: usize = 1024;
 
 fn placement(cpu: usize) -> Placement {

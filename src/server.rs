@@ -74,7 +74,8 @@ impl Server {
         let turn = Arc::new(AtomicUsize::new(0));
         let board = Arc::new(Board::new(shards));
         let live = Arc::new(LiveLimits::new(config.limits.clone()));
-        let mesh = (shards > 1).then(|| MeshBuilder::full(shards, config.mesh.ring_capacity));
+        let ring_capacity = config.mesh.ring_capacity_for(shards);
+        let mesh = (shards > 1).then(|| MeshBuilder::full(shards, ring_capacity));
         let (uplink, mut inbound) = start_cluster(config, shards)?;
         let startup = match config.persistence.enabled {
             true => Some(Arc::new(Startup::new(&config.persistence, shards)?)),

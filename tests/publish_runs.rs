@@ -261,7 +261,7 @@ fn a_run_reaches_the_subscribers_of_another_shard_complete_and_in_order() {
 fn runs_the_ring_to_another_shard_has_no_room_for_are_routed_one_by_one_in_order() {
     // A subscriber that reads nothing for a while makes its shard stop taking from the ring
     // (backpressure), so the smallest ring fills and the publisher's runs find no room.
-    let broker = Broker::start_with(2, |config| config.mesh.ring_capacity = 16);
+    let broker = Broker::start_with(2, |config| config.mesh.ring_capacity = Some(16));
     let mut slow = Raw::connect(broker.addr, "slow");
     slow.subscribe("full/t", QoS::AtLeastOnce);
     let mut publisher = Raw::connect(broker.addr, "pub");
