@@ -51,11 +51,33 @@ struct Nats {
     servers: Vec<Option<Proc>>,
     urls: Vec<String>,
     dir: PathBuf,
+    binary: String,
+}
+
+/// Starts server `i` of the cluster whose configs are in `dir`, logging to `s<i>.log` there.
+fn spawn_nats_server(binary: &str, dir: &std::path::Path, i: usize) -> Proc {
+    let child = Command::new(binary)
+        .arg("-c")
+        .arg(dir.join(format!("s{i}.conf")))
+        .arg("-l")
+        .arg(dir.join(format!("s{i}.log")))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start nats-server");
+    Proc(child)
 }
 
 impl Nats {
-    /// None (after `tool_missing`) when nats-server is not installed.
+    /// The three servers, JetStream able to place 3 replicas; None (after `tool_missing`)
+    /// when nats-server is not installed.
     fn start() -> Option<Nats> {
+        Nats::start_some(3)
+    }
+
+    /// A cluster of three servers of which only the first `up` are started (`start_server`
+    /// starts the others); None (after `tool_missing`) when nats-server is not installed.
+    fn start_some(up: usize) -> Option<Nats> {
         let binary = ["/usr/bin/nats-server", "/usr/sbin/nats-server"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists());
@@ -63,13 +85,23 @@ impl Nats {
             tool_missing("nats-server is not installed (apt-get install nats-server)");
             return None;
         };
-        let started = (0..NATS_TRIES).find_map(|_| Nats::try_start(binary));
-        Some(started.expect("the NATS cluster starts (the log of a server that did not is above)"))
+        let started = (0..NATS_TRIES).find_map(|_| Nats::try_start(binary, up));
+        Some(started.expect("the NATS servers start (the log of a server that did not is above)"))
     }
 
-    /// Starts three servers on ports free a moment ago; None, with the log of a server that
-    /// exited or did not get ready, when one did not come up.
-    fn try_start(binary: &str) -> Option<Nats> {
+    /// Starts server `i` (one not running) and waits until it is ready.
+    fn start_server(&mut self, i: usize) {
+        self.servers[i] = Some(spawn_nats_server(&self.binary, &self.dir, i));
+        assert!(
+            self.ready(i, Instant::now() + SETTLE),
+            "nats-server s{i} starts"
+        );
+    }
+
+    /// Writes the configs of three servers on ports free a moment ago and starts the first
+    /// `up`; None, with the log of a server that exited or did not get ready, when one did not
+    /// come up (or, with all three, when JetStream did not place 3 replicas).
+    fn try_start(binary: &str, up: usize) -> Option<Nats> {
         let dir = std::env::temp_dir().join(format!(
             "ringcast-nats-{}-{}",
             std::process::id(),
@@ -92,26 +124,23 @@ impl Nats {
                 dir.join(format!("s{i}")).display(),
                 routes[i]
             );
-            let path = dir.join(format!("s{i}.conf"));
-            std::fs::write(&path, conf).unwrap();
-            let child = Command::new(binary)
-                .arg("-c")
-                .arg(&path)
-                .arg("-l")
-                .arg(dir.join(format!("s{i}.log")))
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start nats-server");
-            servers.push(Some(Proc(child)));
+            std::fs::write(dir.join(format!("s{i}.conf")), conf).unwrap();
+            servers.push((i < up).then(|| spawn_nats_server(binary, &dir, i)));
         }
         let urls = clients
             .iter()
             .map(|p| format!("nats://127.0.0.1:{p}"))
             .collect();
-        let mut nats = Nats { servers, urls, dir };
+        let binary = binary.to_string();
+        let mut nats = Nats {
+            servers,
+            urls,
+            dir,
+            binary,
+        };
         let deadline = Instant::now() + SETTLE;
-        let ready = (0..3).all(|i| nats.ready(i, deadline)) && nats.places_replicas(deadline);
+        let ready =
+            (0..up).all(|i| nats.ready(i, deadline)) && (up < 3 || nats.places_replicas(deadline));
         ready.then_some(nats)
     }
 
@@ -218,8 +247,20 @@ impl Node {
         Node::start_on(nats, name, &urls, extra)
     }
 
-    /// Starts node `name` with 2 shards and NATS server URLs `urls`.
+    /// Starts node `name` with 2 shards and NATS server URLs `urls`, once it joined.
     fn start_on(nats: &Nats, name: &str, urls: &[String], extra: &str) -> Node {
+        Node::launch(nats, name, urls, extra, true).0
+    }
+
+    /// Starts node `name` with 2 shards and NATS server URLs `urls`; returns once it listens,
+    /// and once it joined too if `joined`, with the lines it writes from then on.
+    fn launch(
+        nats: &Nats,
+        name: &str,
+        urls: &[String],
+        extra: &str,
+        joined: bool,
+    ) -> (Node, std::sync::mpsc::Receiver<String>) {
         let urls: Vec<String> = urls.iter().map(|u| format!("{u:?}")).collect();
         let conf = format!(
             "{extra}\n[cluster]\nnats = [{}]\nnode = \"{name}\"\nkv_replicas = 3\n",
@@ -235,17 +276,18 @@ impl Node {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start ringcast");
-        let stdout = child.stdout.take().unwrap();
+        let lines = node_lines(child.stdout.take().unwrap());
         // Killed even when it never gets ready.
         let proc = Proc(child);
-        let Some(addr) = ready_addr(stdout) else {
+        let Some(addr) = ready_addr(&lines, joined) else {
             nats.show_logs();
-            panic!("node {name} did not listen and join the cluster in {JOIN_WAIT:?}");
+            panic!("node {name} did not listen (and join the cluster: {joined}) in {JOIN_WAIT:?}");
         };
-        Node {
+        let node = Node {
             proc: Some(proc),
             addr,
-        }
+        };
+        (node, lines)
     }
 
     /// Kills the node with SIGKILL.
@@ -254,37 +296,54 @@ impl Node {
     }
 }
 
-/// The address a node reports in its "ringcast listening on ADDR" line, once it also reported
-/// that it joined the cluster (its buckets are open), in either order (a node that replays
-/// its store starts listening after the buckets open); None after `SETTLE`. The rest of its
-/// output is read and dropped, so the pipe never fills.
-fn ready_addr(stdout: std::process::ChildStdout) -> Option<SocketAddr> {
+/// The lines a node writes to stdout, read on a thread of their own so the pipe never fills;
+/// its warnings and errors are shown with a failing test's output.
+fn node_lines(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<String> {
     use std::io::BufRead;
-    let (found, addr) = std::sync::mpsc::channel();
+    let (send, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let (mut listening, mut joined) = (None, false);
-        let mut found = Some(found);
         for line in std::io::BufReader::new(stdout).lines() {
             let Ok(line) = line else { return };
-            // Shown with a failing test's output.
             if line.contains("WARN") || line.contains("ERROR") {
                 eprintln!("{line}");
             }
-            if let Some((_, rest)) = line.split_once("ringcast listening on ") {
-                let end = rest
-                    .find(|c: char| c.is_whitespace() || c == '\x1b')
-                    .unwrap_or(rest.len());
-                listening = rest[..end].parse::<SocketAddr>().ok();
-            }
-            joined |= line.contains("buckets open");
-            if let (true, Some(addr)) = (joined, listening) {
-                if let Some(found) = found.take() {
-                    let _ = found.send(addr);
-                }
-            }
+            let _ = send.send(line);
         }
     });
-    addr.recv_timeout(JOIN_WAIT).ok()
+    lines
+}
+
+/// The address a node reports in its "ringcast listening on ADDR" line, once it also reported
+/// that it joined the cluster (its buckets are open) if `joined`, in either order (a node that
+/// replays its store starts listening after the buckets open); None after `JOIN_WAIT`.
+fn ready_addr(lines: &std::sync::mpsc::Receiver<String>, joined: bool) -> Option<SocketAddr> {
+    let deadline = Instant::now() + JOIN_WAIT;
+    let (mut listening, mut is_joined) = (None, !joined);
+    while !is_joined || listening.is_none() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).ok()?;
+        if let Some((_, rest)) = line.split_once("ringcast listening on ") {
+            let end = rest
+                .find(|c: char| c.is_whitespace() || c == '\x1b')
+                .unwrap_or(rest.len());
+            listening = rest[..end].parse::<SocketAddr>().ok();
+        }
+        is_joined |= line.contains("buckets open");
+    }
+    listening
+}
+
+/// Waits until a node writes a line containing `text`; false after `JOIN_WAIT`.
+fn said(lines: &std::sync::mpsc::Receiver<String>, text: &str) -> bool {
+    let deadline = Instant::now() + JOIN_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match lines.recv_timeout(left) {
+            Ok(line) if line.contains(text) => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
 }
 
 /// Publishes probes on `topic` from `publisher` until each of `subscribers` got one (NATS
@@ -310,6 +369,23 @@ fn wait_for_route(publisher: &mut Raw, subscribers: &mut [&mut Raw], topic: &str
         while let Ok(Packet::Publish(p)) = subscriber.recv_within(QUIET) {
             subscriber.ack(&p);
         }
+    }
+}
+
+/// The first retained message a new subscriber to `filter` on the node at `addr` gets, asked
+/// again by a new subscriber until one arrives (a bucket's change reaches the other nodes a
+/// moment after the PUBACK); panics after `SETTLE`.
+fn first_retained(addr: SocketAddr, filter: &str) -> ringcast::protocol::Publish {
+    let deadline = Instant::now() + SETTLE;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut sub = Raw::connect(addr, &format!("sub{attempt}"));
+        sub.subscribe(filter, QoS::AtLeastOnce);
+        if let Ok(Packet::Publish(p)) = sub.recv_within(Duration::from_millis(300)) {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "no retained message on {filter}");
     }
 }
 
@@ -395,23 +471,40 @@ fn retained_message_of_one_node_is_sent_to_a_new_subscriber_on_another() {
     let mut publisher = Raw::connect(a.addr, "pub");
     publisher.publish("state/lamp", b"on", QoS::AtLeastOnce, true);
     // The bucket's change reaches node b's replica a moment after the PUBACK.
-    let deadline = Instant::now() + SETTLE;
-    let mut attempt = 0;
-    let retained = loop {
-        attempt += 1;
-        let mut sub = Raw::connect(b.addr, &format!("sub{attempt}"));
-        sub.subscribe("state/#", QoS::AtLeastOnce);
-        if let Ok(Packet::Publish(p)) = sub.recv_within(Duration::from_millis(300)) {
-            break p;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node b never got the retained message"
-        );
-    };
+    let retained = first_retained(b.addr, "state/#");
     assert_eq!(retained.topic.as_str(), "state/lamp");
     assert_eq!(&retained.payload[..], b"on");
     assert!(retained.retain);
+}
+
+/// A node started while JetStream cannot place its buckets' 3 replicas (two of the three
+/// NATS servers up) says so after its wait, serves its clients alone, and joins once the
+/// third server comes: then its retained messages reach the other nodes.
+#[test]
+fn node_serves_alone_while_its_buckets_cannot_be_placed_and_joins_when_they_can() {
+    let _serial = serial();
+    let Some(mut nats) = Nats::start_some(2) else {
+        return;
+    };
+    let (late, lines) = Node::launch(&nats, "late", &nats.urls, "", false);
+    assert!(
+        said(&lines, "serves its clients alone"),
+        "node late never said it serves its clients alone"
+    );
+    // Its claim is kept here at once, not left waiting for the buckets.
+    let mut publisher = Raw::connect(late.addr, "late-pub");
+    nats.start_server(2);
+    assert!(
+        said(&lines, "buckets open"),
+        "node late did not join once the third server was up"
+    );
+    let other = Node::start(&nats, "other", 1);
+    publisher.publish("state/lamp", b"on", QoS::AtLeastOnce, true);
+    let retained = first_retained(other.addr, "state/#");
+    assert_eq!(
+        (retained.topic.as_str(), &retained.payload[..]),
+        ("state/lamp", &b"on"[..])
+    );
 }
 
 #[test]

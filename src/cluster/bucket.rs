@@ -4,11 +4,17 @@
 use crate::config::ClusterConfig;
 use async_nats::jetstream::kv;
 use async_nats::Client;
+use std::time::Duration;
 
-/// How long a node waits for JetStream at start-up (a new NATS cluster elects its JetStream
-/// leader a few seconds after its servers start, and on a busy host it took over 30 s before
-/// it could place a bucket's replicas: "no suitable peers for placement").
-const JETSTREAM_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a node's claims and retained changes wait for JetStream at start-up (a new NATS
+/// cluster elects its JetStream leader a few seconds after its servers start, and on a busy
+/// host it took over 30 s before it could place a bucket's replicas: "no suitable peers for
+/// placement"). Past it the node serves its clients alone and keeps trying (`open_bucket`).
+pub(super) const JETSTREAM_WAIT: Duration = Duration::from_secs(60);
+
+/// Between tries to open a bucket, before `JETSTREAM_WAIT` and after.
+const RETRY_SOON: Duration = Duration::from_millis(250);
+const RETRY_LATER: Duration = Duration::from_secs(2);
 
 /// The JetStream stream of KV bucket `bucket`, as the KV layer of NATS' clients makes it
 /// (one value per key, rollups allowed, direct gets).
@@ -28,32 +34,34 @@ fn bucket_stream(bucket: &str, config: &ClusterConfig) -> async_nats::jetstream:
     }
 }
 
-/// Opens a KV bucket, making it when it does not exist, waiting for JetStream up to
-/// `JETSTREAM_WAIT`.
+/// Opens a KV bucket, making it when it does not exist, waiting for JetStream as long as it
+/// takes: a node started before its NATS servers' JetStream (or while it cannot place the
+/// replicas) joins when it can. Says so once `JETSTREAM_WAIT` has passed.
 pub(super) async fn open_bucket(
     client: &Client,
     config: &ClusterConfig,
     bucket: &str,
-) -> Option<kv::Store> {
+) -> kv::Store {
     let js = async_nats::jetstream::new(client.clone());
     let deadline = tokio::time::Instant::now() + JETSTREAM_WAIT;
+    let mut told = false;
     loop {
         if let Ok(store) = js.get_key_value(bucket).await {
-            return Some(store);
+            return store;
         }
         // The stream a KV bucket is, made directly: async-nats' `create_key_value` first
         // reads the account's info, which it cannot parse from nats-server 2.9.
         let made = js.create_stream(bucket_stream(bucket, config)).await;
-        match made {
-            Ok(_) => continue, // open it with `get_key_value`
-            Err(e) if tokio::time::Instant::now() >= deadline => {
-                tracing::error!("cluster: no bucket {bucket} (is JetStream on?): {e}");
-                return None;
-            }
-            Err(e) => {
-                tracing::debug!("cluster: bucket {bucket} not made yet: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(250)).await
-            }
+        let Err(e) = made else {
+            continue; // open it with `get_key_value`
+        };
+        let late = tokio::time::Instant::now() >= deadline;
+        if late && !told {
+            told = true;
+            tracing::error!("cluster: no bucket {bucket} after {JETSTREAM_WAIT:?} (is JetStream on, with {} servers to place its replicas?): {e}; still trying", config.kv_replicas);
+        } else {
+            tracing::debug!("cluster: bucket {bucket} not made yet: {e}");
         }
+        tokio::time::sleep(if late { RETRY_LATER } else { RETRY_SOON }).await
     }
 }

@@ -441,49 +441,81 @@ impl Rejected {
 }
 
 /// Opens the retained and client-id buckets, then writes the retained changes and claims
-/// of this node's clients into them, in order.
+/// of this node's clients into them, in order. Those wait for the buckets up to
+/// `JETSTREAM_WAIT` (a new NATS cluster's JetStream takes seconds); past it, until the
+/// buckets open, claims keep their client ids here and retained changes stay on this node.
 async fn keep_buckets(
     client: Client,
     config: ClusterConfig,
     shards: Vec<mpsc::Sender<Inbound>>,
     mut commands: mpsc::Receiver<Command>,
 ) {
-    let retained = open_retained(&client, &config, shards.clone()).await;
-    let owners = Owners::open(&client, &config, shards).await;
-    if retained.is_some() && owners.is_some() {
-        tracing::info!("cluster: node {} joined, buckets open", config.node);
-    }
-    while let Some(command) = commands.recv().await {
-        match command {
-            Command::Retain { topic, publish } => {
-                if let Some(store) = &retained {
-                    retain(store, &config.node, &topic, publish.as_deref()).await;
-                }
-            }
-            Command::Claim {
-                client_id,
-                wants_state,
-                done,
-                installed,
-            } => match &owners {
-                // A claim may wait seconds for another node's answer: others go on meanwhile.
-                Some(owners) => {
-                    let claim = owners
-                        .clone()
-                        .claim(client_id, wants_state, done, installed);
-                    tokio::task::spawn_local(claim);
-                }
-                None => {
-                    let _ = done.send(super::Claimed::Kept);
-                }
-            },
-            Command::Restored { client_ids } => {
-                if let Some(owners) = &owners {
-                    tokio::task::spawn_local(owners.clone().check_restored(client_ids));
-                }
-            }
-            _ => {}
+    let opening = async {
+        let retained = open_retained(&client, &config, shards.clone()).await;
+        let owners = Owners::open(&client, &config, shards).await;
+        if retained.is_some() && owners.is_some() {
+            tracing::info!("cluster: node {} joined, buckets open", config.node);
         }
+        (retained, owners)
+    };
+    let patience = tokio::time::sleep(super::bucket::JETSTREAM_WAIT);
+    tokio::pin!(opening, patience);
+    let (mut retained, mut owners) = (None, None);
+    let (mut opened, mut waiting) = (false, true);
+    loop {
+        tokio::select! {
+            buckets = &mut opening, if !opened => {
+                (retained, owners) = buckets;
+                opened = true;
+            }
+            () = &mut patience, if waiting && !opened => {
+                waiting = false;
+                tracing::warn!("cluster: node {} serves its clients alone until the buckets open (client ids are not claimed across nodes, retained messages not shared)", config.node);
+            }
+            command = commands.recv(), if opened || !waiting => {
+                let Some(command) = command else { return };
+                serve_bucket_command(command, &config, &retained, &owners).await;
+            }
+        }
+    }
+}
+
+/// Carries out one of `keep_buckets`' commands with the buckets open so far.
+async fn serve_bucket_command(
+    command: Command,
+    config: &ClusterConfig,
+    retained: &Option<kv::Store>,
+    owners: &Option<std::rc::Rc<Owners>>,
+) {
+    match command {
+        Command::Retain { topic, publish } => {
+            if let Some(store) = retained {
+                retain(store, &config.node, &topic, publish.as_deref()).await;
+            }
+        }
+        Command::Claim {
+            client_id,
+            wants_state,
+            done,
+            installed,
+        } => match owners {
+            // A claim may wait seconds for another node's answer: others go on meanwhile.
+            Some(owners) => {
+                let claim = owners
+                    .clone()
+                    .claim(client_id, wants_state, done, installed);
+                tokio::task::spawn_local(claim);
+            }
+            None => {
+                let _ = done.send(super::Claimed::Kept);
+            }
+        },
+        Command::Restored { client_ids } => {
+            if let Some(owners) = owners {
+                tokio::task::spawn_local(owners.clone().check_restored(client_ids));
+            }
+        }
+        _ => {}
     }
 }
 
@@ -543,7 +575,7 @@ async fn open_retained(
     config: &ClusterConfig,
     shards: Vec<mpsc::Sender<Inbound>>,
 ) -> Option<kv::Store> {
-    let store = open_bucket(client, config, RETAINED_BUCKET).await?;
+    let store = open_bucket(client, config, RETAINED_BUCKET).await;
     let watch = store
         .watch_with_history(">")
         .await

@@ -75,7 +75,7 @@ impl Owners {
         config: &ClusterConfig,
         shards: Vec<mpsc::Sender<Inbound>>,
     ) -> Option<Rc<Owners>> {
-        let store = super::bucket::open_bucket(client, config, BUCKET).await?;
+        let store = super::bucket::open_bucket(client, config, BUCKET).await;
         let watch = store
             .watch_all()
             .await
