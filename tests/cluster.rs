@@ -54,6 +54,12 @@ struct Nats {
     binary: String,
 }
 
+/// The last `n` lines of `log`.
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
 /// Starts server `i` of the cluster whose configs are in `dir`, logging to `s<i>.log` there.
 fn spawn_nats_server(binary: &str, dir: &std::path::Path, i: usize) -> Proc {
     let child = Command::new(binary)
@@ -195,9 +201,7 @@ impl Nats {
             let server = self.servers[i].as_mut().map(|p| &mut p.0);
             let exited = server.is_some_and(|s| !matches!(s.try_wait(), Ok(None)));
             if exited || Instant::now() >= deadline {
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                eprintln!("nats-server s{i} did not get ready:\n{}", tail.join("\n"));
+                eprintln!("nats-server s{i} did not get ready:\n{}", tail(&log, 20));
                 return false;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -209,9 +213,7 @@ impl Nats {
         for i in 0..3 {
             let log =
                 std::fs::read_to_string(self.dir.join(format!("s{i}.log"))).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            eprintln!("nats-server s{i}, the end of its log:\n{}", tail.join("\n"));
+            eprintln!("nats-server s{i}, the end of its log:\n{}", tail(&log, 40));
         }
     }
 
@@ -491,7 +493,7 @@ fn node_serves_alone_while_its_buckets_cannot_be_placed_and_joins_when_they_can(
         said(&lines, "serves its clients alone"),
         "node late never said it serves its clients alone"
     );
-    // Its claim is kept here at once, not left waiting for the buckets.
+    // It takes clients meanwhile: their client ids stay claimed on this node alone.
     let mut publisher = Raw::connect(late.addr, "late-pub");
     nats.start_server(2);
     assert!(
